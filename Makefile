@@ -1,0 +1,33 @@
+# Two entry points for a fresh machine: `make devnet` and `make test`.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install devnet test bench faults clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+
+$(STAMP): $(BIN)/python pyproject.toml libs/sgmv/pyproject.toml
+	@echo "installing loranet into $(VENV) (first run takes about a minute)"
+	$(BIN)/pip install -q --progress-bar on -e 'libs/sgmv[triton,peft]' -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+devnet: $(STAMP)
+	@scripts/ensure-redis.sh
+	$(BIN)/loranet devnet demo
+
+test: $(STAMP)
+	@scripts/ensure-redis.sh
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	for b in bench/*_bench.py bench/settle_gas.py; do [ -f $$b ] && $(BIN)/python $$b --quick || exit 1; done
+
+clean:
+	rm -rf $(VENV) .devnet .pytest_cache

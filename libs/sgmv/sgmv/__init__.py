@@ -1,0 +1,1 @@
+"""Segmented gather matrix-vector multiplication (SGMV) for multi-LoRA serving."""
