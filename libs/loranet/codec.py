@@ -1,0 +1,131 @@
+"""MessagePack codec for loranet's wire schemas.
+
+Every message on the bus is a MessagePack map validated on decode by pydantic
+(strict: an int is not a float, bytes are not text).  Canonical bytes — what
+gets signed and hashed — are a MessagePack *array* of the schema's fields in
+declaration order, so they never depend on a dict's iteration order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, TypeVar
+
+import msgpack
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+# Hard ceilings for any message; a subject may set a lower one.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+_MAX_DEPTH = 32
+
+
+class DecodeError(ValueError):
+    """A message could not be decoded into its schema.
+
+    `field` names the offending field where one is known; `reason` is a short
+    machine-readable code (``too_large``, ``not_msgpack``, ``invalid``,
+    ``unsupported_version``).
+    """
+
+    def __init__(self, reason: str, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.field = field
+        self.message = message
+
+    def __str__(self) -> str:
+        where = f" (field {self.field})" if self.field else ""
+        return f"{self.reason}: {self.message}{where}"
+
+
+class Wire(BaseModel):
+    """Base of every wire schema: strict, immutable, no unknown fields."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+
+    # Fields excluded from canonical bytes (the signature over them, mostly).
+    _unsigned_fields: tuple[str, ...] = ("signature",)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {name: _plain(getattr(self, name)) for name in type(self).model_fields}
+
+    def canonical(self) -> list[Any]:
+        """Field values in declaration order, nested schemas canonical too."""
+        skip = self._unsigned_fields
+        return [_canonical(getattr(self, n)) for n in type(self).model_fields if n not in skip]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Wire):
+        return value.to_wire()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, Wire):
+        # A nested signed message is committed to whole, signature included.
+        return [_canonical(getattr(value, n)) for n in type(value).model_fields]
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, dict):
+        return [[k, _canonical(value[k])] for k in sorted(value)]
+    return value
+
+
+def canonical_bytes(message: Wire, domain: str) -> bytes:
+    """Domain-tagged canonical bytes of `message` (signature fields excluded)."""
+    return msgpack.packb([domain, message.canonical()], use_bin_type=True)
+
+
+def content_id(message: Wire, domain: str) -> str:
+    """sha256 hex of the message's canonical bytes under `domain`."""
+    return hashlib.sha256(canonical_bytes(message, domain)).hexdigest()
+
+
+def encode(message: Wire) -> bytes:
+    return msgpack.packb(message.to_wire(), use_bin_type=True)
+
+
+M = TypeVar("M", bound=Wire)
+
+
+def _depth(obj: Any, depth: int = 0) -> int:
+    if depth > _MAX_DEPTH:
+        return depth
+    if isinstance(obj, dict):
+        return max((_depth(v, depth + 1) for v in obj.values()), default=depth + 1)
+    if isinstance(obj, list):
+        return max((_depth(v, depth + 1) for v in obj), default=depth + 1)
+    return depth
+
+
+def decode(schema: type[M], data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> M:
+    """Decode and validate `data` as `schema`, or raise DecodeError."""
+    if len(data) > max_bytes:
+        raise DecodeError("too_large", f"message of {len(data)} bytes exceeds the {max_bytes}-byte limit for {schema.__name__}")
+    try:
+        obj = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+        )
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise DecodeError("not_msgpack", f"not a MessagePack document: {exc}") from None
+    if not isinstance(obj, dict):
+        raise DecodeError("invalid", f"expected a map for {schema.__name__}, got {type(obj).__name__}")
+    if _depth(obj) > _MAX_DEPTH:
+        raise DecodeError("invalid", f"nesting deeper than {_MAX_DEPTH} levels")
+    version = obj.get("v")
+    expected = schema.model_fields["v"].default if "v" in schema.model_fields else None
+    if expected is not None and version != expected:
+        raise DecodeError("unsupported_version", f"{schema.__name__} version {version!r} is not supported (expected {expected})", "v")
+    try:
+        return schema.model_validate(obj)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err.get("loc", ()))
+        raise DecodeError("invalid", f"{schema.__name__}: {err.get('msg', 'invalid')}", field) from None

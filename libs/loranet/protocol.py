@@ -1,0 +1,478 @@
+"""Every subject on the bus and its one schema.
+
+Nobody spells a subject as a string literal anywhere else: services import the
+constants and functions below.  Each schema carries a version field `v`, is
+validated strictly on decode (loranet.codec), and, where it is signed, has a
+domain tag for its signature (loranet.signing).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Annotated, Literal
+
+from pydantic import Field, StringConstraints, field_validator, model_validator
+
+from .codec import Wire
+
+# ---------------------------------------------------------------------------
+# Field types
+# ---------------------------------------------------------------------------
+
+JobId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+ContentId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+OptContentId = Annotated[str, StringConstraints(pattern=r"^([0-9a-f]{64})?$")]
+Address = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-fA-F]{40}$")]
+# Node ids appear inside subjects (work.<node_id>): no dots, no wildcards.
+NodeId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
+ShortText = Annotated[str, StringConstraints(max_length=1024)]
+PublicKey = Annotated[bytes, Field(min_length=32, max_length=32)]
+# Empty until signed; signing.verify insists on 64 bytes.
+Signature = Annotated[bytes, Field(max_length=64)]
+Wei = Annotated[int, Field(ge=0, lt=2**96)]
+Bps = Annotated[int, Field(ge=0, le=10_000)]
+TokenId = Annotated[int, Field(ge=0, lt=2**31)]
+Timestamp = Annotated[float, Field(ge=0)]
+
+MAX_PROMPT_CHARS = 32_768
+MAX_TOKENS_LIMIT = 4096
+MAX_TOKEN_IDS = MAX_PROMPT_CHARS + MAX_TOKENS_LIMIT + 8
+MAX_BLOB_BYTES = 6 * 1024 * 1024
+
+
+def new_job_id() -> str:
+    """A fresh 128-bit job id as 32 hex characters."""
+    return secrets.token_hex(16)
+
+
+# ---------------------------------------------------------------------------
+# Signature domains: one per signed schema.
+# ---------------------------------------------------------------------------
+
+DOMAIN_JOB_REQUEST = "loranet/job-request/v1"
+DOMAIN_RESULT = "loranet/inference-result/v1"
+DOMAIN_VERDICT = "loranet/verdict/v1"
+DOMAIN_HEARTBEAT = "loranet/node-heartbeat/v1"
+# Content ids (not signatures) also get their own domains.
+DOMAIN_REQUEST_HASH = "loranet/request-hash/v1"
+DOMAIN_RESULT_HASH = "loranet/result-hash/v1"
+
+# ---------------------------------------------------------------------------
+# Jobs
+# ---------------------------------------------------------------------------
+
+
+class SamplingParams(Wire):
+    temperature: Annotated[float, Field(ge=0.0, le=10.0)] = 0.0
+    top_k: Annotated[int, Field(ge=0, le=100_000)] = 0
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
+    stop: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=64)]], Field(max_length=4)] = []
+
+
+class JobRequest(Wire):
+    """A client's signed inference job (subject jobs.submit)."""
+
+    v: Literal[1] = 1
+    job_id: JobId
+    client_key: PublicKey
+    client_address: Address
+    model_id: ContentId
+    adapter_id: OptContentId  # "" = base model only
+    prompt: Annotated[str, StringConstraints(max_length=MAX_PROMPT_CHARS)]
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)]
+    sampling: SamplingParams = SamplingParams()
+    max_fee: Wei
+    created_at: Timestamp
+    expires_at: Timestamp
+    region: Annotated[str, StringConstraints(max_length=32)] = ""
+    signature: Signature = b""
+
+
+class WorkSegment(Wire):
+    """Jobs of one adapter inside a work batch."""
+
+    adapter_id: OptContentId
+    jobs: Annotated[list[JobRequest], Field(min_length=1, max_length=256)]
+
+
+class WorkBatch(Wire):
+    """What the scheduler hands one node (subject work.<node_id>)."""
+
+    v: Literal[1] = 1
+    batch_id: JobId
+    node_id: NodeId
+    model_id: ContentId
+    segments: Annotated[list[WorkSegment], Field(min_length=1, max_length=256)]
+    dispatched_at: Timestamp
+    scheduler_id: Name
+
+
+class Fingerprint(Wire):
+    """Activation fingerprint committed while generating (see loranet.fingerprint)."""
+
+    chunk_tokens: Annotated[int, Field(ge=1, le=4096)] = 32
+    top_k: Annotated[int, Field(ge=1, le=4096)] = 128
+    # chunks[0] covers the prompt (prefill); chunks[i>0] each cover `chunk_tokens` outputs.
+    chunks: Annotated[list[Annotated[bytes, Field(max_length=4096)]], Field(max_length=1024)] = []
+
+
+class Evidence(Wire):
+    """Optional hardware or cryptographic evidence (TEE quote, zk proof)."""
+
+    kind: Literal["tee", "zk"]
+    data: Annotated[bytes, Field(max_length=65_536)]
+
+
+class InferenceResult(Wire):
+    """A node's signed result with its proof material (subject results.<node_id>)."""
+
+    v: Literal[1] = 1
+    job_id: JobId
+    node_id: NodeId
+    node_key: PublicKey
+    node_address: Address
+    node_seq: Annotated[int, Field(ge=0)]
+    request: JobRequest
+    request_hash: ContentId
+    model_id: ContentId
+    adapter_id: OptContentId
+    tokenizer_id: ContentId
+    prompt_tokens: Annotated[list[TokenId], Field(max_length=MAX_TOKEN_IDS)]
+    output_tokens: Annotated[list[TokenId], Field(max_length=MAX_TOKENS_LIMIT)]
+    output_text: Annotated[str, StringConstraints(max_length=4 * MAX_TOKENS_LIMIT)]
+    finish_reason: Literal["eos", "length", "stop", "deadline"]
+    fingerprint: Fingerprint
+    evidence: Annotated[list[Evidence], Field(max_length=4)] = []
+    started_at: Timestamp
+    finished_at: Timestamp
+    signature: Signature = b""
+
+
+class Check(Wire):
+    """One named verification check and what it found."""
+
+    name: Annotated[str, StringConstraints(max_length=64)]
+    ok: bool
+    detail: ShortText = ""
+
+
+class Verdict(Wire):
+    """A verifier's signed verdict on one result (subject verdicts.<job_id>)."""
+
+    v: Literal[1] = 1
+    job_id: JobId
+    verifier_id: Name
+    verifier_key: PublicKey
+    verifier_address: Address
+    result_hash: ContentId
+    accepted: bool
+    audited: bool
+    checks: Annotated[list[Check], Field(max_length=64)]
+    result: InferenceResult
+    decided_at: Timestamp
+    signature: Signature = b""
+
+
+class Payout(Wire):
+    party: Literal["node", "developer", "contributor", "verifier", "treasury", "client"]
+    address: Address
+    amount: Wei
+
+
+class Receipt(Wire):
+    """Settlement's receipt for one job (subject settlement.receipts.<job_id>)."""
+
+    v: Literal[1] = 1
+    job_id: JobId
+    status: Literal["settled", "refunded"]
+    fee: Wei
+    payouts: Annotated[list[Payout], Field(max_length=64)]
+    epoch: Annotated[int, Field(ge=0)]
+    tx_hash: Annotated[str, StringConstraints(pattern=r"^(0x[0-9a-f]{64})?$")]
+    block: Annotated[int, Field(ge=0)]
+    settled_at: Timestamp
+
+
+JobStage = Literal["admitted", "rejected", "dispatched", "result", "verdict", "settled", "refunded", "failed"]
+TERMINAL_STAGES: frozenset[str] = frozenset({"rejected", "settled", "refunded"})
+
+
+class JobEvent(Wire):
+    """One transition of a job's life (subject jobs.events.<job_id>).
+
+    `body` holds the stage's own message, encoded (request, result, verdict,
+    receipt), so the datastore can keep the whole record from this one stream.
+    """
+
+    v: Literal[1] = 1
+    job_id: JobId
+    stage: JobStage
+    service: Name
+    reason: ShortText = ""
+    node_id: Annotated[str, StringConstraints(max_length=63)] = ""
+    body: Annotated[bytes, Field(max_length=2 * 1024 * 1024)] = b""
+    at: Timestamp
+
+
+# ---------------------------------------------------------------------------
+# Node registry
+# ---------------------------------------------------------------------------
+
+
+class NodeHeartbeat(Wire):
+    """A node's signed liveness and capacity report (KV bucket `nodes`, key = node_id)."""
+
+    v: Literal[1] = 1
+    node_id: NodeId
+    node_key: PublicKey
+    payout_address: Address
+    model_ids: Annotated[list[ContentId], Field(max_length=16)]
+    device: Annotated[str, StringConstraints(max_length=64)]
+    memory_free: Annotated[int, Field(ge=0)]
+    adapters_hot: Annotated[list[ContentId], Field(max_length=4096)]
+    slots_total: Annotated[int, Field(ge=0)]
+    slots_free: Annotated[int, Field(ge=0)]
+    queue_depth: Annotated[int, Field(ge=0)]
+    tokens_per_s: Annotated[float, Field(ge=0)]
+    region: Annotated[str, StringConstraints(max_length=32)] = ""
+    at: Timestamp
+    signature: Signature = b""
+
+
+# ---------------------------------------------------------------------------
+# Registry records (datastore)
+# ---------------------------------------------------------------------------
+
+
+class Contributor(Wire):
+    contributor_id: Name
+    address: Address
+    weight_bps: Bps
+
+
+class AdapterManifest(Wire):
+    """An adapter's registration: who built it and whose data trained it."""
+
+    v: Literal[1] = 1
+    adapter_id: ContentId
+    name: Name
+    base_model_id: ContentId
+    owner_address: Address
+    license: Annotated[str, StringConstraints(max_length=64)] = "apache-2.0"
+    contributors: Annotated[list[Contributor], Field(min_length=1, max_length=64)]
+    rank: Annotated[int, Field(ge=1, le=1024)]
+    target_modules: Annotated[list[Annotated[str, StringConstraints(max_length=64)]], Field(max_length=32)]
+    registered_at: Timestamp = 0.0
+
+    @model_validator(mode="after")
+    def _weights_sum(self) -> "AdapterManifest":
+        total = sum(c.weight_bps for c in self.contributors)
+        if total != 10_000:
+            raise ValueError(f"contributor weights must sum to 10000 bps, got {total}")
+        return self
+
+
+class ModelManifest(Wire):
+    """A base model's registration (weights travel out of band; nodes check the id)."""
+
+    v: Literal[1] = 1
+    model_id: ContentId
+    name: Name
+    architecture: Annotated[str, StringConstraints(max_length=64)]
+    tokenizer_id: ContentId
+    registered_at: Timestamp = 0.0
+
+
+# ---------------------------------------------------------------------------
+# Request-reply payloads
+# ---------------------------------------------------------------------------
+
+
+class ErrorReply(Wire):
+    """Error body of any request-reply endpoint."""
+
+    v: Literal[1] = 1
+    code: Literal["invalid", "not_found", "hash_mismatch", "conflict", "unavailable", "internal", "forbidden"]
+    message: ShortText
+    field: Annotated[str, StringConstraints(max_length=128)] = ""
+
+
+class Ok(Wire):
+    v: Literal[1] = 1
+
+
+class ModelPut(Wire):
+    v: Literal[1] = 1
+    manifest: ModelManifest
+
+
+class ModelGet(Wire):
+    v: Literal[1] = 1
+    model: Name  # id or name
+
+
+class AdapterPut(Wire):
+    v: Literal[1] = 1
+    manifest: AdapterManifest
+    config: Annotated[bytes, Field(max_length=65_536)]
+    weights: Annotated[bytes, Field(max_length=MAX_BLOB_BYTES)]
+
+
+class AdapterGet(Wire):
+    v: Literal[1] = 1
+    adapter: Name  # id or registered name
+
+
+class AdapterList(Wire):
+    v: Literal[1] = 1
+    base_model_id: OptContentId = ""
+    owner_address: Annotated[str, StringConstraints(pattern=r"^(0x[0-9a-fA-F]{40})?$")] = ""
+
+
+class AdapterListReply(Wire):
+    v: Literal[1] = 1
+    adapters: list[AdapterManifest]
+
+
+class AdapterBlob(Wire):
+    v: Literal[1] = 1
+    adapter_id: ContentId
+    config: Annotated[bytes, Field(max_length=65_536)]
+    weights: Annotated[bytes, Field(max_length=MAX_BLOB_BYTES)]
+
+
+class JobGet(Wire):
+    v: Literal[1] = 1
+    job_id: JobId
+
+
+class JobRecord(Wire):
+    """Everything known about a job, request → result → verdict → receipt."""
+
+    v: Literal[1] = 1
+    job_id: JobId
+    status: JobStage
+    reason: ShortText = ""
+    request: JobRequest | None = None
+    node_id: Annotated[str, StringConstraints(max_length=63)] = ""
+    result: InferenceResult | None = None
+    verdicts: list[Verdict] = []
+    receipt: Receipt | None = None
+    stages: list[JobStage] = []
+    updated_at: Timestamp = 0.0
+
+
+class BalanceGet(Wire):
+    v: Literal[1] = 1
+    address: Address
+
+
+class Balance(Wire):
+    v: Literal[1] = 1
+    address: Address
+    token: Wei  # OPEN held in the wallet
+    escrow: Wei  # deposited for jobs
+    credit: Wei  # earned, withdrawable
+    stake: Wei = 0
+
+
+class DeadLetter(Wire):
+    """A message that could not be handled, with why (subject dlq.<subject>)."""
+
+    v: Literal[1] = 1
+    subject: Annotated[str, StringConstraints(max_length=256)]
+    service: Name
+    reason: ShortText
+    data: Annotated[bytes, Field(max_length=8 * 1024 * 1024)]
+    deliveries: Annotated[int, Field(ge=0)] = 0
+    at: Timestamp
+
+
+# ---------------------------------------------------------------------------
+# Subjects
+# ---------------------------------------------------------------------------
+
+JOBS_SUBMIT = "jobs.submit"
+JOB_EVENTS_ALL = "jobs.events.*"
+WORK_ALL = "work.*"
+RESULTS_ALL = "results.*"
+VERDICTS_ALL = "verdicts.*"
+RECEIPTS_ALL = "settlement.receipts.*"
+DEAD_LETTER_ALL = "dlq.>"
+
+DATASTORE_MODEL_PUT = "datastore.model.put"
+DATASTORE_MODEL_GET = "datastore.model.get"
+DATASTORE_ADAPTER_PUT = "datastore.adapter.put"
+DATASTORE_ADAPTER_GET = "datastore.adapter.get"
+DATASTORE_ADAPTER_LIST = "datastore.adapter.list"
+DATASTORE_ADAPTER_BLOB = "datastore.adapter.blob"
+DATASTORE_JOB_GET = "datastore.job.get"
+SETTLEMENT_BALANCE = "settlement.balance"
+
+NODES_BUCKET = "nodes"
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _token(value: str, what: str) -> str:
+    if not _TOKEN.match(value):
+        raise ValueError(f"{what} {value!r} cannot be used in a subject (letters, digits, '-' and '_' only)")
+    return value
+
+
+def work(node_id: str) -> str:
+    return f"work.{_token(node_id, 'node id')}"
+
+
+def results(node_id: str) -> str:
+    return f"results.{_token(node_id, 'node id')}"
+
+
+def verdicts(job_id: str) -> str:
+    return f"verdicts.{_token(job_id, 'job id')}"
+
+
+def receipts(job_id: str) -> str:
+    return f"settlement.receipts.{_token(job_id, 'job id')}"
+
+
+def job_events(job_id: str) -> str:
+    return f"jobs.events.{_token(job_id, 'job id')}"
+
+
+def dead_letter(subject: str) -> str:
+    return f"dlq.{subject}"
+
+
+# Subject pattern → schema, for decoding by subject and for the fuzz tests.
+SCHEMAS: dict[str, type[Wire]] = {
+    JOBS_SUBMIT: JobRequest,
+    WORK_ALL: WorkBatch,
+    RESULTS_ALL: InferenceResult,
+    VERDICTS_ALL: Verdict,
+    RECEIPTS_ALL: Receipt,
+    JOB_EVENTS_ALL: JobEvent,
+    DEAD_LETTER_ALL: DeadLetter,
+    DATASTORE_MODEL_PUT: ModelPut,
+    DATASTORE_MODEL_GET: ModelGet,
+    DATASTORE_ADAPTER_PUT: AdapterPut,
+    DATASTORE_ADAPTER_GET: AdapterGet,
+    DATASTORE_ADAPTER_LIST: AdapterList,
+    DATASTORE_ADAPTER_BLOB: AdapterGet,
+    DATASTORE_JOB_GET: JobGet,
+    SETTLEMENT_BALANCE: BalanceGet,
+}
+
+# Per-subject size ceilings (bytes), below the codec's global limit.
+MAX_BYTES: dict[str, int] = {
+    JOBS_SUBMIT: 256 * 1024,
+    WORK_ALL: 4 * 1024 * 1024,
+    RESULTS_ALL: 1024 * 1024,
+    VERDICTS_ALL: 1024 * 1024,
+    RECEIPTS_ALL: 64 * 1024,
+    JOB_EVENTS_ALL: 2 * 1024 * 1024 + 4096,
+    DATASTORE_ADAPTER_PUT: MAX_BLOB_BYTES + 128 * 1024,
+}

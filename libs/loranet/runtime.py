@@ -1,0 +1,397 @@
+"""The service runtime: every loranet service starts, serves and drains here.
+
+A service is a table of routes — `Pull` (a JetStream durable consumer feeding
+a typed handler) and `Endpoint` (a nats.micro request-reply endpoint) — plus
+any background tasks.  The runtime owns the connection, the topology, the
+pull loops with slot-limited fetching and `in_progress()` heartbeats, the
+dead-letter path, metrics and JSON logs, and a graceful drain on SIGTERM.
+
+    async with Runtime("scheduler", settings) as rt:
+        await rt.mount(routes)
+        await rt.serve_forever()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import nats
+import nats.micro
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.client import JetStreamContext
+from nats.js.errors import FetchTimeoutError
+from nats.micro.request import Request as MicroRequest
+
+from . import codec, protocol
+from .codec import DecodeError, Wire
+from .observability import DEAD_LETTERS, HANDLER_SECONDS, MESSAGES, EventLog, serve_metrics
+from .settings import CommonSettings
+from .topology import ConsumerSpec, consumer_config, ensure_topology
+
+M = TypeVar("M", bound=Wire)
+R = TypeVar("R", bound=Wire)
+
+ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+_HTTP_LIKE = {"invalid": "400", "forbidden": "403", "not_found": "404", "conflict": "409", "hash_mismatch": "422",
+              "unavailable": "503", "internal": "500"}
+
+
+class Reject(Exception):
+    """A handler's permanent refusal: the message goes to the dead-letter subject with `reason`."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ServiceError(Exception):
+    """A typed error for a request-reply caller (see protocol.ErrorReply)."""
+
+    def __init__(self, code: str, message: str, field: str = "") -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+class RemoteError(ServiceError):
+    """A request-reply endpoint answered with an error."""
+
+
+@dataclass
+class Delivery:
+    """What a pull handler knows about the message beyond its body."""
+
+    subject: str
+    deliveries: int
+    msg: Msg
+
+    async def in_progress(self) -> None:
+        await self.msg.in_progress()
+
+
+@dataclass(frozen=True)
+class Pull(Generic[M]):
+    """Route: a durable consumer whose messages decode as `schema` into `handler`."""
+
+    name: str
+    consumer: ConsumerSpec
+    schema: type[M]
+    handler: Callable[[M, Delivery], Awaitable[None]]
+    slots: int = 16
+    max_bytes: int = codec.MAX_MESSAGE_BYTES
+
+
+@dataclass(frozen=True)
+class Endpoint(Generic[M]):
+    """Route: a request-reply endpoint; `handler` returns the reply message."""
+
+    name: str
+    subject: str
+    schema: type[M]
+    handler: Callable[[M], Awaitable[Wire]]
+    max_bytes: int = codec.MAX_MESSAGE_BYTES
+
+
+@dataclass
+class _Stats:
+    inflight: int = 0
+    handled: int = 0
+    dead_lettered: int = 0
+    slot_free: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Runtime:
+    """Connection, topology, routes and shutdown for one service process."""
+
+    def __init__(self, service: str, settings: CommonSettings, version: str = "0.1.0") -> None:
+        self.service = service
+        self.settings = settings
+        self.version = version
+        self.instance = settings.instance or f"{service}-{os.getpid()}"
+        self.log = EventLog(service, self.instance, settings.log_level)
+        self.nc: NATS | None = None
+        self.js: JetStreamContext | None = None
+        self.stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[Any]] = []
+        self._subs: list[Any] = []
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self._micro: nats.micro.Service | None = None
+        self.stats: dict[str, _Stats] = {}
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def __aenter__(self) -> "Runtime":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        async def on_error(e: Exception) -> None:
+            self.log.warning("nats.error", error=repr(e))
+
+        async def on_disconnected() -> None:
+            self.log.warning("nats.disconnected")
+
+        async def on_reconnected() -> None:
+            self.log.info("nats.reconnected", server=str(self.nc.connected_url.netloc if self.nc and self.nc.connected_url else ""))
+
+        self.nc = await nats.connect(
+            self.settings.nats_url,
+            name=self.instance,
+            error_cb=on_error,
+            disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+        )
+        self.js = self.nc.jetstream()
+        await ensure_topology(self.js, self.settings.js_replicas, self.settings.node_ttl_s)
+        serve_metrics(self.settings.metrics_port)
+        self.log.info("service.started", nats=self.settings.nats_url, metrics_port=self.settings.metrics_port)
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+
+    async def serve_forever(self) -> None:
+        """Run until SIGTERM/SIGINT (or `stopping` is set), then drain."""
+        self.install_signal_handlers()
+        await self.stopping.wait()
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop fetching, let in-flight handlers finish (or hand them back), drain."""
+        if self.nc is None:
+            return
+        self.stopping.set()
+        for loop_task in self._loops:
+            loop_task.cancel()
+        if self._handlers:
+            done, pending = await asyncio.wait(self._handlers, timeout=self.settings.drain_timeout_s)
+            for t in pending:
+                t.cancel()  # the handler's finally-clause naks the message back
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        for t in list(self._tasks):
+            t.cancel()
+        for sub in self._subs:
+            try:
+                await sub.unsubscribe()
+            except Exception:
+                pass
+        if self._micro is not None:
+            try:
+                await self._micro.stop()
+            except Exception:
+                pass
+        nc, self.nc = self.nc, None
+        try:
+            await asyncio.wait_for(nc.drain(), timeout=5)
+        except Exception:
+            await nc.close()
+        self.log.info("service.stopped")
+
+    def spawn(self, coro: Awaitable[Any], name: str = "") -> asyncio.Task[Any]:
+        """Run a background task for the service's lifetime; its crash is logged."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+
+        def _done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                self.log.error("task.crashed", task=name, error=repr(t.exception()))
+
+        task.add_done_callback(_done)
+        return task
+
+    # -- routes ------------------------------------------------------------
+
+    async def mount(self, routes: Sequence[Pull[Any] | Endpoint[Any]]) -> None:
+        endpoints = [r for r in routes if isinstance(r, Endpoint)]
+        if endpoints:
+            self._micro = await nats.micro.add_service(self.nc, name=self.service, version=self.version)
+            for ep in endpoints:
+                await self._micro.add_endpoint(
+                    name=ep.name, subject=ep.subject, handler=self._endpoint_handler(ep), queue_group=self.service
+                )
+        for route in routes:
+            if isinstance(route, Pull):
+                stats = self.stats.setdefault(route.name, _Stats())
+                sub = await self.js.pull_subscribe(
+                    route.consumer.filter_subject,
+                    durable=route.consumer.durable,
+                    stream=route.consumer.stream,
+                    config=consumer_config(route.consumer),
+                )
+                self._subs.append(sub)
+                self._loops.append(asyncio.ensure_future(self._pull_loop(route, sub, stats)))
+
+    def _endpoint_handler(self, ep: Endpoint[Any]) -> Callable[[MicroRequest], Awaitable[None]]:
+        async def handle(req: MicroRequest) -> None:
+            started = time.perf_counter()
+            outcome = "ok"
+            try:
+                message = codec.decode(ep.schema, req.data, ep.max_bytes)
+                reply = await ep.handler(message)
+                await req.respond(codec.encode(reply))
+            except DecodeError as exc:
+                outcome = "invalid"
+                await self._respond_error(req, ServiceError("invalid", str(exc), exc.field))
+            except ServiceError as exc:
+                outcome = exc.code
+                await self._respond_error(req, exc)
+            except Exception as exc:  # never let one request take the service down
+                outcome = "internal"
+                self.log.error("endpoint.crashed", route=ep.name, error=repr(exc))
+                await self._respond_error(req, ServiceError("internal", f"{type(exc).__name__}: {exc}"))
+            finally:
+                MESSAGES.labels(self.service, ep.name, outcome).inc()
+                HANDLER_SECONDS.labels(self.service, ep.name).observe(time.perf_counter() - started)
+
+        return handle
+
+    async def _respond_error(self, req: MicroRequest, err: ServiceError) -> None:
+        body = codec.encode(protocol.ErrorReply(code=err.code, message=err.message[:1024], field=err.field[:128]))
+        try:
+            await req.respond_error(_HTTP_LIKE.get(err.code, "500"), err.message[:200].replace("\r", " ").replace("\n", " "), data=body)
+        except Exception as exc:
+            self.log.warning("endpoint.reply_failed", error=repr(exc))
+
+    async def _pull_loop(self, route: Pull[Any], sub: JetStreamContext.PullSubscription, stats: _Stats) -> None:
+        while not self.stopping.is_set():
+            free = route.slots - stats.inflight
+            if free <= 0:
+                stats.slot_free.clear()
+                try:
+                    await asyncio.wait_for(stats.slot_free.wait(), timeout=1.0)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            try:
+                msgs = await sub.fetch(batch=free, timeout=1.0)
+            except (FetchTimeoutError, NatsTimeoutError, asyncio.TimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self.stopping.is_set():
+                    return
+                self.log.warning("pull.fetch_failed", route=route.name, error=repr(exc))
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                stats.inflight += 1
+                task = asyncio.ensure_future(self._handle(route, msg, stats))
+                self._handlers.add(task)
+                task.add_done_callback(self._handlers.discard)
+
+    async def _handle(self, route: Pull[Any], msg: Msg, stats: _Stats) -> None:
+        started = time.perf_counter()
+        deliveries = msg.metadata.num_delivered if msg.metadata else 1
+        outcome = "ok"
+        settled = False
+        heartbeat = asyncio.ensure_future(self._keep_alive(msg, route.consumer.ack_wait_s))
+        try:
+            try:
+                message = codec.decode(route.schema, msg.data, route.max_bytes)
+            except DecodeError as exc:
+                outcome = "invalid"
+                await self.dead_letter(route.name, msg, str(exc), deliveries)
+                settled = True
+                return
+            try:
+                await route.handler(message, Delivery(msg.subject, deliveries, msg))
+                await msg.ack()
+                settled = True
+            except Reject as exc:
+                outcome = "rejected"
+                await self.dead_letter(route.name, msg, exc.reason, deliveries)
+                settled = True
+            except asyncio.CancelledError:
+                outcome = "handed_back"
+                raise
+            except Exception as exc:
+                outcome = "error"
+                self.log.error("handler.failed", route=route.name, subject=msg.subject, deliveries=deliveries, error=repr(exc))
+                if deliveries >= route.consumer.max_deliver:
+                    await self.dead_letter(route.name, msg, f"failed {deliveries} times; last error: {exc!r}", deliveries)
+                else:
+                    await msg.nak(delay=min(2.0 * deliveries, 30.0))
+                settled = True
+        finally:
+            heartbeat.cancel()
+            if not settled and not msg._ackd:
+                # Shutdown mid-handler: hand the message back for another replica.
+                try:
+                    await asyncio.shield(msg.nak())
+                except Exception:
+                    pass
+            stats.inflight -= 1
+            stats.handled += 1
+            stats.slot_free.set()
+            MESSAGES.labels(self.service, route.name, outcome).inc()
+            HANDLER_SECONDS.labels(self.service, route.name).observe(time.perf_counter() - started)
+
+    async def _keep_alive(self, msg: Msg, ack_wait_s: float) -> None:
+        while True:
+            await asyncio.sleep(max(ack_wait_s / 3.0, 0.2))
+            try:
+                await msg.in_progress()
+            except Exception:
+                return
+
+    async def dead_letter(self, route: str, msg: Msg, reason: str, deliveries: int = 0) -> None:
+        """Park `msg` on dlq.<subject> with its reason, then terminate it."""
+        record = protocol.DeadLetter(
+            subject=msg.subject[:256],
+            service=self.service,
+            reason=reason[:1024],
+            data=msg.data[: 8 * 1024 * 1024],
+            deliveries=deliveries,
+            at=time.time(),
+        )
+        await self.js.publish(protocol.dead_letter(msg.subject), codec.encode(record))
+        DEAD_LETTERS.labels(self.service, route).inc()
+        self.stats.setdefault(route, _Stats()).dead_lettered += 1
+        self.log.warning("message.dead_lettered", route=route, subject=msg.subject, reason=reason[:300])
+        try:
+            await msg.term()
+        except Exception:
+            pass
+
+    # -- publishing and requests ------------------------------------------
+
+    async def publish(self, subject: str, message: Wire, msg_id: str | None = None) -> None:
+        """Publish durably to JetStream; `msg_id` de-duplicates retries."""
+        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+        await self.js.publish(subject, codec.encode(message), headers=headers)
+
+    async def request(self, subject: str, message: Wire, reply_schema: type[R], timeout: float | None = None) -> R:
+        return await request(self.nc, subject, message, reply_schema, timeout or self.settings.request_timeout_s)
+
+
+async def request(nc: NATS, subject: str, message: Wire, reply_schema: type[R], timeout: float = 10.0) -> R:
+    """Request-reply with typed errors: raises RemoteError for an error reply."""
+    msg = await nc.request(subject, codec.encode(message), timeout=timeout)
+    headers = msg.headers or {}
+    if ERROR_CODE_HEADER in headers:
+        try:
+            err = codec.decode(protocol.ErrorReply, msg.data)
+            raise RemoteError(err.code, err.message, err.field)
+        except DecodeError:
+            raise RemoteError("internal", headers.get("Nats-Service-Error", "unknown error")) from None
+    return codec.decode(reply_schema, msg.data)

@@ -1,0 +1,71 @@
+"""Shared fixtures: real nats-server and redis-server processes on free ports.
+
+Each test that asks for a server gets a fresh one in a temporary directory
+(they start in well under a second), so a test may kill and restart it.  When
+a Docker engine is reachable and LORANET_TEST_DOCKER=1, the same fixtures run
+the servers through testcontainers instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from loranet.servers import NatsServer, RedisServer, docker_reachable, free_port
+
+
+class _ContainerServer:
+    """A testcontainers-backed server with the same url/kill/start surface."""
+
+    def __init__(self, image: str, port: int, command: str, scheme: str) -> None:
+        from testcontainers.core.container import DockerContainer
+
+        self.port = free_port()
+        self.scheme = scheme
+        self.container = DockerContainer(image).with_command(command).with_bind_ports(port, self.port)
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}" + ("/0" if self.scheme == "redis" else "")
+
+    def start(self) -> None:
+        from loranet.servers import wait_for_port
+
+        self.container.start()
+        wait_for_port(self.port, 30)
+
+    def stop(self) -> None:
+        self.container.stop()
+
+    kill = stop
+
+    def restart(self) -> None:
+        self.container.get_wrapped_container().restart()
+
+
+def _use_docker() -> bool:
+    return os.environ.get("LORANET_TEST_DOCKER") == "1" and docker_reachable()
+
+
+@pytest.fixture
+def nats_server(tmp_path) -> Iterator[NatsServer]:
+    if _use_docker():
+        server = _ContainerServer("nats:2.10-alpine", 4222, "-js", "nats")
+    else:
+        server = NatsServer(free_port(), tmp_path / "nats")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path) -> Iterator[RedisServer]:
+    if _use_docker():
+        server = _ContainerServer("redis:7.2-alpine", 6379, "redis-server --appendonly yes", "redis")
+    else:
+        server = RedisServer(free_port(), tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,119 @@
+"""The service runtime against a real nats-server: pull loop, dead letters, endpoints, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import msgpack
+import nats
+import pytest
+
+from loranet import codec, protocol as p
+from loranet.runtime import Delivery, Endpoint, Pull, Reject, RemoteError, Runtime, ServiceError, request
+from loranet.settings import CommonSettings
+from loranet.topology import ConsumerSpec
+
+
+def _event(job_id: str, stage: str = "admitted") -> p.JobEvent:
+    return p.JobEvent(job_id=job_id, stage=stage, service="test", at=time.time())
+
+
+async def _dead_letters(js, subject_filter: str = "dlq.>") -> list[p.DeadLetter]:
+    sub = await js.pull_subscribe(subject_filter, stream="DEADLETTER")
+    try:
+        msgs = await sub.fetch(100, timeout=1)
+    except Exception:
+        return []
+    return [codec.decode(p.DeadLetter, m.data) for m in msgs]
+
+
+async def test_pull_loop_handles_poison_and_keeps_serving(nats_server):
+    settings = CommonSettings(nats_url=nats_server.url, drain_timeout_s=2)
+    seen: list[str] = []
+    spec = ConsumerSpec("EVENTS", "probe", p.JOB_EVENTS_ALL, ack_wait_s=5, max_deliver=2)
+
+    async def on_event(event: p.JobEvent, delivery: Delivery) -> None:
+        if event.reason == "refuse":
+            raise Reject("refused by test")
+        if event.reason == "boom":
+            raise RuntimeError("handler bug")
+        seen.append(event.job_id)
+
+    async with Runtime("probe", settings) as rt:
+        await rt.mount([Pull("events", spec, p.JobEvent, on_event, slots=4)])
+        good = [p.new_job_id() for _ in range(5)]
+        await rt.nc.publish(p.job_events(good[0]), b"\xc1 not msgpack")  # core publish still lands in the stream
+        await rt.js.publish(p.job_events(good[0]), msgpack.packb({"v": 1, "job_id": "nope"}))
+        await rt.js.publish(p.job_events(good[1]), codec.encode(_event(good[1]).model_copy(update={"reason": "refuse"})))
+        await rt.js.publish(p.job_events(good[2]), codec.encode(_event(good[2]).model_copy(update={"reason": "boom"})))
+        for job_id in good:
+            await rt.publish(p.job_events(job_id), _event(job_id), msg_id=job_id)
+        await rt.publish(p.job_events(good[0]), _event(good[0]), msg_id=good[0])  # duplicate: dropped by JetStream
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (len(seen) < 5 or rt.stats["events"].dead_lettered < 4):
+            await asyncio.sleep(0.1)
+        assert sorted(seen) == sorted(good)
+        letters = await _dead_letters(rt.js)
+        reasons = sorted(d.reason.split(":")[0] for d in letters)
+        assert len(letters) == 4, reasons
+        assert any(d.reason.startswith("not_msgpack") for d in letters)
+        assert any(d.reason.startswith("invalid") and "job_id" in d.reason for d in letters)
+        assert any(d.reason == "refused by test" for d in letters)
+        assert any("handler bug" in d.reason and d.deliveries == 2 for d in letters)
+
+
+async def test_endpoint_typed_errors(nats_server):
+    settings = CommonSettings(nats_url=nats_server.url)
+
+    async def get_job(req: p.JobGet) -> p.JobRecord:
+        if req.job_id.startswith("0"):
+            raise ServiceError("not_found", f"no job {req.job_id}", "job_id")
+        return p.JobRecord(job_id=req.job_id, status="admitted")
+
+    async with Runtime("probe", settings) as rt:
+        await rt.mount([Endpoint("job-get", p.DATASTORE_JOB_GET, p.JobGet, get_job)])
+        nc = await nats.connect(nats_server.url)
+        job_id = "f" + p.new_job_id()[1:]
+        rec = await request(nc, p.DATASTORE_JOB_GET, p.JobGet(job_id=job_id), p.JobRecord)
+        assert rec.job_id == job_id
+        with pytest.raises(RemoteError) as err:
+            await request(nc, p.DATASTORE_JOB_GET, p.JobGet(job_id="0" * 32), p.JobRecord)
+        assert err.value.code == "not_found" and err.value.field == "job_id"
+        reply = await nc.request(p.DATASTORE_JOB_GET, b"\x93garbage", timeout=5)
+        assert codec.decode(p.ErrorReply, reply.data).code == "invalid"
+        reply = await nc.request(p.DATASTORE_JOB_GET, b"x" * 100, timeout=5)
+        assert codec.decode(p.ErrorReply, reply.data).code == "invalid"
+        # $SRV discovery finds the service.
+        ping = await nc.request("$SRV.PING.probe", b"", timeout=5)
+        assert b"probe" in ping.data
+        await nc.close()
+
+
+async def test_drain_hands_back_inflight_work(nats_server):
+    settings = CommonSettings(nats_url=nats_server.url, drain_timeout_s=0.5)
+    spec = ConsumerSpec("EVENTS", "slow", p.JOB_EVENTS_ALL, ack_wait_s=30, max_deliver=5)
+    started = asyncio.Event()
+    handled: list[tuple[str, int]] = []
+
+    async def slow(event: p.JobEvent, delivery: Delivery) -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    rt = Runtime("slow", settings)
+    await rt.start()
+    await rt.mount([Pull("events", spec, p.JobEvent, slow, slots=1)])
+    job_id = p.new_job_id()
+    await rt.publish(p.job_events(job_id), _event(job_id), msg_id=job_id)
+    await asyncio.wait_for(started.wait(), 10)
+    await rt.close()  # handler cannot finish in time: message is naked back
+
+    async def quick(event: p.JobEvent, delivery: Delivery) -> None:
+        handled.append((event.job_id, delivery.deliveries))
+
+    async with Runtime("slow", settings) as rt2:
+        await rt2.mount([Pull("events", spec, p.JobEvent, quick, slots=1)])
+        deadline = time.monotonic() + 10
+        while not handled and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+    assert handled == [(job_id, 2)]
