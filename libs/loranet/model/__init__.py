@@ -14,6 +14,15 @@ from .checkpoint import (
     ensure_default_model,
     load_base_model,
 )
+from .adapters import (
+    LoadedAdapter,
+    adapter_from_blobs,
+    adapter_id_of_blobs,
+    adapter_to_blobs,
+    build_demo_adapters,
+    load_adapter,
+)
+from .generate import Generation, ReferenceModel
 from .tokenizer import BOS_ID, EOS_ID, PAD_ID, TOKENIZER_ID, VOCAB_SIZE, ByteTokenizer
 
 __all__ = [
@@ -21,4 +30,6 @@ __all__ = [
     "ContentHashMismatch", "InvalidSafetensors", "adapter_content_id", "model_content_id",
     "DEFAULT_MODEL_NAME", "TinyLlamaSpec", "build_base_checkpoint", "cache_root",
     "default_model_path", "ensure_default_model", "load_base_model",
+    "LoadedAdapter", "adapter_from_blobs", "adapter_id_of_blobs", "adapter_to_blobs", "build_demo_adapters",
+    "load_adapter", "Generation", "ReferenceModel",
 ]
