@@ -159,8 +159,10 @@ def ensure_default_model(
 ) -> tuple[Path, str]:
     """Build the default model in the cache if it is not there yet; return (path, model_id).
 
-    An existing directory is reused only if it hashes to what the build
-    produces (its config + weights are rebuilt in memory only when needed)."""
+    The model is always rebuilt (about 2 s on CPU) and compared with what the
+    cache holds: an identical directory is kept, anything else is replaced,
+    so a corrupted cache heals itself and the returned id is always the
+    seed's, never a stale file's."""
     path = default_model_path(cache_dir, name)
     model_id = build_base_checkpoint(path, seed)
     return path, model_id
