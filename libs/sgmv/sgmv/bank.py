@@ -1,0 +1,239 @@
+"""The adapter bank: every slot's LoRA weights, stacked, for each projection.
+
+A *projection* may be packed: several Linear modules that read the same input
+(q/k/v under grouped-query attention, gate/up) are one projection with one
+*slice* per module, each with its own output width. Per slot and slice the
+bank keeps the rank actually loaded, so a rank-4 adapter beside a rank-64 one
+costs rank-4 work.
+
+Layout (R = max_rank, n = number of slices, w_s = width of slice s):
+  lora_a: [num_slots, n*R, in]   the slot's A rows for all slices, packed
+                                 back to back by their true ranks (slice s
+                                 starts at row ``rank_offsets[slot, s]``), so
+                                 one matmul shrinks every slice at once.
+  lora_b: [num_slots, sum_s R*w_s]  slice s is the block [R, w_s] at column
+                                 ``b_offsets[s]``; rows beyond the rank are 0.
+The LoRA scale is folded into B at load: ``B_stored = scale * lora_B.T``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+
+from .peft_loader import LoraAdapter, LoraModuleWeights, load_peft_adapter
+
+__all__ = ["ProjectionSpec", "PackedLoraWeights", "AdapterBank"]
+
+
+@dataclass(frozen=True)
+class ProjectionSpec:
+    """One (possibly packed) projection: its input width and its slices.
+
+    ``slice_modules`` are the base model's module paths, one per slice, e.g.
+    ``("model.layers.0.self_attn.q_proj", ..k_proj, ..v_proj)``.
+    """
+
+    name: str
+    in_features: int
+    slice_modules: tuple[str, ...]
+    slice_widths: tuple[int, ...]
+
+    def __post_init__(self):
+        if len(self.slice_modules) != len(self.slice_widths) or not self.slice_modules:
+            raise ValueError(f"projection {self.name!r}: need one width per slice module, at least one")
+
+
+class PackedLoraWeights:
+    """Stacked LoRA weights of one projection for every slot (see module docstring)."""
+
+    def __init__(self, spec: ProjectionSpec, num_slots: int, max_rank: int, dtype: torch.dtype, device):
+        self.spec = spec
+        self.num_slots, self.max_rank = num_slots, max_rank
+        self.in_features = spec.in_features
+        self.slice_widths = tuple(spec.slice_widths)
+        self.num_slices = len(self.slice_widths)
+        n, R = self.num_slices, max_rank
+        offs, acc = [], 0
+        for w in self.slice_widths:
+            offs.append(acc)
+            acc += R * w
+        self.b_offsets = tuple(offs)
+        self.y_offsets = tuple(sum(self.slice_widths[:i]) for i in range(n))
+        self.out_features = sum(self.slice_widths)
+        self.lora_a = torch.zeros(num_slots, n * R, spec.in_features, dtype=dtype, device=device)
+        self.lora_b = torch.zeros(num_slots, acc, dtype=dtype, device=device)
+        # Host copies (read by the torch path and by launchers: no device sync).
+        self.ranks_host = [[0] * n for _ in range(num_slots)]
+        self.rank_offsets_host = [[0] * n for _ in range(num_slots)]
+        self.total_ranks_host = [0] * num_slots
+        # Device copies (read by the Triton kernels).
+        self.ranks = torch.zeros(num_slots, n, dtype=torch.int32, device=device)
+        self.rank_offsets = torch.zeros(num_slots, n, dtype=torch.int32, device=device)
+        self.total_ranks = torch.zeros(num_slots, dtype=torch.int32, device=device)
+        # Per slice: (width, b_offset, y_offset) for the Triton expand.
+        self.slice_table = torch.tensor(
+            [[w, bo, yo] for w, bo, yo in zip(self.slice_widths, self.b_offsets, self.y_offsets)],
+            dtype=torch.int64, device=device,
+        )
+
+    @property
+    def v_width(self) -> int:
+        """Columns of the float32 shrink buffer: room for every slice at max rank."""
+        return self.num_slices * self.max_rank
+
+    @property
+    def max_total_rank(self) -> int:
+        return max(self.total_ranks_host, default=0)
+
+    def b_slice(self, s: int) -> torch.Tensor:
+        """View ``[num_slots, R, w_s]`` of slice ``s``'s B blocks."""
+        w = self.slice_widths[s]
+        return self.lora_b[:, self.b_offsets[s]: self.b_offsets[s] + self.max_rank * w].view(
+            self.num_slots, self.max_rank, w
+        )
+
+    def clear_slot(self, slot: int) -> None:
+        """Zero the slot's weights and ranks."""
+        self.lora_a[slot].zero_()
+        self.lora_b[slot].zero_()
+        self.ranks_host[slot] = [0] * self.num_slices
+        self.rank_offsets_host[slot] = [0] * self.num_slices
+        self.total_ranks_host[slot] = 0
+        self.ranks[slot].zero_()
+        self.rank_offsets[slot].zero_()
+        self.total_ranks[slot] = 0
+
+    def set_slot(self, slot: int, slices: Sequence[LoraModuleWeights | None]) -> None:
+        """Write one slot: per slice the module's factors, or None (no LoRA there).
+
+        The slot is zeroed first, so nothing of a previous adapter remains.
+        """
+        if len(slices) != self.num_slices:
+            raise ValueError(f"projection {self.spec.name!r}: expected {self.num_slices} slices, got {len(slices)}")
+        self.clear_slot(slot)
+        ranks, offsets, row = [], [], 0
+        for s, mw in enumerate(slices):
+            offsets.append(row)
+            if mw is None:
+                ranks.append(0)
+                continue
+            r, w = mw.rank, self.slice_widths[s]
+            module = self.spec.slice_modules[s]
+            if r > self.max_rank:
+                raise ValueError(f"{module}: adapter rank {r} exceeds the bank's max_rank {self.max_rank}")
+            if tuple(mw.lora_a.shape) != (r, self.in_features) or tuple(mw.lora_b.shape) != (w, r):
+                raise ValueError(
+                    f"{module}: lora_A {tuple(mw.lora_a.shape)} / lora_B {tuple(mw.lora_b.shape)} do not fit "
+                    f"the base module (expected [{r}, {self.in_features}] / [{w}, {r}])"
+                )
+            a = mw.lora_a.to(device=self.lora_a.device, dtype=torch.float32)
+            b = mw.lora_b.to(device=self.lora_b.device, dtype=torch.float32).t() * mw.scale
+            self.lora_a[slot, row: row + r] = a.to(self.lora_a.dtype)
+            self.b_slice(s)[slot, :r] = b.to(self.lora_b.dtype)
+            ranks.append(r)
+            row += r
+        self.ranks_host[slot], self.rank_offsets_host[slot], self.total_ranks_host[slot] = ranks, offsets, row
+        dev = self.ranks.device
+        self.ranks[slot] = torch.tensor(ranks, dtype=torch.int32, device=dev)
+        self.rank_offsets[slot] = torch.tensor(offsets, dtype=torch.int32, device=dev)
+        self.total_ranks[slot] = row
+
+
+class AdapterBank:
+    """Fixed slots of LoRA adapters over one base model.
+
+    ``AdapterBank.for_model(model, num_slots)`` sizes it for a transformers
+    Llama-family model; ``load(slot, peft_dir)`` puts an adapter in a slot and
+    ``clear(slot)`` empties it. A forward then names, per token, the slot it uses.
+    """
+
+    def __init__(
+        self,
+        specs: Iterable[ProjectionSpec],
+        num_slots: int,
+        max_rank: int = 64,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ):
+        if num_slots < 1 or max_rank < 1:
+            raise ValueError(f"num_slots and max_rank must be >= 1 (got {num_slots}, {max_rank})")
+        self.num_slots, self.max_rank = num_slots, max_rank
+        self.dtype, self.device = dtype, torch.device(device)
+        self.projections: dict[str, PackedLoraWeights] = {}
+        self.module_index: dict[str, tuple[str, int]] = {}
+        for spec in specs:
+            self.projections[spec.name] = PackedLoraWeights(spec, num_slots, max_rank, dtype, device)
+            for i, module in enumerate(spec.slice_modules):
+                self.module_index[module] = (spec.name, i)
+        self.slot_names: list[str | None] = [None] * num_slots
+
+    @classmethod
+    def for_model(
+        cls,
+        model: torch.nn.Module,
+        num_slots: int,
+        max_rank: int = 64,
+        target_modules: Sequence[str] | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> "AdapterBank":
+        """A bank for a transformers Llama-family model (q/k/v/o/gate/up/down).
+
+        ``target_modules`` restricts the projections (default: all seven);
+        dtype and device default to the model's.
+        """
+        from .llama import llama_projection_specs
+
+        p = next(model.parameters())
+        return cls(
+            llama_projection_specs(model, target_modules),
+            num_slots,
+            max_rank,
+            dtype=dtype or p.dtype,
+            device=device or p.device,
+        )
+
+    def load(self, slot: int, adapter: LoraAdapter | str | Path, name: str | None = None) -> None:
+        """Load an adapter into ``slot`` (a PEFT directory or a :class:`LoraAdapter`).
+
+        Every projection of the slot is rewritten (projections the adapter does
+        not target get rank 0), so no weight of the slot's previous adapter stays.
+        """
+        self._check_slot(slot)
+        if not isinstance(adapter, LoraAdapter):
+            adapter = load_peft_adapter(adapter)
+        per_projection: dict[str, list[LoraModuleWeights | None]] = {
+            name_: [None] * proj.num_slices for name_, proj in self.projections.items()
+        }
+        unknown = [m for m in adapter.modules if m not in self.module_index]
+        if unknown:
+            raise ValueError(
+                f"adapter {adapter.name!r} targets modules this bank does not hold: {unknown[:3]}"
+                f"{' ...' if len(unknown) > 3 else ''}; bank modules look like {next(iter(self.module_index), None)!r}"
+            )
+        for module, mw in adapter.modules.items():
+            proj, s = self.module_index[module]
+            per_projection[proj][s] = mw
+        for proj_name, slices in per_projection.items():
+            self.projections[proj_name].set_slot(slot, slices)
+        self.slot_names[slot] = name or adapter.name
+
+    def clear(self, slot: int) -> None:
+        """Empty ``slot``: tokens mapped to it then get the base model only."""
+        self._check_slot(slot)
+        for proj in self.projections.values():
+            proj.clear_slot(slot)
+        self.slot_names[slot] = None
+
+    def _check_slot(self, slot: int) -> None:
+        if not 0 <= slot < self.num_slots:
+            raise IndexError(f"slot {slot} out of range: this bank has slots 0..{self.num_slots - 1}")
+
+    def nbytes_per_slot(self) -> int:
+        """Bytes one slot occupies (at max_rank) across all projections."""
+        return sum((p.lora_a[0].numel() + p.lora_b[0].numel()) * p.lora_a.element_size()
+                   for p in self.projections.values())
