@@ -365,6 +365,30 @@ class JobRecord(Wire):
     updated_at: Timestamp = 0.0
 
 
+class JobList(Wire):
+    """A client's recent jobs, newest first (datastore.job.list)."""
+
+    v: Literal[1] = 1
+    client_address: Address
+    limit: Annotated[int, Field(ge=1, le=500)] = 50
+    before: Timestamp = 0.0  # only jobs created before this time; 0 = now (page with the last created_at)
+
+
+class JobSummary(Wire):
+    v: Literal[1] = 1
+    job_id: JobId
+    status: JobStage
+    model_id: OptContentId = ""
+    adapter_id: OptContentId = ""
+    created_at: Timestamp = 0.0
+    updated_at: Timestamp = 0.0
+
+
+class JobListReply(Wire):
+    v: Literal[1] = 1
+    jobs: list[JobSummary]
+
+
 class BalanceGet(Wire):
     v: Literal[1] = 1
     address: Address
@@ -410,6 +434,7 @@ DATASTORE_ADAPTER_GET = "datastore.adapter.get"
 DATASTORE_ADAPTER_LIST = "datastore.adapter.list"
 DATASTORE_ADAPTER_BLOB = "datastore.adapter.blob"
 DATASTORE_JOB_GET = "datastore.job.get"
+DATASTORE_JOB_LIST = "datastore.job.list"
 SETTLEMENT_BALANCE = "settlement.balance"
 
 NODES_BUCKET = "nodes"
@@ -463,6 +488,7 @@ SCHEMAS: dict[str, type[Wire]] = {
     DATASTORE_ADAPTER_LIST: AdapterList,
     DATASTORE_ADAPTER_BLOB: AdapterGet,
     DATASTORE_JOB_GET: JobGet,
+    DATASTORE_JOB_LIST: JobList,
     SETTLEMENT_BALANCE: BalanceGet,
 }
 
