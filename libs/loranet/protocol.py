@@ -403,6 +403,15 @@ class Balance(Wire):
     stake: Wei = 0
 
 
+class Faucet(Wire):
+    """Devnet only: give `address` OPEN and deposit `escrow` of it for jobs."""
+
+    v: Literal[1] = 1
+    address: Address
+    amount: Wei
+    escrow: Wei = 0
+
+
 class DeadLetter(Wire):
     """A message that could not be handled, with why (subject dlq.<subject>)."""
 
@@ -436,6 +445,7 @@ DATASTORE_ADAPTER_BLOB = "datastore.adapter.blob"
 DATASTORE_JOB_GET = "datastore.job.get"
 DATASTORE_JOB_LIST = "datastore.job.list"
 SETTLEMENT_BALANCE = "settlement.balance"
+SETTLEMENT_FAUCET = "settlement.faucet"
 
 NODES_BUCKET = "nodes"
 
@@ -490,6 +500,7 @@ SCHEMAS: dict[str, type[Wire]] = {
     DATASTORE_JOB_GET: JobGet,
     DATASTORE_JOB_LIST: JobList,
     SETTLEMENT_BALANCE: BalanceGet,
+    SETTLEMENT_FAUCET: Faucet,
 }
 
 # Per-subject size ceilings (bytes), below the codec's global limit.

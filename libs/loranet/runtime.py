@@ -380,6 +380,16 @@ class Runtime:
         headers = {"Nats-Msg-Id": msg_id} if msg_id else None
         await self.js.publish(subject, codec.encode(message), headers=headers)
 
+    async def emit(self, job_id: str, stage: str, body: Wire | None = None, reason: str = "", node_id: str = "",
+                   dedup: str = "") -> None:
+        """Record a job transition on jobs.events.<job_id> (de-duplicated per job, stage, `dedup`)."""
+        event = protocol.JobEvent(
+            job_id=job_id, stage=stage, service=self.service, reason=reason[:1024], node_id=node_id,
+            body=codec.encode(body) if body is not None else b"", at=time.time(),
+        )
+        await self.publish(protocol.job_events(job_id), event, msg_id=f"{job_id}:{stage}:{dedup}")
+        self.log.info(f"job.{stage}", job_id=job_id, node_id=node_id, reason=reason[:200])
+
     async def request(self, subject: str, message: Wire, reply_schema: type[R], timeout: float | None = None) -> R:
         return await request(self.nc, subject, message, reply_schema, timeout or self.settings.request_timeout_s)
 

@@ -7,6 +7,7 @@ one kind of message from being replayed as another.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from dataclasses import dataclass
@@ -89,3 +90,8 @@ def verify(message: Wire, public_key: bytes, domain: str) -> None:
         VerifyKey(public_key).verify(canonical_bytes(message, domain), signature)
     except BadSignatureError:
         raise SignatureInvalid(f"{type(message).__name__} signature does not verify for key {public_key.hex()[:16]}") from None
+
+
+def devnet_address(name: str) -> str:
+    """A deterministic placeholder Ethereum address for a devnet identity (holds no key)."""
+    return "0x" + hashlib.sha256(f"loranet-devnet-address:{name}".encode()).hexdigest()[:40]

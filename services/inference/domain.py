@@ -1,0 +1,43 @@
+"""Inference node logic with no I/O: job validation, result assembly."""
+
+from __future__ import annotations
+
+from loranet import codec, protocol as p
+from loranet.fingerprint import CHUNK_TOKENS, TOP_K
+from loranet.sampling import SamplerParams
+
+
+class BadJob(ValueError):
+    """A job this node cannot run; the reason goes back to the client."""
+
+
+def request_hash(job: p.JobRequest) -> str:
+    return codec.content_id(job, p.DOMAIN_REQUEST_HASH)
+
+
+def sampler_params(job: p.JobRequest) -> SamplerParams:
+    s = job.sampling
+    try:
+        return SamplerParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+    except ValueError as exc:
+        raise BadJob(f"invalid sampling parameters: {exc}") from None
+
+
+def check_prompt(prompt_tokens: list[int], max_prompt_tokens: int) -> None:
+    if len(prompt_tokens) > max_prompt_tokens:
+        raise BadJob(f"prompt is {len(prompt_tokens)} tokens; this node takes at most {max_prompt_tokens}")
+
+
+def build_result(*, job: p.JobRequest, node_id: str, node_key: bytes, node_address: str, node_seq: int,
+                 model_id: str, tokenizer_id: str, prompt_tokens: list[int], output_tokens: list[int],
+                 output_text: str, finish_reason: str, chunks: list[bytes], started_at: float,
+                 finished_at: float) -> p.InferenceResult:
+    """The unsigned result binding job, model, adapter, tokens and fingerprint."""
+    return p.InferenceResult(
+        job_id=job.job_id, node_id=node_id, node_key=node_key, node_address=node_address, node_seq=node_seq,
+        request=job, request_hash=request_hash(job), model_id=model_id, adapter_id=job.adapter_id,
+        tokenizer_id=tokenizer_id, prompt_tokens=prompt_tokens, output_tokens=output_tokens,
+        output_text=output_text, finish_reason=finish_reason,
+        fingerprint=p.Fingerprint(chunk_tokens=CHUNK_TOKENS, top_k=TOP_K, chunks=chunks),
+        started_at=started_at, finished_at=finished_at,
+    )

@@ -1,0 +1,82 @@
+"""Settlement logic with no I/O: verdict checks, quorum, fees and receipts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from loranet import codec, protocol as p
+from loranet.signing import SignatureInvalid, verify
+from loranet.split import Price, job_fee, split_shares
+
+from .packing import SettleJob
+
+
+class BadVerdict(ValueError):
+    """A verdict settlement must not act on (forged, inconsistent)."""
+
+
+def check_verdict(verdict: p.Verdict) -> None:
+    """The verdict and the result inside it are both signed by who they claim."""
+    try:
+        verify(verdict, verdict.verifier_key, p.DOMAIN_VERDICT)
+        verify(verdict.result, verdict.result.node_key, p.DOMAIN_RESULT)
+    except SignatureInvalid as exc:
+        raise BadVerdict(str(exc)) from None
+    if verdict.result.job_id != verdict.job_id or verdict.result.request.job_id != verdict.job_id:
+        raise BadVerdict("verdict, result and request name different jobs")
+    if codec.content_id(verdict.result, p.DOMAIN_RESULT_HASH) != verdict.result_hash:
+        raise BadVerdict("result_hash does not match the result carried in the verdict")
+
+
+@dataclass
+class Quorum:
+    """Verdicts gathered for one job until `needed` distinct verifiers agree."""
+
+    needed: int
+    accepting: dict[str, p.Verdict] = field(default_factory=dict)
+    rejecting: dict[str, p.Verdict] = field(default_factory=dict)
+
+    def add(self, verdict: p.Verdict) -> str | None:
+        """'settle', 'refund' or None (undecided) after counting `verdict`."""
+        (self.accepting if verdict.accepted else self.rejecting)[verdict.verifier_id] = verdict
+        if len(self.accepting) >= self.needed:
+            return "settle"
+        if len(self.rejecting) >= self.needed:
+            return "refund"
+        return None
+
+
+def fee_of(result: p.InferenceResult, price: Price) -> int:
+    return job_fee(len(result.prompt_tokens), len(result.output_tokens), price, result.request.max_fee)
+
+
+def settle_job(verdicts: list[p.Verdict], manifest: p.AdapterManifest | None, treasury: str, price: Price) -> SettleJob:
+    """The on-chain job for accepted `verdicts` (all on one result)."""
+    result = verdicts[0].result
+    request = result.request
+    if manifest is None:  # base model only: developer and data shares go to the treasury
+        developer, contributors = treasury, ()
+    else:
+        developer = manifest.owner_address
+        contributors = tuple((c.address, c.weight_bps) for c in manifest.contributors)
+    return SettleJob(
+        job_id=bytes.fromhex(request.job_id),
+        client=request.client_address,
+        fee=fee_of(result, price),
+        max_fee=request.max_fee,
+        node=result.node_address,
+        developer=developer,
+        verifiers=tuple(sorted({v.verifier_address for v in verdicts}))[:8],
+        contributors=contributors,
+    )
+
+
+def payouts(job: SettleJob, treasury: str) -> list[p.Payout]:
+    """Each party's amount for one job, labelled by role."""
+    shares = split_shares(job.fee, [w for _, w in job.contributors], len(job.verifiers))
+    out = [p.Payout(party="node", address=job.node, amount=shares.node),
+           p.Payout(party="developer", address=job.developer, amount=shares.developer)]
+    out += [p.Payout(party="contributor", address=a, amount=x) for (a, _), x in zip(job.contributors, shares.contributors)]
+    out += [p.Payout(party="verifier", address=a, amount=x) for a, x in zip(job.verifiers, shares.verifiers)]
+    out.append(p.Payout(party="treasury", address=treasury, amount=shares.treasury))
+    return out
