@@ -1,0 +1,263 @@
+"""The datastore's rules, with no I/O: key names, manifest checks, job stages.
+
+Job status moves forward only.  Every stage has a rank and a job's status is
+the highest-ranked stage it has seen, so events may arrive in any order and
+any number of times:
+
+    admitted(1) < dispatched(2) < result(3) < verdict(4) < rejected, failed(5) < settled, refunded(6)
+
+`rejected` (admission refused) and `failed` (no node could finish the job)
+are terminal for the work, so they outrank the work stages that may still
+trickle in late; only the money (`settled` / `refunded`, e.g. the refund of a
+failed job) outranks them.  A late `dispatched` after `settled` is recorded
+in `stages` but never changes the status.
+
+Each (job_id, stage) is recorded once — the first event wins — except
+verdicts, which are recorded once per verifier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+
+from loranet import codec, protocol as p
+from loranet.codec import DecodeError, Wire
+from loranet.model.adapters import adapter_id_of_blobs
+from loranet.runtime import Reject, ServiceError
+
+STAGE_RANK: dict[str, int] = {
+    "admitted": 1,
+    "dispatched": 2,
+    "result": 3,
+    "verdict": 4,
+    "rejected": 5,
+    "failed": 5,
+    "settled": 6,
+    "refunded": 6,
+}
+
+# The message each stage's event carries in `body`; None = body may be empty.
+STAGE_BODY: dict[str, type[Wire] | None] = {
+    "admitted": p.JobRequest,
+    "dispatched": None,
+    "result": p.InferenceResult,
+    "verdict": p.Verdict,
+    "rejected": None,
+    "failed": None,
+    "settled": p.Receipt,
+    "refunded": p.Receipt,
+}
+
+_CONTENT_ID = re.compile(r"^[0-9a-f]{64}$")
+
+# ---------------------------------------------------------------------------
+# Redis key layout (see README.md)
+# ---------------------------------------------------------------------------
+
+
+def model_key(model_id: str) -> str:
+    return f"model:{model_id}"
+
+
+def model_name_key(name: str) -> str:
+    return f"model-name:{name}"
+
+
+def adapter_key(adapter_id: str) -> str:
+    return f"adapter:{adapter_id}"
+
+
+def adapter_name_key(name: str) -> str:
+    return f"adapter-name:{name}"
+
+
+ADAPTERS_ALL = "adapters:all"
+
+
+def adapters_by_base_key(model_id: str) -> str:
+    return f"adapters:base:{model_id}"
+
+
+def adapters_by_owner_key(address: str) -> str:
+    return f"adapters:owner:{address.lower()}"
+
+
+def blob_meta_key(sha: str) -> str:
+    return f"blob:{sha}"
+
+
+def blob_chunk_key(sha: str, index: int) -> str:
+    return f"blob:{sha}:{index}"
+
+
+def job_key(job_id: str) -> str:
+    return f"job:{job_id}"
+
+
+def client_jobs_key(address: str) -> str:
+    return f"client-jobs:{address.lower()}"
+
+
+def is_content_id(value: str) -> bool:
+    return bool(_CONTENT_ID.match(value))
+
+
+# ---------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------
+
+
+def manifest_digest(manifest: p.ModelManifest | p.AdapterManifest) -> str:
+    """What makes two registrations "the same": everything but registered_at."""
+    return hashlib.sha256(codec.encode(manifest.model_copy(update={"registered_at": 0.0}))).hexdigest()
+
+
+def _check_name(name: str) -> None:
+    # Lookups take "id or name": a name that looks like an id would be ambiguous.
+    if is_content_id(name):
+        raise ServiceError("invalid", "a name must not look like a 64-hex content id; choose a readable name", "manifest.name")
+
+
+def check_model_manifest(manifest: p.ModelManifest) -> None:
+    _check_name(manifest.name)
+    if not manifest.architecture:
+        raise ServiceError("invalid", "architecture is empty; give the HF architecture, e.g. LlamaForCausalLM", "manifest.architecture")
+
+
+def check_adapter_upload(manifest: p.AdapterManifest, config: bytes, weights: bytes) -> None:
+    """The manifest must describe the blobs it comes with, and the blobs must hash to its id."""
+    _check_name(manifest.name)
+    seen: set[str] = set()
+    for i, c in enumerate(manifest.contributors):
+        if c.contributor_id in seen:
+            raise ServiceError("invalid", f"contributor {c.contributor_id!r} is listed twice", f"manifest.contributors.{i}")
+        seen.add(c.contributor_id)
+    try:
+        found = adapter_id_of_blobs(config, weights)
+    except ValueError as exc:  # not JSON, not LoRA, malformed safetensors
+        raise ServiceError("invalid", f"adapter blobs are not a PEFT LoRA adapter: {exc}", "config") from None
+    if found != manifest.adapter_id:
+        raise ServiceError(
+            "hash_mismatch",
+            f"config + weights hash to adapter_id {found}, not {manifest.adapter_id}; re-read the adapter directory or correct the id",
+            "manifest.adapter_id",
+        )
+    peft = json.loads(config)
+    if peft.get("r") != manifest.rank:
+        raise ServiceError("invalid", f"manifest rank {manifest.rank} differs from the config's r={peft.get('r')}", "manifest.rank")
+    targets = peft.get("target_modules")
+    if isinstance(targets, list) and sorted(targets) != sorted(manifest.target_modules):
+        raise ServiceError(
+            "invalid", f"manifest target_modules {sorted(manifest.target_modules)} differ from the config's {sorted(targets)}",
+            "manifest.target_modules",
+        )
+    base = peft.get("base_model_name_or_path")
+    # A config that names its base by content id binds the adapter to that base.
+    if isinstance(base, str) and is_content_id(base) and base != manifest.base_model_id:
+        raise ServiceError(
+            "invalid", f"the adapter config was built for base model {base}, the manifest says {manifest.base_model_id}",
+            "manifest.base_model_id",
+        )
+
+
+# ---------------------------------------------------------------------------
+# Job records
+# ---------------------------------------------------------------------------
+
+
+def event_field(event: p.JobEvent, body: Wire | None) -> str:
+    """The field of the job's hash this event is recorded under (first write wins)."""
+    if event.stage == "verdict" and isinstance(body, p.Verdict):
+        return f"event:verdict:{body.verifier_id}"
+    return f"event:{event.stage}"
+
+
+def check_event(event: p.JobEvent, subject: str) -> Wire | None:
+    """Decode and cross-check an event's body; Reject (dead letter) what cannot be recorded."""
+    if subject != p.job_events(event.job_id):
+        raise Reject(f"event for job {event.job_id} arrived on {subject}")
+    schema = STAGE_BODY[event.stage]
+    if schema is None:
+        return None
+    if not event.body:
+        raise Reject(f"stage {event.stage!r} needs its {schema.__name__} in body")
+    try:
+        body = codec.decode(schema, event.body, len(event.body))
+    except DecodeError as exc:
+        raise Reject(f"body of stage {event.stage!r}: {exc}") from None
+    if body.job_id != event.job_id:
+        raise Reject(f"body is for job {body.job_id}, the event for {event.job_id}")
+    if isinstance(body, p.Receipt) and body.status != event.stage:
+        raise Reject(f"receipt status {body.status!r} in a {event.stage!r} event")
+    return body
+
+
+def request_of(body: Wire | None) -> p.JobRequest | None:
+    """The client's request carried (directly or nested) by a stage's body."""
+    if isinstance(body, p.JobRequest):
+        return body
+    if isinstance(body, p.InferenceResult):
+        return body.request
+    if isinstance(body, p.Verdict):
+        return body.result.request
+    return None
+
+
+def status_of(stages: list[str]) -> str:
+    return max(stages, key=lambda s: STAGE_RANK[s])
+
+
+def assemble_record(job_id: str, fields: Mapping[str, bytes]) -> p.JobRecord:
+    """A JobRecord from the recorded events (`event:*` fields of the job's hash)."""
+    events: list[tuple[p.JobEvent, Wire | None]] = []
+    for name in sorted(fields):
+        if not name.startswith("event:"):
+            continue
+        event = codec.decode(p.JobEvent, fields[name])
+        schema = STAGE_BODY[event.stage]
+        body = codec.decode(schema, event.body, len(event.body)) if schema and event.body else None
+        events.append((event, body))
+    if not events:
+        raise ValueError(f"job {job_id} has no recorded events")
+    events.sort(key=lambda eb: (STAGE_RANK[eb[0].stage], eb[0].at))
+    stages: list[str] = []
+    for event, _ in events:
+        if event.stage not in stages:
+            stages.append(event.stage)
+    status = status_of(stages)
+    by_stage = {e.stage: (e, b) for e, b in reversed(events)}  # first event of each stage
+    request = next((r for r in (request_of(b) for _, b in events) if r is not None), None)
+    result = by_stage["result"][1] if "result" in by_stage else None
+    verdicts = sorted((b for e, b in events if isinstance(b, p.Verdict)), key=lambda v: (v.decided_at, v.verifier_id))
+    receipt = next((b for _, b in events if isinstance(b, p.Receipt)), None)
+    node_id = result.node_id if isinstance(result, p.InferenceResult) else ""
+    if not node_id:
+        node_id = next((e.node_id for e, _ in events if e.node_id), "")
+    reason = by_stage[status][0].reason or next((e.reason for e, _ in reversed(events) if e.reason), "")
+    return p.JobRecord(
+        job_id=job_id,
+        status=status,
+        reason=reason,
+        request=request,
+        node_id=node_id,
+        result=result,
+        verdicts=verdicts,
+        receipt=receipt,
+        stages=stages,
+        updated_at=max(e.at for e, _ in events),
+    )
+
+
+def summary_of(record: p.JobRecord) -> p.JobSummary:
+    req = record.request
+    return p.JobSummary(
+        job_id=record.job_id,
+        status=record.status,
+        model_id=req.model_id if req else "",
+        adapter_id=req.adapter_id if req else "",
+        created_at=req.created_at if req else 0.0,
+        updated_at=record.updated_at,
+    )

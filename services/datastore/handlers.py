@@ -1,0 +1,139 @@
+"""The datastore's routes: subject → typed handler."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from loranet import codec, protocol as p
+from loranet.model.adapters import adapter_id_of_blobs
+from loranet.observability import EventLog
+from loranet.runtime import Delivery, Endpoint, Pull, ServiceError
+from loranet.topology import DATASTORE
+
+from . import domain
+from .settings import DatastoreSettings
+from .store import BlobCorrupted, RegistryStore
+
+_SMALL_REQUEST = 64 * 1024
+
+
+class DatastoreHandlers:
+    def __init__(self, store: RegistryStore, settings: DatastoreSettings, log: EventLog, stopping: asyncio.Event | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.log = log
+        self.stopping = stopping or asyncio.Event()
+
+    def routes(self) -> list[Endpoint[Any] | Pull[Any]]:
+        def endpoint(name: str, subject: str, handler: Any) -> Endpoint[Any]:
+            schema = p.SCHEMAS[subject]
+            return Endpoint(name, subject, schema, handler, max_bytes=p.MAX_BYTES.get(subject, _SMALL_REQUEST))
+
+        return [
+            endpoint("model-put", p.DATASTORE_MODEL_PUT, self.put_model),
+            endpoint("model-get", p.DATASTORE_MODEL_GET, self.get_model),
+            endpoint("adapter-put", p.DATASTORE_ADAPTER_PUT, self.put_adapter),
+            endpoint("adapter-get", p.DATASTORE_ADAPTER_GET, self.get_adapter),
+            endpoint("adapter-list", p.DATASTORE_ADAPTER_LIST, self.list_adapters),
+            endpoint("adapter-blob", p.DATASTORE_ADAPTER_BLOB, self.adapter_blob),
+            endpoint("job-get", p.DATASTORE_JOB_GET, self.get_job),
+            endpoint("job-list", p.DATASTORE_JOB_LIST, self.list_jobs),
+            Pull("job-events", DATASTORE, p.JobEvent, self.on_job_event, slots=32,
+                 max_bytes=p.MAX_BYTES[p.JOB_EVENTS_ALL]),
+        ]
+
+    # -- models ------------------------------------------------------------
+
+    async def put_model(self, req: p.ModelPut) -> p.ModelManifest:
+        domain.check_model_manifest(req.manifest)
+        created, stored = await self.store.put_model(req.manifest)
+        if created:
+            self.log.info("model.registered", model_id=stored.model_id, name=stored.name)
+        return stored
+
+    async def get_model(self, req: p.ModelGet) -> p.ModelManifest:
+        manifest = await self.store.get_model(req.model)
+        if manifest is None:
+            raise ServiceError("not_found", f"no model registered with id or name {req.model!r}", "model")
+        return manifest
+
+    # -- adapters ----------------------------------------------------------
+
+    async def put_adapter(self, req: p.AdapterPut) -> p.AdapterManifest:
+        manifest = req.manifest
+        domain.check_adapter_upload(manifest, req.config, req.weights)
+        if await self.store.get_model(manifest.base_model_id) is None:
+            raise ServiceError(
+                "not_found", f"base model {manifest.base_model_id} is not registered; register it first (datastore.model.put)",
+                "manifest.base_model_id",
+            )
+        created, stored = await self.store.put_adapter(manifest, req.config, req.weights)
+        if created:
+            self.log.info("adapter.registered", adapter_id=stored.adapter_id, name=stored.name, base_model_id=stored.base_model_id)
+        return stored
+
+    async def _resolve_adapter(self, adapter: str) -> str:
+        adapter_id = await self.store.resolve_adapter(adapter)
+        if not adapter_id:
+            raise ServiceError("not_found", f"no adapter registered with id or name {adapter!r}", "adapter")
+        return adapter_id
+
+    async def get_adapter(self, req: p.AdapterGet) -> p.AdapterManifest:
+        manifest = await self.store.get_adapter(await self._resolve_adapter(req.adapter))
+        if manifest is None:  # removed between the two reads
+            raise ServiceError("not_found", f"no adapter registered with id or name {req.adapter!r}", "adapter")
+        return manifest
+
+    async def list_adapters(self, req: p.AdapterList) -> p.AdapterListReply:
+        return p.AdapterListReply(adapters=await self.store.list_adapters(req.base_model_id, req.owner_address))
+
+    async def adapter_blob(self, req: p.AdapterGet) -> p.AdapterBlob:
+        adapter_id = await self._resolve_adapter(req.adapter)
+        try:
+            blobs = await self.store.adapter_blobs(adapter_id)
+            if blobs is None:
+                raise ServiceError("not_found", f"adapter {adapter_id} has no stored blobs", "adapter")
+            config, weights = blobs
+            found = adapter_id_of_blobs(config, weights)
+            if found != adapter_id:
+                raise BlobCorrupted("-", f"blobs hash to adapter_id {found}")
+        except (BlobCorrupted, ValueError) as exc:
+            # Loud: stored bytes changed under us.  Re-uploading the adapter heals it.
+            self.log.error("blob.hash_mismatch", adapter_id=adapter_id, detail=str(exc))
+            raise ServiceError(
+                "hash_mismatch", f"stored blobs of adapter {adapter_id} failed their hash check ({exc}); refusing to serve them",
+                "adapter",
+            ) from None
+        return p.AdapterBlob(adapter_id=adapter_id, config=config, weights=weights)
+
+    # -- jobs --------------------------------------------------------------
+
+    async def get_job(self, req: p.JobGet) -> p.JobRecord:
+        fields = await self.store.job_fields(req.job_id)
+        if not fields:
+            raise ServiceError("not_found", f"no record of job {req.job_id} (unknown, or older than the retention)", "job_id")
+        return domain.assemble_record(req.job_id, fields)
+
+    async def list_jobs(self, req: p.JobList) -> p.JobListReply:
+        jobs = await self.store.client_jobs(req.client_address, req.before, req.limit)
+        return p.JobListReply(jobs=[domain.summary_of(domain.assemble_record(j, fields)) for j, fields in jobs])
+
+    async def on_job_event(self, event: p.JobEvent, delivery: Delivery) -> None:
+        body = domain.check_event(event, delivery.subject)
+        field = domain.event_field(event, body)
+        encoded = codec.encode(event)
+        request = domain.request_of(body)
+        deadline = time.monotonic() + self.settings.event_retry_s
+        while True:
+            try:
+                new = await self.store.record_event(event.job_id, field, encoded, request)
+                break
+            except ServiceError as exc:
+                # Redis is down: hold the event (the runtime keeps it in progress)
+                # rather than burn its redeliveries; hand it back after event_retry_s.
+                if exc.code != "unavailable" or time.monotonic() > deadline or self.stopping.is_set():
+                    raise
+                await asyncio.sleep(0.5)
+        self.log.info("job.event", job_id=event.job_id, stage=event.stage, subject=delivery.subject, new=new)

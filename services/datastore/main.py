@@ -1,0 +1,30 @@
+"""`python -m services.datastore`: settings → Redis → Runtime → routes → serve."""
+
+from __future__ import annotations
+
+import asyncio
+
+from loranet.runtime import Runtime, ServiceError
+
+from .handlers import DatastoreHandlers
+from .settings import DatastoreSettings
+from .store import RegistryStore
+
+
+async def main() -> None:
+    settings = DatastoreSettings.from_env()
+    store = RegistryStore.from_settings(settings)
+    try:
+        async with Runtime("datastore", settings) as rt:
+            try:
+                await store.ping()
+            except ServiceError as exc:  # keep serving: requests answer "unavailable" until Redis is up
+                rt.log.warning("redis.unreachable", error=exc.message)
+            await rt.mount(DatastoreHandlers(store, settings, rt.log, rt.stopping).routes())
+            await rt.serve_forever()
+    finally:
+        await store.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
