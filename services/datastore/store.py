@@ -235,14 +235,24 @@ class RegistryStore:
 
     @_guarded
     async def client_jobs(self, address: str, before: float, limit: int) -> list[tuple[str, dict[str, bytes]]]:
-        """Newest first: (job_id, recorded fields) of a client's jobs created before `before` (0 = any)."""
+        """Newest first: (job_id, recorded fields) of a client's jobs created before `before` (0 = any).
+
+        Index entries whose record has expired are dropped from the index as they are met."""
+        index = domain.client_jobs_key(address)
         top = f"({before}" if before > 0 else "+inf"
-        ids = await self.redis.zrevrangebyscore(domain.client_jobs_key(address), top, "-inf", start=0, num=limit)
-        if not ids:
-            return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in ids:
-                pipe.hgetall(domain.job_key(job_id.decode()))
-            records = await pipe.execute()
-        # A job whose record expired before its index entry was trimmed is skipped.
-        return [(j.decode(), {k.decode(): v for k, v in r.items()}) for j, r in zip(ids, records) if r]
+        found: list[tuple[str, dict[str, bytes]]] = []
+        offset = 0
+        while len(found) < limit:
+            ids = await self.redis.zrevrangebyscore(index, top, "-inf", start=offset, num=limit - len(found))
+            if not ids:
+                break
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hgetall(domain.job_key(job_id.decode()))
+                records = await pipe.execute()
+            expired = [j for j, r in zip(ids, records) if not r]
+            found += [(j.decode(), {k.decode(): v for k, v in r.items()}) for j, r in zip(ids, records) if r]
+            if expired:
+                await self.redis.zrem(index, *expired)
+            offset += len(ids) - len(expired)
+        return found
