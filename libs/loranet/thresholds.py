@@ -1,0 +1,71 @@
+"""Every verification threshold of the verifier, in one place.
+
+Each value says how it was calibrated. The calibration run is
+`bench/verify_bench.py --calibrate` (honest jobs recomputed under every
+execution variation the network tolerates: batch of 1 vs a padded batch of
+several prompts, torch threads 1 vs 2, attention "eager" vs "sdpa", merged
+vs unmerged LoRA) plus the adversarial suite in tests/verifier. Figures
+quoted are from the 2-core CPU development machine, default tiny model.
+
+The worst honest figure and the best (closest to honest) attack figure are
+both printed by the calibration; each threshold sits well inside the gap,
+nearer the honest side by a safety factor, never tuned to an attack.
+"""
+
+from __future__ import annotations
+
+# --- Activation fingerprint (loranet.fingerprint.ChunkScore), per chunk -----
+
+# Fraction of the committed top-k indices found in the recomputed top-k.
+# Honest worst across all variations: 1.000 (indices are exact with fp32
+# noise ~1e-6 and a top-k boundary gap far larger). Attacks: wrong adapter /
+# scaled adapter / wrong base / bf16 weights fall to 0.0–0.9 on at least one
+# chunk. 0.90 tolerates a few boundary flips on real hardware (TOPLOC uses a
+# similar top-k intersection bound).
+FP_MIN_INDEX_OVERLAP = 0.90
+
+# Mean |recomputed - committed| at the committed indices, beyond the
+# quantisation half-step, relative to the committed magnitude range (hi).
+# Honest worst: ~1e-6 (fp32 reduction order); bf16 weights: >= 1e-3;
+# scaled/wrong adapter: >= 1e-2. Threshold 2e-4 leaves x100 over honest.
+FP_MAX_MEAN_EXCESS_REL = 2e-4
+
+# Largest single |error| beyond the half quantisation step, relative to hi.
+# Honest worst ~1e-5; a single edited token shifts its row by O(1).
+FP_MAX_EXCESS_REL = 2e-3
+
+# --- Sampling replay (loranet.sampling.replay_margin) -----------------------
+
+# Greedy: the node's token must be the argmax of the recomputed logits, or
+# within this many logits of it (a near-tie that fp32 noise may flip).
+# Honest worst margin across variations: > -1e-5 (it is >= 0 on one
+# machine); edited tokens sit at -0.1 .. -10. 1e-3 is x100 over honest noise.
+GREEDY_TIE_MARGIN = 1e-3
+
+# Sampled: the node's token must win the seeded Gumbel race on recomputed
+# logits (scaled by 1/temperature), or lose it by at most this much.
+# Same noise analysis as greedy, divided by temperature >= 0.1 in our jobs;
+# wrong seed / cheaper model lose by O(1) on most tokens.
+REPLAY_MARGIN = 1e-3
+
+# At most this many output tokens may be accepted only because of the
+# tolerance (margin < 0 but above the tolerance). Honest runs: 0 seen.
+# A cheater steering many tokens through near-ties is bounded by it.
+MAX_NEAR_TIE_TOKENS = 2
+
+# --- Termination -----------------------------------------------------------
+
+# finish_reason "eos": EOS must win the replayed race at its step (same
+# margins as above); in addition its softmax probability (at the job's
+# temperature, 1.0 for greedy) must reach this floor — an EOS that won only
+# by noise at a near-tie with probability < 1e-3 is not "likely".
+EOS_MIN_PROB = 1e-3
+
+# --- Audit policy ----------------------------------------------------------
+
+# Every job of a node is audited until it has this many clean audits...
+AUDIT_NEW_NODE_JOBS = 20
+# ...and again for this many jobs after any failure.
+AUDIT_AFTER_FAILURE_JOBS = 50
+# Afterwards a deterministic fraction (hash of job id) is audited.
+AUDIT_CLEAN_RATE = 0.25

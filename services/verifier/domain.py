@@ -1,0 +1,385 @@
+"""Verifier logic with no I/O: authentication, cheap checks, the audit's comparisons, verdicts, audit policy.
+
+Everything here is a pure function of plain values (a result, recomputed
+hidden states and logits, a node's record), so each check can be tested and
+re-run by anyone who holds the verdict's inputs. Thresholds live in
+loranet.thresholds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from loranet import codec, protocol as p, thresholds
+from loranet.fingerprint import CHUNK_TOKENS, TOP_K, ChunkScore, chunk_spans, compare_chunk, decode_chunk
+from loranet.model import tokenizer
+from loranet.sampling import SamplerParams, replay_margin
+from loranet.signing import Identity, SignatureInvalid, devnet_address, sign, verify  # noqa: F401 (devnet_address re-exported)
+
+MAX_DETAIL = 1000
+
+
+class Forged(ValueError):
+    """The result is not authenticated by its node: no verdict can be given (dead-lettered)."""
+
+
+class NotOurs(ValueError):
+    """A well-formed result this verifier cannot judge (another model): dead-lettered, node not blamed."""
+
+
+def check(name: str, ok: bool, detail: str = "") -> p.Check:
+    return p.Check(name=name, ok=bool(ok), detail=detail[:MAX_DETAIL])
+
+
+def request_hash(job: p.JobRequest) -> str:
+    return codec.content_id(job, p.DOMAIN_REQUEST_HASH)
+
+
+def result_hash(result: p.InferenceResult) -> str:
+    return codec.content_id(result, p.DOMAIN_RESULT_HASH)
+
+
+def sampler_params(job: p.JobRequest) -> SamplerParams:
+    s = job.sampling
+    return SamplerParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+
+
+# ---------------------------------------------------------------------------
+# Authentication (a failure here means no verdict: the job id is not authenticated)
+# ---------------------------------------------------------------------------
+
+
+def heartbeat_key(hb: p.NodeHeartbeat, node_id: str) -> bytes:
+    """The node key a heartbeat registers for `node_id`; raises Forged if it is not self-consistent."""
+    if hb.node_id != node_id:
+        raise Forged(f"heartbeat under key {node_id!r} names node {hb.node_id!r}")
+    try:
+        verify(hb, hb.node_key, p.DOMAIN_HEARTBEAT)
+    except SignatureInvalid as exc:
+        raise Forged(f"heartbeat of node {node_id}: {exc}") from None
+    return hb.node_key
+
+
+def authenticate(result: p.InferenceResult, subject: str, registered_key: bytes | None) -> None:
+    """Raise Forged unless `result` arrived on its node's subject and is signed by the node's registered key."""
+    if subject != p.results(result.node_id):
+        raise Forged(f"result of node {result.node_id} arrived on {subject!r}, expected {p.results(result.node_id)!r}")
+    if registered_key is None:
+        raise Forged(f"node {result.node_id} is unknown: no heartbeat in KV bucket {p.NODES_BUCKET!r} and none seen before")
+    if registered_key != result.node_key:
+        raise Forged(f"node_key {result.node_key.hex()[:16]} is not node {result.node_id}'s registered key "
+                     f"{registered_key.hex()[:16]}")
+    try:
+        verify(result, result.node_key, p.DOMAIN_RESULT)
+    except SignatureInvalid as exc:
+        raise Forged(f"node signature: {exc}") from None
+
+
+def served_model(result: p.InferenceResult, model_id: str) -> None:
+    """Raise NotOurs if the request names a model this verifier does not serve."""
+    if result.request.model_id != model_id:
+        raise NotOurs(f"job {result.job_id} asks for model {result.request.model_id}; this verifier serves {model_id}")
+
+
+# ---------------------------------------------------------------------------
+# Cheap checks (every result)
+# ---------------------------------------------------------------------------
+
+
+def cheap_checks(result: p.InferenceResult, model_id: str, node_address: str | None = None) -> list[p.Check]:
+    """Structure, bindings and token/text consistency of an authenticated result."""
+    req = result.request
+    out: list[p.Check] = []
+    try:
+        verify(req, req.client_key, p.DOMAIN_JOB_REQUEST)
+        out.append(check("request_signature", True))
+    except SignatureInvalid as exc:
+        out.append(check("request_signature", False, str(exc)))
+    rh = request_hash(req)
+    out.append(check("request_hash", result.request_hash == rh, "" if result.request_hash == rh else f"claimed {result.request_hash}, recomputed {rh}"))
+    out.append(check("job_id", result.job_id == req.job_id, "" if result.job_id == req.job_id else f"result {result.job_id} != request {req.job_id}"))
+    ok = result.model_id == req.model_id == model_id
+    out.append(check("model_id", ok, "" if ok else f"result {result.model_id}, request {req.model_id}, served {model_id}"))
+    ok = result.adapter_id == req.adapter_id
+    out.append(check("adapter_id", ok, "" if ok else f"result {result.adapter_id!r}, request {req.adapter_id!r}"))
+    ok = result.tokenizer_id == tokenizer.TOKENIZER_ID
+    out.append(check("tokenizer_id", ok, "" if ok else f"result {result.tokenizer_id}, model's {tokenizer.TOKENIZER_ID}"))
+    if node_address is not None:
+        ok = result.node_address.lower() == node_address.lower()
+        out.append(check("node_address", ok, "" if ok else f"result pays {result.node_address}, heartbeat registers {node_address}"))
+    expected_prompt = tokenizer.encode(req.prompt)
+    ok = result.prompt_tokens == expected_prompt
+    out.append(check("prompt_tokens", ok, "" if ok else f"{len(result.prompt_tokens)} tokens differ from encode(prompt) ({len(expected_prompt)})"))
+    toks = result.output_tokens
+    in_vocab = all(t < tokenizer.VOCAB_SIZE for t in toks)
+    ok = in_vocab and result.output_text == tokenizer.decode(toks)
+    out.append(check("output_text", ok, "" if ok else ("token outside the vocabulary" if not in_vocab else "output_text != decode(output_tokens)")))
+    n, max_tokens = len(toks), req.max_tokens
+    ok = (1 <= n <= max_tokens) or (n == 0 and result.finish_reason == "deadline")
+    out.append(check("max_tokens", ok, f"{n} of {max_tokens}"))
+    out.append(finish_check(result))
+    out.append(proof_structure(result))
+    ok = result.started_at <= result.finished_at
+    out.append(check("timing", ok, f"{result.finished_at - result.started_at:.3f}s"))
+    out.append(evidence_check(result))
+    return out
+
+
+def finish_check(result: p.InferenceResult) -> p.Check:
+    toks, reason, max_tokens = result.output_tokens, result.finish_reason, result.request.max_tokens
+    eos_at = [i for i, t in enumerate(toks) if t == tokenizer.EOS_ID]
+    if reason == "eos":
+        ok = bool(toks) and eos_at == [len(toks) - 1]
+        why = f"eos at {eos_at}, {len(toks)} tokens"
+    elif reason == "length":
+        ok = len(toks) == max_tokens and not eos_at
+        why = f"{len(toks)} tokens of {max_tokens}, eos at {eos_at}"
+    elif reason == "stop":
+        stops = result.request.sampling.stop
+        prefix = tokenizer.decode(toks[:-1])
+        ok = (not eos_at and any(result.output_text.endswith(s) for s in stops)
+              and not any(s in prefix for s in stops))
+        why = f"stop strings {len(stops)}, text ends with one: {ok}"
+    else:  # deadline: the node gave up early; the tokens it did produce are still checked
+        ok = len(toks) < max_tokens and not eos_at
+        why = f"{len(toks)} tokens of {max_tokens} before the deadline"
+    return check("finish_reason", ok, f"{reason}: {why}")
+
+
+def proof_structure(result: p.InferenceResult) -> p.Check:
+    fp = result.fingerprint
+    if fp.chunk_tokens != CHUNK_TOKENS or fp.top_k != TOP_K:
+        return check("proof_structure", False, f"chunk_tokens {fp.chunk_tokens}/top_k {fp.top_k}, protocol {CHUNK_TOKENS}/{TOP_K}")
+    if not result.prompt_tokens:
+        return check("proof_structure", False, "no prompt tokens")
+    want = len(chunk_spans(len(result.prompt_tokens), len(result.output_tokens), CHUNK_TOKENS))
+    if len(fp.chunks) != want:
+        return check("proof_structure", False, f"{len(fp.chunks)} chunks, layout needs {want}")
+    empty = [i for i, c in enumerate(fp.chunks) if len(c) < 12]
+    if empty:
+        return check("proof_structure", False, f"empty or truncated chunks {empty[:16]}")
+    return check("proof_structure", True, f"{want} chunks")
+
+
+def evidence_check(result: p.InferenceResult) -> p.Check:
+    """TEE / zk evidence is not verifiable here: reported as absent or unverified, never as verified."""
+    kinds = {e.kind for e in result.evidence}
+    parts = [f"{k}: {'present, unverified (no verifier for this evidence type)' if k in kinds else 'absent'}" for k in ("tee", "zk")]
+    return check("evidence_absent", True, "; ".join(parts) + " - not counted toward acceptance")
+
+
+# ---------------------------------------------------------------------------
+# Re-execution audit: fingerprints, sampling replay, termination
+# ---------------------------------------------------------------------------
+
+
+def fingerprint_ok(score: ChunkScore, hi: float) -> tuple[bool, float, float]:
+    """(ok, mean excess, max excess) of one chunk; excess = error beyond the half quantisation step, / hi."""
+    if not score.numel_match:
+        return False, math.inf, math.inf
+    half = score.quant_step / 2
+    scale = max(hi, 1e-12)
+    mean_x = max(score.mean_abs_err - half, 0.0) / scale
+    max_x = max(score.max_abs_err - half, 0.0) / scale
+    ok = (score.index_overlap >= thresholds.FP_MIN_INDEX_OVERLAP and mean_x <= thresholds.FP_MAX_MEAN_EXCESS_REL
+          and max_x <= thresholds.FP_MAX_EXCESS_REL)
+    return ok, mean_x, max_x
+
+
+def fingerprint_check(result: p.InferenceResult, hidden: torch.Tensor) -> p.Check:
+    """Compare each committed chunk with the verifier's recomputed hidden states (rows per chunk_spans)."""
+    prompt_len, n = len(result.prompt_tokens), len(result.output_tokens)
+    spans = chunk_spans(prompt_len, n, CHUNK_TOKENS)
+    parts: list[str] = []
+    bad: list[int] = []
+    worst = (1.0, 0.0, 0.0)
+    for i, (blob, (a, b)) in enumerate(zip(result.fingerprint.chunks, spans)):
+        try:
+            fp = decode_chunk(blob)
+        except ValueError as exc:
+            bad.append(i)
+            parts.append(f"{i}:undecodable({exc})")
+            continue
+        score = compare_chunk(fp, hidden[a:b])
+        hi = float(np.abs(fp.values).max()) if fp.values.size else 0.0
+        ok, mean_x, max_x = fingerprint_ok(score, hi)
+        if not ok:
+            bad.append(i)
+        worst = (min(worst[0], score.index_overlap), max(worst[1], mean_x), max(worst[2], max_x))
+        parts.append(f"{i}:{score.index_overlap:.3f}/{mean_x:.1e}/{max_x:.1e}")
+    head = (f"chunks {len(spans)} bad {bad[:32]} worst overlap/mean/max excess "
+            f"{worst[0]:.3f}/{worst[1]:.1e}/{worst[2]:.1e}; per chunk ")
+    body = " ".join(parts)
+    if len(head) + len(body) > MAX_DETAIL:  # keep the failing chunks' figures when it does not fit
+        shown = [parts[i] for i in bad[:20]] if bad else parts[:20]
+        body = " ".join(shown) + " ..."
+    return check("fingerprint", not bad, head + body)
+
+
+def replay_check(result: p.InferenceResult, logits: torch.Tensor) -> p.Check:
+    """Every output token must be the seeded sampler's choice on the recomputed logits (within tolerance)."""
+    prompt_len = len(result.prompt_tokens)
+    toks = result.output_tokens
+    if not toks:
+        return check("sampling_replay", True, "no tokens")
+    params = sampler_params(result.request)
+    seed = result.request.sampling.seed
+    rows = logits[prompt_len - 1 : prompt_len - 1 + len(toks)].double()
+    if params.greedy:
+        x = rows.numpy()
+        idx = np.arange(len(toks))
+        chosen = x[idx, toks]
+        others = x.copy()
+        others[idx, toks] = -np.inf
+        margins = chosen - others.max(axis=1)
+        tol = thresholds.GREEDY_TIE_MARGIN
+    else:
+        margins = np.array([replay_margin(rows[j], params, seed, j, t) for j, t in enumerate(toks)])
+        tol = thresholds.REPLAY_MARGIN
+    failed = np.nonzero(margins < -tol)[0]
+    near = np.nonzero((margins < 0) & (margins >= -tol))[0]
+    ok = failed.size == 0 and near.size <= thresholds.MAX_NEAR_TIE_TOKENS
+    kind = "greedy" if params.greedy else f"T={params.temperature} k={params.top_k} p={params.top_p} seed={seed}"
+    detail = (f"{kind}: {len(toks)} tokens, {failed.size} mismatched (first {failed[:8].tolist()}), "
+              f"{near.size} near-ties, min margin {float(margins.min()):.3e}")
+    return check("sampling_replay", ok, detail)
+
+
+def termination_check(result: p.InferenceResult, logits: torch.Tensor) -> p.Check:
+    """EOS only where it was likely; length stops exactly at max_tokens (checked cheaply, restated here)."""
+    toks = result.output_tokens
+    if result.finish_reason != "eos":
+        return check("termination", True, f"{result.finish_reason}: no EOS claimed")
+    step = len(toks) - 1
+    params = sampler_params(result.request)
+    row = logits[len(result.prompt_tokens) - 1 + step].double().numpy()
+    z = row / (params.temperature if not params.greedy else 1.0)
+    prob = float(np.exp(z[tokenizer.EOS_ID] - z.max()) / np.exp(z - z.max()).sum())
+    ok = prob >= thresholds.EOS_MIN_PROB
+    return check("termination", ok, f"eos at step {step}: p(eos)={prob:.3e}, floor {thresholds.EOS_MIN_PROB:g}")
+
+
+def audit_checks(result: p.InferenceResult, hidden: torch.Tensor, logits: torch.Tensor) -> list[p.Check]:
+    """The re-execution audit's checks from ONE prefill over prompt + output (hidden [T,H], logits [T,V])."""
+    need = len(result.prompt_tokens) + len(result.output_tokens)
+    if hidden.shape[0] != need or logits.shape[0] != need:
+        return [check("audit_shape", False, f"recomputed {hidden.shape[0]} rows, need {need}")]
+    return [fingerprint_check(result, hidden), replay_check(result, logits), termination_check(result, logits)]
+
+
+# ---------------------------------------------------------------------------
+# Verdicts
+# ---------------------------------------------------------------------------
+
+
+def build_verdict(result: p.InferenceResult, checks: list[p.Check], audited: bool, verifier_id: str,
+                  identity: Identity, verifier_address: str, decided_at: float | None = None) -> p.Verdict:
+    """The signed verdict: accepted iff every check passed."""
+    verdict = p.Verdict(
+        job_id=result.job_id, verifier_id=verifier_id, verifier_key=identity.public,
+        verifier_address=verifier_address, result_hash=result_hash(result),
+        accepted=all(c.ok for c in checks), audited=audited, checks=checks[:64], result=result,
+        decided_at=time.time() if decided_at is None else decided_at,
+    )
+    return sign(verdict, identity, p.DOMAIN_VERDICT)
+
+
+# ---------------------------------------------------------------------------
+# Replay guard and audit policy (in-memory state, no I/O)
+# ---------------------------------------------------------------------------
+
+
+class ReplayGuard:
+    """Bounded memory of job ids already verdicted and (node, seq) pairs already used."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._jobs: OrderedDict[str, None] = OrderedDict()
+        self._seqs: OrderedDict[tuple[str, int], str] = OrderedDict()
+
+    def seen_job(self, job_id: str) -> bool:
+        return job_id in self._jobs
+
+    def seq_reused(self, result: p.InferenceResult) -> str | None:
+        """The other job that already used this node's sequence number, if any."""
+        other = self._seqs.get((result.node_id, result.node_seq))
+        return other if other is not None and other != result.job_id else None
+
+    def remember(self, result: p.InferenceResult) -> None:
+        self._jobs[result.job_id] = None
+        self._seqs[(result.node_id, result.node_seq)] = result.job_id
+        while len(self._jobs) > self.capacity:
+            self._jobs.popitem(last=False)
+        while len(self._seqs) > self.capacity:
+            self._seqs.popitem(last=False)
+
+
+@dataclass
+class AuditPolicy:
+    new_node_jobs: int = thresholds.AUDIT_NEW_NODE_JOBS
+    after_failure_jobs: int = thresholds.AUDIT_AFTER_FAILURE_JOBS
+    clean_rate: float = thresholds.AUDIT_CLEAN_RATE
+
+
+@dataclass
+class NodeRecord:
+    """What this verifier has seen of one node."""
+
+    node_id: str
+    results: int = 0
+    audited: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    audit_failures: int = 0
+    clean_audits: int = 0  # audits passed since the node was first seen
+    forced_audits_left: int = 0  # jobs still audited in full after the last failure
+    last_failure: str = ""
+    last_failure_at: float = 0.0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+def job_fraction(job_id: str) -> float:
+    """A reproducible number in [0, 1) from the job id (anyone can recompute the audit choice)."""
+    digest = hashlib.sha256(b"loranet/audit-choice/v1\x00" + job_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def should_audit(record: NodeRecord, job_id: str, policy: AuditPolicy) -> tuple[bool, str]:
+    """(audit?, why): every job of a new node, every job for a while after a failure, else a hashed fraction."""
+    if record.clean_audits < policy.new_node_jobs:
+        return True, f"new node ({record.clean_audits}/{policy.new_node_jobs} clean audits)"
+    if record.forced_audits_left > 0:
+        return True, f"after failure ({record.forced_audits_left} forced audits left)"
+    frac = job_fraction(job_id)
+    return frac < policy.clean_rate, f"sampled: fraction {frac:.4f} vs rate {policy.clean_rate}"
+
+
+def record_outcome(record: NodeRecord, audited: bool, accepted: bool, checks: list[p.Check], policy: AuditPolicy,
+                   now: float) -> None:
+    """Update a node's record after a verdict."""
+    record.results += 1
+    record.accepted += int(accepted)
+    record.rejected += int(not accepted)
+    if audited:
+        record.audited += 1
+        if record.forced_audits_left > 0:
+            record.forced_audits_left -= 1
+    if accepted:
+        if audited:
+            record.clean_audits += 1
+        return
+    if audited:
+        record.audit_failures += 1
+    record.forced_audits_left = policy.after_failure_jobs
+    record.last_failure = ",".join(c.name for c in checks if not c.ok)[:200]
+    record.last_failure_at = now
+    for c in checks:
+        if not c.ok:
+            record.extra[c.name] = record.extra.get(c.name, 0) + 1

@@ -1,0 +1,150 @@
+"""Verifier handlers: results.<node_id> → cheap checks (+ audit) → signed verdict on verdicts.<job_id>."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+from nats.js.errors import KeyNotFoundError
+
+from loranet import codec, protocol as p, topology
+from loranet.codec import DecodeError
+from loranet.model.content import ContentHashMismatch
+from loranet.runtime import Delivery, Pull, Reject, RemoteError, Runtime
+from loranet.signing import Identity
+
+from . import domain
+from .engine import AuditEngine
+from .settings import VerifierSettings
+
+
+def load_identity(settings: VerifierSettings) -> Identity:
+    """The verifier's Ed25519 identity from its key file, created (mode 0600) on first start."""
+    path = Path(settings.key_file or Path(settings.state_dir) / f"{settings.verifier_id}.key")
+    if path.exists():
+        return Identity.from_file(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    identity = Identity.generate()
+    identity.save(path)
+    return identity
+
+
+class NodeKeys:
+    """Registered node keys: the live heartbeat in KV `nodes`, else the last one seen (bounded cache)."""
+
+    def __init__(self, rt: Runtime, capacity: int, fresh_s: float = 1.0) -> None:
+        self.rt = rt
+        self.capacity = capacity
+        self.fresh_s = fresh_s
+        self._seen: OrderedDict[str, tuple[bytes, str, float]] = OrderedDict()  # node_id -> (key, address, read at)
+
+    def remember(self, hb: p.NodeHeartbeat) -> None:
+        key = domain.heartbeat_key(hb, hb.node_id)
+        self._seen[hb.node_id] = (key, hb.payout_address, time.monotonic())
+        self._seen.move_to_end(hb.node_id)
+        while len(self._seen) > self.capacity:
+            self._seen.popitem(last=False)
+
+    async def lookup(self, node_id: str) -> tuple[bytes | None, str | None]:
+        cached = self._seen.get(node_id)
+        if cached is not None and time.monotonic() - cached[2] < self.fresh_s:
+            return cached[0], cached[1]
+        kv = await self.rt.js.key_value(p.NODES_BUCKET)
+        try:
+            entry = await kv.get(node_id)
+            self.remember(codec.decode(p.NodeHeartbeat, entry.value or b""))
+        except KeyNotFoundError:
+            pass  # expired or never registered: fall back to what was seen
+        except (DecodeError, domain.Forged) as exc:
+            self.rt.log.warning("heartbeat.invalid", node_id=node_id, error=str(exc)[:300])
+        cached = self._seen.get(node_id)
+        return (cached[0], cached[1]) if cached is not None else (None, None)
+
+
+class Verifier:
+    def __init__(self, rt: Runtime, settings: VerifierSettings, engine: AuditEngine, identity: Identity) -> None:
+        self.rt = rt
+        self.settings = settings
+        self.engine = engine
+        self.identity = identity
+        self.verifier_id = settings.verifier_id
+        self.address = settings.verifier_address or domain.devnet_address(settings.verifier_id)
+        self.keys = NodeKeys(rt, settings.node_key_cache)
+        self.replay = domain.ReplayGuard(settings.replay_window)
+        self.policy = domain.AuditPolicy(settings.audit_new_node_jobs, settings.audit_after_failure_jobs,
+                                         settings.audit_clean_rate)
+        self.records: dict[str, domain.NodeRecord] = {}
+        self._adapter_locks: dict[str, asyncio.Lock] = {}
+
+    def routes(self) -> Sequence[Pull]:
+        return [Pull("results", topology.VERIFIER, p.InferenceResult, self.on_result, slots=self.settings.slots,
+                     max_bytes=p.MAX_BYTES[p.RESULTS_ALL])]
+
+    async def ensure_adapter(self, adapter_id: str) -> None:
+        if not adapter_id or self.engine.has_adapter(adapter_id):
+            return
+        lock = self._adapter_locks.setdefault(adapter_id, asyncio.Lock())
+        async with lock:
+            if self.engine.has_adapter(adapter_id):
+                return
+            blob = await self.rt.request(p.DATASTORE_ADAPTER_BLOB, p.AdapterGet(adapter=adapter_id), p.AdapterBlob,
+                                         timeout=30)
+            await asyncio.to_thread(self.engine.install_adapter, adapter_id, blob.config, blob.weights)
+            self.rt.log.info("adapter.loaded", adapter_id=adapter_id)
+
+    async def judge(self, result: p.InferenceResult, subject: str) -> tuple[list[p.Check], bool] | None:
+        """Checks for one result and whether it was audited; None for a replay (already verdicted).
+
+        Raises Reject for a result that cannot be judged (forged, unknown node, another model)."""
+        if self.replay.seen_job(result.job_id):
+            self.rt.log.info("result.replayed", job_id=result.job_id, node_id=result.node_id, subject=subject)
+            return None
+        key, address = await self.keys.lookup(result.node_id)
+        try:
+            domain.authenticate(result, subject, key)
+            domain.served_model(result, self.engine.model_id)
+        except domain.Forged as exc:
+            raise Reject(f"forged result: {exc}") from None
+        except domain.NotOurs as exc:
+            raise Reject(str(exc)) from None
+        checks = domain.cheap_checks(result, self.engine.model_id, address)
+        other = self.replay.seq_reused(result)
+        checks.append(domain.check("node_seq", other is None,
+                                   f"seq {result.node_seq}" + (f" already used by job {other}" if other else "")))
+        record = self.records.setdefault(result.node_id, domain.NodeRecord(result.node_id))
+        audit, why = domain.should_audit(record, result.job_id, self.policy)
+        cheap_ok = all(c.ok for c in checks)
+        audited = False
+        if audit and cheap_ok:
+            try:
+                await self.ensure_adapter(result.adapter_id)
+            except RemoteError as exc:
+                if exc.code != "not_found":
+                    raise  # datastore trouble: retried by redelivery
+                checks.append(domain.check("adapter_available", False, f"adapter {result.adapter_id}: {exc.message}"))
+            except ContentHashMismatch as exc:
+                raise RuntimeError(f"datastore served a corrupt adapter blob: {exc}") from None
+            else:
+                ids = [*result.prompt_tokens, *result.output_tokens]
+                hidden, logits = await asyncio.to_thread(self.engine.prefill, ids, result.adapter_id)
+                checks.extend(domain.audit_checks(result, hidden, logits))
+                audited = True
+        checks.append(domain.check("audit_policy", True, f"audited={audited}: {why}"
+                                   + ("" if cheap_ok or not audit else "; skipped, cheap checks failed")))
+        return checks, audited
+
+    async def on_result(self, result: p.InferenceResult, delivery: Delivery) -> None:
+        judged = await self.judge(result, delivery.subject)
+        if judged is None:
+            return
+        checks, audited = judged
+        verdict = domain.build_verdict(result, checks, audited, self.verifier_id, self.identity, self.address)
+        await self.rt.publish(p.verdicts(result.job_id), verdict, msg_id=f"{result.job_id}:{self.verifier_id}")
+        await self.rt.emit(result.job_id, "verdict", body=verdict, node_id=result.node_id, dedup=self.verifier_id,
+                           reason="" if verdict.accepted else "failed: " + ",".join(c.name for c in checks if not c.ok))
+        record = self.records.setdefault(result.node_id, domain.NodeRecord(result.node_id))
+        domain.record_outcome(record, audited, verdict.accepted, checks, self.policy, time.time())
+        self.replay.remember(result)

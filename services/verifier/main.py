@@ -1,0 +1,25 @@
+"""python -m services.verifier"""
+
+from __future__ import annotations
+
+import asyncio
+
+from loranet.runtime import Runtime
+
+from .engine import AuditEngine
+from .handlers import Verifier, load_identity
+from .settings import VerifierSettings
+
+
+async def main(settings: VerifierSettings | None = None) -> None:
+    settings = settings or VerifierSettings.from_env()
+    engine = await asyncio.to_thread(AuditEngine, settings.model_path, settings.model_id, settings.device,
+                                     settings.cache_dir, settings.adapter_slots)
+    async with Runtime("verifier", settings.model_copy(update={"instance": settings.instance or settings.verifier_id})) as rt:
+        verifier = Verifier(rt, settings, engine, load_identity(settings))
+        await rt.mount(verifier.routes())
+        await rt.serve_forever()
+
+
+def run() -> None:
+    asyncio.run(main())

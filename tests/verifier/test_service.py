@@ -1,0 +1,99 @@
+"""The verifier service over a real nats-server: honest → accepted, tampered → rejected, forged → dead letter."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from loranet import codec, protocol as p
+from loranet.model.adapters import adapter_to_blobs
+from loranet.runtime import Endpoint, Runtime, ServiceError
+from loranet.settings import CommonSettings
+from loranet.signing import Identity, sign, verify
+from services.verifier.engine import AuditEngine
+from services.verifier.handlers import Verifier, load_identity
+from services.verifier.settings import VerifierSettings
+
+
+async def _collect(js, subject: str, stream: str, want: int, timeout: float = 60.0) -> list[bytes]:
+    sub = await js.pull_subscribe(subject, stream=stream)
+    out: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < want and time.monotonic() < deadline:
+        try:
+            msgs = await sub.fetch(want - len(out), timeout=1)
+        except Exception:
+            continue
+        for m in msgs:
+            await m.ack()
+            out.append(m.data)
+    await sub.unsubscribe()
+    return out
+
+
+def _blob_endpoint(adapters) -> Endpoint:
+    """A minimal stand-in for the datastore's adapter-blob endpoint (services/datastore is not there yet)."""
+    blobs = {aid: adapter_to_blobs(path) for _, path, aid in adapters}
+
+    async def get_blob(req: p.AdapterGet) -> p.AdapterBlob:
+        if req.adapter not in blobs:
+            raise ServiceError("not_found", f"no adapter {req.adapter}", "adapter")
+        config, weights = blobs[req.adapter]
+        return p.AdapterBlob(adapter_id=req.adapter, config=config, weights=weights)
+
+    return Endpoint("adapter-blob", p.DATASTORE_ADAPTER_BLOB, p.AdapterGet, get_blob)
+
+
+async def test_verifier_service_end_to_end(nats_server, tmp_path, base, adapters, honest, client):
+    settings = VerifierSettings(nats_url=nats_server.url, cache_dir=str(tmp_path / "cache"),
+                                state_dir=str(tmp_path / "state"), drain_timeout_s=5)
+    engine = await asyncio.to_thread(AuditEngine, "", "", "cpu", settings.cache_dir, 4)
+    assert engine.model_id == base[1]
+    adapter_id = adapters[1][2]
+    jobs = {
+        "honest_base": client.job(base[1], "", "The quick brown fox", 40),
+        "honest_adapter": client.job(base[1], adapter_id, "Once upon a time", 24, temperature=0.8, seed=7),
+        "tampered": client.job(base[1], adapter_id, "Hello", 20),
+    }
+    results = {k: honest.run(j) for k, j in jobs.items()}
+    t = results["tampered"]
+    edited = [*t.output_tokens]
+    edited[3] = (edited[3] + 1) % 256
+    from loranet.model import tokenizer
+    results["tampered"] = sign(t.model_copy(update={"output_tokens": edited, "output_text": tokenizer.decode(edited)}),
+                               honest.identity, p.DOMAIN_RESULT)
+    forged = results["honest_base"].model_copy(update={"job_id": p.new_job_id()})  # moved without re-signing
+    unknown = Identity.generate()
+    stranger = sign(results["honest_base"].model_copy(update={"node_key": unknown.public}), unknown, p.DOMAIN_RESULT)
+
+    async with Runtime("datastore-stub", CommonSettings(nats_url=nats_server.url)) as ds, \
+            Runtime("verifier", settings) as rt:
+        await ds.mount([_blob_endpoint(adapters)])
+        kv = await rt.js.key_value(p.NODES_BUCKET)
+        await kv.put(honest.node_id, codec.encode(honest.heartbeat()))
+        verifier = Verifier(rt, settings, engine, load_identity(settings))
+        await rt.mount(verifier.routes())
+        for r in [*results.values(), forged, stranger]:
+            await rt.js.publish(p.results(r.node_id), codec.encode(r))
+        await rt.js.publish(p.results(honest.node_id), codec.encode(results["honest_base"]))  # replay
+        raw = await _collect(rt.js, p.VERDICTS_ALL, "VERDICTS", len(results))
+        verdicts = {v.job_id: v for v in (codec.decode(p.Verdict, d) for d in raw)}
+        letters = [codec.decode(p.DeadLetter, d) for d in await _collect(rt.js, "dlq.>", "DEADLETTER", 2, 20)]
+        events = [codec.decode(p.JobEvent, d) for d in await _collect(rt.js, p.JOB_EVENTS_ALL, "EVENTS", 3, 20)]
+        await asyncio.sleep(1.0)  # the replay is skipped, not verdicted twice
+        extra = await _collect(rt.js, p.VERDICTS_ALL, "VERDICTS", len(results) + 1, 2)
+    assert len(extra) == len(results)
+    assert set(verdicts) == {j.job_id for j in jobs.values()}
+    for name, job in jobs.items():
+        v = verdicts[job.job_id]
+        verify(v, v.verifier_key, p.DOMAIN_VERDICT)
+        assert v.audited, name
+        names = {c.name for c in v.checks}
+        assert {"fingerprint", "sampling_replay", "termination", "request_signature", "evidence_absent"} <= names
+        assert v.accepted == name.startswith("honest"), (name, [c for c in v.checks if not c.ok])
+    bad = {c.name for c in verdicts[jobs["tampered"].job_id].checks if not c.ok}
+    assert {"fingerprint", "sampling_replay"} <= bad
+    assert len(letters) == 2 and all(d.reason.startswith("forged result") for d in letters), [d.reason for d in letters]
+    assert any("unknown" in d.reason or "registered key" in d.reason for d in letters)
+    assert {e.stage for e in events} == {"verdict"} and len(events) == 3
+    assert verifier.records[honest.node_id].results == 3
