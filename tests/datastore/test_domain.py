@@ -1,0 +1,97 @@
+"""The datastore's pure rules: stage order, record assembly, manifest checks."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+
+from ds_helpers import adapter_manifest, event, inference_result, job_request, lifecycle, receipt, verdict
+from loranet import codec, protocol as p
+from loranet.runtime import Reject, ServiceError
+from services.datastore import domain
+
+
+def _fields(events):
+    """What Redis would hold after recording `events` in order (first write per field wins)."""
+    fields: dict[str, bytes] = {}
+    for ev in events:
+        body = domain.check_event(ev, p.job_events(ev.job_id))
+        fields.setdefault(domain.event_field(ev, body), codec.encode(ev))
+    return fields
+
+
+def test_stage_order_is_total_over_every_stage():
+    assert set(domain.STAGE_RANK) == set(p.JobStage.__args__) == set(domain.STAGE_BODY)
+    assert domain.status_of(["settled", "dispatched"]) == "settled"
+    assert domain.status_of(["verdict", "failed"]) == "failed"
+    assert domain.status_of(["failed", "refunded", "admitted"]) == "refunded"
+    assert domain.status_of(["rejected", "dispatched"]) == "rejected"
+
+
+def test_record_is_the_same_whatever_the_order_and_duplicates():
+    job_id = p.new_job_id()
+    events = lifecycle(job_id)
+    expected = domain.assemble_record(job_id, _fields(events))
+    assert expected.status == "settled" and expected.stages == ["admitted", "dispatched", "result", "verdict", "settled"]
+    # Every order of the first five events, each twice; the settled one is late in half of them.
+    for order in itertools.islice(itertools.permutations(events), 0, 720, 7):
+        assert domain.assemble_record(job_id, _fields(list(order) + list(order))) == expected
+
+
+def test_first_event_of_a_stage_wins_but_every_verifier_counts():
+    job_id = p.new_job_id()
+    req = job_request(job_id)
+    res = inference_result(req)
+    fields = _fields([
+        event(job_id, "dispatched", node_id="first", at=10.0),
+        event(job_id, "dispatched", node_id="second", at=5.0),
+        event(job_id, "verdict", verdict(res, "v1")),
+        event(job_id, "verdict", verdict(res, "v1", accepted=False)),  # redelivered with other content: ignored
+        event(job_id, "verdict", verdict(res, "v2", accepted=False)),
+    ])
+    record = domain.assemble_record(job_id, fields)
+    assert record.node_id == "first"
+    assert [(v.verifier_id, v.accepted) for v in record.verdicts] == [("v1", True), ("v2", False)]
+    assert record.request == req  # recovered from the verdict's embedded result
+    assert record.status == "verdict" and record.result is None
+
+
+def test_events_that_cannot_be_recorded_are_rejected():
+    job_id = p.new_job_id()
+    with pytest.raises(Reject, match="needs its JobRequest"):
+        domain.check_event(event(job_id, "admitted"), p.job_events(job_id))
+    with pytest.raises(Reject, match="arrived on"):
+        domain.check_event(event(job_id, "dispatched"), p.job_events(p.new_job_id()))
+    with pytest.raises(Reject, match="receipt status"):
+        domain.check_event(event(job_id, "refunded", receipt(job_id, "settled")), p.job_events(job_id))
+    with pytest.raises(Reject, match="body of stage"):
+        domain.check_event(event(job_id, "verdict", job_request(job_id)), p.job_events(job_id))
+    assert domain.check_event(event(job_id, "failed", reason="x"), p.job_events(job_id)) is None
+
+
+def test_adapter_upload_checks(models):
+    a = models.adapters[1]
+    manifest = adapter_manifest(a, models.model_id)
+    domain.check_adapter_upload(manifest, a.config, a.weights)
+    with pytest.raises(ServiceError) as err:
+        domain.check_adapter_upload(manifest, a.config, a.weights[:-4] + b"\0\0\0\0")
+    assert err.value.code == "hash_mismatch"
+    dup = manifest.model_copy(update={"contributors": [manifest.contributors[0].model_copy(update={"weight_bps": 5000})] * 2})
+    with pytest.raises(ServiceError) as err:
+        domain.check_adapter_upload(dup, a.config, a.weights)
+    assert err.value.code == "invalid" and err.value.field == "manifest.contributors.1"
+    targets = manifest.model_copy(update={"target_modules": ["q_proj"]})
+    with pytest.raises(ServiceError) as err:
+        domain.check_adapter_upload(targets, a.config, a.weights)
+    assert err.value.field == "manifest.target_modules"
+    assert json.loads(a.config)["base_model_name_or_path"] == models.model_id
+    with pytest.raises(ValueError, match="10000"):
+        p.AdapterManifest.model_validate({**manifest.model_dump(), "contributors": [{"contributor_id": "x", "address": "0x" + "1" * 40, "weight_bps": 9999}]})
+
+
+def test_manifest_digest_ignores_registration_time(models):
+    m = adapter_manifest(models.adapters[0], models.model_id)
+    assert domain.manifest_digest(m) == domain.manifest_digest(m.model_copy(update={"registered_at": 123.0}))
+    assert domain.manifest_digest(m) != domain.manifest_digest(m.model_copy(update={"license": "mit"}))
