@@ -47,32 +47,20 @@ class Wire(BaseModel):
     _unsigned_fields: tuple[str, ...] = ("signature",)
 
     def to_wire(self) -> dict[str, Any]:
-        return {name: _plain(getattr(self, name)) for name in type(self).model_fields}
+        return self.model_dump(mode="python")
 
     def canonical(self) -> list[Any]:
-        """Field values in declaration order, nested schemas canonical too."""
-        skip = self._unsigned_fields
-        return [_canonical(getattr(self, n)) for n in type(self).model_fields if n not in skip]
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Wire):
-        return value.to_wire()
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
+        """Field values in declaration order (nested schemas likewise), signature excluded."""
+        return _canonical(self.model_dump(mode="python", exclude=set(self._unsigned_fields)))
 
 
 def _canonical(value: Any) -> Any:
-    if isinstance(value, Wire):
-        # A nested signed message is committed to whole, signature included.
-        return [_canonical(getattr(value, n)) for n in type(value).model_fields]
+    # Schemas have no free-form dict fields, so every dict here is a nested
+    # schema dumped in declaration order: keep the order, drop the keys.
+    if isinstance(value, dict):
+        return [_canonical(v) for v in value.values()]
     if isinstance(value, (list, tuple)):
         return [_canonical(v) for v in value]
-    if isinstance(value, dict):
-        return [[k, _canonical(value[k])] for k in sorted(value)]
     return value
 
 

@@ -12,7 +12,7 @@ import re
 import secrets
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, field_validator, model_validator
+from pydantic import BeforeValidator, Field, PlainSerializer, StringConstraints, model_validator
 
 from .codec import Wire
 
@@ -31,7 +31,18 @@ ShortText = Annotated[str, StringConstraints(max_length=1024)]
 PublicKey = Annotated[bytes, Field(min_length=32, max_length=32)]
 # Empty until signed; signing.verify insists on 64 bytes.
 Signature = Annotated[bytes, Field(max_length=64)]
-Wei = Annotated[int, Field(ge=0, lt=2**96)]
+
+
+def _wei_from_wire(value: object) -> object:
+    # Amounts travel as decimal strings: MessagePack integers stop at 2**64.
+    if isinstance(value, str):
+        if not value.isdigit() or len(value) > 30:
+            raise ValueError("an amount is a decimal string of digits")
+        return int(value)
+    return value
+
+
+Wei = Annotated[int, BeforeValidator(_wei_from_wire), Field(ge=0, lt=2**96), PlainSerializer(str, return_type=str)]
 Bps = Annotated[int, Field(ge=0, le=10_000)]
 TokenId = Annotated[int, Field(ge=0, lt=2**31)]
 Timestamp = Annotated[float, Field(ge=0)]

@@ -15,7 +15,7 @@ async def main(settings: SettlementSettings | None = None) -> None:
     settings = settings or SettlementSettings.from_env()
     chain = await asyncio.to_thread(Chain.from_settings, settings)
     async with Runtime("settlement", settings) as rt:
-        rt.log.info("chain.ready", in_process=chain.in_process, **{k: v for k, v in vars(chain.deployment()).items()})
+        rt.log.info("chain.ready", in_process=chain.in_process, **{k: v for k, v in vars(chain.deployment).items()})
         await rt.mount(Settlement(rt, settings, chain).routes())
         await rt.serve_forever()
 

@@ -1,0 +1,275 @@
+"""`loranet`: submit jobs, read records, look up adapters and balances, run the devnet."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import devnet as dn
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+
+def _nats_url(args: argparse.Namespace) -> str:
+    if getattr(args, "nats", None):
+        return args.nats
+    if os.environ.get("LORANET_NATS_URL"):
+        return os.environ["LORANET_NATS_URL"]
+    state = dn.read_state(getattr(args, "state_dir", dn.DEFAULT_STATE_DIR))
+    return state["nats_url"] if state else f"nats://127.0.0.1:{dn.DEFAULT_NATS_PORT}"
+
+
+def _identity(args: argparse.Namespace):
+    from .signing import Identity
+
+    path = Path(args.key or os.environ.get("LORANET_CLIENT_KEY") or Path(args.state_dir) / "client.key")
+    if path.exists():
+        return Identity.from_file(path)
+    identity = Identity.generate()
+    identity.save(path)
+    return identity
+
+
+def _print(obj: Any, as_json: bool, table=None) -> None:
+    if as_json or table is None:
+        print(json.dumps(obj, indent=None if as_json else 2, default=str))
+    else:
+        table()
+
+
+async def _client(args: argparse.Namespace):
+    from .client import Client
+
+    try:
+        return await Client.connect(_nats_url(args), _identity(args))
+    except Exception as exc:
+        raise SystemExit(_fail(f"cannot reach NATS at {_nats_url(args)}: {exc}. Is the devnet up? (loranet devnet up --detach)",
+                               EXIT_UNAVAILABLE))
+
+
+def _fail(message: str, code: int = EXIT_FAILED) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+# -- commands ---------------------------------------------------------------
+
+
+async def cmd_submit(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from . import protocol as p
+    from .runtime import RemoteError
+
+    console = Console(stderr=True)
+    client = await _client(args)
+    async with client:
+        sampling = p.SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+        if args.deposit:
+            await client.faucet(args.deposit, args.deposit)
+        try:
+            job_id = await client.submit(args.adapter, args.prompt, args.max_tokens, sampling=sampling,
+                                         max_fee=args.max_fee)
+        except RemoteError as exc:
+            return _fail(f"{exc.code}: {exc.message}", EXIT_USAGE if exc.code in ("not_found", "invalid") else EXIT_FAILED)
+        if not args.wait:
+            _print({"job_id": job_id, "status": "submitted"}, args.json,
+                    lambda: print(f"submitted {job_id}; follow it with: loranet job {job_id}"))
+            return EXIT_OK
+        if args.json:
+            outcome = await client.wait(job_id, args.timeout)
+        else:
+            with console.status(f"job {job_id[:12]}… submitted") as status:
+                outcome = await client.wait(job_id, args.timeout,
+                                            on_event=lambda e: status.update(f"job {job_id[:12]}… {e.stage}"))
+        result = outcome.as_dict()
+        _print(result, args.json, lambda: _show_outcome(result))
+        return EXIT_OK if outcome.status == "settled" else EXIT_FAILED
+
+
+def _show_outcome(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{result['job_id']}[/]  status: [bold]{result['status']}[/]  {result.get('reason', '')}")
+    console.print(f"output: {result['output']!r}")
+    if result["verdict"]:
+        console.print(f"verdict: {result['verdict']}")
+    if result["payouts"]:
+        table = Table("party", "amount (wei)")
+        for party, amount in result["payouts"].items():
+            table.add_row(party, amount)
+        table.add_row("[bold]fee[/]", result["fee"])
+        console.print(table)
+
+
+async def cmd_job(args: argparse.Namespace) -> int:
+    from .client import outcome_of
+    from .runtime import RemoteError
+
+    client = await _client(args)
+    async with client:
+        try:
+            record = await client.job(args.job_id)
+        except RemoteError as exc:
+            return _fail(f"{exc.code}: {exc.message}")
+        result = outcome_of(record).as_dict()
+        _print(result, args.json, lambda: _show_outcome(result))
+    return EXIT_OK
+
+
+async def cmd_adapters(args: argparse.Namespace) -> int:
+    client = await _client(args)
+    async with client:
+        adapters = await client.adapters()
+    rows = [{"name": a.name, "adapter_id": a.adapter_id, "rank": a.rank, "targets": a.target_modules,
+             "owner": a.owner_address, "contributors": len(a.contributors)} for a in adapters]
+
+    def table() -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table("name", "adapter_id", "rank", "targets", "owner")
+        for r in rows:
+            t.add_row(r["name"], r["adapter_id"][:16] + "…", str(r["rank"]), ",".join(r["targets"]), r["owner"])
+        Console().print(t)
+
+    _print(rows, args.json, table)
+    return EXIT_OK
+
+
+async def cmd_balance(args: argparse.Namespace) -> int:
+    client = await _client(args)
+    async with client:
+        balance = await client.balance(args.address or None)
+    row = {k: str(v) if isinstance(v, int) else v for k, v in balance.to_wire().items() if k != "v"}
+    _print(row, args.json, lambda: print("\n".join(f"{k:8} {v}" for k, v in row.items())))
+    return EXIT_OK
+
+
+def cmd_devnet(args: argparse.Namespace) -> int:
+    config = dn.DevnetConfig(state_dir=args.state_dir, inference_nodes=args.nodes, verifiers=args.verifiers,
+                             demo_adapters=args.adapters)
+    if args.action == "up":
+        existing = dn.running_supervisor(args.state_dir)
+        if existing:
+            print(f"devnet already running (supervisor pid {existing['supervisor_pid']}, NATS {existing['nats_url']}); "
+                  "reusing it. Stop it with: loranet devnet down")
+            return EXIT_OK
+        if not args.detach:
+            return dn.Supervisor(config).run()
+        return _devnet_up_detached(config)
+    if args.action == "down":
+        stopped = dn.stop(args.state_dir)
+        print("devnet stopped" if stopped else "no devnet running")
+        return EXIT_OK
+    if args.action == "status":
+        state = dn.status(args.state_dir)
+        _print(state, args.json, lambda: _show_status(state))
+        return EXIT_OK if state.get("running") else EXIT_FAILED
+    if args.action == "demo":
+        if _devnet_up_detached(config) != EXIT_OK:
+            return EXIT_FAILED
+        from .demo_run import run_demo
+
+        return asyncio.run(run_demo(_nats_url(args), _identity(args), n_jobs=args.jobs))
+    return EXIT_USAGE
+
+
+def _devnet_up_detached(config: dn.DevnetConfig) -> int:
+    from rich.console import Console
+
+    console = Console()
+    labels = {"servers": "starting nats-server and redis-server", "services": "starting datastore and settlement",
+              "catalogue": "building the seeded model and demo adapters, registering them",
+              "nodes": "starting scheduler, verifiers and inference nodes", "ready": "ready"}
+    try:
+        with console.status("starting the devnet") as status:
+            state = dn.start_detached(config, progress=lambda phase: status.update(labels.get(phase, phase)))
+    except Exception as exc:
+        return _fail(str(exc))
+    console.print(f"devnet up: NATS {state['nats_url']}, Redis {state['redis_url']}, "
+                  f"{len(state['services'])} services (state in {state['state_dir']})")
+    return EXIT_OK
+
+
+def _show_status(state: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table("name", "state", "pid", "restarts")
+    for group in ("servers", "services"):
+        for name, info in state.get(group, {}).items():
+            t.add_row(name, info["state"], str(info.get("pid", "")), str(info.get("restarts", "")))
+    Console().print(f"devnet {'running' if state.get('running') else 'not running'}")
+    Console().print(t)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loranet", description="A verifiable, decentralized multi-LoRA inference network.")
+    parser.add_argument("--nats", help="NATS URL (default: the running devnet's, or LORANET_NATS_URL)")
+    parser.add_argument("--state-dir", default=dn.DEFAULT_STATE_DIR, help="devnet state directory (default .devnet)")
+    parser.add_argument("--key", help="client key file (default <state-dir>/client.key)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("submit", help="submit a job")
+    s.add_argument("--adapter", default="", help="adapter id or registered name (e.g. demo-0); empty = base model")
+    s.add_argument("--prompt", required=True)
+    s.add_argument("--max-tokens", type=int, default=32)
+    s.add_argument("--temperature", type=float, default=0.0)
+    s.add_argument("--top-k", type=int, default=0)
+    s.add_argument("--top-p", type=float, default=1.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--max-fee", type=int, default=10**18, help="most the job may cost, in OPEN wei")
+    s.add_argument("--deposit", type=int, default=10**19,
+                   help="devnet faucet: OPEN wei to receive and deposit into escrow first (0 = none)")
+    s.add_argument("--wait", action="store_true", help="wait until the job is settled or refused")
+    s.add_argument("--timeout", type=float, default=300)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_submit)
+
+    j = sub.add_parser("job", help="read a job's record")
+    j.add_argument("job_id")
+    j.add_argument("--json", action="store_true")
+    j.set_defaults(func=cmd_job)
+
+    a = sub.add_parser("adapters", help="list registered adapters")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_adapters)
+
+    b = sub.add_parser("balance", help="OPEN balance, escrow, credit and stake of an address")
+    b.add_argument("address", nargs="?", default="", help="default: this client's address")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_balance)
+
+    d = sub.add_parser("devnet", help="the embedded devnet (no containers)")
+    d.add_argument("action", choices=["up", "down", "status", "demo"])
+    d.add_argument("--detach", action="store_true", help="with up: run in the background")
+    d.add_argument("--nodes", type=int, default=2, help="inference nodes")
+    d.add_argument("--verifiers", type=int, default=1)
+    d.add_argument("--adapters", type=int, default=4, help="demo adapters to build and register")
+    d.add_argument("--jobs", type=int, default=6, help="with demo: jobs to submit")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_devnet)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
+        return int(result or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""The client SDK: sign and submit jobs, follow them to their end, read records.
+
+    async with await Client.connect(url, identity) as client:
+        job_id = await client.submit("demo-0", "Hello", max_tokens=16)
+        outcome = await client.wait(job_id)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js.api import DeliverPolicy
+
+from . import codec, protocol as p
+from .model.checkpoint import DEFAULT_MODEL_NAME
+from .runtime import RemoteError, request
+from .signing import Identity, devnet_address, sign
+
+DEFAULT_MAX_FEE = 10**18  # 1 OPEN
+
+
+class JobFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class Outcome:
+    """What a client learns about a finished job."""
+
+    job_id: str
+    status: str
+    reason: str = ""
+    output: str = ""
+    node_id: str = ""
+    verdict: dict[str, Any] = field(default_factory=dict)
+    fee: int = 0
+    payouts: dict[str, int] = field(default_factory=dict)
+    tx_hash: str = ""
+    epoch: int = 0
+    stages: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id, "status": self.status, "reason": self.reason, "output": self.output,
+            "node_id": self.node_id, "verdict": self.verdict, "fee": str(self.fee),
+            "payouts": {k: str(v) for k, v in self.payouts.items()}, "tx_hash": self.tx_hash, "epoch": self.epoch,
+            "stages": self.stages,
+        }
+
+
+def payout_table(receipt: p.Receipt) -> dict[str, int]:
+    """Receipt payouts as party → amount (contributors and verifiers keyed by address)."""
+    out: dict[str, int] = {}
+    for payout in receipt.payouts:
+        key = payout.party if payout.party in ("node", "developer", "treasury") else f"{payout.party}:{payout.address}"
+        out[key] = out.get(key, 0) + payout.amount
+    return out
+
+
+def outcome_of(record: p.JobRecord) -> Outcome:
+    out = Outcome(job_id=record.job_id, status=record.status, reason=record.reason, node_id=record.node_id,
+                  stages=list(record.stages))
+    if record.result is not None:
+        out.output = record.result.output_text
+    if record.verdicts:
+        v = record.verdicts[-1]
+        out.verdict = {"accepted": v.accepted, "audited": v.audited, "verifier": v.verifier_id,
+                       "failed_checks": [c.name for c in v.checks if not c.ok], "verdicts": len(record.verdicts)}
+    if record.receipt is not None:
+        out.fee = record.receipt.fee
+        out.payouts = payout_table(record.receipt)
+        out.tx_hash = record.receipt.tx_hash
+        out.epoch = record.receipt.epoch
+    return out
+
+
+class Client:
+    def __init__(self, nc: NATS, identity: Identity, address: str | None = None, timeout_s: float = 10.0) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.identity = identity
+        self.address = address or devnet_address(f"client:{identity.public.hex()}")
+        self.timeout_s = timeout_s
+
+    @classmethod
+    async def connect(cls, url: str, identity: Identity, address: str | None = None) -> "Client":
+        nc = await nats.connect(url, name="loranet-client", connect_timeout=5, max_reconnect_attempts=3)
+        return cls(nc, identity, address)
+
+    async def __aenter__(self) -> "Client":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.nc.drain()
+
+    async def _request(self, subject: str, message: p.Wire, reply: type, timeout: float | None = None):
+        return await request(self.nc, subject, message, reply, timeout or self.timeout_s)
+
+    async def adapter(self, name_or_id: str) -> p.AdapterManifest:
+        return await self._request(p.DATASTORE_ADAPTER_GET, p.AdapterGet(adapter=name_or_id), p.AdapterManifest)
+
+    async def model(self, name_or_id: str = DEFAULT_MODEL_NAME) -> p.ModelManifest:
+        return await self._request(p.DATASTORE_MODEL_GET, p.ModelGet(model=name_or_id), p.ModelManifest)
+
+    async def adapters(self, base_model_id: str = "") -> list[p.AdapterManifest]:
+        reply = await self._request(p.DATASTORE_ADAPTER_LIST, p.AdapterList(base_model_id=base_model_id), p.AdapterListReply)
+        return reply.adapters
+
+    async def balance(self, address: str | None = None) -> p.Balance:
+        return await self._request(p.SETTLEMENT_BALANCE, p.BalanceGet(address=address or self.address), p.Balance)
+
+    async def faucet(self, amount: int, escrow: int) -> p.Balance:
+        return await self._request(p.SETTLEMENT_FAUCET, p.Faucet(address=self.address, amount=amount, escrow=escrow),
+                                   p.Balance, timeout=60)
+
+    async def job(self, job_id: str) -> p.JobRecord:
+        return await self._request(p.DATASTORE_JOB_GET, p.JobGet(job_id=job_id), p.JobRecord)
+
+    def build(self, *, model_id: str, adapter_id: str, prompt: str, max_tokens: int,
+              sampling: p.SamplingParams | None = None, max_fee: int = DEFAULT_MAX_FEE, ttl_s: float = 600.0,
+              region: str = "", job_id: str | None = None) -> p.JobRequest:
+        now = time.time()
+        job = p.JobRequest(
+            job_id=job_id or p.new_job_id(), client_key=self.identity.public, client_address=self.address,
+            model_id=model_id, adapter_id=adapter_id, prompt=prompt, max_tokens=max_tokens,
+            sampling=sampling or p.SamplingParams(), max_fee=max_fee, created_at=now, expires_at=now + ttl_s,
+            region=region,
+        )
+        return sign(job, self.identity, p.DOMAIN_JOB_REQUEST)
+
+    async def publish(self, job: p.JobRequest) -> None:
+        ack = await self.js.publish(p.JOBS_SUBMIT, codec.encode(job), headers={"Nats-Msg-Id": job.job_id})
+        if ack.duplicate:
+            raise JobFailed(f"job id {job.job_id} was already submitted")
+
+    async def submit(self, adapter: str, prompt: str, max_tokens: int = 32, *, model: str = "",
+                     sampling: p.SamplingParams | None = None, max_fee: int = DEFAULT_MAX_FEE, region: str = "") -> str:
+        """Resolve `adapter` (id, registered name, or "" for the base model), sign and submit; returns the job id."""
+        if adapter:
+            manifest = await self.adapter(adapter)
+            adapter_id, model_id = manifest.adapter_id, manifest.base_model_id
+        else:
+            adapter_id, model_id = "", (await self.model(model or DEFAULT_MODEL_NAME)).model_id
+        job = self.build(model_id=model_id, adapter_id=adapter_id, prompt=prompt, max_tokens=max_tokens,
+                         sampling=sampling, max_fee=max_fee, region=region)
+        await self.publish(job)
+        return job.job_id
+
+    async def wait(self, job_id: str, timeout: float = 300.0,
+                   on_event: Callable[[p.JobEvent], None] | None = None) -> Outcome:
+        """Follow jobs.events.<job_id> to a terminal stage, then read the full record."""
+        done = asyncio.Event()
+        final: list[p.JobEvent] = []
+
+        async def on_msg(msg: Any) -> None:
+            try:
+                event = codec.decode(p.JobEvent, msg.data)
+            except codec.DecodeError:
+                return
+            if on_event:
+                on_event(event)
+            if event.stage in p.TERMINAL_STAGES:
+                final.append(event)
+                done.set()
+
+        sub = await self.js.subscribe(p.job_events(job_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL,
+                                      cb=on_msg)
+        try:
+            await asyncio.wait_for(done.wait(), timeout)
+        except asyncio.TimeoutError:
+            raise JobFailed(f"job {job_id} did not finish within {timeout:.0f}s") from None
+        finally:
+            await sub.unsubscribe()
+        # The datastore records events asynchronously: read until it has the terminal stage.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                record = await self.job(job_id)
+                if record.status in p.TERMINAL_STAGES or time.monotonic() > deadline:
+                    return outcome_of(record)
+            except RemoteError:
+                if time.monotonic() > deadline:
+                    return Outcome(job_id=job_id, status=final[0].stage, reason=final[0].reason)
+            await asyncio.sleep(0.1)

@@ -1,0 +1,357 @@
+"""The embedded devnet: nats-server, redis-server and every service as local processes.
+
+A supervisor process owns them all: it starts the servers, the datastore and
+settlement, registers the demo catalogue, then starts the scheduler, the
+verifiers and the inference nodes; it restarts a service that crashes and
+stops everything on SIGTERM.  Its state (pids, ports, logs, restarts) lives in
+<state_dir>/devnet.json, which `loranet devnet status` reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .servers import NatsServer, RedisServer, free_port
+
+STATE_FILE = "devnet.json"
+DEFAULT_STATE_DIR = ".devnet"
+DEFAULT_NATS_PORT = 14222
+DEFAULT_REDIS_PORT = 16379
+
+
+@dataclass
+class DevnetConfig:
+    state_dir: str = DEFAULT_STATE_DIR
+    nats_port: int = DEFAULT_NATS_PORT
+    redis_port: int = DEFAULT_REDIS_PORT
+    inference_nodes: int = 2
+    verifiers: int = 1
+    demo_adapters: int = 4
+    cache_dir: str = ""
+    epoch_max_s: float = 0.5
+    metrics_base_port: int = 0  # 0 = no /metrics endpoints
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.nats_port}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+
+@dataclass
+class ServiceProc:
+    name: str
+    module: str
+    env: dict[str, str]
+    pid: int = 0
+    restarts: int = 0
+    state: str = "stopped"
+    log: str = ""
+    started_at: float = 0.0
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+
+def state_path(state_dir: str | Path) -> Path:
+    return Path(state_dir) / STATE_FILE
+
+
+def read_state(state_dir: str | Path) -> dict | None:
+    path = state_path(state_dir)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def running_supervisor(state_dir: str | Path) -> dict | None:
+    state = read_state(state_dir)
+    if state and pid_alive(int(state.get("supervisor_pid", 0))):
+        return state
+    return None
+
+
+class Supervisor:
+    def __init__(self, config: DevnetConfig) -> None:
+        self.config = config
+        self.dir = Path(config.state_dir).resolve()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "logs").mkdir(exist_ok=True)
+        self.nats = NatsServer(config.nats_port, self.dir / "nats", self.dir / "logs" / "nats.log")
+        self.redis = RedisServer(config.redis_port, self.dir / "redis", self.dir / "logs" / "redis.log")
+        self.services: list[ServiceProc] = []
+        self.ready = False
+        self.stopping = False
+        self.phase = "starting"
+        self.error = ""
+
+    def _env(self, name: str, index: int, extra: dict[str, str]) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "LORANET_NATS_URL": self.config.nats_url,
+            "LORANET_INSTANCE": name,
+            "LORANET_STATE_DIR": str(self.dir / "state"),
+            "PYTHONUNBUFFERED": "1",
+        })
+        if self.config.cache_dir:
+            env["LORANET_CACHE"] = self.config.cache_dir
+            env["LORANET_CACHE_DIR"] = self.config.cache_dir
+        if self.config.metrics_base_port:
+            env["LORANET_METRICS_PORT"] = str(self.config.metrics_base_port + index)
+        env.update(self.config.extra_env)
+        env.update(extra)
+        return env
+
+    def plan(self) -> tuple[list[ServiceProc], list[ServiceProc]]:
+        """(services started before the catalogue is registered, services started after)."""
+        i = 0
+
+        def svc(name: str, module: str, **extra: str) -> ServiceProc:
+            nonlocal i
+            i += 1
+            return ServiceProc(name, module, self._env(name, i, extra), log=str(self.dir / "logs" / f"{name}.log"))
+
+        first = [
+            svc("datastore", "services.datastore", LORANET_REDIS_URL=self.config.redis_url),
+            svc("settlement", "services.settlement", LORANET_EPOCH_MAX_S=str(self.config.epoch_max_s)),
+        ]
+        second = [svc("scheduler", "services.scheduler")]
+        second += [svc(f"verifier-{k}", "services.verifier", LORANET_VERIFIER_ID=f"verifier-{k}")
+                   for k in range(self.config.verifiers)]
+        second += [svc(f"node-{k}", "services.inference", LORANET_NODE_ID=f"node-{k}")
+                   for k in range(self.config.inference_nodes)]
+        return first, second
+
+    def start_service(self, svc: ServiceProc) -> None:
+        log = open(svc.log, "ab")
+        svc.proc = subprocess.Popen([sys.executable, "-m", svc.module], env=svc.env, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        svc.pid, svc.state, svc.started_at = svc.proc.pid, "starting", time.time()
+
+    def wait_started(self, svcs: list[ServiceProc], timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        for svc in svcs:
+            while True:
+                text = Path(svc.log).read_text(errors="replace") if Path(svc.log).exists() else ""
+                if '"event":"service.started"' in text[-200_000:]:
+                    svc.state = "running"
+                    break
+                if svc.proc and svc.proc.poll() is not None:
+                    raise RuntimeError(f"{svc.name} exited with code {svc.proc.returncode}; see {svc.log}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{svc.name} did not start within {timeout:.0f}s; see {svc.log}")
+                time.sleep(0.2)
+        self.write_state()
+
+    def register_catalogue(self) -> None:
+        from .demo import register_catalogue
+        import nats
+
+        async def go() -> None:
+            nc = await nats.connect(self.config.nats_url)
+            try:
+                await register_catalogue(nc, self.config.demo_adapters, self.config.cache_dir or None)
+            finally:
+                await nc.close()
+
+        asyncio.run(go())
+
+    def write_state(self) -> None:
+        state = {
+            "supervisor_pid": os.getpid(),
+            "phase": self.phase,
+            "ready": self.ready,
+            "error": self.error,
+            "nats_url": self.config.nats_url,
+            "redis_url": self.config.redis_url,
+            "state_dir": str(self.dir),
+            "config": asdict(self.config),
+            "servers": {
+                "nats": {"pid": self.nats.proc.pid if self.nats.proc else 0, "state": "running" if self.nats.running else "stopped",
+                         "log": str(self.nats.log_path)},
+                "redis": {"pid": self.redis.proc.pid if self.redis.proc else 0, "state": "running" if self.redis.running else "stopped",
+                          "log": str(self.redis.log_path)},
+            },
+            "services": {s.name: {"pid": s.pid, "state": s.state, "restarts": s.restarts, "log": s.log,
+                                  "module": s.module} for s in self.services},
+        }
+        tmp = state_path(self.dir).with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(state_path(self.dir))
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: self._stop_flag())
+        signal.signal(signal.SIGINT, lambda *_: self._stop_flag())
+        try:
+            self.phase = "servers"
+            self.write_state()
+            self.nats.start()
+            self.redis.start()
+            first, second = self.plan()
+            self.services = first + second
+            self.phase = "services"
+            for svc in first:
+                self.start_service(svc)
+            self.write_state()
+            self.wait_started(first)
+            self.phase = "catalogue"
+            self.write_state()
+            self.register_catalogue()
+            self.phase = "nodes"
+            for svc in second:
+                self.start_service(svc)
+            self.write_state()
+            self.wait_started(second)
+            self.phase = "ready"
+            self.ready = True
+            self.write_state()
+            self.supervise()
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.phase = "failed"
+            self.write_state()
+            print(f"devnet failed: {self.error}", file=sys.stderr)
+            self.shutdown()
+            return 1
+        self.shutdown()
+        return 0
+
+    def _stop_flag(self) -> None:
+        self.stopping = True
+
+    def supervise(self) -> None:
+        while not self.stopping:
+            changed = False
+            for svc in self.services:
+                if svc.proc and svc.proc.poll() is not None and not self.stopping:
+                    svc.state = f"crashed (exit {svc.proc.returncode}), restarting"
+                    svc.restarts += 1
+                    self.write_state()
+                    time.sleep(min(0.5 * svc.restarts, 5))
+                    self.start_service(svc)
+                    changed = True
+            for server in (self.nats, self.redis):
+                if not server.running and not self.stopping:
+                    server.start()
+                    changed = True
+            for svc in self.services:
+                if svc.state == "starting" and svc.proc and svc.proc.poll() is None and time.time() - svc.started_at > 1:
+                    text = Path(svc.log).read_text(errors="replace")[-200_000:]
+                    if text.rfind('"event":"service.started"') > text.rfind('"event":"service.stopped"'):
+                        svc.state = "running"
+                        changed = True
+            if changed:
+                self.write_state()
+            time.sleep(0.5)
+
+    def shutdown(self) -> None:
+        self.phase = "stopping"
+        for svc in reversed(self.services):
+            if svc.proc and svc.proc.poll() is None:
+                svc.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 25
+        for svc in reversed(self.services):
+            if svc.proc:
+                try:
+                    svc.proc.wait(max(deadline - time.monotonic(), 0.1))
+                except subprocess.TimeoutExpired:
+                    svc.proc.kill()
+                    svc.proc.wait()
+            svc.state = "stopped"
+        self.redis.stop()
+        self.nats.stop()
+        self.phase = "stopped"
+        self.ready = False
+        self.write_state()
+
+
+def start_detached(config: DevnetConfig, timeout: float = 600.0, progress=None) -> dict:
+    """Start a supervisor in the background and wait until the devnet is ready."""
+    existing = running_supervisor(config.state_dir)
+    if existing:
+        return existing
+    Path(config.state_dir).mkdir(parents=True, exist_ok=True)
+    state_path(config.state_dir).unlink(missing_ok=True)
+    args = [sys.executable, "-m", "loranet.devnet", json.dumps(asdict(config))]
+    log = open(Path(config.state_dir) / "supervisor.log", "ab")
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    deadline = time.monotonic() + timeout
+    last_phase = ""
+    while time.monotonic() < deadline:
+        state = read_state(config.state_dir)
+        if state:
+            if progress and state.get("phase") != last_phase:
+                last_phase = state.get("phase", "")
+                progress(last_phase)
+            if state.get("ready"):
+                return state
+            if state.get("phase") == "failed":
+                raise RuntimeError(f"devnet failed to start: {state.get('error')} (logs in {config.state_dir}/logs)")
+        if proc.poll() is not None:
+            raise RuntimeError(f"devnet supervisor exited with code {proc.returncode}; see {config.state_dir}/supervisor.log")
+        time.sleep(0.3)
+    raise TimeoutError(f"devnet not ready after {timeout:.0f}s; see {config.state_dir}/logs")
+
+
+def stop(state_dir: str | Path, timeout: float = 60.0) -> bool:
+    """Stop a running devnet; False if none was running."""
+    state = running_supervisor(state_dir)
+    if not state:
+        return False
+    pid = int(state["supervisor_pid"])
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    return True
+
+
+def status(state_dir: str | Path) -> dict:
+    """Every server and service with its state, as the supervisor last wrote it, checked against live pids."""
+    state = read_state(state_dir)
+    if not state:
+        return {"running": False, "services": {}}
+    running = pid_alive(int(state.get("supervisor_pid", 0)))
+    for group in ("servers", "services"):
+        for name, info in state.get(group, {}).items():
+            if not running or not pid_alive(int(info.get("pid", 0))):
+                info["state"] = "stopped" if not running else "down"
+    state["running"] = running
+    return state
+
+
+if __name__ == "__main__":
+    cfg = DevnetConfig(**json.loads(sys.argv[1])) if len(sys.argv) > 1 else DevnetConfig()
+    sys.exit(Supervisor(cfg).run())
