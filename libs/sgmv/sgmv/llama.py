@@ -121,6 +121,12 @@ class _SlotState:
         return meta if meta.num_lora_tokens else None
 
 
+def _version(x: torch.Tensor) -> int:
+    # Inference-mode tensors keep no version counter (and cannot be modified
+    # in place outside inference mode); identity is the check there.
+    return -1 if x.is_inference() else x._version
+
+
 class _PackedGroup:
     """Sibling Linear modules sharing one input and one packed LoRA projection."""
 
@@ -133,7 +139,7 @@ class _PackedGroup:
         if meta is None:
             return self.bases[s](x)
         c = self._cache
-        if c is not None and c[0] is x and c[1] == x._version and c[2] is meta and s in c[4]:
+        if c is not None and c[0] is x and c[1] == _version(x) and c[2] is meta and s in c[4]:
             c[4].discard(s)
             if not c[4]:
                 self._cache = None
@@ -142,7 +148,7 @@ class _PackedGroup:
         x2 = x.reshape(-1, x.shape[-1])
         apply_lora(x2, self.lora, meta, [y.view(-1, y.shape[-1]) for y in ys], backend=self.state.backend)
         rest = set(range(len(ys))) - {s}
-        self._cache = (x, x._version, meta, ys, rest) if rest else None
+        self._cache = (x, _version(x), meta, ys, rest) if rest else None
         return ys[s]
 
 

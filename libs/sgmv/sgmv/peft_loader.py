@@ -67,7 +67,8 @@ def adapter_from_peft_state(state: dict[str, torch.Tensor], config: dict, name: 
     Refuses (ValueError) what a plain LoRA bank cannot apply: DoRA, LoRA biases,
     ``modules_to_save``/trainable-token weights, and non-LoRA PEFT types.
     """
-    peft_type = str(config.get("peft_type", "LORA")).upper()
+    peft_type = config.get("peft_type", "LORA")
+    peft_type = str(getattr(peft_type, "value", peft_type)).upper()  # enum from LoraConfig.to_dict()
     if peft_type != "LORA":
         raise ValueError(f"adapter {name!r}: peft_type {peft_type!r} is not supported (only LORA)")
     if config.get("use_dora"):
