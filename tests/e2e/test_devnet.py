@@ -1,0 +1,120 @@
+"""One job end to end through all five services, as separate processes on the embedded devnet.
+
+Real nats-server, real redis-server, the in-process EVM inside settlement, the
+seeded model on every node and verifier; the CLI is exercised as users run it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from loranet import codec, devnet as dn, protocol as p
+from loranet.client import Client
+from loranet.runtime import RemoteError
+from loranet.servers import free_port
+from loranet.signing import Identity, sign
+
+
+@pytest.fixture(scope="module")
+def devnet(tmp_path_factory):
+    root = tmp_path_factory.mktemp("devnet")
+    config = dn.DevnetConfig(state_dir=str(root / "state"), nats_port=free_port(), redis_port=free_port(),
+                             inference_nodes=1, verifiers=1, demo_adapters=2, cache_dir=str(root / "cache"),
+                             epoch_max_s=0.2)
+    state = dn.start_detached(config, timeout=400)
+    yield config, state
+    dn.stop(config.state_dir)
+    assert dn.status(config.state_dir)["running"] is False
+
+
+async def test_jobs_settle_end_to_end(devnet):
+    config, _ = devnet
+    async with await Client.connect(config.nats_url, Identity.generate()) as client:
+        funded = await client.faucet(10**20, 10**19)
+        assert funded.escrow == 10**19
+        jobs = [await client.submit("demo-0", "Hello loranet", 12),
+                await client.submit("demo-1", "Another adapter", 40),
+                await client.submit("", "Base model only", 8)]
+        outcomes = [await client.wait(job_id, 300) for job_id in jobs]
+        for out in outcomes:
+            assert out.status == "settled", out
+            assert out.verdict["accepted"] and out.verdict["audited"]
+            assert out.output
+            assert out.fee > 0 and sum(out.payouts.values()) == out.fee
+            assert out.stages == ["admitted", "dispatched", "result", "verdict", "settled"]
+            assert out.tx_hash.startswith("0x")
+        with_adapter = outcomes[0].payouts
+        assert with_adapter["node"] == outcomes[0].fee // 2
+        assert len([k for k in with_adapter if k.startswith("contributor:")]) == 3
+        node_address = (await client.job(jobs[0])).result.node_address
+        assert (await client.balance(node_address)).credit >= sum(o.payouts["node"] for o in outcomes)
+        # Escrow paid exactly the fees.
+        assert (await client.balance()).escrow == 10**19 - sum(o.fee for o in outcomes)
+
+
+async def test_refusals_are_reported_and_forgeries_dead_lettered(devnet):
+    config, _ = devnet
+    async with await Client.connect(config.nats_url, Identity.generate()) as client:
+        with pytest.raises(RemoteError) as err:
+            await client.submit("no-such-adapter", "x", 4)
+        assert err.value.code == "not_found"
+        model_id = (await client.model()).model_id
+        # Signed, but for an adapter nobody registered: rejected with the reason.
+        unknown = client.build(model_id=model_id, adapter_id="ab" * 32, prompt="x", max_tokens=4)
+        await client.publish(unknown)
+        out = await client.wait(unknown.job_id, 60)
+        assert out.status == "rejected" and "unknown adapter" in out.reason
+        # No escrow: rejected.
+        broke = client.build(model_id=model_id, adapter_id="", prompt="x", max_tokens=4)
+        await client.publish(broke)
+        out = await client.wait(broke.job_id, 60)
+        assert out.status == "rejected" and "escrow" in out.reason
+        # Forged: signed by someone else's key → dead letter, no event for the job id.
+        other = Identity.generate()
+        forged = sign(client.build(model_id=model_id, adapter_id="", prompt="x", max_tokens=4), other,
+                      p.DOMAIN_JOB_REQUEST)
+        await client.publish(forged)
+        await client.nc.publish(p.JOBS_SUBMIT, b"\x00garbage")
+        js = client.nc.jetstream()
+        sub = await js.pull_subscribe(p.dead_letter(p.JOBS_SUBMIT), stream="DEADLETTER")
+        letters = []
+        deadline = time.monotonic() + 30
+        while len(letters) < 2 and time.monotonic() < deadline:
+            try:
+                letters += [codec.decode(p.DeadLetter, m.data) for m in await sub.fetch(10, timeout=1)]
+            except Exception:
+                pass
+        reasons = [d.reason for d in letters]
+        assert any("forged or unsigned job" in r for r in reasons), reasons
+        assert any(r.startswith("not_msgpack") or r.startswith("invalid") for r in reasons), reasons
+        with pytest.raises(RemoteError):
+            await client.job(forged.job_id)
+        # The network still serves honest work afterwards.
+        await client.faucet(10**19, 10**18)
+        job_id = await client.submit("demo-1", "still alive?", 6)
+        assert (await client.wait(job_id, 120)).status == "settled"
+
+
+def test_cli_submit_wait_json(devnet):
+    config, _ = devnet
+    env = dict(os.environ, LORANET_NATS_URL=config.nats_url)
+    cmd = [sys.executable, "-m", "loranet.cli", "--state-dir", config.state_dir, "submit", "--adapter", "demo-0",
+           "--prompt", "from the CLI", "--max-tokens", "8", "--wait", "--json"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["status"] == "settled" and out["output"]
+    assert sum(int(v) for v in out["payouts"].values()) == int(out["fee"])
+    record = subprocess.run([sys.executable, "-m", "loranet.cli", "--state-dir", config.state_dir, "job", out["job_id"],
+                             "--json"], env=env, capture_output=True, text=True, timeout=60)
+    assert json.loads(record.stdout)["status"] == "settled"
+    status = subprocess.run([sys.executable, "-m", "loranet.cli", "--state-dir", config.state_dir, "devnet", "status",
+                             "--json"], capture_output=True, text=True, timeout=60)
+    services = json.loads(status.stdout)["services"]
+    assert {s["state"] for s in services.values()} == {"running"}, services
