@@ -1,0 +1,81 @@
+"""Valid example messages for every subject's schema (for round-trip and fuzz tests)."""
+
+from __future__ import annotations
+
+import time
+
+from loranet import codec, protocol as p
+from loranet.signing import Identity, sign
+
+CLIENT = Identity.from_seed(b"c" * 32)
+NODE = Identity.from_seed(b"n" * 32)
+VERIFIER = Identity.from_seed(b"v" * 32)
+ADDR = "0x" + "1f" * 20
+MODEL = "a" * 64
+ADAPTER = "b" * 64
+
+
+def job(**overrides) -> p.JobRequest:
+    now = time.time()
+    fields = dict(job_id=p.new_job_id(), client_key=CLIENT.public, client_address=ADDR, model_id=MODEL,
+                  adapter_id=ADAPTER, prompt="hello", max_tokens=8, max_fee=10**20, created_at=now,
+                  expires_at=now + 60)
+    fields.update(overrides)
+    return sign(p.JobRequest(**fields), CLIENT, p.DOMAIN_JOB_REQUEST)
+
+
+def result(request: p.JobRequest | None = None) -> p.InferenceResult:
+    request = request or job()
+    r = p.InferenceResult(
+        job_id=request.job_id, node_id="node-0", node_key=NODE.public, node_address=ADDR, node_seq=1, request=request,
+        request_hash=codec.content_id(request, p.DOMAIN_REQUEST_HASH), model_id=request.model_id,
+        adapter_id=request.adapter_id, tokenizer_id="c" * 64, prompt_tokens=[256, 104, 105], output_tokens=[1, 2, 257],
+        output_text="\x01\x02", finish_reason="eos", fingerprint=p.Fingerprint(chunks=[b"\x01" * 40, b"\x02" * 40]),
+        started_at=time.time(), finished_at=time.time())
+    return sign(r, NODE, p.DOMAIN_RESULT)
+
+
+def verdict(res: p.InferenceResult | None = None) -> p.Verdict:
+    res = res or result()
+    v = p.Verdict(job_id=res.job_id, verifier_id="verifier-0", verifier_key=VERIFIER.public, verifier_address=ADDR,
+                  result_hash=codec.content_id(res, p.DOMAIN_RESULT_HASH), accepted=True, audited=True,
+                  checks=[p.Check(name="signature", ok=True)], result=res, decided_at=time.time())
+    return sign(v, VERIFIER, p.DOMAIN_VERDICT)
+
+
+def manifest() -> p.AdapterManifest:
+    return p.AdapterManifest(adapter_id=ADAPTER, name="demo-x", base_model_id=MODEL, owner_address=ADDR,
+                             contributors=[p.Contributor(contributor_id="d0", address=ADDR, weight_bps=10_000)],
+                             rank=8, target_modules=["q_proj", "v_proj"])
+
+
+def examples() -> dict[str, p.Wire]:
+    """One valid message per subject pattern in protocol.SCHEMAS."""
+    j = job()
+    r = result(j)
+    return {
+        p.JOBS_SUBMIT: j,
+        p.WORK_ALL: p.WorkBatch(batch_id=p.new_job_id(), node_id="node-0", model_id=MODEL,
+                                segments=[p.WorkSegment(adapter_id=ADAPTER, jobs=[j])], dispatched_at=time.time(),
+                                scheduler_id="scheduler"),
+        p.RESULTS_ALL: r,
+        p.VERDICTS_ALL: verdict(r),
+        p.RECEIPTS_ALL: p.Receipt(job_id=j.job_id, status="settled", fee=10**20,
+                                  payouts=[p.Payout(party="node", address=ADDR, amount=10**20)], epoch=1,
+                                  tx_hash="0x" + "0" * 64, block=3, settled_at=time.time()),
+        p.JOB_EVENTS_ALL: p.JobEvent(job_id=j.job_id, stage="admitted", service="scheduler", body=codec.encode(j),
+                                     at=time.time()),
+        p.DEAD_LETTER_ALL: p.DeadLetter(subject="jobs.submit", service="scheduler", reason="x", data=b"\x00",
+                                        at=time.time()),
+        p.DATASTORE_MODEL_PUT: p.ModelPut(manifest=p.ModelManifest(model_id=MODEL, name="m", architecture="Llama",
+                                                                   tokenizer_id="c" * 64)),
+        p.DATASTORE_MODEL_GET: p.ModelGet(model="m"),
+        p.DATASTORE_ADAPTER_PUT: p.AdapterPut(manifest=manifest(), config=b"{}", weights=b"\x00" * 16),
+        p.DATASTORE_ADAPTER_GET: p.AdapterGet(adapter="demo-x"),
+        p.DATASTORE_ADAPTER_LIST: p.AdapterList(base_model_id=MODEL),
+        p.DATASTORE_ADAPTER_BLOB: p.AdapterGet(adapter=ADAPTER),
+        p.DATASTORE_JOB_GET: p.JobGet(job_id=j.job_id),
+        p.DATASTORE_JOB_LIST: p.JobList(client_address=ADDR),
+        p.SETTLEMENT_BALANCE: p.BalanceGet(address=ADDR),
+        p.SETTLEMENT_FAUCET: p.Faucet(address=ADDR, amount=10**21, escrow=10**20),
+    }
