@@ -78,6 +78,7 @@ class Verifier:
                                          settings.audit_clean_rate)
         self.records: dict[str, domain.NodeRecord] = {}
         self._adapter_locks: dict[str, asyncio.Lock] = {}
+        self._inflight: set[str] = set()  # job ids being judged: a duplicate delivered meanwhile is skipped
 
     def routes(self) -> Sequence[Pull]:
         return [Pull("results", topology.VERIFIER, p.InferenceResult, self.on_result, slots=self.settings.slots,
@@ -99,15 +100,16 @@ class Verifier:
         """Checks for one result and whether it was audited; None for a replay (already verdicted).
 
         Raises Reject for a result that cannot be judged (forged, unknown node, another model)."""
-        if self.replay.seen_job(result.job_id):
-            self.rt.log.info("result.replayed", job_id=result.job_id, node_id=result.node_id, subject=subject)
-            return None
         key, address = await self.keys.lookup(result.node_id)
         try:
             domain.authenticate(result, subject, key)
-            domain.served_model(result, self.engine.model_id)
         except domain.Forged as exc:
             raise Reject(f"forged result: {exc}") from None
+        if self.replay.seen_job(result.job_id):
+            self.rt.log.info("result.replayed", job_id=result.job_id, node_id=result.node_id, subject=subject)
+            return None
+        try:
+            domain.served_model(result, self.engine.model_id)
         except domain.NotOurs as exc:
             raise Reject(str(exc)) from None
         checks = domain.cheap_checks(result, self.engine.model_id, address)
@@ -137,6 +139,16 @@ class Verifier:
         return checks, audited
 
     async def on_result(self, result: p.InferenceResult, delivery: Delivery) -> None:
+        if result.job_id in self._inflight:
+            self.rt.log.info("result.replayed", job_id=result.job_id, node_id=result.node_id, subject=delivery.subject)
+            return
+        self._inflight.add(result.job_id)
+        try:
+            await self._verdict(result, delivery)
+        finally:
+            self._inflight.discard(result.job_id)
+
+    async def _verdict(self, result: p.InferenceResult, delivery: Delivery) -> None:
         judged = await self.judge(result, delivery.subject)
         if judged is None:
             return

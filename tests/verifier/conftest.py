@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+
 import pytest
 
 from loranet.model import build_base_checkpoint, ensure_default_model
@@ -12,6 +17,17 @@ from services.verifier.engine import AuditEngine
 from verifier_nodes import Client, HonestNode
 
 N_ADAPTERS = 3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The tiny model decodes ~20x faster on one thread than on two contended cores; restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +73,16 @@ def honest(node_model, adapters):
 @pytest.fixture(scope="session")
 def client():
     return Client()
+
+
+@pytest.fixture(scope="session")
+def other_base(vcache):
+    path = vcache / "other-base"
+    return path, build_base_checkpoint(path, seed=1)
+
+
+@pytest.fixture(scope="session")
+def kit(honest, client, base, adapters, other_base):
+    from attacks import build_kit
+
+    return build_kit(honest, client, base[1], adapters, str(other_base[0]), str(base[0]), seed=1234)
