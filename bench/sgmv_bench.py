@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import sys
 import time
 
@@ -73,8 +72,9 @@ def build_sgmv(base, peft_model, n_adapters: int, backend):
 
 
 def timed_interleaved(variants: dict, reps: int, sync) -> dict[str, float]:
-    """Median seconds per variant; rounds run every variant in turn, so load
-    from other processes on the machine hits all of them alike."""
+    """Best-of-``reps`` seconds per variant. Rounds run every variant in turn,
+    so load from other processes on a shared machine hits all of them alike,
+    and the minimum discards rounds a neighbour disturbed."""
     for fn in variants.values():  # warm-up
         fn()
     sync()
@@ -85,7 +85,7 @@ def timed_interleaved(variants: dict, reps: int, sync) -> dict[str, float]:
             fn()
             sync()
             times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: min(v) for k, v in times.items()}
 
 
 def main(argv=None) -> dict:

@@ -37,6 +37,10 @@ class SGMVMetadata:
       num_lora_tokens:   tokens with a slot >= 0 (they occupy sorted positions [0, n)).
       max_segment:       longest segment (sizes the Triton grid's token axis).
       num_slots:         size of the slot space the map was validated against.
+      segment_rows:      per active segment, the first token index when the
+                         segment's tokens are one contiguous run of the batch
+                         (a request's tokens, typically), else -1: such a
+                         segment can be read and written in place.
     """
 
     token_slots: torch.Tensor
@@ -49,6 +53,7 @@ class SGMVMetadata:
     num_lora_tokens: int
     max_segment: int
     num_slots: int
+    segment_rows: tuple[int, ...] = ()
 
     @property
     def lora_tokens(self) -> torch.Tensor:
@@ -100,6 +105,10 @@ def build_metadata(
     segments = tuple((s, starts_l[s], starts_l[s] + counts_l[s]) for s in active.tolist())
     num_lora = int(counts.sum())
     max_seg = max(counts_l) if counts_l else 0
+    sorted_l = sorted_tokens.tolist()
+    segment_rows = tuple(
+        sorted_l[a] if sorted_l[b - 1] - sorted_l[a] == b - 1 - a else -1 for _, a, b in segments
+    )
     nb = device.type != "cpu"
     return SGMVMetadata(
         token_slots=host.to(device, non_blocking=nb),
@@ -112,4 +121,5 @@ def build_metadata(
         num_lora_tokens=num_lora,
         max_segment=max_seg,
         num_slots=num_slots,
+        segment_rows=segment_rows,
     )

@@ -17,6 +17,34 @@ from .metadata import SGMVMetadata
 
 __all__ = ["sgmv_shrink", "sgmv_expand"]
 
+# Equal segments (decode) are done as one bmm over slots instead of a Python
+# loop of tiny matmuls. When the active slots are not a contiguous range the
+# slots' weights are gathered first; that copy is bounded by the adapters in
+# use and only allowed up to this many adapter tokens (decode sizes).
+BATCHED_GATHER_MAX_TOKENS = 256
+BATCHED_MAX_SEGMENT = 8
+
+
+def _batched_weights(stacked: torch.Tensor, meta: SGMVMetadata, rows: slice) -> torch.Tensor | None:
+    """``stacked[active_slots][:, rows]`` as a view when the slots are contiguous, else a bounded gather."""
+    first, last = meta.segments[0][0], meta.segments[-1][0]
+    if last - first + 1 == len(meta.segments):
+        return stacked[first: last + 1, rows]
+    if meta.num_lora_tokens <= BATCHED_GATHER_MAX_TOKENS:
+        return stacked.index_select(0, meta.active_slots)[:, rows]
+    return None
+
+
+def _use_bmm(meta: SGMVMetadata) -> bool:
+    # Short equal segments (decode): one bmm beats a loop of tiny matmuls.
+    # Long ones (prefill) gain nothing and would pay a gather and a scatter.
+    return len(meta.segments) > 1 and meta.uniform_segments and meta.max_segment <= BATCHED_MAX_SEGMENT
+
+
+def _common(values) -> int | None:
+    values = set(values)
+    return values.pop() if len(values) == 1 else None
+
 
 def sgmv_shrink(
     x: torch.Tensor,
@@ -40,13 +68,24 @@ def sgmv_shrink(
         v = torch.empty(meta.num_tokens, lora.v_width, dtype=torch.float32, device=x.device)
     if meta.num_lora_tokens == 0:
         return v
-    xs = x.index_select(0, meta.lora_tokens)
-    for slot, start, end in meta.segments:
+    nseg = len(meta.segments)
+    batched = _use_bmm(meta)
+    xs = x.index_select(0, meta.lora_tokens) if batched or min(meta.segment_rows) < 0 else None
+    if batched:
+        r = _common(lora.total_ranks_host[slot] for slot, _, _ in meta.segments)
+        a = _batched_weights(lora.lora_a, meta, slice(0, r)) if r else None
+        if a is not None:
+            n = meta.num_lora_tokens
+            v3 = torch.bmm(xs.view(nseg, n // nseg, -1), a.transpose(1, 2))
+            v[:n, :r] = v3.reshape(n, r)
+            return v
+    for (slot, start, end), row in zip(meta.segments, meta.segment_rows):
         r = lora.total_ranks_host[slot]
         if r == 0:
             continue
-        seg = torch.mm(xs[start:end], lora.lora_a[slot, :r].t())
-        v[start:end, :r] = seg
+        # A contiguous run of the batch is read in place; others were gathered.
+        seg = x[row: row + end - start] if row >= 0 else xs[start:end]
+        v[start:end, :r] = torch.mm(seg, lora.lora_a[slot, :r].t())
     return v
 
 
@@ -70,20 +109,35 @@ def sgmv_expand(
     if n == 0:
         return
     idx = meta.lora_tokens
+    nseg = len(meta.segments)
+    batched = _use_bmm(meta)
     for s, ys_out in enumerate(ys):
         b_all = lora.b_slice(s)
+        if batched:
+            r = _common(lora.ranks_host[slot][s] for slot, _, _ in meta.segments)
+            off = _common(lora.rank_offsets_host[slot][s] for slot, _, _ in meta.segments)
+            b = _batched_weights(b_all, meta, slice(0, r)) if r and off is not None else None
+            if b is not None:
+                vs = v[:n].view(nseg, n // nseg, -1)[:, :, off: off + r]
+                delta = torch.bmm(vs.to(b.dtype), b).reshape(n, -1)
+                ys_out.index_add_(0, idx, delta.to(ys_out.dtype))
+                continue
         delta = None
-        for slot, start, end in meta.segments:
+        for (slot, start, end), row in zip(meta.segments, meta.segment_rows):
             r = lora.ranks_host[slot][s]
             if r == 0:
                 continue
-            if delta is None:
-                delta = torch.zeros(n, lora.slice_widths[s], dtype=ys_out.dtype, device=ys_out.device)
             off = lora.rank_offsets_host[slot][s]
             b = b_all[slot, :r]
             vs = v[start:end, off: off + r]
             if vs.dtype != b.dtype:
                 vs = vs.to(b.dtype)
+            if row >= 0 and b.dtype == ys_out.dtype:
+                # A contiguous run of the batch: accumulate in place, no scatter.
+                ys_out[row: row + end - start].addmm_(vs, b)
+                continue
+            if delta is None:
+                delta = torch.zeros(n, lora.slice_widths[s], dtype=ys_out.dtype, device=ys_out.device)
             if b.dtype == delta.dtype:
                 torch.mm(vs, b, out=delta[start:end])
             else:

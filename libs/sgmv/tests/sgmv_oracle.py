@@ -8,7 +8,7 @@ import torch
 
 from sgmv import AdapterBank, LoraAdapter, LoraModuleWeights, ProjectionSpec
 
-PATTERNS = ("identical", "distinct", "uniform", "zipf", "huge_and_tiny")
+PATTERNS = ("identical", "distinct", "uniform", "zipf", "huge_and_tiny", "requests")
 
 
 def random_adapter(spec: ProjectionSpec, ranks: list[int], seed: int, name: str = "a") -> LoraAdapter:
@@ -40,6 +40,14 @@ def slot_pattern(pattern: str, num_tokens: int, num_slots: int, seed: int, base_
         slots = torch.zeros(num_tokens, dtype=torch.int64)
         k = min(num_slots - 1, max(1, num_tokens // 10))
         slots[:k] = torch.arange(1, k + 1) % num_slots
+    elif pattern == "requests":
+        # Prefill-like: contiguous runs (one request each) of random slots, some base-only.
+        parts, left = [], num_tokens
+        while left:
+            n = min(left, int(torch.randint(1, 40, (1,), generator=g)))
+            parts.append(torch.full((n,), int(torch.randint(-1, num_slots, (1,), generator=g))))
+            left -= n
+        return torch.cat(parts)
     else:
         raise ValueError(pattern)
     slots = slots[torch.randperm(num_tokens, generator=g)]

@@ -46,3 +46,21 @@ def test_torch_matches_oracle(case, pattern):
     ref = oracle(x, spec, adapters, slots)
     _check(_run(torch_ops, x, bank, meta, packed=True), ref)
     _check(_run(torch_ops, x, bank, meta, packed=False), ref)
+
+
+@pytest.mark.parametrize("contiguous", [True, False])
+@pytest.mark.parametrize("tokens_per_slot", [1, 3])
+def test_torch_batched_decode_path_matches_oracle(contiguous, tokens_per_slot):
+    """Equal segments with equal ranks take the bmm path (a view of the bank, or a gather)."""
+    in_f, widths, num_slots = 2049, (256, 64, 64), 40
+    spec, bank, adapters = make_case(in_f, widths, num_slots, 16, [16], seed=21)
+    g = torch.Generator().manual_seed(0)
+    used = torch.arange(5, 37) if contiguous else torch.randperm(num_slots, generator=g)[:32]
+    slots = used.repeat(tokens_per_slot)
+    slots = torch.cat([slots, torch.full((7,), -1)])[torch.randperm(slots.numel() + 7, generator=g)]
+    x = torch.randn(slots.numel(), in_f, generator=g)
+    meta = build_metadata(slots, num_slots)
+    assert meta.uniform_segments and len(meta.segments) == 32
+    ref = oracle(x, spec, adapters, slots)
+    _check(_run(torch_ops, x, bank, meta, packed=True), ref)
+    _check(_run(torch_ops, x, bank, meta, packed=False), ref)
