@@ -331,6 +331,7 @@ def settle_batch(
     state: uint256 = 0
     release: uint256 = 0
     entry: uint256 = 0
+    packed: uint256 = 0
     weights: uint256 = 0
     nv: uint256 = 0
     nc: uint256 = 0
@@ -380,9 +381,11 @@ def settle_batch(
         nv = (w1 >> 136) & 255
         if nv != 0:
             share = unsafe_div(unsafe_div(unsafe_mul(fee, VERIFIERS_BPS), BPS), nv)
+            packed = w1 << 128
             for k: uint256 in range(nv, bound=MAX_VERIFIERS):
-                entry = unsafe_mul((w1 >> unsafe_sub(112, unsafe_mul(k, 16))) & MASK16, 2)
+                entry = unsafe_mul(packed >> 240, 2)
                 sums[entry] = unsafe_add(sums[entry], share)
+                packed = packed << 16
             paid = unsafe_add(paid, unsafe_mul(share, nv))
 
         # contributors: their pool by attribution weights summing to BPS
@@ -391,15 +394,19 @@ def settle_batch(
             assert unsafe_add(cursor, unsafe_add(nc, 7) >> 3) <= n_words, "settlement: truncated job words"
             pool = unsafe_div(unsafe_mul(fee, CONTRIBUTORS_BPS), BPS)
             weights = 0
+            # Each word is consumed from its high end, 32 bits per contributor.
             for k: uint256 in range(nc, bound=MAX_CONTRIBUTORS):
-                entry = (jobs[unsafe_add(cursor, k >> 3)] >> unsafe_sub(224, unsafe_mul(k & 7, 32))) & MASK32
-                weights = unsafe_add(weights, entry & MASK16)
-                share = unsafe_div(unsafe_mul(pool, entry & MASK16), BPS)
+                if k & 7 == 0:
+                    packed = jobs[cursor]
+                    cursor = unsafe_add(cursor, 1)
+                entry = (packed >> 224) & MASK16
+                weights = unsafe_add(weights, entry)
+                share = unsafe_div(unsafe_mul(pool, entry), BPS)
                 paid = unsafe_add(paid, share)
-                entry = unsafe_mul(entry >> 16, 2)
+                entry = unsafe_mul(packed >> 240, 2)
                 sums[entry] = unsafe_add(sums[entry], share)
+                packed = packed << 32
             assert weights == BPS, "settlement: contributor weights must sum to 10000"
-            cursor = unsafe_add(cursor, unsafe_add(nc, 7) >> 3)
 
         # paid <= fee: every share is a floor of a fraction of its pool.
         to_treasury = unsafe_add(to_treasury, unsafe_sub(fee, paid))
@@ -409,7 +416,11 @@ def settle_batch(
         for _d: uint256 in range(MERKLE_DEPTH):
             if (n_jobs >> level) & 1 == 0:
                 break
-            node = self._pair(pending[level], node)
+            # sorted pair hashing (inlined: an internal call costs more than the hash)
+            if convert(pending[level], uint256) < convert(node, uint256):
+                node = keccak256(concat(pending[level], node))
+            else:
+                node = keccak256(concat(node, pending[level]))
             level = unsafe_add(level, 1)
         pending[level] = node
         n_jobs = unsafe_add(n_jobs, 1)

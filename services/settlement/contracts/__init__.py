@@ -3,6 +3,8 @@
 Compiled output (ABI + bytecode) is cached on disk keyed by the sha256 of the
 source, the compiler version and its settings, under $LORANET_CACHE_DIR,
 else $XDG_CACHE_HOME/loranet, else ~/.cache/loranet, else the temp directory.
+LORANET_VENOM=1 compiles with Vyper's experimental Venom backend instead
+(measured: about 750 gas less per settled job; off by default as experimental).
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def compile_contract(name: str) -> Compiled:
     except KeyError:
         raise ValueError(f"unknown contract {name!r}; known: {', '.join(CONTRACTS)}") from None
     source = (SOURCES / relative).read_text()
-    key = hashlib.sha256(f"{vyper.__version__}\0{EVM_VERSION}\0{source}".encode()).hexdigest()
+    key = hashlib.sha256(f"{vyper.__version__}\0{EVM_VERSION}\0{os.environ.get('LORANET_VENOM')}\0{source}".encode()).hexdigest()
     path = cache_dir() / f"{name}-{key[:24]}.json"
     if path.exists():
         try:
@@ -77,7 +79,7 @@ def compile_contract(name: str) -> Compiled:
         source,
         contract_path=str(SOURCES / relative),
         output_formats=["abi", "bytecode"],
-        settings=Settings(evm_version=EVM_VERSION),
+        settings=Settings(evm_version=EVM_VERSION, experimental_codegen=os.environ.get("LORANET_VENOM") == "1"),
     )
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"abi": out["abi"], "bytecode": out["bytecode"]}))
