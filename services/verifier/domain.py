@@ -193,60 +193,66 @@ def fingerprint_ok(score: ChunkScore, hi: float) -> tuple[bool, float, float]:
     return ok, mean_x, max_x
 
 
-def fingerprint_check(result: p.InferenceResult, hidden: torch.Tensor) -> p.Check:
-    """Compare each committed chunk with the verifier's recomputed hidden states (rows per chunk_spans)."""
-    prompt_len, n = len(result.prompt_tokens), len(result.output_tokens)
-    spans = chunk_spans(prompt_len, n, CHUNK_TOKENS)
-    parts: list[str] = []
-    bad: list[int] = []
-    worst = (1.0, 0.0, 0.0)
-    for i, (blob, (a, b)) in enumerate(zip(result.fingerprint.chunks, spans)):
+def fingerprint_figures(result: p.InferenceResult, hidden: torch.Tensor) -> list[tuple[bool, float, float, float]]:
+    """Per committed chunk: (ok, index overlap, mean excess, max excess); an undecodable chunk is (False, 0, inf, inf)."""
+    spans = chunk_spans(len(result.prompt_tokens), len(result.output_tokens), CHUNK_TOKENS)
+    out = []
+    for blob, (a, b) in zip(result.fingerprint.chunks, spans):
         try:
             fp = decode_chunk(blob)
-        except ValueError as exc:
-            bad.append(i)
-            parts.append(f"{i}:undecodable({exc})")
+        except ValueError:
+            out.append((False, 0.0, math.inf, math.inf))
             continue
         score = compare_chunk(fp, hidden[a:b])
-        hi = float(np.abs(fp.values).max()) if fp.values.size else 0.0
-        ok, mean_x, max_x = fingerprint_ok(score, hi)
-        if not ok:
-            bad.append(i)
-        worst = (min(worst[0], score.index_overlap), max(worst[1], mean_x), max(worst[2], max_x))
-        parts.append(f"{i}:{score.index_overlap:.3f}/{mean_x:.1e}/{max_x:.1e}")
-    head = (f"chunks {len(spans)} bad {bad[:32]} worst overlap/mean/max excess "
+        ok, mean_x, max_x = fingerprint_ok(score, float(np.abs(fp.values).max()))
+        out.append((ok, score.index_overlap, mean_x, max_x))
+    return out
+
+
+def fingerprint_check(result: p.InferenceResult, hidden: torch.Tensor) -> p.Check:
+    """Compare each committed chunk with the verifier's recomputed hidden states (rows per chunk_spans)."""
+    figures = fingerprint_figures(result, hidden)
+    bad = [i for i, f in enumerate(figures) if not f[0]]
+    parts = [f"{i}:{ov:.3f}/{mx:.1e}/{xx:.1e}" for i, (_, ov, mx, xx) in enumerate(figures)]
+    worst = (min(f[1] for f in figures), max(f[2] for f in figures), max(f[3] for f in figures))
+    head = (f"chunks {len(figures)} bad {bad[:32]} worst overlap/mean/max excess "
             f"{worst[0]:.3f}/{worst[1]:.1e}/{worst[2]:.1e}; per chunk ")
     body = " ".join(parts)
     if len(head) + len(body) > MAX_DETAIL:  # keep the failing chunks' figures when it does not fit
-        shown = [parts[i] for i in bad[:20]] if bad else parts[:20]
-        body = " ".join(shown) + " ..."
+        body = " ".join(parts[i] for i in (bad or range(len(parts)))[:20]) + " ..."
     return check("fingerprint", not bad, head + body)
+
+
+def replay_margins(result: p.InferenceResult, logits: torch.Tensor) -> np.ndarray:
+    """Per output token, how decisively the seeded sampler picks it on the recomputed logits (>= 0: it does)."""
+    prompt_len = len(result.prompt_tokens)
+    toks = result.output_tokens
+    params = sampler_params(result.request)
+    seed = result.request.sampling.seed
+    rows = logits[prompt_len - 1 : prompt_len - 1 + len(toks)].double()
+    if not params.greedy:
+        return np.array([replay_margin(rows[j], params, seed, j, t) for j, t in enumerate(toks)])
+    x = rows.numpy()
+    idx = np.arange(len(toks))
+    chosen = x[idx, toks]
+    others = x.copy()
+    others[idx, toks] = -np.inf
+    return chosen - others.max(axis=1)
 
 
 def replay_check(result: p.InferenceResult, logits: torch.Tensor) -> p.Check:
     """Every output token must be the seeded sampler's choice on the recomputed logits (within tolerance)."""
-    prompt_len = len(result.prompt_tokens)
     toks = result.output_tokens
     if not toks:
         return check("sampling_replay", True, "no tokens")
     params = sampler_params(result.request)
-    seed = result.request.sampling.seed
-    rows = logits[prompt_len - 1 : prompt_len - 1 + len(toks)].double()
-    if params.greedy:
-        x = rows.numpy()
-        idx = np.arange(len(toks))
-        chosen = x[idx, toks]
-        others = x.copy()
-        others[idx, toks] = -np.inf
-        margins = chosen - others.max(axis=1)
-        tol = thresholds.GREEDY_TIE_MARGIN
-    else:
-        margins = np.array([replay_margin(rows[j], params, seed, j, t) for j, t in enumerate(toks)])
-        tol = thresholds.REPLAY_MARGIN
+    margins = replay_margins(result, logits)
+    tol = thresholds.GREEDY_TIE_MARGIN if params.greedy else thresholds.REPLAY_MARGIN
     failed = np.nonzero(margins < -tol)[0]
     near = np.nonzero((margins < 0) & (margins >= -tol))[0]
     ok = failed.size == 0 and near.size <= thresholds.MAX_NEAR_TIE_TOKENS
-    kind = "greedy" if params.greedy else f"T={params.temperature} k={params.top_k} p={params.top_p} seed={seed}"
+    kind = ("greedy" if params.greedy else
+            f"T={params.temperature} k={params.top_k} p={params.top_p} seed={result.request.sampling.seed}")
     detail = (f"{kind}: {len(toks)} tokens, {failed.size} mismatched (first {failed[:8].tolist()}), "
               f"{near.size} near-ties, min margin {float(margins.min()):.3e}")
     return check("sampling_replay", ok, detail)

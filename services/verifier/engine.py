@@ -63,3 +63,29 @@ class AuditEngine:
             if adapter_id:
                 self._loaded.move_to_end(adapter_id)
             return self.model.prefill_hidden(ids, name)
+
+    def prefill_many(self, seqs: Sequence[Sequence[int]], adapter_id: str, pad_id: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Batched audit: one padded forward for several results of the same adapter."""
+        with self._lock:
+            name = self._loaded.get(adapter_id) if adapter_id else None
+            if adapter_id and name is None:
+                raise KeyError(f"adapter {adapter_id} is not loaded")
+            return prefill_batch(self.model, seqs, name, pad_id)
+
+
+def prefill_batch(model: ReferenceModel, seqs: Sequence[Sequence[int]], adapter_name: str | None,
+                  pad_id: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """ONE right-padded forward over several sequences (same adapter); per sequence ([T, H] hidden, [T, V] logits).
+
+    Right padding keeps every real token's positions and causal context unchanged, so each row equals
+    the single-sequence prefill up to floating-point reduction order (calibrated in loranet.thresholds)."""
+    longest = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), longest), pad_id, dtype=torch.long, device=model.device)
+    mask = torch.zeros((len(seqs), longest), dtype=torch.long, device=model.device)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, : len(s)] = 1
+    with torch.no_grad(), model._using(adapter_name) as m:
+        out = m(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True)
+    hidden, logits = out.hidden_states[-1].float().cpu(), out.logits.float().cpu()
+    return [(hidden[i, : len(s)], logits[i, : len(s)]) for i, s in enumerate(seqs)]

@@ -48,6 +48,10 @@ class NodeKeys:
         while len(self._seen) > self.capacity:
             self._seen.popitem(last=False)
 
+    def address(self, node_id: str) -> str | None:
+        cached = self._seen.get(node_id)
+        return cached[1] if cached is not None else None
+
     async def lookup(self, node_id: str) -> tuple[bytes | None, str | None]:
         cached = self._seen.get(node_id)
         if cached is not None and time.monotonic() - cached[2] < self.fresh_s:
@@ -100,18 +104,27 @@ class Verifier:
         """Checks for one result and whether it was audited; None for a replay (already verdicted).
 
         Raises Reject for a result that cannot be judged (forged, unknown node, another model)."""
-        key, address = await self.keys.lookup(result.node_id)
+        key, _ = await self.keys.lookup(result.node_id)
         try:
             domain.authenticate(result, subject, key)
         except domain.Forged as exc:
             raise Reject(f"forged result: {exc}") from None
-        if self.replay.seen_job(result.job_id):
+        if self.replay.seen_job(result.job_id) or result.job_id in self._inflight:
             self.rt.log.info("result.replayed", job_id=result.job_id, node_id=result.node_id, subject=subject)
             return None
+        self._inflight.add(result.job_id)  # released by on_result (or by the caller of judge) when done
+        try:
+            return await self._checks(result)
+        except BaseException:
+            self._inflight.discard(result.job_id)
+            raise
+
+    async def _checks(self, result: p.InferenceResult) -> tuple[list[p.Check], bool]:
         try:
             domain.served_model(result, self.engine.model_id)
         except domain.NotOurs as exc:
             raise Reject(str(exc)) from None
+        address = self.keys.address(result.node_id)
         checks = domain.cheap_checks(result, self.engine.model_id, address)
         other = self.replay.seq_reused(result)
         checks.append(domain.check("node_seq", other is None,
@@ -138,25 +151,26 @@ class Verifier:
                                    + ("" if cheap_ok or not audit else "; skipped, cheap checks failed")))
         return checks, audited
 
-    async def on_result(self, result: p.InferenceResult, delivery: Delivery) -> None:
-        if result.job_id in self._inflight:
-            self.rt.log.info("result.replayed", job_id=result.job_id, node_id=result.node_id, subject=delivery.subject)
-            return
-        self._inflight.add(result.job_id)
-        try:
-            await self._verdict(result, delivery)
-        finally:
-            self._inflight.discard(result.job_id)
+    def settle(self, result: p.InferenceResult, checks: list[p.Check], audited: bool, accepted: bool) -> None:
+        """Bookkeeping after a verdict: node record, replay memory, in-flight release."""
+        record = self.records.setdefault(result.node_id, domain.NodeRecord(result.node_id))
+        domain.record_outcome(record, audited, accepted, checks, self.policy, time.time())
+        self.replay.remember(result)
+        self._inflight.discard(result.job_id)
 
-    async def _verdict(self, result: p.InferenceResult, delivery: Delivery) -> None:
+    async def on_result(self, result: p.InferenceResult, delivery: Delivery) -> None:
         judged = await self.judge(result, delivery.subject)
         if judged is None:
             return
         checks, audited = judged
+        try:
+            await self._publish(result, checks, audited)
+        finally:
+            self._inflight.discard(result.job_id)
+
+    async def _publish(self, result: p.InferenceResult, checks: list[p.Check], audited: bool) -> None:
         verdict = domain.build_verdict(result, checks, audited, self.verifier_id, self.identity, self.address)
         await self.rt.publish(p.verdicts(result.job_id), verdict, msg_id=f"{result.job_id}:{self.verifier_id}")
         await self.rt.emit(result.job_id, "verdict", body=verdict, node_id=result.node_id, dedup=self.verifier_id,
                            reason="" if verdict.accepted else "failed: " + ",".join(c.name for c in checks if not c.ok))
-        record = self.records.setdefault(result.node_id, domain.NodeRecord(result.node_id))
-        domain.record_outcome(record, audited, verdict.accepted, checks, self.policy, time.time())
-        self.replay.remember(result)
+        self.settle(result, checks, audited, verdict.accepted)

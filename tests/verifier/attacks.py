@@ -73,7 +73,7 @@ def judge_once(verifier: Verifier, result: p.InferenceResult, subject: str | Non
             return Outcome(True, "replay_skipped")
         checks, audited = judged
         accepted = all(c.ok for c in checks)
-        verifier.replay.remember(result)
+        verifier.settle(result, checks, audited, accepted)
         failed = ",".join(c.name for c in checks if not c.ok)
         return Outcome(not accepted, f"rejected:{failed}" if failed else "accepted", checks)
 
