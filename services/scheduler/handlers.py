@@ -1,21 +1,45 @@
-"""Scheduler handlers: jobs.submit → admission → routing → work.<node_id>."""
+"""Scheduler handlers: jobs.submit → admission → routing queue → work.<node_id>; dead nodes' work re-dispatched.
+
+- `on_job` (pull route on the shared durable `scheduler`) admits a job, puts a
+  ticket in the routing queue and holds its admission slot until a plan sends
+  it: with every node full, slots fill and further jobs wait in JetStream.
+- `dispatch_loop` plans the queue (domain.RoutingQueue) every window and
+  publishes one work batch per assignment, then records `dispatched` events.
+- `track_events` follows jobs.events.* (core NATS, every replica sees all) to
+  count each node's dispatched-and-unanswered jobs: the load routing uses.
+- `failover_loop` finds durables `node-<id>` on WORK whose node stopped
+  heartbeating with work still on them, deletes the durable and drains its
+  messages through the shared durable `redispatch-<id>` (one replica gets each
+  batch), sending the jobs not yet answered to live nodes.  A node that comes
+  back gets its durable again, empty: new work only.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Sequence
+from typing import Any
 
-from nats.js.errors import KeyNotFoundError, NoKeysError
+import msgpack
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import FetchTimeoutError, KeyNotFoundError, NoKeysError, NotFoundError
 
 from loranet import codec, protocol as p, topology
-from loranet.batching import WindowBatcher
 from loranet.codec import DecodeError
 from loranet.runtime import Delivery, Pull, Reject, RemoteError, Runtime
 from loranet.signing import SignatureInvalid
 
 from . import domain
 from .settings import SchedulerSettings
+
+NODE_DURABLE = "node-"
+REDISPATCH_DURABLE = "redispatch-"
+
+
+def redispatch_consumer(node_id: str) -> topology.ConsumerSpec:
+    """The durable through which scheduler replicas share a dead node's leftover batches."""
+    return topology.ConsumerSpec("WORK", f"{REDISPATCH_DURABLE}{node_id}", p.work(node_id), ack_wait_s=30, max_deliver=5)
 
 
 class NodeRegistryView:
@@ -58,10 +82,19 @@ class Scheduler:
         self.rt = rt
         self.settings = settings
         self.registry = NodeRegistryView(rt, settings.registry_refresh_s, settings.node_ttl_s)
-        self.batcher: WindowBatcher[tuple[str, str], p.JobRequest, str] = WindowBatcher(
-            self._send_batch, settings.batch_window_ms / 1000.0, settings.max_batch_jobs)
-        self.in_flight: dict[str, int] = {}  # node_id -> jobs queued here, not yet in a heartbeat
+        self.queue = domain.RoutingQueue(settings.max_batch_jobs, settings.aging_s, settings.adapter_bytes,
+                                         settings.node_devices)
+        self.affinity = domain.AffinityMap(settings.node_adapter_slots)
+        self.outstanding = domain.Outstanding()
+        self._waiting: dict[domain.Ticket, asyncio.Future[str | None]] = {}
+        self._wake = asyncio.Event()
+        self._heartbeat_at: dict[str, float] = {}
         self._adapters: dict[str, tuple[float, p.AdapterManifest | None]] = {}
+        self._draining: dict[str, asyncio.Task[None]] = {}
+        self._started = time.time()
+        self._event_sub: Any = None
+        self.batches_sent = 0
+        self.redispatched = 0
 
     def routes(self) -> Sequence[Pull]:
         return [
@@ -69,12 +102,13 @@ class Scheduler:
                  max_bytes=p.MAX_BYTES[p.JOBS_SUBMIT]),
         ]
 
-    async def _send_batch(self, key: tuple[str, str], jobs: list[p.JobRequest]) -> list[str]:
-        node_id, model_id = key
-        batch_id = p.new_job_id()
-        batch = domain.assemble_batch(node_id, model_id, jobs, batch_id, self.settings.scheduler_id, time.time())
-        await self.rt.publish(p.work(node_id), batch, msg_id=batch_id)
-        return [batch_id] * len(jobs)
+    async def start(self) -> None:
+        """Background work beside the routes: event tracking, dispatching, failover."""
+        self._event_sub = await self.rt.nc.subscribe(p.JOB_EVENTS_ALL, cb=self._on_event)
+        self.rt.spawn(self.dispatch_loop(), name="dispatch")
+        self.rt.spawn(self.failover_loop(), name="failover")
+
+    # -- look-ups -----------------------------------------------------------
 
     async def adapter(self, adapter_id: str) -> p.AdapterManifest | None:
         now = time.time()
@@ -95,12 +129,38 @@ class Scheduler:
         balance = await self.rt.request(p.SETTLEMENT_BALANCE, p.BalanceGet(address=address), p.Balance)
         return balance.escrow
 
+    async def latest_stage(self, job_id: str) -> str | None:
+        """The stage of a job's latest event, None if it has none."""
+        try:
+            msg = await self.rt.js.get_last_msg("EVENTS", p.job_events(job_id))
+        except NotFoundError:
+            return None
+        try:
+            return codec.decode(p.JobEvent, msg.data or b"").stage
+        except DecodeError:
+            return None
+
+    async def views(self) -> list[domain.NodeView]:
+        heartbeats = await self.registry.nodes()
+        for hb in heartbeats:
+            if hb.at > self._heartbeat_at.get(hb.node_id, 0.0):
+                self._heartbeat_at[hb.node_id] = hb.at
+                self.affinity.heartbeat(hb.node_id, hb.adapters_hot, hb.at)
+        return [domain.node_view(hb, self.outstanding.count(hb.node_id), self.affinity.hot(hb.node_id),
+                                 self.settings.node_jobs_per_slot) for hb in heartbeats]
+
+    # -- admission ------------------------------------------------------------
+
     async def on_job(self, job: p.JobRequest, delivery: Delivery) -> None:
         try:
             domain.check_signature(job)
         except SignatureInvalid as exc:
             # The job id is not authenticated, so no event is written for it.
             raise Reject(f"forged or unsigned job: {exc}") from None
+        if delivery.deliveries > 1 and (stage := await self.latest_stage(job.job_id)) not in (None, "admitted"):
+            # A replica stopped after dispatching it (or refusing it): nothing left to do.
+            self.rt.log.info("job.redelivered_done", job_id=job.job_id, stage=stage)
+            return
         try:
             domain.check_timing(job, time.time(), self.settings.max_clock_skew_s)
             domain.check_adapter(job, await self.adapter(job.adapter_id) if job.adapter_id else None)
@@ -110,18 +170,219 @@ class Scheduler:
             await self.rt.emit(job.job_id, "rejected", reason=refusal.reason)
             return
         await self.rt.emit(job.job_id, "admitted", body=job)
-        while (node_id := domain.choose_node(job, await self.registry.nodes(), self.in_flight)) is None:
-            # Back-pressure: this job holds one admission slot (the runtime keeps it
-            # alive with in_progress); with every slot waiting, no more are fetched and
-            # later jobs wait in JetStream, not in memory.
-            if time.time() >= job.expires_at:
-                await self.rt.emit(job.job_id, "rejected", reason="expired before any node could take it")
-                return
-            self.rt.log.info("job.no_node", job_id=job.job_id)
-            await asyncio.sleep(self.settings.no_node_retry_s)
-        self.in_flight[node_id] = self.in_flight.get(node_id, 0) + 1
+        # Back-pressure: the ticket holds this admission slot (the runtime keeps the message
+        # alive with in_progress) until a node has room for it.
+        node_id = await self.route(domain.Ticket.of(job, time.time()))
+        if node_id is None:
+            await self.rt.emit(job.job_id, "rejected", reason="expired before any node could take it")
+
+    async def route(self, ticket: domain.Ticket) -> str | None:
+        """Queue `ticket` and wait until it is dispatched: the node id, or None if it expired first."""
+        fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._waiting[ticket] = fut
+        self.queue.push(ticket)
+        self._wake.set()
         try:
-            await self.batcher.add((node_id, job.model_id), job)
+            return await fut
         finally:
-            self.in_flight[node_id] -= 1
-        await self.rt.emit(job.job_id, "dispatched", node_id=node_id, dedup=node_id)
+            if not fut.done():  # cancelled (shutdown): the message goes back to JetStream
+                self.queue.discard(ticket)
+            self._waiting.pop(ticket, None)
+
+    # -- dispatch -------------------------------------------------------------
+
+    async def dispatch_loop(self) -> None:
+        window = self.settings.batch_window_ms / 1000.0
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.no_node_retry_s)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            if not len(self.queue):
+                continue
+            await asyncio.sleep(window)  # let the window's jobs join their groups
+            try:
+                await self.dispatch_once()
+            except Exception as exc:
+                self.rt.log.error("dispatch.failed", error=repr(exc))
+                await asyncio.sleep(self.settings.no_node_retry_s)
+
+    async def dispatch_once(self) -> int:
+        """One routing plan, published; the number of jobs sent."""
+        now = time.time()
+        for ticket in self.queue.expire(now):
+            self._resolve(ticket, None)
+        plan = self.queue.plan(await self.views(), now)
+        if not plan:
+            return 0
+        await asyncio.gather(*(self._send(a) for a in plan))
+        return sum(len(a.tickets) for a in plan)
+
+    async def _send(self, assignment: domain.Assignment) -> None:
+        node_id = assignment.node_id
+        jobs = [t.payload for t in assignment.tickets]
+        batch_id = p.new_job_id()
+        batch = domain.assemble_batch(node_id, assignment.model_id, jobs, batch_id, self.settings.scheduler_id,
+                                      time.time())
+        try:
+            await self.rt.publish(p.work(node_id), batch, msg_id=batch_id)
+        except Exception as exc:
+            self.rt.log.warning("dispatch.publish_failed", node_id=node_id, jobs=len(jobs), error=repr(exc))
+            for ticket in assignment.tickets:
+                self.queue.push(ticket)  # tried again next plan
+            return
+        self.batches_sent += 1
+        now = time.time()
+        for ticket in assignment.tickets:
+            self.outstanding.dispatched(ticket.job_id, node_id, now)
+            self.affinity.routed(node_id, ticket.adapter_id, now)
+        await asyncio.gather(*(self._emit_dispatched(t, node_id) for t in assignment.tickets))
+        for ticket in assignment.tickets:
+            self._resolve(ticket, node_id)
+
+    async def _emit_dispatched(self, ticket: domain.Ticket, node_id: str) -> None:
+        reason = f"re-dispatched from node {', '.join(sorted(ticket.avoid))}" if ticket.avoid else ""
+        try:
+            await self.rt.emit(ticket.job_id, "dispatched", node_id=node_id, dedup=node_id, reason=reason)
+        except Exception as exc:  # the work is out; a missing event must not hold it back
+            self.rt.log.warning("dispatch.event_failed", job_id=ticket.job_id, node_id=node_id, error=repr(exc))
+
+    def _resolve(self, ticket: domain.Ticket, node_id: str | None) -> None:
+        fut = self._waiting.get(ticket)
+        if fut is not None and not fut.done():
+            fut.set_result(node_id)
+
+    # -- load tracking ----------------------------------------------------------
+
+    async def _on_event(self, msg: Any) -> None:
+        # Only three fields are needed; skip full validation (bodies can be large).
+        try:
+            event = msgpack.unpackb(msg.data, raw=False)
+            job_id, stage = event["job_id"], event["stage"]
+            node_id, at = event.get("node_id", ""), float(event.get("at", time.time()))
+        except Exception:
+            return
+        if not isinstance(job_id, str) or not isinstance(stage, str):
+            return
+        self.outstanding.on_event(job_id, stage, node_id if isinstance(node_id, str) else "", at)
+        if stage not in domain.UNFINISHED_STAGES and len(self.queue):
+            self._wake.set()  # room freed on a node
+
+    # -- node failure -------------------------------------------------------------
+
+    async def failover_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.failover_check_s)
+            try:
+                await self.failover_once()
+            except Exception as exc:
+                self.rt.log.warning("failover.check_failed", error=repr(exc))
+
+    async def failover_once(self) -> list[str]:
+        """Start draining every dead node that still has work on WORK; give live nodes back their durable."""
+        live = {hb.node_id for hb in await self.registry.nodes()}
+        self.outstanding.prune(time.time())
+        consumers = {ci.name: ci for ci in await self.rt.js.consumers_info("WORK")}
+        started = []
+        grace_over = time.time() - self._started > self.settings.node_ttl_s
+        for name, info in consumers.items():
+            if name.startswith(NODE_DURABLE):
+                node_id = name[len(NODE_DURABLE):]
+                if node_id in live or node_id in self._draining or not grace_over:
+                    continue
+                if info.num_pending + info.num_ack_pending == 0:
+                    continue
+            elif name.startswith(REDISPATCH_DURABLE):
+                node_id = name[len(REDISPATCH_DURABLE):]  # left by a replica that stopped mid-drain
+                if node_id in self._draining:
+                    continue
+            else:
+                continue
+            self._draining[node_id] = self.rt.spawn(self._drain(node_id), name=f"drain-{node_id}")
+            started.append(node_id)
+        for node_id in live - set(self._draining):
+            if f"{NODE_DURABLE}{node_id}" not in consumers and f"{REDISPATCH_DURABLE}{node_id}" not in consumers:
+                await self._restore_durable(node_id)
+        return started
+
+    async def _restore_durable(self, node_id: str) -> None:
+        # Same config the node's own runtime creates; creating an identical consumer is idempotent.
+        spec = topology.node_consumer(node_id)
+        config = topology.consumer_config(spec)
+        config.name = spec.durable
+        try:
+            await self.rt.js.add_consumer(spec.stream, config=config)
+            self.rt.log.info("node.durable_restored", node_id=node_id)
+        except Exception as exc:
+            self.rt.log.warning("node.durable_restore_failed", node_id=node_id, error=repr(exc))
+
+    async def _drain(self, node_id: str) -> None:
+        try:
+            await self._drain_node(node_id)
+        finally:
+            self._draining.pop(node_id, None)
+
+    async def _drain_node(self, node_id: str) -> None:
+        js = self.rt.js
+        self.rt.log.warning("node.dead", node_id=node_id)
+        self.affinity.forget(node_id)
+        try:
+            # Its unacknowledged batches stay in the work-queue stream; a new durable delivers them again.
+            await js.delete_consumer("WORK", f"{NODE_DURABLE}{node_id}")
+        except NotFoundError:
+            pass
+        spec = redispatch_consumer(node_id)
+        sub = await js.pull_subscribe(spec.filter_subject, durable=spec.durable, stream=spec.stream,
+                                      config=topology.consumer_config(spec))
+        try:
+            while not self.rt.stopping.is_set():
+                try:
+                    msgs = await sub.fetch(1, timeout=1.0)
+                except (FetchTimeoutError, NatsTimeoutError, asyncio.TimeoutError):
+                    info = await js.consumer_info(spec.stream, spec.durable)
+                    if info.num_pending == 0 and info.num_ack_pending == 0:
+                        break
+                    continue
+                for msg in msgs:
+                    await self._redispatch(node_id, msg)
+        finally:
+            await sub.unsubscribe()
+        if not self.rt.stopping.is_set():
+            try:
+                await js.delete_consumer(spec.stream, spec.durable)
+            except NotFoundError:
+                pass
+            self.rt.log.info("node.drained", node_id=node_id)
+
+    async def _redispatch(self, node_id: str, msg: Any) -> None:
+        try:
+            batch = codec.decode(p.WorkBatch, msg.data, p.MAX_BYTES[p.WORK_ALL])
+        except DecodeError as exc:
+            await self.rt.dead_letter("redispatch", msg, str(exc))
+            return
+        jobs = [job for segment in batch.segments for job in segment.jobs]
+        stages = await asyncio.gather(*(self.latest_stage(job.job_id) for job in jobs))
+        todo = [job for job, stage in zip(jobs, stages) if domain.unfinished(stage)]
+        keep_alive = asyncio.ensure_future(self._keep_alive(msg))
+        try:
+            now = time.time()
+            nodes = await asyncio.gather(*(self.route(domain.Ticket.of(job, now, avoid=(node_id,))) for job in todo))
+        finally:
+            keep_alive.cancel()
+        for job, to in zip(todo, nodes):
+            if to is None:
+                await self.rt.emit(job.job_id, "rejected", reason=f"node {node_id} died and the job expired before another could take it")
+        self.redispatched += sum(1 for n in nodes if n)
+        self.rt.log.info("batch.redispatched", node_id=node_id, batch_id=batch.batch_id, jobs=len(todo),
+                         done_already=len(jobs) - len(todo))
+        await msg.ack()
+
+    @staticmethod
+    async def _keep_alive(msg: Any) -> None:
+        while True:
+            await asyncio.sleep(5)
+            try:
+                await msg.in_progress()
+            except Exception:
+                return

@@ -13,7 +13,9 @@ from .settings import SchedulerSettings
 async def main(settings: SchedulerSettings | None = None) -> None:
     settings = settings or SchedulerSettings.from_env()
     async with Runtime("scheduler", settings) as rt:
-        await rt.mount(Scheduler(rt, settings).routes())
+        scheduler = Scheduler(rt, settings)
+        await scheduler.start()
+        await rt.mount(scheduler.routes())
         await rt.serve_forever()
 
 

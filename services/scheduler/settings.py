@@ -5,16 +5,29 @@ from loranet.settings import CommonSettings
 
 class SchedulerSettings(CommonSettings):
     scheduler_id: str = "scheduler"
-    # Jobs for one node are collected this long before their work batch is sent.
+    # Admitted jobs are collected this long before a routing plan sends them (0 = at once).
     batch_window_ms: float = 20.0
     max_batch_jobs: int = 64
-    # Jobs fetched and in admission at once.
+    # Jobs fetched and in admission or waiting for a node at once: the memory bound.  When
+    # every node is full these slots fill up and further jobs wait in JetStream.
     admission_slots: int = 256
+    # A queued group's score grows by 1 per aging_s waited; a full group scores 1.
+    aging_s: float = 1.0
+    # A node may hold slots_total * node_jobs_per_slot jobs dispatched and not answered.
+    node_jobs_per_slot: int = 8
+    # Adapters assumed to fit a node's hot cache when predicting affinity.
+    node_adapter_slots: int = 16
+    # Memory a cold adapter needs on a node that reports free memory (CUDA nodes).
+    adapter_bytes: int = 64 * 1024 * 1024
+    # Device classes accepted (prefixes such as "cuda"); [] = any.
+    node_devices: list[str] = []
     # Refresh of the node registry view and of adapter look-ups.
     registry_refresh_s: float = 0.5
     adapter_cache_s: float = 30.0
     # Clock skew tolerated on a job's created_at.
     max_clock_skew_s: float = 300.0
-    # When no node can take a job, it is handed back to JetStream for this long.
-    no_node_retry_s: float = 2.0
+    # A non-empty queue is planned again at least this often (room also frees on results).
+    no_node_retry_s: float = 0.25
+    # How often the WORK stream is checked for dead nodes' unfinished batches.
+    failover_check_s: float = 1.0
     require_escrow: bool = True
