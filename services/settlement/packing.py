@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from eth_utils import to_checksum_address
 
-from loranet.split import BPS, MAX_CONTRIBUTORS, MAX_FEE, MAX_VERIFIERS, check_weights, split_fee
+from loranet.split import MAX_CONTRIBUTORS, MAX_FEE, MAX_VERIFIERS, check_weights, split_fee
 
 # Limits of Settlement.vy.
 MAX_JOBS = 256
