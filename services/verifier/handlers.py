@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
-from nats.js.errors import KeyNotFoundError
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundError
 
 from loranet import codec, protocol as p, topology
 from loranet.codec import DecodeError
@@ -174,3 +177,27 @@ class Verifier:
         await self.rt.emit(result.job_id, "verdict", body=verdict, node_id=result.node_id, dedup=self.verifier_id,
                            reason="" if verdict.accepted else "failed: " + ",".join(c.name for c in checks if not c.ok))
         self.settle(result, checks, audited, verdict.accepted)
+
+    async def stats_loop(self) -> None:
+        """Publish each node's record (JSON) to the stats KV bucket, key <verifier_id>.<node_id>."""
+        try:
+            kv = await self.rt.js.key_value(self.settings.stats_bucket)
+        except BucketNotFoundError:
+            try:
+                kv = await self.rt.js.create_key_value(KeyValueConfig(
+                    bucket=self.settings.stats_bucket, history=1, storage=StorageType.FILE,
+                    replicas=self.settings.js_replicas))
+            except BadRequestError:
+                kv = await self.rt.js.key_value(self.settings.stats_bucket)
+        written: dict[str, int] = {}
+        while True:
+            for node_id, record in list(self.records.items()):
+                if written.get(node_id) == record.results:
+                    continue
+                body = dataclasses.asdict(record) | {"verifier_id": self.verifier_id, "at": time.time()}
+                try:
+                    await kv.put(f"{self.verifier_id}.{node_id}", json.dumps(body, sort_keys=True).encode())
+                    written[node_id] = record.results
+                except Exception as exc:
+                    self.rt.log.warning("stats.failed", node_id=node_id, error=repr(exc))
+            await asyncio.sleep(self.settings.stats_interval_s)

@@ -17,6 +17,7 @@ async def main(settings: VerifierSettings | None = None) -> None:
                                      settings.cache_dir, settings.adapter_slots)
     async with Runtime("verifier", settings.model_copy(update={"instance": settings.instance or settings.verifier_id})) as rt:
         verifier = Verifier(rt, settings, engine, load_identity(settings))
+        rt.spawn(verifier.stats_loop(), name="stats")
         await rt.mount(verifier.routes())
         await rt.serve_forever()
 

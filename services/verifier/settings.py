@@ -31,4 +31,6 @@ class VerifierSettings(CommonSettings):
     audit_new_node_jobs: Annotated[int, Field(ge=0)] = thresholds.AUDIT_NEW_NODE_JOBS
     audit_after_failure_jobs: Annotated[int, Field(ge=0)] = thresholds.AUDIT_AFTER_FAILURE_JOBS
     audit_clean_rate: Annotated[float, Field(ge=0.0, le=1.0)] = thresholds.AUDIT_CLEAN_RATE
+    # Per-node statistics (JSON) are written to this KV bucket, key <verifier_id>.<node_id>, every interval.
+    stats_bucket: str = "verifier-stats"
     stats_interval_s: Annotated[float, Field(gt=0)] = 5.0

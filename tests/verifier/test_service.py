@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 from loranet import codec, protocol as p
@@ -46,7 +47,7 @@ def _blob_endpoint(adapters) -> Endpoint:
 
 async def test_verifier_service_end_to_end(nats_server, tmp_path, base, adapters, honest, client):
     settings = VerifierSettings(nats_url=nats_server.url, cache_dir=str(tmp_path / "cache"),
-                                state_dir=str(tmp_path / "state"), drain_timeout_s=5)
+                                state_dir=str(tmp_path / "state"), drain_timeout_s=5, stats_interval_s=0.2)
     engine = await asyncio.to_thread(AuditEngine, "", "", "cpu", settings.cache_dir, 4)
     assert engine.model_id == base[1]
     adapter_id = adapters[1][2]
@@ -72,6 +73,7 @@ async def test_verifier_service_end_to_end(nats_server, tmp_path, base, adapters
         kv = await rt.js.key_value(p.NODES_BUCKET)
         await kv.put(honest.node_id, codec.encode(honest.heartbeat()))
         verifier = Verifier(rt, settings, engine, load_identity(settings))
+        rt.spawn(verifier.stats_loop(), name="stats")
         await rt.mount(verifier.routes())
         for r in [*results.values(), forged, stranger]:
             await rt.js.publish(p.results(r.node_id), codec.encode(r))
@@ -82,6 +84,8 @@ async def test_verifier_service_end_to_end(nats_server, tmp_path, base, adapters
         events = [codec.decode(p.JobEvent, d) for d in await _collect(rt.js, p.JOB_EVENTS_ALL, "EVENTS", 3, 20)]
         await asyncio.sleep(1.0)  # the replay is skipped, not verdicted twice
         extra = await _collect(rt.js, p.VERDICTS_ALL, "VERDICTS", len(results) + 1, 2)
+        stats = json.loads((await (await rt.js.key_value(settings.stats_bucket)).get(f"verifier-0.{honest.node_id}")).value)
+    assert stats["results"] == 3 and stats["audited"] == 3 and stats["rejected"] == 1 and stats["forced_audits_left"] > 0
     assert len(extra) == len(results)
     assert set(verdicts) == {j.job_id for j in jobs.values()}
     for name, job in jobs.items():

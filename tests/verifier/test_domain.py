@@ -1,0 +1,76 @@
+"""Pure verifier logic: audit policy, finish reasons, evidence, replay guard, verdict signing."""
+
+from __future__ import annotations
+
+import pytest
+
+from loranet import protocol as p
+from loranet.model import EOS_ID
+from loranet.signing import Identity, sign, verify
+from services.verifier import domain
+
+
+def test_audit_policy_new_node_then_rate_then_failure():
+    policy = domain.AuditPolicy(new_node_jobs=3, after_failure_jobs=4, clean_rate=0.25)
+    rec = domain.NodeRecord("n")
+    ok = [domain.check("x", True)]
+    for _ in range(3):
+        assert domain.should_audit(rec, p.new_job_id(), policy)[0]
+        domain.record_outcome(rec, True, True, ok, policy, 0.0)
+    jobs = [p.new_job_id() for _ in range(2000)]
+    chosen = [domain.should_audit(rec, j, policy)[0] for j in jobs]
+    assert chosen == [domain.should_audit(rec, j, policy)[0] for j in jobs]  # reproducible from the job id
+    assert 0.2 < sum(chosen) / len(chosen) < 0.3
+    domain.record_outcome(rec, True, False, [domain.check("fingerprint", False)], policy, 1.0)
+    assert rec.forced_audits_left == 4 and rec.extra == {"fingerprint": 1}
+    for _ in range(4):
+        assert domain.should_audit(rec, jobs[0], policy)[0]
+        domain.record_outcome(rec, True, True, ok, policy, 2.0)
+    assert rec.forced_audits_left == 0
+
+
+def test_finish_reason_consistency(honest, client, base):
+    r = honest.run(client.job(base[1], "", "Hello", 6))
+    assert domain.finish_check(r).ok
+    if r.finish_reason == "length":
+        toks = [*r.output_tokens[:-1], EOS_ID]
+        bad = r.model_copy(update={"output_tokens": toks})  # EOS at the end but claims length
+        assert not domain.finish_check(bad).ok
+        assert domain.finish_check(bad.model_copy(update={"finish_reason": "eos"})).ok
+        short = r.model_copy(update={"output_tokens": r.output_tokens[:-1]})
+        assert not domain.finish_check(short).ok  # "length" below max_tokens
+        mid = r.model_copy(update={"output_tokens": [EOS_ID, *r.output_tokens[1:]], "finish_reason": "eos"})
+        assert not domain.finish_check(mid).ok  # tokens after EOS
+
+
+def test_evidence_is_reported_absent_never_verified(honest, client, base):
+    r = honest.run(client.job(base[1], "", "Hi", 4))
+    c = domain.evidence_check(r)
+    assert "tee: absent" in c.detail and "zk: absent" in c.detail
+    r2 = r.model_copy(update={"evidence": [p.Evidence(kind="tee", data=b"quote")]})
+    assert "tee: present, unverified" in domain.evidence_check(r2).detail
+
+
+def test_authenticate_and_verdict(honest, client, base):
+    r = honest.run(client.job(base[1], "", "Hi", 4))
+    domain.authenticate(r, p.results(r.node_id), honest.identity.public)
+    for subject, key in [(p.results("other"), honest.identity.public), (p.results(r.node_id), None),
+                         (p.results(r.node_id), Identity.generate().public)]:
+        with pytest.raises(domain.Forged):
+            domain.authenticate(r, subject, key)
+    with pytest.raises(domain.NotOurs):
+        domain.served_model(r, "0" * 64)
+    ident = Identity.generate()
+    v = domain.build_verdict(r, [domain.check("a", True)], False, "verifier-x", ident, domain.devnet_address("v"))
+    verify(v, ident.public, p.DOMAIN_VERDICT)
+    assert v.accepted and not v.audited and v.result_hash == domain.result_hash(r)
+
+
+def test_replay_guard_is_bounded(honest, client, base):
+    guard = domain.ReplayGuard(4)
+    rs = [honest.run(client.job(base[1], "", "Hi", 2)) for _ in range(6)]
+    for r in rs:
+        guard.remember(r)
+    assert not guard.seen_job(rs[0].job_id) and guard.seen_job(rs[-1].job_id)
+    reused = sign(rs[-1].model_copy(update={"job_id": p.new_job_id()}), honest.identity, p.DOMAIN_RESULT)
+    assert guard.seq_reused(reused) == rs[-1].job_id
