@@ -22,12 +22,17 @@ from pathlib import Path
 import nats
 import pytest
 
-from loranet import protocol as p, topology
+from loranet import codec, protocol as p, topology
 from loranet.client import Client
-from loranet.runtime import Endpoint, Pull, Runtime, request
+from loranet.runtime import Endpoint, Pull, Runtime
 from loranet.servers import free_port, nats_server_binary, wait_for_port
 from loranet.settings import CommonSettings
 from loranet.signing import Identity
+from services.scheduler.handlers import REDISPATCH_DURABLE, Scheduler
+from services.scheduler.settings import SchedulerSettings
+from services.verifier.domain import NodeRecord
+from services.verifier.handlers import Verifier
+from services.verifier.settings import VerifierSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTH = ROOT / "deploy" / "nats" / "auth.conf"
@@ -110,29 +115,51 @@ class Services:
         async def record(message, delivery=None):
             self.received.setdefault(type(message).__name__, []).append(message)
 
-        async def reply_ok(message):
+        async def reply(message):
             if isinstance(message, p.JobGet):
                 return p.JobRecord(job_id=message.job_id, status="rejected", reason="from the test's datastore")
+            if isinstance(message, p.BalanceGet):
+                return p.Balance(address=message.address, token=0, escrow=0, credit=0)
             return p.Ok()
 
-        routes = {
-            "scheduler": [Pull("jobs", topology.SCHEDULER, p.JobRequest, record)],
+        # The scheduler and the verifier run their real handlers and background loops
+        # (they need no model); the others run their real route shapes over stub handlers.
+        sched_settings = SchedulerSettings(nats_url=self.urls["scheduler"], instance="scheduler-test",
+                                           log_level="WARNING", node_ttl_s=1.0)
+        rt = await self._runtime("scheduler", sched_settings)
+        self.scheduler = Scheduler(rt, sched_settings)
+        await self.scheduler.start()
+        await rt.mount(self.scheduler.routes())
+
+        ver_settings = VerifierSettings(nats_url=self.urls["verifier"], instance="verifier-test", log_level="WARNING",
+                                        verifier_id="verifier-test", stats_interval_s=0.1)
+        rt = await self._runtime("verifier", ver_settings)
+        self.verifier = Verifier(rt, ver_settings, None, Identity.generate())
+        self.verifier.records[NODE] = NodeRecord(NODE, results=1)
+        rt.spawn(self.verifier.stats_loop(), name="stats")
+        await rt.mount(self.verifier.routes())
+
+        stubs = {
             "inference": [Pull("work", topology.node_consumer(NODE), p.WorkBatch, record)],
-            "verifier": [Pull("results", topology.VERIFIER, p.InferenceResult, record)],
             "settlement": [Pull("verdicts", topology.SETTLEMENT, p.Verdict, record),
-                           Endpoint("balance", p.SETTLEMENT_BALANCE, p.BalanceGet, reply_ok),
-                           Endpoint("faucet", p.SETTLEMENT_FAUCET, p.Faucet, reply_ok)],
+                           Endpoint("balance", p.SETTLEMENT_BALANCE, p.BalanceGet, reply),
+                           Endpoint("faucet", p.SETTLEMENT_FAUCET, p.Faucet, reply)],
             "datastore": [Pull("job-events", topology.DATASTORE, p.JobEvent, record)]
-                         + [Endpoint(s.replace(".", "-"), s, p.SCHEMAS[s], reply_ok)
+                         + [Endpoint(s.replace(".", "-"), s, p.SCHEMAS[s], reply)
                             for s in p.SCHEMAS if s.startswith("datastore.")],
         }
-        for role, role_routes in routes.items():
-            rt = Runtime(role, CommonSettings(nats_url=self.urls[role], instance=f"{role}-test", log_level="WARNING"))
-            await rt.start()
-            errors = self.errors.setdefault(role, [])
-            rt.nc._error_cb = self._collector(errors)
-            await rt.mount(role_routes)
-            self.runtimes[role] = rt
+        for role, routes in stubs.items():
+            rt = await self._runtime(role, CommonSettings(nats_url=self.urls[role], instance=f"{role}-test",
+                                                          log_level="WARNING"))
+            await rt.mount(routes)
+
+    async def _runtime(self, role: str, settings: CommonSettings) -> Runtime:
+        rt = Runtime(role, settings)
+        errors = self.errors.setdefault(role, [])
+        await rt.start()
+        rt.nc._error_cb = self._collector(errors)
+        self.runtimes[role] = rt
+        return rt
 
     @staticmethod
     def _collector(errors: list[str]):
@@ -205,7 +232,6 @@ async def test_every_role_consumes_its_subject_and_dead_letters_what_it_cannot_r
 
 
 async def test_each_role_publishes_and_requests_what_its_code_does(nats_auth, services):
-    ok = p.Ok
     uses = {
         "scheduler": dict(js=[p.work(NODE), p.job_events(JOB), p.dead_letter(p.JOBS_SUBMIT)],
                           req=[(p.DATASTORE_ADAPTER_GET, p.AdapterGet(adapter="demo-0")),
@@ -229,7 +255,8 @@ async def test_each_role_publishes_and_requests_what_its_code_does(nats_auth, se
         for i, subject in enumerate(use["js"]):
             await js.publish(subject, b"\x00", headers={"Nats-Msg-Id": f"{role}-{i}-{time.time()}"})
         for subject, message in use["req"]:
-            await request(conn.nc, subject, message, ok, timeout=5)
+            answer = await conn.nc.request(subject, codec.encode(message), timeout=5)
+            assert not (answer.headers or {}).get("Nats-Service-Error-Code"), (role, subject, answer.headers)
         await settle(conn)
         assert not conn.errors, (role, conn.errors)
         await conn.nc.close()
@@ -261,15 +288,50 @@ async def test_a_client_submits_and_follows_its_own_job(nats_auth, services, rol
     client = Client(conn.nc, Identity.generate())
     job = client.build(model_id="cd" * 32, adapter_id="", prompt="hello", max_tokens=2)
     await client.publish(job)
-    await wait_for(lambda: any(j.job_id == job.job_id for j in services.received.get("JobRequest", [])),
-                   what="the scheduler receiving the job")
-    # Settlement-side stage for the job, then the client follows jobs.events.<job_id> to its end.
-    settlement = services.runtimes["settlement"]
-    await settlement.emit(job.job_id, "refunded", reason="test")
-    outcome = await client.wait(job.job_id, timeout=10)
-    assert outcome.job_id == job.job_id
+    # The real scheduler admits it, asks settlement for the escrow (none) and rejects it;
+    # the client follows jobs.events.<job_id> to that end and reads the record.
+    outcome = await client.wait(job.job_id, timeout=15)
+    assert outcome.job_id == job.job_id and outcome.status == "rejected"
     await settle(conn)
     assert not conn.errors, conn.errors
+    await conn.nc.close()
+
+
+async def test_scheduler_drains_a_dead_nodes_work_under_its_user(nats_auth, services):
+    dead = "node-dead"
+    init = await connect(nats_auth["init"])
+    js = init.nc.jetstream()
+    await js.add_consumer("WORK", topology.consumer_config(topology.node_consumer(dead)))
+    await (await connect(nats_auth["scheduler"])).nc.jetstream().publish(p.work(dead), b"\x00not a batch")
+    before = services.dead_lettered("scheduler", "redispatch")
+
+    async def names() -> set[str]:
+        return {ci.name for ci in await js.consumers_info("WORK")}
+
+    deadline = time.monotonic() + 20
+    while f"node-{dead}" in await names() or f"{REDISPATCH_DURABLE}{dead}" in await names() \
+            or services.dead_lettered("scheduler", "redispatch") == before:
+        assert time.monotonic() < deadline, await names()
+        await services.scheduler.failover_once()  # lists WORK durables, deletes, drains, dead-letters
+        await asyncio.sleep(0.3)
+    await settle(init)
+    assert not services.errors["scheduler"], services.errors["scheduler"]
+    await init.nc.close()
+
+
+async def test_verifier_publishes_its_statistics(nats_auth, services):
+    conn = await connect(nats_auth["init"])
+    kv = await conn.nc.jetstream().key_value(services.verifier.settings.stats_bucket)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            entry = await kv.get(f"verifier-test.{NODE}")
+            break
+        except Exception:
+            assert time.monotonic() < deadline, services.errors["verifier"]
+            await asyncio.sleep(0.1)
+    assert b'"results": 1' in entry.value
+    assert not services.errors["verifier"], services.errors["verifier"]
     await conn.nc.close()
 
 
