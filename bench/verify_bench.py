@@ -238,7 +238,7 @@ def main() -> None:
     torch.set_num_threads(1)
     trials, honest_n, reps, calib, lengths = (20, 100, 3, 6, [32, 128, 512])
     if args.quick:
-        trials, honest_n, reps, calib = 3, 20, 1, 2
+        trials, honest_n, reps, calib = 2, 10, 1, 1
     if args.full:
         trials, honest_n, reps, calib = 300, 1000, 5, 50
     started = time.perf_counter()
@@ -246,7 +246,7 @@ def main() -> None:
         s = Setup(Path(tmp))
         log(f"setup {time.perf_counter() - started:.1f}s; timings (median of {reps}, one torch thread):")
         t = timings(s, lengths, reps)
-        rate = cheap_rate(s, 500 if args.quick else 3000)
+        rate = cheap_rate(s, 300 if args.quick else 3000)
         log(f"  cheap checks: {rate:,.0f} results/s (128-token results, one core)")
         log("calibration (honest jobs under node and verifier variations):")
         cal = calibrate(s, calib)
@@ -262,7 +262,7 @@ def main() -> None:
             detected = sum(run_attack(s.verifier, s.kit, name).detected for _ in range(trials))
             table[name] = {"detected": detected, "trials": trials}
             log(f"  {name:40s} {detected:4d}/{trials}")
-        closeness = {n: attack_closeness(s, n, 2 if args.quick else 5) for n in
+        closeness = {n: attack_closeness(s, n, 1 if args.quick else 5) for n in
                      ("adapter_scaled_0.5", "lower_precision_bf16", "wrong_adapter", "no_adapter", "wrong_base_model")}
         for n, c in closeness.items():
             log(f"  closest {n:28s} overlap {c['max_overlap']:.3f} mean excess {c['min_mean_excess']:.2e} "

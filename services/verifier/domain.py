@@ -35,7 +35,9 @@ class NotOurs(ValueError):
 
 
 def check(name: str, ok: bool, detail: str = "") -> p.Check:
-    return p.Check(name=name, ok=bool(ok), detail=detail[:MAX_DETAIL])
+    # model_construct: these fields are built here (short name, bool, clipped text), and full
+    # validation of ~15 checks per result was a third of the cheap checks' time.
+    return p.Check.model_construct(name=name[:64], ok=bool(ok), detail=detail[:MAX_DETAIL])
 
 
 def request_hash(job: p.JobRequest) -> str:
