@@ -18,7 +18,8 @@ R = TypeVar("R")
 
 
 class WindowBatcher(Generic[K, T, R]):
-    """`flush(key, items)` returns one result per item, in order; an exception fails them all."""
+    """`flush(key, items)` returns one result per item, in order (an Exception instance as a
+    result fails just that item's caller); an exception raised by `flush` fails them all."""
 
     def __init__(self, flush: Callable[[K, list[T]], Awaitable[Sequence[R]]], window_s: float, max_items: int) -> None:
         self._flush_fn = flush
@@ -68,5 +69,9 @@ class WindowBatcher(Generic[K, T, R]):
                     raise
             else:
                 for (_, fut), result in zip(group, results):
-                    if not fut.done():
+                    if fut.done():
+                        continue
+                    if isinstance(result, Exception):
+                        fut.set_exception(result)
+                    else:
                         fut.set_result(result)

@@ -28,6 +28,7 @@ class Settlement:
         self.epochs: WindowBatcher[str, SettleJob, BatchReceipt] = WindowBatcher(
             self._settle_epoch, settings.epoch_max_s, settings.epoch_max_jobs)
         self._quorums: OrderedDict[str, domain.Quorum] = OrderedDict()
+        self._deciding: set[str] = set()  # jobs whose settle/refund is under way in this process
 
     def routes(self) -> Sequence[Pull | Endpoint]:
         routes: list[Pull | Endpoint] = [
@@ -76,6 +77,8 @@ class Settlement:
         except domain.BadVerdict as exc:
             raise Reject(f"verdict refused: {exc}") from None
         job_id = verdict.job_id
+        if job_id in self._deciding:
+            return  # a duplicate delivery while this job is being paid; if that fails, its own message is retried
         state = await asyncio.to_thread(self.chain.job_state, job_id)
         if state in ("settled", "refunded"):
             return  # already final on chain: a redelivery or a late verdict
@@ -85,11 +88,15 @@ class Settlement:
         decision = quorum.add(verdict)
         if decision is None:
             return
-        if decision == "refund":
-            await self._refund(verdict)
-        else:
-            await self._settle(list(quorum.accepting.values()))
-        self._quorums.pop(job_id, None)
+        self._deciding.add(job_id)
+        try:
+            if decision == "refund":
+                await self._refund(verdict)
+            else:
+                await self._settle(list(quorum.accepting.values()))
+            self._quorums.pop(job_id, None)
+        finally:
+            self._deciding.discard(job_id)
 
     async def _manifest(self, adapter_id: str) -> p.AdapterManifest | None:
         if not adapter_id:
@@ -107,18 +114,35 @@ class Settlement:
         if available < job.fee:
             await self._refund(verdicts[0], reason=f"client escrow {available} below fee {job.fee}")
             return
-        receipt = await self.epochs.add("epoch", job)
+        try:
+            receipt = await self.epochs.add("epoch", job)
+        except ChainError as exc:
+            await self._refund(verdicts[0], reason=f"settlement transaction refused: {exc}"[:1000])
+            return
         out = p.Receipt(job_id=request.job_id, status="settled", fee=job.fee, payouts=domain.payouts(job, self.treasury),
                         epoch=receipt.seq, tx_hash=receipt.tx_hash.lower(), block=receipt.block_number,
                         settled_at=time.time())
         await self.rt.publish(p.receipts(request.job_id), out, msg_id=f"{request.job_id}:receipt")
         await self.rt.emit(request.job_id, "settled", body=out)
 
-    async def _settle_epoch(self, key: str, jobs: list[SettleJob]) -> list[BatchReceipt]:
-        def send() -> BatchReceipt:
-            seq = self.chain.last_seq() + 1
-            return self.chain.settle_batch(seq, jobs)
-        receipt = await asyncio.to_thread(send)
+    async def _settle_epoch(self, key: str, jobs: list[SettleJob]) -> list[BatchReceipt | Exception]:
+        def send(batch: list[SettleJob]) -> BatchReceipt:
+            return self.chain.settle_batch(self.chain.last_seq() + 1, batch)
+        try:
+            receipt = await asyncio.to_thread(send, jobs)
+        except ChainError as exc:
+            if len(jobs) == 1:
+                return [exc]
+            # One job can revert the whole batch (say, a client's escrow ran out):
+            # settle the rest one by one and refuse only the jobs that fail alone.
+            self.rt.log.warning("epoch.reverted", jobs=len(jobs), error=str(exc)[:300])
+            out: list[BatchReceipt | Exception] = []
+            for job in jobs:
+                try:
+                    out.append(await asyncio.to_thread(send, [job]))
+                except ChainError as single:
+                    out.append(single)
+            return out
         self.rt.log.info("epoch.settled", epoch=receipt.seq, jobs=len(jobs), gas=receipt.gas_used, tx=receipt.tx_hash)
         return [receipt] * len(jobs)
 

@@ -1,0 +1,111 @@
+"""The settlement service over real NATS and the in-process EVM: verdict in, receipt out, paid once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from loranet import codec, protocol as p
+from loranet.runtime import Runtime
+from loranet.signing import Identity, sign
+from services.settlement.chain import Chain
+from services.settlement.handlers import Settlement
+from services.settlement.settings import SettlementSettings
+from tests import factories
+
+
+async def _events(js, job_id: str) -> list[p.JobEvent]:
+    sub = await js.pull_subscribe(p.job_events(job_id), stream="EVENTS")
+    try:
+        return [codec.decode(p.JobEvent, m.data) for m in await sub.fetch(20, timeout=1)]
+    except Exception:
+        return []
+    finally:
+        await sub.unsubscribe()
+
+
+async def _wait_stage(js, job_id: str, stage: str, timeout: float = 30) -> p.JobEvent:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for event in await _events(js, job_id):
+            if event.stage == stage:
+                return event
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"no {stage} event for {job_id}")
+
+
+@pytest.fixture(scope="module")
+def chain():
+    return Chain()
+
+
+async def test_verdicts_settle_once_refund_and_forgeries(nats_server, chain):
+    client = chain.new_account()
+    settings = SettlementSettings(nats_url=nats_server.url, epoch_max_s=0.3, epoch_max_jobs=8)
+    async with Runtime("settlement", settings) as rt:
+        await rt.mount(Settlement(rt, settings, chain).routes())
+        await asyncio.to_thread(chain.fund, client.address, 10**18)
+        await asyncio.to_thread(chain.deposit, client.key, 10**16)
+        jobs = [factories.job(adapter_id="", client_address=client.address, max_fee=10**15) for _ in range(3)]
+        verdicts = [factories.verdict(factories.result(j)) for j in jobs]
+        for v in verdicts + verdicts[:1]:  # one duplicate delivery of the first verdict
+            await rt.js.publish(p.verdicts(v.job_id), codec.encode(v))
+        receipts = [codec.decode(p.Receipt, (await _wait_stage(rt.js, j.job_id, "settled")).body) for j in jobs]
+        for receipt in receipts:
+            assert receipt.status == "settled" and sum(x.amount for x in receipt.payouts) == receipt.fee > 0
+        assert {r.epoch for r in receipts} == {1}  # one epoch, one transaction
+        charged = sum(r.fee for r in receipts)
+        assert chain.escrow_of(client.address) == 10**16 - charged
+        # A rejecting verdict refunds: nothing charged, the job can never be paid later.
+        bad = factories.job(adapter_id="", client_address=client.address, max_fee=10**15)
+        rejected = sign(factories.verdict(factories.result(bad)).model_copy(update={"accepted": False}),
+                        factories.VERIFIER, p.DOMAIN_VERDICT)
+        await rt.js.publish(p.verdicts(bad.job_id), codec.encode(rejected))
+        await _wait_stage(rt.js, bad.job_id, "refunded")
+        assert chain.job_state(bad.job_id) == "refunded"
+        # A forged verdict (signed by an unknown key claiming the verifier's) is dead-lettered.
+        forged_job = factories.job(adapter_id="", client_address=client.address)
+        forged = sign(factories.verdict(factories.result(forged_job)), Identity.generate(), p.DOMAIN_VERDICT)
+        await rt.js.publish(p.verdicts(forged_job.job_id), codec.encode(forged))
+        deadline = time.monotonic() + 20
+        while rt.stats["verdicts"].dead_lettered < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert rt.stats["verdicts"].dead_lettered == 1
+        assert chain.job_state(forged_job.job_id) == "unknown"
+        assert chain.escrow_of(client.address) == 10**16 - charged
+
+
+async def test_one_unpayable_job_does_not_block_its_epoch(nats_server, chain):
+    rich, poor = chain.new_account(), chain.new_account()
+    for account, amount in ((rich, 10**16), (poor, 6 * 10**14)):
+        await asyncio.to_thread(chain.fund, account.address, amount)
+        await asyncio.to_thread(chain.deposit, account.key, amount)
+    settings = SettlementSettings(nats_url=nats_server.url, epoch_max_s=0.5, epoch_max_jobs=16)
+    async with Runtime("settlement", settings) as rt:
+        await rt.mount(Settlement(rt, settings, chain).routes())
+        # The poor client's two jobs each fit its escrow alone, but not together.
+        jobs = [factories.job(adapter_id="", client_address=rich.address, max_fee=10**15)] + \
+               [factories.job(adapter_id="", client_address=poor.address, max_fee=10**15) for _ in range(2)]
+        results = []
+        for j in jobs:
+            r = factories.result(j)
+            r = sign(r.model_copy(update={"prompt_tokens": [1] * 100, "output_tokens": [2] * 100}), factories.NODE,
+                     p.DOMAIN_RESULT)
+            results.append(r)
+        for r in results:
+            await rt.js.publish(p.verdicts(r.job_id), codec.encode(factories.verdict(r)))
+        # fee per job = 100 prompt * 1e12 + 100 output * 4e12 = 5e14: each poor job fits alone, not both.
+        assert (await _wait_stage(rt.js, jobs[0].job_id, "settled")).stage == "settled"
+        deadline = time.monotonic() + 30
+        states: list[str] = []
+        while time.monotonic() < deadline:
+            states = sorted(chain.job_state(j.job_id) for j in jobs[1:])
+            if states == ["refunded", "settled"]:
+                break
+            await asyncio.sleep(0.2)
+        assert states == ["refunded", "settled"]
+        refunded = next(j for j in jobs[1:] if chain.job_state(j.job_id) == "refunded")
+        assert "escrow" in (await _wait_stage(rt.js, refunded.job_id, "refunded")).reason
+        assert chain.escrow_of(poor.address) == 6 * 10**14 - 5 * 10**14
