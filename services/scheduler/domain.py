@@ -135,18 +135,21 @@ class NodeView:
     region: str = ""
     device: str = ""
     memory_free: int | None = None  # None: not reported (CPU nodes)
+    # When the adapter a cold load would evict was last used (-inf: a slot is free).
+    evict_at: float = -math.inf
 
     @property
     def room(self) -> int:
         return self.capacity - self.outstanding
 
 
-def node_view(hb: p.NodeHeartbeat, outstanding: int, hot: Collection[str], jobs_per_slot: int) -> NodeView:
+def node_view(hb: p.NodeHeartbeat, outstanding: int, affinity: "AffinityMap", jobs_per_slot: int) -> NodeView:
     """A NodeView from a heartbeat, the jobs dispatched to it and not answered, and its predicted-hot adapters."""
     return NodeView(
         node_id=hb.node_id, model_ids=frozenset(hb.model_ids), capacity=max(hb.slots_total, 1) * jobs_per_slot,
-        outstanding=outstanding, adapters_hot=hot, region=hb.region, device=hb.device,
+        outstanding=outstanding, adapters_hot=affinity.hot(hb.node_id), region=hb.region, device=hb.device,
         memory_free=hb.memory_free if hb.device.startswith("cuda") else None,
+        evict_at=affinity.evict_at(hb.node_id),
     )
 
 
@@ -175,13 +178,19 @@ def capable(node: NodeView, req: Requirements, hot: bool) -> bool:
 
 
 def choose_node(req: Requirements, nodes: Sequence[NodeView], rooms: dict[str, int] | None = None,
-                loads: dict[str, int] | None = None, extra_hot: dict[str, set[str]] | None = None) -> NodeView | None:
+                loads: dict[str, int] | None = None, extra_hot: dict[str, set[str]] | None = None,
+                cold_penalty: float = math.inf) -> NodeView | None:
     """The node for a group: one with the adapter hot and room, else the least-loaded capable node with room.
 
-    `rooms`/`loads` override the views' own figures while a plan is being built;
-    `extra_hot` holds adapters already sent to a node in this plan.
+    A hot node wins unless its load (outstanding / capacity) exceeds a cold
+    node's by more than `cold_penalty` (inf: hot always wins while it has room),
+    so a popular adapter spreads to a second node before its first one queues
+    up.  Between equally loaded cold nodes, the one whose eviction victim was
+    used longest ago (a free slot first): the cluster's caches then behave like
+    one LRU instead of N independent ones.  `rooms`/`loads` override the views' own figures while a plan is being
+    built; `extra_hot` holds adapters already sent to a node in this plan.
     """
-    best: tuple[int, float, str] | None = None
+    best: tuple[float, int, float, float, str] | None = None
     chosen = None
     for node in nodes:
         room = rooms.get(node.node_id, 0) if rooms is not None else node.room
@@ -192,7 +201,11 @@ def choose_node(req: Requirements, nodes: Sequence[NodeView], rooms: dict[str, i
         if not capable(node, req, hot):
             continue
         load = loads.get(node.node_id, node.outstanding) if loads is not None else node.outstanding
-        key = (0 if hot else 1, load / max(node.capacity, 1), node.node_id)
+        fraction = load / max(node.capacity, 1)
+        if hot:
+            key = (fraction, 0, fraction, 0.0, node.node_id)
+        else:
+            key = (fraction + cold_penalty, 1, fraction, node.evict_at, node.node_id)
         if best is None or key < best:
             best, chosen = key, node
     return chosen
@@ -207,11 +220,11 @@ class AffinityMap:
 
     def heartbeat(self, node_id: str, adapters_hot: Sequence[str], at: float) -> None:
         old = self._hot.get(node_id, OrderedDict())
-        lru: OrderedDict[str, float] = OrderedDict((a, 0.0) for a in adapters_hot)
-        for adapter, routed_at in old.items():  # routed after the node took this heartbeat: not in it yet
-            if routed_at > at:
-                lru[adapter] = routed_at
-                lru.move_to_end(adapter)
+        # What the node reports, with the last use this scheduler knows of, plus what was routed
+        # after the node took this heartbeat (not in it yet); least recently used first.
+        used = {a: old.get(a, 0.0) for a in adapters_hot}
+        used.update((a, t) for a, t in old.items() if t > at)
+        lru = OrderedDict(sorted(used.items(), key=lambda item: item[1]))
         self._trim(lru, max(self.slots, len(adapters_hot)))
         self._hot[node_id] = lru
 
@@ -225,6 +238,13 @@ class AffinityMap:
 
     def hot(self, node_id: str) -> Collection[str]:
         return self._hot.get(node_id, {}).keys()
+
+    def evict_at(self, node_id: str) -> float:
+        """Last use of the adapter the node would evict for a new one; -inf while it has a free slot."""
+        lru = self._hot.get(node_id)
+        if not lru or len(lru) < self.slots:
+            return -math.inf
+        return next(iter(lru.values()))
 
     def forget(self, node_id: str) -> None:
         self._hot.pop(node_id, None)
@@ -270,13 +290,15 @@ class RoutingQueue:
     current minimum, so it banks no credit).  Aging: among one client's groups
     the score is `waited / aging_s + fill`, so a full group of a popular adapter
     is worth `aging_s` of waiting and no group waits much longer than that
-    behind others of the same client.
+    behind others of the same client.  Node choice: see `choose_node` (a hot node
+    is preferred until it is `cold_penalty` fuller than a cold one).
     """
 
     def __init__(self, max_batch_jobs: int = 64, aging_s: float = 1.0, adapter_bytes: int = 0,
-                 devices: Sequence[str] = ()) -> None:
+                 devices: Sequence[str] = (), cold_penalty: float = 0.25) -> None:
         self.max_batch_jobs = max_batch_jobs
         self.aging_s = aging_s
+        self.cold_penalty = cold_penalty
         self.adapter_bytes = adapter_bytes
         self.devices = tuple(devices)
         self._groups: dict[GroupKey, _Group] = {}
@@ -390,7 +412,7 @@ class RoutingQueue:
                     best = (score, key)
             assert best is not None
             key = best[1]
-            node = choose_node(self._requirements(key), nodes, rooms, loads, extra_hot)
+            node = choose_node(self._requirements(key), nodes, rooms, loads, extra_hot, self.cold_penalty)
             if node is None:
                 blocked.add(key)
                 continue

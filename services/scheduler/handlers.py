@@ -83,7 +83,7 @@ class Scheduler:
         self.settings = settings
         self.registry = NodeRegistryView(rt, settings.registry_refresh_s, settings.node_ttl_s)
         self.queue = domain.RoutingQueue(settings.max_batch_jobs, settings.aging_s, settings.adapter_bytes,
-                                         settings.node_devices)
+                                         settings.node_devices, settings.cold_penalty)
         self.affinity = domain.AffinityMap(settings.node_adapter_slots)
         self.outstanding = domain.Outstanding()
         self._waiting: dict[domain.Ticket, asyncio.Future[str | None]] = {}
@@ -146,8 +146,8 @@ class Scheduler:
             if hb.at > self._heartbeat_at.get(hb.node_id, 0.0):
                 self._heartbeat_at[hb.node_id] = hb.at
                 self.affinity.heartbeat(hb.node_id, hb.adapters_hot, hb.at)
-        return [domain.node_view(hb, self.outstanding.count(hb.node_id), self.affinity.hot(hb.node_id),
-                                 self.settings.node_jobs_per_slot) for hb in heartbeats]
+        return [domain.node_view(hb, self.outstanding.count(hb.node_id), self.affinity, self.settings.node_jobs_per_slot)
+                for hb in heartbeats]
 
     # -- admission ------------------------------------------------------------
 
@@ -169,10 +169,16 @@ class Scheduler:
         except domain.Refusal as refusal:
             await self.rt.emit(job.job_id, "rejected", reason=refusal.reason)
             return
-        await self.rt.emit(job.job_id, "admitted", body=job)
-        # Back-pressure: the ticket holds this admission slot (the runtime keeps the message
-        # alive with in_progress) until a node has room for it.
-        node_id = await self.route(domain.Ticket.of(job, time.time()))
+        # The event is sent (in order on this connection, before any `dispatched`) while the job
+        # is routed; its ack is awaited before the job is acknowledged.
+        admitted = asyncio.ensure_future(self.rt.emit(job.job_id, "admitted", body=job))
+        await asyncio.sleep(0)
+        try:
+            # Back-pressure: the ticket holds this admission slot (the runtime keeps the message
+            # alive with in_progress) until a node has room for it.
+            node_id = await self.route(domain.Ticket.of(job, time.time()))
+        finally:
+            await admitted
         if node_id is None:
             await self.rt.emit(job.job_id, "rejected", reason="expired before any node could take it")
 

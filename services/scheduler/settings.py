@@ -14,7 +14,10 @@ class SchedulerSettings(CommonSettings):
     # A queued group's score grows by 1 per aging_s waited; a full group scores 1.
     aging_s: float = 1.0
     # A node may hold slots_total * node_jobs_per_slot jobs dispatched and not answered.
-    node_jobs_per_slot: int = 8
+    node_jobs_per_slot: int = 4
+    # A node with the adapter hot is preferred until its load (outstanding / capacity) is this
+    # much above a cold node's: then the group goes to the cold node (bench/scheduler_bench.py).
+    cold_penalty: float = 0.25
     # Adapters assumed to fit a node's hot cache when predicting affinity.
     node_adapter_slots: int = 16
     # Memory a cold adapter needs on a node that reports free memory (CUDA nodes).

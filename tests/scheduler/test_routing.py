@@ -36,7 +36,7 @@ def routed(plan: list[d.Assignment]) -> dict[str, str]:
 
 
 def test_group_goes_to_the_node_with_the_adapter_hot():
-    q = d.RoutingQueue(max_batch_jobs=64)
+    q = d.RoutingQueue(max_batch_jobs=64, cold_penalty=math.inf)
     jobs = [ticket(ad=7) for _ in range(5)]
     for t in jobs:
         q.push(t)
@@ -47,7 +47,7 @@ def test_group_goes_to_the_node_with_the_adapter_hot():
 
 
 def test_cold_adapter_goes_to_least_loaded_capable_node_and_becomes_hot_in_the_plan():
-    q = d.RoutingQueue(max_batch_jobs=4)
+    q = d.RoutingQueue(max_batch_jobs=4, cold_penalty=math.inf)
     for _ in range(6):
         q.push(ticket(ad=3))
     nodes = [node("n1", outstanding=5), node("n2", outstanding=1), node("n3", outstanding=2, region="eu")]
@@ -59,6 +59,15 @@ def test_cold_adapter_goes_to_least_loaded_capable_node_and_becomes_hot_in_the_p
     # n2 is least loaded; once it took the adapter it stays preferred while it has room (7 slots)
     assert by_node == {"n2": 6}
     assert all(len(a.tickets) <= 4 for a in plan) and len(plan) == 2
+
+
+def test_hot_node_wins_until_it_is_cold_penalty_fuller():
+    req = d.Requirements(model_id=MODEL, adapter_id=adapter(1))
+    hot = node("hot", capacity=8, outstanding=3, hot=(1,))
+    cold = node("cold", capacity=8, outstanding=0)
+    assert d.choose_node(req, [hot, cold], cold_penalty=0.5).node_id == "hot"  # 3/8 < 0/8 + 0.5
+    assert d.choose_node(req, [hot, cold], cold_penalty=0.25).node_id == "cold"  # 3/8 > 0/8 + 0.25
+    assert d.choose_node(req, [hot, cold]).node_id == "hot"  # default: hot while it has room
 
 
 def test_capability_model_region_device_memory_and_avoid():
