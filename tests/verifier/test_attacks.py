@@ -13,7 +13,7 @@ import pytest
 
 from attacks import ATTACKS, judge_once, local_verifier, random_job, run_attack
 
-TRIALS = int(os.environ.get("LORANET_ATTACK_TRIALS", "12"))
+TRIALS = int(os.environ.get("LORANET_ATTACK_TRIALS", "20"))
 HONEST = int(os.environ.get("LORANET_HONEST_JOBS", "50"))
 
 
