@@ -182,6 +182,14 @@ def cmd_devnet(args: argparse.Namespace) -> int:
     return EXIT_USAGE
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from services.gateway.main import run
+
+    os.environ["LORANET_NATS_URL"] = _nats_url(args)  # --nats, else LORANET_NATS_URL, else the running devnet
+    run()
+    return EXIT_OK
+
+
 def _devnet_up_detached(config: dn.DevnetConfig) -> int:
     from rich.console import Console
 
@@ -257,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--jobs", type=int, default=6, help="with demo: jobs to submit")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_devnet)
+
+    g = sub.add_parser("gateway", help="run the OpenAI-compatible HTTP gateway (settings: LORANET_GATEWAY_*)")
+    g.set_defaults(func=cmd_gateway)
     return parser
 
 

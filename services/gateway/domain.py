@@ -1,0 +1,373 @@
+"""The gateway's pure logic: OpenAI requests → loranet jobs, loranet outcomes → OpenAI responses.
+
+No I/O here: request validation, model names (`<base>` or `<base>:<adapter>`, in
+the manner of LoRAX and vLLM), the chat template, OpenAI's error shape, and the
+bodies of responses and server-sent-event chunks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from loranet import protocol as p
+from loranet.model.tokenizer import apply_chat_template
+
+ADAPTER_SEPARATOR = ":"
+OPENAI_MAX_TEMPERATURE = 2.0
+CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+# loranet finish reasons → OpenAI's
+FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "deadline": "length"}
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, loranet: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.loranet = loranet
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        if self.loranet is not None:
+            error["loranet"] = self.loranet
+        return {"error": error}
+
+
+def invalid(message: str, param: str | None = None) -> ApiError:
+    return ApiError(400, message, "invalid_request_error", param, "invalid_value" if param else None)
+
+
+def bad_key() -> ApiError:
+    return ApiError(401, "Incorrect API key provided. Send it as 'Authorization: Bearer <key>'.",
+                    "invalid_request_error", None, "invalid_api_key")
+
+
+def unknown_model(model: str, known: list[str]) -> ApiError:
+    shown = ", ".join(known[:20]) + (" …" if len(known) > 20 else "")
+    return ApiError(404, f"The model '{model}' does not exist. Known models: {shown}. "
+                         f"Use '<base>' or '<base>{ADAPTER_SEPARATOR}<adapter>' (GET /v1/models).",
+                    "invalid_request_error", "model", "model_not_found")
+
+
+def insufficient_escrow(escrow: int, needed: int, address: str) -> ApiError:
+    return ApiError(402, f"Escrow {escrow} wei of {address} does not cover the job's max fee {needed} wei: "
+                         "deposit more OPEN into escrow.", "insufficient_quota", None, "insufficient_quota")
+
+
+# -- API keys → client identities -------------------------------------------------
+
+
+def client_seed(secret: str, client_name: str) -> bytes:
+    """The Ed25519 seed of a gateway client: every gateway replica with the same secret derives the same key."""
+    return hmac.new(secret.encode(), f"loranet-gateway-client:{client_name}".encode(), hashlib.sha256).digest()
+
+
+def parse_keys(raw: Mapping[str, Any], source: str) -> dict[str, str]:
+    """API key → client name; each client name gets its own identity and escrow."""
+    keys: dict[str, str] = {}
+    for key, name in raw.items():
+        if not isinstance(key, str) or len(key) < 8:
+            raise ValueError(f"{source}: API keys are strings of 8 characters or more")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{source}: key {key[:6]}… must map to a client name (a non-empty string)")
+        keys[key] = name
+    return keys
+
+
+def bearer_key(authorization: str | None) -> str:
+    if not authorization:
+        return ""
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+# -- models --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str  # what clients send as `model`
+    model_id: str
+    adapter_id: str = ""  # "" = the base model alone
+    owned_by: str = "loranet"
+    created: int = 0
+
+
+@dataclass
+class Catalogue:
+    """The models a client may name: each base model, and each adapter over it."""
+
+    entries: dict[str, ModelEntry] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, bases: list[p.ModelManifest], adapters: list[p.AdapterManifest]) -> "Catalogue":
+        entries: dict[str, ModelEntry] = {}
+        for base in bases:
+            entries[base.name] = ModelEntry(base.name, base.model_id, "", "loranet", int(base.registered_at))
+            for adapter in adapters:
+                if adapter.base_model_id == base.model_id:
+                    name = f"{base.name}{ADAPTER_SEPARATOR}{adapter.name}"
+                    entries[name] = ModelEntry(name, base.model_id, adapter.adapter_id, adapter.owner_address,
+                                               int(adapter.registered_at))
+        return cls(entries)
+
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+    def resolve(self, model: Any) -> ModelEntry:
+        if not isinstance(model, str) or not model:
+            raise invalid("'model' is required: a base model or '<base>:<adapter>' (GET /v1/models)", "model")
+        entry = self.entries.get(model)
+        if entry is None:
+            raise unknown_model(model, self.names())
+        return entry
+
+    def listing(self) -> dict[str, Any]:
+        data = []
+        for e in self.entries.values():
+            item = {"id": e.name, "object": "model", "created": e.created, "owned_by": e.owned_by,
+                    "loranet": {"model_id": e.model_id, "adapter_id": e.adapter_id}}
+            if e.adapter_id:
+                item["parent"] = e.name.split(ADAPTER_SEPARATOR, 1)[0]
+            data.append(item)
+        return {"object": "list", "data": data}
+
+    def model_object(self, name: str) -> dict[str, Any]:
+        entry = self.resolve(name)
+        return next(item for item in self.listing()["data"] if item["id"] == entry.name)
+
+
+# -- requests ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What one OpenAI request asks of loranet."""
+
+    entry: ModelEntry
+    prompt: str
+    max_tokens: int
+    sampling: p.SamplingParams
+    stream: bool
+    include_usage: bool
+    echo_model: str
+
+
+def _number(body: Mapping[str, Any], name: str, default: float | None, lo: float, hi: float, *,
+            integer: bool = False, lo_open: bool = False) -> Any:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        raise invalid(f"'{name}' must be {'an integer' if integer else 'a number'}, got {json.dumps(value)[:40]}", name)
+    if value < lo or value > hi or (lo_open and value == lo):
+        low = f"greater than {lo}" if lo_open else f"at least {lo}"
+        raise invalid(f"'{name}' must be {low} and at most {hi}, got {value}", name)
+    return value
+
+
+def _stop(body: Mapping[str, Any]) -> list[str]:
+    stop = body.get("stop")
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise invalid("'stop' must be a string or a list of strings", "stop")
+    if len(stops) > 4:
+        raise invalid(f"'stop' takes at most 4 sequences, got {len(stops)}", "stop")
+    if any(not 1 <= len(s) <= 64 for s in stops):
+        raise invalid("each 'stop' sequence must be 1 to 64 characters", "stop")
+    return stops
+
+
+def _common(body: Any, catalogue: Catalogue, prompt_of, default_max_tokens: int) -> JobSpec:
+    if not isinstance(body, dict):
+        raise invalid("the request body must be a JSON object")
+    entry = catalogue.resolve(body.get("model"))
+    if body.get("n") not in (None, 1):
+        raise invalid("'n' other than 1 is not supported: send one request per completion", "n")
+    if body.get("best_of") not in (None, 1):
+        raise invalid("'best_of' other than 1 is not supported", "best_of")
+    if body.get("logprobs") not in (None, False, 0):
+        raise invalid("'logprobs' is not supported", "logprobs")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    param = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    max_tokens = _number({param: max_tokens}, param, default_max_tokens, 1, p.MAX_TOKENS_LIMIT, integer=True)
+    temperature = _number(body, "temperature", 1.0, 0.0, OPENAI_MAX_TEMPERATURE)
+    top_p = _number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True)
+    top_k = _number(body, "top_k", 0, -1, 100_000, integer=True)  # vLLM's extension; -1 = off
+    seed = _number(body, "seed", 0, 0, 2**63 - 1, integer=True)
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise invalid("'stream' must be true or false", "stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise invalid("'stream_options' must be an object", "stream_options")
+    prompt = prompt_of(body)
+    if len(prompt) > p.MAX_PROMPT_CHARS:
+        raise invalid(f"the prompt has {len(prompt)} characters; at most {p.MAX_PROMPT_CHARS}", "prompt")
+    sampling = p.SamplingParams(temperature=float(temperature), top_p=float(top_p), top_k=max(int(top_k), 0),
+                                seed=int(seed), stop=_stop(body))
+    return JobSpec(entry, prompt, int(max_tokens), sampling, stream, bool(options.get("include_usage")), entry.name)
+
+
+def completion_request(body: Any, catalogue: Catalogue, default_max_tokens: int = 16) -> JobSpec:
+    """Validate a POST /v1/completions body (OpenAI's default max_tokens is 16)."""
+
+    def prompt_of(b: Mapping[str, Any]) -> str:
+        prompt = b.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if isinstance(prompt, list):
+            raise invalid("'prompt' must be one string (batches of prompts are not supported)", "prompt")
+        if not isinstance(prompt, str):
+            raise invalid("'prompt' is required and must be a string", "prompt")
+        if b.get("suffix"):
+            raise invalid("'suffix' is not supported", "suffix")
+        return prompt
+
+    return _common(body, catalogue, prompt_of, default_max_tokens)
+
+
+def chat_messages(messages: Any) -> list[dict[str, str]]:
+    """OpenAI chat messages → loranet's chat-template messages (system/user/assistant, text only)."""
+    if not isinstance(messages, list) or not messages:
+        raise invalid("'messages' must be a non-empty list", "messages")
+    out = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise invalid(f"messages[{i}] must be an object with 'role' and 'content'", f"messages[{i}]")
+        role = CHAT_ROLES.get(message.get("role"))
+        if role is None:
+            raise invalid(f"messages[{i}].role {message.get('role')!r} is not supported "
+                          f"(one of {', '.join(CHAT_ROLES)})", f"messages[{i}].role")
+        content = message.get("content")
+        if isinstance(content, list):  # content parts: text only
+            texts = []
+            for part in content:
+                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise invalid(f"messages[{i}].content: only text parts are supported", f"messages[{i}].content")
+                texts.append(part["text"])
+            content = "".join(texts)
+        if not isinstance(content, str):
+            raise invalid(f"messages[{i}].content must be a string", f"messages[{i}].content")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def chat_request(body: Any, catalogue: Catalogue, default_max_tokens: int = 256) -> JobSpec:
+    """Validate a POST /v1/chat/completions body; the prompt is loranet's chat template over the messages."""
+
+    def prompt_of(b: Mapping[str, Any]) -> str:
+        if b.get("tools") or b.get("functions"):
+            raise invalid("tools and functions are not supported", "tools")
+        return apply_chat_template(chat_messages(b.get("messages")), add_generation_prompt=True)
+
+    return _common(body, catalogue, prompt_of, default_max_tokens)
+
+
+# -- outcomes → responses ---------------------------------------------------------
+
+
+def receipt_view(receipt: p.Receipt | None) -> dict[str, Any] | None:
+    if receipt is None:
+        return None
+    return {"status": receipt.status, "fee": str(receipt.fee), "epoch": receipt.epoch, "tx_hash": receipt.tx_hash,
+            "block": receipt.block, "settled_at": receipt.settled_at,
+            "payouts": [{"party": x.party, "address": x.address, "amount": str(x.amount)} for x in receipt.payouts]}
+
+
+def loranet_extension(record: p.JobRecord) -> dict[str, Any]:
+    """The verification and settlement outcome carried by every response (`"loranet": {...}`)."""
+    verdict = None
+    if record.verdicts:
+        v = record.verdicts[-1]
+        verdict = {"accepted": v.accepted, "audited": v.audited, "verifier_id": v.verifier_id,
+                   "failed_checks": [c.name for c in v.checks if not c.ok], "verdicts": len(record.verdicts)}
+    return {"job_id": record.job_id, "status": record.status, "reason": record.reason, "node_id": record.node_id,
+            "verdict": verdict, "receipt": receipt_view(record.receipt), "stages": list(record.stages)}
+
+
+def outcome_error(record: p.JobRecord) -> ApiError | None:
+    """The error for a job that did not settle, or None when it did."""
+    ext = loranet_extension(record)
+    if record.status == "settled":
+        return None
+    if record.status == "rejected":
+        if "escrow" in record.reason:
+            return ApiError(402, f"job refused: {record.reason}", "insufficient_quota", None, "insufficient_quota", ext)
+        return ApiError(400, f"job refused: {record.reason}", "invalid_request_error", None, "job_rejected", ext)
+    if record.status == "refunded":
+        return ApiError(502, f"the result failed verification and the job was refunded: {record.reason}",
+                        "verification_failed", None, "result_rejected", ext)
+    return ApiError(502, f"the job ended as {record.status}: {record.reason}", "server_error", None, None, ext)
+
+
+def usage(record: p.JobRecord) -> dict[str, int]:
+    prompt_tokens = len(record.result.prompt_tokens) if record.result else 0
+    completion_tokens = len(record.result.output_tokens) if record.result else 0
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def finish_reason(record: p.JobRecord) -> str:
+    return FINISH_REASONS.get(record.result.finish_reason, "stop") if record.result else "stop"
+
+
+def output_text(record: p.JobRecord) -> str:
+    return record.result.output_text if record.result else ""
+
+
+def completion_body(spec: JobSpec, record: p.JobRecord, created: int) -> dict[str, Any]:
+    return {"id": f"cmpl-{record.job_id}", "object": "text_completion", "created": created, "model": spec.echo_model,
+            "choices": [{"index": 0, "text": output_text(record), "logprobs": None,
+                         "finish_reason": finish_reason(record)}],
+            "usage": usage(record), "loranet": loranet_extension(record)}
+
+
+def chat_body(spec: JobSpec, record: p.JobRecord, created: int) -> dict[str, Any]:
+    return {"id": f"chatcmpl-{record.job_id}", "object": "chat.completion", "created": created,
+            "model": spec.echo_model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": output_text(record)},
+                         "logprobs": None, "finish_reason": finish_reason(record)}],
+            "usage": usage(record), "loranet": loranet_extension(record)}
+
+
+def chunks_of(text: str, size: int) -> list[str]:
+    return [text[i:i + size] for i in range(0, len(text), size)] or [""]
+
+
+def stream_events(spec: JobSpec, record: p.JobRecord, created: int, chat: bool, chunk_chars: int) -> Iterator[dict]:
+    """The chunks of a streamed response, sent once the job has settled: the text in pieces,
+    then a last chunk with finish_reason and the loranet extension (and usage, if asked)."""
+    base = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{record.job_id}",
+            "object": "chat.completion.chunk" if chat else "text_completion", "created": created,
+            "model": spec.echo_model}
+    if chat:
+        yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+    for piece in chunks_of(output_text(record), chunk_chars):
+        choice = ({"index": 0, "delta": {"content": piece}, "finish_reason": None} if chat
+                  else {"index": 0, "text": piece, "logprobs": None, "finish_reason": None})
+        yield {**base, "choices": [choice]}
+    last = ({"index": 0, "delta": {}, "finish_reason": finish_reason(record)} if chat
+            else {"index": 0, "text": "", "logprobs": None, "finish_reason": finish_reason(record)})
+    yield {**base, "choices": [last], "loranet": loranet_extension(record)}
+    if spec.include_usage:
+        yield {**base, "choices": [], "usage": usage(record)}
+
+
+def sse(data: dict[str, Any] | str) -> bytes:
+    """One server-sent event."""
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return f"data: {text}\n\n".encode()

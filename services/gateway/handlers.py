@@ -1,0 +1,270 @@
+"""The gateway's HTTP routes (aiohttp): OpenAI's API over loranet jobs.
+
+    GET  /v1/models              base models and "<base>:<adapter>" for each adapter
+    GET  /v1/models/{model}
+    POST /v1/completions         prompt → job → settled text (+ "loranet": verdict, receipt)
+    POST /v1/chat/completions    messages → chat template → job → …
+    GET  /healthz
+
+An API key (Authorization: Bearer) names a client; each client has its own
+Ed25519 key (derived from the gateway secret), address and escrow.  A request
+is signed as that client, submitted with loranet.client.Client, and answered
+once the job has been verified and settled.  `stream: true` answers with
+server-sent events: progress as SSE comments while the job runs, then the text
+in chunks once it has settled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
+
+from loranet import protocol as p
+from loranet.client import Client, JobFailed
+from loranet.observability import HANDLER_SECONDS, MESSAGES, EventLog
+from loranet.runtime import RemoteError, request
+from loranet.signing import Identity
+
+from . import domain
+from .domain import ApiError
+from .settings import GatewaySettings
+
+KEEP_ALIVE_S = 10.0
+
+
+class Gateway:
+    def __init__(self, nc: NATS, settings: GatewaySettings, log: EventLog) -> None:
+        self.nc = nc
+        self.settings = settings
+        self.log = log
+        self.keys = settings.api_keys()
+        self.clients: dict[str, Client] = {}
+        self.funded: set[str] = set()
+        self._fund_locks: dict[str, asyncio.Lock] = {}
+        self._catalogue: domain.Catalogue | None = None
+        self._catalogue_at = 0.0
+
+    # -- identities ---------------------------------------------------------------
+
+    def authenticate(self, req: web.Request) -> tuple[str, Client]:
+        """The client named by the request's API key; 401 otherwise."""
+        presented = domain.bearer_key(req.headers.get("Authorization"))
+        name = None
+        for key, client_name in self.keys.items():  # constant-time comparison against every key
+            if presented and hmac.compare_digest(key.encode(), presented.encode()):
+                name = client_name
+        if name is None:
+            raise domain.bad_key()
+        client = self.clients.get(name)
+        if client is None:
+            identity = Identity.from_seed(domain.client_seed(self.settings.gateway_secret, name))
+            client = self.clients[name] = Client(self.nc, identity, timeout_s=self.settings.request_timeout_s)
+        return name, client
+
+    async def ensure_escrow(self, name: str, client: Client) -> None:
+        """Refuse with 402 unless the client's escrow covers a job's max fee (devnet: faucet once first)."""
+        needed = self.settings.max_fee
+        balance = await self._call(client.balance())
+        if balance.escrow >= needed:
+            return
+        if self.settings.gateway_faucet and name not in self.funded:
+            async with self._fund_locks.setdefault(name, asyncio.Lock()):
+                if name not in self.funded:
+                    await self._call(client.faucet(self.settings.faucet_amount, self.settings.faucet_escrow))
+                    self.funded.add(name)
+                    self.log.info("client.funded", client=name, address=client.address,
+                                  escrow=str(self.settings.faucet_escrow))
+            balance = await self._call(client.balance())
+        if balance.escrow < needed:
+            raise domain.insufficient_escrow(balance.escrow, needed, client.address)
+
+    # -- the catalogue --------------------------------------------------------------
+
+    async def catalogue(self, refresh: bool = False) -> domain.Catalogue:
+        now = time.monotonic()
+        if self._catalogue is not None and not refresh and now - self._catalogue_at < self.settings.catalogue_refresh_s:
+            return self._catalogue
+        bases = []
+        for name in self.settings.gateway_models:
+            try:
+                bases.append(await self._call(request(self.nc, p.DATASTORE_MODEL_GET, p.ModelGet(model=name),
+                                                      p.ModelManifest, self.settings.request_timeout_s)))
+            except ApiError as exc:
+                if exc.code != "not_found":
+                    raise
+        reply = await self._call(request(self.nc, p.DATASTORE_ADAPTER_LIST, p.AdapterList(), p.AdapterListReply,
+                                         self.settings.request_timeout_s))
+        self._catalogue, self._catalogue_at = domain.Catalogue.build(bases, reply.adapters), now
+        return self._catalogue
+
+    async def resolve_spec(self, body: Any, chat: bool) -> domain.JobSpec:
+        def parse(catalogue: domain.Catalogue) -> domain.JobSpec:
+            if chat:
+                return domain.chat_request(body, catalogue, self.settings.chat_max_tokens)
+            return domain.completion_request(body, catalogue)
+
+        try:
+            return parse(await self.catalogue())
+        except ApiError as exc:
+            if exc.code != "model_not_found":
+                raise
+            return parse(await self.catalogue(refresh=True))  # registered since the last read?
+
+    @staticmethod
+    async def _call(awaitable: Awaitable[Any]) -> Any:
+        """A request to the bus, its failures as OpenAI errors."""
+        try:
+            return await awaitable
+        except RemoteError as exc:
+            status = {"not_found": 404, "invalid": 400, "forbidden": 403, "unavailable": 503}.get(exc.code, 502)
+            raise ApiError(status, f"{exc.code}: {exc.message}", "server_error" if status >= 500 else
+                           "invalid_request_error", exc.field or None, exc.code) from None
+        except (NoRespondersError, NatsTimeoutError, asyncio.TimeoutError) as exc:
+            raise ApiError(503, f"the loranet network did not answer ({type(exc).__name__}); try again",
+                           "server_error", None, "unavailable") from None
+
+    # -- jobs -------------------------------------------------------------------------
+
+    async def run_job(self, client: Client, spec: domain.JobSpec,
+                      on_stage: Callable[[str], None] | None = None) -> p.JobRecord:
+        job = client.build(model_id=spec.entry.model_id, adapter_id=spec.entry.adapter_id, prompt=spec.prompt,
+                           max_tokens=spec.max_tokens, sampling=spec.sampling, max_fee=self.settings.max_fee,
+                           ttl_s=self.settings.job_ttl_s)
+        try:
+            await client.publish(job)
+        except JobFailed as exc:
+            raise ApiError(409, str(exc), "invalid_request_error", None, "duplicate_job") from None
+        self.log.info("job.submitted", job_id=job.job_id, model=spec.echo_model, client=client.address)
+        try:
+            await client.wait(job.job_id, self.settings.job_timeout_s,
+                              on_event=(lambda e: on_stage(e.stage)) if on_stage else None)
+        except JobFailed as exc:
+            raise ApiError(504, str(exc), "server_error", None, "job_timeout", {"job_id": job.job_id}) from None
+        return await self._call(client.job(job.job_id))
+
+    # -- routes -----------------------------------------------------------------------
+
+    async def healthz(self, req: web.Request) -> web.Response:
+        ok = self.nc.is_connected
+        return web.json_response({"status": "ok" if ok else "nats disconnected"}, status=200 if ok else 503)
+
+    async def list_models(self, req: web.Request) -> web.Response:
+        self.authenticate(req)
+        return web.json_response((await self.catalogue()).listing())
+
+    async def get_model(self, req: web.Request) -> web.Response:
+        self.authenticate(req)
+        name = req.match_info["model"]
+        try:
+            return web.json_response((await self.catalogue()).model_object(name))
+        except ApiError as exc:
+            if exc.code != "model_not_found":
+                raise
+            return web.json_response((await self.catalogue(refresh=True)).model_object(name))
+
+    async def completions(self, req: web.Request) -> web.StreamResponse:
+        return await self._complete(req, chat=False)
+
+    async def chat_completions(self, req: web.Request) -> web.StreamResponse:
+        return await self._complete(req, chat=True)
+
+    async def _complete(self, req: web.Request, chat: bool) -> web.StreamResponse:
+        name, client = self.authenticate(req)
+        try:
+            body = json.loads(await req.text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise domain.invalid(f"the request body is not valid JSON: {exc}") from None
+        spec = await self.resolve_spec(body, chat)
+        await self.ensure_escrow(name, client)
+        created = int(time.time())
+        if not spec.stream:
+            record = await self.run_job(client, spec)
+            error = domain.outcome_error(record)
+            if error is not None:
+                raise error
+            return web.json_response(domain.chat_body(spec, record, created) if chat
+                                     else domain.completion_body(spec, record, created))
+        return await self._stream(req, client, spec, chat, created)
+
+    async def _stream(self, req: web.Request, client: Client, spec: domain.JobSpec, chat: bool,
+                      created: int) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                               "X-Accel-Buffering": "no"})
+        await response.prepare(req)
+        stages: asyncio.Queue[str] = asyncio.Queue()
+        job = asyncio.ensure_future(self.run_job(client, spec, on_stage=stages.put_nowait))
+        try:
+            while not job.done():
+                getter = asyncio.ensure_future(stages.get())
+                done, _ = await asyncio.wait({job, getter}, timeout=KEEP_ALIVE_S, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    await response.write(f": {getter.result()}\n\n".encode())  # an SSE comment: progress
+                else:
+                    getter.cancel()
+                    if not done:
+                        await response.write(b": waiting\n\n")
+            try:
+                record = job.result()
+                error = domain.outcome_error(record)
+            except ApiError as exc:
+                error = exc
+            if error is not None:
+                await response.write(domain.sse(error.body()))
+            else:
+                for chunk in domain.stream_events(spec, record, created, chat, self.settings.stream_chunk_chars):
+                    await response.write(domain.sse(chunk))
+            await response.write(domain.sse("[DONE]"))
+        finally:
+            if not job.done():  # the client went away: stop following (the job itself runs on)
+                job.cancel()
+        await response.write_eof()
+        return response
+
+
+def error_middleware(log: EventLog):
+    @web.middleware
+    async def middleware(req: web.Request, handler):
+        started = time.perf_counter()
+        route = req.match_info.route.resource.canonical if req.match_info.route.resource else "unmatched"
+        status = 500
+        try:
+            response = await handler(req)
+            status = response.status
+            return response
+        except ApiError as exc:
+            status = exc.status
+            return web.json_response(exc.body(), status=exc.status)
+        except web.HTTPException as exc:
+            status = exc.status
+            kind = "invalid_request_error" if exc.status < 500 else "server_error"
+            return web.json_response(ApiError(exc.status, f"{req.method} {req.path}: {exc.reason}", kind).body(),
+                                     status=exc.status)
+        except Exception as exc:
+            log.error("request.crashed", path=req.path, error=repr(exc))
+            return web.json_response(ApiError(500, f"internal error: {type(exc).__name__}", "server_error").body(),
+                                     status=500)
+        finally:
+            MESSAGES.labels("gateway", route, str(status)).inc()
+            HANDLER_SECONDS.labels("gateway", route).observe(time.perf_counter() - started)
+
+    return middleware
+
+
+def build_app(gateway: Gateway) -> web.Application:
+    app = web.Application(middlewares=[error_middleware(gateway.log)], client_max_size=4 * p.MAX_PROMPT_CHARS + 65_536)
+    app.add_routes([
+        web.get("/healthz", gateway.healthz),
+        web.get("/v1/models", gateway.list_models),
+        web.get("/v1/models/{model}", gateway.get_model),
+        web.post("/v1/completions", gateway.completions),
+        web.post("/v1/chat/completions", gateway.chat_completions),
+    ])
+    return app

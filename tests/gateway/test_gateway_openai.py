@@ -1,0 +1,150 @@
+"""The gateway on the embedded devnet, driven by the official `openai` package.
+
+A devnet (real nats-server and redis-server, every service as a process: 1 node,
+1 verifier, 2 demo adapters), the gateway in-process on a free port, and
+`openai.OpenAI(base_url=..., api_key=...)` as a user would hold it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import openai
+import pytest
+
+from loranet import devnet as dn
+from loranet.model.checkpoint import DEFAULT_MODEL_NAME
+from loranet.servers import free_port
+from services.gateway.main import serve
+from services.gateway.settings import GatewaySettings
+
+ALICE = "sk-test-alice-0123456789"
+CAROL = "sk-test-carol-0123456789"  # served by a gateway without the devnet faucet: no escrow
+ADAPTER = f"{DEFAULT_MODEL_NAME}:demo-1"
+
+
+class GatewayThread:
+    """The gateway's own event loop in a thread, so the synchronous openai client can call it."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.port = 0
+        self.error: BaseException | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gateway", daemon=True)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self.loop = asyncio.get_running_loop()
+            self.stop = asyncio.Event()
+            await serve(self.settings, self.stop, ready=self._on_ready)
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # surfaced by start()
+            self.error = exc
+            self._ready.set()
+
+    def _on_ready(self, port: int) -> None:
+        self.port = port
+        self._ready.set()
+
+    def start(self) -> "GatewayThread":
+        self._thread.start()
+        assert self._ready.wait(60), "gateway did not start"
+        if self.error:
+            raise self.error
+        return self
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self._thread.join(30)
+        assert not self._thread.is_alive()
+
+    def client(self, api_key: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key=api_key, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def devnet(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gateway-devnet")
+    config = dn.DevnetConfig(state_dir=str(root / "state"), nats_port=free_port(), redis_port=free_port(),
+                             inference_nodes=1, verifiers=1, demo_adapters=2, cache_dir=str(root / "cache"),
+                             epoch_max_s=0.2)
+    dn.start_detached(config, timeout=400)
+    yield config
+    dn.stop(config.state_dir)
+
+
+@pytest.fixture(scope="module")
+def gateways(devnet):
+    common = dict(nats_url=devnet.nats_url, gateway_host="127.0.0.1", gateway_port=0, log_level="WARNING",
+                  job_timeout_s=120)
+    funded = GatewayThread(GatewaySettings(gateway_keys={ALICE: "alice"}, **common)).start()
+    unfunded = GatewayThread(GatewaySettings(gateway_keys={CAROL: "carol"}, gateway_faucet=False, **common)).start()
+    yield funded, unfunded
+    funded.close()
+    unfunded.close()
+
+
+def test_models_list_the_base_and_each_adapter(gateways):
+    ids = [m.id for m in gateways[0].client(ALICE).models.list()]
+    assert ids == [DEFAULT_MODEL_NAME, f"{DEFAULT_MODEL_NAME}:demo-0", f"{DEFAULT_MODEL_NAME}:demo-1"]
+    model = gateways[0].client(ALICE).models.retrieve(ADAPTER)
+    assert model.id == ADAPTER and len(model.model_extra["loranet"]["adapter_id"]) == 64
+
+
+def test_chat_completion_on_an_adapter_is_verified_and_settled(gateways):
+    chat = gateways[0].client(ALICE).chat.completions.create(
+        model=ADAPTER, messages=[{"role": "system", "content": "You are terse."},
+                                 {"role": "user", "content": "Say hello to loranet"}],
+        max_tokens=12, temperature=0.7, top_p=0.95, seed=7, stop=["\n\n"])
+    text = chat.choices[0].message.content
+    assert isinstance(text, str) and text
+    assert chat.choices[0].finish_reason in ("stop", "length")
+    assert chat.model == ADAPTER and chat.usage.completion_tokens >= 1 and chat.usage.prompt_tokens > 1
+    ext = chat.model_extra["loranet"]
+    assert chat.id == f"chatcmpl-{ext['job_id']}"
+    assert ext["status"] == "settled" and ext["verdict"]["accepted"] and ext["verdict"]["audited"]
+    receipt = ext["receipt"]
+    assert receipt["status"] == "settled" and receipt["tx_hash"].startswith("0x")
+    assert int(receipt["fee"]) > 0 and sum(int(x["amount"]) for x in receipt["payouts"]) == int(receipt["fee"])
+    assert {x["party"] for x in receipt["payouts"]} >= {"node", "developer", "contributor", "verifier", "treasury"}
+    assert ext["stages"] == ["admitted", "dispatched", "result", "verdict", "settled"]
+
+
+def test_streamed_completion_arrives_as_server_sent_events(gateways):
+    stream = gateways[0].client(ALICE).completions.create(model=DEFAULT_MODEL_NAME, prompt="Once upon a time",
+                                                          max_tokens=10, stream=True,
+                                                          stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finals) == 1 and finals[0].model_extra["loranet"]["receipt"]["status"] == "settled"
+    assert chunks[-1].usage.completion_tokens >= 1
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_errors_arrive_as_openai_exceptions(gateways):
+    alice = gateways[0].client(ALICE)
+    with pytest.raises(openai.NotFoundError) as err:
+        alice.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert err.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as err:
+        alice.completions.create(model=ADAPTER, prompt="hi", max_tokens=0)
+    assert err.value.param == "max_tokens"
+    with pytest.raises(openai.BadRequestError) as err:
+        alice.chat.completions.create(model=ADAPTER, messages=[{"role": "user", "content": "hi"}], temperature=3)
+    assert err.value.param == "temperature"
+    with pytest.raises(openai.BadRequestError):
+        alice.chat.completions.create(model=ADAPTER, messages=[])
+    with pytest.raises(openai.AuthenticationError) as err:
+        gateways[0].client("sk-not-a-key-at-all").models.list()
+    assert err.value.code == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        gateways[0].client(CAROL).completions.create(model=ADAPTER, prompt="hi", max_tokens=2)  # another gateway's key
+    with pytest.raises(openai.APIStatusError) as err:
+        gateways[1].client(CAROL).completions.create(model=ADAPTER, prompt="hi", max_tokens=2)
+    assert err.value.status_code == 402 and err.value.code == "insufficient_quota"
