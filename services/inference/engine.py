@@ -1,24 +1,65 @@
-"""The node's generation engine and adapter cache.
+"""The node's multi-LoRA generation engine: continuous batching over libs/sgmv.
 
-This is the walking-skeleton engine: one job at a time through HF + PEFT
-(`loranet.model.generate.ReferenceModel`), committing the activation
-fingerprint as it decodes.  The SGMV continuous-batching engine replaces it.
+One engine thread loops over `step()`:
+
+1. admission — waiting jobs join the running batch between steps, as long as
+   the batch has room (`max_running`), the KV pool can reserve the job's
+   pages (prompt + max_tokens), the step's prefill budget allows, and its
+   adapter can take a bank slot (loaded now from host memory or disk if it
+   is not in one; an idle slot is evicted, least recently used first);
+2. one packed forward (`forward.PackedLlama`) over every fresh prefill and
+   one token of every running sequence, whatever their adapters: the sgmv
+   slot map names each token's adapter;
+3. sampling with `loranet.sampling.sample(logits, params, seed, step)` per
+   sequence; stop on EOS, a stop string, max_tokens or the job's deadline;
+   the fingerprint is committed from the final-norm hidden rows
+   (`loranet.fingerprint` row convention) when a sequence finishes.
+
+`submit()` is thread-safe and returns a `concurrent.futures.Future`; the
+service awaits it with `asyncio.wrap_future`.  Tests and the bench may also
+drive `step()` themselves (`run_until_idle`) without the thread.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import threading
-from collections import OrderedDict
-from dataclasses import dataclass
+import time
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
+from sgmv import AdapterBank, set_token_slots, wrap_llama
 
 from loranet.fingerprint import fingerprint_chunks
 from loranet.model import tokenizer
-from loranet.model.adapters import adapter_from_blobs
-from loranet.model.checkpoint import cache_root, ensure_default_model
-from loranet.model.generate import ReferenceModel
-from loranet.sampling import SamplerParams
+from loranet.model.checkpoint import cache_root, ensure_default_model, load_base_model
+from loranet.model.content import ContentHashMismatch
+from loranet.sampling import SamplerParams, sample
+
+from . import metrics
+from .adapter_cache import AdapterCache, AdapterRefused
+from .forward import KVPool, PackedBatch, PackedLlama
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class JobRefused(Exception):
+    """The engine cannot run this job; the message says why (sent back as the job's failure reason)."""
+
+
+@dataclass
+class GenRequest:
+    job_id: str
+    prompt_tokens: list[int]
+    adapter_id: str  # "" = base model only
+    max_tokens: int
+    params: SamplerParams
+    seed: int
+    stop: tuple[str, ...] = ()
+    deadline: float | None = None  # unix time; past it the job finishes with "deadline"
 
 
 @dataclass
@@ -26,55 +67,384 @@ class Generated:
     prompt_tokens: list[int]
     output_tokens: list[int]
     output_text: str
-    finish_reason: str
+    finish_reason: str  # eos | stop | length | deadline
     chunks: list[bytes]
+    queued_s: float = 0.0
+    hidden: torch.Tensor | None = None  # [P + N - 1, H] float32, kept when the engine's keep_hidden is set
+
+
+@dataclass
+class _Sequence:
+    req: GenRequest
+    future: concurrent.futures.Future
+    submitted: float
+    slot: int = -1
+    blocks: list[int] = field(default_factory=list)
+    index: torch.Tensor | None = None  # pool row of each position
+    cached: int = 0  # positions in the KV cache
+    output: list[int] = field(default_factory=list)
+    rows: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    adapter_slots: int = 16
+    host_adapters: int = 256
+    max_running: int = 64
+    kv_blocks: int = 0  # 0 = enough for max_running sequences of 512 positions
+    block_size: int = 16
+    max_prefill_tokens: int = 4096  # prompt tokens admitted per step
+    max_rank: int = 64
+    dtype: str = "float32"
+    starvation_s: float = 1.0  # a job waiting this long for a slot pauses other admissions
 
 
 class Engine:
-    def __init__(self, model_path: str, model_id: str, device: str, cache_dir: str, adapter_slots: int) -> None:
+    def __init__(self, model_path: str = "", model_id: str = "", device: str = "cpu", cache_dir: str = "",
+                 adapter_slots: int = 16, config: EngineConfig | None = None) -> None:
+        cfg = config or EngineConfig(adapter_slots=adapter_slots)
+        self.config = cfg
         root = cache_root(cache_dir or None)
         if not model_path:
             path, built_id = ensure_default_model(cache_dir or None)
             model_path, model_id = str(path), model_id or built_id
-        self.model = ReferenceModel.from_path(model_path, model_id or None, device=device)
-        self.model_id: str = self.model.model_id
-        self.adapter_dir = root / "node-adapters"
-        self.adapter_slots = adapter_slots
-        self._loaded: OrderedDict[str, str] = OrderedDict()  # adapter_id -> peft adapter name
+        if cfg.dtype not in _DTYPES:
+            raise ValueError(f"dtype {cfg.dtype!r}: expected one of {sorted(_DTYPES)}")
+        model = load_base_model(model_path, model_id or None, device=device, dtype=_DTYPES[cfg.dtype])
+        self.model_id: str = model.loranet_model_id
+        self.device = torch.device(device)
+        self.bank = AdapterBank.for_model(model, num_slots=cfg.adapter_slots, max_rank=cfg.max_rank)
+        wrap_llama(model, self.bank)
+        self.model = model
+        self.llama = PackedLlama(model)
+        blocks = cfg.kv_blocks or cfg.max_running * (512 // cfg.block_size)
+        self.pool = KVPool(len(self.llama.layers), blocks, cfg.block_size, self.llama.kv_heads, self.llama.head_dim,
+                           self.llama.dtype, self.device)
+        self.adapters = AdapterCache(self.bank, root / "node-adapters", cfg.host_adapters)
+        self.keep_hidden = False
+        self._waiting: deque[_Sequence] = deque()
+        self._running: list[_Sequence] = []
+        self._cancelled: set[str] = set()
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self._window: deque[tuple[float, int]] = deque()  # (time, tokens generated) for tokens/s
+        self.steps = 0
+
+    # -- adapters ------------------------------------------------------------
 
     @property
     def adapters_hot(self) -> list[str]:
-        return list(self._loaded)
+        return self.adapters.hot()
 
     def has_adapter(self, adapter_id: str) -> bool:
-        return adapter_id in self._loaded
+        return self.adapters.is_local(adapter_id)
 
     def install_adapter(self, adapter_id: str, config: bytes, weights: bytes) -> None:
-        """Write the adapter from its blobs (hash checked first) and load it."""
-        dest = self.adapter_dir / adapter_id
-        if not (dest / "adapter_config.json").exists():
-            adapter_from_blobs(config, weights, dest, expected_adapter_id=adapter_id)
-        with self._lock:
-            self.model.add_adapter(f"a{adapter_id[:16]}", dest, expected_adapter_id=adapter_id)
-            self._loaded[adapter_id] = f"a{adapter_id[:16]}"
-            self._loaded.move_to_end(adapter_id)
+        """Write and parse an adapter from its blobs; hash checked first (`ContentHashMismatch`)."""
+        try:
+            self.adapters.install(adapter_id, config, weights)
+        except (ContentHashMismatch, AdapterRefused, ValueError) as exc:
+            self.adapters.mark_bad(adapter_id, str(exc))
+            raise
 
-    def generate(self, prompt: str, adapter_id: str, max_tokens: int, params: SamplerParams, seed: int,
-                 max_prompt_tokens: int) -> Generated:
-        prompt_tokens = tokenizer.encode(prompt)
-        if len(prompt_tokens) > max_prompt_tokens:
-            raise ValueError(f"prompt is {len(prompt_tokens)} tokens; this node takes at most {max_prompt_tokens}")
+    # -- submitting ----------------------------------------------------------
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting) + len(self._running)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def tokens_per_s(self, window_s: float = 10.0) -> float:
+        now = time.monotonic()
         with self._lock:
-            name = self._loaded.get(adapter_id) if adapter_id else None
-            if adapter_id and name is None:
-                raise KeyError(f"adapter {adapter_id} is not loaded")
-            if adapter_id:
-                self._loaded.move_to_end(adapter_id)
-            gen = self.model.generate(prompt_tokens, name, max_tokens, params, seed)
-        chunks = fingerprint_chunks(gen.hidden, len(prompt_tokens), n_generated=len(gen.output_ids))
-        finish = "eos" if gen.finish_reason == "stop" else "length"
-        return Generated(prompt_tokens, gen.output_ids, tokenizer.decode(gen.output_ids), finish, chunks)
+            while self._window and now - self._window[0][0] > window_s:
+                self._window.popleft()
+            total = sum(n for _, n in self._window)
+            if not self._window:
+                return 0.0
+            span = max(now - self._window[0][0], 1.0)
+        return total / span
+
+    def submit(self, req: GenRequest) -> concurrent.futures.Future:
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        if not req.prompt_tokens:
+            fut.set_exception(JobRefused("empty prompt"))
+            return fut
+        if req.max_tokens < 1:
+            fut.set_exception(JobRefused(f"max_tokens must be >= 1, got {req.max_tokens}"))
+            return fut
+        need = self.pool.blocks_for(len(req.prompt_tokens) + req.max_tokens - 1)
+        if need > self.pool.num_blocks:
+            fut.set_exception(JobRefused(
+                f"prompt {len(req.prompt_tokens)} + max_tokens {req.max_tokens} tokens exceed this node's KV cache "
+                f"({self.pool.num_blocks * self.pool.block_size} positions)"))
+            return fut
+        if req.adapter_id:
+            bad = self.adapters.bad_reason(req.adapter_id)
+            if bad is not None:
+                fut.set_exception(JobRefused(f"adapter {req.adapter_id} refused: {bad}"))
+                return fut
+        with self._wake:
+            self._cancelled.discard(req.job_id)
+            self._waiting.append(_Sequence(req, fut, time.monotonic()))
+            metrics.WAITING.set(len(self._waiting))
+            self._wake.notify()
+        return fut
+
+    def cancel(self, job_id: str) -> None:
+        """Drop a job (waiting or running) at the next step; its future is cancelled."""
+        with self._wake:
+            self._cancelled.add(job_id)
+            self._wake.notify()
+
+    def generate(self, req: GenRequest, timeout: float | None = None) -> Generated:
+        """Submit and wait (starts the engine thread if needed)."""
+        fut = self.submit(req)
+        self.start()
+        return fut.result(timeout)
+
+    # -- the loop ------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._stop = False
+            self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stop = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self._wake:
+                while not self._stop and not self._waiting and not self._running:
+                    self._wake.wait(timeout=1.0)
+                if self._stop:
+                    return
+            try:
+                if not self.step():
+                    time.sleep(0.002)  # waiting jobs that cannot be admitted yet
+            except Exception as exc:  # never die: fail what was in the batch, keep serving
+                self._fail_running(exc)
+
+    def run_until_idle(self) -> None:
+        """Drive the engine in the caller's thread until nothing waits or runs (tests, bench)."""
+        while self._waiting or self._running:
+            if not self.step() and not self._running:
+                time.sleep(0.001)
+
+    def _fail_running(self, exc: Exception) -> None:
+        for seq in self._running:
+            self._release(seq)
+            if not seq.future.done():
+                seq.future.set_exception(RuntimeError(f"engine step failed: {exc!r}"))
+        self._running = []
+
+    def _release(self, seq: _Sequence) -> None:
+        if seq.blocks:
+            self.pool.release(seq.blocks)
+            seq.blocks = []
+        if seq.slot >= 0:
+            self.adapters.release(seq.slot)
+            seq.slot = -1
+
+    def _admit(self, now_wall: float) -> list[_Sequence]:
+        """Move waiting jobs into the batch; returns the ones to prefill in this step."""
+        cfg = self.config
+        admitted: list[_Sequence] = []
+        budget = cfg.max_prefill_tokens
+        with self._lock:
+            cancelled, self._cancelled = self._cancelled, set()
+            waiting = list(self._waiting)
+        if cancelled:
+            for seq in [s for s in self._running if s.req.job_id in cancelled]:
+                self._running.remove(seq)
+                self._release(seq)
+                seq.future.cancel()
+        keep: list[_Sequence] = []
+        blocked = False
+        for seq in waiting:
+            req = seq.req
+            if req.job_id in cancelled:
+                seq.future.cancel()
+                continue
+            if blocked or len(self._running) + len(admitted) >= cfg.max_running:
+                keep.append(seq)
+                continue
+            if req.deadline is not None and now_wall > req.deadline:
+                seq.future.set_exception(JobRefused("the job's deadline passed before it could start"))
+                continue
+            P = len(req.prompt_tokens)
+            if admitted and P > budget:
+                keep.append(seq)
+                continue
+            if req.adapter_id:
+                if not self.adapters.can_acquire(req.adapter_id):
+                    keep.append(seq)
+                    # Head-of-line fairness: a job starved of a slot stops others from taking slots.
+                    blocked = time.monotonic() - seq.submitted > cfg.starvation_s
+                    continue
+            blocks = self.pool.allocate(P + req.max_tokens - 1)
+            if blocks is None:
+                keep.append(seq)
+                blocked = True  # pages free up only as sequences finish; keep order
+                continue
+            if req.adapter_id:
+                try:
+                    slot = self.adapters.acquire(req.adapter_id)
+                except (ContentHashMismatch, AdapterRefused, FileNotFoundError, ValueError) as exc:
+                    self.pool.release(blocks)
+                    self.adapters.mark_bad(req.adapter_id, str(exc))
+                    seq.future.set_exception(JobRefused(f"adapter {req.adapter_id} refused: {exc}"))
+                    continue
+                if slot is None:
+                    self.pool.release(blocks)
+                    keep.append(seq)
+                    continue
+                seq.slot = slot
+            seq.blocks = blocks
+            seq.index = self.pool.position_index(blocks)
+            budget -= P
+            admitted.append(seq)
+            metrics.QUEUE_SECONDS.observe(time.monotonic() - seq.submitted)
+        with self._lock:
+            # Jobs submitted while we scanned stay queued behind the ones we kept.
+            fresh = list(self._waiting)[len(waiting):]
+            self._waiting = deque(keep + fresh)
+            metrics.WAITING.set(len(self._waiting))
+        return admitted
+
+    def step(self) -> bool:
+        """One admission + forward + sampling round; False when there was nothing to run."""
+        t0 = time.perf_counter()
+        now_wall = time.time()
+        fresh = self._admit(now_wall)
+        decoding = self._running
+        if not fresh and not decoding:
+            return False
+        seqs = fresh + decoding
+        ids: list[int] = []
+        positions: list[int] = []
+        write: list[torch.Tensor] = []
+        slots: list[int] = []
+        spans: list[tuple[int, int]] = []
+        logit_rows: list[int] = []
+        for seq in fresh:
+            P = len(seq.req.prompt_tokens)
+            a = len(ids)
+            ids.extend(seq.req.prompt_tokens)
+            positions.extend(range(P))
+            write.append(seq.index[:P])
+            slots.extend([seq.slot] * P)
+            spans.append((a, a + P))
+            logit_rows.append(a + P - 1)
+        dec_rows = dec_index = dec_mask = None
+        if decoding:
+            first = len(ids)
+            lens = []
+            for seq in decoding:
+                pos = seq.cached
+                ids.append(seq.output[-1])
+                positions.append(pos)
+                write.append(seq.index[pos: pos + 1])
+                slots.append(seq.slot)
+                lens.append(pos + 1)
+            L = max(lens)
+            dec_index = torch.stack([s.index[:L] if s.index.numel() >= L else
+                                     torch.cat([s.index, s.index.new_zeros(L - s.index.numel())])
+                                     for s in decoding])
+            lens_t = torch.tensor(lens)
+            dec_mask = (torch.arange(L)[None, :] < lens_t[:, None])[:, None, None, :]
+            dec_rows = torch.arange(first, first + len(decoding))
+            logit_rows.extend(range(first, first + len(decoding)))
+        batch = PackedBatch(
+            input_ids=torch.tensor(ids), positions=torch.tensor(positions), write_index=torch.cat(write),
+            token_slots=torch.tensor(slots), prefill_spans=spans, decode_rows=dec_rows, decode_index=dec_index,
+            decode_mask=dec_mask, logit_rows=torch.tensor(logit_rows),
+        )
+        set_token_slots(self.model, batch.token_slots)
+        try:
+            hidden, logits = self.llama.forward(batch, self.pool)
+        finally:
+            set_token_slots(self.model, None)
+        hidden = hidden.float().cpu()
+        logits = logits.cpu()
+        self.steps += 1
+        generated = 0
+        finished: list[tuple[_Sequence, str]] = []
+        now_wall = time.time()
+        for i, seq in enumerate(seqs):
+            if i < len(fresh):
+                a, b = spans[i]
+                seq.rows.append(hidden[a:b])
+                seq.cached = b - a
+            else:
+                seq.rows.append(hidden[dec_rows[i - len(fresh)]: dec_rows[i - len(fresh)] + 1])
+                seq.cached += 1
+            req = seq.req
+            token = sample(logits[i], req.params, req.seed, len(seq.output))
+            seq.output.append(token)
+            generated += 1
+            reason = self._finish_reason(seq, token, now_wall)
+            if reason is not None:
+                finished.append((seq, reason))
+        self._running = [s for s in seqs if all(s is not f for f, _ in finished)]
+        for seq, reason in finished:
+            self._finish(seq, reason)
+        with self._lock:
+            self._window.append((time.monotonic(), generated))
+        metrics.TOKENS.labels("prefill").inc(sum(b - a for a, b in spans))
+        metrics.TOKENS.labels("decode").inc(generated)
+        metrics.BATCH_SIZE.observe(len(seqs))
+        metrics.BATCH_TOKENS.observe(len(ids))
+        metrics.RUNNING.set(len(self._running))
+        metrics.KV_FREE_BLOCKS.set(self.pool.free_blocks)
+        metrics.STEP_SECONDS.observe(time.perf_counter() - t0)
+        return True
+
+    @staticmethod
+    def _finish_reason(seq: _Sequence, token: int, now_wall: float) -> str | None:
+        req = seq.req
+        if token == tokenizer.EOS_ID:
+            return "eos"
+        if req.stop:
+            text = tokenizer.decode(seq.output)
+            if any(s in text for s in req.stop):
+                return "stop"
+        if len(seq.output) >= req.max_tokens:
+            return "length"
+        if req.deadline is not None and now_wall > req.deadline:
+            return "deadline"
+        return None
+
+    def _finish(self, seq: _Sequence, reason: str) -> None:
+        self._release(seq)
+        if seq.future.done():
+            return
+        try:
+            P = len(seq.req.prompt_tokens)
+            hidden = torch.cat(seq.rows)
+            chunks = fingerprint_chunks(hidden, P, n_generated=len(seq.output))
+            gen = Generated(seq.req.prompt_tokens, seq.output, tokenizer.decode(seq.output), reason, chunks,
+                            hidden=hidden if self.keep_hidden else None)
+        except Exception as exc:
+            seq.future.set_exception(exc)
+            return
+        metrics.JOBS.labels(reason).inc()
+        seq.future.set_result(gen)
 
 
 def ensure_dir(path: str) -> Path:

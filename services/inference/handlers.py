@@ -1,23 +1,35 @@
-"""Inference node handlers: work.<node_id> → generate → results.<node_id>."""
+"""Inference node handlers: work.<node_id> → engine (continuous batch) → results.<node_id>.
+
+Every job of a work batch is handed to the engine at once, so jobs of all
+batches in flight (and of all their adapters) decode together; each result
+is published as soon as its job finishes, with msg_id job_id:node_id (a
+redelivered batch de-duplicates, and a recent result is re-sent rather than
+recomputed).  On SIGTERM the runtime stops pulling and waits for the handlers:
+their jobs finish; a handler still running at the drain timeout is cancelled,
+its jobs are dropped from the engine and the message is handed back.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from loranet import codec, protocol as p, topology
-from loranet.model import TOKENIZER_ID
+from loranet.model import TOKENIZER_ID, tokenizer
 from loranet.model.content import ContentHashMismatch
 from loranet.runtime import Delivery, Pull, RemoteError, Runtime
 from loranet.signing import Identity, devnet_address, sign
 
 from . import domain
-from .engine import Engine, ensure_dir
+from .engine import Engine, GenRequest, JobRefused, ensure_dir
 from .settings import InferenceSettings
+
+HAND_BACK_DELAY_S = 2.0
 
 
 def load_identity(settings: InferenceSettings) -> Identity:
@@ -38,9 +50,8 @@ class InferenceNode:
         self.identity = identity
         self.address = settings.payout_address or devnet_address(settings.node_id)
         self._seq = time.time_ns()
-        self._busy = 0
-        self._tokens = 0
-        self._tokens_since = time.monotonic()
+        self._fetching: dict[str, asyncio.Task[None]] = {}
+        self._recent: OrderedDict[str, p.InferenceResult] = OrderedDict()
 
     def routes(self) -> Sequence[Pull]:
         return [Pull("work", topology.node_consumer(self.settings.node_id), p.WorkBatch, self.on_batch,
@@ -49,14 +60,15 @@ class InferenceNode:
     # -- heartbeats ------------------------------------------------------
 
     def heartbeat(self) -> p.NodeHeartbeat:
-        elapsed = max(time.monotonic() - self._tokens_since, 1e-3)
+        depth = self.engine.queue_depth
+        total = self.settings.max_running
         hb = p.NodeHeartbeat(
             node_id=self.settings.node_id, node_key=self.identity.public, payout_address=self.address,
             model_ids=[self.engine.model_id], device=self.settings.device,
-            memory_free=torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else 0,
-            adapters_hot=self.engine.adapters_hot[:4096], slots_total=self.settings.batch_slots,
-            slots_free=max(self.settings.batch_slots - self._busy, 0), queue_depth=self._busy,
-            tokens_per_s=self._tokens / elapsed, region=self.settings.region, at=time.time(),
+            memory_free=torch.cuda.mem_get_info()[0] if self.engine.device.type == "cuda" else 0,
+            adapters_hot=self.engine.adapters_hot[:4096], slots_total=total,
+            slots_free=max(total - depth, 0), queue_depth=depth,
+            tokens_per_s=self.engine.tokens_per_s(), region=self.settings.region, at=time.time(),
         )
         return sign(hb, self.identity, p.DOMAIN_HEARTBEAT)
 
@@ -67,51 +79,89 @@ class InferenceNode:
                 await kv.put(self.settings.node_id, codec.encode(self.heartbeat()))
             except Exception as exc:
                 self.rt.log.warning("heartbeat.failed", error=repr(exc))
-            if time.monotonic() - self._tokens_since > 30:
-                self._tokens, self._tokens_since = 0, time.monotonic()
             await asyncio.sleep(self.settings.heartbeat_s)
 
     # -- work --------------------------------------------------------------
 
     async def ensure_adapter(self, adapter_id: str) -> None:
+        """Fetch the adapter's blobs from the datastore once (concurrent callers share the fetch)."""
         if not adapter_id or self.engine.has_adapter(adapter_id):
             return
+        task = self._fetching.get(adapter_id)
+        if task is None:
+            task = asyncio.ensure_future(self._fetch_adapter(adapter_id))
+            self._fetching[adapter_id] = task
+            task.add_done_callback(lambda _t: self._fetching.pop(adapter_id, None))
+        await asyncio.shield(task)
+
+    async def _fetch_adapter(self, adapter_id: str) -> None:
         blob = await self.rt.request(p.DATASTORE_ADAPTER_BLOB, p.AdapterGet(adapter=adapter_id), p.AdapterBlob, timeout=30)
         await asyncio.to_thread(self.engine.install_adapter, adapter_id, blob.config, blob.weights)
         self.rt.log.info("adapter.loaded", adapter_id=adapter_id)
 
+    async def fail(self, job: p.JobRequest, reason: str) -> None:
+        await self.rt.emit(job.job_id, "failed", reason=reason, node_id=self.settings.node_id,
+                           dedup=self.settings.node_id)
+
     async def on_batch(self, batch: p.WorkBatch, delivery: Delivery) -> None:
-        self._busy += 1
         try:
-            for segment in batch.segments:
-                try:
-                    await self.ensure_adapter(segment.adapter_id)
-                except (RemoteError, ContentHashMismatch, ValueError) as exc:
-                    for job in segment.jobs:
-                        await self.rt.emit(job.job_id, "failed", reason=f"adapter {segment.adapter_id}: {exc}",
-                                           node_id=self.settings.node_id, dedup=self.settings.node_id)
-                    continue
-                for job in segment.jobs:
-                    await self.run_job(job, batch.model_id)
-        finally:
-            self._busy -= 1
+            await asyncio.gather(*(self.run_segment(seg, batch.model_id) for seg in batch.segments))
+        except asyncio.CancelledError:
+            # Hand the batch back ourselves, delayed past the 1 s pull request this stopping replica may still
+            # have open at the server: an immediate nak can be redelivered into that dying request and then
+            # sit out the whole ack_wait.  (The runtime's own nak is skipped once the message is settled.)
+            try:
+                await asyncio.shield(delivery.msg.nak(delay=HAND_BACK_DELAY_S))
+            except Exception:
+                pass
+            raise
+
+    async def run_segment(self, segment: p.WorkSegment, model_id: str) -> None:
+        bad = self.engine.adapters.bad_reason(segment.adapter_id) if segment.adapter_id else None
+        if bad is None:
+            try:
+                await self.ensure_adapter(segment.adapter_id)
+            except (RemoteError, ContentHashMismatch, ValueError) as exc:
+                bad = str(exc)
+        if bad is not None:
+            for job in segment.jobs:
+                await self.fail(job, f"adapter {segment.adapter_id}: {bad}")
+            return
+        await asyncio.gather(*(self.run_job(job, model_id) for job in segment.jobs))
 
     async def run_job(self, job: p.JobRequest, model_id: str) -> None:
+        recent = self._recent.get(job.job_id)
+        if recent is not None:  # a redelivery of a job already done: same result, de-duplicated by msg_id
+            await self.publish_result(recent)
+            return
         started = time.time()
         if model_id != self.engine.model_id or job.model_id != self.engine.model_id:
-            await self.rt.emit(job.job_id, "failed", reason=f"node {self.settings.node_id} does not serve model {job.model_id}",
-                               node_id=self.settings.node_id, dedup=self.settings.node_id)
+            await self.fail(job, f"node {self.settings.node_id} does not serve model {job.model_id}")
             return
         try:
             params = domain.sampler_params(job)
-            gen = await asyncio.to_thread(self.engine.generate, job.prompt, job.adapter_id, job.max_tokens, params,
-                                          job.sampling.seed, self.settings.max_prompt_tokens)
-        except (domain.BadJob, ValueError) as exc:
-            await self.rt.emit(job.job_id, "failed", reason=str(exc), node_id=self.settings.node_id,
-                               dedup=self.settings.node_id)
+            prompt_tokens = tokenizer.encode(job.prompt)
+            domain.check_prompt(prompt_tokens, self.settings.max_prompt_tokens)
+        except domain.BadJob as exc:
+            await self.fail(job, str(exc))
+            return
+        req = GenRequest(job_id=job.job_id, prompt_tokens=prompt_tokens, adapter_id=job.adapter_id,
+                         max_tokens=job.max_tokens, params=params, seed=job.sampling.seed,
+                         stop=tuple(job.sampling.stop), deadline=job.expires_at)
+        fut = self.engine.submit(req)
+        try:
+            gen = await asyncio.wrap_future(fut)
+        except asyncio.CancelledError:
+            self.engine.cancel(job.job_id)  # shutdown: the message goes back, the engine drops the job
+            raise
+        except JobRefused as exc:
+            await self.fail(job, str(exc))
+            return
+        except Exception as exc:  # an engine error fails this job, never the node
+            self.rt.log.error("job.engine_error", job_id=job.job_id, error=repr(exc))
+            await self.fail(job, f"engine error: {exc}")
             return
         self._seq += 1
-        self._tokens += len(gen.output_tokens)
         result = domain.build_result(
             job=job, node_id=self.settings.node_id, node_key=self.identity.public, node_address=self.address,
             node_seq=self._seq, model_id=self.engine.model_id, tokenizer_id=TOKENIZER_ID,
@@ -119,5 +169,12 @@ class InferenceNode:
             finish_reason=gen.finish_reason, chunks=gen.chunks, started_at=started, finished_at=time.time(),
         )
         result = sign(result, self.identity, p.DOMAIN_RESULT)
-        await self.rt.publish(p.results(self.settings.node_id), result, msg_id=f"{job.job_id}:{self.settings.node_id}")
-        await self.rt.emit(job.job_id, "result", body=result, node_id=self.settings.node_id, dedup=self.settings.node_id)
+        self._recent[job.job_id] = result
+        while len(self._recent) > self.settings.recent_results:
+            self._recent.popitem(last=False)
+        await self.publish_result(result)
+
+    async def publish_result(self, result: p.InferenceResult) -> None:
+        await self.rt.publish(p.results(self.settings.node_id), result, msg_id=f"{result.job_id}:{self.settings.node_id}")
+        await self.rt.emit(result.job_id, "result", body=result, node_id=self.settings.node_id,
+                           dedup=self.settings.node_id)

@@ -1,0 +1,158 @@
+"""Two-tier adapter cache: device slots of the sgmv bank, and a larger host-memory LRU.
+
+Tiers, fastest first:
+  1. a bank slot (device memory): tokens of the adapter can run now;
+  2. host memory: parsed factors (`sgmv.LoraAdapter`), one copy into a slot away;
+  3. the node's disk (<cache>/node-adapters/<adapter_id>): written from the
+     datastore's blobs after their content hash checked; re-checked on every
+     read back into host memory.
+A slot is evicted only when no running sequence holds it (reference counts),
+least recently released first; `bank.load` rewrites every projection of the
+slot, so no weight of the previous adapter stays.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+from sgmv import AdapterBank, LoraAdapter, adapter_from_peft_state
+
+from loranet.model.adapters import adapter_from_blobs, load_adapter
+
+from . import metrics
+
+BAD_ADAPTER_TTL_S = 60.0
+
+
+class AdapterRefused(Exception):
+    """An adapter that cannot be served (bad hash, unsupported shape); the reason names it."""
+
+
+class AdapterCache:
+    def __init__(self, bank: AdapterBank, adapter_dir: Path, host_capacity: int) -> None:
+        self.bank = bank
+        self.adapter_dir = adapter_dir
+        self.host_capacity = max(host_capacity, 1)
+        self._host: OrderedDict[str, LoraAdapter] = OrderedDict()
+        self._slot_of: dict[str, int] = {}
+        self._refs = [0] * bank.num_slots
+        self._idle: OrderedDict[int, None] = OrderedDict()  # slots with refs == 0, least recently released first
+        self._never_used = list(range(bank.num_slots - 1, -1, -1))
+        self._bad: dict[str, tuple[float, str]] = {}
+        self._lock = threading.Lock()  # host tier and bad list: written from the service's threads too
+
+    # -- queries -------------------------------------------------------------
+
+    @property
+    def on_device(self) -> list[str]:
+        return list(self._slot_of)
+
+    @property
+    def in_host(self) -> list[str]:
+        with self._lock:
+            return list(self._host)
+
+    def hot(self) -> list[str]:
+        """Adapters by readiness: in a slot first, then in host memory."""
+        dev = self.on_device
+        return dev + [a for a in self.in_host if a not in self._slot_of]
+
+    def is_local(self, adapter_id: str) -> bool:
+        with self._lock:
+            if adapter_id in self._host:
+                return True
+        return (self.adapter_dir / adapter_id / "adapter_config.json").exists()
+
+    def bad_reason(self, adapter_id: str) -> str | None:
+        with self._lock:
+            entry = self._bad.get(adapter_id)
+            if entry is None:
+                return None
+            if time.monotonic() - entry[0] > BAD_ADAPTER_TTL_S:
+                del self._bad[adapter_id]
+                return None
+            return entry[1]
+
+    def mark_bad(self, adapter_id: str, reason: str) -> None:
+        with self._lock:
+            self._bad[adapter_id] = (time.monotonic(), reason)
+            self._host.pop(adapter_id, None)
+        shutil.rmtree(self.adapter_dir / adapter_id, ignore_errors=True)
+
+    # -- filling the lower tiers ---------------------------------------------
+
+    def install(self, adapter_id: str, config: bytes, weights: bytes) -> None:
+        """Write the adapter from its datastore blobs (hash checked before anything is written), parse it."""
+        dest = self.adapter_dir / adapter_id
+        if not (dest / "adapter_config.json").exists():
+            adapter_from_blobs(config, weights, dest, expected_adapter_id=adapter_id)
+        self._host_get(adapter_id)
+
+    def _host_get(self, adapter_id: str) -> LoraAdapter:
+        with self._lock:
+            adapter = self._host.get(adapter_id)
+            if adapter is not None:
+                self._host.move_to_end(adapter_id)
+                metrics.ADAPTER_CACHE.labels("host", "hit").inc()
+                return adapter
+        metrics.ADAPTER_CACHE.labels("host", "miss").inc()
+        loaded = load_adapter(self.adapter_dir / adapter_id, expected_adapter_id=adapter_id)  # re-checks the hash
+        try:
+            adapter = adapter_from_peft_state(loaded.tensors, loaded.config, name=adapter_id)
+        except ValueError as exc:
+            raise AdapterRefused(str(exc)) from None
+        with self._lock:
+            self._host[adapter_id] = adapter
+            self._host.move_to_end(adapter_id)
+            while len(self._host) > self.host_capacity:
+                self._host.popitem(last=False)
+                metrics.ADAPTER_CACHE.labels("host", "eviction").inc()
+        return adapter
+
+    # -- device slots (engine thread only) -----------------------------------
+
+    def acquire(self, adapter_id: str) -> int | None:
+        """A slot holding the adapter, with a reference taken; None when every slot is in use.
+
+        Raises AdapterRefused / ContentHashMismatch / FileNotFoundError when it cannot be loaded."""
+        slot = self._slot_of.get(adapter_id)
+        if slot is not None:
+            metrics.ADAPTER_CACHE.labels("device", "hit").inc()
+        else:
+            if self._never_used:
+                slot = self._never_used[-1]
+            elif self._idle:
+                slot = next(iter(self._idle))
+            else:
+                return None
+            adapter = self._host_get(adapter_id)
+            try:
+                self.bank.load(slot, adapter, name=adapter_id)
+            except ValueError as exc:
+                raise AdapterRefused(str(exc)) from None
+            metrics.ADAPTER_CACHE.labels("device", "miss").inc()
+            if self._never_used and self._never_used[-1] == slot:
+                self._never_used.pop()
+            else:
+                self._idle.pop(slot)
+                old = next((a for a, s in self._slot_of.items() if s == slot), None)
+                if old is not None:
+                    del self._slot_of[old]
+                metrics.ADAPTER_CACHE.labels("device", "eviction").inc()
+            self._slot_of[adapter_id] = slot
+        self._refs[slot] += 1
+        self._idle.pop(slot, None)
+        return slot
+
+    def release(self, slot: int) -> None:
+        self._refs[slot] -= 1
+        if self._refs[slot] == 0:
+            self._idle[slot] = None
+            self._idle.move_to_end(slot)
+
+    def can_acquire(self, adapter_id: str) -> bool:
+        return adapter_id in self._slot_of or bool(self._never_used) or bool(self._idle)

@@ -1,0 +1,148 @@
+"""A packed-batch Llama forward over a transformers model's own modules, with a paged KV cache.
+
+Why not `model(...)`: HF's forward wants one rectangular batch and one cache
+object for it; continuous batching needs sequences of different lengths
+(prefills of whole prompts beside one-token decodes) in ONE forward, each
+with its own positions and its own cache pages.  So this file runs the
+decoder layers itself, token-packed (`[T, H]`, no padding in any
+projection), and calls the model's own norms, MLPs and q/k/v/o modules —
+which `sgmv.wrap_llama` has made apply each token's adapter (one slot map per
+forward, `set_token_slots`).  Only attention is written here: a causal SDPA
+per fresh prefill and one masked SDPA for all decodes over pages gathered
+from the pool.
+
+The KV pool is preallocated once (`num_blocks` pages of `block_size`
+positions per layer); a sequence reserves the pages it can ever need on
+admission and returns them when it finishes, so memory is bounded and never
+reallocated per job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import rotate_half
+
+
+class KVPool:
+    """Paged K/V storage for every layer: `[layers, num_blocks * block_size, kv_heads, head_dim]`."""
+
+    def __init__(self, num_layers: int, num_blocks: int, block_size: int, kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device) -> None:
+        self.block_size, self.num_blocks = block_size, num_blocks
+        shape = (num_layers, num_blocks * block_size, kv_heads, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self._free = list(range(num_blocks - 1, -1, -1))
+
+    @property
+    def free_blocks(self) -> int:
+        return len(self._free)
+
+    def blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.block_size)
+
+    def allocate(self, tokens: int) -> list[int] | None:
+        """Reserve pages for `tokens` positions; None if the pool cannot hold them now."""
+        n = self.blocks_for(tokens)
+        if n > len(self._free):
+            return None
+        return [self._free.pop() for _ in range(n)]
+
+    def release(self, blocks: list[int]) -> None:
+        self._free.extend(blocks)
+
+    def position_index(self, blocks: list[int]) -> torch.Tensor:
+        """Row of the flat pool for each position 0..len(blocks)*block_size-1 of a sequence."""
+        b = torch.tensor(blocks, dtype=torch.long)
+        return (b[:, None] * self.block_size + torch.arange(self.block_size)).reshape(-1)
+
+    def nbytes(self) -> int:
+        return 2 * self.k.numel() * self.k.element_size()
+
+
+@dataclass
+class PackedBatch:
+    """One forward's tokens, sequence by sequence (prefills first, then decodes).
+
+    input_ids / positions / write_index / token_slots: [T] each (write_index =
+    the pool row each token's K/V goes to). prefill_spans: (start, end) of each
+    fresh prefill in the packed tokens. decode_rows: packed rows of the decode
+    tokens; decode_index [B, L] pool rows of each decode sequence's positions
+    0..L-1 (padded), decode_mask [B, 1, 1, L] True where valid. logit_rows:
+    packed rows whose logits are wanted.
+    """
+
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    write_index: torch.Tensor
+    token_slots: torch.Tensor
+    prefill_spans: list[tuple[int, int]]
+    decode_rows: torch.Tensor | None
+    decode_index: torch.Tensor | None
+    decode_mask: torch.Tensor | None
+    logit_rows: torch.Tensor
+
+
+class PackedLlama:
+    """Runs a (sgmv-wrapped) transformers Llama over a `PackedBatch` with a `KVPool`."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        cfg = model.config
+        self.layers = list(model.model.layers)
+        self.num_heads = cfg.num_attention_heads
+        self.kv_heads = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.scaling = self.head_dim ** -0.5
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+
+    @torch.inference_mode()
+    def forward(self, batch: PackedBatch, pool: KVPool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(final-norm hidden states [T, H], logits [len(logit_rows), V] float32)."""
+        dev = self.device
+        ids = batch.input_ids.to(dev, non_blocking=True)
+        pos = batch.positions.to(dev, non_blocking=True)
+        write = batch.write_index.to(dev, non_blocking=True)
+        x = self.model.model.embed_tokens(ids)
+        cos, sin = self.model.model.rotary_emb(x[None], pos[None])
+        cos, sin = cos[0][:, None, :], sin[0][:, None, :]  # [T, 1, d]
+        T = ids.shape[0]
+        nh, kvh, d = self.num_heads, self.kv_heads, self.head_dim
+        dec_rows = dec_index = dec_mask = None
+        if batch.decode_rows is not None:
+            dec_rows = batch.decode_rows.to(dev, non_blocking=True)
+            dec_index = batch.decode_index.to(dev, non_blocking=True)
+            dec_mask = batch.decode_mask.to(dev, non_blocking=True)
+        for li, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(T, nh, d)
+            k = attn.k_proj(h).view(T, kvh, d)
+            v = attn.v_proj(h).view(T, kvh, d)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+            pool.k[li].index_copy_(0, write, k)
+            pool.v[li].index_copy_(0, write, v)
+            out = torch.empty_like(q)
+            for a, b in batch.prefill_spans:
+                # A fresh prefill attends only to itself: causal over its own new K/V.
+                o = F.scaled_dot_product_attention(
+                    q[a:b].transpose(0, 1)[None], k[a:b].transpose(0, 1)[None], v[a:b].transpose(0, 1)[None],
+                    is_causal=True, scale=self.scaling, enable_gqa=True)
+                out[a:b] = o[0].transpose(0, 1)
+            if dec_rows is not None:
+                kk = pool.k[li][dec_index].transpose(1, 2)  # [B, kvh, L, d]
+                vv = pool.v[li][dec_index].transpose(1, 2)
+                qq = q.index_select(0, dec_rows)[:, :, None, :]  # [B, nh, 1, d]
+                o = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=dec_mask, scale=self.scaling,
+                                                   enable_gqa=True)
+                out.index_copy_(0, dec_rows, o[:, :, 0, :])
+            x = x + attn.o_proj(out.view(T, nh * d))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        hidden = self.model.model.norm(x)
+        logits = self.model.lm_head(hidden.index_select(0, batch.logit_rows.to(dev))).float()
+        return hidden, logits

@@ -1,0 +1,191 @@
+"""The continuous-batching engine against HF + PEFT: tokens, fingerprints, adapters, stops."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from loranet import protocol as p
+from loranet.model import tokenizer
+from loranet.model.adapters import adapter_to_blobs
+from loranet.model.content import ContentHashMismatch
+from loranet.sampling import GREEDY, SamplerParams
+from services.inference import domain, metrics
+from services.inference.engine import GenRequest, JobRefused
+from services.verifier import domain as verifier_domain
+
+PROMPTS = ["Hello there", "The quick brown fox jumps", "x", "loranet serves many adapters at once, said the node",
+           "Once upon a time"]
+
+
+def _jobs(adapters, n, greedy_only=False, base_every=5, max_tokens=(12, 30)):
+    """n requests spread over the adapters (and the base model), mixed greedy and seeded sampling."""
+    out = []
+    for i in range(n):
+        if i % base_every == base_every - 1:
+            name, adapter_id = None, ""
+        else:
+            name, _, adapter_id = adapters[i % len(adapters)]
+        params = GREEDY if greedy_only or i % 2 == 0 else SamplerParams(temperature=0.8, top_k=40, top_p=0.95)
+        mt = max_tokens[0] + (i * 7) % (max_tokens[1] - max_tokens[0])
+        out.append((name, GenRequest(f"job-{i}", tokenizer.encode(PROMPTS[i % len(PROMPTS)]), adapter_id, mt,
+                                     params, seed=100 + i)))
+    return out
+
+
+def _run(engine, reqs):
+    futs = [engine.submit(r) for r in reqs]
+    engine.run_until_idle()
+    return [f.result(timeout=0) for f in futs]
+
+
+def test_mixed_batch_equals_alone_and_peft(make_engine, adapters, reference):
+    jobs = _jobs(adapters, 10)
+    engine = make_engine(adapter_slots=8)
+    together = _run(engine, [r for _, r in jobs])
+    assert engine.steps < sum(g.output_tokens.__len__() for g in together)  # they really shared forwards
+    alone_engine = make_engine(adapter_slots=8)
+    for (name, req), got in zip(jobs, together):
+        alone = _run(alone_engine, [req])[0]
+        assert got.output_tokens == alone.output_tokens, req.job_id
+        ref = reference.generate(req.prompt_tokens, name, req.max_tokens, req.params, req.seed)
+        assert got.output_tokens == ref.output_ids, req.job_id
+        assert got.finish_reason == ("eos" if ref.finish_reason == "stop" else "length")
+
+
+def test_jobs_join_mid_batch(make_engine, adapters, reference):
+    jobs = _jobs(adapters, 6, greedy_only=True, max_tokens=(20, 30))
+    engine = make_engine(adapter_slots=8)
+    first = [engine.submit(r) for _, r in jobs[:3]]
+    for _ in range(5):
+        engine.step()
+    assert engine.running == 3
+    later = [engine.submit(r) for _, r in jobs[3:]]
+    engine.step()
+    assert engine.running == 6  # joined the running batch, no waiting for the first jobs to finish
+    engine.run_until_idle()
+    for (name, req), fut in zip(jobs, first + later):
+        ref = reference.generate(req.prompt_tokens, name, req.max_tokens, req.params, req.seed)
+        assert fut.result(0).output_tokens == ref.output_ids, req.job_id
+
+
+def test_more_adapters_than_slots(make_engine, adapters, reference):
+    jobs = _jobs(adapters, 18, base_every=100, max_tokens=(6, 16))
+    evictions = metrics.ADAPTER_CACHE.labels("device", "eviction")._value.get()
+    engine = make_engine(adapter_slots=2, max_running=4, host_adapters=3)
+    got = _run(engine, [r for _, r in jobs])
+    assert metrics.ADAPTER_CACHE.labels("device", "eviction")._value.get() > evictions
+    assert len([s for s in engine.bank.slot_names if s]) <= 2
+    for (name, req), g in zip(jobs, got):
+        ref = reference.generate(req.prompt_tokens, name, req.max_tokens, req.params, req.seed)
+        assert g.output_tokens == ref.output_ids, req.job_id
+
+
+def test_corrupted_adapter_refused(make_engine, adapters, base, tmp_path):
+    engine = make_engine(adapter_slots=2)
+    # A fresh adapter id whose blobs were tampered with in transit: refused before anything is written.
+    from services.inference.engine import Engine, EngineConfig
+
+    fresh = Engine(str(base[0]), base[1], "cpu", str(tmp_path / "fresh"), config=EngineConfig(adapter_slots=2))
+    name, path, adapter_id = adapters[2]
+    config, weights = adapter_to_blobs(path)
+    tampered = bytearray(weights)
+    tampered[-5] ^= 0x40
+    with pytest.raises(ContentHashMismatch):
+        fresh.install_adapter(adapter_id, config, bytes(tampered))
+    assert not fresh.has_adapter(adapter_id)
+    assert "hash" in (fresh.adapters.bad_reason(adapter_id) or "")
+    fut = fresh.submit(GenRequest("j-bad", tokenizer.encode("hi"), adapter_id, 4, GREEDY, 0))
+    with pytest.raises(JobRefused, match="refused"):
+        fut.result(0)
+    # Corrupted on the node's disk after install: the hash is re-checked when read back, the job fails.
+    name, path, adapter_id = adapters[3]
+    (engine.adapters.adapter_dir / adapter_id / "adapter_model.safetensors").write_bytes(bytes(tampered))
+    with engine.adapters._lock:
+        engine.adapters._host.pop(adapter_id, None)
+    fut = engine.submit(GenRequest("j-disk", tokenizer.encode("hi"), adapter_id, 4, GREEDY, 0))
+    engine.run_until_idle()
+    with pytest.raises(JobRefused, match="refused"):
+        fut.result(0)
+    assert engine.adapters.bad_reason(adapter_id)
+
+
+def _result(job: p.JobRequest, gen, model_id) -> p.InferenceResult:
+    from tests.factories import NODE
+
+    now = time.time()
+    return domain.build_result(job=job, node_id="node-t", node_key=NODE.public, node_address="0x" + "1f" * 20,
+                               node_seq=1, model_id=model_id, tokenizer_id=tokenizer.TOKENIZER_ID,
+                               prompt_tokens=gen.prompt_tokens, output_tokens=gen.output_tokens,
+                               output_text=gen.output_text, finish_reason=gen.finish_reason, chunks=gen.chunks,
+                               started_at=now, finished_at=now)
+
+
+def test_fingerprint_passes_verifier_audit(make_engine, adapters, reference, base):
+    """The verifier's own checks (ONE HF prefill, sampler replay, termination) accept engine results."""
+    from tests import factories
+
+    engine = make_engine(adapter_slots=4)
+    specs = [(adapters[0], "Hello there, node", 70, 0.0), (adapters[1], "Once upon a time", 40, 0.8),
+             ((None, None, ""), "The quick brown fox", 33, 0.0)]
+    jobs = [factories.job(model_id=base[1], adapter_id=a[2], prompt=prompt, max_tokens=mt,
+                          sampling=p.SamplingParams(temperature=t, top_k=50 if t else 0, seed=11))
+            for a, prompt, mt, t in specs]
+    reqs = [GenRequest(j.job_id, tokenizer.encode(j.prompt), j.adapter_id, j.max_tokens, domain.sampler_params(j),
+                       j.sampling.seed) for j in jobs]
+    gens = _run(engine, reqs)
+    for (a, *_), job, gen in zip(specs, jobs, gens):
+        result = _result(job, gen, base[1])
+        assert all(c.ok for c in verifier_domain.cheap_checks(result, base[1])), job.job_id
+        hidden, logits = reference.prefill_hidden(gen.prompt_tokens + gen.output_tokens, a[0])
+        checks = verifier_domain.audit_checks(result, hidden, logits)
+        assert all(c.ok for c in checks), [c for c in checks if not c.ok]
+        assert len(gen.chunks) == 1 + -(-len(gen.output_tokens) // 32)
+        assert all(len(c) <= 300 for c in gen.chunks[1:])
+
+
+def test_stop_string_deadline_and_refusals(make_engine, adapters, reference, base):
+    from tests import factories
+
+    engine = make_engine(adapter_slots=2)
+    name, _, adapter_id = adapters[0]
+    prompt = tokenizer.encode("Hello there")
+    ref = reference.generate(prompt, name, 24, GREEDY, 0)
+    text = tokenizer.decode(ref.output_ids)
+    stop = text[5:7]
+    cut = text.index(stop) + len(stop)
+    job = factories.job(model_id=base[1], adapter_id=adapter_id, prompt="Hello there", max_tokens=24,
+                        sampling=p.SamplingParams(stop=[stop]))
+    gen = _run(engine, [GenRequest(job.job_id, prompt, adapter_id, 24, GREEDY, 0, stop=(stop,))])[0]
+    assert gen.finish_reason == "stop" and gen.output_text.endswith(stop) and len(gen.output_text) == cut
+    assert verifier_domain.finish_check(_result(job, gen, base[1])).ok
+
+    # Deadline: the job ends with what it has, finish_reason "deadline".
+    req = GenRequest("j-deadline", prompt, adapter_id, 24, GREEDY, 0, deadline=time.time() + 60)
+    fut = engine.submit(req)
+    engine.step()
+    engine.step()
+    req.deadline = time.time() - 1
+    engine.run_until_idle()
+    gen = fut.result(0)
+    assert gen.finish_reason == "deadline" and 1 <= len(gen.output_tokens) < 24
+    assert gen.output_tokens == ref.output_ids[: len(gen.output_tokens)]
+    # Expired before it started, or too long for the KV cache: refused with a reason.
+    fut = engine.submit(GenRequest("j-late", prompt, "", 4, GREEDY, 0, deadline=time.time() - 1))
+    engine.run_until_idle()
+    with pytest.raises(JobRefused, match="deadline"):
+        fut.result(0)
+    with pytest.raises(JobRefused, match="KV cache"):
+        engine.submit(GenRequest("j-long", prompt, "", 10**7, GREEDY, 0)).result(0)
+
+
+def test_engine_thread_serves_concurrent_submits(make_engine, adapters, reference):
+    engine = make_engine(adapter_slots=4)
+    engine.start()
+    jobs = _jobs(adapters, 6, greedy_only=True)
+    futs = [engine.submit(r) for _, r in jobs]
+    got = [f.result(timeout=60) for f in futs]
+    for (name, req), g in zip(jobs, got):
+        assert g.output_tokens == reference.generate(req.prompt_tokens, name, req.max_tokens, GREEDY, 0).output_ids
+    assert engine.tokens_per_s() > 0 and engine.queue_depth == 0
