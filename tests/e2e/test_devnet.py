@@ -17,20 +17,7 @@ import pytest
 from loranet import codec, devnet as dn, protocol as p
 from loranet.client import Client
 from loranet.runtime import RemoteError
-from loranet.servers import free_port
 from loranet.signing import Identity, sign
-
-
-@pytest.fixture(scope="module")
-def devnet(tmp_path_factory):
-    root = tmp_path_factory.mktemp("devnet")
-    config = dn.DevnetConfig(state_dir=str(root / "state"), nats_port=free_port(), redis_port=free_port(),
-                             inference_nodes=1, verifiers=1, demo_adapters=2, cache_dir=str(root / "cache"),
-                             epoch_max_s=0.2)
-    state = dn.start_detached(config, timeout=400)
-    yield config, state
-    dn.stop(config.state_dir)
-    assert dn.status(config.state_dir)["running"] is False
 
 
 async def test_jobs_settle_end_to_end(devnet):

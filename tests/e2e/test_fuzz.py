@@ -1,0 +1,87 @@
+"""Hostile traffic on every subject and endpoint of a running devnet: nothing dies, nothing is lost.
+
+The default suite sends a few of each kind per subject; `make fuzz` (LORANET_FUZZ_N=10000)
+the full 10,000 per subject.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+
+import nats
+import pytest
+
+from loranet import codec, devnet as dn, protocol as p
+from loranet.client import Client
+from loranet.signing import Identity
+
+from tests import fuzzing
+
+N = int(os.environ.get("LORANET_FUZZ_N", "26"))
+PULL_SUBJECTS = {
+    p.JOBS_SUBMIT: p.JOBS_SUBMIT,
+    p.WORK_ALL: p.work("node-0"),
+    p.RESULTS_ALL: p.results("node-fuzz"),
+    p.VERDICTS_ALL: p.verdicts("0" * 31 + "1"),
+    p.JOB_EVENTS_ALL: p.job_events("0" * 31 + "2"),
+}
+ENDPOINTS = [s for s in p.SCHEMAS if s.startswith(("datastore.", "settlement."))]
+
+
+async def _count(js, subject: str) -> int:
+    info = await js.stream_info("DEADLETTER", subjects_filter=subject)
+    return sum((info.state.subjects or {}).values()) if info.state.subjects else 0
+
+
+@pytest.mark.timeout(1800)
+async def test_hostile_traffic_everywhere_while_honest_jobs_complete(devnet):
+    config, _ = devnet
+    rng = random.Random(1234)
+    nc = await nats.connect(config.nats_url, max_reconnect_attempts=3)
+    js = nc.jetstream()
+    try:
+        async with await Client.connect(config.nats_url, Identity.generate()) as client:
+            await client.faucet(10**20, 10**19)
+            honest = [await client.submit("demo-0", "honest under fire", 8)]
+            expected: dict[str, int] = {}
+            before = {subject: await _count(js, p.dead_letter(subject)) for subject in PULL_SUBJECTS.values()}
+            for pattern, subject in PULL_SUBJECTS.items():
+                sent = replays = 0
+                for kind, data in fuzzing.hostile_messages(pattern, N, rng):
+                    await js.publish(subject, data)
+                    sent += 1
+                    replays += kind == "replay"
+                expected[subject] = sent - replays
+            honest.append(await client.submit("demo-1", "still honest", 8))
+            # Every request-reply endpoint answers every hostile request: a typed error, never silence.
+            answered = errors = 0
+            for subject in ENDPOINTS:
+                for kind, data in fuzzing.hostile_messages(subject, N, rng):
+                    if len(data) > 1024 * 1024:
+                        continue  # over NATS max_payload for requests is refused by the server itself
+                    reply = await nc.request(subject, data, timeout=30)
+                    answered += 1
+                    if reply.headers and "Nats-Service-Error-Code" in reply.headers:
+                        errors += 1
+                        assert codec.decode(p.ErrorReply, reply.data).code in ("invalid", "not_found", "conflict",
+                                                                               "hash_mismatch", "unavailable")
+            assert answered and errors >= answered * 0.8
+            # Every hostile message on a pull subject ends in the dead-letter stream with a reason.
+            deadline = time.monotonic() + max(120, N / 20)
+            while time.monotonic() < deadline:
+                counts = {s: await _count(js, p.dead_letter(s)) - before[s] for s in PULL_SUBJECTS.values()}
+                if all(counts[s] >= expected[s] for s in expected):
+                    break
+                await asyncio.sleep(1)
+            assert all(counts[s] >= expected[s] for s in expected), (counts, expected)
+            outcomes = [await client.wait(job_id, 600) for job_id in honest]
+            assert [o.status for o in outcomes] == ["settled", "settled"]
+    finally:
+        await nc.close()
+    state = dn.status(config.state_dir)
+    assert state["running"]
+    for name, info in state["services"].items():
+        assert info["state"] == "running" and info["restarts"] == 0, (name, info)
