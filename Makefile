@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install devnet test bench faults clean
+.PHONY: install devnet test bench fuzz faults clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	for b in bench/*_bench.py bench/settle_gas.py; do [ -f $$b ] && $(BIN)/python $$b --quick || exit 1; done
+
+# 10,000 hostile messages per subject against a running devnet (the default suite sends 26).
+fuzz: $(STAMP)
+	LORANET_FUZZ_N=10000 $(BIN)/python -m pytest tests/e2e/test_fuzz.py -q
 
 clean:
 	rm -rf $(VENV) .devnet .pytest_cache

@@ -55,15 +55,17 @@ STREAMS: tuple[StreamSpec, ...] = (
 
 # Durable consumers, one per role.  Replicas of a role share the durable, so
 # JetStream hands each message to exactly one of them.
-SCHEDULER = ConsumerSpec("JOBS", "scheduler", p.JOBS_SUBMIT, ack_wait_s=30, max_deliver=5)
-VERIFIER = ConsumerSpec("RESULTS", "verifier", p.RESULTS_ALL, ack_wait_s=60, max_deliver=5)
-SETTLEMENT = ConsumerSpec("VERDICTS", "settlement", p.VERDICTS_ALL, ack_wait_s=60, max_deliver=10)
-DATASTORE = ConsumerSpec("EVENTS", "datastore", p.JOB_EVENTS_ALL, ack_wait_s=30, max_deliver=10)
+# Handlers send in_progress() every ack_wait/3 while they work, so ack_wait only
+# bounds how long a crashed replica's messages wait before redelivery.
+SCHEDULER = ConsumerSpec("JOBS", "scheduler", p.JOBS_SUBMIT, ack_wait_s=10, max_deliver=5)
+VERIFIER = ConsumerSpec("RESULTS", "verifier", p.RESULTS_ALL, ack_wait_s=10, max_deliver=5)
+SETTLEMENT = ConsumerSpec("VERDICTS", "settlement", p.VERDICTS_ALL, ack_wait_s=15, max_deliver=10)
+DATASTORE = ConsumerSpec("EVENTS", "datastore", p.JOB_EVENTS_ALL, ack_wait_s=10, max_deliver=10)
 
 
 def node_consumer(node_id: str) -> ConsumerSpec:
     """The durable through which one inference node pulls its work."""
-    return ConsumerSpec("WORK", f"node-{node_id}", p.work(node_id), ack_wait_s=60, max_deliver=3)
+    return ConsumerSpec("WORK", f"node-{node_id}", p.work(node_id), ack_wait_s=10, max_deliver=3)
 
 
 def consumer_config(spec: ConsumerSpec) -> ConsumerConfig:
@@ -109,3 +111,23 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1, node_ttl_s: f
             )
         except BadRequestError:
             pass
+
+
+# The settlement service's own bucket: the epoch it is committing (its crash-recovery
+# journal). Created by settlement alone (not by ensure_topology), so no other role needs
+# rights on it.
+SETTLEMENT_BUCKET = "settlement"
+
+
+async def ensure_bucket(js: JetStreamContext, bucket: str, replicas: int = 1, history: int = 1):
+    """The KV bucket `bucket` (file storage, no TTL), created if missing; idempotent."""
+    try:
+        return await js.key_value(bucket)
+    except BucketNotFoundError:
+        try:
+            await js.create_key_value(
+                KeyValueConfig(bucket=bucket, history=history, storage=StorageType.FILE, replicas=replicas)
+            )
+        except BadRequestError:
+            pass  # another replica created it first
+        return await js.key_value(bucket)
