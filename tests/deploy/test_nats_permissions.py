@@ -21,6 +21,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from nats.js.api import KeyValueConfig, StorageType
 
 from loranet import codec, protocol as p, topology
 from loranet.client import Client
@@ -317,6 +318,29 @@ async def test_scheduler_drains_a_dead_nodes_work_under_its_user(nats_auth, serv
     await settle(init)
     assert not services.errors["scheduler"], services.errors["scheduler"]
     await init.nc.close()
+
+
+async def test_settlement_keeps_its_journal_and_reads_receipts(nats_auth, services):
+    # What the settlement service's crash-recovery journal does: its own KV bucket
+    # `settlement` (created by settlement alone), and the last receipt of a job.
+    conn = await connect(nats_auth["settlement"])
+    js = conn.nc.jetstream()
+    await js.create_key_value(KeyValueConfig(bucket="settlement", history=1, storage=StorageType.FILE))
+    kv = await js.key_value("settlement")
+    await kv.put("pending", b"epoch")
+    assert (await kv.get("pending")).value == b"epoch"
+    await kv.delete("pending")
+    await js.publish(p.receipts(JOB), b"receipt")
+    assert (await js.get_last_msg("RECEIPTS", p.receipts(JOB))).data == b"receipt"
+    await settle(conn)
+    assert not conn.errors, conn.errors
+    await conn.nc.close()
+    for role in ("scheduler", "inference"):  # no one else writes it
+        other = await connect(nats_auth[role])
+        await other.nc.publish("$KV.settlement.pending", b"forged")
+        await settle(other, wait=0.05)
+        assert any('"$kv.settlement.pending"' in e for e in other.violations()), (role, other.errors)
+        await other.nc.close()
 
 
 async def test_verifier_publishes_its_statistics(nats_auth, services):
