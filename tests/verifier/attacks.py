@@ -144,9 +144,9 @@ def forged_signature(kit: Kit) -> p.InferenceResult:
     sig = bytearray(r.signature)
     bit = kit.rng.randrange(len(sig) * 8)
     sig[bit // 8] ^= 1 << (bit % 8)
-    if kit.rng.random() < 0.5:  # or a content bit flipped under a valid-looking signature
+    if kit.rng.random() < 0.5 and r.output_tokens[0] < 256:  # or a content bit flipped under the signature
         toks = [*r.output_tokens]
-        toks[0] = toks[0] ^ 1 if toks[0] < 256 else toks[0]
+        toks[0] ^= 1
         return r.model_copy(update={"output_tokens": toks, "output_text": tokenizer.decode(toks)})
     return r.model_copy(update={"signature": bytes(sig)})
 
