@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from sgmv import AdapterBank, set_token_slots, wrap_llama
+from sgmv import AdapterBank
 
 from loranet.fingerprint import fingerprint_chunks
 from loranet.model import tokenizer
@@ -60,6 +60,7 @@ class GenRequest:
     seed: int
     stop: tuple[str, ...] = ()
     deadline: float | None = None  # unix time; past it the job finishes with "deadline"
+    ignore_eos: bool = False  # benchmarks: generate exactly max_tokens
 
 
 @dataclass
@@ -97,6 +98,7 @@ class EngineConfig:
     max_rank: int = 64
     dtype: str = "float32"
     starvation_s: float = 1.0  # a job waiting this long for a slot pauses other admissions
+    padded_lora: bool | None = None  # None = padded-segment LoRA on CPU, sgmv.apply_lora (Triton) on CUDA
 
 
 class Engine:
@@ -114,9 +116,8 @@ class Engine:
         self.model_id: str = model.loranet_model_id
         self.device = torch.device(device)
         self.bank = AdapterBank.for_model(model, num_slots=cfg.adapter_slots, max_rank=cfg.max_rank)
-        wrap_llama(model, self.bank)
         self.model = model
-        self.llama = PackedLlama(model)
+        self.llama = PackedLlama(model, self.bank, cfg.padded_lora)
         blocks = cfg.kv_blocks or cfg.max_running * (512 // cfg.block_size)
         self.pool = KVPool(len(self.llama.layers), blocks, cfg.block_size, self.llama.kv_heads, self.llama.head_dim,
                            self.llama.dtype, self.device)
@@ -375,11 +376,8 @@ class Engine:
             token_slots=torch.tensor(slots), prefill_spans=spans, decode_rows=dec_rows, decode_index=dec_index,
             decode_mask=dec_mask, logit_rows=torch.tensor(logit_rows),
         )
-        set_token_slots(self.model, batch.token_slots)
-        try:
-            hidden, logits = self.llama.forward(batch, self.pool)
-        finally:
-            set_token_slots(self.model, None)
+        self.llama.bank_generation = self.adapters.generation
+        hidden, logits = self.llama.forward(batch, self.pool)
         hidden = hidden.float().cpu()
         logits = logits.cpu()
         self.steps += 1
@@ -418,7 +416,7 @@ class Engine:
     @staticmethod
     def _finish_reason(seq: _Sequence, token: int, now_wall: float) -> str | None:
         req = seq.req
-        if token == tokenizer.EOS_ID:
+        if token == tokenizer.EOS_ID and not req.ignore_eos:
             return "eos"
         if req.stop:
             text = tokenizer.decode(seq.output)

@@ -5,11 +5,13 @@ object for it; continuous batching needs sequences of different lengths
 (prefills of whole prompts beside one-token decodes) in ONE forward, each
 with its own positions and its own cache pages.  So this file runs the
 decoder layers itself, token-packed (`[T, H]`, no padding in any
-projection), and calls the model's own norms, MLPs and q/k/v/o modules —
-which `sgmv.wrap_llama` has made apply each token's adapter (one slot map per
-forward, `set_token_slots`).  Only attention is written here: a causal SDPA
-per fresh prefill and one masked SDPA for all decodes over pages gathered
-from the pool.
+projection), with the model's own norms, activation and q/k/v/o/gate/up/down
+Linear modules, and adds each token's adapter from the sgmv `AdapterBank`
+per packed projection (q/k/v in one shrink, gate/up in one): metadata from
+`sgmv.build_metadata` once per forward, then `sgmv.apply_lora` (Triton on
+CUDA) or, on CPU, `lora.apply` (padded segments, see lora.py).  Attention is
+a causal SDPA per fresh prefill and one masked SDPA for all decodes over
+pages gathered from the pool.
 
 The KV pool is preallocated once (`num_blocks` pages of `block_size`
 positions per layer); a sequence reserves the pages it can ever need on
@@ -23,7 +25,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from sgmv import AdapterBank, apply_lora, build_metadata
 from transformers.models.llama.modeling_llama import rotate_half
+
+from . import lora as cpu_lora
 
 
 class KVPool:
@@ -87,10 +92,11 @@ class PackedBatch:
 
 
 class PackedLlama:
-    """Runs a (sgmv-wrapped) transformers Llama over a `PackedBatch` with a `KVPool`."""
+    """Runs a transformers Llama plus an sgmv `AdapterBank` over a `PackedBatch` with a `KVPool`."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, bank: AdapterBank, padded_lora: bool | None = None) -> None:
         self.model = model
+        self.bank = bank
         cfg = model.config
         self.layers = list(model.model.layers)
         self.num_heads = cfg.num_attention_heads
@@ -99,6 +105,24 @@ class PackedLlama:
         self.scaling = self.head_dim ** -0.5
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
+        self.padded_lora = self.device.type == "cpu" if padded_lora is None else padded_lora
+        self._gathered = cpu_lora.GatheredWeights()
+        self.bank_generation = 0  # bumped by whoever loads a bank slot
+        # Per layer: the bank's packed projections (None where the bank holds none).
+        self.projections = []
+        for i in range(len(self.layers)):
+            pre = f"model.layers.{i}"
+            self.projections.append({k: bank.projections.get(f"{pre}.{name}") for k, name in (
+                ("qkv", "self_attn.qkv_proj"), ("o", "self_attn.o_proj"), ("gate_up", "mlp.gate_up_proj"),
+                ("down", "mlp.down_proj"))})
+
+    def _lora(self, x: torch.Tensor, lora, ys: list[torch.Tensor], meta, plan) -> None:
+        if lora is None or meta is None:
+            return
+        if self.padded_lora:
+            cpu_lora.apply(x, lora, plan, ys, self._gathered, self.bank_generation)
+        else:
+            apply_lora(x, lora, meta, ys)
 
     @torch.inference_mode()
     def forward(self, batch: PackedBatch, pool: KVPool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,17 +136,21 @@ class PackedLlama:
         cos, sin = cos[0][:, None, :], sin[0][:, None, :]  # [T, 1, d]
         T = ids.shape[0]
         nh, kvh, d = self.num_heads, self.kv_heads, self.head_dim
+        meta = plan = None
+        if bool((batch.token_slots >= 0).any()):
+            meta = build_metadata(batch.token_slots, self.bank.num_slots, device=dev)
+            plan = cpu_lora.plan(meta) if self.padded_lora else None
         dec_rows = dec_index = dec_mask = None
         if batch.decode_rows is not None:
             dec_rows = batch.decode_rows.to(dev, non_blocking=True)
             dec_index = batch.decode_index.to(dev, non_blocking=True)
             dec_mask = batch.decode_mask.to(dev, non_blocking=True)
         for li, layer in enumerate(self.layers):
-            attn = layer.self_attn
+            attn, mlp, proj = layer.self_attn, layer.mlp, self.projections[li]
             h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(T, nh, d)
-            k = attn.k_proj(h).view(T, kvh, d)
-            v = attn.v_proj(h).view(T, kvh, d)
+            q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+            self._lora(h, proj["qkv"], [q, k, v], meta, plan)
+            q, k, v = q.view(T, nh, d), k.view(T, kvh, d), v.view(T, kvh, d)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
             pool.k[li].index_copy_(0, write, k)
@@ -141,8 +169,17 @@ class PackedLlama:
                 o = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=dec_mask, scale=self.scaling,
                                                    enable_gqa=True)
                 out.index_copy_(0, dec_rows, o[:, :, 0, :])
-            x = x + attn.o_proj(out.view(T, nh * d))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            out = out.view(T, nh * d)
+            o = attn.o_proj(out)
+            self._lora(out, proj["o"], [o], meta, plan)
+            x = x + o
+            h = layer.post_attention_layernorm(x)
+            g, u = mlp.gate_proj(h), mlp.up_proj(h)
+            self._lora(h, proj["gate_up"], [g, u], meta, plan)
+            a = mlp.act_fn(g) * u
+            dn = mlp.down_proj(a)
+            self._lora(a, proj["down"], [dn], meta, plan)
+            x = x + dn
         hidden = self.model.model.norm(x)
         logits = self.model.lm_head(hidden.index_select(0, batch.logit_rows.to(dev))).float()
         return hidden, logits

@@ -40,9 +40,10 @@ def _run(engine, reqs):
     return [f.result(timeout=0) for f in futs]
 
 
-def test_mixed_batch_equals_alone_and_peft(make_engine, adapters, reference):
+@pytest.mark.parametrize("padded_lora", [True, False], ids=["padded-lora", "sgmv-apply-lora"])
+def test_mixed_batch_equals_alone_and_peft(make_engine, adapters, reference, padded_lora):
     jobs = _jobs(adapters, 10)
-    engine = make_engine(adapter_slots=8)
+    engine = make_engine(adapter_slots=8, padded_lora=padded_lora)
     together = _run(engine, [r for _, r in jobs])
     assert engine.steps < sum(g.output_tokens.__len__() for g in together)  # they really shared forwards
     alone_engine = make_engine(adapter_slots=8)

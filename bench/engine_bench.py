@@ -1,0 +1,188 @@
+"""Inference engine benchmark: continuous batching over many LoRA adapters vs PEFT, side by side in one run.
+
+Same prompts, same model (loranet's embedded tiny Llama unless --model-path),
+demo adapters built from seeds, greedy decoding of `--max-tokens` tokens per
+job (EOS disabled so every variant generates the same number of tokens).
+
+Variants (each a fresh engine run over the same jobs):
+  base            every job on the base model (no adapter)
+  single          every job on adapter 0
+  mixed-N-uniform jobs spread round-robin over N adapters, N in {1, 16, 64, 256}
+  mixed-N-zipf    adapters drawn with Zipf(1.0) popularity (seeded)
+  (N=256 runs over `--slots` device slots: eviction under load)
+  peft-64         PEFT + transformers `generate`, batching the jobs of each adapter (one
+                  batch per adapter, left-padded), the baseline a Python user has today
+
+Throughput = generated tokens / wall time (prefill included), fingerprints
+included for the engine (it commits them while serving).
+
+    python bench/engine_bench.py --quick        # < 1 minute on 2 CPU cores (fewer jobs/adapters)
+    python bench/engine_bench.py --json         # one JSON object on stdout
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from loranet.model import build_demo_adapters, ensure_default_model, tokenizer  # noqa: E402
+from loranet.model.adapters import adapter_to_blobs  # noqa: E402
+from loranet.sampling import GREEDY  # noqa: E402
+from services.inference.engine import Engine, EngineConfig, GenRequest  # noqa: E402
+
+WORDS = ("the node serves adapters while the verifier checks fingerprints and settlement pays everyone "
+         "one prefill replays the sampler on its logits").split()
+
+
+def prompts(n: int, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [tokenizer.encode(" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9)))) for _ in range(n)]
+
+
+def assignment(n_jobs: int, n_adapters: int, dist: str, seed: int = 0) -> list[int]:
+    if dist == "uniform":
+        return [i % n_adapters for i in range(n_jobs)]
+    rng = random.Random(seed)
+    weights = [1.0 / (k + 1) for k in range(n_adapters)]
+    return rng.choices(range(n_adapters), weights=weights, k=n_jobs)
+
+
+def run_engine(engine_args, adapters, jobs_prompts, which: list[int | None], max_tokens: int, slots: int,
+               max_running: int) -> dict:
+    """which[i] = adapter index of job i, or None for the base model."""
+    path, model_id, cache = engine_args
+    engine = Engine(path, model_id, "cpu" if not torch.cuda.is_available() else "cuda", cache,
+                    config=EngineConfig(adapter_slots=slots, max_running=max_running, host_adapters=len(adapters)))
+    for k in sorted({w for w in which if w is not None}):
+        engine.install_adapter(adapters[k][2], *adapter_to_blobs(adapters[k][1]))
+    # Warm up (allocator, first-touch) on a couple of jobs, not timed.
+    for i in range(2):
+        engine.submit(GenRequest(f"w{i}", jobs_prompts[i], "" if which[i] is None else adapters[which[i]][2], 4,
+                                 GREEDY, 0))
+    engine.run_until_idle()
+    # ignore_eos: the same token count for every variant.
+    reqs = [GenRequest(f"j{i}", p, "" if w is None else adapters[w][2], max_tokens, GREEDY, 0, ignore_eos=True)
+            for i, (p, w) in enumerate(zip(jobs_prompts, which))]
+    t0 = time.perf_counter()
+    futs = [engine.submit(r) for r in reqs]
+    engine.run_until_idle()
+    wall = time.perf_counter() - t0
+    gens = [f.result(0) for f in futs]
+    tokens = sum(len(g.output_tokens) for g in gens)
+    full = [len(c) for g in gens for c in g.chunks[1:1 + len(g.output_tokens) // 32]]
+    return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall, "steps": engine.steps,
+            "fingerprint_bytes_per_32_tokens": sum(full) / len(full) if full else None,
+            "outputs": [g.output_tokens for g in gens]}
+
+
+def run_peft(base_path: str, adapters, jobs_prompts, which: list[int], max_tokens: int) -> dict:
+    """PEFT + HF generate, one left-padded batch per adapter."""
+    from peft import PeftModel
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(base_path, dtype=torch.float32, local_files_only=True).eval()
+    used = sorted(set(which))
+    peft = PeftModel.from_pretrained(model, str(adapters[used[0]][1]), adapter_name=f"a{used[0]}", is_trainable=False)
+    for k in used[1:]:
+        peft.load_adapter(str(adapters[k][1]), adapter_name=f"a{k}", is_trainable=False)
+    peft.eval()
+    groups: dict[int, list[int]] = {}
+    for i, k in enumerate(which):
+        groups.setdefault(k, []).append(i)
+    tokens = 0
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for k, idx in groups.items():
+            peft.set_adapter(f"a{k}")
+            L = max(len(jobs_prompts[i]) for i in idx)
+            ids = torch.full((len(idx), L), tokenizer.PAD_ID, dtype=torch.long)
+            mask = torch.zeros((len(idx), L), dtype=torch.long)
+            for r, i in enumerate(idx):
+                p = jobs_prompts[i]
+                ids[r, L - len(p):] = torch.tensor(p)
+                mask[r, L - len(p):] = 1
+            out = peft.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens, min_new_tokens=max_tokens,
+                                do_sample=False, pad_token_id=tokenizer.PAD_ID, eos_token_id=None)
+            tokens += (out.shape[1] - L) * len(idx)
+    wall = time.perf_counter() - t0
+    return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer jobs and adapters (< 1 minute on 2 CPU cores)")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--jobs", type=int, default=0)
+    ap.add_argument("--max-tokens", type=int, default=0)
+    ap.add_argument("--slots", type=int, default=64, help="device adapter slots")
+    ap.add_argument("--max-running", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--cache", default="", help="model/adapter cache (default: a temp dir)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    n_jobs = args.jobs or (96 if args.quick else 256)
+    max_tokens = args.max_tokens or (32 if args.quick else 64)
+    ns = [1, 16, 64, 128] if args.quick else [1, 16, 64, 256]
+    slots = min(args.slots, 32) if args.quick else args.slots
+    cache = args.cache or tempfile.mkdtemp(prefix="engine-bench-")
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    path, model_id = ensure_default_model(cache)
+    t = time.perf_counter()
+    adapters = build_demo_adapters(path, max(ns), seed=0, out_dir=Path(cache) / "adapters", expected_model_id=model_id)
+    log(f"# {'QUICK: ' if args.quick else ''}{n_jobs} jobs x {max_tokens} tokens, adapters up to {max(ns)}, "
+        f"{slots} device slots, max_running {args.max_running}, torch threads {args.threads}, device "
+        f"{'cuda' if torch.cuda.is_available() else 'cpu'} (adapters built in {time.perf_counter() - t:.1f}s)")
+    jp = prompts(n_jobs)
+    eargs = (str(path), model_id, cache)
+    rows: dict[str, dict] = {}
+
+    def record(name, res):
+        rows[name] = res
+        log(f"{name:22s} {res['tokens_per_s']:9.1f} tok/s  {res['tokens']:6d} tokens  {res['wall_s']:6.2f} s"
+            + (f"  {res['steps']} steps" if "steps" in res else ""))
+
+    record("base", run_engine(eargs, adapters, jp, [None] * n_jobs, max_tokens, slots, args.max_running))
+    record("single", run_engine(eargs, adapters, jp, [0] * n_jobs, max_tokens, slots, args.max_running))
+    for n in ns:
+        for dist in ("uniform", "zipf") if n > 1 else ("uniform",):
+            record(f"mixed{n}-{dist}", run_engine(eargs, adapters, jp, assignment(n_jobs, n, dist), max_tokens, slots,
+                                                  args.max_running))
+    record("peft-64", run_peft(str(path), adapters, jp, assignment(n_jobs, 64, "uniform"), max_tokens))
+    single = rows["single"]["tokens_per_s"]
+    big = max(ns)
+    out = {
+        "quick": args.quick, "device": "cuda" if torch.cuda.is_available() else "cpu", "jobs": n_jobs,
+        "max_tokens": max_tokens, "slots": slots, "max_running": args.max_running, "torch_threads": args.threads,
+        "tokens_per_s_base": rows["base"]["tokens_per_s"],
+        "tokens_per_s_single": single,
+        **{f"tokens_per_s_{k.replace('-', '_')}": v["tokens_per_s"] for k, v in rows.items() if k.startswith("mixed")},
+        "mixed64_over_single": rows["mixed64-uniform"]["tokens_per_s"] / single,
+        "mixed64_zipf_over_single": rows["mixed64-zipf"]["tokens_per_s"] / single,
+        f"mixed{big}_over_single": rows[f"mixed{big}-uniform"]["tokens_per_s"] / single,
+        "mixed256_over_single": rows[f"mixed{big}-uniform"]["tokens_per_s"] / single,
+        "mixed256_adapters": big,
+        "single_over_base": single / rows["base"]["tokens_per_s"],
+        "tokens_per_s_peft64": rows["peft-64"]["tokens_per_s"],
+        "speedup_vs_peft": rows["mixed64-uniform"]["tokens_per_s"] / rows["peft-64"]["tokens_per_s"],
+        "fingerprint_bytes_per_32_tokens": rows["single"]["fingerprint_bytes_per_32_tokens"],
+        "mixed1_equals_single_outputs": rows["mixed1-uniform"]["outputs"] == rows["single"]["outputs"],
+    }
+    log(f"mixed-64 / single = {out['mixed64_over_single']:.2f}   mixed-{big} ({slots} slots) / single = "
+        f"{out['mixed256_over_single']:.2f}   mixed-64 vs PEFT per-adapter batching = {out['speedup_vs_peft']:.2f}x   "
+        f"fingerprint {out['fingerprint_bytes_per_32_tokens']:.0f} B / 32 tokens")
+    if args.json:
+        print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
