@@ -18,7 +18,6 @@ Exits 0 when all three are done; docker compose starts the services after it
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 from pathlib import Path

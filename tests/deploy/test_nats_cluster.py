@@ -8,6 +8,7 @@ replicas, as LORANET_JS_REPLICAS=3 asks in docker-compose.yml.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
@@ -83,7 +84,7 @@ async def test_three_nodes_form_a_cluster_and_hold_every_stream_three_times(clus
     deadline = time.monotonic() + 30
     while not all(healthz(cluster[n]["http"]) == 200 for n in NODES):  # compose's health check
         assert time.monotonic() < deadline, {n: healthz(cluster[n]["http"]) for n in NODES}
-        time.sleep(0.3)
+        await asyncio.sleep(0.3)
     with urllib.request.urlopen(f"http://127.0.0.1:{cluster['nats-1']['http']}/varz", timeout=2) as r:
         varz = json.loads(r.read())
     assert varz["jetstream"]["config"]["sync_always"] is True  # fsync before every ack

@@ -8,7 +8,15 @@ A devnet (real nats-server and redis-server, every service as a process: 1 node,
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -149,3 +157,30 @@ def test_errors_arrive_as_openai_exceptions(gateways):
     with pytest.raises(openai.APIStatusError) as err:
         gateways[1].client(CAROL).completions.create(model=ADAPTER, prompt="hi", max_tokens=2)
     assert err.value.status_code == 402 and err.value.code == "insufficient_quota"
+
+
+def test_python_m_services_gateway_serves_and_drains_on_sigterm(devnet, tmp_path):
+    """The gateway as compose runs it: `python -m services.gateway`, settings from the environment."""
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({ALICE: "alice"}))
+    port = free_port()
+    env = dict(os.environ, LORANET_NATS_URL=devnet.nats_url, LORANET_GATEWAY_PORT=str(port),
+               LORANET_GATEWAY_HOST="127.0.0.1", LORANET_GATEWAY_KEYS_FILE=str(keys), PYTHONUNBUFFERED="1")
+    root = Path(__file__).resolve().parents[2]
+    log = tmp_path / "gateway.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "services.gateway"], env=env, cwd=root, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while '"event":"service.started"' not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.1)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            assert json.loads(r.read()) == {"status": "ok"}
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=ALICE, max_retries=0)
+        assert ADAPTER in [m.id for m in client.models.list()]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()[-2000:]
+    assert '"event":"service.stopped"' in log.read_text()
