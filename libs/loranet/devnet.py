@@ -1,7 +1,8 @@
 """The embedded devnet: nats-server, redis-server and every service as local processes.
 
-A supervisor process owns them all: it starts the servers, the datastore and
-settlement, registers the demo catalogue, then starts the scheduler, the
+A supervisor process owns them all: it starts the servers, the chain process
+(services.settlement.chain_node: py-evm over JSON-RPC, so balances outlive a
+settlement crash), the datastore and settlement, registers the demo catalogue, then starts the scheduler, the
 verifiers and the inference nodes; it restarts a service that crashes and
 stops everything on SIGTERM.  Its state (pids, ports, logs, restarts) lives in
 <state_dir>/devnet.json, which `loranet devnet status` reads.
@@ -38,6 +39,7 @@ class DevnetConfig:
     cache_dir: str = ""
     epoch_max_s: float = 0.5
     metrics_base_port: int = 0  # 0 = no /metrics endpoints
+    chain_port: int = 0  # the chain process's JSON-RPC port; 0 = a free one
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -108,6 +110,7 @@ class Supervisor:
         self.nats = NatsServer(config.nats_port, self.dir / "nats", self.dir / "logs" / "nats.log")
         self.redis = RedisServer(config.redis_port, self.dir / "redis", self.dir / "logs" / "redis.log")
         self.services: list[ServiceProc] = []
+        self.chain_port = config.chain_port or free_port()
         self.ready = False
         self.stopping = False
         self.phase = "starting"
@@ -140,8 +143,11 @@ class Supervisor:
             return ServiceProc(name, module, self._env(name, i, extra), log=str(self.dir / "logs" / f"{name}.log"))
 
         first = [
+            svc("chain", "services.settlement.chain_node", LORANET_CHAIN_PORT=str(self.chain_port),
+                LORANET_CHAIN_DEPLOYMENT_FILE=str(self.dir / "chain.json")),
             svc("datastore", "services.datastore", LORANET_REDIS_URL=self.config.redis_url),
-            svc("settlement", "services.settlement", LORANET_EPOCH_MAX_S=str(self.config.epoch_max_s)),
+            svc("settlement", "services.settlement", LORANET_EPOCH_MAX_S=str(self.config.epoch_max_s),
+                LORANET_RPC_URL=self.rpc_url),
         ]
         second = [svc("scheduler", "services.scheduler")]
         second += [svc(f"verifier-{k}", "services.verifier", LORANET_VERIFIER_ID=f"verifier-{k}")
@@ -149,6 +155,10 @@ class Supervisor:
         second += [svc(f"node-{k}", "services.inference", LORANET_NODE_ID=f"node-{k}")
                    for k in range(self.config.inference_nodes)]
         return first, second
+
+    @property
+    def rpc_url(self) -> str:
+        return f"http://127.0.0.1:{self.chain_port}"
 
     def start_service(self, svc: ServiceProc) -> None:
         log = open(svc.log, "ab")
@@ -193,6 +203,7 @@ class Supervisor:
             "error": self.error,
             "nats_url": self.config.nats_url,
             "redis_url": self.config.redis_url,
+            "rpc_url": self.rpc_url,
             "state_dir": str(self.dir),
             "config": asdict(self.config),
             "servers": {
@@ -221,6 +232,8 @@ class Supervisor:
             self.phase = "services"
             for svc in first:
                 self.start_service(svc)
+                if svc.name == "chain":  # settlement attaches to its contracts at start
+                    self.wait_started([svc])
             self.write_state()
             self.wait_started(first)
             self.phase = "catalogue"
@@ -259,6 +272,9 @@ class Supervisor:
                     time.sleep(min(0.5 * svc.restarts, 5))
                     self.start_service(svc)
                     changed = True
+                    if svc.name == "chain":
+                        # A new chain process is a new chain: settlement must attach to its contracts.
+                        self._restart_settlement()
             for server in (self.nats, self.redis):
                 if not server.running and not self.stopping:
                     server.start()
@@ -272,6 +288,16 @@ class Supervisor:
             if changed:
                 self.write_state()
             time.sleep(0.5)
+
+    def _restart_settlement(self) -> None:
+        chain = next(s for s in self.services if s.name == "chain")
+        try:
+            self.wait_started([chain], timeout=60)
+        except Exception:
+            return
+        for svc in self.services:
+            if svc.name == "settlement" and svc.proc and svc.proc.poll() is None:
+                svc.proc.send_signal(signal.SIGTERM)  # the loop above starts it again
 
     def shutdown(self) -> None:
         self.phase = "stopping"

@@ -6,7 +6,10 @@ so the settlement service can use it from `asyncio.to_thread`. It talks to
   * an in-process EVM (web3's EthereumTesterProvider over py-evm) when
     `rpc_url` is empty: the embedded default. That chain lives only inside the
     process that created it.
-  * any JSON-RPC endpoint otherwise (anvil in compose, an L2 in production).
+  * any JSON-RPC endpoint otherwise (anvil in compose, an L2 in production,
+    or `python -m services.settlement.chain_node`, the devnet's chain process:
+    py-evm served over HTTP, which also tells where its contracts are, so a
+    Chain built on it with no addresses attaches to them).
 
 Every transaction is signed locally with a private key and sent raw, so the
 same code runs against both. A revert raises ChainError carrying the
@@ -120,6 +123,7 @@ def address_of(key: str | bytes) -> str:
 class Chain:
     """OPEN token, Registry and Settlement on one chain, called through one object.
 
+    `tester` (in process only) reuses an existing eth-tester chain (chain_node does).
     With no contract addresses given it deploys fresh contracts (deployer gets
     the whole supply, the settler key gets the settler role, the deployer's
     address the slasher and registrar roles); with all three it attaches.
@@ -139,6 +143,7 @@ class Chain:
         cooldown_s: int = DEFAULT_COOLDOWN_S,
         supply: int = TOTAL_SUPPLY,
         timeout_s: float = 30.0,
+        tester: Any = None,
     ) -> None:
         self._lock = threading.RLock()
         self.rpc_url = rpc_url
@@ -148,17 +153,24 @@ class Chain:
         self.deployer = address_of(self.deployer_key)
         self.settler = address_of(self.settler_key)
         self.in_process = not rpc_url
+        # py-evm (in process or behind chain_node): a fixed gas limit instead of eth-tester's
+        # estimate, which is a binary search over ~13 executions.
+        self.fixed_gas = self.in_process
         if self.in_process:
             from eth_tester import EthereumTester, PyEVMBackend
             from web3 import EthereumTesterProvider
 
-            self.tester = EthereumTester(PyEVMBackend())
+            self.tester = tester if tester is not None else EthereumTester(PyEVMBackend())
             self.w3 = Web3(EthereumTesterProvider(self.tester))
         else:
             self.tester = None
             self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout_s}))
             if not self.w3.is_connected():
                 raise ChainError(f"no JSON-RPC chain answers at {rpc_url!r}; start it (anvil) or fix the URL")
+            self.fixed_gas = str(self.w3.client_version).startswith("EthereumTester")
+            # The validation middleware asks eth_chainId twice per request; every transaction
+            # here is signed locally with the chain id read once below.
+            self.w3.middleware_onion.remove("validation")
         self.chain_id = self.w3.eth.chain_id
         self._nonces: dict[str, int] = {}
         for address in {self.deployer, self.settler}:
@@ -166,6 +178,10 @@ class Chain:
                 self.fund_eth(address, _DEV_ETH)
 
         addresses = (token_address, registry_address, settlement_address)
+        if not any(addresses) and not self.in_process:
+            served = self.served_deployment()
+            if served is not None:
+                addresses = (served.token, served.registry, served.settlement)
         if all(addresses):
             self._attach(*addresses)
         elif any(addresses):
@@ -225,14 +241,38 @@ class Chain:
         self._send(self.deployer_key, self.registry.functions.set_slasher(self.deployer, True), "set_slasher")
         self._send(self.deployer_key, self.registry.functions.set_registrar(self.deployer, True), "set_registrar")
 
+    def served_deployment(self) -> Deployment | None:
+        """The contracts a chain_node deployed at its start (`loranet_deployment`), or None on other chains."""
+        try:
+            answer = self.w3.provider.make_request("loranet_deployment", [])
+        except Exception:
+            return None
+        result = answer.get("result") if isinstance(answer, dict) else None
+        if not result:
+            return None
+        chain_id = result["chain_id"]
+        return Deployment(result["token"], result["registry"], result["settlement"],
+                          int(chain_id, 0) if isinstance(chain_id, str) else int(chain_id))
+
     @property
     def deployment(self) -> Deployment:
         return Deployment(self.token.address, self.registry.address, self.settlement.address, self.chain_id)
 
     # ----------------------------------------------------------- transactions
 
-    def _send(self, key: str | bytes, call: Any, what: str) -> dict:
+    def _send(self, key: str | bytes, call: Any, what: str, dry_run: bool = True) -> dict:
         """Sign and send one contract call or deployment; wait for its receipt."""
+        with self._lock:
+            tx_hash = self.submit(key, call, what, dry_run)
+            return self.wait(tx_hash, what, call if not dry_run else None, key)
+
+    def submit(self, key: str | bytes, call: Any, what: str, dry_run: bool = True) -> bytes:
+        """Sign and send one call; returns the transaction hash without waiting for it.
+
+        With a fixed gas limit (py-evm) a dry run first gives the revert reason
+        before anything is sent; `dry_run=False` skips it (the settler's hot
+        path: the dry run costs as much as the transaction) and `wait` asks for
+        the reason only if the transaction failed."""
         key = _key_hex(key)
         sender = address_of(key)
         with self._lock:
@@ -241,11 +281,10 @@ class Chain:
                 nonce = self.w3.eth.get_transaction_count(sender, "pending")
             params = {"from": sender, "nonce": nonce, "chainId": self.chain_id}
             try:
-                if self.in_process:
-                    # eth-tester estimates gas by a binary search over ~13 executions; one
-                    # dry run (for the revert reason) under a fixed limit is much faster.
-                    tx = call.build_transaction({**params, "gas": _IN_PROCESS_GAS})
-                    self.w3.eth.call({k: tx[k] for k in ("from", "to", "data", "value", "gas") if k in tx})
+                if self.fixed_gas:
+                    tx = call.build_transaction({**params, "gas": _IN_PROCESS_GAS, **self._fixed_fees()})
+                    if dry_run:
+                        self.w3.eth.call({k: tx[k] for k in ("from", "to", "data", "value", "gas") if k in tx})
                 else:
                     tx = call.build_transaction(params)
                     # Headroom over the estimate: warm/cold access and refunds can differ at inclusion.
@@ -262,10 +301,27 @@ class Chain:
                 self._nonces.pop(sender, None)
                 raise
             self._nonces[sender] = nonce + 1
-            receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.timeout_s)
+            return bytes(tx_hash)
+
+    def wait(self, tx_hash: bytes, what: str, call: Any = None, key: str | bytes | None = None) -> dict:
+        """The receipt of a sent transaction; ChainError if it failed (with the reason when `call` is given)."""
+        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.timeout_s)
         if receipt["status"] != 1:
-            raise ChainError(f"{what} failed in block {receipt['blockNumber']} (tx {tx_hash.hex()})")
+            reason = ""
+            if call is not None:
+                try:  # replay at the latest state for the revert reason
+                    call.call({"from": address_of(key or self.settler_key)})
+                except _REVERTS as exc:
+                    reason = f": {_reason(exc)}"
+                except Exception:
+                    pass
+            raise ChainError(f"{what} reverted{reason} (failed in block {receipt['blockNumber']}, "
+                             f"tx 0x{bytes(tx_hash).hex()})")
         return receipt
+
+    def _fixed_fees(self) -> dict[str, int]:
+        # Over JSON-RPC one block read instead of web3's eth_feeHistory + eth_maxPriorityFeePerGas.
+        return {} if self.in_process else self._fees()
 
     def transact(self, key: str | bytes, call: Any, what: str = "transaction") -> dict:
         """Send any contract call (e.g. `chain.token.functions.transferFrom(...)`) signed by `key`;
@@ -278,7 +334,7 @@ class Chain:
     def _call(self, fn: Any) -> Any:
         with self._lock:
             try:
-                return fn.call()
+                return fn.call({"from": self.settler})
             except _REVERTS as exc:
                 raise ChainError(f"call reverted: {_reason(exc)}") from None
 
@@ -414,6 +470,14 @@ class Chain:
     def treasury(self) -> str:
         return self._call(self.settlement.functions.treasury())
 
+    @property
+    def treasury_address(self) -> str:
+        """The treasury, read once (only the owner can change it)."""
+        cached = getattr(self, "_treasury", None)
+        if cached is None:
+            cached = self._treasury = self.treasury()
+        return cached
+
     def job_state(self, job_id: bytes | str) -> str:
         """'unknown', 'reserved', 'settled' or 'refunded'."""
         return JOB_STATES[self._call(self.settlement.functions.job_state(job_id_bytes(job_id)))]
@@ -433,15 +497,29 @@ class Chain:
 
     def settle_batch(self, seq: int, jobs: Sequence[SettleJob], key: str | bytes | None = None) -> BatchReceipt:
         """Settle one epoch's jobs as batch `seq` (must be last_seq() + 1) in one transaction."""
+        with self._lock:
+            tx_hash = self.send_settle_batch(seq, jobs, key)
+            return self.settle_receipt(tx_hash, seq, jobs, key)
+
+    def _settle_call(self, seq: int, jobs: Sequence[SettleJob]) -> Any:
         parties, words = encode_batch(jobs)
-        call = self.settlement.functions.settle_batch(seq, parties, words)
-        receipt = self._send(key or self.settler_key, call, f"settle_batch {seq}")
+        return self.settlement.functions.settle_batch(seq, parties, words)
+
+    def send_settle_batch(self, seq: int, jobs: Sequence[SettleJob], key: str | bytes | None = None) -> bytes:
+        """Send batch `seq` without waiting (no dry run: a revert shows in `settle_receipt`)."""
+        return self.submit(key or self.settler_key, self._settle_call(seq, jobs), f"settle_batch {seq}", dry_run=False)
+
+    def settle_receipt(self, tx_hash: bytes, seq: int, jobs: Sequence[SettleJob],
+                       key: str | bytes | None = None) -> BatchReceipt:
+        """Wait for a sent batch; ChainError (with the reason) if it reverted."""
+        receipt = self.wait(tx_hash, f"settle_batch {seq}", self._settle_call(seq, jobs), key or self.settler_key)
         events = self.settlement.events.BatchSettled().process_receipt(receipt)
         if len(events) != 1:
             raise ChainError(f"settle_batch {seq}: expected one BatchSettled event, got {len(events)}")
-        args = events[0]["args"]
-        treasury = self.treasury()
-        info = self._info(receipt)
+        return self._batch_receipt(self._info(receipt), events[0]["args"], jobs)
+
+    def _batch_receipt(self, info: TxInfo, args: Any, jobs: Sequence[SettleJob]) -> BatchReceipt:
+        treasury = self.treasury_address
         return BatchReceipt(
             tx_hash=info.tx_hash,
             block_number=info.block_number,
@@ -452,6 +530,32 @@ class Chain:
             total_fees=args["total_fees"],
             payouts={job.job_id.hex(): job.payouts(treasury) for job in jobs},
         )
+
+    def find_batch(self, seq: int, jobs: Sequence[SettleJob]) -> BatchReceipt | None:
+        """The mined batch `seq`, if it settled exactly `jobs` (same Merkle root); else None."""
+        logs = self.settlement.events.BatchSettled().get_logs(argument_filters={"seq": seq}, from_block=0)
+        for log in logs:
+            if bytes(log["args"]["merkle_root"]) == self.expected_merkle_root(jobs):
+                receipt = self.w3.eth.get_transaction_receipt(log["transactionHash"])
+                return self._batch_receipt(self._info(receipt), log["args"], jobs)
+        return None
+
+    def find_refund(self, job_id: bytes | str) -> TxInfo | None:
+        """The transaction that refunded `job_id`, if any."""
+        logs = self.settlement.events.JobRefunded().get_logs(argument_filters={"job_id": job_id_bytes(job_id)},
+                                                             from_block=0)
+        if not logs:
+            return None
+        return self._info(self.w3.eth.get_transaction_receipt(logs[0]["transactionHash"]))
+
+    def job_states(self, job_ids: Sequence[bytes | str]) -> list[str]:
+        """job_state of each job, in one call (at most packing.MAX_JOBS)."""
+        states = self._call(self.settlement.functions.job_states([job_id_bytes(j) for j in job_ids]))
+        return [JOB_STATES[s] for s in states]
+
+    def available_of_many(self, clients: Sequence[str]) -> list[int]:
+        """available_of of each client, in one call."""
+        return list(self._call(self.settlement.functions.available_of_many([to_checksum_address(c) for c in clients])))
 
     @staticmethod
     def expected_merkle_root(jobs: Sequence[SettleJob]) -> bytes:
@@ -482,6 +586,9 @@ class Chain:
     def node(self, address: str) -> NodeRecord:
         key, payout, stake, unbonding, until = self._call(self.registry.functions.nodes(to_checksum_address(address)))
         return NodeRecord(bytes(key), payout, stake, unbonding, until)
+
+    def min_stake(self) -> int:
+        return self._call(self.registry.functions.min_stake())
 
     def is_active(self, address: str) -> bool:
         return self._call(self.registry.functions.is_active(to_checksum_address(address)))

@@ -45,3 +45,31 @@ def make_job(client: str, p: dict[str, str], fee: int = 10 * OPEN, max_fee: int 
     )
     fields.update(overrides)
     return SettleJob(**fields)
+
+
+@pytest.fixture(scope="session")
+def chain_node_url(tmp_path_factory):
+    """`python -m services.settlement.chain_node` on a free port: the devnet's chain process."""
+    import subprocess
+    import sys
+
+    from loranet.servers import free_port
+    from services.settlement.chain import wait_for_rpc
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("chain") / "chain.log"
+    env = dict(os.environ, LORANET_CHAIN_PORT=str(port))
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "services.settlement.chain_node"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_rpc(url, timeout_s=60)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

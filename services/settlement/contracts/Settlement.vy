@@ -233,6 +233,37 @@ def job_state(job_id: bytes16) -> uint256:
 
 @view
 @external
+def job_states(job_ids: DynArray[bytes16, MAX_JOBS]) -> DynArray[uint256, MAX_JOBS]:
+    """@notice job_state of many jobs in one call (the settler checks an epoch at once)."""
+    out: DynArray[uint256, MAX_JOBS] = []
+    state: uint256 = 0
+    for job_id: bytes16 in job_ids:
+        state = self._job_state[convert(job_id, uint256)]
+        if state == 0:
+            out.append(0)
+        elif state == SETTLED:
+            out.append(2)
+        elif state == REFUNDED:
+            out.append(3)
+        else:
+            out.append(1)
+    return out
+
+
+@view
+@external
+def available_of_many(clients: DynArray[address, MAX_PARTIES]) -> DynArray[uint256, MAX_PARTIES]:
+    """@notice available_of of many clients in one call."""
+    out: DynArray[uint256, MAX_PARTIES] = []
+    packed: uint256 = 0
+    for client: address in clients:
+        packed = self._escrow[client]
+        out.append((packed & MASK128) - (packed >> 128))
+    return out
+
+
+@view
+@external
 def reservation_of(job_id: bytes16) -> (address, uint256):
     state: uint256 = self._job_state[convert(job_id, uint256)]
     if state <= REFUNDED:
