@@ -414,6 +414,25 @@ class Balance(Wire):
     stake: Wei = 0
 
 
+class StakeGet(Wire):
+    v: Literal[1] = 1
+    address: Address
+
+
+class Stake(Wire):
+    """A node's stake in the Registry (settlement.stake)."""
+
+    v: Literal[1] = 1
+    address: Address
+    stake: Wei
+    unbonding: Wei = 0
+    unbonding_until: Annotated[int, Field(ge=0)] = 0  # chain timestamp when the unbonding part can be withdrawn
+    active: bool = False  # staked at least min_stake
+    payout: Address = "0x" + "0" * 40
+    ed25519_key: Annotated[str, StringConstraints(pattern=r"^([0-9a-f]{64})?$")] = ""
+    min_stake: Wei = 0
+
+
 class Faucet(Wire):
     """Devnet only: give `address` OPEN and deposit `escrow` of it for jobs."""
 
@@ -457,6 +476,7 @@ DATASTORE_JOB_GET = "datastore.job.get"
 DATASTORE_JOB_LIST = "datastore.job.list"
 SETTLEMENT_BALANCE = "settlement.balance"
 SETTLEMENT_FAUCET = "settlement.faucet"
+SETTLEMENT_STAKE = "settlement.stake"
 
 NODES_BUCKET = "nodes"
 

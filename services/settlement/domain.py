@@ -80,3 +80,44 @@ def payouts(job: SettleJob, treasury: str) -> list[p.Payout]:
     out += [p.Payout(party="verifier", address=a, amount=x) for a, x in zip(job.verifiers, shares.verifiers)]
     out.append(p.Payout(party="treasury", address=treasury, amount=shares.treasury))
     return out
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decided job on its way into an epoch: `settle` it, or refund it (settle is None) for `reason`."""
+
+    job_id: str
+    settle: SettleJob | None = None
+    reason: str = ""
+
+
+FINAL_STATES = ("settled", "refunded")
+
+
+def plan_epoch(decisions: list[Decision], states: list[str], available: dict[str, int]
+               ) -> tuple[list[SettleJob], list[tuple[str, str]], list[Decision]]:
+    """Split an epoch by the chain's view of it: (jobs to settle, (job_id, reason) to refund,
+    decisions already final on chain). `states` are the jobs' on-chain states in order;
+    `available` each client's unreserved escrow. A job whose client cannot cover it after the
+    epoch's earlier jobs is refunded instead of reverting the whole batch; a reserved job is
+    covered by its own reservation."""
+    settles: list[SettleJob] = []
+    refunds: list[tuple[str, str]] = []
+    final: list[Decision] = []
+    left = dict(available)
+    for decision, state in zip(decisions, states, strict=True):
+        if state in FINAL_STATES:
+            final.append(decision)
+        elif decision.settle is None:
+            refunds.append((decision.job_id, decision.reason))
+        elif state == "reserved":
+            settles.append(decision.settle)
+        else:
+            job = decision.settle
+            have = left.get(job.client, 0)
+            if have >= job.fee:
+                left[job.client] = have - job.fee
+                settles.append(job)
+            else:
+                refunds.append((decision.job_id, f"client escrow {have} below fee {job.fee}"))
+    return settles, refunds, final

@@ -1,40 +1,74 @@
-"""Settlement handlers: verdicts.<job_id> → epoch batch on chain → settlement.receipts.<job_id>."""
+"""Settlement handlers: verdicts.<job_id> → epoch batch on chain → settlement.receipts.<job_id>.
+
+Exactly once, across crashes. A verdict's handler only decides (settle or
+refund) and waits for its epoch; the epoch (WindowBatcher: `epoch_max_jobs` or
+`epoch_max_s`) reads every job's on-chain state and its clients' escrow in two
+calls, then commits: refunds in one `refund` transaction, the verified jobs in
+one `settle_batch`. Each commit is written to the journal (journal.py) before
+anything is sent and cleared after its receipts are published; the verdicts
+are acknowledged only after that. A crash anywhere leaves either unacked
+verdicts (redelivered: jobs already final on chain are recognised by
+`job_states` and get their existing receipt) or a journal record, which
+`recover()` reconciles before any new verdict is taken: a batch mined under
+its seq with its Merkle root gets its receipts published, one not mined is sent
+again under the same seq (the contract's sequence guard lets only one of two
+copies through), a refund already on chain is found by its JobRefunded log.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from loranet import protocol as p, topology
+from nats.js.errors import NotFoundError
+
+from loranet import codec, protocol as p, topology
 from loranet.batching import WindowBatcher
 from loranet.runtime import Delivery, Endpoint, Pull, Reject, RemoteError, Runtime, ServiceError
 from loranet.split import Price
 
 from . import domain
-from .chain import BatchReceipt, Chain, ChainError
+from .chain import BatchReceipt, Chain, ChainError, TxInfo
+from .journal import Journal, PendingCommit
 from .packing import SettleJob
 from .settings import SettlementSettings
 
+_RECENT = 100_000  # jobs remembered as decided (duplicates skipped without a chain read)
+_MANIFEST_TTL_S = 300.0
+
 
 class Settlement:
-    def __init__(self, rt: Runtime, settings: SettlementSettings, chain: Chain) -> None:
+    def __init__(self, rt: Runtime, settings: SettlementSettings, chain: Chain, journal: Journal | None = None) -> None:
         self.rt = rt
         self.settings = settings
         self.chain = chain
-        self.treasury = chain.treasury()
+        self.journal = journal
+        self.treasury = chain.treasury_address
         self.price = Price(settings.price_per_prompt_token, settings.price_per_output_token, settings.price_per_job)
-        self.epochs: WindowBatcher[str, SettleJob, BatchReceipt] = WindowBatcher(
+        self.epochs: WindowBatcher[str, domain.Decision, p.Receipt | None] = WindowBatcher(
             self._settle_epoch, settings.epoch_max_s, settings.epoch_max_jobs)
         self._quorums: OrderedDict[str, domain.Quorum] = OrderedDict()
         self._deciding: set[str] = set()  # jobs whose settle/refund is under way in this process
+        self._final: OrderedDict[str, None] = OrderedDict()  # jobs this process saw to the end
+        self._manifests: dict[str, tuple[float, p.AdapterManifest]] = {}
+
+    @classmethod
+    async def open(cls, rt: Runtime, settings: SettlementSettings, chain: Chain) -> Settlement:
+        """The service with its journal, after reconciling whatever a previous run left pending."""
+        kv = await topology.ensure_bucket(rt.js, settings.journal_bucket, settings.js_replicas)
+        service = cls(rt, settings, chain, Journal(kv))
+        await service.recover()
+        return service
 
     def routes(self) -> Sequence[Pull | Endpoint]:
         routes: list[Pull | Endpoint] = [
             Pull("verdicts", topology.SETTLEMENT, p.Verdict, self.on_verdict,
                  slots=max(self.settings.epoch_max_jobs * 2, 8), max_bytes=p.MAX_BYTES[p.VERDICTS_ALL]),
             Endpoint("balance", p.SETTLEMENT_BALANCE, p.BalanceGet, self.balance),
+            Endpoint("stake", p.SETTLEMENT_STAKE, p.StakeGet, self.stake),
         ]
         if self.settings.faucet:
             routes.append(Endpoint("faucet", p.SETTLEMENT_FAUCET, p.Faucet, self.faucet))
@@ -48,6 +82,18 @@ class Settlement:
             return p.Balance(address=req.address, token=self.chain.balance_of(req.address),
                              escrow=self.chain.available_of(req.address), credit=self.chain.credit_of(req.address),
                              stake=node.stake)
+        try:
+            return await asyncio.to_thread(read)
+        except ChainError as exc:
+            raise ServiceError("unavailable", str(exc)) from None
+
+    async def stake(self, req: p.StakeGet) -> p.Stake:
+        def read() -> p.Stake:
+            node = self.chain.node(req.address)
+            return p.Stake(address=req.address, stake=node.stake, unbonding=node.unbonding,
+                           unbonding_until=node.unbonding_until, active=self.chain.is_active(req.address),
+                           payout=node.payout, ed25519_key=node.ed25519_key.hex() if any(node.ed25519_key) else "",
+                           min_stake=self.chain.min_stake())
         try:
             return await asyncio.to_thread(read)
         except ChainError as exc:
@@ -77,13 +123,10 @@ class Settlement:
         except domain.BadVerdict as exc:
             raise Reject(f"verdict refused: {exc}") from None
         job_id = verdict.job_id
-        if job_id in self._deciding:
-            return  # a duplicate delivery while this job is being paid; if that fails, its own message is retried
-        state = await asyncio.to_thread(self.chain.job_state, job_id)
-        if state in ("settled", "refunded"):
-            return  # already final on chain: a redelivery or a late verdict
+        if job_id in self._final or job_id in self._deciding:
+            return  # decided here already; if its commit fails, its own message is retried
         quorum = self._quorums.setdefault(job_id, domain.Quorum(self.settings.verdict_quorum))
-        while len(self._quorums) > 100_000:
+        while len(self._quorums) > _RECENT:
             self._quorums.popitem(last=False)
         decision = quorum.add(verdict)
         if decision is None:
@@ -91,66 +134,220 @@ class Settlement:
         self._deciding.add(job_id)
         try:
             if decision == "refund":
-                await self._refund(verdict)
+                reason = "; ".join(c.name for c in verdict.checks if not c.ok)[:1000] or "rejected by the verifiers"
+                item = domain.Decision(job_id, None, reason)
             else:
-                await self._settle(list(quorum.accepting.values()))
+                item = domain.Decision(job_id, await self._settle_job(list(quorum.accepting.values())))
+            await self.epochs.add("epoch", item)
             self._quorums.pop(job_id, None)
+            self._final[job_id] = None
+            while len(self._final) > _RECENT:
+                self._final.popitem(last=False)
         finally:
             self._deciding.discard(job_id)
 
     async def _manifest(self, adapter_id: str) -> p.AdapterManifest | None:
         if not adapter_id:
             return None
+        cached = self._manifests.get(adapter_id)
+        if cached and time.monotonic() - cached[0] < _MANIFEST_TTL_S:
+            return cached[1]
         try:
-            return await self.rt.request(p.DATASTORE_ADAPTER_GET, p.AdapterGet(adapter=adapter_id), p.AdapterManifest)
+            manifest = await self.rt.request(p.DATASTORE_ADAPTER_GET, p.AdapterGet(adapter=adapter_id), p.AdapterManifest)
         except RemoteError as exc:
             raise RuntimeError(f"adapter manifest for {adapter_id} unavailable: {exc}") from None
+        self._manifests[adapter_id] = (time.monotonic(), manifest)
+        return manifest
 
-    async def _settle(self, verdicts: list[p.Verdict]) -> None:
-        request = verdicts[0].result.request
-        manifest = await self._manifest(request.adapter_id)
-        job = domain.settle_job(verdicts, manifest, self.treasury, self.price)
-        available = await asyncio.to_thread(self.chain.available_of, job.client)
-        if available < job.fee:
-            await self._refund(verdicts[0], reason=f"client escrow {available} below fee {job.fee}")
-            return
-        try:
-            receipt = await self.epochs.add("epoch", job)
-        except ChainError as exc:
-            await self._refund(verdicts[0], reason=f"settlement transaction refused: {exc}"[:1000])
-            return
-        out = p.Receipt(job_id=request.job_id, status="settled", fee=job.fee, payouts=domain.payouts(job, self.treasury),
-                        epoch=receipt.seq, tx_hash=receipt.tx_hash.lower(), block=receipt.block_number,
-                        settled_at=time.time())
-        await self.rt.publish(p.receipts(request.job_id), out, msg_id=f"{request.job_id}:receipt")
-        await self.rt.emit(request.job_id, "settled", body=out)
+    async def _settle_job(self, verdicts: list[p.Verdict]) -> SettleJob:
+        manifest = await self._manifest(verdicts[0].result.request.adapter_id)
+        return domain.settle_job(verdicts, manifest, self.treasury, self.price)
 
-    async def _settle_epoch(self, key: str, jobs: list[SettleJob]) -> list[BatchReceipt | Exception]:
-        def send(batch: list[SettleJob]) -> BatchReceipt:
-            return self.chain.settle_batch(self.chain.last_seq() + 1, batch)
+    # -- epochs ------------------------------------------------------------
+
+    async def _settle_epoch(self, key: str, decisions: list[domain.Decision]) -> list[p.Receipt | None | Exception]:
+        ids = [d.job_id for d in decisions]
+        states = await asyncio.to_thread(self.chain.job_states, ids)
+        clients = sorted({d.settle.client for d in decisions if d.settle is not None})
+        available = dict(zip(clients, await asyncio.to_thread(self.chain.available_of_many, clients))) if clients else {}
+        settles, refunds, final = domain.plan_epoch(decisions, states, available)
+        out: dict[str, p.Receipt | None | Exception] = {}
+        for decision, state in zip(decisions, states):
+            if state in domain.FINAL_STATES:  # a redelivery after a crash, or a late verdict
+                out[decision.job_id] = await self._existing_receipt(decision.job_id, state)
+        if settles:
+            out.update(await self._settle_or_split(settles))
+        if refunds:
+            out.update(await self._refund_or_split(refunds))
+        return [out[i] for i in ids]
+
+    async def _settle_or_split(self, jobs: list[SettleJob]) -> dict[str, p.Receipt | Exception]:
         try:
-            receipt = await asyncio.to_thread(send, jobs)
+            return await self._commit_settles(jobs)
         except ChainError as exc:
             if len(jobs) == 1:
-                return [exc]
-            # One job can revert the whole batch (say, a client's escrow ran out):
-            # settle the rest one by one and refuse only the jobs that fail alone.
+                reason = f"settlement transaction refused: {exc}"[:1000]
+                return await self._refund_or_split([(jobs[0].job_id.hex(), reason)])
+            # One job can still revert the whole batch (escrow withdrawn since the check):
+            # settle the rest one by one and refund only the jobs that fail alone.
             self.rt.log.warning("epoch.reverted", jobs=len(jobs), error=str(exc)[:300])
-            out: list[BatchReceipt | Exception] = []
+            out: dict[str, p.Receipt | Exception] = {}
             for job in jobs:
-                try:
-                    out.append(await asyncio.to_thread(send, [job]))
-                except ChainError as single:
-                    out.append(single)
+                out.update(await self._settle_or_split([job]))
             return out
-        self.rt.log.info("epoch.settled", epoch=receipt.seq, jobs=len(jobs), gas=receipt.gas_used, tx=receipt.tx_hash)
-        return [receipt] * len(jobs)
 
-    async def _refund(self, verdict: p.Verdict, reason: str = "") -> None:
-        job_id = verdict.job_id
-        info = await asyncio.to_thread(self.chain.refund, [job_id])
-        out = p.Receipt(job_id=job_id, status="refunded", fee=0, payouts=[], epoch=0, tx_hash=info.tx_hash.lower(),
-                        block=info.block_number, settled_at=time.time())
-        await self.rt.publish(p.receipts(job_id), out, msg_id=f"{job_id}:receipt")
-        await self.rt.emit(job_id, "refunded", body=out,
-                           reason=reason or "; ".join(c.name for c in verdict.checks if not c.ok)[:1000])
+    async def _refund_or_split(self, refunds: list[tuple[str, str]]) -> dict[str, p.Receipt | Exception]:
+        try:
+            return await self._commit_refunds(refunds)
+        except ChainError as exc:
+            if len(refunds) == 1:
+                return {refunds[0][0]: exc}  # the handler fails; its redelivery finds the job's state
+            out: dict[str, p.Receipt | Exception] = {}
+            for refund in refunds:
+                out.update(await self._refund_or_split([refund]))
+            return out
+
+    def _fault(self, point: str) -> None:
+        """Crash here if LORANET_FAULT_POINT names this point (crash-recovery tests only)."""
+        if self.settings.fault_point == point:
+            self.rt.log.warning("fault.injected", point=point)
+            os._exit(137)
+
+    async def _commit_settles(self, jobs: list[SettleJob], seq: int = 0) -> dict[str, p.Receipt]:
+        seq = seq or await asyncio.to_thread(self.chain.last_seq) + 1
+        await self.journal.put(PendingCommit(seq=seq, settles=tuple(jobs)))
+        self._fault("before_send")
+        try:
+            tx_hash = await asyncio.to_thread(self.chain.send_settle_batch, seq, jobs)
+            self._fault("after_send")
+            batch = await asyncio.to_thread(self.chain.settle_receipt, tx_hash, seq, jobs)
+        except ChainError:
+            await self.journal.clear()  # reverted: nothing of this commit is on chain
+            raise
+        self._fault("after_receipt")
+        self.rt.log.info("epoch.settled", epoch=batch.seq, jobs=len(jobs), gas=batch.gas_used, tx=batch.tx_hash)
+        out = await self._publish_settled(batch, jobs)
+        self._fault("after_publish")
+        await self.journal.clear()
+        return out
+
+    async def _commit_refunds(self, refunds: list[tuple[str, str]]) -> dict[str, p.Receipt]:
+        await self.journal.put(PendingCommit(refunds=tuple(refunds)))
+        self._fault("before_send")
+        try:
+            info = await asyncio.to_thread(self.chain.refund, [job_id for job_id, _ in refunds])
+        except ChainError:
+            await self.journal.clear()
+            raise
+        self._fault("after_send")
+        self._fault("after_receipt")
+        out = await self._publish_refunded([(job_id, reason, info) for job_id, reason in refunds])
+        self._fault("after_publish")
+        await self.journal.clear()
+        return out
+
+    # -- receipts ----------------------------------------------------------
+
+    async def _receipt_on_stream(self, job_id: str) -> p.Receipt | None:
+        try:
+            msg = await self.rt.js.get_last_msg("RECEIPTS", p.receipts(job_id))
+        except NotFoundError:
+            return None
+        return codec.decode(p.Receipt, msg.data)
+
+    async def _publish(self, receipt: p.Receipt, reason: str = "", skip_existing: bool = False) -> p.Receipt:
+        if skip_existing:
+            existing = await self._receipt_on_stream(receipt.job_id)
+            if existing is not None:
+                return existing
+        # The event first: a receipt on the stream then implies its event was recorded too.
+        await self.rt.emit(receipt.job_id, receipt.status, body=receipt, reason=reason)
+        await self.rt.publish(p.receipts(receipt.job_id), receipt, msg_id=f"{receipt.job_id}:receipt")
+        return receipt
+
+    async def _publish_settled(self, batch: BatchReceipt, jobs: Sequence[SettleJob],
+                               skip_existing: bool = False) -> dict[str, p.Receipt]:
+        now = time.time()
+        receipts = [p.Receipt(job_id=job.job_id.hex(), status="settled", fee=job.fee,
+                              payouts=domain.payouts(job, self.treasury), epoch=batch.seq,
+                              tx_hash=batch.tx_hash.lower(), block=batch.block_number, settled_at=now) for job in jobs]
+        published = await asyncio.gather(*(self._publish(r, skip_existing=skip_existing) for r in receipts))
+        return {r.job_id: r for r in published}
+
+    async def _publish_refunded(self, refunds: Sequence[tuple[str, str, TxInfo]],
+                                skip_existing: bool = False) -> dict[str, p.Receipt]:
+        now = time.time()
+        receipts = [(p.Receipt(job_id=job_id, status="refunded", fee=0, payouts=[], epoch=0,
+                               tx_hash=info.tx_hash.lower(), block=info.block_number, settled_at=now), reason)
+                    for job_id, reason, info in refunds]
+        published = await asyncio.gather(*(self._publish(r, reason, skip_existing) for r, reason in receipts))
+        return {r.job_id: r for r in published}
+
+    async def _existing_receipt(self, job_id: str, state: str) -> p.Receipt | None:
+        """The receipt of a job already final on chain, published now if a crash lost it."""
+        receipt = await self._receipt_on_stream(job_id)
+        if receipt is not None:
+            return receipt
+        if state == "refunded":
+            info = await asyncio.to_thread(self.chain.find_refund, job_id)
+            if info is not None:
+                published = await self._publish_refunded([(job_id, "refunded on chain before a restart", info)])
+                return published[job_id]
+        # Settled with no receipt: the journal covers our own batches, so another settler did it.
+        self.rt.log.error("receipt.missing", job_id=job_id, state=state)
+        return None
+
+    # -- crash recovery ----------------------------------------------------
+
+    async def recover(self) -> None:
+        """Reconcile the journal's pending commit with the chain (at start, before any verdict)."""
+        pending = await self.journal.get()
+        if pending is None:
+            return
+        self.rt.log.warning("journal.recovering", seq=pending.seq, settles=len(pending.settles),
+                            refunds=len(pending.refunds))
+        if pending.settles:
+            await self._recover_settles(pending)
+        if pending.refunds:
+            await self._recover_refunds(pending)
+        await self.journal.clear()
+
+    async def _recover_settles(self, pending: PendingCommit) -> None:
+        jobs = list(pending.settles)
+        last = await asyncio.to_thread(self.chain.last_seq)
+        if last >= pending.seq:
+            batch = await asyncio.to_thread(self.chain.find_batch, pending.seq, jobs)
+            if batch is not None:  # mined: only its receipts are missing
+                self.rt.log.info("journal.batch_mined", epoch=pending.seq, tx=batch.tx_hash)
+                await self._publish_settled(batch, jobs, skip_existing=True)
+                return
+        states = await asyncio.to_thread(self.chain.job_states, [j.job_id for j in jobs])
+        todo = [j for j, s in zip(jobs, states) if s not in domain.FINAL_STATES]
+        if len(todo) != len(jobs):
+            self.rt.log.error("journal.batch_partly_final", epoch=pending.seq, final=len(jobs) - len(todo))
+        if not todo:
+            return
+        # Not mined: send the same batch again, under the same seq when it is still next.
+        self.rt.log.info("journal.batch_resent", epoch=pending.seq, jobs=len(todo))
+        try:
+            await self._commit_settles(todo, seq=pending.seq if last + 1 == pending.seq and len(todo) == len(jobs) else 0)
+        except ChainError as exc:
+            # Left to the verdicts' redelivery, which decides these jobs afresh.
+            self.rt.log.warning("journal.resend_refused", epoch=pending.seq, error=str(exc)[:300])
+
+    async def _recover_refunds(self, pending: PendingCommit) -> None:
+        states = await asyncio.to_thread(self.chain.job_states, [job_id for job_id, _ in pending.refunds])
+        todo = [(j, r) for (j, r), s in zip(pending.refunds, states) if s not in domain.FINAL_STATES]
+        done = []
+        for (job_id, reason), state in zip(pending.refunds, states):
+            if state == "refunded":
+                info = await asyncio.to_thread(self.chain.find_refund, job_id)
+                if info is not None:
+                    done.append((job_id, reason, info))
+        if done:
+            await self._publish_refunded(done, skip_existing=True)
+        if todo:
+            try:
+                await self._refund_or_split(todo)
+            except ChainError as exc:
+                self.rt.log.warning("journal.refund_refused", error=str(exc)[:300])

@@ -1,6 +1,10 @@
 """Settlement settings (LORANET_* environment variables)."""
 
+from pydantic import field_validator
+
 from loranet.settings import CommonSettings
+
+FAULT_POINTS = ("", "before_send", "after_send", "after_receipt", "after_publish")
 
 
 class SettlementSettings(CommonSettings):
@@ -22,3 +26,27 @@ class SettlementSettings(CommonSettings):
     price_per_prompt_token: int = 10**12
     price_per_output_token: int = 4 * 10**12
     price_per_job: int = 0
+    # Crash testing only: exit abruptly (os._exit(137)) at this point of an epoch's commit:
+    # before_send | after_send | after_receipt | after_publish ("" = never).
+    fault_point: str = ""
+    # The KV bucket holding the epoch being committed (the crash-recovery journal).
+    journal_bucket: str = "settlement"  # loranet.topology.SETTLEMENT_BUCKET
+
+    @field_validator("fault_point")
+    @classmethod
+    def _known_fault_point(cls, value: str) -> str:
+        if value not in FAULT_POINTS:
+            raise ValueError(f"expected one of {', '.join(repr(f) for f in FAULT_POINTS)}")
+        return value
+
+
+class ChainNodeSettings(CommonSettings):
+    """python -m services.settlement.chain_node: the devnet's EVM process."""
+
+    chain_host: str = "127.0.0.1"
+    chain_port: int = 8545
+    # Where to write the deployed contract addresses (JSON); "" = nowhere.
+    chain_deployment_file: str = ""
+    deployer_key: str = ""
+    settler_key: str = ""
+    treasury: str = ""

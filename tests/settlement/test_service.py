@@ -45,7 +45,7 @@ async def test_verdicts_settle_once_refund_and_forgeries(nats_server, chain):
     client = chain.new_account()
     settings = SettlementSettings(nats_url=nats_server.url, epoch_max_s=0.3, epoch_max_jobs=8)
     async with Runtime("settlement", settings) as rt:
-        await rt.mount(Settlement(rt, settings, chain).routes())
+        await rt.mount((await Settlement.open(rt, settings, chain)).routes())
         await asyncio.to_thread(chain.fund, client.address, 10**18)
         await asyncio.to_thread(chain.deposit, client.key, 10**16)
         jobs = [factories.job(adapter_id="", client_address=client.address, max_fee=10**15) for _ in range(3)]
@@ -84,7 +84,7 @@ async def test_one_unpayable_job_does_not_block_its_epoch(nats_server, chain):
         await asyncio.to_thread(chain.deposit, account.key, amount)
     settings = SettlementSettings(nats_url=nats_server.url, epoch_max_s=0.5, epoch_max_jobs=16)
     async with Runtime("settlement", settings) as rt:
-        await rt.mount(Settlement(rt, settings, chain).routes())
+        await rt.mount((await Settlement.open(rt, settings, chain)).routes())
         # The poor client's two jobs each fit its escrow alone, but not together.
         jobs = [factories.job(adapter_id="", client_address=rich.address, max_fee=10**15)] + \
                [factories.job(adapter_id="", client_address=poor.address, max_fee=10**15) for _ in range(2)]

@@ -1,0 +1,83 @@
+"""The epoch settlement is committing, written down before any transaction is sent.
+
+A commit is one settle_batch (seq + its jobs) or one refund (job ids + why).
+Settlement puts it in the NATS KV bucket `settlement` (key `pending`) before
+sending, and clears it once every receipt is published. After a crash the
+record says what may be on chain without its receipts; handlers.Settlement
+reconciles it with the contract (`last_seq`, the BatchSettled log of that seq,
+`job_states`) before it takes any new verdict. Only one commit is in flight at
+a time, so one key suffices.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from .packing import SettleJob
+
+PENDING_KEY = "pending"
+
+
+@dataclass(frozen=True)
+class PendingCommit:
+    """What is about to go on chain: batch `seq` of `settles`, or a refund of `refunds`."""
+
+    seq: int = 0  # 0 for a refund
+    settles: tuple[SettleJob, ...] = ()
+    refunds: tuple[tuple[str, str], ...] = ()  # (job_id hex, reason)
+    created_at: float = field(default_factory=time.time)
+
+    def encode(self) -> bytes:
+        return json.dumps({
+            "v": 1, "seq": self.seq, "created_at": self.created_at,
+            "settles": [_job_to_json(j) for j in self.settles],
+            "refunds": [list(r) for r in self.refunds],
+        }, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> PendingCommit:
+        raw = json.loads(data)
+        if raw.get("v") != 1:
+            raise ValueError(f"unknown journal record version {raw.get('v')!r}")
+        return cls(seq=int(raw["seq"]), settles=tuple(_job_from_json(j) for j in raw["settles"]),
+                   refunds=tuple((str(a), str(b)) for a, b in raw["refunds"]), created_at=float(raw["created_at"]))
+
+
+def _job_to_json(job: SettleJob) -> dict:
+    # Amounts as decimal strings, like on the wire.
+    return {"job_id": job.job_id.hex(), "client": job.client, "fee": str(job.fee), "max_fee": str(job.max_fee),
+            "node": job.node, "developer": job.developer, "verifiers": list(job.verifiers),
+            "contributors": [[a, w] for a, w in job.contributors]}
+
+
+def _job_from_json(raw: dict) -> SettleJob:
+    return SettleJob(job_id=bytes.fromhex(raw["job_id"]), client=raw["client"], fee=int(raw["fee"]),
+                     max_fee=int(raw["max_fee"]), node=raw["node"], developer=raw["developer"],
+                     verifiers=tuple(raw["verifiers"]), contributors=tuple((a, int(w)) for a, w in raw["contributors"]))
+
+
+class Journal:
+    """The pending commit in a KV bucket; `put` returns once JetStream has stored it."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    async def put(self, commit: PendingCommit) -> None:
+        await self.kv.put(PENDING_KEY, commit.encode())
+
+    async def get(self) -> PendingCommit | None:
+        try:
+            entry = await self.kv.get(PENDING_KEY)
+        except KeyNotFoundError:  # also raised for a deleted key
+            return None
+        if not entry.value:
+            return None
+        return PendingCommit.decode(entry.value)
+
+    async def clear(self) -> None:
+        await self.kv.delete(PENDING_KEY)
