@@ -16,24 +16,40 @@ contributors, treasury. The population is fixed: 16 clients, 8 nodes,
 Steady state: one warm-up batch first gives every recipient a non-zero
 credit/balance, as between two withdrawals.
 
+settled_jobs_per_s is measured through the service, as it runs on the
+devnet: a real nats-server, the chain process (services.settlement.chain_node)
+and `python -m services.settlement` as processes of their own. Signed verdicts
+(same population, adapters with 3 contributors served by a stand-in datastore
+endpoint) are published on verdicts.<job_id>; the rate is jobs over the time
+from the first publish to the last settlement.receipts.<job_id>, after a
+warm-up epoch, for each epoch size given (`--epoch-sizes`).
+
     python bench/settle_gas.py            # table
     python bench/settle_gas.py --quick    # fewer samples, under a minute
     python bench/settle_gas.py --json     # one JSON object
+    python bench/settle_gas.py --service-only --jobs 4096   # just the service rate
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import random
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.settlement.chain import Chain  # noqa: E402
+from loranet import codec, protocol as p, topology  # noqa: E402
+from loranet.servers import NatsServer, free_port  # noqa: E402
+from loranet.signing import Identity, sign  # noqa: E402
+from services.settlement.chain import Chain, wait_for_rpc  # noqa: E402
 from services.settlement.packing import Reservation, SettleJob  # noqa: E402
 
 OPEN = 10**18
@@ -127,13 +143,150 @@ def measure_transfers(chain: Chain, pop: Population, n_jobs: int) -> float:
     return total / n_jobs
 
 
+ROOT = Path(__file__).resolve().parents[1]
+_NODE, _VERIFIER, _CLIENT = (Identity.from_seed(bytes([k]) * 32) for k in (1, 2, 3))
+
+
+def _verdicts(pop: Population, n: int, adapter_ids: list[str]) -> list[bytes]:
+    """n signed, accepting verdicts on jobs of the population's clients, encoded."""
+    out = []
+    for _ in range(n):
+        k = pop.rng.randrange(len(adapter_ids))
+        now = time.time()
+        request = sign(p.JobRequest(
+            job_id=p.new_job_id(), client_key=_CLIENT.public, client_address=pop.rng.choice(pop.clients).address,
+            model_id="a" * 64, adapter_id=adapter_ids[k], prompt="hello", max_tokens=64, max_fee=2 * OPEN,
+            created_at=now, expires_at=now + 600), _CLIENT, p.DOMAIN_JOB_REQUEST)
+        result = sign(p.InferenceResult(
+            job_id=request.job_id, node_id="node-0", node_key=_NODE.public, node_address=pop.rng.choice(pop.nodes),
+            node_seq=1, request=request, request_hash=codec.content_id(request, p.DOMAIN_REQUEST_HASH),
+            model_id=request.model_id, adapter_id=request.adapter_id, tokenizer_id="c" * 64,
+            prompt_tokens=list(range(256, 288)), output_tokens=list(range(300, 364)), output_text="x" * 64,
+            finish_reason="eos", fingerprint=p.Fingerprint(chunks=[b"\x01" * 40] * 3), started_at=now,
+            finished_at=now), _NODE, p.DOMAIN_RESULT)
+        verdict = sign(p.Verdict(
+            job_id=request.job_id, verifier_id="verifier-0", verifier_key=_VERIFIER.public,
+            verifier_address=pop.rng.choice(pop.verifiers), result_hash=codec.content_id(result, p.DOMAIN_RESULT_HASH),
+            accepted=True, audited=True, checks=[p.Check(name="fingerprint", ok=True)], result=result,
+            decided_at=now), _VERIFIER, p.DOMAIN_VERDICT)
+        out.append(codec.encode(verdict))
+    return out
+
+
+def _manifests(pop: Population) -> dict[str, bytes]:
+    out = {}
+    for i, (developer, contributors) in enumerate(pop.adapters):
+        adapter_id = f"{i + 1:064x}"
+        manifest = p.AdapterManifest(
+            adapter_id=adapter_id, name=f"bench-{i}", base_model_id="a" * 64, owner_address=developer,
+            contributors=[p.Contributor(contributor_id=f"c{k}", address=a, weight_bps=w)
+                          for k, (a, w) in enumerate(zip(contributors, (3333, 3333, 3334)))],
+            rank=8, target_modules=["q_proj"])
+        out[adapter_id] = codec.encode(manifest)
+    return out
+
+
+async def _through_service(nats_url: str, verdicts: list[bytes], manifests: dict[str, bytes],
+                           warmup: list[bytes]) -> float:
+    import nats
+
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await topology.ensure_topology(js)
+
+    async def datastore(msg) -> None:  # stands in for the datastore's adapter lookup
+        request = codec.decode(p.AdapterGet, msg.data)
+        await msg.respond(manifests[request.adapter])
+
+    await nc.subscribe(p.DATASTORE_ADAPTER_GET, cb=datastore)
+    seen: set[str] = set()
+    target = asyncio.Event()
+    wanted = [0]
+
+    async def on_receipt(msg) -> None:
+        seen.add(msg.subject)
+        if len(seen) >= wanted[0]:
+            target.set()
+
+    await nc.subscribe(p.RECEIPTS_ALL, cb=on_receipt)
+
+    async def burst(batch: list[bytes]) -> float:
+        target.clear()
+        wanted[0] = len(seen) + len(batch)
+        t0 = time.perf_counter()
+        for start in range(0, len(batch), 256):
+            await asyncio.gather(*(js.publish(p.verdicts(codec.decode(p.Verdict, v).job_id), v)
+                                   for v in batch[start:start + 256]))
+        await asyncio.wait_for(target.wait(), timeout=600)
+        return time.perf_counter() - t0
+
+    await burst(warmup)
+    elapsed = await burst(verdicts)
+    await nc.close()
+    return len(verdicts) / elapsed
+
+
+def measure_service(n_jobs: int, epoch_sizes: list[int], chain_in_process: bool = False) -> dict:
+    """settled_jobs_per_s per epoch size: nats-server + chain process + settlement process."""
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        nats_server = NatsServer(free_port(), Path(tmp) / "nats")
+        nats_server.start()
+        procs: list[subprocess.Popen] = []
+        try:
+            port = free_port()
+            rpc_url = f"http://127.0.0.1:{port}"
+            env = dict(os.environ, LORANET_CHAIN_PORT=str(port))
+            log = open(Path(tmp) / "chain.log", "wb")
+            procs.append(subprocess.Popen([sys.executable, "-m", "services.settlement.chain_node"], env=env, cwd=ROOT,
+                                          stdout=log, stderr=subprocess.STDOUT))
+            wait_for_rpc(rpc_url, timeout_s=120)
+            chain = Chain(rpc_url)
+            pop = Population(chain)
+            manifests = _manifests(pop)
+            adapter_ids = list(manifests)
+            for size in epoch_sizes:
+                env = dict(os.environ, LORANET_NATS_URL=nats_server.url, LORANET_RPC_URL=rpc_url,
+                           LORANET_EPOCH_MAX_JOBS=str(size), LORANET_EPOCH_MAX_S="0.5",
+                           LORANET_INSTANCE=f"settlement-bench-{size}")
+                log = open(Path(tmp) / f"settlement-{size}.log", "wb")
+                settlement = subprocess.Popen([sys.executable, "-m", "services.settlement"], env=env, cwd=ROOT,
+                                              stdout=log, stderr=subprocess.STDOUT)
+                procs.append(settlement)
+                verdicts = _verdicts(pop, n_jobs, adapter_ids)
+                warmup = _verdicts(pop, size, adapter_ids)
+                rate = asyncio.run(_through_service(nats_server.url, verdicts, manifests, warmup))
+                out[f"settled_jobs_per_s_epoch{size}"] = rate
+                settlement.send_signal(signal.SIGTERM)
+                settlement.wait(30)
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.terminate()
+                    proc.wait(30)
+            nats_server.stop()
+    out["settled_jobs_per_s"] = max(v for k, v in out.items() if k.startswith("settled_jobs_per_s_epoch"))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer baseline samples; under a minute")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--jobs", type=int, default=0, help="jobs per service measurement (default 2048, quick 1024)")
+    parser.add_argument("--epoch-sizes", default="64,256", help="epoch sizes for the service measurement")
+    parser.add_argument("--service-only", action="store_true", help="only settled_jobs_per_s through the service")
     args = parser.parse_args()
+    n_jobs = args.jobs or (1024 if args.quick else 2048)
+    sizes = [int(x) for x in args.epoch_sizes.split(",")]
 
     t0 = time.perf_counter()
+    if args.service_only:
+        result = {"service": "nats-server + chain_node + settlement processes", "jobs": n_jobs}
+        result.update(measure_service(n_jobs, sizes))
+        result["elapsed_s"] = round(time.perf_counter() - t0, 1)
+        print(json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in result.items()}))
+        return
     chain = Chain()
     pop = Population(chain)
     result: dict = {"chain": "in-process py-evm (eth-tester)", "recipients_per_job": 7}
@@ -141,7 +294,7 @@ def main() -> None:
     warm_token_balances(chain, pop)
     result["gas_per_job_naive_push"] = measure_naive(chain, pop, 8 if args.quick else 32)
     result["gas_per_job_erc20_transfers"] = measure_transfers(chain, pop, 4 if args.quick else 16)
-    result["settled_jobs_per_s"] = None  # the settlement service's end-to-end rate: measured by its own bench
+    result.update(measure_service(n_jobs, sizes))
     result["elapsed_s"] = round(time.perf_counter() - t0, 1)
 
     if args.json:
@@ -160,7 +313,10 @@ def main() -> None:
     for name, gas in rows:
         print(f"{name:38} {gas:10.0f} {naive / gas:13.2f}x {transfers / gas:14.2f}x")
     print(f"raw settle_batch throughput on this in-process chain: {result['chain_jobs_per_s']:.0f} jobs/s "
-          f"(256-job batch); elapsed {result['elapsed_s']} s")
+          f"(256-job batch)")
+    service = ", ".join(f"{result[f'settled_jobs_per_s_epoch{n}']:.0f} jobs/s at {n}-job epochs" for n in sizes)
+    print(f"through the service (verdicts on NATS -> receipts; nats-server, chain process, settlement "
+          f"process; {n_jobs} jobs): {service}; elapsed {result['elapsed_s']} s")
 
 
 if __name__ == "__main__":

@@ -153,6 +153,35 @@ async def cmd_balance(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_stake(args: argparse.Namespace) -> int:
+    from . import codec, protocol as p
+    from .runtime import RemoteError, request
+    from .signing import devnet_address
+
+    client = await _client(args)
+    async with client:
+        address = args.address
+        if args.node:
+            # The node's payout address from its heartbeat (KV `nodes`), else the devnet's derivation.
+            address = devnet_address(args.node)
+            try:
+                entry = await (await client.js.key_value(p.NODES_BUCKET)).get(args.node)
+                address = codec.decode(p.NodeHeartbeat, entry.value).payout_address
+            except Exception:
+                pass
+        address = address or client.address
+        try:
+            stake = await request(client.nc, p.SETTLEMENT_STAKE, p.StakeGet(address=address), p.Stake)
+        except RemoteError as exc:
+            return _fail(f"{exc.code}: {exc.message}")
+    row = {k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+           for k, v in stake.to_wire().items() if k != "v"}
+    if args.node:
+        row["node_id"] = args.node
+    _print(row, args.json, lambda: print("\n".join(f"{k:16} {v}" for k, v in row.items())))
+    return EXIT_OK
+
+
 def cmd_devnet(args: argparse.Namespace) -> int:
     config = dn.DevnetConfig(state_dir=args.state_dir, inference_nodes=args.nodes, verifiers=args.verifiers,
                              demo_adapters=args.adapters)
@@ -255,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("address", nargs="?", default="", help="default: this client's address")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_balance)
+
+    st = sub.add_parser("stake", help="a node's stake in the Registry: staked, unbonding, active, bound key")
+    st.add_argument("address", nargs="?", default="", help="payout address (default: this client's address)")
+    st.add_argument("--node", default="", help="a node id instead: its payout address from its heartbeat")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_stake)
 
     d = sub.add_parser("devnet", help="the embedded devnet (no containers)")
     d.add_argument("action", choices=["up", "down", "status", "demo"])

@@ -109,3 +109,29 @@ async def test_one_unpayable_job_does_not_block_its_epoch(nats_server, chain):
         refunded = next(j for j in jobs[1:] if chain.job_state(j.job_id) == "refunded")
         assert "escrow" in (await _wait_stage(rt.js, refunded.job_id, "refunded")).reason
         assert chain.escrow_of(poor.address) == 6 * 10**14 - 5 * 10**14
+
+
+async def test_stake_endpoint_and_cli(nats_server, chain, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    node = chain.new_account(open_tokens=2000 * 10**18)
+    ed_key = Identity.generate().public
+    await asyncio.to_thread(chain.stake, node.key, 1500 * 10**18, ed_key)
+    settings = SettlementSettings(nats_url=nats_server.url)
+    async with Runtime("settlement", settings) as rt:
+        await rt.mount((await Settlement.open(rt, settings, chain)).routes())
+        stake = await rt.request(p.SETTLEMENT_STAKE, p.StakeGet(address=node.address), p.Stake)
+        assert stake.stake == 1500 * 10**18 and stake.active and stake.ed25519_key == ed_key.hex()
+        assert stake.payout == node.address and stake.min_stake == chain.min_stake()
+        cmd = [sys.executable, "-m", "loranet.cli", "--nats", nats_server.url, "--state-dir", str(tmp_path),
+               "stake", node.address, "--json"]
+        done = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=60,
+                                       env=dict(os.environ))
+        assert done.returncode == 0, done.stderr
+        out = json.loads(done.stdout)
+        assert out["stake"] == str(1500 * 10**18) and out["active"] is True and out["address"] == node.address
+        nobody = chain.new_account(eth=0).address
+        assert (await rt.request(p.SETTLEMENT_STAKE, p.StakeGet(address=nobody), p.Stake)).stake == 0
