@@ -123,6 +123,8 @@ class Engine:
                            self.llama.dtype, self.device)
         self.adapters = AdapterCache(self.bank, root / "node-adapters", cfg.host_adapters)
         self.keep_hidden = False
+        self._committer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fingerprint")
+        self._commits: list[concurrent.futures.Future] = []
         self._waiting: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []
         self._cancelled: set[str] = set()
@@ -226,6 +228,7 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
+        concurrent.futures.wait(self._commits, timeout=30)
 
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
@@ -242,10 +245,12 @@ class Engine:
                 self._fail_running(exc)
 
     def run_until_idle(self) -> None:
-        """Drive the engine in the caller's thread until nothing waits or runs (tests, bench)."""
+        """Drive the engine in the caller's thread until nothing waits or runs and every result is out."""
         while self._waiting or self._running:
             if not self.step() and not self._running:
                 time.sleep(0.001)
+        concurrent.futures.wait(self._commits)
+        self._commits = []
 
     def _fail_running(self, exc: Exception) -> None:
         for seq in self._running:
@@ -429,20 +434,33 @@ class Engine:
         return None
 
     def _finish(self, seq: _Sequence, reason: str) -> None:
+        """Free the sequence's pages and slot now; commit the fingerprint off the engine thread.
+
+        Encoding is pure Python (bit strings); on the committer thread it overlaps the next
+        forwards (which release the GIL) instead of stalling the batch."""
         self._release(seq)
         if seq.future.done():
             return
+        self._commits.append(self._committer.submit(self._commit, seq, reason))
+        if len(self._commits) > 256:
+            self._commits = [c for c in self._commits if not c.done()]
+
+    def _commit(self, seq: _Sequence, reason: str) -> None:
         try:
-            P = len(seq.req.prompt_tokens)
             hidden = torch.cat(seq.rows)
-            chunks = fingerprint_chunks(hidden, P, n_generated=len(seq.output))
+            chunks = fingerprint_chunks(hidden, len(seq.req.prompt_tokens), n_generated=len(seq.output))
             gen = Generated(seq.req.prompt_tokens, seq.output, tokenizer.decode(seq.output), reason, chunks,
                             hidden=hidden if self.keep_hidden else None)
         except Exception as exc:
-            seq.future.set_exception(exc)
+            if not seq.future.done():
+                seq.future.set_exception(exc)
             return
         metrics.JOBS.labels(reason).inc()
-        seq.future.set_result(gen)
+        if not seq.future.done():
+            try:
+                seq.future.set_result(gen)
+            except concurrent.futures.InvalidStateError:  # cancelled meanwhile
+                pass
 
 
 def ensure_dir(path: str) -> Path:

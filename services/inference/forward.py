@@ -116,13 +116,17 @@ class PackedLlama:
                 ("qkv", "self_attn.qkv_proj"), ("o", "self_attn.o_proj"), ("gate_up", "mlp.gate_up_proj"),
                 ("down", "mlp.down_proj"))})
 
-    def _lora(self, x: torch.Tensor, lora, ys: list[torch.Tensor], meta, plan) -> None:
+        # q/k/v and gate/up as one Linear each; the modules' weights become views of the fused ones (no copy kept).
+        self.fused = [(_fuse(layer.self_attn, ("q_proj", "k_proj", "v_proj")), _fuse(layer.mlp, ("gate_proj", "up_proj")))
+                      for layer in self.layers]
+
+    def _lora(self, x: torch.Tensor, lora, y: torch.Tensor, meta, plan) -> None:
         if lora is None or meta is None:
             return
         if self.padded_lora:
-            cpu_lora.apply(x, lora, plan, ys, self._gathered, self.bank_generation)
+            cpu_lora.apply(x, lora, plan, y, self._gathered, self.bank_generation)
         else:
-            apply_lora(x, lora, meta, ys)
+            apply_lora(x, lora, meta, y)
 
     @torch.inference_mode()
     def forward(self, batch: PackedBatch, pool: KVPool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,10 +151,12 @@ class PackedLlama:
             dec_mask = batch.decode_mask.to(dev, non_blocking=True)
         for li, layer in enumerate(self.layers):
             attn, mlp, proj = layer.self_attn, layer.mlp, self.projections[li]
+            (qkv_w, qkv_b, qkv_split), (gu_w, gu_b, gu_split) = self.fused[li]
             h = layer.input_layernorm(x)
-            q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
-            self._lora(h, proj["qkv"], [q, k, v], meta, plan)
-            q, k, v = q.view(T, nh, d), k.view(T, kvh, d), v.view(T, kvh, d)
+            qkv = F.linear(h, qkv_w, qkv_b)
+            self._lora(h, proj["qkv"], qkv, meta, plan)
+            q, k, v = qkv.split(qkv_split, dim=-1)
+            q, k, v = q.reshape(T, nh, d), k.reshape(T, kvh, d), v.reshape(T, kvh, d)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
             pool.k[li].index_copy_(0, write, k)
@@ -171,15 +177,35 @@ class PackedLlama:
                 out.index_copy_(0, dec_rows, o[:, :, 0, :])
             out = out.view(T, nh * d)
             o = attn.o_proj(out)
-            self._lora(out, proj["o"], [o], meta, plan)
+            self._lora(out, proj["o"], o, meta, plan)
             x = x + o
             h = layer.post_attention_layernorm(x)
-            g, u = mlp.gate_proj(h), mlp.up_proj(h)
-            self._lora(h, proj["gate_up"], [g, u], meta, plan)
+            gu = F.linear(h, gu_w, gu_b)
+            self._lora(h, proj["gate_up"], gu, meta, plan)
+            g, u = gu.split(gu_split, dim=-1)
             a = mlp.act_fn(g) * u
             dn = mlp.down_proj(a)
-            self._lora(a, proj["down"], [dn], meta, plan)
+            self._lora(a, proj["down"], dn, meta, plan)
             x = x + dn
         hidden = self.model.model.norm(x)
         logits = self.model.lm_head(hidden.index_select(0, batch.logit_rows.to(dev))).float()
         return hidden, logits
+
+
+def _fuse(parent: torch.nn.Module, names: tuple[str, ...]):
+    """(fused weight, fused bias or None, output widths) of sibling Linears reading the same input."""
+    linears = [getattr(parent, n) for n in names]
+    with torch.no_grad():
+        weight = torch.cat([lin.weight for lin in linears])
+        has_bias = [lin.bias is not None for lin in linears]
+        bias = torch.cat([lin.bias for lin in linears]) if all(has_bias) else None
+        if any(has_bias) and bias is None:
+            raise ValueError(f"{names}: some of these projections have a bias and some not")
+        row = 0
+        for lin in linears:
+            n = lin.out_features
+            lin.weight = torch.nn.Parameter(weight[row: row + n], requires_grad=False)
+            if bias is not None:
+                lin.bias = torch.nn.Parameter(bias[row: row + n], requires_grad=False)
+            row += n
+    return weight, bias, [lin.out_features for lin in linears]

@@ -41,6 +41,7 @@ class LoraPlan:
     tokens: torch.Tensor  # [G, S] token index (padding repeats a valid token; its delta is dropped)
     valid: torch.Tensor  # [G*S] bool
     valid_tokens: torch.Tensor  # tokens of the valid rows, in row order
+    all_valid: bool
     long_segments: list[tuple[int, torch.Tensor]]  # (slot, token indices)
 
 
@@ -66,16 +67,19 @@ def plan(meta: SGMVMetadata) -> LoraPlan | None:
         valid_tokens = torch.zeros(0, dtype=torch.long)
     dev = meta.sorted_tokens.device
     return LoraPlan(meta, [s for s, _, _ in short], torch.tensor([s for s, _, _ in short], dtype=torch.long, device=dev),
-                    tokens.to(dev), valid_flat.to(dev), valid_tokens.to(dev),
+                    tokens.to(dev), valid_flat.to(dev), valid_tokens.to(dev), bool(valid_flat.all()),
                     [(s, t.to(dev)) for s, t in long])
 
 
 class GatheredWeights:
     """The padded group's factors of one projection, kept while the group's slots and the bank stay the same.
 
-    A decode batch keeps the same adapters for many steps, so the gather is
-    paid when sequences join or leave, not per step. Bounded: one entry per
-    projection."""
+    A: [G, in, R]; B of every slice combined into one [G, R, sum(widths)]
+    whose rows sit at the v columns each slot's slice reads (scatter of the
+    slice's B rows to `rank_offsets + j`), so expand is one bmm for q/k/v or
+    gate/up together.  A decode batch keeps the same adapters for many steps,
+    so the gather is paid when sequences join or leave, not per step.
+    Bounded: one entry per projection."""
 
     def __init__(self) -> None:
         self._entries: dict[str, tuple] = {}
@@ -88,52 +92,45 @@ class GatheredWeights:
         R = max(lora.total_ranks_host[s] for s in slots)
         value = None
         if R:
-            dev = slots_t.device
-            a = lora.lora_a[:, :R].index_select(0, slots_t).transpose(1, 2)  # [G, in, R]
-            per_slice = []
+            dev, G = slots_t.device, len(slots)
+            a = lora.lora_a[:, :R].index_select(0, slots_t).transpose(1, 2).contiguous()  # [G, in, R]
+            b_all = torch.zeros(G, R, lora.out_features, dtype=lora.lora_b.dtype, device=dev)
             for s in range(lora.num_slices):
                 rs = max(lora.ranks_host[slot][s] for slot in slots)
                 if rs == 0:
-                    per_slice.append(None)
                     continue
                 offs = torch.tensor([lora.rank_offsets_host[slot][s] for slot in slots], device=dev)
+                # Rows past a slot's rank are zero in the bank; clamped duplicates add zeros.
                 cols = (offs[:, None] + torch.arange(rs, device=dev)[None, :]).clamp_(max=R - 1)  # [G, rs]
                 b = lora.b_slice(s)[:, :rs].index_select(0, slots_t)  # [G, rs, w]
-                per_slice.append((cols, b))
-            value = (a, per_slice)
+                w, y0 = lora.slice_widths[s], lora.y_offsets[s]
+                b_all[:, :, y0: y0 + w].scatter_add_(1, cols[:, :, None].expand(G, rs, w), b)
+            value = (a, b_all)
         self._entries[lora.spec.name] = (key, value)
         return value
 
 
-def apply(x: torch.Tensor, lora: PackedLoraWeights, p: LoraPlan, ys: list[torch.Tensor],
+def apply(x: torch.Tensor, lora: PackedLoraWeights, p: LoraPlan, y: torch.Tensor,
           gathered: GatheredWeights, generation: int) -> None:
-    """ys[s] += LoRA slice s of each token's slot, in place; x: [T, in], ys[s]: [T, w_s].
+    """y += LoRA of each token's slot, in place; x: [T, in], y: [T, sum(widths)] (slices side by side).
 
     `generation` changes whenever a bank slot is (re)loaded (it keys the gathered-weights cache)."""
     if p.slots:
         w = gathered.get(lora, p.slots, p.slots_t, generation)
         if w is not None:
-            _apply_padded(x, w, p, ys)
+            a, b_all = w
+            G, S = p.tokens.shape
+            d = torch.bmm(torch.bmm(x[p.tokens], a), b_all).view(G * S, -1)
+            y.index_add_(0, p.valid_tokens, d if p.all_valid else d[p.valid])
     for slot, tokens in p.long_segments:
         r = lora.total_ranks_host[slot]
         if r == 0:
             continue
         v = x.index_select(0, tokens) @ lora.lora_a[slot, :r].t()
-        for s, y in enumerate(ys):
+        delta = torch.zeros(tokens.numel(), lora.out_features, dtype=y.dtype, device=y.device)
+        for s in range(lora.num_slices):
             rs = lora.ranks_host[slot][s]
             if rs:
-                off = lora.rank_offsets_host[slot][s]
-                y.index_add_(0, tokens, v[:, off: off + rs] @ lora.b_slice(s)[slot, :rs])
-
-
-def _apply_padded(x: torch.Tensor, w, p: LoraPlan, ys: list[torch.Tensor]) -> None:
-    a, per_slice = w
-    G, S = p.tokens.shape
-    v = torch.bmm(x[p.tokens], a)  # [G, S, R]
-    for y, sl in zip(ys, per_slice):
-        if sl is None:
-            continue
-        cols, b = sl
-        vs = torch.gather(v, 2, cols[:, None, :].expand(G, S, cols.shape[1]))
-        delta = torch.bmm(vs, b).reshape(G * S, -1)
-        y.index_add_(0, p.valid_tokens, delta[p.valid])
+                off, y0, w = lora.rank_offsets_host[slot][s], lora.y_offsets[s], lora.slice_widths[s]
+                delta[:, y0: y0 + w] = v[:, off: off + rs] @ lora.b_slice(s)[slot, :rs]
+        y.index_add_(0, tokens, delta)
