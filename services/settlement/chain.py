@@ -587,6 +587,14 @@ class Chain:
         key, payout, stake, unbonding, until = self._call(self.registry.functions.nodes(to_checksum_address(address)))
         return NodeRecord(bytes(key), payout, stake, unbonding, until)
 
+    def node_of_key(self, ed25519_key: bytes) -> str | None:
+        """The staker that bound this Ed25519 public key, or None."""
+        address = self._call(self.registry.functions.node_of_key(_bytes32(ed25519_key)))
+        return None if int(address, 16) == 0 else address
+
+    def evidence_used(self, evidence_hash: bytes) -> bool:
+        return self._call(self.registry.functions.evidence_used(_bytes32(evidence_hash)))
+
     def min_stake(self) -> int:
         return self._call(self.registry.functions.min_stake())
 

@@ -89,6 +89,14 @@ class Decision:
     job_id: str
     settle: SettleJob | None = None
     reason: str = ""
+    # A rejected result's signer and the result's hash: what slashing needs (see Settlement._slash).
+    node_key: bytes = b""
+    evidence: bytes = b""
+
+
+def slash_amount(stake: int, unbonding: int, slash_bps: int) -> int:
+    """What one rejected result costs its node: slash_bps of everything it has bonded."""
+    return (stake + unbonding) * slash_bps // 10_000
 
 
 FINAL_STATES = ("settled", "refunded")

@@ -135,7 +135,8 @@ class Settlement:
         try:
             if decision == "refund":
                 reason = "; ".join(c.name for c in verdict.checks if not c.ok)[:1000] or "rejected by the verifiers"
-                item = domain.Decision(job_id, None, reason)
+                item = domain.Decision(job_id, None, reason, node_key=verdict.result.node_key,
+                                       evidence=bytes.fromhex(verdict.result_hash))
             else:
                 item = domain.Decision(job_id, await self._settle_job(list(quorum.accepting.values())))
             await self.epochs.add("epoch", item)
@@ -171,6 +172,12 @@ class Settlement:
         clients = sorted({d.settle.client for d in decisions if d.settle is not None})
         available = dict(zip(clients, await asyncio.to_thread(self.chain.available_of_many, clients))) if clients else {}
         settles, refunds, final = domain.plan_epoch(decisions, states, available)
+        if self.settings.slash_bps:
+            slashed = {}
+            for decision, state in zip(decisions, states):
+                if decision.evidence and state not in domain.FINAL_STATES:
+                    slashed[decision.job_id] = await self._slash(decision)
+            refunds = [(j, f"{r}; {slashed[j]}" if slashed.get(j) else r) for j, r in refunds]
         out: dict[str, p.Receipt | None | Exception] = {}
         for decision, state in zip(decisions, states):
             if state in domain.FINAL_STATES:  # a redelivery after a crash, or a late verdict
@@ -206,6 +213,29 @@ class Settlement:
             for refund in refunds:
                 out.update(await self._refund_or_split([refund]))
             return out
+
+    async def _slash(self, decision: domain.Decision) -> str:
+        """Slash the staked node that signed a rejected result, once per result (before its refund:
+        a crash in between redoes it, and the Registry refuses the same evidence twice)."""
+        def slash() -> str:
+            node = self.chain.node_of_key(decision.node_key)
+            if node is None:
+                return ""  # not a staked node: nothing to take
+            if self.chain.evidence_used(decision.evidence):
+                return f"node {node} slashed (evidence 0x{decision.evidence.hex()})"
+            record = self.chain.node(node)
+            amount = domain.slash_amount(record.stake, record.unbonding, self.settings.slash_bps)
+            if amount == 0:
+                return ""
+            info = self.chain.slash(node, amount, decision.evidence)
+            self.rt.log.warning("node.slashed", job_id=decision.job_id, node=node, amount=str(amount),
+                                evidence=decision.evidence.hex(), tx=info.tx_hash)
+            return f"node {node} slashed {amount} wei (evidence 0x{decision.evidence.hex()}, tx {info.tx_hash})"
+        try:
+            return await asyncio.to_thread(slash)
+        except ChainError as exc:  # e.g. this settler lacks the slasher role: the refund still goes ahead
+            self.rt.log.warning("node.slash_failed", job_id=decision.job_id, error=str(exc)[:300])
+            return ""
 
     def _fault(self, point: str) -> None:
         """Crash here if LORANET_FAULT_POINT names this point (crash-recovery tests only)."""

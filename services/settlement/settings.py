@@ -1,6 +1,6 @@
 """Settlement settings (LORANET_* environment variables)."""
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from loranet.settings import CommonSettings
 
@@ -26,6 +26,9 @@ class SettlementSettings(CommonSettings):
     price_per_prompt_token: int = 10**12
     price_per_output_token: int = 4 * 10**12
     price_per_job: int = 0
+    # Share of a staked node's stake (and unbonding stake) slashed to the treasury for each
+    # result the verifiers reject, once per result (evidence = the result's hash); 0 = never.
+    slash_bps: int = Field(default=1000, ge=0, le=10_000)
     # Crash testing only: exit abruptly (os._exit(137)) at this point of an epoch's commit:
     # before_send | after_send | after_receipt | after_publish ("" = never).
     fault_point: str = ""

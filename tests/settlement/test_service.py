@@ -135,3 +135,30 @@ async def test_stake_endpoint_and_cli(nats_server, chain, tmp_path):
         assert out["stake"] == str(1500 * 10**18) and out["active"] is True and out["address"] == node.address
         nobody = chain.new_account(eth=0).address
         assert (await rt.request(p.SETTLEMENT_STAKE, p.StakeGet(address=nobody), p.Stake)).stake == 0
+
+
+async def test_rejected_result_slashes_its_staked_node_once(nats_server, chain):
+    # The node that signs factories' results stakes under its Ed25519 key.
+    staker = chain.new_account(open_tokens=2000 * 10**18)
+    await asyncio.to_thread(chain.stake, staker.key, 2000 * 10**18, factories.NODE.public)
+    client = chain.new_account()
+    await asyncio.to_thread(chain.fund, client.address, 10**18)
+    await asyncio.to_thread(chain.deposit, client.key, 10**16)
+    treasury_before = chain.balance_of(chain.treasury_address)
+    settings = SettlementSettings(nats_url=nats_server.url, epoch_max_s=0.2, slash_bps=1000)
+    async with Runtime("settlement", settings) as rt:
+        await rt.mount((await Settlement.open(rt, settings, chain)).routes())
+        bad = factories.job(adapter_id="", client_address=client.address, max_fee=10**15)
+        rejected = sign(factories.verdict(factories.result(bad)).model_copy(
+            update={"accepted": False, "checks": [p.Check(name="fingerprint", ok=False)]}),
+            factories.VERIFIER, p.DOMAIN_VERDICT)
+        await rt.js.publish(p.verdicts(bad.job_id), codec.encode(rejected))
+        event = await _wait_stage(rt.js, bad.job_id, "refunded")
+        assert "fingerprint" in event.reason and "slashed 200000000000000000000 wei" in event.reason
+        assert chain.node(staker.address).stake == 1800 * 10**18
+        # Registry.slash sends to the Registry's treasury (the devnet uses one treasury for both).
+        assert chain.balance_of(chain.treasury_address) - treasury_before == 200 * 10**18
+        # The same rejected verdict again (a redelivery, a second verifier): no second slash.
+        await rt.js.publish(p.verdicts(bad.job_id), codec.encode(rejected))
+        await asyncio.sleep(1.0)
+        assert chain.node(staker.address).stake == 1800 * 10**18
