@@ -80,6 +80,24 @@ def hostile_messages(subject: str, n: int, rng: random.Random) -> Iterator[tuple
         yield kind, data
 
 
+def acceptable(subject: str, data: bytes) -> bool:
+    """Whether `data` decodes as the subject's schema and, where signed, verifies."""
+    from loranet.signing import SignatureInvalid, verify
+
+    try:
+        message = codec.decode(p.SCHEMAS[subject], data, p.MAX_BYTES.get(subject, codec.MAX_MESSAGE_BYTES))
+    except codec.DecodeError:
+        return False
+    key_field = {p.JOBS_SUBMIT: "client_key", p.RESULTS_ALL: "node_key", p.VERDICTS_ALL: "verifier_key"}.get(subject)
+    if key_field is None:
+        return True
+    try:
+        verify(message, getattr(message, key_field), _SIGNED_DOMAINS[subject])
+    except SignatureInvalid:
+        return False
+    return True
+
+
 def _fresh(subject: str) -> p.Wire:
     """A new valid message of the subject (a new job id, so it is not a replay)."""
     return factories.examples()[subject]

@@ -20,8 +20,10 @@ def _nats_url(args: argparse.Namespace) -> str:
         return args.nats
     if os.environ.get("LORANET_NATS_URL"):
         return os.environ["LORANET_NATS_URL"]
-    state = dn.read_state(getattr(args, "state_dir", dn.DEFAULT_STATE_DIR))
-    return state["nats_url"] if state else f"nats://127.0.0.1:{dn.DEFAULT_NATS_PORT}"
+    state_dir = getattr(args, "state_dir", dn.DEFAULT_STATE_DIR)
+    state = dn.read_state(state_dir)
+    plain = state["nats_url"] if state else f"nats://127.0.0.1:{dn.DEFAULT_NATS_PORT}"
+    return dn.role_url(state_dir, "client", plain)
 
 
 def _identity(args: argparse.Namespace):
@@ -48,7 +50,8 @@ async def _client(args: argparse.Namespace):
     try:
         return await Client.connect(_nats_url(args), _identity(args))
     except Exception as exc:
-        raise SystemExit(_fail(f"cannot reach NATS at {_nats_url(args)}: {exc}. Is the devnet up? (loranet devnet up --detach)",
+        where = _nats_url(args).split("@")[-1]
+        raise SystemExit(_fail(f"cannot reach NATS at {where}: {exc}. Is the devnet up? (loranet devnet up --detach)",
                                EXIT_UNAVAILABLE))
 
 

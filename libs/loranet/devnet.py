@@ -23,6 +23,10 @@ from pathlib import Path
 from .servers import NatsServer, RedisServer, free_port
 
 STATE_FILE = "devnet.json"
+PASSWORDS_FILE = "nats-passwords.json"
+# The per-role users and subject permissions, shared with docker compose.
+AUTH_CONF = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "auth.conf"
+ROLES = ("init", "scheduler", "inference", "verifier", "settlement", "datastore", "gateway", "client", "admin")
 DEFAULT_STATE_DIR = ".devnet"
 DEFAULT_NATS_PORT = 14222
 DEFAULT_REDIS_PORT = 16379
@@ -40,11 +44,18 @@ class DevnetConfig:
     epoch_max_s: float = 0.5
     metrics_base_port: int = 0  # 0 = no /metrics endpoints
     chain_port: int = 0  # the chain process's JSON-RPC port; 0 = a free one
+    # Per-role NATS users with least-privilege permissions (deploy/nats/auth.conf).
+    auth: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def nats_url(self) -> str:
+        """The server's address, without credentials."""
         return f"nats://127.0.0.1:{self.nats_port}"
+
+    def url_for(self, role: str) -> str:
+        """The NATS URL with `role`'s credentials (`client`, `admin`, …), or the plain URL without auth."""
+        return role_url(self.state_dir, role, self.nats_url)
 
     @property
     def redis_url(self) -> str:
@@ -62,6 +73,27 @@ class ServiceProc:
     log: str = ""
     started_at: float = 0.0
     proc: subprocess.Popen | None = field(default=None, repr=False)
+
+
+def role_url(state_dir: str | Path, role: str, nats_url: str) -> str:
+    """`nats_url` with the credentials of `role` from the devnet's passwords file (mode 0600), if any."""
+    path = Path(state_dir) / PASSWORDS_FILE
+    if not path.exists():
+        return nats_url
+    password = json.loads(path.read_text())[role]
+    return nats_url.replace("nats://", f"nats://{role}:{password}@", 1)
+
+
+def _passwords(state_dir: Path) -> dict[str, str]:
+    import secrets
+
+    # Letters first: nats-server parses a variable that looks like a number or a date as one.
+    passwords = {role: f"pw{secrets.token_hex(16)}" for role in ROLES}
+    path = state_dir / PASSWORDS_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(passwords, f)
+    return passwords
 
 
 def state_path(state_dir: str | Path) -> Path:
@@ -107,7 +139,11 @@ class Supervisor:
         self.dir = Path(config.state_dir).resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "logs").mkdir(exist_ok=True)
-        self.nats = NatsServer(config.nats_port, self.dir / "nats", self.dir / "logs" / "nats.log")
+        (self.dir / PASSWORDS_FILE).unlink(missing_ok=True)
+        self.auth = config.auth and AUTH_CONF.exists()
+        passwords = _passwords(self.dir) if self.auth else None
+        self.nats = NatsServer(config.nats_port, self.dir / "nats", self.dir / "logs" / "nats.log",
+                               auth_conf=AUTH_CONF if self.auth else None, passwords=passwords)
         self.redis = RedisServer(config.redis_port, self.dir / "redis", self.dir / "logs" / "redis.log")
         self.services: list[ServiceProc] = []
         self.chain_port = config.chain_port or free_port()
@@ -116,10 +152,10 @@ class Supervisor:
         self.phase = "starting"
         self.error = ""
 
-    def _env(self, name: str, index: int, extra: dict[str, str]) -> dict[str, str]:
+    def _env(self, name: str, index: int, extra: dict[str, str], role: str = "") -> dict[str, str]:
         env = dict(os.environ)
         env.update({
-            "LORANET_NATS_URL": self.config.nats_url,
+            "LORANET_NATS_URL": self.config.url_for(role) if role else self.config.nats_url,
             "LORANET_INSTANCE": name,
             "LORANET_STATE_DIR": str(self.dir / "state"),
             "PYTHONUNBUFFERED": "1",
@@ -137,22 +173,22 @@ class Supervisor:
         """(services started before the catalogue is registered, services started after)."""
         i = 0
 
-        def svc(name: str, module: str, **extra: str) -> ServiceProc:
+        def svc(name: str, module: str, role: str = "", **extra: str) -> ServiceProc:
             nonlocal i
             i += 1
-            return ServiceProc(name, module, self._env(name, i, extra), log=str(self.dir / "logs" / f"{name}.log"))
+            return ServiceProc(name, module, self._env(name, i, extra, role), log=str(self.dir / "logs" / f"{name}.log"))
 
         first = [
             svc("chain", "services.settlement.chain_node", LORANET_CHAIN_PORT=str(self.chain_port),
                 LORANET_CHAIN_DEPLOYMENT_FILE=str(self.dir / "chain.json")),
-            svc("datastore", "services.datastore", LORANET_REDIS_URL=self.config.redis_url),
-            svc("settlement", "services.settlement", LORANET_EPOCH_MAX_S=str(self.config.epoch_max_s),
+            svc("datastore", "services.datastore", "datastore", LORANET_REDIS_URL=self.config.redis_url),
+            svc("settlement", "services.settlement", "settlement", LORANET_EPOCH_MAX_S=str(self.config.epoch_max_s),
                 LORANET_RPC_URL=self.rpc_url),
         ]
-        second = [svc("scheduler", "services.scheduler")]
-        second += [svc(f"verifier-{k}", "services.verifier", LORANET_VERIFIER_ID=f"verifier-{k}")
+        second = [svc("scheduler", "services.scheduler", "scheduler")]
+        second += [svc(f"verifier-{k}", "services.verifier", "verifier", LORANET_VERIFIER_ID=f"verifier-{k}")
                    for k in range(self.config.verifiers)]
-        second += [svc(f"node-{k}", "services.inference", LORANET_NODE_ID=f"node-{k}")
+        second += [svc(f"node-{k}", "services.inference", "inference", LORANET_NODE_ID=f"node-{k}")
                    for k in range(self.config.inference_nodes)]
         return first, second
 
@@ -187,7 +223,7 @@ class Supervisor:
         import nats
 
         async def go() -> None:
-            nc = await nats.connect(self.config.nats_url)
+            nc = await nats.connect(self.config.url_for("init"))
             try:
                 await register_catalogue(nc, self.config.demo_adapters, self.config.cache_dir or None)
             finally:
@@ -202,6 +238,7 @@ class Supervisor:
             "ready": self.ready,
             "error": self.error,
             "nats_url": self.config.nats_url,
+            "nats_auth": self.auth,
             "redis_url": self.config.redis_url,
             "rpc_url": self.rpc_url,
             "state_dir": str(self.dir),

@@ -14,6 +14,7 @@ dead-letter path, metrics and JSON logs, and a graceful drain on SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import time
@@ -40,6 +41,7 @@ M = TypeVar("M", bound=Wire)
 R = TypeVar("R", bound=Wire)
 
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+DEAD_LETTER_KEEP_BYTES = 1024 * 1024
 _HTTP_LIKE = {"invalid": "400", "forbidden": "403", "not_found": "404", "conflict": "409", "hash_mismatch": "422",
               "unavailable": "503", "internal": "500"}
 
@@ -160,7 +162,7 @@ class Runtime:
         self.js = self.nc.jetstream()
         await ensure_topology(self.js, self.settings.js_replicas, self.settings.node_ttl_s)
         serve_metrics(self.settings.metrics_port)
-        self.log.info("service.started", nats=self.settings.nats_url, metrics_port=self.settings.metrics_port)
+        self.log.info("service.started", nats=self.settings.nats_url.split("@")[-1], metrics_port=self.settings.metrics_port)
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -355,16 +357,29 @@ class Runtime:
                 return
 
     async def dead_letter(self, route: str, msg: Msg, reason: str, deliveries: int = 0) -> None:
-        """Park `msg` on dlq.<subject> with its reason, then terminate it."""
+        """Park `msg` on dlq.<subject> with its reason, then terminate it.
+
+        The original bytes are kept up to DEAD_LETTER_KEEP_BYTES (the reason says
+        when more were dropped, with the sha256 of the whole message).  The
+        publish is retried: if it still fails, the message is left un-acked and
+        comes back, rather than being lost."""
+        data = msg.data
+        if len(data) > DEAD_LETTER_KEEP_BYTES:
+            digest = hashlib.sha256(data).hexdigest()
+            reason = f"{reason} [message of {len(data)} bytes, sha256 {digest}, first {DEAD_LETTER_KEEP_BYTES} kept]"
+            data = data[:DEAD_LETTER_KEEP_BYTES]
         record = protocol.DeadLetter(
-            subject=msg.subject[:256],
-            service=self.service,
-            reason=reason[:1024],
-            data=msg.data[: 8 * 1024 * 1024],
-            deliveries=deliveries,
+            subject=msg.subject[:256], service=self.service, reason=reason[:1024], data=data, deliveries=deliveries,
             at=time.time(),
         )
-        await self.js.publish(protocol.dead_letter(msg.subject), codec.encode(record))
+        for attempt in range(4):
+            try:
+                await self.js.publish(protocol.dead_letter(msg.subject), codec.encode(record), timeout=10)
+                break
+            except Exception:
+                if attempt == 3:
+                    raise
+                await asyncio.sleep(0.5 * (attempt + 1))
         DEAD_LETTERS.labels(self.service, route).inc()
         self.stats.setdefault(route, _Stats()).dead_lettered += 1
         self.log.warning("message.dead_lettered", route=route, subject=msg.subject, reason=reason[:300])

@@ -59,6 +59,7 @@ def redis_server_binary() -> str:
 
 class _Process:
     def __init__(self, port: int, data_dir: Path, log_path: Path) -> None:
+        self.env: dict[str, str] | None = None  # extra environment for the process
         self.port = port
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -70,7 +71,8 @@ class _Process:
 
     def start(self, timeout: float = 15.0) -> None:
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        env = {**os.environ, **self.env} if self.env else None
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         log.close()
         wait_for_port(self.port, timeout, self.proc)
 
@@ -100,10 +102,16 @@ class _Process:
 class NatsServer(_Process):
     """nats-server with JetStream (file storage) on a loopback port."""
 
-    def __init__(self, port: int, data_dir: Path, log_path: Path | None = None, sync_always: bool = False) -> None:
+    def __init__(self, port: int, data_dir: Path, log_path: Path | None = None, sync_always: bool = False,
+                 auth_conf: Path | None = None, passwords: dict[str, str] | None = None) -> None:
+        """`auth_conf`: a users/permissions file (deploy/nats/auth.conf) whose `$LORANET_NATS_PASSWORD_<ROLE>`
+        variables are filled from `passwords` (role -> password) through the server's environment."""
         super().__init__(port, data_dir, log_path or Path(data_dir) / "nats.log")
         self.sync_always = sync_always
         self.config_path = self.data_dir / "nats.conf"
+        self.auth_conf = auth_conf
+        if passwords:
+            self.env = {f"LORANET_NATS_PASSWORD_{role.upper()}": pw for role, pw in passwords.items()}
 
     @property
     def url(self) -> str:
@@ -111,10 +119,15 @@ class NatsServer(_Process):
 
     def command(self) -> list[str]:
         sync = "\n  sync_interval: always" if self.sync_always else ""
+        include = ""
+        if self.auth_conf is not None:
+            shutil.copyfile(self.auth_conf, self.data_dir / "auth.conf")
+            include = "include auth.conf\n"
         self.config_path.write_text(
             f"listen: 127.0.0.1:{self.port}\n"
             "max_payload: 8MB\n"
             f"jetstream {{\n  store_dir: \"{self.data_dir / 'js'}\"{sync}\n}}\n"
+            + include
         )
         return [nats_server_binary(), "-c", str(self.config_path)]
 

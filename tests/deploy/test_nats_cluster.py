@@ -48,7 +48,7 @@ def cluster(tmp_path_factory):
     source = (NATS_DIR / "server.conf").read_text()
     env = dict(os.environ, LORANET_NATS_PASSWORD_INIT="pw-init",
                **{f"LORANET_NATS_PASSWORD_{r}": "x" for r in
-                  ("SCHEDULER", "INFERENCE", "VERIFIER", "SETTLEMENT", "DATASTORE", "GATEWAY", "CLIENT")})
+                  ("SCHEDULER", "INFERENCE", "VERIFIER", "SETTLEMENT", "DATASTORE", "GATEWAY", "CLIENT", "ADMIN")})
     procs = []
     for name in NODES:
         d = root / name

@@ -37,7 +37,7 @@ from services.verifier.settings import VerifierSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTH = ROOT / "deploy" / "nats" / "auth.conf"
-ROLES = ("init", "scheduler", "inference", "verifier", "settlement", "datastore", "gateway", "client")
+ROLES = ("init", "scheduler", "inference", "verifier", "settlement", "datastore", "gateway", "client", "admin")
 NODE, OTHER_NODE = "node-a", "node-b"
 JOB = "ab" * 16
 PERMISSION = "permissions violation"  # nats-py lower-cases the server's -ERR text

@@ -6,12 +6,14 @@ seeded model on every node and verifier; the CLI is exercised as users run it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 import time
 
+import nats
 import pytest
 
 from loranet import codec, devnet as dn, protocol as p
@@ -22,7 +24,7 @@ from loranet.signing import Identity, sign
 
 async def test_jobs_settle_end_to_end(devnet):
     config, _ = devnet
-    async with await Client.connect(config.nats_url, Identity.generate()) as client:
+    async with await Client.connect(config.url_for("client"), Identity.generate()) as client:
         funded = await client.faucet(10**20, 10**19)
         assert funded.escrow == 10**19
         jobs = [await client.submit("demo-0", "Hello loranet", 12),
@@ -47,7 +49,7 @@ async def test_jobs_settle_end_to_end(devnet):
 
 async def test_refusals_are_reported_and_forgeries_dead_lettered(devnet):
     config, _ = devnet
-    async with await Client.connect(config.nats_url, Identity.generate()) as client:
+    async with await Client.connect(config.url_for("client"), Identity.generate()) as client:
         with pytest.raises(RemoteError) as err:
             await client.submit("no-such-adapter", "x", 4)
         assert err.value.code == "not_found"
@@ -68,7 +70,8 @@ async def test_refusals_are_reported_and_forgeries_dead_lettered(devnet):
                       p.DOMAIN_JOB_REQUEST)
         await client.publish(forged)
         await client.nc.publish(p.JOBS_SUBMIT, b"\x00garbage")
-        js = client.nc.jetstream()
+        admin = await nats.connect(config.url_for("admin"))
+        js = admin.jetstream()
         sub = await js.pull_subscribe(p.dead_letter(p.JOBS_SUBMIT), stream="DEADLETTER")
         letters = []
         deadline = time.monotonic() + 30
@@ -77,6 +80,7 @@ async def test_refusals_are_reported_and_forgeries_dead_lettered(devnet):
                 letters += [codec.decode(p.DeadLetter, m.data) for m in await sub.fetch(10, timeout=1)]
             except Exception:
                 pass
+        await admin.close()
         reasons = [d.reason for d in letters]
         assert any("forged or unsigned job" in r for r in reasons), reasons
         assert any(r.startswith("not_msgpack") or r.startswith("invalid") for r in reasons), reasons
@@ -90,7 +94,7 @@ async def test_refusals_are_reported_and_forgeries_dead_lettered(devnet):
 
 def test_cli_submit_wait_json(devnet):
     config, _ = devnet
-    env = dict(os.environ, LORANET_NATS_URL=config.nats_url)
+    env = {k: v for k, v in os.environ.items() if k != "LORANET_NATS_URL"}  # the CLI finds the devnet's client URL
     cmd = [sys.executable, "-m", "loranet.cli", "--state-dir", config.state_dir, "submit", "--adapter", "demo-0",
            "--prompt", "from the CLI", "--max-tokens", "8", "--wait", "--json"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -105,3 +109,26 @@ def test_cli_submit_wait_json(devnet):
                              "--json"], capture_output=True, text=True, timeout=60)
     services = json.loads(status.stdout)["services"]
     assert {s["state"] for s in services.values()} == {"running"}, services
+
+
+async def test_roles_are_least_privileged(devnet):
+    config, state = devnet
+    assert state["nats_auth"] is True
+    with pytest.raises(Exception):  # no credentials, no connection
+        await nats.connect(config.nats_url, max_reconnect_attempts=0, allow_reconnect=False, connect_timeout=3)
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    for role, subject in (("inference", p.verdicts("0" * 32)), ("client", p.results("node-0")),
+                          ("client", p.receipts("0" * 32)), ("inference", p.receipts("0" * 32))):
+        nc = await nats.connect(config.url_for(role), error_cb=on_error, max_reconnect_attempts=0)
+        errors.clear()
+        await nc.publish(subject, b"x")
+        await nc.subscribe(subject)
+        await nc.flush()
+        await asyncio.sleep(0.3)
+        await nc.close()
+        text = " ".join(str(e) for e in errors).lower()
+        assert "permissions violation" in text and "publish" in text and "subscription" in text, (role, subject, errors)

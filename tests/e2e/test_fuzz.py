@@ -40,21 +40,20 @@ async def _count(js, subject: str) -> int:
 async def test_hostile_traffic_everywhere_while_honest_jobs_complete(devnet):
     config, _ = devnet
     rng = random.Random(1234)
-    nc = await nats.connect(config.nats_url, max_reconnect_attempts=3)
+    nc = await nats.connect(config.url_for("admin"), max_reconnect_attempts=3)  # hostile traffic reaches every subject
     js = nc.jetstream()
     try:
-        async with await Client.connect(config.nats_url, Identity.generate()) as client:
+        async with await Client.connect(config.url_for("client"), Identity.generate()) as client:
             await client.faucet(10**20, 10**19)
             honest = [await client.submit("demo-0", "honest under fire", 8)]
             expected: dict[str, int] = {}
             before = {subject: await _count(js, p.dead_letter(subject)) for subject in PULL_SUBJECTS.values()}
             for pattern, subject in PULL_SUBJECTS.items():
-                sent = replays = 0
                 for kind, data in fuzzing.hostile_messages(pattern, N, rng):
                     await js.publish(subject, data)
-                    sent += 1
-                    replays += kind == "replay"
-                expected[subject] = sent - replays
+                    # Some mutations leave a valid message (a dropped field that has a default, a
+                    # replay): only those that cannot decode or verify must be dead-lettered.
+                    expected[subject] = expected.get(subject, 0) + (not fuzzing.acceptable(pattern, data))
             honest.append(await client.submit("demo-1", "still honest", 8))
             # Every request-reply endpoint answers every hostile request: a typed error, never silence.
             answered = errors = 0

@@ -96,7 +96,7 @@ async def _receipt_counts(js) -> dict[str, int]:
 async def run_scenario(config: dn.DevnetConfig, scenario: str, n_jobs: int, rate: float,
                        settle_timeout: float) -> Report:
     report = Report(scenario, jobs=n_jobs)
-    client = await Client.connect(config.nats_url, Identity.generate())
+    client = await Client.connect(config.url_for("client"), Identity.generate())
     client.nc._max_reconnect_attempts = -1
     await client.faucet(10**22, 10**21)
     escrow_before = (await client.balance()).escrow

@@ -88,7 +88,7 @@ def devnet(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gateways(devnet):
-    common = dict(nats_url=devnet.nats_url, gateway_host="127.0.0.1", gateway_port=0, log_level="WARNING",
+    common = dict(nats_url=devnet.url_for("gateway"), gateway_host="127.0.0.1", gateway_port=0, log_level="WARNING",
                   job_timeout_s=120)
     funded = GatewayThread(GatewaySettings(gateway_keys={ALICE: "alice"}, **common)).start()
     unfunded = GatewayThread(GatewaySettings(gateway_keys={CAROL: "carol"}, gateway_faucet=False, **common)).start()
@@ -164,7 +164,7 @@ def test_python_m_services_gateway_serves_and_drains_on_sigterm(devnet, tmp_path
     keys = tmp_path / "keys.json"
     keys.write_text(json.dumps({ALICE: "alice"}))
     port = free_port()
-    env = dict(os.environ, LORANET_NATS_URL=devnet.nats_url, LORANET_GATEWAY_PORT=str(port),
+    env = dict(os.environ, LORANET_NATS_URL=devnet.url_for("gateway"), LORANET_GATEWAY_PORT=str(port),
                LORANET_GATEWAY_HOST="127.0.0.1", LORANET_GATEWAY_KEYS_FILE=str(keys), PYTHONUNBUFFERED="1")
     root = Path(__file__).resolve().parents[2]
     log = tmp_path / "gateway.log"
