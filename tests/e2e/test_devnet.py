@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import nats
 import pytest
@@ -132,3 +133,20 @@ async def test_roles_are_least_privileged(devnet):
         await nc.close()
         text = " ".join(str(e) for e in errors).lower()
         assert "permissions violation" in text and "publish" in text and "subscription" in text, (role, subject, errors)
+
+
+def test_no_secret_in_any_log(devnet):
+    """Passwords and key seeds never reach a log line (keys live in 0600 files)."""
+    config, _ = devnet
+    state_dir = Path(config.state_dir)
+    secrets = list(json.loads((state_dir / dn.PASSWORDS_FILE).read_text()).values())
+    assert oct((state_dir / dn.PASSWORDS_FILE).stat().st_mode & 0o777) == "0o600"
+    for key_file in (state_dir / "state").glob("*.key"):
+        assert key_file.stat().st_mode & 0o077 == 0, key_file
+        secrets.append(key_file.read_text().strip())
+    assert len(secrets) >= len(dn.ROLES) + 2  # every role's password, a node's and a verifier's seed
+    logs = list((state_dir / "logs").glob("*.log")) + [state_dir / "supervisor.log"]
+    for log in logs:
+        text = log.read_text(errors="replace")
+        for secret in secrets:
+            assert secret not in text, f"a secret appears in {log.name}"
