@@ -433,6 +433,32 @@ class Stake(Wire):
     min_stake: Wei = 0
 
 
+class Reserve(Wire):
+    """Admission: lock a job's max fee in its client's escrow (settlement.reserve)."""
+
+    v: Literal[1] = 1
+    job_id: JobId
+    client_address: Address
+    max_fee: Wei
+
+
+class Release(Wire):
+    """A reserved job that will never be verified (expired, failed): refund it (settlement.release)."""
+
+    v: Literal[1] = 1
+    job_id: JobId
+    reason: ShortText = ""
+
+
+class Reservation(Wire):
+    """Reply to settlement.reserve: the job's state on chain and the client's escrow left unreserved."""
+
+    v: Literal[1] = 1
+    job_id: JobId
+    state: Literal["reserved", "settled", "refunded"]
+    available: Wei = 0
+
+
 class Faucet(Wire):
     """Devnet only: give `address` OPEN and deposit `escrow` of it for jobs."""
 
@@ -477,6 +503,8 @@ DATASTORE_JOB_LIST = "datastore.job.list"
 SETTLEMENT_BALANCE = "settlement.balance"
 SETTLEMENT_FAUCET = "settlement.faucet"
 SETTLEMENT_STAKE = "settlement.stake"
+SETTLEMENT_RESERVE = "settlement.reserve"
+SETTLEMENT_RELEASE = "settlement.release"
 
 NODES_BUCKET = "nodes"
 

@@ -33,7 +33,7 @@ from loranet.split import Price
 from . import domain
 from .chain import BatchReceipt, Chain, ChainError, TxInfo
 from .journal import Journal, PendingCommit
-from .packing import SettleJob
+from .packing import MAX_JOBS, Reservation, SettleJob
 from .settings import SettlementSettings
 
 _RECENT = 100_000  # jobs remembered as decided (duplicates skipped without a chain read)
@@ -54,6 +54,8 @@ class Settlement:
         self._deciding: set[str] = set()  # jobs whose settle/refund is under way in this process
         self._final: OrderedDict[str, None] = OrderedDict()  # jobs this process saw to the end
         self._manifests: dict[str, tuple[float, p.AdapterManifest]] = {}
+        self.reservations: WindowBatcher[str, Reservation, str | None] = WindowBatcher(
+            self._reserve_batch, settings.reserve_window_s, MAX_JOBS)
 
     @classmethod
     async def open(cls, rt: Runtime, settings: SettlementSettings, chain: Chain) -> Settlement:
@@ -69,6 +71,8 @@ class Settlement:
                  slots=max(self.settings.epoch_max_jobs * 2, 8), max_bytes=p.MAX_BYTES[p.VERDICTS_ALL]),
             Endpoint("balance", p.SETTLEMENT_BALANCE, p.BalanceGet, self.balance),
             Endpoint("stake", p.SETTLEMENT_STAKE, p.StakeGet, self.stake),
+            Endpoint("reserve", p.SETTLEMENT_RESERVE, p.Reserve, self.reserve),
+            Endpoint("release", p.SETTLEMENT_RELEASE, p.Release, self.release),
         ]
         if self.settings.faucet:
             routes.append(Endpoint("faucet", p.SETTLEMENT_FAUCET, p.Faucet, self.faucet))
@@ -98,6 +102,53 @@ class Settlement:
             return await asyncio.to_thread(read)
         except ChainError as exc:
             raise ServiceError("unavailable", str(exc)) from None
+
+    async def reserve(self, req: p.Reserve) -> p.Reservation:
+        """Lock the job's max fee at admission (batched into one `reserve` transaction per window).
+        Idempotent: asking again for a job already reserved answers as the first time did."""
+        try:
+            refused = await self.reservations.add("reserve", Reservation(bytes.fromhex(req.job_id), req.client_address,
+                                                                           req.max_fee))
+        except ChainError as exc:
+            raise ServiceError("unavailable", str(exc)) from None
+        state, available = await asyncio.to_thread(
+            lambda: (self.chain.job_state(req.job_id), self.chain.available_of(req.client_address)))
+        if refused and state == "unknown":
+            raise ServiceError("conflict", f"reservation refused: {refused}", "max_fee")
+        if state == "unknown":
+            raise ServiceError("unavailable", "reservation not on chain; try again")
+        return p.Reservation(job_id=req.job_id, state=state, available=available)
+
+    async def _reserve_batch(self, key: str, items: list[Reservation]) -> list[str | None]:
+        """One reserve transaction; if it reverts, each reservation alone (None = done, else why not)."""
+        states = await asyncio.to_thread(self.chain.job_states, [r.job_id for r in items])
+        todo = [r for r, s in zip(items, states) if s == "unknown"]
+        refused: dict[bytes, str] = {}
+        if todo:
+            try:
+                await asyncio.to_thread(self.chain.reserve, todo)
+            except ChainError:
+                for r in todo:
+                    try:
+                        await asyncio.to_thread(self.chain.reserve, [r])
+                    except ChainError as exc:
+                        refused[r.job_id] = str(exc)[:500]
+        return [refused.get(r.job_id) for r in items]
+
+    async def release(self, req: p.Release) -> p.Receipt:
+        """Refund a job that will not be verified (its reservation back to the client's escrow)."""
+        if req.job_id in self._deciding:
+            raise ServiceError("conflict", "the job is being settled or refunded now", "job_id")
+        self._deciding.add(req.job_id)
+        try:
+            receipt = await self.epochs.add("epoch", domain.Decision(req.job_id, None, req.reason or "released"))
+        except ChainError as exc:
+            raise ServiceError("unavailable", str(exc)) from None
+        finally:
+            self._deciding.discard(req.job_id)
+        if receipt is None:
+            raise ServiceError("conflict", "the job is final on chain without a receipt here", "job_id")
+        return receipt
 
     async def faucet(self, req: p.Faucet) -> p.Balance:
         if req.escrow > req.amount:

@@ -19,6 +19,8 @@ class SettlementSettings(CommonSettings):
     # An epoch closes at this many jobs or after this long, whichever first.
     epoch_max_jobs: int = 64
     epoch_max_s: float = 1.0
+    # settlement.reserve batches the reservations asked for within this window into one transaction.
+    reserve_window_s: float = 0.05
     # Independent accepting verdicts needed before a job is paid.
     verdict_quorum: int = 1
     # Devnet convenience: settlement.faucet hands out OPEN from the deployer.

@@ -162,3 +162,35 @@ async def test_rejected_result_slashes_its_staked_node_once(nats_server, chain):
         await rt.js.publish(p.verdicts(bad.job_id), codec.encode(rejected))
         await asyncio.sleep(1.0)
         assert chain.node(staker.address).stake == 1800 * 10**18
+
+
+async def test_reserve_at_admission_then_settle_or_release(nats_server, chain):
+    from loranet.runtime import RemoteError
+
+    client = chain.new_account()
+    await asyncio.to_thread(chain.fund, client.address, 10**18)
+    await asyncio.to_thread(chain.deposit, client.key, 3 * 10**15)
+    settings = SettlementSettings(nats_url=nats_server.url, epoch_max_s=0.2)
+    async with Runtime("settlement", settings) as rt:
+        await rt.mount((await Settlement.open(rt, settings, chain)).routes())
+        jobs = [factories.job(adapter_id="", client_address=client.address, max_fee=10**15) for _ in range(3)]
+
+        async def reserve(job, max_fee=10**15):
+            return await rt.request(p.SETTLEMENT_RESERVE, p.Reserve(job_id=job.job_id, client_address=client.address,
+                                                                    max_fee=max_fee), p.Reservation)
+        # Reservations asked together go on chain together; asking again is harmless.
+        first = await asyncio.gather(reserve(jobs[0]), reserve(jobs[1]))
+        assert {r.state for r in first} == {"reserved"}
+        assert (await reserve(jobs[0])).available == 10**15
+        with pytest.raises(RemoteError) as refused:
+            await reserve(jobs[2], max_fee=2 * 10**15)
+        assert refused.value.code == "conflict" and "escrow below reserved" in refused.value.message
+        assert chain.reserved_of(client.address) == 2 * 10**15
+        # A verified job releases its reservation and pays its fee; a released one pays nothing.
+        await rt.js.publish(p.verdicts(jobs[0].job_id), codec.encode(factories.verdict(factories.result(jobs[0]))))
+        settled = codec.decode(p.Receipt, (await _wait_stage(rt.js, jobs[0].job_id, "settled")).body)
+        released = await rt.request(p.SETTLEMENT_RELEASE, p.Release(job_id=jobs[1].job_id, reason="expired"), p.Receipt)
+        assert released.status == "refunded" and chain.job_state(jobs[1].job_id) == "refunded"
+        assert chain.reserved_of(client.address) == 0
+        assert chain.escrow_of(client.address) == 3 * 10**15 - settled.fee
+        assert (await rt.request(p.SETTLEMENT_RELEASE, p.Release(job_id=jobs[1].job_id), p.Receipt)) == released
