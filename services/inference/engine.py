@@ -342,6 +342,7 @@ class Engine:
         if not fresh and not decoding:
             return False
         seqs = fresh + decoding
+        self._running = seqs  # from here a failing forward fails (and frees) the fresh ones too
         ids: list[int] = []
         positions: list[int] = []
         write: list[torch.Tensor] = []

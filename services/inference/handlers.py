@@ -25,7 +25,7 @@ from loranet.model.content import ContentHashMismatch
 from loranet.runtime import Delivery, Pull, RemoteError, Runtime
 from loranet.signing import Identity, devnet_address, sign
 
-from . import domain
+from . import domain, metrics
 from .engine import Engine, GenRequest, JobRefused, ensure_dir
 from .settings import InferenceSettings
 
@@ -61,6 +61,8 @@ class InferenceNode:
 
     def heartbeat(self) -> p.NodeHeartbeat:
         depth = self.engine.queue_depth
+        tps = self.engine.tokens_per_s()
+        metrics.TOKENS_PER_S.set(tps)
         total = self.settings.max_running
         hb = p.NodeHeartbeat(
             node_id=self.settings.node_id, node_key=self.identity.public, payout_address=self.address,
@@ -68,7 +70,7 @@ class InferenceNode:
             memory_free=torch.cuda.mem_get_info()[0] if self.engine.device.type == "cuda" else 0,
             adapters_hot=self.engine.adapters_hot[:4096], slots_total=total,
             slots_free=max(total - depth, 0), queue_depth=depth,
-            tokens_per_s=self.engine.tokens_per_s(), region=self.settings.region, at=time.time(),
+            tokens_per_s=tps, region=self.settings.region, at=time.time(),
         )
         return sign(hb, self.identity, p.DOMAIN_HEARTBEAT)
 
@@ -117,17 +119,20 @@ class InferenceNode:
             raise
 
     async def run_segment(self, segment: p.WorkSegment, model_id: str) -> None:
-        bad = self.engine.adapters.bad_reason(segment.adapter_id) if segment.adapter_id else None
-        if bad is None:
-            try:
-                await self.ensure_adapter(segment.adapter_id)
-            except (RemoteError, ContentHashMismatch, ValueError) as exc:
-                bad = str(exc)
-        if bad is not None:
-            for job in segment.jobs:
-                await self.fail(job, f"adapter {segment.adapter_id}: {bad}")
-            return
         await asyncio.gather(*(self.run_job(job, model_id) for job in segment.jobs))
+
+    async def adapter_problem(self, adapter_id: str) -> str | None:
+        """None when the adapter is ready on this node (fetched now if needed), else why it is not."""
+        if not adapter_id:
+            return None
+        bad = self.engine.adapters.bad_reason(adapter_id)
+        if bad is not None:
+            return bad
+        try:
+            await self.ensure_adapter(adapter_id)
+        except (RemoteError, ContentHashMismatch, ValueError) as exc:
+            return str(exc)
+        return None
 
     async def run_job(self, job: p.JobRequest, model_id: str) -> None:
         recent = self._recent.get(job.job_id)
@@ -137,6 +142,10 @@ class InferenceNode:
         started = time.time()
         if model_id != self.engine.model_id or job.model_id != self.engine.model_id:
             await self.fail(job, f"node {self.settings.node_id} does not serve model {job.model_id}")
+            return
+        problem = await self.adapter_problem(job.adapter_id)
+        if problem is not None:
+            await self.fail(job, f"adapter {job.adapter_id}: {problem}")
             return
         try:
             params = domain.sampler_params(job)

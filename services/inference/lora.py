@@ -120,7 +120,8 @@ def apply(x: torch.Tensor, lora: PackedLoraWeights, p: LoraPlan, y: torch.Tensor
         if w is not None:
             a, b_all = w
             G, S = p.tokens.shape
-            d = torch.bmm(torch.bmm(x[p.tokens], a), b_all).view(G * S, -1)
+            xs = x.index_select(0, p.tokens.view(-1)).view(G, S, -1)
+            d = torch.bmm(torch.bmm(xs, a), b_all).view(G * S, -1)
             y.index_add_(0, p.valid_tokens, d if p.all_valid else d[p.valid])
     for slot, tokens in p.long_segments:
         r = lora.total_ranks_host[slot]
