@@ -53,6 +53,11 @@ def bad_key() -> ApiError:
                     "invalid_request_error", None, "invalid_api_key")
 
 
+def rate_limited(retry_after_s: float) -> ApiError:
+    return ApiError(429, f"Rate limit reached for this API key; retry in {retry_after_s:.1f}s.", "rate_limit_error",
+                    None, "rate_limit_exceeded")
+
+
 def unknown_model(model: str, known: list[str]) -> ApiError:
     shown = ", ".join(known[:20]) + (" …" if len(known) > 20 else "")
     return ApiError(404, f"The model '{model}' does not exist. Known models: {shown}. "

@@ -30,6 +30,7 @@ from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 from loranet import protocol as p
 from loranet.client import Client, JobFailed
 from loranet.observability import HANDLER_SECONDS, MESSAGES, EventLog
+from loranet.ratelimit import RateLimiter
 from loranet.runtime import RemoteError, request
 from loranet.signing import Identity
 
@@ -51,6 +52,7 @@ class Gateway:
         self._fund_locks: dict[str, asyncio.Lock] = {}
         self._catalogue: domain.Catalogue | None = None
         self._catalogue_at = 0.0
+        self.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
 
     # -- identities ---------------------------------------------------------------
 
@@ -178,6 +180,8 @@ class Gateway:
 
     async def _complete(self, req: web.Request, chat: bool) -> web.StreamResponse:
         name, client = self.authenticate(req)
+        if not self.limiter.allow(name):
+            raise domain.rate_limited(self.limiter.retry_after(name))
         try:
             body = json.loads(await req.text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -36,6 +36,9 @@ class GatewaySettings(CommonSettings):
     # Chat requests without max_tokens get this many; completions get OpenAI's 16.
     chat_max_tokens: Annotated[int, Field(ge=1, le=4096)] = 256
     stream_chunk_chars: Annotated[int, Field(ge=1)] = 16
+    # Per API client: completions a second on average, and the burst allowed.
+    rate_limit_per_s: Annotated[float, Field(gt=0)] = 5.0
+    rate_limit_burst: Annotated[int, Field(ge=1)] = 20
 
     def api_keys(self) -> dict[str, str]:
         """Every configured API key → client name (the keys file and LORANET_GATEWAY_KEYS together)."""

@@ -22,7 +22,7 @@ import pytest
 
 openai = pytest.importorskip("openai", reason="the openai package drives these tests: pip install 'openai>=1.40'")
 
-from loranet import devnet as dn
+from loranet import devnet as dn, protocol as p
 from loranet.model.checkpoint import DEFAULT_MODEL_NAME
 from loranet.servers import free_port
 from services.gateway.main import serve
@@ -76,19 +76,14 @@ class GatewayThread:
 
 
 @pytest.fixture(scope="module")
-def devnet(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gateway-devnet")
-    config = dn.DevnetConfig(state_dir=str(root / "state"), nats_port=free_port(), redis_port=free_port(),
-                             inference_nodes=1, verifiers=1, demo_adapters=2, cache_dir=str(root / "cache"),
-                             epoch_max_s=0.2)
-    dn.start_detached(config, timeout=400)
-    yield config
-    dn.stop(config.state_dir)
+def gateway_devnet(devnet):
+    """The session's shared devnet (tests/conftest.py): 1 node, 1 verifier, 2 adapters."""
+    return devnet[0]
 
 
 @pytest.fixture(scope="module")
-def gateways(devnet):
-    common = dict(nats_url=devnet.url_for("gateway"), gateway_host="127.0.0.1", gateway_port=0, log_level="WARNING",
+def gateways(gateway_devnet):
+    common = dict(nats_url=gateway_devnet.url_for("gateway"), gateway_host="127.0.0.1", gateway_port=0, log_level="WARNING",
                   job_timeout_s=120)
     funded = GatewayThread(GatewaySettings(gateway_keys={ALICE: "alice"}, **common)).start()
     unfunded = GatewayThread(GatewaySettings(gateway_keys={CAROL: "carol"}, gateway_faucet=False, **common)).start()
@@ -159,12 +154,12 @@ def test_errors_arrive_as_openai_exceptions(gateways):
     assert err.value.status_code == 402 and err.value.code == "insufficient_quota"
 
 
-def test_python_m_services_gateway_serves_and_drains_on_sigterm(devnet, tmp_path):
+def test_python_m_services_gateway_serves_and_drains_on_sigterm(gateway_devnet, tmp_path):
     """The gateway as compose runs it: `python -m services.gateway`, settings from the environment."""
     keys = tmp_path / "keys.json"
     keys.write_text(json.dumps({ALICE: "alice"}))
     port = free_port()
-    env = dict(os.environ, LORANET_NATS_URL=devnet.url_for("gateway"), LORANET_GATEWAY_PORT=str(port),
+    env = dict(os.environ, LORANET_NATS_URL=gateway_devnet.url_for("gateway"), LORANET_GATEWAY_PORT=str(port),
                LORANET_GATEWAY_HOST="127.0.0.1", LORANET_GATEWAY_KEYS_FILE=str(keys), PYTHONUNBUFFERED="1")
     root = Path(__file__).resolve().parents[2]
     log = tmp_path / "gateway.log"
@@ -184,3 +179,23 @@ def test_python_m_services_gateway_serves_and_drains_on_sigterm(devnet, tmp_path
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log.read_text()[-2000:]
     assert '"event":"service.stopped"' in log.read_text()
+
+
+def test_rate_limit_and_oversized_bodies(gateway_devnet):
+    gateway = GatewayThread(GatewaySettings(nats_url=gateway_devnet.url_for("gateway"), gateway_host="127.0.0.1",
+                                            gateway_port=0, log_level="WARNING", gateway_keys={ALICE: "alice"},
+                                            rate_limit_per_s=0.01, rate_limit_burst=3)).start()
+    try:
+        client = gateway.client(ALICE)
+        for _ in range(2):  # the burst: refused for their parameters, not their rate
+            with pytest.raises(openai.BadRequestError):
+                client.completions.create(model=ADAPTER, prompt="x", max_tokens=-5)
+        huge = "x" * (10 * p.MAX_PROMPT_CHARS)  # over the body limit: refused before it is read whole
+        with pytest.raises(openai.APIStatusError) as err:
+            client.completions.create(model=ADAPTER, prompt=huge, max_tokens=4)
+        assert err.value.status_code == 413
+        with pytest.raises(openai.RateLimitError) as err:
+            client.completions.create(model=ADAPTER, prompt="x", max_tokens=4)
+        assert err.value.body["code"] == "rate_limit_exceeded"
+    finally:
+        gateway.close()
