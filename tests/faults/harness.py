@@ -144,7 +144,9 @@ async def run_scenario(config: dn.DevnetConfig, scenario: str, n_jobs: int, rate
     report.lost = len(pending)
     for record in finals.values():
         setattr(report, record.status, getattr(report, record.status) + 1)
-    counts = await _receipt_counts(client.nc.jetstream())
+    admin = await nats.connect(config.url_for("admin"))  # receipts are not readable by clients
+    counts = await _receipt_counts(admin.jetstream())
+    await admin.close()
     report.duplicated = sum(1 for c in counts.values() if c > 1)
     fees = sum(r.receipt.fee for r in finals.values() if r.receipt and r.status == "settled")
     charged = escrow_before - (await client.balance()).escrow
