@@ -54,6 +54,7 @@ class Settlement:
         self._deciding: set[str] = set()  # jobs whose settle/refund is under way in this process
         self._final: OrderedDict[str, None] = OrderedDict()  # jobs this process saw to the end
         self._manifests: dict[str, tuple[float, p.AdapterManifest]] = {}
+        self._fault_passes = 0
         self.reservations: WindowBatcher[str, Reservation, str | None] = WindowBatcher(
             self._reserve_batch, settings.reserve_window_s, MAX_JOBS)
 
@@ -291,8 +292,10 @@ class Settlement:
     def _fault(self, point: str) -> None:
         """Crash here if LORANET_FAULT_POINT names this point (crash-recovery tests only)."""
         if self.settings.fault_point == point:
-            self.rt.log.warning("fault.injected", point=point)
-            os._exit(137)
+            self._fault_passes += 1
+            if self._fault_passes > self.settings.fault_after:
+                self.rt.log.warning("fault.injected", point=point)
+                os._exit(137)
 
     async def _commit_settles(self, jobs: list[SettleJob], seq: int = 0) -> dict[str, p.Receipt]:
         seq = seq or await asyncio.to_thread(self.chain.last_seq) + 1

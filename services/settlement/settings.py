@@ -34,6 +34,7 @@ class SettlementSettings(CommonSettings):
     # Crash testing only: exit abruptly (os._exit(137)) at this point of an epoch's commit:
     # before_send | after_send | after_receipt | after_publish ("" = never).
     fault_point: str = ""
+    fault_after: int = 0  # pass the fault point this many times before crashing at it
     # The KV bucket holding the epoch being committed (the crash-recovery journal).
     journal_bucket: str = "settlement"  # loranet.topology.SETTLEMENT_BUCKET
 

@@ -29,9 +29,11 @@ ROOT = Path(__file__).resolve().parents[2]
 ESCROW = 10**18
 
 
-def _settlement(nats_url: str, rpc_url: str, log: Path, fault: str = "") -> subprocess.Popen:
+def _settlement(nats_url: str, rpc_url: str, log: Path, fault: str = "", fault_after: int = 0,
+                epoch_max_jobs: int = 16) -> subprocess.Popen:
     env = dict(os.environ, LORANET_NATS_URL=nats_url, LORANET_RPC_URL=rpc_url, LORANET_EPOCH_MAX_S="0.3",
-               LORANET_EPOCH_MAX_JOBS="16", LORANET_FAULT_POINT=fault, LORANET_INSTANCE="settlement-test")
+               LORANET_EPOCH_MAX_JOBS=str(epoch_max_jobs), LORANET_FAULT_POINT=fault,
+               LORANET_FAULT_AFTER=str(fault_after), LORANET_INSTANCE="settlement-test")
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", "services.settlement"], env=env, cwd=ROOT, stdout=out,
                                 stderr=subprocess.STDOUT)
@@ -153,4 +155,43 @@ async def test_kill_at_each_point_then_restart(nats_server, chain_node_url, tmp_
     assert all(sum(x.amount for x in r[0].payouts) == r[0].fee for r in receipts.values())
     if accepted:
         assert {r[0].epoch for r in receipts.values() if r[0].status == "settled"} == {seq_before + 1}
+    await nc.close()
+
+
+async def test_kill_mid_stream_after_some_epochs(nats_server, chain_node_url, tmp_path):
+    """40 jobs in epochs of 8; killed at the third commit's receipt; the restart finishes the rest."""
+    chain = Chain(chain_node_url)
+    client = chain.new_account(open_tokens=ESCROW)
+    chain.deposit(client.key, ESCROW)
+    seq_before = chain.last_seq()
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    await topology.ensure_topology(js)
+    verdicts = _verdicts(client.address, 36, 4)
+    for v in verdicts:
+        await js.publish(p.verdicts(v.job_id), codec.encode(v))
+    log = tmp_path / "settlement.log"
+    crashed = _settlement(nats_server.url, chain_node_url, log, "after_receipt", fault_after=2, epoch_max_jobs=8)
+    try:
+        assert await asyncio.to_thread(crashed.wait, 120) == 137, log.read_text()[-3000:]
+    finally:
+        _stop(crashed)
+    assert 0 < len(await _receipts(js)) < len(verdicts)
+    survivor = _settlement(nats_server.url, chain_node_url, log, epoch_max_jobs=8)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(await _receipts(js)) < len(verdicts):
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(1.0)
+        receipts = await _receipts(js)
+    finally:
+        _stop(survivor)
+    assert len(receipts) == len(verdicts) and all(len(r) == 1 for r in receipts.values())
+    assert '"event":"journal.batch_mined"' in log.read_text()
+    fees = sum(r[0].fee for r in receipts.values())
+    assert fees == 15 * 10**12 * 36 and chain.escrow_of(client.address) == ESCROW - fees
+    settled_epochs = sorted({r[0].epoch for r in receipts.values() if r[0].status == "settled"})
+    assert settled_epochs == list(range(seq_before + 1, chain.last_seq() + 1))  # no batch without receipts
+    for v in verdicts:
+        assert chain.job_state(v.job_id) == ("settled" if v.accepted else "refunded")
     await nc.close()

@@ -1,0 +1,53 @@
+"""On the embedded devnet the chain is its own process: kill -9 settlement and every balance survives."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from loranet import devnet as dn
+from loranet.client import Client
+from loranet.signing import Identity
+
+
+def _service(state_dir: str, name: str) -> dict:
+    return dn.status(state_dir)["services"][name]
+
+
+async def test_settlement_crash_keeps_the_chain(devnet):
+    config, state = devnet
+    deployment = json.loads((Path(state["state_dir"]) / "chain.json").read_text())
+    assert deployment["rpc_url"] == state["rpc_url"] and deployment["settlement"].startswith("0x")
+    async with await Client.connect(config.url_for("client"), Identity.generate()) as client:
+        funded = await client.faucet(10**20, 10**19)
+        job_id = await client.submit("demo-0", "before the crash", 4)
+        first = await client.wait(job_id, 180)
+        assert first.status == "settled"
+
+        before = _service(config.state_dir, "settlement")
+        os.kill(int(before["pid"]), signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            now = _service(config.state_dir, "settlement")
+            if now["restarts"] > before["restarts"] and now["state"] == "running":
+                break
+            await asyncio.sleep(0.5)
+        assert _service(config.state_dir, "settlement")["restarts"] == before["restarts"] + 1
+
+        # The same chain, the same contracts: the escrow left after the first job is still there.
+        balance = None
+        while time.monotonic() < deadline:
+            try:
+                balance = await client.balance()
+                break
+            except Exception:  # settlement still attaching
+                await asyncio.sleep(0.5)
+        assert balance is not None and balance.escrow == funded.escrow - first.fee
+        job_id = await client.submit("demo-1", "after the crash", 4)
+        second = await client.wait(job_id, 180)
+        assert second.status == "settled" and second.epoch > first.epoch, second.reason
+        assert (await client.balance()).escrow == funded.escrow - first.fee - second.fee
