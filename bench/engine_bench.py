@@ -73,14 +73,15 @@ def run_engine(engine_args, adapters, jobs_prompts, which: list[int | None], max
     # ignore_eos: the same token count for every variant.
     reqs = [GenRequest(f"j{i}", p, "" if w is None else adapters[w][2], max_tokens, GREEDY, 0, ignore_eos=True)
             for i, (p, w) in enumerate(zip(jobs_prompts, which))]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     futs = [engine.submit(r) for r in reqs]
     engine.run_until_idle()
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     gens = [f.result(0) for f in futs]
     tokens = sum(len(g.output_tokens) for g in gens)
     full = [len(c) for g in gens for c in g.chunks[1:1 + len(g.output_tokens) // 32]]
-    return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall, "steps": engine.steps,
+    return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall, "tokens_per_cpu_s": tokens / cpu,
+            "steps": engine.steps,
             "fingerprint_bytes_per_32_tokens": sum(full) / len(full) if full else None,
             "outputs": [g.output_tokens for g in gens]}
 
@@ -100,7 +101,7 @@ def run_peft(base_path: str, adapters, jobs_prompts, which: list[int], max_token
     for i, k in enumerate(which):
         groups.setdefault(k, []).append(i)
     tokens = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with torch.no_grad():
         for k, idx in groups.items():
             peft.set_adapter(f"a{k}")
@@ -114,8 +115,8 @@ def run_peft(base_path: str, adapters, jobs_prompts, which: list[int], max_token
             out = peft.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens, min_new_tokens=max_tokens,
                                 do_sample=False, pad_token_id=tokenizer.PAD_ID, eos_token_id=None)
             tokens += (out.shape[1] - L) * len(idx)
-    wall = time.perf_counter() - t0
-    return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall}
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall, "tokens_per_cpu_s": tokens / cpu}
 
 
 def main() -> None:
@@ -149,7 +150,8 @@ def main() -> None:
 
     def record(name, res):
         rows[name] = res
-        log(f"{name:22s} {res['tokens_per_s']:9.1f} tok/s  {res['tokens']:6d} tokens  {res['wall_s']:6.2f} s"
+        log(f"{name:22s} {res['tokens_per_s']:9.1f} tok/s  {res['tokens_per_cpu_s']:9.1f} tok/cpu-s  "
+            f"{res['tokens']:6d} tokens  {res['wall_s']:6.2f} s"
             + (f"  {res['steps']} steps" if "steps" in res else ""))
 
     repeat = args.repeat or (1 if args.quick else 3)
@@ -161,8 +163,15 @@ def main() -> None:
     for rep in range(repeat):
         for name, which in variants:
             res = run_engine(eargs, adapters, jp, which, max_tokens, slots, args.max_running)
-            if name not in rows or res["tokens_per_s"] > rows[name]["tokens_per_s"]:
+            if name not in rows:
                 rows[name] = res
+            else:  # best wall and best CPU figure, each over the repeats
+                best = rows[name]
+                if res["tokens_per_s"] > best["tokens_per_s"]:
+                    res["tokens_per_cpu_s"] = max(res["tokens_per_cpu_s"], best["tokens_per_cpu_s"])
+                    rows[name] = res
+                else:
+                    best["tokens_per_cpu_s"] = max(res["tokens_per_cpu_s"], best["tokens_per_cpu_s"])
     for name, _ in variants:
         record(name, rows[name])
     record("peft-64", run_peft(str(path), adapters, jp, assignment(n_jobs, 64, "uniform"), max_tokens))
@@ -184,11 +193,19 @@ def main() -> None:
         "tokens_per_s_peft64": rows["peft-64"]["tokens_per_s"],
         "speedup_vs_peft": rows["mixed64-uniform"]["tokens_per_s"] / rows["peft-64"]["tokens_per_s"],
         "fingerprint_bytes_per_32_tokens": rows["single"]["fingerprint_bytes_per_32_tokens"],
+        # The same ratios over process CPU time: steadier than wall time on a shared, loaded machine.
+        "cpu_mixed64_over_single": rows["mixed64-uniform"]["tokens_per_cpu_s"] / rows["single"]["tokens_per_cpu_s"],
+        "cpu_mixed256_over_single": rows[f"mixed{big}-uniform"]["tokens_per_cpu_s"] / rows["single"]["tokens_per_cpu_s"],
+        "cpu_speedup_vs_peft": rows["mixed64-uniform"]["tokens_per_cpu_s"] / rows["peft-64"]["tokens_per_cpu_s"],
+        "mixed1_over_single_noise_check": rows["mixed1-uniform"]["tokens_per_s"] / single,  # same work: ~1.0
         "mixed1_equals_single_outputs": rows["mixed1-uniform"]["outputs"] == rows["single"]["outputs"],
     }
     log(f"mixed-64 / single = {out['mixed64_over_single']:.2f}   mixed-{big} ({slots} slots) / single = "
         f"{out['mixed256_over_single']:.2f}   mixed-64 vs PEFT per-adapter batching = {out['speedup_vs_peft']:.2f}x   "
-        f"fingerprint {out['fingerprint_bytes_per_32_tokens']:.0f} B / 32 tokens")
+        f"fingerprint {out['fingerprint_bytes_per_32_tokens']:.0f} B / 32 tokens\n"
+        f"over CPU time: mixed-64 / single = {out['cpu_mixed64_over_single']:.2f}   mixed-{big} / single = "
+        f"{out['cpu_mixed256_over_single']:.2f}   vs PEFT = {out['cpu_speedup_vs_peft']:.2f}x   "
+        f"(noise check, same work: mixed-1 / single = {out['mixed1_over_single_noise_check']:.2f})")
     if args.json:
         print(json.dumps(out))
 
