@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict, deque
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from loranet import protocol as p
@@ -412,7 +412,8 @@ class RoutingQueue:
                     best = (score, key)
             assert best is not None
             key = best[1]
-            node = choose_node(self._requirements(key), nodes, rooms, loads, extra_hot, self.cold_penalty)
+            req = self._requirements(key)
+            node = choose_node(req, nodes, rooms, loads, extra_hot, self.cold_penalty)
             if node is None:
                 blocked.add(key)
                 continue
@@ -420,7 +421,8 @@ class RoutingQueue:
             if batch is None or len(batch.tickets) >= self.max_batch_jobs:
                 batch = open_batch[(node.node_id, key[0])] = Assignment(node.node_id, key[0])
                 out.append(batch)
-            take = min(rooms[node.node_id], self.max_batch_jobs - len(batch.tickets))
+            take = min(rooms[node.node_id], self.max_batch_jobs - len(batch.tickets),
+                       self._share(node, req, nodes, rooms, loads, extra_hot))
             taken = self._take(self._groups[key], take)
             batch.tickets.extend(taken)
             rooms[node.node_id] -= len(taken)
@@ -430,6 +432,26 @@ class RoutingQueue:
             if key[1]:
                 extra_hot.setdefault(node.node_id, set()).add(key[1])
         return out
+
+    def _share(self, node: NodeView, req: Requirements, nodes: Sequence[NodeView], rooms: dict[str, int],
+               loads: dict[str, int], extra_hot: dict[str, set[str]]) -> int:
+        """How many of a group's tickets `node` takes before the next-best node would win them.
+
+        With the adapter hot there once it has the first ticket, it keeps taking
+        until it is fuller than the runner-up's score (load, plus `cold_penalty`
+        if the runner-up is cold): a group hot everywhere (the base model) is
+        spread, a cold one is not split across several loads.
+        """
+        alt = choose_node(replace(req, avoid=req.avoid | {node.node_id}), nodes, rooms, loads, extra_hot,
+                          self.cold_penalty)
+        if alt is None:
+            return self.max_batch_jobs
+        alt_hot = (not req.adapter_id or req.adapter_id in alt.adapters_hot
+                   or req.adapter_id in extra_hot.get(alt.node_id, ()))
+        alt_score = loads.get(alt.node_id, alt.outstanding) / max(alt.capacity, 1) + (0.0 if alt_hot else self.cold_penalty)
+        if math.isinf(alt_score):
+            return self.max_batch_jobs
+        return max(1, math.floor(alt_score * node.capacity - loads.get(node.node_id, node.outstanding) + 1e-9))
 
     def _next_client(self, blocked: set[GroupKey]) -> str | None:
         best: tuple[float, str] | None = None
@@ -474,8 +496,17 @@ UNFINISHED_STAGES: frozenset[str] = frozenset({"admitted", "dispatched"})
 
 
 def unfinished(latest_stage: str | None) -> bool:
-    """Whether a job taken back from a dead node must be dispatched again (None: no event found)."""
+    """Whether a job whose latest event is `latest_stage` still needs a node (None: no event found)."""
     return latest_stage is None or latest_stage in UNFINISHED_STAGES
+
+
+def needs_node(stages: Iterable[str]) -> bool:
+    """Whether a job taken back from a dead node must be dispatched again, from all its events' stages.
+
+    All of them, not the latest: a fast node's `result` can be stored before the
+    scheduler's own `dispatched` event for the same job.
+    """
+    return all(stage in UNFINISHED_STAGES for stage in stages)
 
 
 class Outstanding:

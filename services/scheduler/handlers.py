@@ -140,6 +140,23 @@ class Scheduler:
         except DecodeError:
             return None
 
+    async def stages(self, job_id: str) -> list[str]:
+        """Stages of a job's events in stream order, up to the first one past dispatch."""
+        out: list[str] = []
+        seq = 1
+        while True:
+            try:
+                msg = await self.rt.js.get_msg("EVENTS", seq=seq, subject=p.job_events(job_id), next=True)
+            except NotFoundError:
+                return out
+            try:
+                out.append(codec.decode(p.JobEvent, msg.data or b"").stage)
+            except DecodeError:
+                pass
+            if not domain.needs_node(out):
+                return out
+            seq = (msg.seq or seq) + 1
+
     async def views(self) -> list[domain.NodeView]:
         heartbeats = await self.registry.nodes()
         for hb in heartbeats:
@@ -368,8 +385,8 @@ class Scheduler:
             await self.rt.dead_letter("redispatch", msg, str(exc))
             return
         jobs = [job for segment in batch.segments for job in segment.jobs]
-        stages = await asyncio.gather(*(self.latest_stage(job.job_id) for job in jobs))
-        todo = [job for job, stage in zip(jobs, stages) if domain.unfinished(stage)]
+        stages = await asyncio.gather(*(self.stages(job.job_id) for job in jobs))
+        todo = [job for job, seen in zip(jobs, stages) if domain.needs_node(seen)]
         keep_alive = asyncio.ensure_future(self._keep_alive(msg))
         try:
             now = time.time()

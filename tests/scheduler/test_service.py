@@ -1,0 +1,150 @@
+"""The scheduler service against a real nats-server, with fake nodes: failover, replicas, fairness, routing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import nats
+import pytest
+
+from loranet.runtime import Runtime
+from loranet.signing import Identity
+from services.scheduler.handlers import Scheduler
+from services.scheduler.settings import SchedulerSettings
+
+from .fakes import FakeNode, events, job, per_job, submit
+
+
+@asynccontextmanager
+async def scheduler(url: str, **overrides) -> AsyncIterator[Scheduler]:
+    fields = dict(nats_url=url, require_escrow=False, node_ttl_s=1.5, registry_refresh_s=0.1, failover_check_s=0.3,
+                  batch_window_ms=5, drain_timeout_s=1, log_level="WARNING")
+    fields.update(overrides)
+    settings = SchedulerSettings(**fields)
+    async with Runtime("scheduler", settings) as rt:
+        sched = Scheduler(rt, settings)
+        await sched.start()
+        await rt.mount(sched.routes())
+        yield sched
+
+
+async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def nc(nats_server):
+    conn = await nats.connect(nats_server.url)
+    yield conn
+    await FakeNode.stop_all()
+    await conn.close()
+
+
+async def test_dead_nodes_jobs_complete_elsewhere_exactly_once(nats_server, nc):
+    async with scheduler(nats_server.url) as sched:
+        a = await FakeNode(nc, "node-a", slots=2, crash_after=2).start()
+        client = Identity.generate()
+        jobs = [job(client) for _ in range(6)]
+        await submit(nc, jobs)
+        await until(a.crashed.is_set, 10, "node-a to take work and crash")
+        assert len(a.done) == 2
+        b = await FakeNode(nc, "node-b").start()
+        ids = {j.job_id for j in jobs}
+        await until(lambda: set(a.done) | set(b.done) == ids, 20, "every job to complete")
+        await asyncio.sleep(0.5)  # let late duplicates, if any, show up
+        results = per_job(await events(nc, "result"))
+        assert results == Counter({i: 1 for i in ids}), results
+        assert set(b.done) == ids - set(a.done)
+        assert sched.redispatched == 4
+        dispatched = await events(nc, "dispatched")
+        assert per_job(dispatched) == Counter({i: 1 if i in a.done else 2 for i in ids})
+        assert {e.node_id for e in dispatched if e.job_id in b.done} == {"node-a", "node-b"}
+        assert all("re-dispatched from node node-a" in e.reason for e in dispatched if e.node_id == "node-b")
+        # The dead node's batch is gone from WORK and the drain durable removed.
+        js = nc.jetstream()
+        await until(lambda: not sched._draining, 10, "the drain to finish")
+        names = {ci.name for ci in await js.consumers_info("WORK")}
+        assert "redispatch-node-a" not in names
+
+        # node-a comes back: it gets its durable again, with new work only.
+        a2 = await FakeNode(nc, "node-a", identity=a.identity).start()
+        await b.die()  # only node-a can take the next jobs
+        await asyncio.sleep(2.0)  # node-b's heartbeat goes stale
+        more = [job(client) for _ in range(3)]
+        await submit(nc, more)
+        await until(lambda: {j.job_id for j in more} <= set(a2.done), 15, "node-a to run new jobs")
+        assert set(a2.jobs_received()) == {j.job_id for j in more}
+
+
+async def test_two_replicas_never_double_dispatch(nats_server, nc):
+    async with scheduler(nats_server.url, instance="sched-1", admission_slots=8) as s1, \
+            scheduler(nats_server.url, instance="sched-2", admission_slots=8) as s2:
+        node = await FakeNode(nc, "node-x", slots=50).start()
+        client = Identity.generate()
+        jobs = [job(client) for _ in range(150)]
+        await submit(nc, jobs)
+        await until(lambda: len(node.done) >= 150, 40, "150 jobs done")
+        await asyncio.sleep(0.3)
+        ids = {j.job_id for j in jobs}
+        assert Counter(node.jobs_received()) == Counter({i: 1 for i in ids})
+        assert per_job(await events(nc, "dispatched")) == Counter({i: 1 for i in ids})
+        assert s1.batches_sent > 0 and s2.batches_sent > 0
+
+
+async def test_flood_from_one_client_does_not_starve_the_others(nats_server, nc):
+    async with scheduler(nats_server.url) as sched:
+        flooder = Identity.generate()
+        others = [Identity.generate() for _ in range(4)]
+        flood = [job(flooder) for _ in range(120)]
+        small = [job(c) for c in others]
+        await submit(nc, flood)
+        await submit(nc, small)  # behind the whole flood in JetStream
+        await until(lambda: len(sched.queue) == 124, 15, "all jobs admitted and queued (no node yet)")
+        node = await FakeNode(nc, "node-f", slots=1, job_s=0.005).start()  # room for 4 jobs at a time
+        small_ids = {j.job_id for j in small}
+        await until(lambda: small_ids <= set(node.done), 20, "the small clients' jobs")
+        order = node.jobs_received()
+        positions = sorted(order.index(i) for i in small_ids)
+        assert positions[-1] < 8, positions  # in the first two plans, not after 120 flood jobs
+
+
+async def test_hot_adapter_routing_and_load_balance(nats_server, nc):
+    hot, cold = "11" * 32, "22" * 32
+    async with scheduler(nats_server.url) as sched:
+        async def known(adapter_id: str):
+            from loranet import protocol as p
+            return p.AdapterManifest(adapter_id=adapter_id, name="a" + adapter_id[:8], base_model_id="ab" * 32,
+                                     owner_address="0x" + "1" * 40, rank=8, target_modules=["q_proj"],
+                                     contributors=[p.Contributor(contributor_id="c", address="0x" + "2" * 40,
+                                                                 weight_bps=10_000)])
+        sched.adapter = known  # type: ignore[method-assign]
+        n1 = await FakeNode(nc, "node-1", slots=4, adapters_hot=[hot]).start()
+        n2 = await FakeNode(nc, "node-2", slots=4).start()
+        client = Identity.generate()
+        await asyncio.sleep(0.3)
+        hot_jobs = [job(client, adapter_id=hot) for _ in range(4)]
+        await submit(nc, hot_jobs)
+        await until(lambda: len(n1.done) + len(n2.done) >= 4, 10, "hot jobs")
+        assert set(n1.done) == {j.job_id for j in hot_jobs}
+        # Base-model jobs balance across both nodes.
+        base = [job(client) for _ in range(24)]
+        await submit(nc, base)
+        await until(lambda: len(n1.done) + len(n2.done) >= 28, 15, "base jobs")
+        got1 = len(set(n1.done) & {j.job_id for j in base})
+        assert 4 <= got1 <= 20, got1
+        # A cold adapter lands on one node and then stays there.
+        cold_jobs = [job(client, adapter_id=cold) for _ in range(3)]
+        for j in cold_jobs:
+            await submit(nc, [j])
+            await asyncio.sleep(0.1)
+        await until(lambda: len(n1.done) + len(n2.done) >= 31, 10, "cold jobs")
+        where = {("n1" if j.job_id in n1.done else "n2") for j in cold_jobs}
+        assert len(where) == 1, where
