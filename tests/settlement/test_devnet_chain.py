@@ -51,3 +51,18 @@ async def test_settlement_crash_keeps_the_chain(devnet):
         second = await client.wait(job_id, 180)
         assert second.status == "settled" and second.epoch > first.epoch, second.reason
         assert (await client.balance()).escrow == funded.escrow - first.fee - second.fee
+
+
+def test_cli_stake_of_a_node(devnet):
+    import subprocess
+    import sys
+
+    config, _ = devnet
+    env = {k: v for k, v in os.environ.items() if k != "LORANET_NATS_URL"}  # the CLI finds the devnet's client URL
+    done = subprocess.run([sys.executable, "-m", "loranet.cli", "--state-dir", config.state_dir, "stake", "--node",
+                           "node-0", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    # Devnet nodes serve unstaked: the Registry knows no key for them.
+    assert out["node_id"] == "node-0" and out["address"].startswith("0x")
+    assert out["stake"] == "0" and out["active"] is False and out["min_stake"] == str(1000 * 10**18)
