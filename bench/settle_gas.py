@@ -226,8 +226,9 @@ async def _through_service(nats_url: str, verdicts: list[bytes], manifests: dict
     return len(verdicts) / elapsed
 
 
-def measure_service(n_jobs: int, epoch_sizes: list[int], chain_in_process: bool = False) -> dict:
-    """settled_jobs_per_s per epoch size: nats-server + chain process + settlement process."""
+def measure_service(n_jobs: int, epoch_sizes: list[int], rounds: int = 1) -> dict:
+    """settled_jobs_per_s per epoch size (best of `rounds`, sizes interleaved): nats-server + chain
+    process + settlement process."""
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         nats_server = NatsServer(free_port(), Path(tmp) / "nats")
@@ -245,7 +246,7 @@ def measure_service(n_jobs: int, epoch_sizes: list[int], chain_in_process: bool 
             pop = Population(chain)
             manifests = _manifests(pop)
             adapter_ids = list(manifests)
-            for size in epoch_sizes:
+            for size in [n for _ in range(rounds) for n in epoch_sizes]:
                 env = dict(os.environ, LORANET_NATS_URL=nats_server.url, LORANET_RPC_URL=rpc_url,
                            LORANET_EPOCH_MAX_JOBS=str(size), LORANET_EPOCH_MAX_S="0.5",
                            LORANET_INSTANCE=f"settlement-bench-{size}")
@@ -256,7 +257,8 @@ def measure_service(n_jobs: int, epoch_sizes: list[int], chain_in_process: bool 
                 verdicts = _verdicts(pop, n_jobs, adapter_ids)
                 warmup = _verdicts(pop, size, adapter_ids)
                 rate = asyncio.run(_through_service(nats_server.url, verdicts, manifests, warmup))
-                out[f"settled_jobs_per_s_epoch{size}"] = rate
+                key = f"settled_jobs_per_s_epoch{size}"
+                out[key] = max(out.get(key, 0.0), rate)
                 settlement.send_signal(signal.SIGTERM)
                 settlement.wait(30)
         finally:
@@ -276,14 +278,17 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=0, help="jobs per service measurement (default 2048, quick 1024)")
     parser.add_argument("--epoch-sizes", default="64,256", help="epoch sizes for the service measurement")
     parser.add_argument("--service-only", action="store_true", help="only settled_jobs_per_s through the service")
+    parser.add_argument("--rounds", type=int, default=0, help="service rounds per epoch size, best kept "
+                        "(default 2, quick 1)")
     args = parser.parse_args()
     n_jobs = args.jobs or (1024 if args.quick else 2048)
     sizes = [int(x) for x in args.epoch_sizes.split(",")]
+    rounds = args.rounds or (1 if args.quick else 2)
 
     t0 = time.perf_counter()
     if args.service_only:
         result = {"service": "nats-server + chain_node + settlement processes", "jobs": n_jobs}
-        result.update(measure_service(n_jobs, sizes))
+        result.update(measure_service(n_jobs, sizes, rounds))
         result["elapsed_s"] = round(time.perf_counter() - t0, 1)
         print(json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in result.items()}))
         return
@@ -294,7 +299,7 @@ def main() -> None:
     warm_token_balances(chain, pop)
     result["gas_per_job_naive_push"] = measure_naive(chain, pop, 8 if args.quick else 32)
     result["gas_per_job_erc20_transfers"] = measure_transfers(chain, pop, 4 if args.quick else 16)
-    result.update(measure_service(n_jobs, sizes))
+    result.update(measure_service(n_jobs, sizes, rounds))
     result["elapsed_s"] = round(time.perf_counter() - t0, 1)
 
     if args.json:
