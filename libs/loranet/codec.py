@@ -9,10 +9,10 @@ declaration order, so they never depend on a dict's iteration order.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import msgpack
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer
 
 # Hard ceilings for any message; a subject may set a lower one.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -52,6 +52,27 @@ class Wire(BaseModel):
     def canonical(self) -> list[Any]:
         """Field values in declaration order (nested schemas likewise), signature excluded."""
         return _canonical(self.model_dump(mode="python", exclude=set(self._unsigned_fields)))
+
+
+class AdditiveWire(Wire):
+    """A schema that grew optional fields after v1 (listed in `_additive`).
+
+    An additive field left at its default is omitted when the message is dumped
+    (on the wire and in canonical bytes), so such a message is byte for byte what
+    it was before the field existed: earlier signatures, hashes and decoders stay
+    valid.  Set, it is appended in declaration order."""
+
+    _additive: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_default_additive(self, handler: Any) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            fields = type(self).model_fields
+            for name in self._additive:
+                if name in data and getattr(self, name) == fields[name].default:
+                    del data[name]
+        return data
 
 
 def _canonical(value: Any) -> Any:

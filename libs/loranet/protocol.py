@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, PlainSerializer, StringConstraints, model_validator
 
-from .codec import Wire
+from .codec import AdditiveWire, Wire
 
 # ---------------------------------------------------------------------------
 # Field types
@@ -66,6 +66,7 @@ DOMAIN_JOB_REQUEST = "loranet/job-request/v1"
 DOMAIN_RESULT = "loranet/inference-result/v1"
 DOMAIN_VERDICT = "loranet/verdict/v1"
 DOMAIN_HEARTBEAT = "loranet/node-heartbeat/v1"
+DOMAIN_VERIFIER_ANNOUNCEMENT = "loranet/verifier-announcement/v1"
 # Content ids (not signatures) also get their own domains.
 DOMAIN_REQUEST_HASH = "loranet/request-hash/v1"
 DOMAIN_RESULT_HASH = "loranet/result-hash/v1"
@@ -83,8 +84,30 @@ class SamplingParams(Wire):
     stop: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=64)]], Field(max_length=4)] = []
 
 
-class JobRequest(Wire):
-    """A client's signed inference job (subject jobs.submit)."""
+MAX_SEALED_BYTES = 768 * 1024
+MAX_RECIPIENTS = 16
+
+
+class SealedKey(Wire):
+    """One recipient's slot: the payload's data key in sealed-box format (see loranet.confidential)."""
+
+    recipient: PublicKey  # the recipient's Ed25519 public key (its X25519 key is derived from it)
+    box: Annotated[bytes, Field(min_length=80, max_length=80)]
+
+
+class Sealed(Wire):
+    """A payload encrypted once (SecretBox) with its key sealed to each recipient (loranet.confidential)."""
+
+    keys: Annotated[list[SealedKey], Field(min_length=1, max_length=MAX_RECIPIENTS)]
+    ciphertext: Annotated[bytes, Field(min_length=40, max_length=MAX_SEALED_BYTES)]
+
+
+class JobRequest(AdditiveWire):
+    """A client's signed inference job (subject jobs.submit).
+
+    Confidential job: `sealed_prompt` holds the prompt sealed to the node named
+    by `node_id` and to the verifier committee, and `prompt` is empty; the
+    scheduler routes it to that node only."""
 
     v: Literal[1] = 1
     job_id: JobId
@@ -100,6 +123,21 @@ class JobRequest(Wire):
     expires_at: Timestamp
     region: Annotated[str, StringConstraints(max_length=32)] = ""
     signature: Signature = b""
+    # Additive (omitted from the wire and the signed bytes while at their defaults).
+    sealed_prompt: Sealed | None = None
+    node_id: Annotated[str, StringConstraints(pattern=r"^([a-z0-9][a-z0-9_-]{0,62})?$")] = ""  # "" = any node
+
+    _additive = ("sealed_prompt", "node_id")
+
+    @model_validator(mode="after")
+    def _sealed_shape(self) -> "JobRequest":
+        if self.sealed_prompt is not None and (self.prompt or not self.node_id):
+            raise ValueError("a sealed prompt needs an empty `prompt` and the `node_id` it was sealed to")
+        return self
+
+    @property
+    def confidential(self) -> bool:
+        return self.sealed_prompt is not None
 
 
 class WorkSegment(Wire):
@@ -137,8 +175,12 @@ class Evidence(Wire):
     data: Annotated[bytes, Field(max_length=65_536)]
 
 
-class InferenceResult(Wire):
-    """A node's signed result with its proof material (subject results.<node_id>)."""
+class InferenceResult(AdditiveWire):
+    """A node's signed result with its proof material (subject results.<node_id>).
+
+    For a confidential job the token ids and the text are only inside
+    `sealed_output` (sealed to the client and the job's verifier committee) and
+    the plaintext fields are empty; the counts the fee needs stay in the clear."""
 
     v: Literal[1] = 1
     job_id: JobId
@@ -160,6 +202,18 @@ class InferenceResult(Wire):
     started_at: Timestamp
     finished_at: Timestamp
     signature: Signature = b""
+    # Additive: confidential jobs only (omitted while at their defaults).
+    sealed_output: Sealed | None = None
+    prompt_token_count: Annotated[int, Field(ge=0, le=MAX_TOKEN_IDS)] = 0
+    output_token_count: Annotated[int, Field(ge=0, le=MAX_TOKENS_LIMIT)] = 0
+
+    _additive = ("sealed_output", "prompt_token_count", "output_token_count")
+
+    def token_counts(self) -> tuple[int, int]:
+        """(prompt, output) token counts, what the fee is computed from: the clear counts when sealed."""
+        if self.sealed_output is not None:
+            return self.prompt_token_count, self.output_token_count
+        return len(self.prompt_tokens), len(self.output_tokens)
 
 
 class Check(Wire):
@@ -249,6 +303,20 @@ class NodeHeartbeat(Wire):
     queue_depth: Annotated[int, Field(ge=0)]
     tokens_per_s: Annotated[float, Field(ge=0)]
     region: Annotated[str, StringConstraints(max_length=32)] = ""
+    at: Timestamp
+    signature: Signature = b""
+
+
+class VerifierAnnouncement(Wire):
+    """A verifier's signed key announcement (KV bucket `verifiers`, key = verifier id; TTL).
+
+    Clients seal confidential prompts to the announced keys (the committee)."""
+
+    v: Literal[1] = 1
+    verifier_id: Name
+    verifier_key: PublicKey
+    verifier_address: Address
+    model_ids: Annotated[list[ContentId], Field(max_length=16)]
     at: Timestamp
     signature: Signature = b""
 
@@ -507,6 +575,7 @@ SETTLEMENT_RESERVE = "settlement.reserve"
 SETTLEMENT_RELEASE = "settlement.release"
 
 NODES_BUCKET = "nodes"
+VERIFIERS_BUCKET = "verifiers"  # VerifierAnnouncement per verifier, written by verifiers (TTL)
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
 
