@@ -105,22 +105,22 @@ class Ticket:
     cost: int = 1
     admitted_at: float = 0.0
     expires_at: float = math.inf
-    # Nodes this ticket must not go to: the dead node it was taken back from.
-    avoid: frozenset[str] = frozenset()
+    # The dead node this job was taken back from ("" for a new job): for the record only.
+    origin: str = ""
     payload: Any = None
 
     @classmethod
-    def of(cls, job: p.JobRequest, now: float, avoid: Collection[str] = ()) -> "Ticket":
+    def of(cls, job: p.JobRequest, now: float, origin: str = "") -> "Ticket":
         return cls(job_id=job.job_id, client=job.client_address.lower(), model_id=job.model_id,
                    adapter_id=job.adapter_id, region=job.region, cost=job_cost(job), admitted_at=now,
-                   expires_at=job.expires_at, avoid=frozenset(avoid), payload=job)
+                   expires_at=job.expires_at, origin=origin, payload=job)
 
     @property
     def group(self) -> "GroupKey":
-        return (self.model_id, self.adapter_id, self.region, self.avoid)
+        return (self.model_id, self.adapter_id, self.region)
 
 
-GroupKey = tuple[str, str, str, frozenset]
+GroupKey = tuple[str, str, str]
 
 
 @dataclass(frozen=True)
@@ -381,8 +381,8 @@ class RoutingQueue:
         return (now - group.oldest()) / self.aging_s + min(group.size, self.max_batch_jobs) / self.max_batch_jobs
 
     def _requirements(self, key: GroupKey) -> Requirements:
-        model_id, adapter_id, region, avoid = key
-        return Requirements(model_id=model_id, adapter_id=adapter_id, region=region, avoid=avoid,
+        model_id, adapter_id, region = key
+        return Requirements(model_id=model_id, adapter_id=adapter_id, region=region,
                             adapter_bytes=self.adapter_bytes if adapter_id else 0, devices=self.devices)
 
     def plan(self, nodes: Sequence[NodeView], now: float) -> list[Assignment]:

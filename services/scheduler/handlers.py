@@ -158,7 +158,8 @@ class Scheduler:
             seq = (msg.seq or seq) + 1
 
     async def views(self) -> list[domain.NodeView]:
-        heartbeats = await self.registry.nodes()
+        # A node being drained takes no work: its subject feeds the drain until it ends.
+        heartbeats = [hb for hb in await self.registry.nodes() if hb.node_id not in self._draining]
         for hb in heartbeats:
             if hb.at > self._heartbeat_at.get(hb.node_id, 0.0):
                 self._heartbeat_at[hb.node_id] = hb.at
@@ -265,7 +266,7 @@ class Scheduler:
             self._resolve(ticket, node_id)
 
     async def _emit_dispatched(self, ticket: domain.Ticket, node_id: str) -> None:
-        reason = f"re-dispatched from node {', '.join(sorted(ticket.avoid))}" if ticket.avoid else ""
+        reason = f"re-dispatched from node {ticket.origin}" if ticket.origin else ""
         try:
             await self.rt.emit(ticket.job_id, "dispatched", node_id=node_id, dedup=node_id, reason=reason)
         except Exception as exc:  # the work is out; a missing event must not hold it back
@@ -346,6 +347,9 @@ class Scheduler:
         finally:
             self._draining.pop(node_id, None)
 
+    async def _live(self, node_id: str) -> bool:
+        return any(hb.node_id == node_id for hb in await self.registry.nodes())
+
     async def _drain_node(self, node_id: str) -> None:
         js = self.rt.js
         self.rt.log.warning("node.dead", node_id=node_id)
@@ -358,8 +362,12 @@ class Scheduler:
         spec = redispatch_consumer(node_id)
         sub = await js.pull_subscribe(spec.filter_subject, durable=spec.durable, stream=spec.stream,
                                       config=topology.consumer_config(spec))
+        came_back = False
         try:
             while not self.rt.stopping.is_set():
+                if await self._live(node_id):
+                    came_back = True
+                    break
                 try:
                     msgs = await sub.fetch(1, timeout=1.0)
                 except (FetchTimeoutError, NatsTimeoutError, asyncio.TimeoutError):
@@ -368,31 +376,51 @@ class Scheduler:
                         break
                     continue
                 for msg in msgs:
-                    await self._redispatch(node_id, msg)
+                    if not await self._redispatch(node_id, msg):
+                        came_back = True
+                        break
+                if came_back:
+                    break
         finally:
             await sub.unsubscribe()
-        if not self.rt.stopping.is_set():
-            try:
-                await js.delete_consumer(spec.stream, spec.durable)
-            except NotFoundError:
-                pass
+        if self.rt.stopping.is_set():
+            return  # the drain durable stays; a replica (or this one, restarted) resumes it
+        try:
+            # Batches not re-dispatched (the node came back) stay in the stream for its durable.
+            await js.delete_consumer(spec.stream, spec.durable)
+        except NotFoundError:
+            pass
+        if came_back:
+            self.rt.log.info("node.back", node_id=node_id)
+            await self._restore_durable(node_id)
+        else:
             self.rt.log.info("node.drained", node_id=node_id)
 
-    async def _redispatch(self, node_id: str, msg: Any) -> None:
+    async def _redispatch(self, node_id: str, msg: Any) -> bool:
+        """Send a dead node's batch's unfinished jobs elsewhere; False if the node came back first."""
         try:
             batch = codec.decode(p.WorkBatch, msg.data, p.MAX_BYTES[p.WORK_ALL])
         except DecodeError as exc:
             await self.rt.dead_letter("redispatch", msg, str(exc))
-            return
+            return True
         jobs = [job for segment in batch.segments for job in segment.jobs]
         stages = await asyncio.gather(*(self.stages(job.job_id) for job in jobs))
         todo = [job for job, seen in zip(jobs, stages) if domain.needs_node(seen)]
+        now = time.time()
+        routes = [asyncio.ensure_future(self.route(domain.Ticket.of(job, now, origin=node_id))) for job in todo]
         keep_alive = asyncio.ensure_future(self._keep_alive(msg))
         try:
-            now = time.time()
-            nodes = await asyncio.gather(*(self.route(domain.Ticket.of(job, now, avoid=(node_id,))) for job in todo))
+            while routes and not all(r.done() for r in routes):
+                await asyncio.wait(routes, timeout=self.settings.failover_check_s)
+                if not all(r.done() for r in routes) and await self._live(node_id):
+                    # Back before its jobs found another node: it gets this batch again.
+                    for r in routes:
+                        r.cancel()
+                    await asyncio.wait(routes)
+                    return False
         finally:
             keep_alive.cancel()
+        nodes = [r.result() for r in routes]
         for job, to in zip(todo, nodes):
             if to is None:
                 await self.rt.emit(job.job_id, "rejected", reason=f"node {node_id} died and the job expired before another could take it")
@@ -400,6 +428,7 @@ class Scheduler:
         self.rt.log.info("batch.redispatched", node_id=node_id, batch_id=batch.batch_id, jobs=len(todo),
                          done_already=len(jobs) - len(todo))
         await msg.ack()
+        return True
 
     @staticmethod
     async def _keep_alive(msg: Any) -> None:

@@ -45,8 +45,12 @@ class FakeNode:
     slots: int = 2
     job_s: float = 0.0  # time per job
     adapters_hot: list[str] = field(default_factory=list)
-    # Process this many jobs of the first batch, then crash (None: never).
+    # Process this many jobs, then crash (None: never).
     crash_after: int | None = None
+    # Process this many jobs, then freeze for pause_s: no heartbeat, no work (a SIGSTOP).
+    pause_after: int | None = None
+    pause_s: float = 0.0
+    _paused_until: float = 0.0
     identity: Identity = field(default_factory=Identity.generate)
     batches: list[p.WorkBatch] = field(default_factory=list)
     done: list[str] = field(default_factory=list)
@@ -73,7 +77,8 @@ class FakeNode:
     async def _heartbeats(self, kv) -> None:
         while not self.nc.is_closed:
             await asyncio.sleep(0.2)
-            await kv.put(self.node_id, codec.encode(self.heartbeat()))
+            if time.monotonic() >= self._paused_until:
+                await kv.put(self.node_id, codec.encode(self.heartbeat()))
 
     async def _work(self) -> None:
         js = self.nc.jetstream()
@@ -99,6 +104,10 @@ class FakeNode:
                             self.crashed.set()
                             await self.die()
                             return
+                        if self.pause_after is not None and len(self.done) == self.pause_after:
+                            self.pause_after = None
+                            self._paused_until = time.monotonic() + self.pause_s
+                            await asyncio.sleep(self.pause_s)
                         await asyncio.sleep(self.job_s)
                         await self.result(j.job_id)
                 await msg.ack()

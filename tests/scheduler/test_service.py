@@ -84,6 +84,22 @@ async def test_dead_nodes_jobs_complete_elsewhere_exactly_once(nats_server, nc):
         assert set(a2.jobs_received()) == {j.job_id for j in more}
 
 
+async def test_a_paused_node_with_no_stand_in_gets_its_work_back(nats_server, nc):
+    async with scheduler(nats_server.url) as sched:
+        node = await FakeNode(nc, "node-p", pause_after=1, pause_s=3.0).start()  # past the 1.5 s TTL
+        client = Identity.generate()
+        jobs = [job(client) for _ in range(4)]
+        await submit(nc, jobs)
+        ids = {j.job_id for j in jobs}
+        await until(lambda: set(node.done) >= ids, 20, "every job done after the pause")
+        assert sched.redispatched == 0  # no other node: its batch went back to it, not elsewhere
+        results = per_job(await events(nc, "result"))
+        assert set(results) == ids and max(results.values()) <= 2, results  # a repeat is paid once (test_paid_once)
+        more = [job(client) for _ in range(2)]
+        await submit(nc, more)
+        await until(lambda: {j.job_id for j in more} <= set(node.done), 10, "new work after the pause")
+
+
 async def test_two_replicas_never_double_dispatch(nats_server, nc):
     async with scheduler(nats_server.url, instance="sched-1", admission_slots=8) as s1, \
             scheduler(nats_server.url, instance="sched-2", admission_slots=8) as s2:
