@@ -33,5 +33,9 @@ bench: $(STAMP)
 fuzz: $(STAMP)
 	LORANET_FUZZ_N=10000 $(BIN)/python -m pytest tests/e2e/test_fuzz.py -q
 
+# kill -9 / restart / pause each process in turn under 1,000 jobs; prints the table and a JSON summary.
+faults: $(STAMP)
+	$(BIN)/python -m tests.faults.harness --jobs 1000 --rate 40
+
 clean:
 	rm -rf $(VENV) .devnet .pytest_cache

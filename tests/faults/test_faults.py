@@ -1,0 +1,27 @@
+"""A short fault run in the default suite: kill -9 settlement mid-load on a devnet.
+
+The full table (every process, 1,000 jobs each) is `make faults`.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.faults import harness
+
+
+@pytest.mark.timeout(900)
+async def test_kill_settlement_mid_load_loses_and_duplicates_nothing(tmp_path):
+    [report] = await harness.run(["kill_settlement"], n_jobs=40, rate=8, root=tmp_path, settle_timeout=300)
+    assert report.admitted == 40
+    assert (report.lost, report.duplicated, report.credit_minus_fee) == (0, 0, 0), report
+    assert report.settled == 40 and report.serving_after, report
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+@pytest.mark.parametrize("scenario", harness.SCENARIOS)
+async def test_every_fault_scenario(tmp_path, scenario):
+    [report] = await harness.run([scenario], n_jobs=200, rate=10, root=tmp_path, settle_timeout=600)
+    assert (report.lost, report.duplicated, report.credit_minus_fee) == (0, 0, 0), report
+    assert report.serving_after, report
