@@ -72,9 +72,10 @@ class Settlement:
                  slots=max(self.settings.epoch_max_jobs * 2, 8), max_bytes=p.MAX_BYTES[p.VERDICTS_ALL]),
             Endpoint("balance", p.SETTLEMENT_BALANCE, p.BalanceGet, self.balance),
             Endpoint("stake", p.SETTLEMENT_STAKE, p.StakeGet, self.stake),
-            Endpoint("reserve", p.SETTLEMENT_RESERVE, p.Reserve, self.reserve),
-            Endpoint("release", p.SETTLEMENT_RELEASE, p.Release, self.release),
         ]
+        if self.settings.reservations:
+            routes += [Endpoint("reserve", p.SETTLEMENT_RESERVE, p.Reserve, self.reserve),
+                       Endpoint("release", p.SETTLEMENT_RELEASE, p.Release, self.release)]
         if self.settings.faucet:
             routes.append(Endpoint("faucet", p.SETTLEMENT_FAUCET, p.Faucet, self.faucet))
         return routes

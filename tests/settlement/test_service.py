@@ -170,7 +170,7 @@ async def test_reserve_at_admission_then_settle_or_release(nats_server, chain):
     client = chain.new_account()
     await asyncio.to_thread(chain.fund, client.address, 10**18)
     await asyncio.to_thread(chain.deposit, client.key, 3 * 10**15)
-    settings = SettlementSettings(nats_url=nats_server.url, epoch_max_s=0.2)
+    settings = SettlementSettings(nats_url=nats_server.url, epoch_max_s=0.2, reservations=True)
     async with Runtime("settlement", settings) as rt:
         await rt.mount((await Settlement.open(rt, settings, chain)).routes())
         jobs = [factories.job(adapter_id="", client_address=client.address, max_fee=10**15) for _ in range(3)]
