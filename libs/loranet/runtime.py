@@ -42,6 +42,7 @@ R = TypeVar("R", bound=Wire)
 
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 DEAD_LETTER_KEEP_BYTES = 1024 * 1024
+HAND_BACK_DELAY_S = 2.0  # > the pull loop's 1 s fetch timeout
 _HTTP_LIKE = {"invalid": "400", "forbidden": "403", "not_found": "404", "conflict": "409", "hash_mismatch": "422",
               "unavailable": "503", "internal": "500"}
 
@@ -337,9 +338,11 @@ class Runtime:
         finally:
             heartbeat.cancel()
             if not settled and not msg._ackd:
-                # Shutdown mid-handler: hand the message back for another replica.
+                # Shutdown mid-handler: hand the message back for another replica.  The delay
+                # outlasts this replica's last open fetch, which could otherwise take it straight
+                # back and strand it until ack_wait.
                 try:
-                    await asyncio.shield(msg.nak())
+                    await asyncio.shield(msg.nak(delay=HAND_BACK_DELAY_S))
                 except Exception:
                     pass
             stats.inflight -= 1
