@@ -67,6 +67,7 @@ async def cmd_submit(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from . import protocol as p
+    from .client import JobFailed
     from .runtime import RemoteError
 
     console = Console(stderr=True)
@@ -77,7 +78,9 @@ async def cmd_submit(args: argparse.Namespace) -> int:
             await client.faucet(args.deposit, args.deposit)
         try:
             job_id = await client.submit(args.adapter, args.prompt, args.max_tokens, sampling=sampling,
-                                         max_fee=args.max_fee)
+                                         max_fee=args.max_fee, confidential=args.confidential)
+        except JobFailed as exc:
+            return _fail(str(exc), EXIT_UNAVAILABLE)
         except RemoteError as exc:
             return _fail(f"{exc.code}: {exc.message}", EXIT_USAGE if exc.code in ("not_found", "invalid") else EXIT_FAILED)
         if not args.wait:
@@ -122,7 +125,7 @@ async def cmd_job(args: argparse.Namespace) -> int:
             record = await client.job(args.job_id)
         except RemoteError as exc:
             return _fail(f"{exc.code}: {exc.message}")
-        result = outcome_of(record).as_dict()
+        result = outcome_of(record, client.identity).as_dict()  # opens a confidential job's output
         _print(result, args.json, lambda: _show_outcome(result))
     return EXIT_OK
 
@@ -270,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--deposit", type=int, default=10**19,
                    help="devnet faucet: OPEN wei to receive and deposit into escrow first (0 = none)")
     s.add_argument("--wait", action="store_true", help="wait until the job is settled or refused")
+    s.add_argument("--confidential", action="store_true",
+                   help="seal the prompt to one live node and the verifier committee; the output comes back "
+                        "sealed to this identity (scheduler, NATS, Redis see ciphertext)")
     s.add_argument("--timeout", type=float, default=300)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_submit)

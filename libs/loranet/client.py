@@ -3,6 +3,11 @@
     async with await Client.connect(url, identity) as client:
         job_id = await client.submit("demo-0", "Hello", max_tokens=16)
         outcome = await client.wait(job_id)
+
+Confidential jobs (`submit(..., confidential=True)`): the prompt is sealed to one
+live node serving the model (read from KV `nodes`) and to every verifier that
+announced itself for the model (KV `verifiers`); the output comes back sealed
+to this client's key and `wait` opens it (loranet.confidential).
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.js.api import DeliverPolicy
 
-from . import codec, protocol as p
+from . import codec, confidential, protocol as p
 from .model.checkpoint import DEFAULT_MODEL_NAME
 from .runtime import RemoteError, request
-from .signing import Identity, devnet_address, sign
+from .signing import Identity, SignatureInvalid, devnet_address, sign, verify
 
 DEFAULT_MAX_FEE = 10**18  # 1 OPEN
+REGISTRY_FRESH_S = 30.0  # heartbeats and verifier announcements older than this are ignored
 
 
 class JobFailed(RuntimeError):
@@ -63,11 +69,17 @@ def payout_table(receipt: p.Receipt) -> dict[str, int]:
     return out
 
 
-def outcome_of(record: p.JobRecord) -> Outcome:
+def outcome_of(record: p.JobRecord, identity: Identity | None = None) -> Outcome:
+    """The outcome of a job record; `identity` (the client's) opens a confidential job's sealed output."""
     out = Outcome(job_id=record.job_id, status=record.status, reason=record.reason, node_id=record.node_id,
                   stages=list(record.stages))
     if record.result is not None:
         out.output = record.result.output_text
+        if record.result.sealed_output is not None and identity is not None:
+            try:
+                out.output = confidential.open_output(record.result, identity).output_text
+            except confidential.ConfidentialError as exc:
+                out.reason = (out.reason + "; " if out.reason else "") + f"sealed output does not open: {exc}"
     if record.verdicts:
         v = record.verdicts[-1]
         out.verdict = {"accepted": v.accepted, "audited": v.audited, "verifier": v.verifier_id,
@@ -139,9 +151,75 @@ class Client:
         if ack.duplicate:
             raise JobFailed(f"job id {job.job_id} was already submitted")
 
+    async def _registry(self, bucket: str) -> list[bytes]:
+        """Every current value of a KV registry bucket (one ordered consumer, no per-key gets)."""
+        try:
+            kv = await self.js.key_value(bucket)
+        except Exception as exc:
+            raise JobFailed(f"cannot read the {bucket!r} registry: {exc}") from None
+        watcher = await kv.watchall(ignore_deletes=True)
+        values = []
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    break
+                values.append(entry.value or b"")
+        finally:
+            await watcher.stop()
+        return values
+
+    async def nodes(self, model_id: str = "") -> list[p.NodeHeartbeat]:
+        """Live nodes (fresh, correctly signed heartbeats), serving `model_id` if given."""
+        out, now = [], time.time()
+        for value in await self._registry(p.NODES_BUCKET):
+            try:
+                hb = codec.decode(p.NodeHeartbeat, value)
+                verify(hb, hb.node_key, p.DOMAIN_HEARTBEAT)
+            except (codec.DecodeError, SignatureInvalid):
+                continue
+            if now - hb.at < REGISTRY_FRESH_S and (not model_id or model_id in hb.model_ids):
+                out.append(hb)
+        return out
+
+    async def verifiers(self, model_id: str = "") -> list[p.VerifierAnnouncement]:
+        """Verifiers that announced their key recently (signed), for `model_id` if given: a confidential job's committee."""
+        out, now = [], time.time()
+        for value in await self._registry(p.VERIFIERS_BUCKET):
+            try:
+                ann = codec.decode(p.VerifierAnnouncement, value)
+                verify(ann, ann.verifier_key, p.DOMAIN_VERIFIER_ANNOUNCEMENT)
+            except (codec.DecodeError, SignatureInvalid):
+                continue
+            if now - ann.at < REGISTRY_FRESH_S and (not model_id or model_id in ann.model_ids):
+                out.append(ann)
+        return out
+
+    async def seal_for(self, job: p.JobRequest, node_id: str = "") -> p.JobRequest:
+        """The confidential form of an unsigned job: its prompt sealed to one node and the committee, signed.
+
+        The node: `node_id`, else a live node serving the model (region-matched if the job names one), with
+        the adapter hot first, then the most free slots.  The committee: every verifier announced for the model."""
+        nodes = [hb for hb in await self.nodes(job.model_id) if not job.region or hb.region == job.region]
+        if node_id:
+            nodes = [hb for hb in nodes if hb.node_id == node_id]
+        if not nodes:
+            raise JobFailed(f"no live node{' ' + node_id if node_id else ''} serves model {job.model_id[:12]}… to seal a confidential job to")
+        node = min(nodes, key=lambda hb: (bool(job.adapter_id) and job.adapter_id not in hb.adapters_hot,
+                                          -hb.slots_free, hb.queue_depth, hb.node_id))
+        committee = [v.verifier_key for v in await self.verifiers(job.model_id)]
+        if not committee:
+            raise JobFailed(f"no verifier has announced a key for model {job.model_id[:12]}… (KV {p.VERIFIERS_BUCKET!r})")
+        sealed = confidential.seal_prompt(job.job_id, job.client_key, job.prompt, node.node_key, committee)
+        job = job.model_copy(update={"prompt": "", "sealed_prompt": sealed, "node_id": node.node_id, "signature": b""})
+        return sign(p.JobRequest.model_validate(job.model_dump()), self.identity, p.DOMAIN_JOB_REQUEST)
+
     async def submit(self, adapter: str, prompt: str, max_tokens: int = 32, *, model: str = "",
-                     sampling: p.SamplingParams | None = None, max_fee: int = DEFAULT_MAX_FEE, region: str = "") -> str:
-        """Resolve `adapter` (id, registered name, or "" for the base model), sign and submit; returns the job id."""
+                     sampling: p.SamplingParams | None = None, max_fee: int = DEFAULT_MAX_FEE, region: str = "",
+                     confidential: bool = False, node_id: str = "") -> str:
+        """Resolve `adapter` (id, registered name, or "" for the base model), sign and submit; returns the job id.
+
+        `confidential`: seal the prompt to one live node (`node_id`, or one picked from the registry) and the
+        verifier committee; only they, and the client for the output, can read the job (see `seal_for`)."""
         if adapter:
             manifest = await self.adapter(adapter)
             adapter_id, model_id = manifest.adapter_id, manifest.base_model_id
@@ -149,6 +227,8 @@ class Client:
             adapter_id, model_id = "", (await self.model(model or DEFAULT_MODEL_NAME)).model_id
         job = self.build(model_id=model_id, adapter_id=adapter_id, prompt=prompt, max_tokens=max_tokens,
                          sampling=sampling, max_fee=max_fee, region=region)
+        if confidential:
+            job = await self.seal_for(job, node_id)
         await self.publish(job)
         return job.job_id
 
@@ -183,7 +263,7 @@ class Client:
             try:
                 record = await self.job(job_id)
                 if record.status in p.TERMINAL_STAGES or time.monotonic() > deadline:
-                    return outcome_of(record)
+                    return outcome_of(record, self.identity)
             except RemoteError:
                 if time.monotonic() > deadline:
                     return Outcome(job_id=job_id, status=final[0].stage, reason=final[0].reason)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from loranet import codec, protocol as p, topology
+from loranet import codec, confidential, protocol as p, topology
 from loranet.model import TOKENIZER_ID, tokenizer
 from loranet.model.content import ContentHashMismatch
 from loranet.runtime import Delivery, Pull, RemoteError, Runtime
@@ -149,9 +149,10 @@ class InferenceNode:
             return
         try:
             params = domain.sampler_params(job)
-            prompt_tokens = tokenizer.encode(job.prompt)
+            # A confidential job's prompt is sealed to this node's identity (and the verifier committee).
+            prompt_tokens = tokenizer.encode(confidential.open_prompt(job, self.identity))
             domain.check_prompt(prompt_tokens, self.settings.max_prompt_tokens)
-        except domain.BadJob as exc:
+        except (domain.BadJob, confidential.ConfidentialError) as exc:
             await self.fail(job, str(exc))
             return
         req = GenRequest(job_id=job.job_id, prompt_tokens=prompt_tokens, adapter_id=job.adapter_id,
@@ -177,6 +178,8 @@ class InferenceNode:
             prompt_tokens=gen.prompt_tokens, output_tokens=gen.output_tokens, output_text=gen.output_text,
             finish_reason=gen.finish_reason, chunks=gen.chunks, started_at=started, finished_at=time.time(),
         )
+        if job.confidential:  # token ids and text only inside sealed_output, to the client and the committee
+            result = confidential.seal_result(result)
         result = sign(result, self.identity, p.DOMAIN_RESULT)
         self._recent[job.job_id] = result
         while len(self._recent) > self.settings.recent_results:

@@ -47,7 +47,8 @@ class Quorum:
 
 
 def fee_of(result: p.InferenceResult, price: Price) -> int:
-    return job_fee(len(result.prompt_tokens), len(result.output_tokens), price, result.request.max_fee)
+    # token_counts: the clear counts of a confidential (sealed) result, checked by the verifiers
+    return job_fee(*result.token_counts(), price, result.request.max_fee)
 
 
 def settle_job(verdicts: list[p.Verdict], manifest: p.AdapterManifest | None, treasury: str, price: Price) -> SettleJob:

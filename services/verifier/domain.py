@@ -95,8 +95,11 @@ def served_model(result: p.InferenceResult, model_id: str) -> None:
 # ---------------------------------------------------------------------------
 
 
-def cheap_checks(result: p.InferenceResult, model_id: str, node_address: str | None = None) -> list[p.Check]:
-    """Structure, bindings and token/text consistency of an authenticated result."""
+def cheap_checks(result: p.InferenceResult, model_id: str, node_address: str | None = None,
+                 prompt: str | None = None) -> list[p.Check]:
+    """Structure, bindings and token/text consistency of an authenticated result.
+
+    `prompt`: the opened prompt of a confidential job (`result` is then its plaintext view)."""
     req = result.request
     out: list[p.Check] = []
     try:
@@ -116,7 +119,7 @@ def cheap_checks(result: p.InferenceResult, model_id: str, node_address: str | N
     if node_address is not None:
         ok = result.node_address.lower() == node_address.lower()
         out.append(check("node_address", ok, "" if ok else f"result pays {result.node_address}, heartbeat registers {node_address}"))
-    expected_prompt = tokenizer.encode(req.prompt)
+    expected_prompt = tokenizer.encode(req.prompt if prompt is None else prompt)
     ok = result.prompt_tokens == expected_prompt
     out.append(check("prompt_tokens", ok, "" if ok else f"{len(result.prompt_tokens)} tokens differ from encode(prompt) ({len(expected_prompt)})"))
     toks = result.output_tokens

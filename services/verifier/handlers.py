@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -13,11 +14,11 @@ from pathlib import Path
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundError
 
-from loranet import codec, protocol as p, topology
+from loranet import codec, confidential, protocol as p, topology
 from loranet.codec import DecodeError
 from loranet.model.content import ContentHashMismatch
 from loranet.runtime import Delivery, Pull, Reject, RemoteError, Runtime
-from loranet.signing import Identity
+from loranet.signing import Identity, sign
 
 from . import domain
 from .engine import AuditEngine
@@ -33,6 +34,11 @@ def load_identity(settings: VerifierSettings) -> Identity:
     identity = Identity.generate()
     identity.save(path)
     return identity
+
+
+class NotInCommittee(RuntimeError):
+    """A confidential result this verifier cannot open: handed back (nak) for a committee member; after
+    max_deliver the runtime dead-letters it with this reason."""
 
 
 class NodeKeys:
@@ -127,8 +133,12 @@ class Verifier:
             domain.served_model(result, self.engine.model_id)
         except domain.NotOurs as exc:
             raise Reject(str(exc)) from None
+        # Confidential job: every check and the audit run on the plaintext view (never published).
+        result, prompt, sealing = self.unseal(result)
         address = self.keys.address(result.node_id)
-        checks = domain.cheap_checks(result, self.engine.model_id, address)
+        checks = domain.cheap_checks(result, self.engine.model_id, address, prompt)
+        if sealing is not None:
+            checks.append(sealing)
         other = self.replay.seq_reused(result)
         checks.append(domain.check("node_seq", other is None,
                                    f"seq {result.node_seq}" + (f" already used by job {other}" if other else "")))
@@ -153,6 +163,29 @@ class Verifier:
         checks.append(domain.check("audit_policy", True, f"audited={audited}: {why}"
                                    + ("" if cheap_ok or not audit else "; skipped, cheap checks failed")))
         return checks, audited
+
+    def unseal(self, result: p.InferenceResult) -> tuple[p.InferenceResult, str | None, p.Check | None]:
+        """(plaintext view, opened prompt, `sealing` check) of a confidential result; (result, None, None) otherwise."""
+        job = result.request
+        if not job.confidential:
+            return result, None, None
+        if self.identity.public not in confidential.committee(job, result.node_key):
+            raise NotInCommittee(f"confidential job {result.job_id}: verifier {self.verifier_id} (key "
+                                 f"{self.identity.key_id}) is not in the committee its client sealed it to")
+        try:
+            prompt = confidential.open_prompt(job, self.identity)
+        except confidential.ConfidentialError as exc:  # the client's doing, not the node's: no verdict
+            raise Reject(f"confidential job {result.job_id}: the sealed prompt does not open for this verifier: {exc}") from None
+        try:
+            out = confidential.open_output(result, self.identity)
+        except confidential.ConfidentialError as exc:
+            return result, prompt, domain.check("sealing", False, f"sealed output: {exc}")
+        view = result.model_copy(update={"prompt_tokens": out.prompt_tokens, "output_tokens": out.output_tokens,
+                                         "output_text": out.output_text})
+        problems = confidential.sealing_problems(result, out)
+        members = len(confidential.committee(job, result.node_key))
+        return view, prompt, domain.check("sealing", not problems,
+                                          "; ".join(problems) or f"output sealed to the client and {members} verifiers")
 
     def settle(self, result: p.InferenceResult, checks: list[p.Check], audited: bool, accepted: bool) -> None:
         """Bookkeeping after a verdict: node record, replay memory, in-flight release."""
@@ -201,3 +234,28 @@ class Verifier:
                 except Exception as exc:
                     self.rt.log.warning("stats.failed", node_id=node_id, error=repr(exc))
             await asyncio.sleep(self.settings.stats_interval_s)
+
+    def announcement(self) -> p.VerifierAnnouncement:
+        model_id = getattr(self.engine, "model_id", None)
+        return sign(p.VerifierAnnouncement(verifier_id=self.verifier_id, verifier_key=self.identity.public,
+                                           verifier_address=self.address, model_ids=[model_id] if model_id else [],
+                                           at=time.time()), self.identity, p.DOMAIN_VERIFIER_ANNOUNCEMENT)
+
+    async def announce_loop(self) -> None:
+        """Keep this verifier's signed key in KV `verifiers` (key: its id), where clients find the committee."""
+        try:
+            kv = await self.rt.js.key_value(p.VERIFIERS_BUCKET)
+        except BucketNotFoundError:
+            try:
+                kv = await self.rt.js.create_key_value(KeyValueConfig(
+                    bucket=p.VERIFIERS_BUCKET, history=1, ttl=self.settings.announce_ttl_s,
+                    storage=StorageType.FILE, replicas=self.settings.js_replicas))
+            except BadRequestError:
+                kv = await self.rt.js.key_value(p.VERIFIERS_BUCKET)
+        key = re.sub(r"[^A-Za-z0-9_-]", "_", self.verifier_id)
+        while True:
+            try:
+                await kv.put(key, codec.encode(self.announcement()))
+            except Exception as exc:
+                self.rt.log.warning("announce.failed", error=repr(exc))
+            await asyncio.sleep(self.settings.announce_interval_s)

@@ -18,6 +18,7 @@ async def main(settings: VerifierSettings | None = None) -> None:
     async with Runtime("verifier", settings.model_copy(update={"instance": settings.instance or settings.verifier_id})) as rt:
         verifier = Verifier(rt, settings, engine, load_identity(settings))
         rt.spawn(verifier.stats_loop(), name="stats")
+        rt.spawn(verifier.announce_loop(), name="announce")
         await rt.mount(verifier.routes())
         await rt.serve_forever()
 

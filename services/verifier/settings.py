@@ -34,3 +34,7 @@ class VerifierSettings(CommonSettings):
     # Per-node statistics (JSON) are written to this KV bucket, key <verifier_id>.<node_id>, every interval.
     stats_bucket: str = "verifier-stats"
     stats_interval_s: Annotated[float, Field(gt=0)] = 5.0
+    # Signed key announcement in KV `verifiers` (clients seal confidential prompts to it): every
+    # interval, kept by the bucket for ttl (the bucket is created with this ttl by the first verifier).
+    announce_interval_s: Annotated[float, Field(gt=0)] = 5.0
+    announce_ttl_s: Annotated[float, Field(gt=0)] = 30.0

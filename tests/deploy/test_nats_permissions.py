@@ -395,6 +395,10 @@ FORBIDDEN = [
     ("scheduler", "pub", "$JS.API.STREAM.DELETE.JOBS"),
     ("inference", "pub", "$JS.API.STREAM.PURGE.RESULTS"),
     ("inference", "pub", f"$JS.API.CONSUMER.CREATE.RESULTS.verifier.{p.RESULTS_ALL}"),
+    ("inference", "pub", f"$KV.{p.VERIFIERS_BUCKET}.verifier-0"),  # only verifiers announce committee keys
+    ("scheduler", "pub", f"$KV.{p.VERIFIERS_BUCKET}.verifier-0"),
+    ("client", "pub", f"$KV.{p.VERIFIERS_BUCKET}.verifier-0"),
+    ("client", "pub", f"$JS.API.STREAM.MSG.GET.KV_{p.NODES_BUCKET}"),  # the registries are watched, not fetched
 ]
 
 
@@ -409,3 +413,34 @@ async def test_forbidden_subjects_are_refused(nats_auth, role, kind, subject):
     word = "publish to" if kind == "pub" else "subscription to"
     assert any(word in e and f'"{subject.lower()}"' in e for e in conn.violations()), (role, kind, subject, conn.errors)
     await conn.nc.close()
+
+
+async def test_confidential_jobs_registries_verifiers_announce_clients_read(nats_auth, services):
+    # A verifier announces its key in KV `verifiers`; a node heartbeats into KV `nodes`; a client reads
+    # both (the committee and the node a confidential prompt is sealed to), and can write neither.
+    from loranet.signing import sign
+
+    services.runtimes["verifier"].spawn(services.verifier.announce_loop(), name="announce")
+    node_id = Identity.generate()
+    hb = sign(p.NodeHeartbeat(node_id="node-sealed", node_key=node_id.public, payout_address="0x" + "3" * 40,
+                              model_ids=["cd" * 32], device="cpu", memory_free=0, adapters_hot=[], slots_total=1,
+                              slots_free=1, queue_depth=0, tokens_per_s=0.0, at=time.time()),
+              node_id, p.DOMAIN_HEARTBEAT)
+    node = await connect(nats_auth["inference"])
+    await (await node.nc.jetstream().key_value(p.NODES_BUCKET)).put("node-sealed", codec.encode(hb))
+    conn = await connect(nats_auth["client"])
+    client = Client(conn.nc, Identity.generate())
+    deadline = time.monotonic() + 10
+    while not await client.verifiers():
+        assert time.monotonic() < deadline, services.errors["verifier"]
+        await asyncio.sleep(0.2)
+    assert [v.verifier_key for v in await client.verifiers()] == [services.verifier.identity.public]
+    assert [n.node_id for n in await client.nodes("cd" * 32)] == ["node-sealed"]  # unsigned entries skipped
+    for subject in (f"$KV.{p.VERIFIERS_BUCKET}.verifier-test", f"$KV.{p.NODES_BUCKET}.node-sealed"):
+        await conn.nc.publish(subject, b"forged")
+    await settle(conn, wait=0.05)
+    assert len(conn.violations()) == 2 and len(conn.errors) == 2, conn.errors
+    await settle(node)
+    assert not node.errors and not services.errors["verifier"], (node.errors, services.errors["verifier"])
+    for c in (conn, node):
+        await c.nc.close()
