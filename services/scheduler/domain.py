@@ -85,7 +85,9 @@ def live_nodes(heartbeats: Iterable[p.NodeHeartbeat], now: float, ttl_s: float) 
 
 def job_cost(job: p.JobRequest) -> int:
     """Token estimate of a job (the byte tokenizer: one token per prompt byte, at most), for fair shares."""
-    return len(job.prompt) + job.max_tokens
+    # A sealed prompt's ciphertext is its bytes plus a small fixed overhead.
+    prompt = len(job.sealed_prompt.ciphertext) if job.sealed_prompt is not None else len(job.prompt)
+    return prompt + job.max_tokens
 
 
 # ---------------------------------------------------------------------------
@@ -108,19 +110,21 @@ class Ticket:
     # The dead node this job was taken back from ("" for a new job): for the record only.
     origin: str = ""
     payload: Any = None
+    # The one node this job may go to ("" = any): a confidential job is sealed to it.
+    node_id: str = ""
 
     @classmethod
     def of(cls, job: p.JobRequest, now: float, origin: str = "") -> "Ticket":
         return cls(job_id=job.job_id, client=job.client_address.lower(), model_id=job.model_id,
                    adapter_id=job.adapter_id, region=job.region, cost=job_cost(job), admitted_at=now,
-                   expires_at=job.expires_at, origin=origin, payload=job)
+                   expires_at=job.expires_at, origin=origin, payload=job, node_id=job.node_id)
 
     @property
     def group(self) -> "GroupKey":
-        return (self.model_id, self.adapter_id, self.region)
+        return (self.model_id, self.adapter_id, self.region, self.node_id)
 
 
-GroupKey = tuple[str, str, str]
+GroupKey = tuple[str, str, str, str]
 
 
 @dataclass(frozen=True)
@@ -163,10 +167,13 @@ class Requirements:
     avoid: frozenset[str] = frozenset()
     adapter_bytes: int = 0  # memory a cold adapter takes to load
     devices: tuple[str, ...] = ()  # accepted device classes (prefixes); () = any
+    node_id: str = ""  # this node only ("" = any)
 
 
 def capable(node: NodeView, req: Requirements, hot: bool) -> bool:
     if req.model_id not in node.model_ids or node.node_id in req.avoid:
+        return False
+    if req.node_id and node.node_id != req.node_id:
         return False
     if req.region and node.region != req.region:
         return False
@@ -381,8 +388,8 @@ class RoutingQueue:
         return (now - group.oldest()) / self.aging_s + min(group.size, self.max_batch_jobs) / self.max_batch_jobs
 
     def _requirements(self, key: GroupKey) -> Requirements:
-        model_id, adapter_id, region = key
-        return Requirements(model_id=model_id, adapter_id=adapter_id, region=region,
+        model_id, adapter_id, region, node_id = key
+        return Requirements(model_id=model_id, adapter_id=adapter_id, region=region, node_id=node_id,
                             adapter_bytes=self.adapter_bytes if adapter_id else 0, devices=self.devices)
 
     def plan(self, nodes: Sequence[NodeView], now: float) -> list[Assignment]:

@@ -198,7 +198,12 @@ class Scheduler:
         finally:
             await admitted
         if node_id is None:
-            await self.rt.emit(job.job_id, "rejected", reason="expired before any node could take it")
+            reason = "expired before any node could take it"
+            if job.node_id:  # a confidential job can only run on the node its prompt is sealed to
+                live = any(hb.node_id == job.node_id for hb in await self.registry.nodes())
+                reason = (f"expired before node {job.node_id}, the one it names, could take it "
+                          f"({'busy or not serving it' if live else 'unknown or dead'})")
+            await self.rt.emit(job.job_id, "rejected", reason=reason)
 
     async def route(self, ticket: domain.Ticket) -> str | None:
         """Queue `ticket` and wait until it is dispatched: the node id, or None if it expired first."""
