@@ -178,11 +178,18 @@ class Settlement:
         job_id = verdict.job_id
         if job_id in self._final or job_id in self._deciding:
             return  # decided here already; if its commit fails, its own message is retried
-        quorum = self._quorums.setdefault(job_id, domain.Quorum(self.settings.verdict_quorum))
+        needed = self.settings.verdict_quorum
+        restored = await self.journal.votes(job_id) if needed > 1 and job_id not in self._quorums else []
+        quorum = self._quorums.setdefault(job_id, domain.Quorum(needed))
         while len(self._quorums) > _RECENT:
             self._quorums.popitem(last=False)
+        for data in restored:  # counted before a restart
+            quorum.add(codec.decode(p.Verdict, data))
         decision = quorum.add(verdict)
         if decision is None:
+            if needed > 1:  # this verdict is acknowledged now: keep its vote
+                await self.journal.put_votes(job_id, [codec.encode(v) for v in
+                                                      (*quorum.accepting.values(), *quorum.rejecting.values())])
             return
         self._deciding.add(job_id)
         try:
@@ -194,6 +201,8 @@ class Settlement:
                 item = domain.Decision(job_id, await self._settle_job(list(quorum.accepting.values())))
             await self.epochs.add("epoch", item)
             self._quorums.pop(job_id, None)
+            if needed > 1:
+                await self.journal.clear_votes(job_id)
             self._final[job_id] = None
             while len(self._final) > _RECENT:
                 self._final.popitem(last=False)

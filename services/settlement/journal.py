@@ -6,7 +6,8 @@ sending, and clears it once every receipt is published. After a crash the
 record says what may be on chain without its receipts; handlers.Settlement
 reconciles it with the contract (`last_seq`, the BatchSettled log of that seq,
 `job_states`) before it takes any new verdict. Only one commit is in flight at
-a time, so one key suffices.
+a time, so one key suffices. The bucket also keeps the verdicts of jobs still
+short of a verifier quorum above 1 (key `votes.<job_id>`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import json
 import time
 from dataclasses import dataclass, field
 
+import msgpack
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from .packing import SettleJob
 
 PENDING_KEY = "pending"
+VOTES_PREFIX = "votes."
 
 
 @dataclass(frozen=True)
@@ -81,3 +84,20 @@ class Journal:
 
     async def clear(self) -> None:
         await self.kv.delete(PENDING_KEY)
+
+    # With a verifier quorum above 1, a job's verdicts arrive one by one and each is acknowledged
+    # before the quorum is reached: they are kept here, so a restart does not forget them.
+
+    async def votes(self, job_id: str) -> list[bytes]:
+        """The encoded verdicts counted so far for `job_id` (empty if none)."""
+        try:
+            entry = await self.kv.get(VOTES_PREFIX + job_id)
+        except KeyNotFoundError:
+            return []
+        return list(msgpack.unpackb(entry.value)) if entry.value else []
+
+    async def put_votes(self, job_id: str, verdicts: list[bytes]) -> None:
+        await self.kv.put(VOTES_PREFIX + job_id, msgpack.packb(verdicts, use_bin_type=True))
+
+    async def clear_votes(self, job_id: str) -> None:
+        await self.kv.delete(VOTES_PREFIX + job_id)

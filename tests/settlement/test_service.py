@@ -12,6 +12,7 @@ from loranet.runtime import Runtime
 from loranet.signing import Identity, sign
 from services.settlement.chain import Chain
 from services.settlement.handlers import Settlement
+from services.settlement.journal import Journal
 from services.settlement.settings import SettlementSettings
 from tests import factories
 
@@ -194,3 +195,43 @@ async def test_reserve_at_admission_then_settle_or_release(nats_server, chain):
         assert chain.reserved_of(client.address) == 0
         assert chain.escrow_of(client.address) == 3 * 10**15 - settled.fee
         assert (await rt.request(p.SETTLEMENT_RELEASE, p.Release(job_id=jobs[1].job_id), p.Receipt)) == released
+
+
+async def test_quorum_votes_survive_a_restart(nats_server, chain):
+    from loranet import topology
+
+    client = chain.new_account()
+    await asyncio.to_thread(chain.fund, client.address, 10**18)
+    await asyncio.to_thread(chain.deposit, client.key, 10**16)
+    second = Identity.generate()
+    job = factories.job(adapter_id="", client_address=client.address, max_fee=10**15)
+    result = factories.result(job)
+    first_vote = factories.verdict(result)
+    second_vote = sign(first_vote.model_copy(update={"verifier_id": "verifier-1", "verifier_key": second.public,
+                                                     "verifier_address": "0x" + "2e" * 20}), second, p.DOMAIN_VERDICT)
+    settings = SettlementSettings(nats_url=nats_server.url, epoch_max_s=0.2, verdict_quorum=2)
+    async with Runtime("settlement", settings) as rt:
+        await rt.mount((await Settlement.open(rt, settings, chain)).routes())
+        await rt.js.publish(p.verdicts(job.job_id), codec.encode(first_vote))
+        kv = await rt.js.key_value(topology.SETTLEMENT_BUCKET)
+        deadline = time.monotonic() + 20
+        while True:  # counted and acknowledged, one vote short of the quorum
+            try:
+                await kv.get(f"votes.{job.job_id}")
+                break
+            except Exception:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+    assert chain.job_state(job.job_id) == "unknown"
+    # A new settlement process: the first vote comes back from the journal, the second decides.
+    async with Runtime("settlement", settings) as rt:
+        await rt.mount((await Settlement.open(rt, settings, chain)).routes())
+        await rt.js.publish(p.verdicts(job.job_id), codec.encode(second_vote))
+        receipt = codec.decode(p.Receipt, (await _wait_stage(rt.js, job.job_id, "settled")).body)
+        assert sorted(x.address.lower() for x in receipt.payouts if x.party == "verifier") == sorted(
+            [factories.ADDR, "0x" + "2e" * 20])
+        journal = Journal(await rt.js.key_value(topology.SETTLEMENT_BUCKET))
+        deadline = time.monotonic() + 10
+        while await journal.votes(job.job_id):  # cleared once the job is final
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
