@@ -229,7 +229,7 @@ def _devnet_up_detached(config: dn.DevnetConfig) -> int:
     from rich.console import Console
 
     console = Console()
-    labels = {"servers": "starting nats-server and redis-server", "services": "starting datastore and settlement",
+    labels = {"servers": "starting nats-server and redis-server", "services": "starting the chain process, datastore and settlement",
               "catalogue": "building the seeded model and demo adapters, registering them",
               "nodes": "starting scheduler, verifiers and inference nodes", "ready": "ready"}
     try:
