@@ -51,6 +51,7 @@ class FakeNode:
     pause_after: int | None = None
     pause_s: float = 0.0
     _paused_until: float = 0.0
+    work: bool = True  # False: heartbeats only, takes no work (until `take_work()`)
     identity: Identity = field(default_factory=Identity.generate)
     batches: list[p.WorkBatch] = field(default_factory=list)
     done: list[str] = field(default_factory=list)
@@ -71,8 +72,13 @@ class FakeNode:
         js = self.nc.jetstream()
         kv = await js.key_value(p.NODES_BUCKET)
         await kv.put(self.node_id, codec.encode(self.heartbeat()))
-        self._tasks = [asyncio.ensure_future(self._heartbeats(kv)), asyncio.ensure_future(self._work())]
+        self._tasks = [asyncio.ensure_future(self._heartbeats(kv))]
+        if self.work:
+            self.take_work()
         return self
+
+    def take_work(self) -> None:
+        self._tasks.append(asyncio.ensure_future(self._work()))
 
     async def _heartbeats(self, kv) -> None:
         while not self.nc.is_closed:

@@ -100,6 +100,21 @@ async def test_a_paused_node_with_no_stand_in_gets_its_work_back(nats_server, nc
         await until(lambda: {j.job_id for j in more} <= set(node.done), 10, "new work after the pause")
 
 
+async def test_jobs_wait_in_jetstream_while_every_node_is_full(nats_server, nc):
+    async with scheduler(nats_server.url, admission_slots=8) as sched:
+        node = await FakeNode(nc, "node-busy", slots=1, work=False).start()  # room for 4 jobs, never answers
+        client = Identity.generate()
+        jobs = [job(client) for _ in range(20)]
+        await submit(nc, jobs)
+        await until(lambda: sched.outstanding.count("node-busy") == 4 and len(sched.queue) == 8, 10,
+                    "4 jobs dispatched and 8 holding the admission slots")
+        await asyncio.sleep(0.5)
+        info = await nc.jetstream().consumer_info("JOBS", "scheduler")
+        assert info.num_pending == 8 and len(sched.queue) == 8  # the rest wait in JetStream, not in memory
+        node.take_work()
+        await until(lambda: len(node.done) == 20, 15, "all 20 once the node answers")
+
+
 async def test_two_replicas_never_double_dispatch(nats_server, nc):
     async with scheduler(nats_server.url, instance="sched-1", admission_slots=8) as s1, \
             scheduler(nats_server.url, instance="sched-2", admission_slots=8) as s2:
