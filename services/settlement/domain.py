@@ -30,20 +30,30 @@ def check_verdict(verdict: p.Verdict) -> None:
 
 @dataclass
 class Quorum:
-    """Verdicts gathered for one job until `needed` distinct verifiers agree."""
+    """Verdicts gathered for one job until `needed` distinct verifiers agree.
+
+    Acceptance counts per result (result_hash): verifiers accepting two different
+    results for one job id do not add up to a quorum for either."""
 
     needed: int
     accepting: dict[str, p.Verdict] = field(default_factory=dict)
     rejecting: dict[str, p.Verdict] = field(default_factory=dict)
+    agreed: list[p.Verdict] = field(default_factory=list)  # the accepting verdicts that made the quorum
 
     def add(self, verdict: p.Verdict) -> str | None:
         """'settle', 'refund' or None (undecided) after counting `verdict`."""
         (self.accepting if verdict.accepted else self.rejecting)[verdict.verifier_id] = verdict
-        if len(self.accepting) >= self.needed:
-            return "settle"
+        if verdict.accepted:
+            same = [v for v in self.accepting.values() if v.result_hash == verdict.result_hash]
+            if len(same) >= self.needed:
+                self.agreed = same
+                return "settle"
         if len(self.rejecting) >= self.needed:
             return "refund"
         return None
+
+    def votes(self) -> list[p.Verdict]:
+        return [*self.accepting.values(), *self.rejecting.values()]
 
 
 def fee_of(result: p.InferenceResult, price: Price) -> int:

@@ -188,8 +188,7 @@ class Settlement:
         decision = quorum.add(verdict)
         if decision is None:
             if needed > 1:  # this verdict is acknowledged now: keep its vote
-                await self.journal.put_votes(job_id, [codec.encode(v) for v in
-                                                      (*quorum.accepting.values(), *quorum.rejecting.values())])
+                await self.journal.put_votes(job_id, [codec.encode(v) for v in quorum.votes()])
             return
         self._deciding.add(job_id)
         try:
@@ -198,7 +197,7 @@ class Settlement:
                 item = domain.Decision(job_id, None, reason, node_key=verdict.result.node_key,
                                        evidence=bytes.fromhex(verdict.result_hash))
             else:
-                item = domain.Decision(job_id, await self._settle_job(list(quorum.accepting.values())))
+                item = domain.Decision(job_id, await self._settle_job(quorum.agreed))
             await self.epochs.add("epoch", item)
             self._quorums.pop(job_id, None)
             if needed > 1:

@@ -39,3 +39,23 @@ def test_journal_record_round_trip():
     assert back == commit
     with pytest.raises(ValueError, match="version"):
         PendingCommit.decode(b'{"v": 2}')
+
+
+def test_quorum_counts_acceptance_per_result():
+    from loranet import protocol as p
+    from services.settlement.domain import Quorum
+    from tests import factories
+
+    base = factories.verdict()
+
+    def vote(verifier: str, accepted: bool = True, result_hash: str = base.result_hash) -> p.Verdict:
+        return base.model_copy(update={"verifier_id": verifier, "accepted": accepted, "result_hash": result_hash})
+
+    quorum = Quorum(2)
+    assert quorum.add(vote("a")) is None
+    assert quorum.add(vote("a")) is None  # the same verifier twice is one vote
+    assert quorum.add(vote("b", result_hash="e" * 64)) is None  # accepting another result
+    assert quorum.add(vote("c")) == "settle" and {v.verifier_id for v in quorum.agreed} == {"a", "c"}
+    rejected = Quorum(2)
+    assert rejected.add(vote("a", False)) is None and rejected.add(vote("b", False)) == "refund"
+    assert len(rejected.votes()) == 2
