@@ -502,11 +502,6 @@ def assemble_batch(node_id: str, model_id: str, jobs: Sequence[p.JobRequest], ba
 UNFINISHED_STAGES: frozenset[str] = frozenset({"admitted", "dispatched"})
 
 
-def unfinished(latest_stage: str | None) -> bool:
-    """Whether a job whose latest event is `latest_stage` still needs a node (None: no event found)."""
-    return latest_stage is None or latest_stage in UNFINISHED_STAGES
-
-
 def needs_node(stages: Iterable[str]) -> bool:
     """Whether a job taken back from a dead node must be dispatched again, from all its events' stages.
 

@@ -129,17 +129,6 @@ class Scheduler:
         balance = await self.rt.request(p.SETTLEMENT_BALANCE, p.BalanceGet(address=address), p.Balance)
         return balance.escrow
 
-    async def latest_stage(self, job_id: str) -> str | None:
-        """The stage of a job's latest event, None if it has none."""
-        try:
-            msg = await self.rt.js.get_last_msg("EVENTS", p.job_events(job_id))
-        except NotFoundError:
-            return None
-        try:
-            return codec.decode(p.JobEvent, msg.data or b"").stage
-        except DecodeError:
-            return None
-
     async def stages(self, job_id: str) -> list[str]:
         """Stages of a job's events in stream order, up to the first one past dispatch."""
         out: list[str] = []
@@ -175,9 +164,9 @@ class Scheduler:
         except SignatureInvalid as exc:
             # The job id is not authenticated, so no event is written for it.
             raise Reject(f"forged or unsigned job: {exc}") from None
-        if delivery.deliveries > 1 and (stage := await self.latest_stage(job.job_id)) not in (None, "admitted"):
+        if delivery.deliveries > 1 and (past := set(await self.stages(job.job_id)) - {"admitted"}):
             # A replica stopped after dispatching it (or refusing it): nothing left to do.
-            self.rt.log.info("job.redelivered_done", job_id=job.job_id, stage=stage)
+            self.rt.log.info("job.redelivered_done", job_id=job.job_id, stages=sorted(past))
             return
         try:
             domain.check_timing(job, time.time(), self.settings.max_clock_skew_s)

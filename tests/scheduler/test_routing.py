@@ -201,8 +201,7 @@ def test_outstanding_counts_and_ignores_late_dispatched_echo():
 
 
 def test_unfinished_stages():
-    assert d.unfinished(None) and d.unfinished("admitted") and d.unfinished("dispatched")
-    assert not any(d.unfinished(s) for s in ("result", "failed", "verdict", "settled", "refunded", "rejected"))
+    assert not any(d.needs_node([s]) for s in ("result", "failed", "verdict", "settled", "refunded", "rejected"))
     assert d.needs_node([]) and d.needs_node(["admitted", "dispatched"])
     # the node's result stored before the scheduler's own dispatched event: done, whatever came last
     assert not d.needs_node(["admitted", "result", "dispatched"])

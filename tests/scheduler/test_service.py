@@ -11,7 +11,8 @@ from contextlib import asynccontextmanager
 import nats
 import pytest
 
-from loranet.runtime import Runtime
+from loranet import protocol as p
+from loranet.runtime import Delivery, Runtime
 from loranet.signing import Identity
 from services.scheduler.handlers import Scheduler
 from services.scheduler.settings import SchedulerSettings
@@ -115,6 +116,18 @@ async def test_jobs_wait_in_jetstream_while_every_node_is_full(nats_server, nc):
         await until(lambda: len(node.done) == 20, 15, "all 20 once the node answers")
 
 
+async def test_a_redelivered_job_already_dispatched_is_not_dispatched_again(nats_server, nc):
+    async with scheduler(nats_server.url) as sched:
+        node = await FakeNode(nc, "node-r").start()
+        first = job(Identity.generate())
+        await submit(nc, [first])
+        await until(lambda: first.job_id in node.done, 10, "the job done")
+        # What a replica that dispatched it and died before its ack would leave: a redelivery.
+        await sched.on_job(first, Delivery(p.JOBS_SUBMIT, 2, None))
+        await asyncio.sleep(0.5)
+        assert node.jobs_received() == [first.job_id] and sched.batches_sent == 1
+
+
 async def test_two_replicas_never_double_dispatch(nats_server, nc):
     async with scheduler(nats_server.url, instance="sched-1", admission_slots=8) as s1, \
             scheduler(nats_server.url, instance="sched-2", admission_slots=8) as s2:
@@ -151,7 +164,6 @@ async def test_hot_adapter_routing_and_load_balance(nats_server, nc):
     hot, cold = "11" * 32, "22" * 32
     async with scheduler(nats_server.url) as sched:
         async def known(adapter_id: str):
-            from loranet import protocol as p
             return p.AdapterManifest(adapter_id=adapter_id, name="a" + adapter_id[:8], base_model_id="ab" * 32,
                                      owner_address="0x" + "1" * 40, rank=8, target_modules=["q_proj"],
                                      contributors=[p.Contributor(contributor_id="c", address="0x" + "2" * 40,
