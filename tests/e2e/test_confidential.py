@@ -1,0 +1,199 @@
+"""A confidential job on the embedded devnet: settled, opened by its client, and never in the clear outside
+the client, its node and its verifier committee.
+
+An operator (the NATS admin user) records every message on `>` while the job runs, then reads every
+JetStream stream (KV buckets included) and the whole Redis keyspace; the prompt, the output text and the
+prompt's token-id sequence must appear nowhere in those bytes.  Only afterwards is the same prompt run in
+the clear, to check that the sealed output is the one greedy decoding gives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import string
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgpack
+import nats
+import redis.asyncio as aioredis
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy
+from nats.js.errors import NotFoundError
+
+from loranet import confidential, protocol as p
+from loranet.client import Client
+from loranet.model import tokenizer
+from loranet.signing import Identity
+
+ADAPTER = "demo-0"
+MAX_TOKENS = 24
+
+
+def needles_of(prompt: str, prompt_tokens: list[int], output_tokens: list[int], output_text: str) -> dict[str, bytes]:
+    """Byte strings whose presence would leak the job: text, and token ids as MessagePack and JSON would carry them."""
+    out = {"prompt": prompt.encode(), "prompt_tokens(msgpack)": msgpack.packb(prompt_tokens),
+           "prompt_tokens(json)": json.dumps(prompt_tokens).encode(),
+           "prompt_tokens(csv)": ",".join(map(str, prompt_tokens)).encode()}
+    if len(output_text.encode()) >= 8:  # shorter strings could turn up by chance in 100s of kB of ciphertext
+        out["output_text"] = output_text.encode()
+    if len(output_tokens) >= 8:
+        out["output_tokens(msgpack)"] = msgpack.packb(output_tokens)
+        out["output_tokens(json)"] = json.dumps(output_tokens).encode()
+    return out
+
+
+async def stream_bytes(js) -> list[tuple[str, bytes]]:
+    """(stream:subject, data + headers) of every message of every stream, KV buckets included."""
+    out: list[tuple[str, bytes]] = []
+    for info in await js.streams_info():
+        name, state = info.config.name, info.state
+        if not state.messages:
+            continue
+        if info.config.retention == RetentionPolicy.WORK_QUEUE:  # a second consumer is refused: read by sequence
+            for seq in range(state.first_seq, state.last_seq + 1):
+                try:
+                    msg = await js.get_msg(name, seq)
+                except NotFoundError:
+                    continue
+                out.append((f"{name}:{msg.subject}", (msg.data or b"") + repr(msg.headers or {}).encode()))
+            continue
+        consumer = await js.add_consumer(name, ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL,
+                                                              inactive_threshold=60.0))
+        sub = await js.pull_subscribe_bind(consumer=consumer.name, stream=name)
+        seen = 0
+        while seen < state.messages:
+            try:
+                msgs = await sub.fetch(512, timeout=5)
+            except Exception:
+                break
+            for msg in msgs:
+                out.append((f"{name}:{msg.subject}", (msg.data or b"") + repr(msg.headers or {}).encode()))
+            seen += len(msgs)
+            if msgs and msgs[-1].metadata.num_pending == 0:
+                break
+        await sub.unsubscribe()
+        try:
+            await js.delete_consumer(name, consumer.name)
+        except Exception:
+            pass
+    return out
+
+
+async def redis_bytes(url: str) -> list[tuple[str, bytes]]:
+    """(key, every byte of its value) for the whole keyspace, read by type (DUMP could compress)."""
+    r = aioredis.Redis.from_url(url)
+    out: list[tuple[str, bytes]] = []
+    try:
+        async for key in r.scan_iter(count=1000):
+            kind = (await r.type(key)).decode()
+            if kind == "string":
+                parts = [await r.get(key) or b""]
+            elif kind == "hash":
+                parts = [b for kv in (await r.hgetall(key)).items() for b in kv]
+            elif kind == "list":
+                parts = await r.lrange(key, 0, -1)
+            elif kind == "set":
+                parts = list(await r.smembers(key))
+            elif kind == "zset":
+                parts = [m for m, _ in await r.zrange(key, 0, -1, withscores=True)]
+            elif kind == "stream":
+                parts = [b for _, fields in await r.xrange(key) for kv in fields.items() for b in kv]
+            else:
+                parts = []
+            out.append((key.decode(errors="replace"), key + b"\x00" + b"\x00".join(parts)))
+    finally:
+        await r.aclose()
+    return out
+
+
+async def test_confidential_job_settles_and_leaks_nothing(devnet):
+    config, _ = devnet
+    admin = await nats.connect(config.url_for("admin"))
+    bus: list[tuple[str, bytes]] = []
+
+    async def record(msg) -> None:
+        bus.append((msg.subject, msg.subject.encode() + b"\x00" + (msg.data or b"") + repr(msg.headers or {}).encode()))
+
+    await admin.subscribe(">", cb=record)
+    await admin.flush()
+    prompt = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(24))
+    try:
+        async with await Client.connect(config.url_for("client"), Identity.generate()) as client:
+            await client.faucet(10**20, 10**19)
+            committee = await client.verifiers()
+            assert committee, "no verifier announced its key in KV verifiers"
+            started = time.monotonic()
+            job_id = await client.submit(ADAPTER, prompt, MAX_TOKENS, confidential=True)
+            outcome = await client.wait(job_id, 300)
+            assert outcome.status == "settled", outcome
+            assert outcome.verdict["accepted"] and outcome.verdict["audited"], outcome
+            assert outcome.fee > 0 and sum(outcome.payouts.values()) == outcome.fee
+            assert outcome.output, "the client could not open a non-empty output"
+            record_ = await client.job(job_id)
+            assert record_.request.confidential and record_.request.prompt == ""
+            assert record_.result.sealed_output is not None and record_.result.output_text == ""
+            assert record_.result.output_tokens == [] and record_.result.prompt_tokens == []
+            opened = confidential.open_output(record_.result, client.identity)
+            assert opened.output_text == outcome.output
+            prompt_tokens = tokenizer.encode(prompt)
+            assert opened.prompt_tokens == prompt_tokens
+            assert record_.result.token_counts() == (len(prompt_tokens), len(opened.output_tokens))
+            # The fee was computed from the clear counts the verifier checked.
+            assert [c.ok for c in record_.verdicts[-1].checks if c.name == "sealing"] == [True]
+            sealed_s = time.monotonic() - started
+
+            # -- everything an operator can see, now: the bus as recorded, every stream, all of Redis ----
+            await admin.flush()
+            await asyncio.sleep(0.5)
+            streams = await stream_bytes(admin.jetstream())
+            keyspace = await redis_bytes(config.redis_url)
+            haystacks = list(bus) + streams + keyspace
+            # The scan saw the job everywhere it went: on the bus (submit, work, result, verdict), in the
+            # RESULTS/VERDICTS/EVENTS streams, and in the datastore's Redis record.
+            for where, seen in (("bus", bus), ("streams", streams), ("redis", keyspace)):
+                assert any(job_id.encode() in h for _, h in seen), where
+            for stream in ("RESULTS", "VERDICTS", "EVENTS"):
+                assert any(w.startswith(stream + ":") and job_id.encode() in h for w, h in streams), stream
+            assert any(w == p.JOBS_SUBMIT and job_id.encode() in h for w, h in bus)
+            assert any(w.startswith("work.") and job_id.encode() in h for w, h in bus)
+            needles = needles_of(prompt, prompt_tokens, opened.output_tokens, opened.output_text)
+            # The node and the verifier read the plaintext: their logs (and every other) must not show it.
+            logs = [(f"log:{f.name}", f.read_bytes()) for f in Path(config.state_dir).glob("**/*.log")]
+            assert len(logs) >= 5
+            leaks = [(what, where) for what, needle in needles.items() for where, hay in haystacks + logs
+                     if needle in hay]
+            assert not leaks, leaks[:10]
+
+            # -- the same prompt in the clear (after the scan): the sealed output is greedy decoding's ----
+            plain_id = await client.submit(ADAPTER, prompt, MAX_TOKENS)
+            plain = await client.wait(plain_id, 300)
+            assert plain.status == "settled", plain
+            assert plain.output == outcome.output
+            # ... and the scan would have caught a plaintext job: the prompt is now on the bus.
+            await admin.flush()
+            await asyncio.sleep(0.5)
+            assert any(prompt.encode() in h for _, h in bus)
+            print(f"confidential job settled in {sealed_s:.1f}s; scanned {len(bus)} bus messages, {len(streams)} "
+                  f"stream messages, {len(keyspace)} Redis keys for {len(needles)} needles")
+    finally:
+        await admin.drain()
+
+
+def test_cli_submit_confidential(devnet):
+    config, _ = devnet
+    env = {k: v for k, v in os.environ.items() if k != "LORANET_NATS_URL"}  # the CLI finds the devnet's client URL
+    cli = [sys.executable, "-m", "loranet.cli", "--state-dir", config.state_dir]
+    done = subprocess.run([*cli, "submit", "--adapter", "demo-1", "--prompt", "sealed from the CLI", "--max-tokens",
+                           "8", "--confidential", "--wait", "--json"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["status"] == "settled" and out["output"], out
+    # `loranet job` opens the sealed output with the same (CLI) identity.
+    record = subprocess.run([*cli, "job", out["job_id"], "--json"], env=env, capture_output=True, text=True, timeout=60)
+    assert json.loads(record.stdout)["output"] == out["output"]
