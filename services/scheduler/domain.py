@@ -551,6 +551,14 @@ class Outstanding:
     def jobs(self, node_id: str) -> list[str]:
         return list(self._by_node.get(node_id, ()))
 
+    def node_idle(self, node_id: str, before: float) -> None:
+        """The node's durable holds no batch: every job sent to it before `before` was answered
+        (it acknowledges a batch after its last job's event), even if that event was missed here."""
+        jobs = self._by_node.get(node_id, {})
+        for job_id in [j for j, at in jobs.items() if at < before]:
+            del jobs[job_id]
+            self._node_of.pop(job_id, None)
+
     def prune(self, now: float) -> None:
         for node_id, jobs in self._by_node.items():
             for job_id in [j for j, at in jobs.items() if now - at > self.horizon_s]:

@@ -307,6 +307,9 @@ class Scheduler:
         for name, info in consumers.items():
             if name.startswith(NODE_DURABLE):
                 node_id = name[len(NODE_DURABLE):]
+                if info.num_pending + info.num_ack_pending == 0:
+                    # Reconcile the load view with the durable: results missed on core NATS don't leak.
+                    self.outstanding.node_idle(node_id, time.time() - self.settings.idle_reconcile_s)
                 if node_id in live or node_id in self._draining or not grace_over:
                     continue
                 if info.num_pending + info.num_ack_pending == 0:

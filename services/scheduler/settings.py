@@ -33,4 +33,6 @@ class SchedulerSettings(CommonSettings):
     no_node_retry_s: float = 0.25
     # How often the WORK stream is checked for dead nodes' unfinished batches.
     failover_check_s: float = 1.0
+    # A node whose durable holds no batch has answered every job sent to it this long ago.
+    idle_reconcile_s: float = 5.0
     require_escrow: bool = True

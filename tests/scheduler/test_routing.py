@@ -196,6 +196,9 @@ def test_outstanding_counts_and_ignores_late_dispatched_echo():
     assert out.count("n1") == 1 and out.jobs("n1") == ["j2"]
     out.dispatched("j2", "n2", 3.0)  # re-dispatched elsewhere
     assert out.count("n1") == 0 and out.count("n2") == 1
+    out.dispatched("j3", "n2", 9.0)
+    out.node_idle("n2", before=5.0)  # its durable is empty: j2 (sent at 3) was answered, j3 maybe not yet
+    assert out.jobs("n2") == ["j3"]
     out.prune(10_000.0)
     assert out.count("n2") == 0
 
