@@ -2,24 +2,27 @@
 
 Three measurements:
 
-1. Routing quality (simulated, no model): N nodes, each with an LRU cache of
-   adapter slots; loading a cold adapter costs `--load-ms` (50 ms), a job
-   costs `--ms-per-token` per max_tokens (uniform 16..256).  A node runs its
-   work batches one after another, segment by segment (serial: the pessimistic
-   model, no continuous batching).  Jobs arrive as a Poisson stream at
-   `--load` x the cluster's token capacity, over 500 adapters with zipf
-   popularity and 20 clients.  Every policy dispatches at the same 20 ms
-   window ticks; round-robin and random ignore room (the node queues);
-   loranet's policy (services.scheduler.domain.RoutingQueue, the code the
-   service runs) holds jobs while nodes are full and learns hot adapters from
-   2 s heartbeats plus its own routing.  Queue time = arrival → the node starts
-   the job (adapter load counts as service).
+1. Routing quality (simulated, no model): 8 nodes, each with an LRU cache of
+   adapter slots (64 by default; a sweep also runs 16 and 32); loading a cold
+   adapter costs `--load-ms` (50 ms); a job costs `--ms-per-token` (0.5 ms, a
+   node doing 2,000 tokens/s) per max_tokens (uniform 16..256).  A node runs
+   its work batches one after another, segment by segment (serial: the
+   pessimistic model, no continuous batching).  10,000 jobs arrive as a
+   Poisson stream at `--load` (60%) of the cluster's token capacity, over 500
+   adapters with zipf popularity (s=1) and 20 clients.  Every policy
+   dispatches at the same 20 ms window ticks; round-robin and random ignore
+   room (the node queues); loranet's policy (services.scheduler.domain.
+   RoutingQueue, the code the service runs) holds jobs while nodes are full and
+   learns hot adapters from 2 s heartbeats plus its own routing.  Queue time =
+   arrival -> the node starts the job (its adapter load counts as service).
 2. Admission throughput on one core, in-process, no NATS: msgpack decode +
-   schema validation + Ed25519 check + timing check + ticket + routing plan
-   per 20 ms window (and, separately, also the work-batch assembly + encode).
+   schema validation + Ed25519 check + timing check + ticket + one routing
+   plan per 100 jobs (a 20 ms window at 5,000 jobs/s); also with the
+   work-batch assembly + encode.  Reported per CPU-second of the one thread
+   (time.process_time), because the machine is shared; wall-clock beside it.
 3. Dispatch overhead on a real nats-server (loranet.servers.NatsServer on
    loopback): the scheduler service's own code path, p50 of job handler entry
-   (the job fetched and decoded) → work batch publish acked, with the window
+   (the job fetched and decoded) -> work batch publish acked, with the window
    at 0 ms and at the default 20 ms.
 
     python bench/scheduler_bench.py --quick      # < 1 minute
