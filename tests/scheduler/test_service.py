@@ -85,6 +85,25 @@ async def test_dead_nodes_jobs_complete_elsewhere_exactly_once(nats_server, nc):
         assert set(a2.jobs_received()) == {j.job_id for j in more}
 
 
+async def test_two_replicas_drain_a_dead_node_once(nats_server, nc):
+    async with scheduler(nats_server.url, instance="sched-1") as s1, \
+            scheduler(nats_server.url, instance="sched-2") as s2:
+        a = await FakeNode(nc, "node-a", slots=4, crash_after=1).start()
+        client = Identity.generate()
+        jobs = [job(client) for _ in range(10)]
+        for j in jobs:  # one by one: several batches on node-a, from both replicas
+            await submit(nc, [j])
+            await asyncio.sleep(0.03)
+        await until(a.crashed.is_set, 10, "node-a to crash")
+        b = await FakeNode(nc, "node-b", slots=4).start()
+        ids = {j.job_id for j in jobs}
+        await until(lambda: set(a.done) | set(b.done) == ids, 20, "every job to complete")
+        await asyncio.sleep(0.5)
+        assert per_job(await events(nc, "result")) == Counter({i: 1 for i in ids})
+        assert Counter(b.jobs_received()) == Counter({i: 1 for i in ids - set(a.done)})
+        assert s1.redispatched + s2.redispatched == len(ids) - 1
+
+
 async def test_a_paused_node_with_no_stand_in_gets_its_work_back(nats_server, nc):
     async with scheduler(nats_server.url) as sched:
         node = await FakeNode(nc, "node-p", pause_after=1, pause_s=3.0).start()  # past the 1.5 s TTL
