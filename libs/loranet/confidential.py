@@ -171,10 +171,17 @@ def seal_prompt(job_id: str, client_key: bytes, prompt: str, node_key: bytes, co
 
 
 def open_prompt(job: p.JobRequest, identity: Identity) -> str:
-    """The plaintext prompt of a confidential job, for its node or a committee member."""
+    """The plaintext prompt of a confidential job, for its node or a committee member.
+
+    Every recipient's slot must hold the same data key (rebuilt and compared), so the
+    node and the committee provably read the same prompt: a client cannot show the node
+    one prompt and the verifiers another, and have an honest node's result rejected."""
     if job.sealed_prompt is None:
         return job.prompt
-    _, job_id, client_key, prompt = _unpack(open_sealed(job.sealed_prompt, identity), DOMAIN_SEALED_PROMPT, 4)
+    key = data_key(job.sealed_prompt, identity)
+    if not all(slot_matches(job.sealed_prompt, key, r) for r in recipients(job.sealed_prompt)):
+        raise Tampered("the sealed prompt's key slots differ: its recipients would not read the same prompt")
+    _, job_id, client_key, prompt = _unpack(open_with_key(job.sealed_prompt, key), DOMAIN_SEALED_PROMPT, 4)
     if job_id != job.job_id or client_key != job.client_key or not isinstance(prompt, str):
         raise Tampered("the sealed prompt belongs to another job or client")
     return prompt

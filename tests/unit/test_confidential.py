@@ -186,3 +186,16 @@ def test_plain_results_are_unchanged():
     assert "sealed_prompt" not in wire["request"]
     assert res.token_counts() == (3, 2)
     assert c.open_output(res, EVE).output_text == "ab"
+
+
+def test_a_client_cannot_show_the_node_and_the_committee_different_prompts():
+    # Two sealings of one job: the node's slot from one, the verifiers' from the other (same ciphertext would
+    # need the same key, so the forger swaps slots of two different keys over one ciphertext).
+    job = _job("shown to the node")
+    other = c.seal_prompt(job.job_id, CLIENT.public, "shown to the verifiers", NODE.public, [V1.public, V2.public])
+    mixed = job.sealed_prompt.model_copy(update={"keys": [job.sealed_prompt.keys[0], *other.keys[1:]]})
+    framed = sign(p.JobRequest(**{**job.model_dump(), "sealed_prompt": mixed.model_dump(), "signature": b""}), CLIENT,
+                  p.DOMAIN_JOB_REQUEST)
+    for who in (NODE, V1):  # the node refuses to run it; a verifier would refuse to judge it
+        with pytest.raises(c.Tampered, match="slots differ"):
+            c.open_prompt(framed, who)

@@ -89,3 +89,17 @@ def test_cheating_inside_the_seal_is_caught(setup, honest, client, engine):
         update={"keys": [decoy, *good.sealed_output.keys[1:]]})})
     out = judge_once(verifier, sign(garbled, honest.identity, p.DOMAIN_RESULT))
     assert out.detected and out.how == "rejected:sealing", out
+
+
+def test_a_client_framing_the_node_gets_no_verdict(setup, honest, client, engine):
+    # The client sealed one prompt for the node and another for the committee (slots of two keys over one
+    # ciphertext): the node's result is not judged against the verifiers' prompt; no verdict, no slashing.
+    verifier, committee, adapter_id = setup
+    plain, sealed = _sealed_job(client, engine.model_id, adapter_id, honest, committee)
+    other = c.seal_prompt(plain.job_id, plain.client_key, "another prompt", honest.identity.public, committee)
+    mixed = sealed.sealed_prompt.model_copy(update={"keys": [sealed.sealed_prompt.keys[0], *other.keys[1:]]})
+    framed = sign(p.JobRequest(**{**sealed.model_dump(), "sealed_prompt": mixed.model_dump(), "signature": b""}),
+                  client.identity, p.DOMAIN_JOB_REQUEST)
+    result = _confidential_result(honest, plain, framed)
+    out = judge_once(verifier, result)
+    assert out.how.startswith("dead_letter:") and "sealed prompt" in out.how, out
