@@ -360,25 +360,29 @@ class Scheduler:
         sub = await js.pull_subscribe(spec.filter_subject, durable=spec.durable, stream=spec.stream,
                                       config=topology.consumer_config(spec))
         came_back = False
+        # Batches are re-dispatched side by side: one whose job can only run on this node (sealed
+        # to it) waits for it or for its expiry without holding up the others.
+        batches: set[asyncio.Task[bool]] = set()
         try:
             while not self.rt.stopping.is_set():
-                if await self._live(node_id):
+                if await self._live(node_id) or any(t.done() and not t.cancelled() and t.exception() is None
+                                                    and not t.result() for t in batches):
                     came_back = True
                     break
+                batches = {t for t in batches if not t.done()}
                 try:
-                    msgs = await sub.fetch(1, timeout=1.0)
+                    msgs = await sub.fetch(8, timeout=1.0)
                 except (FetchTimeoutError, NatsTimeoutError, asyncio.TimeoutError):
                     info = await js.consumer_info(spec.stream, spec.durable)
-                    if info.num_pending == 0 and info.num_ack_pending == 0:
+                    if not batches and info.num_pending == 0 and info.num_ack_pending == 0:
                         break
                     continue
-                for msg in msgs:
-                    if not await self._redispatch(node_id, msg):
-                        came_back = True
-                        break
-                if came_back:
-                    break
+                batches |= {asyncio.ensure_future(self._redispatch(node_id, msg)) for msg in msgs}
         finally:
+            for task in batches:
+                task.cancel()  # unacknowledged: the batch stays for the node or for a later drain
+            if batches:
+                await asyncio.wait(batches)
             await sub.unsubscribe()
         if self.rt.stopping.is_set():
             return  # the drain durable stays; a replica (or this one, restarted) resumes it
@@ -410,13 +414,13 @@ class Scheduler:
             while routes and not all(r.done() for r in routes):
                 await asyncio.wait(routes, timeout=self.settings.failover_check_s)
                 if not all(r.done() for r in routes) and await self._live(node_id):
-                    # Back before its jobs found another node: it gets this batch again.
-                    for r in routes:
-                        r.cancel()
-                    await asyncio.wait(routes)
-                    return False
+                    return False  # back before its jobs found another node: it gets this batch again
         finally:
             keep_alive.cancel()
+            for r in routes:
+                r.cancel()  # no-op for the dispatched; the others leave the queue
+            if routes:
+                await asyncio.wait(routes)
         nodes = [r.result() for r in routes]
         for job, to in zip(todo, nodes):
             if to is None:

@@ -24,11 +24,12 @@ from loranet.signing import Identity, devnet_address, sign
 MODEL = "ab" * 32
 
 
-def job(client: Identity, adapter_id: str = "", max_tokens: int = 8, ttl_s: float = 300.0) -> p.JobRequest:
+def job(client: Identity, adapter_id: str = "", max_tokens: int = 8, ttl_s: float = 300.0,
+        node_id: str = "") -> p.JobRequest:
     now = time.time()
     req = p.JobRequest(job_id=p.new_job_id(), client_key=client.public, client_address=devnet_address(client.key_id),
                        model_id=MODEL, adapter_id=adapter_id, prompt="hello", max_tokens=max_tokens, max_fee=10**15,
-                       created_at=now, expires_at=now + ttl_s)
+                       created_at=now, expires_at=now + ttl_s, node_id=node_id)
     return sign(req, client, p.DOMAIN_JOB_REQUEST)
 
 

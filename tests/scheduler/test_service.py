@@ -85,6 +85,30 @@ async def test_dead_nodes_jobs_complete_elsewhere_exactly_once(nats_server, nc):
         assert set(a2.jobs_received()) == {j.job_id for j in more}
 
 
+async def test_a_job_pinned_to_the_dead_node_does_not_hold_up_the_others(nats_server, nc):
+    async with scheduler(nats_server.url) as sched:
+        a = await FakeNode(nc, "node-a", slots=4, crash_after=0).start()
+        client = Identity.generate()
+        pinned = job(client, node_id="node-a", ttl_s=8.0)  # a confidential job sealed to node-a
+        free = [job(client) for _ in range(4)]
+        for j in [pinned, *free]:  # the pinned job's batch first
+            await submit(nc, [j])
+            await asyncio.sleep(0.03)
+        await until(a.crashed.is_set, 10, "node-a to crash")
+        b = await FakeNode(nc, "node-b", slots=4).start()
+        started = time.monotonic()
+        await until(lambda: {j.job_id for j in free} <= set(b.done), 10, "the free jobs re-dispatched")
+        assert time.monotonic() - started < 6  # before the pinned job's expiry, not after it
+        assert pinned.job_id not in b.jobs_received()
+        rejected = []
+        deadline = time.monotonic() + 15
+        while not rejected and time.monotonic() < deadline:
+            rejected = [e for e in await events(nc, "rejected") if e.job_id == pinned.job_id]
+            await asyncio.sleep(0.3)
+        assert rejected and "node-a died" in rejected[0].reason, rejected
+        await until(lambda: not sched._draining, 10, "the drain to end")
+
+
 async def test_two_replicas_drain_a_dead_node_once(nats_server, nc):
     async with scheduler(nats_server.url, instance="sched-1") as s1, \
             scheduler(nats_server.url, instance="sched-2") as s2:
