@@ -78,4 +78,7 @@ def examples() -> dict[str, p.Wire]:
         p.DATASTORE_JOB_LIST: p.JobList(client_address=ADDR),
         p.SETTLEMENT_BALANCE: p.BalanceGet(address=ADDR),
         p.SETTLEMENT_FAUCET: p.Faucet(address=ADDR, amount=10**21, escrow=10**20),
+        p.SETTLEMENT_STAKE: p.StakeGet(address=ADDR),
+        p.SETTLEMENT_RESERVE: p.Reserve(job_id=j.job_id, client_address=ADDR, max_fee=10**20),
+        p.SETTLEMENT_RELEASE: p.Release(job_id=j.job_id, reason="expired"),
     }

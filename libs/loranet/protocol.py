@@ -629,6 +629,9 @@ SCHEMAS: dict[str, type[Wire]] = {
     DATASTORE_JOB_LIST: JobList,
     SETTLEMENT_BALANCE: BalanceGet,
     SETTLEMENT_FAUCET: Faucet,
+    SETTLEMENT_STAKE: StakeGet,
+    SETTLEMENT_RESERVE: Reserve,
+    SETTLEMENT_RELEASE: Release,
 }
 
 # Per-subject size ceilings (bytes), below the codec's global limit.

@@ -26,7 +26,7 @@ import nats
 import nats.micro
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
+from nats.errors import ConnectionClosedError, NoRespondersError, TimeoutError as NatsTimeoutError
 from nats.js.client import JetStreamContext
 from nats.js.errors import FetchTimeoutError
 from nats.micro.request import Request as MicroRequest
@@ -53,6 +53,10 @@ class Reject(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class Transient(Exception):
+    """A failure that says nothing about the message (a peer was down or slow): retry later."""
 
 
 class ServiceError(Exception):
@@ -329,9 +333,15 @@ class Runtime:
                 raise
             except Exception as exc:
                 outcome = "error"
-                self.log.error("handler.failed", route=route.name, subject=msg.subject, deliveries=deliveries, error=repr(exc))
-                if deliveries >= route.consumer.max_deliver:
-                    await self.dead_letter(route.name, msg, f"failed {deliveries} times; last error: {exc!r}", deliveries)
+                transient = is_transient(exc)
+                outcome = "retry" if transient else "error"
+                self.log.error("handler.failed", route=route.name, subject=msg.subject, deliveries=deliveries,
+                               transient=transient, error=repr(exc))
+                limit = route.consumer.max_deliver_transient - 1 if transient else route.consumer.max_deliver
+                if deliveries >= limit:
+                    kind = "transient failures" if transient else "failures"
+                    await self.dead_letter(route.name, msg, f"gave up after {deliveries} {kind}; last error: {exc!r}",
+                                           deliveries)
                 else:
                     await msg.nak(delay=min(2.0 * deliveries, 30.0))
                 settled = True
@@ -410,6 +420,16 @@ class Runtime:
 
     async def request(self, subject: str, message: Wire, reply_schema: type[R], timeout: float | None = None) -> R:
         return await request(self.nc, subject, message, reply_schema, timeout or self.settings.request_timeout_s)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors that are about a peer or the network, not the message being handled."""
+    if isinstance(exc, Transient):
+        return True
+    if isinstance(exc, RemoteError):
+        return exc.code == "unavailable"
+    return isinstance(exc, (NatsTimeoutError, NoRespondersError, ConnectionClosedError, asyncio.TimeoutError,
+                            TimeoutError, ConnectionError))
 
 
 async def request(nc: NATS, subject: str, message: Wire, reply_schema: type[R], timeout: float = 10.0) -> R:

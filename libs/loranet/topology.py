@@ -39,8 +39,13 @@ class ConsumerSpec:
     durable: str
     filter_subject: str
     ack_wait_s: float = 30.0
+    # A handler's own errors dead-letter a message after this many deliveries.
     max_deliver: int = 5
     max_ack_pending: int = 1024
+    # JetStream's own cap, far above max_deliver: transient failures (a peer service
+    # timing out, NATS reconnecting) and crash redeliveries may retry this long before the
+    # runtime parks the message on the dead-letter subject (never dropped silently).
+    max_deliver_transient: int = 200
 
 
 STREAMS: tuple[StreamSpec, ...] = (
@@ -74,7 +79,7 @@ def consumer_config(spec: ConsumerSpec) -> ConsumerConfig:
         filter_subject=spec.filter_subject,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=spec.ack_wait_s,
-        max_deliver=spec.max_deliver,
+        max_deliver=spec.max_deliver_transient,
         max_ack_pending=spec.max_ack_pending,
     )
 

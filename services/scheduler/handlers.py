@@ -129,6 +129,29 @@ class Scheduler:
         balance = await self.rt.request(p.SETTLEMENT_BALANCE, p.BalanceGet(address=address), p.Balance)
         return balance.escrow
 
+    async def reserve(self, job: p.JobRequest) -> str:
+        """Lock the job's max fee in its client's escrow on chain: 'reserved', or the final state
+        ('settled'/'refunded') of a job seen before; raises Refusal when the escrow cannot cover it."""
+        try:
+            reply = await self.rt.request(p.SETTLEMENT_RESERVE, p.Reserve(job_id=job.job_id, client_address=job.client_address,
+                                                                          max_fee=job.max_fee), p.Reservation, timeout=30)
+        except RemoteError as exc:
+            if exc.code == "conflict":
+                raise domain.Refusal(f"escrow of {job.client_address} cannot cover max_fee {job.max_fee}: "
+                                     f"deposit more OPEN ({exc.message})") from None
+            raise
+        return reply.state
+
+    async def release(self, job_id: str, reason: str) -> None:
+        """Refund a reserved job that will not run (expired, failed); idempotent at settlement."""
+        if not self.settings.reserve_escrow:
+            return
+        try:
+            await self.rt.request(p.SETTLEMENT_RELEASE, p.Release(job_id=job_id, reason=reason[:1024]), p.Receipt,
+                                  timeout=60)
+        except Exception as exc:  # another replica released it, or settlement is down: the job stays reserved
+            self.rt.log.warning("job.release_failed", job_id=job_id, error=repr(exc))
+
     async def stages(self, job_id: str) -> list[str]:
         """Stages of a job's events in stream order, up to the first one past dispatch."""
         out: list[str] = []
@@ -171,7 +194,10 @@ class Scheduler:
         try:
             domain.check_timing(job, time.time(), self.settings.max_clock_skew_s)
             domain.check_adapter(job, await self.adapter(job.adapter_id) if job.adapter_id else None)
-            if self.settings.require_escrow:
+            if self.settings.reserve_escrow:
+                if await self.reserve(job) != "reserved":
+                    return  # already settled or refunded: a redelivery of a finished job
+            elif self.settings.require_escrow:
                 domain.check_escrow(job, await self.escrow(job.client_address))
         except domain.Refusal as refusal:
             await self.rt.emit(job.job_id, "rejected", reason=refusal.reason)
@@ -193,6 +219,7 @@ class Scheduler:
                 reason = (f"expired before node {job.node_id}, the one it names, could take it "
                           f"({'busy or not serving it' if live else 'unknown or dead'})")
             await self.rt.emit(job.job_id, "rejected", reason=reason)
+            await self.release(job.job_id, reason)
 
     async def route(self, ticket: domain.Ticket) -> str | None:
         """Queue `ticket` and wait until it is dispatched: the node id, or None if it expired first."""
@@ -284,6 +311,10 @@ class Scheduler:
         if not isinstance(job_id, str) or not isinstance(stage, str):
             return
         self.outstanding.on_event(job_id, stage, node_id if isinstance(node_id, str) else "", at)
+        if stage == "failed" and self.settings.reserve_escrow:
+            # A node could not run the job: give the client its reservation back.
+            self.rt.spawn(self.release(job_id, f"failed on node {node_id}: {event.get('reason', '')}"[:1024]),
+                          name="release")
         if stage not in domain.UNFINISHED_STAGES and len(self.queue):
             self._wake.set()  # room freed on a node
 
@@ -424,7 +455,9 @@ class Scheduler:
         nodes = [r.result() for r in routes]
         for job, to in zip(todo, nodes):
             if to is None:
-                await self.rt.emit(job.job_id, "rejected", reason=f"node {node_id} died and the job expired before another could take it")
+                reason = f"node {node_id} died and the job expired before another could take it"
+                await self.rt.emit(job.job_id, "rejected", reason=reason)
+                await self.release(job.job_id, reason)
         self.redispatched += sum(1 for n in nodes if n)
         self.rt.log.info("batch.redispatched", node_id=node_id, batch_id=batch.batch_id, jobs=len(todo),
                          done_already=len(jobs) - len(todo))

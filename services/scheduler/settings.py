@@ -35,4 +35,7 @@ class SchedulerSettings(CommonSettings):
     failover_check_s: float = 1.0
     # A node whose durable holds no batch has answered every job sent to it this long ago.
     idle_reconcile_s: float = 5.0
+    # Lock each job's max fee on chain at admission (settlement.reserve); a job that will not run is
+    # released (settlement.release). Off: only check the escrow balance (require_escrow).
+    reserve_escrow: bool = True
     require_escrow: bool = True

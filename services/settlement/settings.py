@@ -19,9 +19,9 @@ class SettlementSettings(CommonSettings):
     # An epoch closes at this many jobs or after this long, whichever first.
     epoch_max_jobs: int = 64
     epoch_max_s: float = 1.0
-    # Serve settlement.reserve / settlement.release (admission-time reservations). Off until the
-    # scheduler reserves at admission and the NATS users (deploy/nats/auth.conf) allow the subjects.
-    reservations: bool = False
+    # Serve settlement.reserve / settlement.release: the scheduler locks each job's max fee at
+    # admission and releases jobs that will not run.
+    reservations: bool = True
     # settlement.reserve batches the reservations asked for within this window into one transaction.
     reserve_window_s: float = 0.05
     # Independent accepting verdicts needed before a job is paid.

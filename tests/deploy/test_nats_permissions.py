@@ -25,7 +25,7 @@ from nats.js.api import KeyValueConfig, StorageType
 
 from loranet import codec, protocol as p, topology
 from loranet.client import Client
-from loranet.runtime import Endpoint, Pull, Runtime
+from loranet.runtime import ServiceError, Endpoint, Pull, Runtime
 from loranet.servers import free_port, nats_server_binary, wait_for_port
 from loranet.settings import CommonSettings
 from loranet.signing import Identity
@@ -121,6 +121,8 @@ class Services:
                 return p.JobRecord(job_id=message.job_id, status="rejected", reason="from the test's datastore")
             if isinstance(message, p.BalanceGet):
                 return p.Balance(address=message.address, token=0, escrow=0, credit=0)
+            if isinstance(message, p.Reserve):
+                raise ServiceError("conflict", "no escrow to reserve from", "max_fee")
             return p.Ok()
 
         # The scheduler and the verifier run their real handlers and background loops
@@ -144,7 +146,9 @@ class Services:
             "inference": [Pull("work", topology.node_consumer(NODE), p.WorkBatch, record)],
             "settlement": [Pull("verdicts", topology.SETTLEMENT, p.Verdict, record),
                            Endpoint("balance", p.SETTLEMENT_BALANCE, p.BalanceGet, reply),
-                           Endpoint("faucet", p.SETTLEMENT_FAUCET, p.Faucet, reply)],
+                           Endpoint("faucet", p.SETTLEMENT_FAUCET, p.Faucet, reply),
+                           Endpoint("reserve", p.SETTLEMENT_RESERVE, p.Reserve, reply),
+                           Endpoint("release", p.SETTLEMENT_RELEASE, p.Release, reply)],
             "datastore": [Pull("job-events", topology.DATASTORE, p.JobEvent, record)]
                          + [Endpoint(s.replace(".", "-"), s, p.SCHEMAS[s], reply)
                             for s in p.SCHEMAS if s.startswith("datastore.")],

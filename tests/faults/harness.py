@@ -117,6 +117,8 @@ async def run_scenario(config: dn.DevnetConfig, scenario: str, n_jobs: int, rate
                 if attempt == 59:
                     report.notes.append(f"submit {i} failed: {exc!r}")
                 await asyncio.sleep(0.5)
+        if i % 100 == 99:
+            print(f"  {scenario}: {i + 1} jobs submitted", file=sys.stderr, flush=True)
         await asyncio.sleep(1.0 / rate)
     # Recovery: the first job submitted after the fault that settles.
     post = job_ids[fault_at:fault_at + 1]
@@ -165,7 +167,17 @@ async def run_scenario(config: dn.DevnetConfig, scenario: str, n_jobs: int, rate
     return report
 
 
+def _dump_tasks() -> None:
+    """SIGUSR1: print every asyncio task's stack (what a stuck run is waiting on)."""
+    for task in asyncio.all_tasks():
+        task.print_stack(file=sys.stderr)
+
+
 async def run(scenarios: list[str], n_jobs: int, rate: float, root: Path, settle_timeout: float) -> list[Report]:
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _dump_tasks)
+    except (RuntimeError, ValueError):
+        pass  # not the main thread
     reports = []
     for scenario in scenarios:
         config = dn.DevnetConfig(state_dir=str(root / scenario), nats_port=free_port(), redis_port=free_port(),

@@ -117,3 +117,28 @@ async def test_drain_hands_back_inflight_work(nats_server):
         while not handled and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
     assert handled == [(job_id, 2)]
+
+
+async def test_transient_failures_retry_past_max_deliver_then_succeed(nats_server):
+    """A peer timing out is not the message's fault: it is retried beyond max_deliver, not dead-lettered."""
+    from loranet.runtime import Transient
+
+    settings = CommonSettings(nats_url=nats_server.url, drain_timeout_s=2)
+    spec = ConsumerSpec("EVENTS", "flaky", p.JOB_EVENTS_ALL, ack_wait_s=5, max_deliver=2, max_deliver_transient=20)
+    attempts: list[int] = []
+
+    async def flaky(event: p.JobEvent, delivery: Delivery) -> None:
+        attempts.append(delivery.deliveries)
+        if len(attempts) < 4:
+            raise Transient("settlement did not answer")
+
+    async with Runtime("flaky", settings) as rt:
+        # Short retry delays for the test.
+        await rt.mount([Pull("events", spec, p.JobEvent, flaky, slots=1)])
+        job_id = p.new_job_id()
+        await rt.publish(p.job_events(job_id), _event(job_id), msg_id=job_id)
+        deadline = time.monotonic() + 40
+        while len(attempts) < 4 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert attempts == [1, 2, 3, 4]
+        assert rt.stats["events"].dead_lettered == 0

@@ -22,7 +22,7 @@ from .fakes import FakeNode, events, job, per_job, submit
 
 @asynccontextmanager
 async def scheduler(url: str, **overrides) -> AsyncIterator[Scheduler]:
-    fields = dict(nats_url=url, require_escrow=False, node_ttl_s=1.5, registry_refresh_s=0.1, failover_check_s=0.3,
+    fields = dict(nats_url=url, require_escrow=False, reserve_escrow=False, node_ttl_s=1.5, registry_refresh_s=0.1, failover_check_s=0.3,
                   batch_window_ms=5, drain_timeout_s=1, log_level="WARNING")
     fields.update(overrides)
     settings = SchedulerSettings(**fields)
