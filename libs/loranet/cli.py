@@ -150,6 +150,56 @@ async def cmd_adapters(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_adapter_register(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from .runtime import RemoteError
+
+    try:
+        manifest = json.loads(Path(args.manifest).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        return _fail(f"cannot read the manifest {args.manifest}: {exc}", EXIT_USAGE)
+    client = await _client(args)
+    async with client:
+        try:
+            stored = await client.register_adapter(args.path, manifest)
+        except (KeyError, ValueError, ValidationError, OSError) as exc:
+            return _fail(f"invalid adapter or manifest: {exc}", EXIT_USAGE)
+        except RemoteError as exc:
+            return _fail(f"{exc.code}: {exc.message}" + (f" (field {exc.field})" if exc.field else ""))
+    row = {"name": stored.name, "adapter_id": stored.adapter_id, "base_model_id": stored.base_model_id,
+           "rank": stored.rank, "targets": stored.target_modules, "owner": stored.owner_address,
+           "contributors": [c.to_wire() for c in stored.contributors]}
+    _print(row, args.json, lambda: print(f"registered {stored.name}: {stored.adapter_id}"))
+    return EXIT_OK
+
+
+async def cmd_nodes(args: argparse.Namespace) -> int:
+    import time
+
+    client = await _client(args)
+    async with client:
+        nodes = await client.nodes()
+    now = time.time()
+    rows = [{"node_id": n.node_id, "device": n.device, "region": n.region, "slots_free": n.slots_free,
+             "slots_total": n.slots_total, "queue_depth": n.queue_depth, "tokens_per_s": round(n.tokens_per_s, 1),
+             "adapters_hot": len(n.adapters_hot), "payout_address": n.payout_address,
+             "heartbeat_age_s": round(now - n.at, 1)} for n in sorted(nodes, key=lambda n: n.node_id)]
+
+    def table() -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table("node", "device", "region", "slots free", "queue", "tokens/s", "adapters hot", "heartbeat")
+        for r in rows:
+            t.add_row(r["node_id"], r["device"], r["region"] or "-", f"{r['slots_free']}/{r['slots_total']}",
+                      str(r["queue_depth"]), str(r["tokens_per_s"]), str(r["adapters_hot"]), f"{r['heartbeat_age_s']}s ago")
+        Console().print(t)
+
+    _print(rows, args.json, table)
+    return EXIT_OK
+
+
 async def cmd_balance(args: argparse.Namespace) -> int:
     client = await _client(args)
     async with client:
@@ -288,6 +338,19 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("adapters", help="list registered adapters")
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_adapters)
+
+    ar = sub.add_parser("adapter", help="adapter commands").add_subparsers(dest="adapter_command", required=True)
+    reg = ar.add_parser("register", help="register a PEFT adapter directory with its attribution manifest")
+    reg.add_argument("path", help="directory with adapter_config.json and adapter_model.safetensors")
+    reg.add_argument("--manifest", required=True,
+                     help='JSON: {"name", "base_model" (id or name), "owner_address", "license", '
+                          '"contributors": [{"contributor_id", "address", "weight_bps"}] (weights sum to 10000)}')
+    reg.add_argument("--json", action="store_true")
+    reg.set_defaults(func=cmd_adapter_register)
+
+    n = sub.add_parser("nodes", help="live inference nodes from the node registry")
+    n.add_argument("--json", action="store_true")
+    n.set_defaults(func=cmd_nodes)
 
     b = sub.add_parser("balance", help="OPEN balance, escrow, credit and stake of an address")
     b.add_argument("address", nargs="?", default="", help="default: this client's address")

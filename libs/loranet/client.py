@@ -124,6 +124,26 @@ class Client:
         reply = await self._request(p.DATASTORE_ADAPTER_LIST, p.AdapterList(base_model_id=base_model_id), p.AdapterListReply)
         return reply.adapters
 
+    async def register_adapter(self, path: str, manifest: dict[str, Any]) -> p.AdapterManifest:
+        """Register the PEFT adapter directory `path` with `manifest` (name, base_model (id or name),
+        owner_address, license, contributors [{contributor_id, address, weight_bps}]); rank and
+        target modules come from its adapter_config.json, the id from its content."""
+        import json
+
+        from .model.adapters import adapter_id_of_blobs, adapter_to_blobs
+
+        config_bytes, weights = adapter_to_blobs(path)
+        config = json.loads(config_bytes)
+        base = (await self.model(str(manifest.get("base_model", DEFAULT_MODEL_NAME)))).model_id
+        record = p.AdapterManifest(
+            adapter_id=adapter_id_of_blobs(config_bytes, weights), name=manifest["name"], base_model_id=base,
+            owner_address=manifest.get("owner_address") or self.address, license=manifest.get("license", "apache-2.0"),
+            contributors=[p.Contributor(**c) for c in manifest["contributors"]], rank=int(config.get("r", 8)),
+            target_modules=sorted(config.get("target_modules") or []), registered_at=time.time(),
+        )
+        return await self._request(p.DATASTORE_ADAPTER_PUT, p.AdapterPut(manifest=record, config=config_bytes,
+                                                                         weights=weights), p.AdapterManifest, timeout=60)
+
     async def balance(self, address: str | None = None) -> p.Balance:
         return await self._request(p.SETTLEMENT_BALANCE, p.BalanceGet(address=address or self.address), p.Balance)
 

@@ -27,6 +27,7 @@ from nats.js.errors import FetchTimeoutError, KeyNotFoundError, NoKeysError, Not
 
 from loranet import codec, protocol as p, topology
 from loranet.codec import DecodeError
+from loranet.ratelimit import RateLimiter
 from loranet.runtime import Delivery, Pull, Reject, RemoteError, Runtime
 from loranet.signing import SignatureInvalid
 
@@ -82,6 +83,7 @@ class Scheduler:
         self.rt = rt
         self.settings = settings
         self.registry = NodeRegistryView(rt, settings.registry_refresh_s, settings.node_ttl_s)
+        self.limiter = RateLimiter(settings.client_rate_per_s, settings.client_burst)
         self.queue = domain.RoutingQueue(settings.max_batch_jobs, settings.aging_s, settings.adapter_bytes,
                                          settings.node_devices, settings.cold_penalty)
         self.affinity = domain.AffinityMap(settings.node_adapter_slots)
@@ -190,6 +192,11 @@ class Scheduler:
         if delivery.deliveries > 1 and (past := set(await self.stages(job.job_id)) - {"admitted"}):
             # A replica stopped after dispatching it (or refusing it): nothing left to do.
             self.rt.log.info("job.redelivered_done", job_id=job.job_id, stages=sorted(past))
+            return
+        if not self.limiter.allow(job.client_key):
+            await self.rt.emit(job.job_id, "rejected", reason=(
+                f"rate limit: client {job.client_key.hex()[:16]} may submit {self.settings.client_rate_per_s:g} jobs/s "
+                f"(bursts of {self.settings.client_burst}); retry in {self.limiter.retry_after(job.client_key):.1f}s"))
             return
         try:
             domain.check_timing(job, time.time(), self.settings.max_clock_skew_s)

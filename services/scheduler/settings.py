@@ -38,4 +38,7 @@ class SchedulerSettings(CommonSettings):
     # Lock each job's max fee on chain at admission (settlement.reserve); a job that will not run is
     # released (settlement.release). Off: only check the escrow balance (require_escrow).
     reserve_escrow: bool = True
+    # Per client key: jobs a second on average and the burst admitted; beyond, jobs are rejected.
+    client_rate_per_s: float = 50.0
+    client_burst: int = 500
     require_escrow: bool = True

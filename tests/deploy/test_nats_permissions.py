@@ -387,7 +387,6 @@ FORBIDDEN = [
     ("client", "pub", p.verdicts(JOB)),
     ("client", "pub", p.job_events(JOB)),
     ("client", "pub", p.DATASTORE_JOB_LIST),        # nor list another address's jobs
-    ("client", "pub", p.DATASTORE_ADAPTER_PUT),
     ("client", "pub", f"$JS.API.CONSUMER.CREATE.RESULTS.spy.{p.RESULTS_ALL}"),
     ("client", "pub", "$JS.API.CONSUMER.CREATE.VERDICTS"),
     ("client", "pub", "$JS.API.CONSUMER.CREATE.RECEIPTS"),

@@ -150,3 +150,38 @@ def test_no_secret_in_any_log(devnet):
         text = log.read_text(errors="replace")
         for secret in secrets:
             assert secret not in text, f"a secret appears in {log.name}"
+
+
+def test_cli_nodes_and_adapter_register(devnet, tmp_path):
+    from loranet.model.adapters import build_demo_adapter
+    from loranet.model.checkpoint import load_base_model
+    from loranet.signing import devnet_address
+
+    config, _ = devnet
+    env = {k: v for k, v in os.environ.items() if k != "LORANET_NATS_URL"}
+
+    def cli(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "loranet.cli", "--state-dir", config.state_dir, *argv], env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    nodes = json.loads(cli("nodes", "--json").stdout)
+    assert [n["node_id"] for n in nodes] == ["node-0"] and nodes[0]["heartbeat_age_s"] < 30
+    base = load_base_model(Path(config.cache_dir) / "models" / "loranet-tiny-llama")
+    build_demo_adapter(base, tmp_path / "mine", seed=42, index=9)
+    manifest = {"name": "my-adapter", "base_model": "loranet-tiny-llama", "owner_address": devnet_address("me"),
+                "contributors": [{"contributor_id": "corpus-a", "address": devnet_address("a"), "weight_bps": 7000},
+                                 {"contributor_id": "corpus-b", "address": devnet_address("b"), "weight_bps": 3000}]}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    done = cli("adapter", "register", str(tmp_path / "mine"), "--manifest", str(tmp_path / "manifest.json"), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["name"] == "my-adapter"
+    assert "my-adapter" in [a["name"] for a in json.loads(cli("adapters", "--json").stdout)]
+    manifest["contributors"][0]["weight_bps"] = 6000  # no longer 10000 in all
+    manifest["name"] = "bad-weights"
+    (tmp_path / "bad.json").write_text(json.dumps(manifest))
+    bad = cli("adapter", "register", str(tmp_path / "mine"), "--manifest", str(tmp_path / "bad.json"))
+    assert bad.returncode != 0 and "10000" in bad.stderr
+    out = json.loads(cli("submit", "--adapter", "my-adapter", "--prompt", "my own adapter", "--max-tokens", "6",
+                         "--wait", "--json").stdout)
+    assert out["status"] == "settled"
+    assert {k.split(":")[0] for k in out["payouts"]} == {"node", "developer", "contributor", "verifier", "treasury"}

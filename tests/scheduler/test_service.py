@@ -234,3 +234,20 @@ async def test_hot_adapter_routing_and_load_balance(nats_server, nc):
         await until(lambda: len(n1.done) + len(n2.done) >= 31, 10, "cold jobs")
         where = {("n1" if j.job_id in n1.done else "n2") for j in cold_jobs}
         assert len(where) == 1, where
+
+
+async def test_one_client_is_rate_limited_at_admission_others_are_not(nats_server, nc):
+    async with scheduler(nats_server.url, client_rate_per_s=0.01, client_burst=3):
+        await FakeNode(nc, "node-a").start()
+        flooder, other = Identity.generate(), Identity.generate()
+        await submit(nc, [job(flooder) for _ in range(5)] + [job(other)])
+        deadline = time.monotonic() + 20
+        rejected: list[p.JobEvent] = []
+        while time.monotonic() < deadline:
+            rejected = await events(nc, "rejected")
+            if len(rejected) >= 2:
+                break
+            await asyncio.sleep(0.2)
+        assert len(rejected) == 2 and all("rate limit" in e.reason for e in rejected)
+        admitted = await events(nc, "admitted")
+        assert len(admitted) == 4  # the flooder's burst of 3, and the other client
