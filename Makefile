@@ -24,6 +24,7 @@ devnet: $(STAMP)
 
 test: $(STAMP)
 	@scripts/ensure-redis.sh
+	@scripts/ensure-anvil.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
