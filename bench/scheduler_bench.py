@@ -261,7 +261,7 @@ async def dispatch_overhead(n_jobs: int, window_ms: float) -> dict:
         server = NatsServer(free_port(), Path(tmp) / "nats")
         server.start()
         try:
-            settings = SchedulerSettings(nats_url=server.url, require_escrow=False, batch_window_ms=window_ms,
+            settings = SchedulerSettings(nats_url=server.url, require_escrow=False, reserve_escrow=False, batch_window_ms=window_ms,
                                          log_level="ERROR", drain_timeout_s=1)
             async with Runtime("scheduler", settings) as rt:
                 sched = Scheduler(rt, settings)
