@@ -83,3 +83,39 @@ def devnet(tmp_path_factory):
     state = dn.start_detached(config, timeout=400)
     yield config, state
     dn.stop(config.state_dir)
+
+
+# -- the model layer, built once per session for every test folder that needs it ------------
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The tiny model runs far faster on one thread than on two contended cores; restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture(scope="session")
+def base_model(model_cache):
+    """(path, model_id) of the default seeded model in the session's cache."""
+    from loranet.model import ensure_default_model
+
+    return ensure_default_model(str(model_cache))
+
+
+@pytest.fixture(scope="session")
+def demo_adapter_set(base_model, model_cache):
+    """[(name, path, adapter_id)]: six demo adapters for the default model (ranks 4/8/16, one rsLoRA)."""
+    from loranet.model import build_demo_adapters
+
+    path, model_id = base_model
+    return build_demo_adapters(path, 6, seed=0, out_dir=model_cache / "demo-adapters", expected_model_id=model_id)

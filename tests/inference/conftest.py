@@ -4,38 +4,31 @@ from __future__ import annotations
 
 import pytest
 
-from loranet.model import ReferenceModel, build_demo_adapters, ensure_default_model
+from loranet.model import ReferenceModel
 from loranet.model.adapters import adapter_to_blobs
 
 N_ADAPTERS = 6
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tiny model runs much faster on one thread than on two contended cores; restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
-def icache(tmp_path_factory):
-    return tmp_path_factory.mktemp("inference-cache")
+def icache(model_cache):
+    return model_cache
 
 
 @pytest.fixture(scope="session")
-def base(icache):
-    return ensure_default_model(str(icache))
+def base(base_model):
+    return base_model
 
 
 @pytest.fixture(scope="session")
-def adapters(base, icache):
+def adapters(demo_adapter_set):
     """[(name, path, adapter_id)]"""
-    path, model_id = base
-    return build_demo_adapters(path, N_ADAPTERS, seed=0, out_dir=icache / "demo-adapters", expected_model_id=model_id)
+    return demo_adapter_set[:N_ADAPTERS]
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import pytest
 
-from loranet.model import build_base_checkpoint, ensure_default_model
-from loranet.model.adapters import build_demo_adapters
+from loranet.model import build_base_checkpoint
 from loranet.model.generate import ReferenceModel
 from services.verifier.engine import AuditEngine
 
@@ -20,32 +19,25 @@ N_ADAPTERS = 3
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tiny model decodes ~20x faster on one thread than on two contended cores; restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
-def vcache(tmp_path_factory):
-    return tmp_path_factory.mktemp("verifier-cache")
+def vcache(model_cache):
+    return model_cache
 
 
 @pytest.fixture(scope="session")
-def base(vcache):
+def base(base_model):
     """(path, model_id) of the default model in the temp cache (what the verifier loads with model_path="")."""
-    return ensure_default_model(str(vcache))
+    return base_model
 
 
 @pytest.fixture(scope="session")
-def adapters(base, vcache):
+def adapters(demo_adapter_set):
     """[(name, path, adapter_id)] demo adapters for the default base."""
-    path, model_id = base
-    return build_demo_adapters(path, N_ADAPTERS, seed=0, out_dir=vcache / "demo-adapters", expected_model_id=model_id)
+    return demo_adapter_set[:N_ADAPTERS]
 
 
 @pytest.fixture(scope="session")
