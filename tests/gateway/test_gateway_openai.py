@@ -94,7 +94,10 @@ def gateways(gateway_devnet):
 
 def test_models_list_the_base_and_each_adapter(gateways):
     ids = [m.id for m in gateways[0].client(ALICE).models.list()]
-    assert ids == [DEFAULT_MODEL_NAME, f"{DEFAULT_MODEL_NAME}:demo-0", f"{DEFAULT_MODEL_NAME}:demo-1"]
+    # The session's devnet may hold adapters other tests registered too.
+    assert ids[0] == DEFAULT_MODEL_NAME
+    assert {f"{DEFAULT_MODEL_NAME}:demo-0", f"{DEFAULT_MODEL_NAME}:demo-1"} <= set(ids)
+    assert all(i.startswith(f"{DEFAULT_MODEL_NAME}:") for i in ids[1:])
     model = gateways[0].client(ALICE).models.retrieve(ADAPTER)
     assert model.id == ADAPTER and len(model.model_extra["loranet"]["adapter_id"]) == 64
 
