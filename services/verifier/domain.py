@@ -264,7 +264,14 @@ def replay_check(result: p.InferenceResult, logits: torch.Tensor) -> p.Check:
 
 
 def termination_check(result: p.InferenceResult, logits: torch.Tensor) -> p.Check:
-    """EOS only where it was likely; length stops exactly at max_tokens (checked cheaply, restated here)."""
+    """A claimed EOS must be the seeded sampler's choice at its step on the recomputed logits; one that wins
+    only through the near-tie tolerance must also be likely (p(eos) >= EOS_MIN_PROB). Length stops are
+    checked cheaply (finish_check).
+
+    The job's seed is fixed by the client, so an EOS that wins the replayed race is exactly what every
+    honest node samples there, however improbable: a probability floor on it would reject honest nodes
+    (the full-size adversarial run met one: T=1.3, p(eos)=6.4e-4, race won by 5.4e-2). The floor only
+    guards the tolerance band, where fp noise (or a cheater) could tip a near-tie toward EOS."""
     toks = result.output_tokens
     if result.finish_reason != "eos":
         return check("termination", True, f"{result.finish_reason}: no EOS claimed")
@@ -273,8 +280,15 @@ def termination_check(result: p.InferenceResult, logits: torch.Tensor) -> p.Chec
     row = logits[len(result.prompt_tokens) - 1 + step].double().numpy()
     z = row / (params.temperature if not params.greedy else 1.0)
     prob = float(np.exp(z[tokenizer.EOS_ID] - z.max()) / np.exp(z - z.max()).sum())
-    ok = prob >= thresholds.EOS_MIN_PROB
-    return check("termination", ok, f"eos at step {step}: p(eos)={prob:.3e}, floor {thresholds.EOS_MIN_PROB:g}")
+    margin = replay_margin(row, params, result.request.sampling.seed, step, tokenizer.EOS_ID)
+    tol = thresholds.GREEDY_TIE_MARGIN if params.greedy else thresholds.REPLAY_MARGIN
+    if margin >= 0:
+        ok, how = True, "the sampler's choice"
+    elif margin >= -tol:
+        ok, how = prob >= thresholds.EOS_MIN_PROB, f"a near-tie within {tol:g}, floor {thresholds.EOS_MIN_PROB:g}"
+    else:
+        ok, how = False, "not the sampler's choice"
+    return check("termination", ok, f"eos at step {step}: margin {margin:.3e}, p(eos)={prob:.3e}: {how}")
 
 
 def audit_checks(result: p.InferenceResult, hidden: torch.Tensor, logits: torch.Tensor) -> list[p.Check]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from loranet import protocol as p
@@ -74,3 +75,47 @@ def test_replay_guard_is_bounded(honest, client, base):
     assert not guard.seen_job(rs[0].job_id) and guard.seen_job(rs[-1].job_id)
     reused = sign(rs[-1].model_copy(update={"job_id": p.new_job_id()}), honest.identity, p.DOMAIN_RESULT)
     assert guard.seq_reused(reused) == rs[-1].job_id
+
+
+def _eos_case(honest, client, base, temperature: float, seed: int, d: float):
+    """A result claiming EOS at step 2 and logits whose EOS row is `d` (in logit/T units) above the 258 other,
+    equal logits: EOS's race margin is d + g_eos - max(g_other), p(eos) = 1 / (1 + 258 e^-d)."""
+    import torch
+
+    job = client.job(base[1], "", "Hi", 8, temperature=temperature, seed=seed)
+    r = honest.run(client.job(base[1], "", "Hi", 2)).model_copy(
+        update={"request": job, "output_tokens": [65, 66, EOS_ID], "finish_reason": "eos"})
+    logits = torch.zeros(len(r.prompt_tokens) + 3, 259, dtype=torch.float64)
+    logits[len(r.prompt_tokens) - 1 + 2, EOS_ID] = d * (temperature or 1.0)
+    return r, logits
+
+
+def test_termination_accepts_an_improbable_eos_the_seeded_sampler_chose(honest, client, base):
+    from loranet import thresholds
+    from loranet.sampling import gumbel_noise
+
+    def gap(seed):  # g_eos - max over the other tokens' Gumbel noise at step 2
+        g = gumbel_noise(seed, 2, 259)
+        return g[EOS_ID] - np.delete(g, EOS_ID).max()
+
+    seed = next(s for s in range(100_000) if gap(s) > 2.0)  # EOS's noise leads by > 2
+    # EOS wins the race by 0.05 with p(eos) ~ e^(0.05 - gap) / 258 < 1e-3: an honest sample, accepted.
+    r, logits = _eos_case(honest, client, base, 1.3, seed, 0.05 - gap(seed))
+    c = domain.termination_check(r, logits)
+    assert c.ok, c.detail
+    assert "sampler's choice" in c.detail
+    # The same improbable EOS losing the race within the near-tie tolerance: rejected (floor applies).
+    r, logits = _eos_case(honest, client, base, 1.3, seed, -gap(seed) - thresholds.REPLAY_MARGIN / 2)
+    c = domain.termination_check(r, logits)
+    assert not c.ok and "near-tie" in c.detail, c.detail
+    # A likely EOS within the tolerance: accepted; the same EOS losing beyond it: rejected.
+    seed = next(s for s in range(100_000) if gap(s) < -1.0)
+    r, logits = _eos_case(honest, client, base, 1.3, seed, -gap(seed) - thresholds.REPLAY_MARGIN / 2)
+    c = domain.termination_check(r, logits)
+    assert c.ok and "near-tie" in c.detail, c.detail
+    r, logits = _eos_case(honest, client, base, 1.3, seed, -gap(seed) - 10 * thresholds.REPLAY_MARGIN)
+    assert not domain.termination_check(r, logits).ok
+    # Greedy: EOS must be the argmax (or within GREEDY_TIE_MARGIN of it).
+    for d, ok in [(0.5, True), (-thresholds.GREEDY_TIE_MARGIN / 2, True), (-2 * thresholds.GREEDY_TIE_MARGIN, False)]:
+        r, logits = _eos_case(honest, client, base, 0.0, 0, d)
+        assert domain.termination_check(r, logits).ok is ok, (d, domain.termination_check(r, logits).detail)
