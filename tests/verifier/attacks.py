@@ -285,9 +285,11 @@ def run_attack(verifier: Verifier, kit: Kit, name: str) -> Outcome:
     result = ATTACKS[name](kit)
     if name == "replayed_result":
         first = judge_once(verifier, result)
-        if first.detected:
-            return Outcome(False, f"honest original rejected: {first.how}")
-        return judge_once(verifier, result)
+        if first.detected:  # a false rejection, not a miss of the replay: say which check and why
+            why = "; ".join(f"{c.name}: {c.detail}" for c in first.verdict_checks or [] if not c.ok)
+            return Outcome(False, f"honest original rejected: {first.how}" + (f" ({why})" if why else ""))
+        again = judge_once(verifier, result)  # the replay must be recognised as one, not judged afresh
+        return Outcome(again.how == "replay_skipped", again.how, again.verdict_checks)
     return judge_once(verifier, result)
 
 

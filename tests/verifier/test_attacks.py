@@ -8,6 +8,7 @@ sizes (≥300 trials per attack, ≥1000 honest jobs) run with `-m slow` and in 
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import pytest
 
@@ -29,15 +30,20 @@ def _honest_runs(verifier, kit, n):
         out = judge_once(verifier, result)
         if out.detected:
             failures.append((result.job_id, out.how, [c for c in out.verdict_checks or [] if not c.ok]))
+    print(f"honest: {n} jobs, {n - len(failures)} accepted, {len(failures)} false rejections")
     return failures
 
 
 def _attack_runs(verifier, kit, name, n):
     missed = []
+    caught: Counter[str] = Counter()  # how the attack was caught: dead-letter reason or failed checks
     for _ in range(n):
         out = run_attack(verifier, kit, name)
         if not out.detected:
             missed.append(out.how)
+        else:
+            caught[out.how[:60]] += 1
+    print(f"{name}: {n} trials, {n - len(missed)} detected, {len(missed)} missed; caught by {dict(caught.most_common(6))}")
     return missed
 
 
