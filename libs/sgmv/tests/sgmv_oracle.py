@@ -72,10 +72,10 @@ def oracle(x: torch.Tensor, spec: ProjectionSpec, adapters: dict[int, LoraAdapte
     return out
 
 
-def make_case(in_features, widths, num_slots, max_rank, rank_choices, seed, dtype=torch.float32):
+def make_case(in_features, widths, num_slots, max_rank, rank_choices, seed, dtype=torch.float32, device="cpu"):
     """A bank with ``num_slots`` random adapters of mixed ranks (per slice) and its adapters."""
     spec = ProjectionSpec("proj", in_features, tuple(f"m{i}" for i in range(len(widths))), tuple(widths))
-    bank = AdapterBank([spec], num_slots=num_slots, max_rank=max_rank, dtype=dtype)
+    bank = AdapterBank([spec], num_slots=num_slots, max_rank=max_rank, dtype=dtype, device=device)
     g = torch.Generator().manual_seed(seed)
     adapters = {}
     for slot in range(num_slots):
