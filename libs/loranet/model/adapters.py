@@ -125,6 +125,15 @@ def canonical_adapter_config(config: dict[str, Any], base_model_id: str | None =
 
 def build_demo_adapter(base_model, dest_dir: str | os.PathLike, seed: int, index: int) -> str:
     """Build demo adapter `index` for the loaded `base_model` into `dest_dir`; return its adapter_id."""
+    # get_peft_model injects layers into the model it is given: work on a copy.
+    return _build_demo_adapter_in_place(copy.deepcopy(base_model), dest_dir, seed, index,
+                                        getattr(base_model, "loranet_model_id", None))
+
+
+def _build_demo_adapter_in_place(model, dest_dir: str | os.PathLike, seed: int, index: int,
+                                 base_id: str | None) -> str:
+    """As `build_demo_adapter`, injecting the LoRA layers into `model` itself and removing them
+    afterwards (PEFT's `unload`), so one loaded model serves many adapters without a copy each."""
     from peft import LoraConfig, get_peft_model
 
     spec = demo_adapter_spec(seed, index)
@@ -137,8 +146,7 @@ def build_demo_adapter(base_model, dest_dir: str | os.PathLike, seed: int, index
         use_rslora=spec.use_rslora,
         task_type="CAUSAL_LM",
     )
-    # get_peft_model injects layers into the model it is given: work on a copy.
-    peft_model = get_peft_model(copy.deepcopy(base_model), lora_config)
+    peft_model = get_peft_model(model, lora_config)
     _fill_lora_weights(peft_model, spec)
     dest = Path(dest_dir)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -149,13 +157,13 @@ def build_demo_adapter(base_model, dest_dir: str | os.PathLike, seed: int, index
             if extra.name not in (CONFIG_NAME, WEIGHTS_NAME):
                 extra.unlink()
         saved = json.loads((tmp / CONFIG_NAME).read_text())
-        base_id = getattr(base_model, "loranet_model_id", None)
         (tmp / CONFIG_NAME).write_bytes(canonical_adapter_config(saved, base_id))
         os.chmod(tmp, 0o755)
         adapter_id = adapter_content_id(tmp)
         _install_dir(tmp, dest, adapter_content_id, adapter_id)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        peft_model.unload()  # the model's own Linear modules back in place
     return adapter_id
 
 
@@ -172,13 +180,13 @@ def build_demo_adapters(
     `cache_root`). Returns [(name, path, adapter_id)], name = "demo-<i>".
     Same base, n and seed give byte-identical directories and the same ids.
     """
-    base = load_base_model(base_path, expected_model_id)
+    base = load_base_model(base_path, expected_model_id)  # ours alone: adapters are injected into it and removed
     root = Path(out_dir) if out_dir is not None else cache_root() / "adapters"
     out = []
     for i in range(n):
         name = f"demo-{i}"
         path = root / name
-        out.append((name, path, build_demo_adapter(base, path, seed, i)))
+        out.append((name, path, _build_demo_adapter_in_place(base, path, seed, i, base.loranet_model_id)))
     return out
 
 
