@@ -195,9 +195,12 @@ def output_edited_fingerprint_recomputed(kit: Kit) -> p.InferenceResult:
 
 
 def cheaper_model_generates(kit: Kit) -> p.InferenceResult:
-    job = random_job(kit)
-    name = kit.node.adapter_names.get(job.adapter_id)
-    gen = kit.node.generate(job, model=kit.other_base, adapter_name=name)
+    while True:  # a cheap output that happens to equal the right model's is no cheat (proved honestly)
+        job = random_job(kit)
+        name = kit.node.adapter_names.get(job.adapter_id)
+        gen = kit.node.generate(job, model=kit.other_base, adapter_name=name)
+        if gen.output_tokens != kit.node.generate(job).output_tokens:
+            break
     chunks = _refingerprint(kit.node.model, name, gen.prompt_tokens, gen.output_tokens)
     return _with(kit, job, Generated(gen.prompt_tokens, gen.output_tokens, gen.finish_reason, chunks))
 
@@ -229,18 +232,28 @@ def lower_precision_bf16(kit: Kit) -> p.InferenceResult:
 
 
 def wrong_seed(kit: Kit) -> p.InferenceResult:
-    job = random_job(kit, sampled=True, min_tokens=12)
-    return _with(kit, job, kit.node.generate(job, seed=job.sampling.seed + 1 + kit.rng.randrange(1000)))
+    while True:  # another seed that samples the very same tokens is no cheat (the result is the honest one)
+        job = random_job(kit, sampled=True, min_tokens=12)
+        gen = kit.node.generate(job, seed=job.sampling.seed + 1 + kit.rng.randrange(1000))
+        if gen.output_tokens != kit.node.generate(job).output_tokens:
+            return _with(kit, job, gen)
 
 
 def false_early_eos(kit: Kit) -> p.InferenceResult:
-    job = random_job(kit, min_tokens=12)
+    """Stop early: EOS claimed at a step where the honest sampler produced another token.
+
+    Needs an honest output with at least 2 tokens before any EOS of its own: with [t, EOS] or [EOS] the
+    only "early" EOS is the honest one (the cheat would be a no-op, accepted rightly)."""
+    while True:
+        job = random_job(kit, min_tokens=12)
+        gen = kit.node.generate(job)
+        real = gen.output_tokens[:-1] if gen.finish_reason == "eos" else gen.output_tokens
+        if len(real) >= 2:
+            break
     name = kit.node.adapter_names.get(job.adapter_id)
-    gen = kit.node.generate(job)
-    k = kit.rng.randrange(1, max(2, len(gen.output_tokens) - 1))
-    toks = [*gen.output_tokens[:k], EOS_ID]
-    if toks[:-1] and EOS_ID in toks[:-1]:
-        toks = [t for t in toks[:-1] if t != EOS_ID] + [EOS_ID]
+    k = kit.rng.randrange(1, len(real))  # EOS replaces honest token real[k] (not EOS)
+    toks = [*real[:k], EOS_ID]
+    assert toks != gen.output_tokens and EOS_ID not in toks[:-1]
     chunks = _refingerprint(kit.node.model, name, gen.prompt_tokens, toks)
     return _with(kit, job, Generated(gen.prompt_tokens, toks, "eos", chunks))
 
