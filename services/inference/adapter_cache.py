@@ -44,7 +44,6 @@ class AdapterCache:
         self._never_used = list(range(bank.num_slots - 1, -1, -1))
         self._bad: dict[str, tuple[float, str]] = {}
         self._lock = threading.Lock()  # host tier and bad list: written from the service's threads too
-        self.generation = 0  # bumped on every slot load: cached gathers of slot weights are stale after it
 
     # -- queries -------------------------------------------------------------
 
@@ -132,7 +131,6 @@ class AdapterCache:
                 return None
             adapter = self._host_get(adapter_id)
             try:
-                self.generation += 1
                 self.bank.load(slot, adapter, name=adapter_id)
             except ValueError as exc:
                 self._slot_of = {a: s for a, s in self._slot_of.items() if s != slot}

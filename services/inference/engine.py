@@ -98,7 +98,7 @@ class EngineConfig:
     max_rank: int = 64
     dtype: str = "float32"
     starvation_s: float = 1.0  # a job waiting this long for a slot pauses other admissions
-    padded_lora: bool | None = None  # None = padded-segment LoRA on CPU, sgmv.apply_lora (Triton) on CUDA
+    lora_backend: str | None = None  # sgmv backend: None = Triton on CUDA, torch on CPU; "torch" | "triton" to force
 
 
 class Engine:
@@ -117,7 +117,7 @@ class Engine:
         self.device = torch.device(device)
         self.bank = AdapterBank.for_model(model, num_slots=cfg.adapter_slots, max_rank=cfg.max_rank)
         self.model = model
-        self.llama = PackedLlama(model, self.bank, cfg.padded_lora)
+        self.llama = PackedLlama(model, self.bank, cfg.lora_backend)
         blocks = cfg.kv_blocks or cfg.max_running * (512 // cfg.block_size)
         self.pool = KVPool(len(self.llama.layers), blocks, cfg.block_size, self.llama.kv_heads, self.llama.head_dim,
                            self.llama.dtype, self.device)
@@ -382,7 +382,6 @@ class Engine:
             token_slots=torch.tensor(slots), prefill_spans=spans, decode_rows=dec_rows, decode_index=dec_index,
             decode_mask=dec_mask, logit_rows=torch.tensor(logit_rows),
         )
-        self.llama.bank_generation = self.adapters.generation
         hidden, logits = self.llama.forward(batch, self.pool)
         hidden = hidden.float().cpu()
         logits = logits.cpu()

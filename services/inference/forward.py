@@ -8,8 +8,9 @@ decoder layers itself, token-packed (`[T, H]`, no padding in any
 projection), with the model's own norms, activation and q/k/v/o/gate/up/down
 Linear modules, and adds each token's adapter from the sgmv `AdapterBank`
 per packed projection (q/k/v in one shrink, gate/up in one): metadata from
-`sgmv.build_metadata` once per forward, then `sgmv.apply_lora` (Triton on
-CUDA) or, on CPU, `lora.apply` (padded segments, see lora.py).  Attention is
+`sgmv.build_metadata` once per forward, then `sgmv.apply_lora` (the Triton
+kernels on CUDA; on CPU sgmv's torch path, which pads a continuous batch's
+short segments into one bmm).  Attention is
 a causal SDPA per fresh prefill and one masked SDPA for all decodes over
 pages gathered from the pool.
 
@@ -27,8 +28,6 @@ import torch
 import torch.nn.functional as F
 from sgmv import AdapterBank, apply_lora, build_metadata
 from transformers.models.llama.modeling_llama import rotate_half
-
-from . import lora as cpu_lora
 
 
 class KVPool:
@@ -94,7 +93,7 @@ class PackedBatch:
 class PackedLlama:
     """Runs a transformers Llama plus an sgmv `AdapterBank` over a `PackedBatch` with a `KVPool`."""
 
-    def __init__(self, model: torch.nn.Module, bank: AdapterBank, padded_lora: bool | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, bank: AdapterBank, lora_backend: str | None = None) -> None:
         self.model = model
         self.bank = bank
         cfg = model.config
@@ -105,9 +104,7 @@ class PackedLlama:
         self.scaling = self.head_dim ** -0.5
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
-        self.padded_lora = self.device.type == "cpu" if padded_lora is None else padded_lora
-        self._gathered = cpu_lora.GatheredWeights()
-        self.bank_generation = 0  # bumped by whoever loads a bank slot
+        self.lora_backend = lora_backend  # None: sgmv picks (Triton on CUDA, torch on CPU)
         # Per layer: the bank's packed projections (None where the bank holds none).
         self.projections = []
         for i in range(len(self.layers)):
@@ -120,13 +117,9 @@ class PackedLlama:
         self.fused = [(_fuse(layer.self_attn, ("q_proj", "k_proj", "v_proj")), _fuse(layer.mlp, ("gate_proj", "up_proj")))
                       for layer in self.layers]
 
-    def _lora(self, x: torch.Tensor, lora, y: torch.Tensor, meta, plan) -> None:
-        if lora is None or meta is None:
-            return
-        if self.padded_lora:
-            cpu_lora.apply(x, lora, plan, y, self._gathered, self.bank_generation)
-        else:
-            apply_lora(x, lora, meta, y)
+    def _lora(self, x: torch.Tensor, lora, y: torch.Tensor, meta) -> None:
+        if lora is not None and meta is not None:
+            apply_lora(x, lora, meta, y, backend=self.lora_backend)
 
     @torch.inference_mode()
     def forward(self, batch: PackedBatch, pool: KVPool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,10 +133,9 @@ class PackedLlama:
         cos, sin = cos[0][:, None, :], sin[0][:, None, :]  # [T, 1, d]
         T = ids.shape[0]
         nh, kvh, d = self.num_heads, self.kv_heads, self.head_dim
-        meta = plan = None
+        meta = None
         if bool((batch.token_slots >= 0).any()):
             meta = build_metadata(batch.token_slots, self.bank.num_slots, device=dev)
-            plan = cpu_lora.plan(meta) if self.padded_lora else None
         dec_rows = dec_index = dec_mask = None
         if batch.decode_rows is not None:
             dec_rows = batch.decode_rows.to(dev, non_blocking=True)
@@ -154,7 +146,7 @@ class PackedLlama:
             (qkv_w, qkv_b, qkv_split), (gu_w, gu_b, gu_split) = self.fused[li]
             h = layer.input_layernorm(x)
             qkv = F.linear(h, qkv_w, qkv_b)
-            self._lora(h, proj["qkv"], qkv, meta, plan)
+            self._lora(h, proj["qkv"], qkv, meta)
             q, k, v = qkv.split(qkv_split, dim=-1)
             q, k, v = q.reshape(T, nh, d), k.reshape(T, kvh, d), v.reshape(T, kvh, d)
             q = q * cos + rotate_half(q) * sin
@@ -179,15 +171,15 @@ class PackedLlama:
                 out.index_copy_(0, dec_rows, o[:, :, 0, :])
             out = out.view(T, nh * d)
             o = attn.o_proj(out)
-            self._lora(out, proj["o"], o, meta, plan)
+            self._lora(out, proj["o"], o, meta)
             x = x + o
             h = layer.post_attention_layernorm(x)
             gu = F.linear(h, gu_w, gu_b)
-            self._lora(h, proj["gate_up"], gu, meta, plan)
+            self._lora(h, proj["gate_up"], gu, meta)
             g, u = gu.split(gu_split, dim=-1)
             a = mlp.act_fn(g) * u
             dn = mlp.down_proj(a)
-            self._lora(a, proj["down"], dn, meta, plan)
+            self._lora(a, proj["down"], dn, meta)
             x = x + dn
         hidden = self.model.model.norm(x)
         logits = self.model.lm_head(hidden.index_select(0, batch.logit_rows.to(dev))).float()

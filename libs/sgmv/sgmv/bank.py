@@ -74,6 +74,10 @@ class PackedLoraWeights:
         self.ranks = torch.zeros(num_slots, n, dtype=torch.int32, device=device)
         self.rank_offsets = torch.zeros(num_slots, n, dtype=torch.int32, device=device)
         self.total_ranks = torch.zeros(num_slots, dtype=torch.int32, device=device)
+        # Bumped whenever a slot is written or cleared: anything derived from the slots' weights
+        # (the torch path's gathered factors) is stale once it moves.
+        self.generation = 0
+        self._torch_gathered = None  # torch_ops.sgmv_apply's cache: ((slots, generation), factors)
         # Per slice: (width, b_offset, y_offset) for the Triton expand.
         self.slice_table = torch.tensor(
             [[w, bo, yo] for w, bo, yo in zip(self.slice_widths, self.b_offsets, self.y_offsets)],
@@ -98,6 +102,7 @@ class PackedLoraWeights:
 
     def clear_slot(self, slot: int) -> None:
         """Zero the slot's weights and ranks."""
+        self.generation += 1
         self.lora_a[slot].zero_()
         self.lora_b[slot].zero_()
         self.ranks_host[slot] = [0] * self.num_slices
@@ -141,6 +146,7 @@ class PackedLoraWeights:
         self.ranks[slot] = torch.tensor(ranks, dtype=torch.int32, device=dev)
         self.rank_offsets[slot] = torch.tensor(offsets, dtype=torch.int32, device=dev)
         self.total_ranks[slot] = row
+        self.generation += 1
 
 
 class AdapterBank:

@@ -49,6 +49,4 @@ def apply_lora(
 
     ``x`` is ``[T, in]``; ``y`` is ``[T, sum(widths)]`` or one ``[T, w_s]`` per slice.
     """
-    ops = select_backend(x.device, backend)
-    v = ops.sgmv_shrink(x, lora, meta, v)
-    ops.sgmv_expand(v, lora, meta, y)
+    select_backend(x.device, backend).sgmv_apply(x, lora, meta, y, v)

@@ -4,10 +4,22 @@ Same signatures as :mod:`sgmv.triton_ops`. Tokens are gathered once into
 segment order; each active slot then does one matmul over its contiguous
 segment with its own rank. Extra memory is one copy of the adapter tokens'
 inputs plus one output-sized delta: never a weight matrix per token.
+
+:func:`sgmv_apply` (what :func:`sgmv.apply_lora` calls on this backend) adds
+the path a continuous batch needs on CPU: many short segments of mixed ranks
+(64 one-token decodes over 64 adapters of ranks 4/8/16) would otherwise be
+~64 x 2 tiny matmuls per projection, where Python overhead dominates.  The
+short segments are padded to the longest of them and every slot's factors to
+the largest rank among them, then shrink and expand are one ``bmm`` each
+(rows past a slot's rank are zero in the bank, so padding adds exact zeros).
+The gathered factors are kept per projection until the group of slots or
+the bank's ``generation`` changes: a decode batch keeps its adapters for
+many steps, so the gather is paid when sequences join or leave.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -15,7 +27,7 @@ import torch
 from .bank import PackedLoraWeights
 from .metadata import SGMVMetadata
 
-__all__ = ["sgmv_shrink", "sgmv_expand"]
+__all__ = ["sgmv_shrink", "sgmv_expand", "sgmv_apply"]
 
 # Equal segments (decode) are done as one bmm over slots instead of a Python
 # loop of tiny matmuls. When the active slots are not a contiguous range the
@@ -155,3 +167,123 @@ def _split_outputs(y, lora: PackedLoraWeights) -> list[torch.Tensor]:
     if len(ys) != lora.num_slices or any(t.shape[-1] != w for t, w in zip(ys, lora.slice_widths)):
         raise ValueError(f"y must be {lora.num_slices} tensors of widths {lora.slice_widths}")
     return ys
+
+
+# sgmv_apply: segments up to this many tokens are padded together; longer ones get their own matmul.
+PAD_SEGMENT_MAX = 8
+
+
+@dataclass
+class _PaddedPlan:
+    """Per-forward grouping of the metadata's segments (shared by every projection)."""
+
+    slots: tuple[int, ...]  # the short segments' slots, one row block each
+    slots_t: torch.Tensor  # [G]
+    tokens: torch.Tensor  # [G, S] token index (padding repeats a valid token; its delta is dropped)
+    valid: torch.Tensor  # [G*S] bool
+    valid_tokens: torch.Tensor  # tokens of the valid rows, in row order
+    all_valid: bool
+    long_segments: list[tuple[int, int, int, int]]  # (slot, start, end, first row or -1) of the others
+
+
+def _padded_plan(meta: SGMVMetadata) -> _PaddedPlan:
+    cached = meta.__dict__.get("_padded_plan")
+    if cached is not None:
+        return cached
+    sorted_tokens = meta.sorted_tokens.cpu()
+    short = [(slot, a, b) for slot, a, b in meta.segments if b - a <= PAD_SEGMENT_MAX]
+    long = [(slot, a, b, row) for (slot, a, b), row in zip(meta.segments, meta.segment_rows or (-1,) * len(meta.segments))
+            if b - a > PAD_SEGMENT_MAX]
+    S = max((b - a for _, a, b in short), default=0)
+    if short:
+        pos = torch.tensor([a for _, a, _ in short])[:, None] + torch.arange(S)[None, :]
+        valid = pos < torch.tensor([b for _, _, b in short])[:, None]
+        tokens = sorted_tokens[torch.where(valid, pos, pos[:, :1])]
+        valid_flat = valid.reshape(-1)
+        valid_tokens = tokens.reshape(-1)[valid_flat]
+    else:
+        tokens = torch.zeros(0, 0, dtype=torch.long)
+        valid_flat = torch.zeros(0, dtype=torch.bool)
+        valid_tokens = torch.zeros(0, dtype=torch.long)
+    dev = meta.sorted_tokens.device
+    plan = _PaddedPlan(tuple(s for s, _, _ in short), torch.tensor([s for s, _, _ in short], dtype=torch.long, device=dev),
+                       tokens.to(dev), valid_flat.to(dev), valid_tokens.to(dev), bool(valid_flat.all()), long)
+    object.__setattr__(meta, "_padded_plan", plan)  # the metadata is frozen; the plan is derived from it
+    return plan
+
+
+def _gathered(lora: PackedLoraWeights, p: _PaddedPlan):
+    """(A [G, in, R], B [G, R, out]) of the plan's slots: every slice's B rows placed at the v columns each
+    slot's slice reads, so one bmm expands q/k/v (or gate/up) together.  One cached entry per projection."""
+    key = (p.slots, lora.generation)
+    entry = getattr(lora, "_torch_gathered", None)
+    if entry is not None and entry[0] == key:
+        return entry[1]
+    R = max(lora.total_ranks_host[s] for s in p.slots)
+    value = None
+    if R:
+        dev, G = p.slots_t.device, len(p.slots)
+        a = lora.lora_a[:, :R].index_select(0, p.slots_t).transpose(1, 2).contiguous()
+        b_all = torch.zeros(G, R, lora.out_features, dtype=lora.lora_b.dtype, device=dev)
+        for s in range(lora.num_slices):
+            rs = max(lora.ranks_host[slot][s] for slot in p.slots)
+            if rs == 0:
+                continue
+            offs = torch.tensor([lora.rank_offsets_host[slot][s] for slot in p.slots], device=dev)
+            # Rows past a slot's rank are zero in the bank; clamped duplicates add zeros.
+            cols = (offs[:, None] + torch.arange(rs, device=dev)[None, :]).clamp_(max=R - 1)
+            b = lora.b_slice(s)[:, :rs].index_select(0, p.slots_t)  # [G, rs, w]
+            w, y0 = lora.slice_widths[s], lora.y_offsets[s]
+            b_all[:, :, y0: y0 + w].scatter_add_(1, cols[:, :, None].expand(G, rs, w), b)
+        value = (a, b_all)
+    lora._torch_gathered = (key, value)
+    return value
+
+
+def _add_delta(ys: list[torch.Tensor], lora: PackedLoraWeights, rows: torch.Tensor, delta: torch.Tensor) -> None:
+    for s, out in enumerate(ys):
+        y0, w = lora.y_offsets[s], lora.slice_widths[s]
+        out.index_add_(0, rows, delta[:, y0: y0 + w].to(out.dtype))
+
+
+def sgmv_apply(
+    x: torch.Tensor,
+    lora: PackedLoraWeights,
+    meta: SGMVMetadata,
+    y: torch.Tensor | Sequence[torch.Tensor],
+    v: torch.Tensor | None = None,
+) -> None:
+    """``y += scale_i · (x · A_i) · B_i`` for each token's slot i: shrink and expand, or the padded path
+    (module docstring) when the batch holds several short segments that the plain bmm path cannot take."""
+    if meta.num_lora_tokens == 0 or lora.max_total_rank == 0:
+        return
+    p = _padded_plan(meta)
+    plain_bmm = _use_bmm(meta) and _common(lora.total_ranks_host[slot] for slot, _, _ in meta.segments) is not None
+    if len(p.slots) < 2 or plain_bmm:
+        sgmv_expand(sgmv_shrink(x, lora, meta, v), lora, meta, y)
+        return
+    ys = _split_outputs(y, lora)
+    w = _gathered(lora, p)
+    if w is not None:
+        a, b_all = w
+        G, S = p.tokens.shape
+        xs = x.index_select(0, p.tokens.view(-1)).view(G, S, -1)
+        d = torch.bmm(torch.bmm(xs, a.to(xs.dtype)), b_all.to(xs.dtype)).view(G * S, -1)
+        _add_delta(ys, lora, p.valid_tokens, d if p.all_valid else d[p.valid])
+    sorted_tokens = meta.sorted_tokens
+    for slot, start, end, row in p.long_segments:
+        r = lora.total_ranks_host[slot]
+        if r == 0:
+            continue
+        xs = x[row: row + end - start] if row >= 0 else x.index_select(0, sorted_tokens[start:end])
+        vs = xs @ lora.lora_a[slot, :r].t().to(xs.dtype)
+        for s, out in enumerate(ys):
+            rs = lora.ranks_host[slot][s]
+            if rs == 0:
+                continue
+            off = lora.rank_offsets_host[slot][s]
+            d = vs[:, off: off + rs] @ lora.b_slice(s)[slot, :rs].to(vs.dtype)
+            if row >= 0:
+                out[row: row + end - start] += d.to(out.dtype)
+            else:
+                out.index_add_(0, sorted_tokens[start:end], d.to(out.dtype))

@@ -64,3 +64,61 @@ def test_torch_batched_decode_path_matches_oracle(contiguous, tokens_per_slot):
     ref = oracle(x, spec, adapters, slots)
     _check(_run(torch_ops, x, bank, meta, packed=True), ref)
     _check(_run(torch_ops, x, bank, meta, packed=False), ref)
+
+
+def _apply(x, bank, meta, packed=True):
+    from sgmv import apply_lora
+
+    lora = bank.projections["proj"]
+    if packed:
+        y = torch.zeros(x.shape[0], lora.out_features)
+        apply_lora(x, lora, meta, y, backend="torch")
+        return y
+    ys = [torch.zeros(x.shape[0], w) for w in lora.slice_widths]
+    apply_lora(x, lora, meta, ys, backend="torch")
+    return torch.cat(ys, dim=1)
+
+
+def _continuous_batch(num_slots, prefills, decodes, g):
+    """A continuous batch's slot map: prefills (one slot, many tokens, contiguous) then one-token decodes."""
+    parts = []
+    for n in prefills:
+        parts.append(torch.full((n,), int(torch.randint(-1, num_slots, (1,), generator=g))))
+    parts.append(torch.randint(-1, num_slots, (decodes,), generator=g))
+    return torch.cat(parts)
+
+
+@pytest.mark.parametrize("case", TORCH_CASES, ids=lambda c: f"in{c[0]}-{len(c[1])}sl-{c[2]}slots")
+@pytest.mark.parametrize("pattern", PATTERNS + ("continuous",))
+def test_apply_lora_torch_matches_oracle(case, pattern):
+    """apply_lora on the torch backend: shrink+expand, the bmm path, or padded short segments."""
+    in_f, widths, num_slots, max_rank, ranks, T = case
+    spec, bank, adapters = make_case(in_f, widths, num_slots, max_rank, ranks, seed=len(widths) + num_slots)
+    g = torch.Generator().manual_seed(T)
+    if pattern == "continuous":
+        slots = _continuous_batch(num_slots, [37, 9, 1], min(T, 64), g)
+    else:
+        slots = slot_pattern(pattern, T, num_slots, seed=T)
+    x = torch.randn(slots.numel(), in_f, generator=g)
+    meta = build_metadata(slots, num_slots)
+    ref = oracle(x, spec, adapters, slots)
+    _check(_apply(x, bank, meta, packed=True), ref)
+    _check(_apply(x, bank, meta, packed=False), ref)
+
+
+def test_apply_lora_torch_padded_path_sees_reloaded_slots():
+    """The padded path caches gathered factors per projection; a slot reload must invalidate them."""
+    from sgmv_oracle import random_adapter
+
+    in_f, widths, num_slots = 96, (80, 16, 16), 12
+    spec, bank, adapters = make_case(in_f, widths, num_slots, 32, [2, 8, 32], seed=4)
+    slots = torch.arange(num_slots).repeat(2)  # 24 one-token segments... of 2 tokens each: padded path
+    x = torch.randn(slots.numel(), in_f, generator=torch.Generator().manual_seed(3))
+    meta = build_metadata(slots, num_slots)
+    _check(_apply(x, bank, meta), oracle(x, spec, adapters, slots))
+    adapters[5] = random_adapter(spec, [4, 0, 16], seed=99, name="new")
+    bank.load(5, adapters[5])
+    _check(_apply(x, bank, meta), oracle(x, spec, adapters, slots))
+    bank.clear(7)
+    del adapters[7]
+    _check(_apply(x, bank, meta), oracle(x, spec, adapters, slots))
