@@ -11,7 +11,8 @@ the path a continuous batch needs on CPU: many short segments of mixed ranks
 ~64 x 2 tiny matmuls per projection, where Python overhead dominates.  The
 short segments are padded to the longest of them and every slot's factors to
 the largest rank among them, then shrink and expand are one ``bmm`` each
-(rows past a slot's rank are zero in the bank, so padding adds exact zeros).
+(rows past a slot's rank are zero in the bank, so padding adds exact zeros);
+slots are grouped by rank (next power of two) so the padding stays under 2x.
 The gathered factors are kept per projection until the group of slots or
 the bank's ``generation`` changes: a decode batch keeps its adapters for
 many steps, so the gather is paid when sequences join or leave.
@@ -181,9 +182,25 @@ class _PaddedPlan:
     slots_t: torch.Tensor  # [G]
     tokens: torch.Tensor  # [G, S] token index (padding repeats a valid token; its delta is dropped)
     valid: torch.Tensor  # [G*S] bool
-    valid_tokens: torch.Tensor  # tokens of the valid rows, in row order
     all_valid: bool
     long_segments: list[tuple[int, int, int, int]]  # (slot, start, end, first row or -1) of the others
+    _rows: dict | None = None
+
+    def rows_of(self, key: tuple[int, ...], rows: torch.Tensor):
+        """For a subset of the plan's row blocks: (input token of each padded row, output token of each
+        kept row, mask of kept rows or None), computed once per forward for every projection using it."""
+        if self._rows is None:
+            self._rows = {}
+        hit = self._rows.get(key)
+        if hit is None:
+            tokens = self.tokens.index_select(0, rows).view(-1)
+            if self.all_valid:
+                hit = (tokens, tokens, None)
+            else:
+                keep = self.valid.view(self.tokens.shape).index_select(0, rows).view(-1)
+                hit = (tokens, tokens[keep], keep)
+            self._rows[key] = hit
+        return hit
 
 
 def _padded_plan(meta: SGMVMetadata) -> _PaddedPlan:
@@ -200,42 +217,50 @@ def _padded_plan(meta: SGMVMetadata) -> _PaddedPlan:
         valid = pos < torch.tensor([b for _, _, b in short])[:, None]
         tokens = sorted_tokens[torch.where(valid, pos, pos[:, :1])]
         valid_flat = valid.reshape(-1)
-        valid_tokens = tokens.reshape(-1)[valid_flat]
     else:
         tokens = torch.zeros(0, 0, dtype=torch.long)
         valid_flat = torch.zeros(0, dtype=torch.bool)
-        valid_tokens = torch.zeros(0, dtype=torch.long)
     dev = meta.sorted_tokens.device
     plan = _PaddedPlan(tuple(s for s, _, _ in short), torch.tensor([s for s, _, _ in short], dtype=torch.long, device=dev),
-                       tokens.to(dev), valid_flat.to(dev), valid_tokens.to(dev), bool(valid_flat.all()), long)
+                       tokens.to(dev), valid_flat.to(dev), bool(valid_flat.all()), long)
     object.__setattr__(meta, "_padded_plan", plan)  # the metadata is frozen; the plan is derived from it
     return plan
 
 
-def _gathered(lora: PackedLoraWeights, p: _PaddedPlan):
-    """(A [G, in, R], B [G, R, out]) of the plan's slots: every slice's B rows placed at the v columns each
-    slot's slice reads, so one bmm expands q/k/v (or gate/up) together.  One cached entry per projection."""
+def _gathered(lora: PackedLoraWeights, p: _PaddedPlan) -> list[tuple[tuple[int, ...], torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The plan's slots grouped by this projection's total rank (next power of two), per group
+    (plan rows as a tuple and [g], A [g, in, R], B [g, R, out]) with R the group's largest rank: every slice's B rows
+    placed at the v columns each slot's slice reads, so one bmm expands q/k/v (or gate/up) together.
+    Grouping keeps rank padding under 2x (one group padded to the batch's largest rank read ~2x the
+    bytes with demo-like mixes of ranks 4-16 over 2-3 slices).  One cached entry per projection."""
     key = (p.slots, lora.generation)
-    entry = getattr(lora, "_torch_gathered", None)
+    entry = lora._torch_gathered
     if entry is not None and entry[0] == key:
         return entry[1]
-    R = max(lora.total_ranks_host[s] for s in p.slots)
-    value = None
-    if R:
-        dev, G = p.slots_t.device, len(p.slots)
-        a = lora.lora_a[:, :R].index_select(0, p.slots_t).transpose(1, 2).contiguous()
+    dev = p.slots_t.device
+    groups: dict[int, list[int]] = {}
+    for i, slot in enumerate(p.slots):
+        r = lora.total_ranks_host[slot]
+        if r:
+            groups.setdefault(1 << (r - 1).bit_length(), []).append(i)
+    value = []
+    for rows in groups.values():
+        slots = [p.slots[i] for i in rows]
+        slots_t = torch.tensor(slots, dtype=torch.long, device=dev)
+        R, G = max(lora.total_ranks_host[s] for s in slots), len(slots)
+        a = lora.lora_a[:, :R].index_select(0, slots_t).transpose(1, 2).contiguous()
         b_all = torch.zeros(G, R, lora.out_features, dtype=lora.lora_b.dtype, device=dev)
         for s in range(lora.num_slices):
-            rs = max(lora.ranks_host[slot][s] for slot in p.slots)
+            rs = max(lora.ranks_host[slot][s] for slot in slots)
             if rs == 0:
                 continue
-            offs = torch.tensor([lora.rank_offsets_host[slot][s] for slot in p.slots], device=dev)
+            offs = torch.tensor([lora.rank_offsets_host[slot][s] for slot in slots], device=dev)
             # Rows past a slot's rank are zero in the bank; clamped duplicates add zeros.
             cols = (offs[:, None] + torch.arange(rs, device=dev)[None, :]).clamp_(max=R - 1)
-            b = lora.b_slice(s)[:, :rs].index_select(0, p.slots_t)  # [G, rs, w]
+            b = lora.b_slice(s)[:, :rs].index_select(0, slots_t)  # [G, rs, w]
             w, y0 = lora.slice_widths[s], lora.y_offsets[s]
             b_all[:, :, y0: y0 + w].scatter_add_(1, cols[:, :, None].expand(G, rs, w), b)
-        value = (a, b_all)
+        value.append((tuple(rows), torch.tensor(rows, dtype=torch.long, device=dev), a, b_all))
     lora._torch_gathered = (key, value)
     return value
 
@@ -263,13 +288,20 @@ def sgmv_apply(
         sgmv_expand(sgmv_shrink(x, lora, meta, v), lora, meta, y)
         return
     ys = _split_outputs(y, lora)
-    w = _gathered(lora, p)
-    if w is not None:
-        a, b_all = w
-        G, S = p.tokens.shape
-        xs = x.index_select(0, p.tokens.view(-1)).view(G, S, -1)
-        d = torch.bmm(torch.bmm(xs, a.to(xs.dtype)), b_all.to(xs.dtype)).view(G * S, -1)
-        _add_delta(ys, lora, p.valid_tokens, d if p.all_valid else d[p.valid])
+    packed = y if isinstance(y, torch.Tensor) else None
+    S = p.tokens.shape[1]
+    for rows_key, rows, a, b_all in _gathered(lora, p):
+        tokens, out_rows, keep = p.rows_of(rows_key, rows)
+        xs = x.index_select(0, tokens).view(len(rows_key), S, -1)
+        if a.dtype != xs.dtype:
+            a, b_all = a.to(xs.dtype), b_all.to(xs.dtype)
+        d = torch.bmm(torch.bmm(xs, a), b_all).view(len(rows_key) * S, -1)
+        if keep is not None:
+            d = d[keep]
+        if packed is not None and packed.dtype == d.dtype:
+            packed.index_add_(0, out_rows, d)
+        else:
+            _add_delta(ys, lora, out_rows, d)
     sorted_tokens = meta.sorted_tokens
     for slot, start, end, row in p.long_segments:
         r = lora.total_ranks_host[slot]
