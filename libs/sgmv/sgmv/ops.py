@@ -49,4 +49,8 @@ def apply_lora(
 
     ``x`` is ``[T, in]``; ``y`` is ``[T, sum(widths)]`` or one ``[T, w_s]`` per slice.
     """
-    select_backend(x.device, backend).sgmv_apply(x, lora, meta, y, v)
+    ops = select_backend(x.device, backend)
+    if ops is torch_ops:  # its own entry point: it may pad many short segments into one bmm
+        torch_ops.sgmv_apply(x, lora, meta, y, v)
+    else:
+        ops.sgmv_expand(ops.sgmv_shrink(x, lora, meta, v), lora, meta, y)

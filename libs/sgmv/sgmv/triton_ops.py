@@ -16,7 +16,7 @@ import torch
 from .bank import PackedLoraWeights
 from .metadata import SGMVMetadata
 
-__all__ = ["sgmv_shrink", "sgmv_expand", "sgmv_apply", "triton_available"]
+__all__ = ["sgmv_shrink", "sgmv_expand", "triton_available"]
 
 
 def triton_available() -> bool:
@@ -132,13 +132,3 @@ def sgmv_expand(
             DOT_PRECISION=_precision(torch.float32),
         )
 
-
-def sgmv_apply(
-    x: torch.Tensor,
-    lora: PackedLoraWeights,
-    meta: SGMVMetadata,
-    y: torch.Tensor | Sequence[torch.Tensor],
-    v: torch.Tensor | None = None,
-) -> None:
-    """``y += scale_i · (x · A_i) · B_i`` for each token's slot i: shrink, then expand."""
-    sgmv_expand(sgmv_shrink(x, lora, meta, v), lora, meta, y)

@@ -13,7 +13,7 @@ import torch
 from sgmv import build_metadata, torch_ops
 from sgmv_oracle import PATTERNS, make_case, oracle, slot_pattern
 from test_oracle import TORCH_CASES
-from triton_interp_cases import TRITON_CASES
+from triton_interp_cases import TRITON_CASES, llama_logits_through_backends
 
 pytestmark = [
     pytest.mark.gpu,
@@ -84,30 +84,7 @@ def test_triton_cuda_agrees_with_torch_path_on_device():
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-@torch.no_grad()
 def test_llama_forward_through_cuda_kernels_matches_torch_backend():
-    import copy
-
-    from sgmv import AdapterBank, LoraAdapter, lora_context, wrap_llama
-    from sgmv_oracle import random_adapter
-    from test_peft_parity import tiny_llama
-
-    base = tiny_llama().to(CUDA)
-    models = {}
-    for backend in ("torch", "triton"):
-        model = copy.deepcopy(base)
-        bank = AdapterBank.for_model(model, num_slots=3, max_rank=8)
-        for slot in range(3):
-            mods = {}
-            for i, proj in enumerate(bank.projections.values()):
-                ranks = [(slot + i + j) % 3 * 4 for j in range(proj.num_slices)]
-                mods.update(random_adapter(proj.spec, ranks, seed=slot * 10 + i).modules)
-            bank.load(slot, LoraAdapter(f"s{slot}", mods))
-        models[backend] = wrap_llama(model, bank, backend=backend)
-    ids = torch.randint(3, 128, (4, 5), generator=torch.Generator().manual_seed(0)).to(CUDA)
-    slots = torch.tensor([[2, 0, -1, 2, 1], [1, 1, 1, 1, 1], [-1, -1, 0, 0, 2], [0, 2, 1, -1, 0]]).reshape(-1).to(CUDA)
-    out = {}
-    for backend, model in models.items():
-        with lora_context(model, slots):
-            out[backend] = model(input_ids=ids).logits
+    out = llama_logits_through_backends(_triton(), device=CUDA)
     torch.testing.assert_close(out["triton"], out["torch"], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(out["torch"], out["base"], atol=1e-4)

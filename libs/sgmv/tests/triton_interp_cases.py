@@ -44,16 +44,16 @@ def test_triton_and_torch_agree_bf16(triton_interpreted):
         assert err <= 3e-2 * (ref.abs().max().item() + 1e-6)
 
 
-@torch.no_grad()
-def test_llama_with_triton_backend_matches_torch_backend(triton_interpreted):
-    """A whole (tiny) Llama forward through the interpreted kernels equals the torch path."""
+def llama_logits_through_backends(triton_ops_module, device="cpu"):
+    """Logits of one tiny Llama with three adapters, through the torch backend and through the Triton
+    kernels (interpreted on CPU, compiled on CUDA), and of the base model alone."""
     import copy
 
     from sgmv import AdapterBank, LoraAdapter, lora_context, wrap_llama
     from sgmv_oracle import random_adapter
     from test_peft_parity import tiny_llama
 
-    base = tiny_llama()
+    base = tiny_llama().to(device)
     models = {}
     for backend in ("torch", "triton"):
         model = copy.deepcopy(base)
@@ -65,11 +65,19 @@ def test_llama_with_triton_backend_matches_torch_backend(triton_interpreted):
                 mods.update(random_adapter(proj.spec, ranks, seed=slot * 10 + i).modules)
             bank.load(slot, LoraAdapter(f"s{slot}", mods))
         models[backend] = wrap_llama(model, bank, backend=backend)
-    ids = torch.randint(3, 128, (4, 5), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(3, 128, (4, 5), generator=torch.Generator().manual_seed(0)).to(device)
     slots = torch.tensor([[2, 0, -1, 2, 1], [1, 1, 1, 1, 1], [-1, -1, 0, 0, 2], [0, 2, 1, -1, 0]]).reshape(-1)
     out = {}
-    for backend, model in models.items():
-        with lora_context(model, slots):
-            out[backend] = model(input_ids=ids).logits
+    with torch.no_grad():
+        for backend, model in models.items():
+            with lora_context(model, slots.to(device)):
+                out[backend] = model(input_ids=ids).logits
+        out["base"] = base(input_ids=ids).logits
+    return out
+
+
+def test_llama_with_triton_backend_matches_torch_backend(triton_interpreted):
+    """A whole (tiny) Llama forward through the interpreted kernels equals the torch path."""
+    out = llama_logits_through_backends(triton_interpreted)
     torch.testing.assert_close(out["triton"], out["torch"], rtol=1e-4, atol=1e-5)
-    assert not torch.allclose(out["torch"], base(input_ids=ids).logits, atol=1e-4)
+    assert not torch.allclose(out["torch"], out["base"], atol=1e-4)
