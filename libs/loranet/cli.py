@@ -22,8 +22,8 @@ def _nats_url(args: argparse.Namespace) -> str:
         return os.environ["LORANET_NATS_URL"]
     state_dir = getattr(args, "state_dir", dn.DEFAULT_STATE_DIR)
     state = dn.read_state(state_dir)
-    plain = state["nats_url"] if state else f"nats://127.0.0.1:{dn.DEFAULT_NATS_PORT}"
-    return dn.role_url(state_dir, "client", plain)
+    # No password: the client authenticates with its own key (Client.connect, the devnet's auth service).
+    return state["nats_url"] if state else f"nats://127.0.0.1:{dn.DEFAULT_NATS_PORT}"
 
 
 def _identity(args: argparse.Namespace):

@@ -20,15 +20,17 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.nuid import NUID
 
-from . import codec, confidential, protocol as p
+from . import codec, confidential, natsauth, protocol as p
 from .model.checkpoint import DEFAULT_MODEL_NAME
 from .runtime import RemoteError, request
 from .signing import Identity, SignatureInvalid, devnet_address, sign, verify
 
 DEFAULT_MAX_FEE = 10**18  # 1 OPEN
 REGISTRY_FRESH_S = 30.0  # heartbeats and verifier announcements older than this are ignored
+WAIT_RECHECK_S = 15.0  # wait() reads the job's record when its events have been quiet this long
 
 
 class JobFailed(RuntimeError):
@@ -92,6 +94,12 @@ def outcome_of(record: p.JobRecord, identity: Identity | None = None) -> Outcome
     return out
 
 
+def _has_credentials(url: str) -> bool:
+    from urllib.parse import urlparse
+
+    return any(urlparse(u.strip()).username for u in url.split(","))
+
+
 class Client:
     def __init__(self, nc: NATS, identity: Identity, address: str | None = None, timeout_s: float = 10.0) -> None:
         self.nc = nc
@@ -101,9 +109,18 @@ class Client:
         self.timeout_s = timeout_s
 
     @classmethod
-    async def connect(cls, url: str, identity: Identity, address: str | None = None) -> "Client":
-        nc = await nats.connect(url, name="loranet-client", connect_timeout=5, max_reconnect_attempts=3)
+    async def connect(cls, url: str, identity: Identity, address: str | None = None, **options: Any) -> "Client":
+        """Connect as this identity: its Ed25519 key is the NATS NKEY the server's auth callout checks
+        (loranet.natsauth), with its own inbox prefix.  A URL that carries a user and password (an
+        operator's, a test's) connects as that user instead."""
+        auth = {} if _has_credentials(url) else natsauth.connect_options(identity)
+        nc = await nats.connect(url, name="loranet-client", connect_timeout=5, max_reconnect_attempts=3,
+                                **auth, **options)
         return cls(nc, identity, address)
+
+    @property
+    def client_id(self) -> str:
+        return p.client_id(self.identity.public)
 
     async def __aenter__(self) -> "Client":
         return self
@@ -152,7 +169,8 @@ class Client:
                                    p.Balance, timeout=60)
 
     async def job(self, job_id: str) -> p.JobRecord:
-        return await self._request(p.DATASTORE_JOB_GET, p.JobGet(job_id=job_id), p.JobRecord)
+        """The record of one of this client's jobs (the datastore answers no other client's)."""
+        return await self._request(p.datastore_job_get(self.identity.public), p.JobGet(job_id=job_id), p.JobRecord)
 
     def build(self, *, model_id: str, adapter_id: str, prompt: str, max_tokens: int,
               sampling: p.SamplingParams | None = None, max_fee: int = DEFAULT_MAX_FEE, ttl_s: float = 600.0,
@@ -254,7 +272,10 @@ class Client:
 
     async def wait(self, job_id: str, timeout: float = 300.0,
                    on_event: Callable[[p.JobEvent], None] | None = None) -> Outcome:
-        """Follow jobs.events.<job_id> to a terminal stage, then read the full record."""
+        """Follow jobs.events.<client_id>.<job_id> to a terminal stage, then read the full record.
+
+        The consumer is named, so nats-py creates it through the filtered API subject
+        ($JS.API.CONSUMER.CREATE.EVENTS.<name>.<filter>): the only form a client's NATS identity may use."""
         done = asyncio.Event()
         final: list[p.JobEvent] = []
 
@@ -269,12 +290,26 @@ class Client:
                 final.append(event)
                 done.set()
 
-        sub = await self.js.subscribe(p.job_events(job_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL,
-                                      cb=on_msg)
+        config = ConsumerConfig(name=f"wait-{NUID().next().decode()}", inactive_threshold=30.0)
+        sub = await self.js.subscribe(p.job_events(self.identity.public, job_id), stream="EVENTS", ordered_consumer=True,
+                                      deliver_policy=DeliverPolicy.ALL, cb=on_msg, config=config)
+        give_up = time.monotonic() + timeout
         try:
-            await asyncio.wait_for(done.wait(), timeout)
-        except asyncio.TimeoutError:
-            raise JobFailed(f"job {job_id} did not finish within {timeout:.0f}s") from None
+            while not done.is_set():
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    raise JobFailed(f"job {job_id} did not finish within {timeout:.0f}s")
+                try:
+                    await asyncio.wait_for(done.wait(), min(left, WAIT_RECHECK_S))
+                except asyncio.TimeoutError:
+                    # Quiet for a while: if the consumer was lost (an ordered consumer re-created after
+                    # a reconnect cannot reuse its name), the record still says how the job ended.
+                    try:
+                        record = await self.job(job_id)
+                    except (RemoteError, nats.errors.Error):
+                        continue
+                    if record.status in p.TERMINAL_STAGES:
+                        return outcome_of(record, self.identity)
         finally:
             await sub.unsubscribe()
         # The datastore records events asynchronously: read until it has the terminal stage.

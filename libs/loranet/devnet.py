@@ -26,7 +26,11 @@ STATE_FILE = "devnet.json"
 PASSWORDS_FILE = "nats-passwords.json"
 # The per-role users and subject permissions, shared with docker compose.
 AUTH_CONF = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "auth.conf"
-ROLES = ("init", "scheduler", "inference", "verifier", "settlement", "datastore", "gateway", "client", "admin")
+ROLES = ("init", "scheduler", "inference", "verifier", "settlement", "datastore", "gateway", "admin")
+# Clients have no password: each connects with its own key, which the auth service (services/auth)
+# turns into a NATS user of its own (loranet.natsauth).  Its keys live in these files (mode 0600).
+AUTH_ISSUER_SEED_FILE = "auth-issuer.seed"
+AUTH_NKEY_SEED_FILE = "auth-nkey.seed"
 DEFAULT_STATE_DIR = ".devnet"
 DEFAULT_NATS_PORT = 14222
 DEFAULT_REDIS_PORT = 16379
@@ -54,7 +58,8 @@ class DevnetConfig:
         return f"nats://127.0.0.1:{self.nats_port}"
 
     def url_for(self, role: str) -> str:
-        """The NATS URL with `role`'s credentials (`client`, `admin`, …), or the plain URL without auth."""
+        """The NATS URL with `role`'s credentials (`admin`, …), or the plain URL without auth; `client` gets
+        the plain URL (a client authenticates with its own key, see Client.connect)."""
         return role_url(self.state_dir, role, self.nats_url)
 
     @property
@@ -78,7 +83,7 @@ class ServiceProc:
 def role_url(state_dir: str | Path, role: str, nats_url: str) -> str:
     """`nats_url` with the credentials of `role` from the devnet's passwords file (mode 0600), if any."""
     path = Path(state_dir) / PASSWORDS_FILE
-    if not path.exists():
+    if role == "client" or not path.exists():
         return nats_url
     password = json.loads(path.read_text())[role]
     return nats_url.replace("nats://", f"nats://{role}:{password}@", 1)
@@ -94,6 +99,21 @@ def _passwords(state_dir: Path) -> dict[str, str]:
     with os.fdopen(fd, "w") as f:
         json.dump(passwords, f)
     return passwords
+
+
+def _auth_keys(state_dir: Path) -> dict[str, str]:
+    """Fresh keys of the auth callout: the issuer (account) and the auth service's own NKEY user.
+    The seeds go to files (mode 0600) the auth service reads; the server gets the public keys."""
+    from nacl.signing import SigningKey
+
+    from . import natsauth
+    from .signing import Identity, write_secret_file
+
+    issuer_public, issuer_seed = natsauth.new_issuer()
+    service = Identity(SigningKey.generate())
+    write_secret_file(state_dir / AUTH_ISSUER_SEED_FILE, issuer_seed)
+    write_secret_file(state_dir / AUTH_NKEY_SEED_FILE, natsauth.seed_of(service))
+    return {"LORANET_NATS_AUTH_ISSUER": issuer_public, "LORANET_NATS_AUTH_NKEY": natsauth.public_of(service)}
 
 
 def state_path(state_dir: str | Path) -> Path:
@@ -143,7 +163,8 @@ class Supervisor:
         self.auth = config.auth and AUTH_CONF.exists()
         passwords = _passwords(self.dir) if self.auth else None
         self.nats = NatsServer(config.nats_port, self.dir / "nats", self.dir / "logs" / "nats.log",
-                               auth_conf=AUTH_CONF if self.auth else None, passwords=passwords)
+                               auth_conf=AUTH_CONF if self.auth else None, passwords=passwords,
+                               extra_env=_auth_keys(self.dir) if self.auth else None)
         self.redis = RedisServer(config.redis_port, self.dir / "redis", self.dir / "logs" / "redis.log")
         self.services: list[ServiceProc] = []
         self.chain_port = config.chain_port or free_port()
@@ -178,7 +199,9 @@ class Supervisor:
             i += 1
             return ServiceProc(name, module, self._env(name, i, extra, role), log=str(self.dir / "logs" / f"{name}.log"))
 
-        first = [
+        first = [svc("auth", "services.auth", LORANET_AUTH_ISSUER_SEED_FILE=str(self.dir / AUTH_ISSUER_SEED_FILE),
+                     LORANET_AUTH_NKEY_SEED_FILE=str(self.dir / AUTH_NKEY_SEED_FILE))] if self.auth else []
+        first += [
             svc("chain", "services.settlement.chain_node", LORANET_CHAIN_PORT=str(self.chain_port),
                 LORANET_CHAIN_DEPLOYMENT_FILE=str(self.dir / "chain.json")),
             svc("datastore", "services.datastore", "datastore", LORANET_REDIS_URL=self.config.redis_url),

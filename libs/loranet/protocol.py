@@ -266,7 +266,7 @@ TERMINAL_STAGES: frozenset[str] = frozenset({"rejected", "settled", "refunded"})
 
 
 class JobEvent(Wire):
-    """One transition of a job's life (subject jobs.events.<job_id>).
+    """One transition of a job's life (subject jobs.events.<client_id>.<job_id>).
 
     `body` holds the stage's own message, encoded (request, result, verdict,
     receipt), so the datastore can keep the whole record from this one stream.
@@ -510,12 +510,17 @@ class Reserve(Wire):
     max_fee: Wei
 
 
-class Release(Wire):
+class Release(AdditiveWire):
     """A reserved job that will never be verified (expired, failed): refund it (settlement.release)."""
 
     v: Literal[1] = 1
     job_id: JobId
     reason: ShortText = ""
+    # Additive: the job's client key, which names the subject of its refund event (jobs.events.<client_id>.*);
+    # without it settlement finds the client from the job's earlier events.
+    client_key: Annotated[bytes, Field(max_length=32)] = b""
+
+    _additive = ("client_key",)
 
 
 class Reservation(Wire):
@@ -553,7 +558,8 @@ class DeadLetter(Wire):
 # ---------------------------------------------------------------------------
 
 JOBS_SUBMIT = "jobs.submit"
-JOB_EVENTS_ALL = "jobs.events.*"
+# jobs.events.<client_id>.<job_id>: keyed by client, so NATS permissions can give each client its own.
+JOB_EVENTS_ALL = "jobs.events.*.*"
 WORK_ALL = "work.*"
 RESULTS_ALL = "results.*"
 VERDICTS_ALL = "verdicts.*"
@@ -566,7 +572,7 @@ DATASTORE_ADAPTER_PUT = "datastore.adapter.put"
 DATASTORE_ADAPTER_GET = "datastore.adapter.get"
 DATASTORE_ADAPTER_LIST = "datastore.adapter.list"
 DATASTORE_ADAPTER_BLOB = "datastore.adapter.blob"
-DATASTORE_JOB_GET = "datastore.job.get"
+DATASTORE_JOB_GET = "datastore.job.get.*"  # datastore.job.get.<client_id>: a client reads its own records
 DATASTORE_JOB_LIST = "datastore.job.list"
 SETTLEMENT_BALANCE = "settlement.balance"
 SETTLEMENT_FAUCET = "settlement.faucet"
@@ -602,8 +608,50 @@ def receipts(job_id: str) -> str:
     return f"settlement.receipts.{_token(job_id, 'job id')}"
 
 
-def job_events(job_id: str) -> str:
-    return f"jobs.events.{_token(job_id, 'job id')}"
+# A client's id in subjects: the full hex of its Ed25519 key (a prefix could be ground to collide).
+CLIENT_ID = re.compile(r"^[0-9a-f]{64}$")
+
+
+def client_id(client_key: bytes) -> str:
+    """The token that names a client in subjects (jobs.events.<client_id>.*, datastore.job.get.<client_id>)."""
+    if len(client_key) != 32:
+        raise ValueError(f"a client key is 32 bytes, got {len(client_key)}")
+    return client_key.hex()
+
+
+def _client_token(client: bytes | str) -> str:
+    cid = client_id(client) if isinstance(client, bytes) else client
+    if not CLIENT_ID.match(cid):
+        raise ValueError(f"client id {cid!r} is not 64 hex characters")
+    return cid
+
+
+def job_events(client: bytes | str, job_id: str) -> str:
+    """jobs.events.<client_id>.<job_id>; `client` is the client's key or its id."""
+    return f"jobs.events.{_client_token(client)}.{_token(job_id, 'job id')}"
+
+
+def job_events_of(client: bytes | str) -> str:
+    """Every job event of one client: jobs.events.<client_id>.*"""
+    return f"jobs.events.{_client_token(client)}.*"
+
+
+def job_events_by_id(job_id: str) -> str:
+    """A job's events whoever its client is (services only: a filter, not a subject)."""
+    return f"jobs.events.*.{_token(job_id, 'job id')}"
+
+
+def parse_job_events(subject: str) -> tuple[str, str]:
+    """(client_id, job_id) of a jobs.events.<client_id>.<job_id> subject; ValueError otherwise."""
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[:2] != ["jobs", "events"] or not CLIENT_ID.match(parts[2]):
+        raise ValueError(f"not a job events subject: {subject!r}")
+    return parts[2], _token(parts[3], "job id")
+
+
+def datastore_job_get(client: bytes | str) -> str:
+    """datastore.job.get.<client_id>: where a client asks for the records of its own jobs."""
+    return f"datastore.job.get.{_client_token(client)}"
 
 
 def dead_letter(subject: str) -> str:

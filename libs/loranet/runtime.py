@@ -104,8 +104,10 @@ class Endpoint(Generic[M]):
     name: str
     subject: str
     schema: type[M]
-    handler: Callable[[M], Awaitable[Wire]]
+    handler: Callable[..., Awaitable[Wire]]
     max_bytes: int = codec.MAX_MESSAGE_BYTES
+    # The handler also gets the request's subject (a wildcard endpoint whose last token names the caller).
+    with_subject: bool = False
 
 
 @dataclass
@@ -119,8 +121,13 @@ class _Stats:
 class Runtime:
     """Connection, topology, routes and shutdown for one service process."""
 
-    def __init__(self, service: str, settings: CommonSettings, version: str = "0.1.0") -> None:
+    def __init__(self, service: str, settings: CommonSettings, version: str = "0.1.0", topology: bool = True,
+                 connect_options: dict[str, Any] | None = None) -> None:
+        """`topology`: create the streams at start (False for a service without JetStream rights, like auth);
+        `connect_options`: extra nats.connect arguments (an NKEY seed, an inbox prefix)."""
         self.service = service
+        self.topology = topology
+        self.connect_options = connect_options or {}
         self.settings = settings
         self.version = version
         self.instance = settings.instance or f"{service}-{os.getpid()}"
@@ -163,9 +170,11 @@ class Runtime:
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             connect_timeout=5,
+            **self.connect_options,
         )
         self.js = self.nc.jetstream()
-        await ensure_topology(self.js, self.settings.js_replicas, self.settings.node_ttl_s)
+        if self.topology:
+            await ensure_topology(self.js, self.settings.js_replicas, self.settings.node_ttl_s)
         serve_metrics(self.settings.metrics_port)
         self.log.info("service.started", nats=self.settings.nats_url.split("@")[-1], metrics_port=self.settings.metrics_port)
 
@@ -253,7 +262,7 @@ class Runtime:
             outcome = "ok"
             try:
                 message = codec.decode(ep.schema, req.data, ep.max_bytes)
-                reply = await ep.handler(message)
+                reply = await (ep.handler(message, req.subject) if ep.with_subject else ep.handler(message))
                 await req.respond(codec.encode(reply))
             except DecodeError as exc:
                 outcome = "invalid"
@@ -409,17 +418,36 @@ class Runtime:
         await self.js.publish(subject, codec.encode(message), headers=headers)
 
     async def emit(self, job_id: str, stage: str, body: Wire | None = None, reason: str = "", node_id: str = "",
-                   dedup: str = "") -> None:
-        """Record a job transition on jobs.events.<job_id> (de-duplicated per job, stage, `dedup`)."""
+                   dedup: str = "", client_key: bytes | None = None) -> None:
+        """Record a job transition on jobs.events.<client_id>.<job_id> (de-duplicated per job, stage, `dedup`).
+
+        The client is `client_key`, else the one whose signed request `body` carries (a request,
+        a result, a verdict); a receipt carries none, so its emitter passes the key."""
+        if client_key is None:
+            request = request_of(body)
+            if request is None:
+                raise ValueError(f"job {job_id} {stage}: no client key for its events subject")
+            client_key = request.client_key
         event = protocol.JobEvent(
             job_id=job_id, stage=stage, service=self.service, reason=reason[:1024], node_id=node_id,
             body=codec.encode(body) if body is not None else b"", at=time.time(),
         )
-        await self.publish(protocol.job_events(job_id), event, msg_id=f"{job_id}:{stage}:{dedup}")
+        await self.publish(protocol.job_events(client_key, job_id), event, msg_id=f"{job_id}:{stage}:{dedup}")
         self.log.info(f"job.{stage}", job_id=job_id, node_id=node_id, reason=reason[:200])
 
     async def request(self, subject: str, message: Wire, reply_schema: type[R], timeout: float | None = None) -> R:
         return await request(self.nc, subject, message, reply_schema, timeout or self.settings.request_timeout_s)
+
+
+def request_of(body: Wire | None) -> protocol.JobRequest | None:
+    """The client's signed request carried (directly or nested) by a job event's body."""
+    if isinstance(body, protocol.JobRequest):
+        return body
+    if isinstance(body, protocol.InferenceResult):
+        return body.request
+    if isinstance(body, protocol.Verdict):
+        return body.result.request
+    return None
 
 
 def is_transient(exc: BaseException) -> bool:

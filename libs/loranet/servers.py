@@ -103,15 +103,18 @@ class NatsServer(_Process):
     """nats-server with JetStream (file storage) on a loopback port."""
 
     def __init__(self, port: int, data_dir: Path, log_path: Path | None = None, sync_always: bool = False,
-                 auth_conf: Path | None = None, passwords: dict[str, str] | None = None) -> None:
+                 auth_conf: Path | None = None, passwords: dict[str, str] | None = None,
+                 extra_env: dict[str, str] | None = None) -> None:
         """`auth_conf`: a users/permissions file (deploy/nats/auth.conf) whose `$LORANET_NATS_PASSWORD_<ROLE>`
-        variables are filled from `passwords` (role -> password) through the server's environment."""
+        variables are filled from `passwords` (role -> password) through the server's environment, and
+        its auth callout keys (`LORANET_NATS_AUTH_ISSUER`, `LORANET_NATS_AUTH_NKEY`) from `extra_env`."""
         super().__init__(port, data_dir, log_path or Path(data_dir) / "nats.log")
         self.sync_always = sync_always
         self.config_path = self.data_dir / "nats.conf"
         self.auth_conf = auth_conf
-        if passwords:
-            self.env = {f"LORANET_NATS_PASSWORD_{role.upper()}": pw for role, pw in passwords.items()}
+        if passwords or extra_env:
+            self.env = {f"LORANET_NATS_PASSWORD_{role.upper()}": pw for role, pw in (passwords or {}).items()}
+            self.env.update(extra_env or {})
 
     @property
     def url(self) -> str:

@@ -43,11 +43,7 @@ class Identity:
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> "Identity":
         """Load a hex seed from `path`; refuse files readable by group/others."""
-        p = Path(path)
-        mode = p.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise PermissionError(f"key file {p} is accessible by others (mode {oct(mode & 0o777)}); run: chmod 600 {p}")
-        return cls.from_seed(bytes.fromhex(p.read_text().strip()))
+        return cls.from_seed(bytes.fromhex(read_secret_file(path).strip()))
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the seed as hex with mode 0600."""
@@ -68,6 +64,24 @@ class Identity:
 
     def sign_bytes(self, payload: bytes) -> bytes:
         return self.signing_key.sign(payload).signature
+
+
+def read_secret_file(path: str | os.PathLike[str]) -> str:
+    """The text of a key file; refused if group or others may access it."""
+    p = Path(path)
+    mode = p.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise PermissionError(f"key file {p} is accessible by others (mode {oct(mode & 0o777)}); run: chmod 600 {p}")
+    return p.read_text()
+
+
+def write_secret_file(path: str | os.PathLike[str], text: str) -> None:
+    """Write a key file with mode 0600."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 M = TypeVar("M", bound=Wire)

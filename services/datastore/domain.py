@@ -175,9 +175,16 @@ def event_field(event: p.JobEvent, body: Wire | None) -> str:
     return f"event:{event.stage}"
 
 
+CLIENT_FIELD = "client"  # the job hash's field holding its client id (the events' subject token)
+
+
 def check_event(event: p.JobEvent, subject: str) -> Wire | None:
     """Decode and cross-check an event's body; Reject (dead letter) what cannot be recorded."""
-    if subject != p.job_events(event.job_id):
+    try:
+        client, job_id = p.parse_job_events(subject)
+    except ValueError:
+        raise Reject(f"event for job {event.job_id} arrived on {subject}") from None
+    if job_id != event.job_id:
         raise Reject(f"event for job {event.job_id} arrived on {subject}")
     schema = STAGE_BODY[event.stage]
     if schema is None:
@@ -192,7 +199,21 @@ def check_event(event: p.JobEvent, subject: str) -> Wire | None:
         raise Reject(f"body is for job {body.job_id}, the event for {event.job_id}")
     if isinstance(body, p.Receipt) and body.status != event.stage:
         raise Reject(f"receipt status {body.status!r} in a {event.stage!r} event")
+    request = request_of(body)
+    if request is not None and p.client_id(request.client_key) != client:
+        raise Reject(f"body is a job of client {p.client_id(request.client_key)[:16]}…, the subject names {client[:16]}…")
     return body
+
+
+def client_of(job_id: str, fields: Mapping[str, bytes]) -> str:
+    """The client id a job's record belongs to: recorded from its events' subject, else its request's key."""
+    if CLIENT_FIELD in fields:
+        return fields[CLIENT_FIELD].decode()
+    try:
+        request = assemble_record(job_id, fields).request
+    except ValueError:
+        return ""
+    return p.client_id(request.client_key) if request is not None else ""
 
 
 def request_of(body: Wire | None) -> p.JobRequest | None:

@@ -38,7 +38,7 @@ class DatastoreHandlers:
             endpoint("adapter-get", p.DATASTORE_ADAPTER_GET, self.get_adapter),
             endpoint("adapter-list", p.DATASTORE_ADAPTER_LIST, self.list_adapters),
             endpoint("adapter-blob", p.DATASTORE_ADAPTER_BLOB, self.adapter_blob),
-            endpoint("job-get", p.DATASTORE_JOB_GET, self.get_job),
+            Endpoint("job-get", p.DATASTORE_JOB_GET, p.JobGet, self.get_job, max_bytes=_SMALL_REQUEST, with_subject=True),
             endpoint("job-list", p.DATASTORE_JOB_LIST, self.list_jobs),
             Pull("job-events", DATASTORE, p.JobEvent, self.on_job_event, slots=32,
                  max_bytes=p.MAX_BYTES[p.JOB_EVENTS_ALL]),
@@ -110,10 +110,13 @@ class DatastoreHandlers:
 
     # -- jobs --------------------------------------------------------------
 
-    async def get_job(self, req: p.JobGet) -> p.JobRecord:
+    async def get_job(self, req: p.JobGet, subject: str) -> p.JobRecord:
+        """A job's record, for its own client only: the subject's last token (datastore.job.get.<client_id>,
+        the only one a client's NATS identity may publish) must be the key that signed the job."""
         fields = await self.store.job_fields(req.job_id)
-        if not fields:
-            raise ServiceError("not_found", f"no record of job {req.job_id} (unknown, or older than the retention)", "job_id")
+        if not fields or domain.client_of(req.job_id, fields) != subject.rsplit(".", 1)[-1]:
+            raise ServiceError("not_found", f"no record of job {req.job_id} for this client (unknown, another "
+                                            "client's, or older than the retention)", "job_id")
         return domain.assemble_record(req.job_id, fields)
 
     async def list_jobs(self, req: p.JobList) -> p.JobListReply:
@@ -122,13 +125,14 @@ class DatastoreHandlers:
 
     async def on_job_event(self, event: p.JobEvent, delivery: Delivery) -> None:
         body = domain.check_event(event, delivery.subject)
+        client = p.parse_job_events(delivery.subject)[0]
         field = domain.event_field(event, body)
         encoded = codec.encode(event)
         request = domain.request_of(body)
         deadline = time.monotonic() + self.settings.event_retry_s
         while True:
             try:
-                new = await self.store.record_event(event.job_id, field, encoded, request)
+                new = await self.store.record_event(event.job_id, field, encoded, request, client)
                 break
             except ServiceError as exc:
                 # Redis is down: hold the event (the runtime keeps it in progress)

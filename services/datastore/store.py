@@ -213,12 +213,16 @@ class RegistryStore:
     # -- job records -------------------------------------------------------
 
     @_guarded
-    async def record_event(self, job_id: str, field: str, event: bytes, request: p.JobRequest | None) -> bool:
-        """Record one event under `field` unless already there; True if new.  Refreshes retention."""
+    async def record_event(self, job_id: str, field: str, event: bytes, request: p.JobRequest | None,
+                           client_id: str = "") -> bool:
+        """Record one event under `field` unless already there; True if new.  Refreshes retention.
+        `client_id` (from the event's subject) is kept once, as the job's `client` field."""
         retention = self.settings.job_retention_s
         key = domain.job_key(job_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hsetnx(key, field, event)
+            if client_id:
+                pipe.hsetnx(key, domain.CLIENT_FIELD, client_id)
             pipe.expire(key, retention)
             if request is not None:
                 index = domain.client_jobs_key(request.client_address)

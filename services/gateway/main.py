@@ -1,8 +1,10 @@
 """python -m services.gateway: settings → NATS → HTTP on LORANET_GATEWAY_PORT → drain on SIGTERM.
 
 The gateway is a NATS client like the SDK (it publishes jobs.submit and follows
-jobs.events.<job_id>), so it connects without loranet.runtime.Runtime, which
-would create streams: its NATS user has a client's permissions only.
+jobs.events.<client_id>.<job_id>), so it connects without loranet.runtime.Runtime, which
+would create streams.  It signs for many API-key clients over one connection, so its
+NATS user (deploy/nats/auth.conf, `gateway`) may follow any client's events and records;
+it keeps API keys apart itself.  Its replies arrive under its own inbox prefix.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from loranet.observability import EventLog, serve_metrics
 
 from .handlers import Gateway, build_app
 from .settings import GatewaySettings
+
+GATEWAY_INBOX_PREFIX = "_INBOX_gateway"  # the only inbox its NATS user may subscribe to
 
 
 async def serve(settings: GatewaySettings | None = None, stop: asyncio.Event | None = None,
@@ -46,7 +50,7 @@ async def serve(settings: GatewaySettings | None = None, stop: asyncio.Event | N
 
     nc = await nats.connect(settings.nats_url, name=instance, connect_timeout=5, max_reconnect_attempts=-1,
                             reconnect_time_wait=0.5, disconnected_cb=on_disconnected, reconnected_cb=on_reconnected,
-                            error_cb=on_error)
+                            error_cb=on_error, inbox_prefix=GATEWAY_INBOX_PREFIX)
     runner = web.AppRunner(build_app(Gateway(nc, settings, log)), access_log=None,
                            shutdown_timeout=settings.drain_timeout_s)
     await runner.setup()

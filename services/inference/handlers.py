@@ -103,7 +103,7 @@ class InferenceNode:
 
     async def fail(self, job: p.JobRequest, reason: str) -> None:
         await self.rt.emit(job.job_id, "failed", reason=reason, node_id=self.settings.node_id,
-                           dedup=self.settings.node_id)
+                           dedup=self.settings.node_id, client_key=job.client_key)
 
     async def on_batch(self, batch: p.WorkBatch, delivery: Delivery) -> None:
         try:

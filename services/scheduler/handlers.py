@@ -144,23 +144,24 @@ class Scheduler:
             raise
         return reply.state
 
-    async def release(self, job_id: str, reason: str) -> None:
+    async def release(self, job_id: str, reason: str, client_key: bytes = b"") -> None:
         """Refund a reserved job that will not run (expired, failed); idempotent at settlement."""
         if not self.settings.reserve_escrow:
             return
         try:
-            await self.rt.request(p.SETTLEMENT_RELEASE, p.Release(job_id=job_id, reason=reason[:1024]), p.Receipt,
-                                  timeout=60)
+            await self.rt.request(p.SETTLEMENT_RELEASE, p.Release(job_id=job_id, reason=reason[:1024],
+                                                                  client_key=client_key), p.Receipt, timeout=60)
         except Exception as exc:  # another replica released it, or settlement is down: the job stays reserved
             self.rt.log.warning("job.release_failed", job_id=job_id, error=repr(exc))
 
-    async def stages(self, job_id: str) -> list[str]:
+    async def stages(self, job: p.JobRequest) -> list[str]:
         """Stages of a job's events in stream order, up to the first one past dispatch."""
         out: list[str] = []
         seq = 1
         while True:
             try:
-                msg = await self.rt.js.get_msg("EVENTS", seq=seq, subject=p.job_events(job_id), next=True)
+                msg = await self.rt.js.get_msg("EVENTS", seq=seq, subject=p.job_events(job.client_key, job.job_id),
+                                               next=True)
             except NotFoundError:
                 return out
             try:
@@ -189,12 +190,12 @@ class Scheduler:
         except SignatureInvalid as exc:
             # The job id is not authenticated, so no event is written for it.
             raise Reject(f"forged or unsigned job: {exc}") from None
-        if delivery.deliveries > 1 and (past := set(await self.stages(job.job_id)) - {"admitted"}):
+        if delivery.deliveries > 1 and (past := set(await self.stages(job)) - {"admitted"}):
             # A replica stopped after dispatching it (or refusing it): nothing left to do.
             self.rt.log.info("job.redelivered_done", job_id=job.job_id, stages=sorted(past))
             return
         if not self.limiter.allow(job.client_key):
-            await self.rt.emit(job.job_id, "rejected", reason=(
+            await self.rt.emit(job.job_id, "rejected", client_key=job.client_key, reason=(
                 f"rate limit: client {job.client_key.hex()[:16]} may submit {self.settings.client_rate_per_s:g} jobs/s "
                 f"(bursts of {self.settings.client_burst}); retry in {self.limiter.retry_after(job.client_key):.1f}s"))
             return
@@ -207,7 +208,7 @@ class Scheduler:
             elif self.settings.require_escrow:
                 domain.check_escrow(job, await self.escrow(job.client_address))
         except domain.Refusal as refusal:
-            await self.rt.emit(job.job_id, "rejected", reason=refusal.reason)
+            await self.rt.emit(job.job_id, "rejected", reason=refusal.reason, client_key=job.client_key)
             return
         # The event is sent (in order on this connection, before any `dispatched`) while the job
         # is routed; its ack is awaited before the job is acknowledged.
@@ -225,8 +226,8 @@ class Scheduler:
                 live = any(hb.node_id == job.node_id for hb in await self.registry.nodes())
                 reason = (f"expired before node {job.node_id}, the one it names, could take it "
                           f"({'busy or not serving it' if live else 'unknown or dead'})")
-            await self.rt.emit(job.job_id, "rejected", reason=reason)
-            await self.release(job.job_id, reason)
+            await self.rt.emit(job.job_id, "rejected", reason=reason, client_key=job.client_key)
+            await self.release(job.job_id, reason, job.client_key)
 
     async def route(self, ticket: domain.Ticket) -> str | None:
         """Queue `ticket` and wait until it is dispatched: the node id, or None if it expired first."""
@@ -296,7 +297,8 @@ class Scheduler:
     async def _emit_dispatched(self, ticket: domain.Ticket, node_id: str) -> None:
         reason = f"re-dispatched from node {ticket.origin}" if ticket.origin else ""
         try:
-            await self.rt.emit(ticket.job_id, "dispatched", node_id=node_id, dedup=node_id, reason=reason)
+            await self.rt.emit(ticket.job_id, "dispatched", node_id=node_id, dedup=node_id, reason=reason,
+                               client_key=ticket.payload.client_key)
         except Exception as exc:  # the work is out; a missing event must not hold it back
             self.rt.log.warning("dispatch.event_failed", job_id=ticket.job_id, node_id=node_id, error=repr(exc))
 
@@ -320,8 +322,12 @@ class Scheduler:
         self.outstanding.on_event(job_id, stage, node_id if isinstance(node_id, str) else "", at)
         if stage == "failed" and self.settings.reserve_escrow:
             # A node could not run the job: give the client its reservation back.
-            self.rt.spawn(self.release(job_id, f"failed on node {node_id}: {event.get('reason', '')}"[:1024]),
-                          name="release")
+            try:
+                client_key = bytes.fromhex(p.parse_job_events(msg.subject)[0])
+            except ValueError:
+                return
+            self.rt.spawn(self.release(job_id, f"failed on node {node_id}: {event.get('reason', '')}"[:1024],
+                                       client_key), name="release")
         if stage not in domain.UNFINISHED_STAGES and len(self.queue):
             self._wake.set()  # room freed on a node
 
@@ -443,7 +449,7 @@ class Scheduler:
             await self.rt.dead_letter("redispatch", msg, str(exc))
             return True
         jobs = [job for segment in batch.segments for job in segment.jobs]
-        stages = await asyncio.gather(*(self.stages(job.job_id) for job in jobs))
+        stages = await asyncio.gather(*(self.stages(job) for job in jobs))
         todo = [job for job, seen in zip(jobs, stages) if domain.needs_node(seen)]
         now = time.time()
         routes = [asyncio.ensure_future(self.route(domain.Ticket.of(job, now, origin=node_id))) for job in todo]
@@ -463,8 +469,8 @@ class Scheduler:
         for job, to in zip(todo, nodes):
             if to is None:
                 reason = f"node {node_id} died and the job expired before another could take it"
-                await self.rt.emit(job.job_id, "rejected", reason=reason)
-                await self.release(job.job_id, reason)
+                await self.rt.emit(job.job_id, "rejected", reason=reason, client_key=job.client_key)
+                await self.release(job.job_id, reason, job.client_key)
         self.redispatched += sum(1 for n in nodes if n)
         self.rt.log.info("batch.redispatched", node_id=node_id, batch_id=batch.batch_id, jobs=len(todo),
                          done_already=len(jobs) - len(todo))

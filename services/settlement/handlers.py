@@ -54,6 +54,8 @@ class Settlement:
         self._deciding: set[str] = set()  # jobs whose settle/refund is under way in this process
         self._final: OrderedDict[str, None] = OrderedDict()  # jobs this process saw to the end
         self._manifests: dict[str, tuple[float, p.AdapterManifest]] = {}
+        # job id → its client's key, which names the subject of the job's events (jobs.events.<client_id>.*)
+        self._clients: OrderedDict[str, bytes] = OrderedDict()
         self._fault_passes = 0
         self.reservations: WindowBatcher[str, Reservation, str | None] = WindowBatcher(
             self._reserve_batch, settings.reserve_window_s, MAX_JOBS)
@@ -141,6 +143,13 @@ class Settlement:
         """Refund a job that will not be verified (its reservation back to the client's escrow)."""
         if req.job_id in self._deciding:
             raise ServiceError("conflict", "the job is being settled or refunded now", "job_id")
+        if len(req.client_key) == 32:
+            self._remember_client(req.job_id, req.client_key)
+        else:  # the refund's event needs the client: know it before anything goes on chain
+            try:
+                await self._client_key(req.job_id)
+            except ValueError as exc:
+                raise ServiceError("not_found", f"{exc}; pass the job's client_key", "client_key") from None
         self._deciding.add(req.job_id)
         try:
             receipt = await self.epochs.add("epoch", domain.Decision(req.job_id, None, req.reason or "released"))
@@ -176,6 +185,7 @@ class Settlement:
         except domain.BadVerdict as exc:
             raise Reject(f"verdict refused: {exc}") from None
         job_id = verdict.job_id
+        self._remember_client(job_id, verdict.result.request.client_key)
         if job_id in self._final or job_id in self._deciding:
             return  # decided here already; if its commit fails, its own message is retried
         needed = self.settings.verdict_quorum
@@ -308,7 +318,8 @@ class Settlement:
 
     async def _commit_settles(self, jobs: list[SettleJob], seq: int = 0) -> dict[str, p.Receipt]:
         seq = seq or await asyncio.to_thread(self.chain.last_seq) + 1
-        await self.journal.put(PendingCommit(seq=seq, settles=tuple(jobs)))
+        await self.journal.put(PendingCommit(seq=seq, settles=tuple(jobs),
+                                             clients=self._clients_of([j.job_id.hex() for j in jobs])))
         self._fault("before_send")
         try:
             tx_hash = await asyncio.to_thread(self.chain.send_settle_batch, seq, jobs)
@@ -325,7 +336,8 @@ class Settlement:
         return out
 
     async def _commit_refunds(self, refunds: list[tuple[str, str]]) -> dict[str, p.Receipt]:
-        await self.journal.put(PendingCommit(refunds=tuple(refunds)))
+        await self.journal.put(PendingCommit(refunds=tuple(refunds),
+                                             clients=self._clients_of([job_id for job_id, _ in refunds])))
         self._fault("before_send")
         try:
             info = await asyncio.to_thread(self.chain.refund, [job_id for job_id, _ in refunds])
@@ -341,6 +353,29 @@ class Settlement:
 
     # -- receipts ----------------------------------------------------------
 
+    def _clients_of(self, job_ids: list[str]) -> dict[str, str]:
+        """What the journal keeps so a restart can still name each receipt's events subject."""
+        return {j: self._clients[j].hex() for j in job_ids if j in self._clients}
+
+    def _remember_client(self, job_id: str, client_key: bytes) -> None:
+        self._clients[job_id] = client_key
+        self._clients.move_to_end(job_id)
+        while len(self._clients) > _RECENT:
+            self._clients.popitem(last=False)
+
+    async def _client_key(self, job_id: str) -> bytes:
+        """The job's client key: from its verdict or release, else from the subject of its last event."""
+        key = self._clients.get(job_id)
+        if key is not None:
+            return key
+        try:
+            msg = await self.rt.js.get_last_msg("EVENTS", p.job_events_by_id(job_id))
+        except NotFoundError:
+            raise ValueError(f"job {job_id}: no event names its client, so its receipt has no events subject") from None
+        key = bytes.fromhex(p.parse_job_events(msg.subject)[0])
+        self._remember_client(job_id, key)
+        return key
+
     async def _receipt_on_stream(self, job_id: str) -> p.Receipt | None:
         try:
             msg = await self.rt.js.get_last_msg("RECEIPTS", p.receipts(job_id))
@@ -354,7 +389,8 @@ class Settlement:
             if existing is not None:
                 return existing
         # The event first: a receipt on the stream then implies its event was recorded too.
-        await self.rt.emit(receipt.job_id, receipt.status, body=receipt, reason=reason)
+        await self.rt.emit(receipt.job_id, receipt.status, body=receipt, reason=reason,
+                           client_key=await self._client_key(receipt.job_id))
         await self.rt.publish(p.receipts(receipt.job_id), receipt, msg_id=f"{receipt.job_id}:receipt")
         return receipt
 
@@ -399,6 +435,8 @@ class Settlement:
             return
         self.rt.log.warning("journal.recovering", seq=pending.seq, settles=len(pending.settles),
                             refunds=len(pending.refunds))
+        for job_id, client_id in pending.clients.items():
+            self._remember_client(job_id, bytes.fromhex(client_id))
         if pending.settles:
             await self._recover_settles(pending)
         if pending.refunds:

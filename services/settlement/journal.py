@@ -34,12 +34,15 @@ class PendingCommit:
     settles: tuple[SettleJob, ...] = ()
     refunds: tuple[tuple[str, str], ...] = ()  # (job_id hex, reason)
     created_at: float = field(default_factory=time.time)
+    # job id → its client's id (hex key): the subject of the receipt's job event, jobs.events.<client_id>.*
+    clients: dict[str, str] = field(default_factory=dict)
 
     def encode(self) -> bytes:
         return json.dumps({
             "v": 1, "seq": self.seq, "created_at": self.created_at,
             "settles": [_job_to_json(j) for j in self.settles],
             "refunds": [list(r) for r in self.refunds],
+            "clients": self.clients,
         }, separators=(",", ":")).encode()
 
     @classmethod
@@ -48,7 +51,8 @@ class PendingCommit:
         if raw.get("v") != 1:
             raise ValueError(f"unknown journal record version {raw.get('v')!r}")
         return cls(seq=int(raw["seq"]), settles=tuple(_job_from_json(j) for j in raw["settles"]),
-                   refunds=tuple((str(a), str(b)) for a, b in raw["refunds"]), created_at=float(raw["created_at"]))
+                   refunds=tuple((str(a), str(b)) for a, b in raw["refunds"]), created_at=float(raw["created_at"]),
+                   clients={str(k): str(v) for k, v in raw.get("clients", {}).items()})
 
 
 def _job_to_json(job: SettleJob) -> dict:

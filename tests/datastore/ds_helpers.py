@@ -11,6 +11,7 @@ OWNER = "0x" + "11" * 20
 OTHER_OWNER = "0x" + "22" * 20
 CLIENT = "0x" + "aB" * 20
 TOKENIZER = "7" * 64
+KEY = "01" * 32  # the client id of job_request's key (b"\x01" * 32): its events' subject token
 
 
 def model_manifest(model_id: str, name: str = "tiny-llama") -> p.ModelManifest:

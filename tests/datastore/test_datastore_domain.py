@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ds_helpers import adapter_manifest, event, inference_result, job_request, lifecycle, receipt, verdict
+from ds_helpers import KEY, adapter_manifest, event, inference_result, job_request, lifecycle, receipt, verdict
 from loranet import codec, protocol as p
 from loranet.runtime import Reject, ServiceError
 from services.datastore import domain
@@ -17,7 +17,7 @@ def _fields(events):
     """What Redis would hold after recording `events` in order (first write per field wins)."""
     fields: dict[str, bytes] = {}
     for ev in events:
-        body = domain.check_event(ev, p.job_events(ev.job_id))
+        body = domain.check_event(ev, p.job_events(KEY, ev.job_id))
         fields.setdefault(domain.event_field(ev, body), codec.encode(ev))
     return fields
 
@@ -61,14 +61,19 @@ def test_first_event_of_a_stage_wins_but_every_verifier_counts():
 def test_events_that_cannot_be_recorded_are_rejected():
     job_id = p.new_job_id()
     with pytest.raises(Reject, match="needs its JobRequest"):
-        domain.check_event(event(job_id, "admitted"), p.job_events(job_id))
+        domain.check_event(event(job_id, "admitted"), p.job_events(KEY, job_id))
     with pytest.raises(Reject, match="arrived on"):
-        domain.check_event(event(job_id, "dispatched"), p.job_events(p.new_job_id()))
+        domain.check_event(event(job_id, "dispatched"), p.job_events(KEY, p.new_job_id()))
     with pytest.raises(Reject, match="receipt status"):
-        domain.check_event(event(job_id, "refunded", receipt(job_id, "settled")), p.job_events(job_id))
+        domain.check_event(event(job_id, "refunded", receipt(job_id, "settled")), p.job_events(KEY, job_id))
     with pytest.raises(Reject, match="body of stage"):
-        domain.check_event(event(job_id, "verdict", job_request(job_id)), p.job_events(job_id))
-    assert domain.check_event(event(job_id, "failed", reason="x"), p.job_events(job_id)) is None
+        domain.check_event(event(job_id, "verdict", job_request(job_id)), p.job_events(KEY, job_id))
+    assert domain.check_event(event(job_id, "failed", reason="x"), p.job_events(KEY, job_id)) is None
+    # keyed by client: a body signed by one client on another client's subject, or no client token
+    with pytest.raises(Reject, match="subject names"):
+        domain.check_event(event(job_id, "admitted", job_request(job_id)), p.job_events("ef" * 32, job_id))
+    with pytest.raises(Reject, match="arrived on"):
+        domain.check_event(event(job_id, "dispatched"), f"jobs.events.{job_id}")
 
 
 def test_adapter_upload_checks(models):

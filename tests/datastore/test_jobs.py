@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from ds_helpers import CLIENT, event, inference_result, job_request, lifecycle, verdict
+from ds_helpers import CLIENT, KEY, event, inference_result, job_request, lifecycle, verdict
 from loranet import codec, protocol as p
 from loranet.runtime import RemoteError, request
 from services.datastore import domain
@@ -16,11 +16,11 @@ from services.datastore import domain
 
 async def publish(ds, ev: p.JobEvent, msg_id: str | None = None) -> None:
     headers = {"Nats-Msg-Id": msg_id} if msg_id else None
-    await ds.rt.js.publish(p.job_events(ev.job_id), codec.encode(ev), headers=headers)
+    await ds.rt.js.publish(p.job_events(KEY, ev.job_id), codec.encode(ev), headers=headers)
 
 
 async def get_job(ds, job_id: str) -> p.JobRecord:
-    return await request(ds.nc, p.DATASTORE_JOB_GET, p.JobGet(job_id=job_id), p.JobRecord, timeout=10)
+    return await request(ds.nc, p.datastore_job_get(KEY), p.JobGet(job_id=job_id), p.JobRecord, timeout=10)
 
 
 async def wait_for(ds, job_id: str, predicate, timeout: float = 15.0) -> p.JobRecord:
@@ -64,6 +64,21 @@ async def test_record_from_shuffled_duplicated_events(datastore):
     # The per-client index.
     listed = await request(ds.nc, p.DATASTORE_JOB_LIST, p.JobList(client_address=CLIENT.lower()), p.JobListReply)
     assert [(j.job_id, j.status, j.adapter_id) for j in listed.jobs] == [(job_id, "settled", req.adapter_id)]
+
+
+async def test_a_record_is_answered_to_its_own_client_only(datastore):
+    """datastore.job.get.<client_id>: the one subject a client's NATS identity may ask on; another
+    client's id gets not_found, so a job id learnt elsewhere (on chain) does not open its output."""
+    ds = datastore
+    job_id = p.new_job_id()
+    for ev in lifecycle(job_id):
+        await publish(ds, ev)
+    record = await wait_for(ds, job_id, lambda r: r.status == "settled")
+    assert record.result is not None and record.result.output_text
+    for other in ("ef" * 32, "00" * 32):
+        with pytest.raises(RemoteError) as err:
+            await request(ds.nc, p.datastore_job_get(other), p.JobGet(job_id=job_id), p.JobRecord, timeout=10)
+        assert err.value.code == "not_found" and "this client" in err.value.message
 
 
 async def test_status_never_regresses_and_terminal_stages(datastore):
@@ -149,7 +164,7 @@ async def test_unrecordable_events_are_dead_lettered(datastore):
     ]
     for ev in bad:
         await publish(ds, ev)
-    await ds.rt.js.publish(p.job_events(other_id), codec.encode(event(job_id, "dispatched")))  # wrong subject
+    await ds.rt.js.publish(p.job_events(KEY, other_id), codec.encode(event(job_id, "dispatched")))  # wrong subject
     await publish(ds, event(job_id, "dispatched", node_id="n1"))
     rec = await wait_for(ds, job_id, lambda r: r.status == "dispatched")
     deadline = time.monotonic() + 10

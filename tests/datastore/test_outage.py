@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from ds_helpers import event, job_request, model_manifest
+from ds_helpers import KEY, event, job_request, model_manifest
 from loranet import codec, protocol as p
 from loranet.runtime import RemoteError, request
 
@@ -21,7 +21,7 @@ async def test_redis_down_unavailable_then_recovers(datastore, redis_server, mod
         (p.DATASTORE_MODEL_GET, p.ModelGet(model="tiny-llama")),
         (p.DATASTORE_MODEL_PUT, put),
         (p.DATASTORE_ADAPTER_LIST, p.AdapterList()),
-        (p.DATASTORE_JOB_GET, p.JobGet(job_id=p.new_job_id())),
+        (p.datastore_job_get(KEY), p.JobGet(job_id=p.new_job_id())),
     ]:
         started = time.monotonic()
         with pytest.raises(RemoteError) as err:
@@ -30,14 +30,14 @@ async def test_redis_down_unavailable_then_recovers(datastore, redis_server, mod
         assert time.monotonic() - started < 5
     # An event published during the outage waits for Redis instead of being lost.
     job_id = p.new_job_id()
-    await ds.rt.js.publish(p.job_events(job_id), codec.encode(event(job_id, "admitted", job_request(job_id))))
+    await ds.rt.js.publish(p.job_events(KEY, job_id), codec.encode(event(job_id, "admitted", job_request(job_id))))
     await asyncio.sleep(1.0)
     redis_server.start()
     assert await request(ds.nc, p.DATASTORE_MODEL_GET, p.ModelGet(model="tiny-llama"), p.ModelManifest, timeout=10) == stored
     deadline = time.monotonic() + 15
     while True:
         try:
-            record = await request(ds.nc, p.DATASTORE_JOB_GET, p.JobGet(job_id=job_id), p.JobRecord, timeout=10)
+            record = await request(ds.nc, p.datastore_job_get(KEY), p.JobGet(job_id=job_id), p.JobRecord, timeout=10)
             break
         except RemoteError as exc:
             assert exc.code in ("not_found", "unavailable") and time.monotonic() < deadline

@@ -163,7 +163,7 @@ async def test_corrupted_blob_is_never_served_and_reupload_heals(datastore, mode
 
 @pytest.mark.parametrize("subject", [
     p.DATASTORE_MODEL_PUT, p.DATASTORE_MODEL_GET, p.DATASTORE_ADAPTER_PUT, p.DATASTORE_ADAPTER_GET,
-    p.DATASTORE_ADAPTER_LIST, p.DATASTORE_ADAPTER_BLOB, p.DATASTORE_JOB_GET, p.DATASTORE_JOB_LIST,
+    p.DATASTORE_ADAPTER_LIST, p.DATASTORE_ADAPTER_BLOB, p.datastore_job_get("01" * 32), p.DATASTORE_JOB_LIST,
 ])
 async def test_bad_input_gets_invalid_and_service_keeps_serving(datastore, models, subject):
     ds = datastore

@@ -189,3 +189,33 @@ def test_gpu_override_reserves_a_gpu_for_inference_only():
 def test_gateway_keys_file_is_a_json_map():
     keys = json.loads((ROOT / "deploy" / "gateway" / "keys.json").read_text())
     assert keys and all(isinstance(k, str) and isinstance(v, str) for k, v in keys.items())
+
+
+def test_clients_get_their_identity_from_the_auth_service(compose):
+    """No client user: the servers hand client connections to the `auth` service (auth callout), whose
+    issuer and own NKEY are the public halves of the seeds compose gives it."""
+    from loranet import natsauth
+
+    auth = (ROOT / "deploy" / "nats" / "auth.conf").read_text()
+    assert "user: client" not in auth and "LORANET_NATS_PASSWORD_CLIENT" not in auth
+    assert re.search(r"auth_callout\s*\{\s*issuer:\s*\$LORANET_NATS_AUTH_ISSUER", auth)
+    callout_users = re.search(r"auth_users:\s*\[([^\]]*)\]", auth).group(1).replace(",", " ").split()
+    static = set(re.findall(r"^\s*user:\s*(\w+)", auth, re.M))
+    assert set(callout_users) == static | {"$LORANET_NATS_AUTH_NKEY"}  # every static user bypasses the callout
+    services = compose["services"]
+    assert command_of(services["auth"]) == "python -m services.auth"
+    env = services["auth"]["environment"]
+    assert env["LORANET_NATS_URL"] == "nats://nats:4222"  # no password: it signs in with its NKEY
+
+    def default(value: str) -> str:
+        return re.fullmatch(r"\$\{\w+:-(\w+)\}", value).group(1)
+
+    issuer = natsauth.issuer_from_seed(default(env["LORANET_AUTH_ISSUER_SEED"]))
+    service_seed = default(env["LORANET_AUTH_NKEY_SEED"])
+    for node in NATS_NODES:
+        node_env = services[node]["environment"]
+        assert default(node_env["LORANET_NATS_AUTH_ISSUER"]) == natsauth.encode_public(
+            bytes(issuer.verify_key), natsauth.PREFIX_ACCOUNT)
+        import nkeys
+        assert default(node_env["LORANET_NATS_AUTH_NKEY"]) == nkeys.from_seed(bytearray(service_seed.encode())).public_key.decode()
+        assert "LORANET_NATS_PASSWORD_CLIENT" not in node_env

@@ -22,7 +22,8 @@ from pathlib import Path
 import nats
 import pytest
 
-from loranet import protocol as p, topology
+from loranet import natsauth, protocol as p, topology
+from loranet.signing import Identity
 from loranet.servers import free_port, nats_server_binary, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,9 +47,11 @@ def cluster(tmp_path_factory):
     ports = {n: {"client": free_port(), "http": free_port(), "cluster": free_port()} for n in NODES}
     routes = {n: ports[n]["cluster"] for n in NODES}
     source = (NATS_DIR / "server.conf").read_text()
-    env = dict(os.environ, LORANET_NATS_PASSWORD_INIT="pw-init",
+    issuer_public, _ = natsauth.new_issuer()
+    env = dict(os.environ, LORANET_NATS_PASSWORD_INIT="pw-init", LORANET_NATS_AUTH_ISSUER=issuer_public,
+               LORANET_NATS_AUTH_NKEY=natsauth.public_of(Identity.generate()),
                **{f"LORANET_NATS_PASSWORD_{r}": "x" for r in
-                  ("SCHEDULER", "INFERENCE", "VERIFIER", "SETTLEMENT", "DATASTORE", "GATEWAY", "CLIENT", "ADMIN")})
+                  ("SCHEDULER", "INFERENCE", "VERIFIER", "SETTLEMENT", "DATASTORE", "GATEWAY", "ADMIN")})
     procs = []
     for name in NODES:
         d = root / name
@@ -105,8 +108,10 @@ async def test_three_nodes_form_a_cluster_and_hold_every_stream_three_times(clus
     kv = await js.stream_info(f"KV_{p.NODES_BUCKET}")
     assert kv.config.num_replicas == 3
     await nc.drain()
-    # A job acknowledged through one node (as a client: init may not submit jobs) is there through another.
-    client = await nats.connect(f"nats://client:x@127.0.0.1:{cluster['nats-1']['client']}")
+    # A job acknowledged through one node (as the gateway: init may not submit jobs; clients need the
+    # auth service) is there through another.
+    client = await nats.connect(f"nats://gateway:x@127.0.0.1:{cluster['nats-1']['client']}",
+                                inbox_prefix="_INBOX_gateway")
     ack = await client.jetstream().publish(p.JOBS_SUBMIT, b"x")
     await client.drain()
     other = await nats.connect(f"nats://init:pw-init@127.0.0.1:{cluster['nats-3']['client']}")

@@ -15,6 +15,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +24,13 @@ import nats
 import pytest
 from nats.js.api import KeyValueConfig, StorageType
 
-from loranet import codec, protocol as p, topology
+from loranet import codec, natsauth, protocol as p, topology
 from loranet.client import Client
 from loranet.runtime import ServiceError, Endpoint, Pull, Runtime
 from loranet.servers import free_port, nats_server_binary, wait_for_port
 from loranet.settings import CommonSettings
 from loranet.signing import Identity
+from services.gateway.main import GATEWAY_INBOX_PREFIX
 from services.scheduler.handlers import REDISPATCH_DURABLE, Scheduler
 from services.scheduler.settings import SchedulerSettings
 from services.verifier.domain import NodeRecord
@@ -37,9 +39,11 @@ from services.verifier.settings import VerifierSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTH = ROOT / "deploy" / "nats" / "auth.conf"
-ROLES = ("init", "scheduler", "inference", "verifier", "settlement", "datastore", "gateway", "client", "admin")
+ROLES = ("init", "scheduler", "inference", "verifier", "settlement", "datastore", "gateway", "admin")
 NODE, OTHER_NODE = "node-a", "node-b"
 JOB = "ab" * 16
+CLIENT = "cd" * 32  # a client id (the hex of an Ed25519 key) for subjects services publish on
+OTHER = "ef" * 32   # some other client's id
 PERMISSION = "permissions violation"  # nats-py lower-cases the server's -ERR text
 
 
@@ -52,40 +56,71 @@ def _load_init():
 
 @pytest.fixture(scope="module")
 def nats_auth(tmp_path_factory):
-    """nats-server with JetStream and deploy/nats/auth.conf; yields role -> URL."""
+    """nats-server with JetStream and deploy/nats/auth.conf, and the real auth service (services/auth) answering
+    its callout; yields role -> URL (`client`: the URL without credentials, a client brings its key)."""
+    from loranet.signing import write_secret_file
+
     root = tmp_path_factory.mktemp("nats-auth")
     shutil.copy(AUTH, root / "auth.conf")
     port = free_port()
     (root / "server.conf").write_text(
         f"listen: 127.0.0.1:{port}\nmax_payload: 8MB\n"
         f"jetstream {{\n  store_dir: \"{root / 'js'}\"\n}}\ninclude auth.conf\n")
-    env = dict(os.environ, **{f"LORANET_NATS_PASSWORD_{r.upper()}": f"pw-{r}" for r in ROLES})
+    issuer_public, issuer_seed = natsauth.new_issuer()
+    service = Identity.generate()
+    write_secret_file(root / "issuer.seed", issuer_seed)
+    write_secret_file(root / "nkey.seed", natsauth.seed_of(service))
+    env = dict(os.environ, LORANET_NATS_AUTH_ISSUER=issuer_public, LORANET_NATS_AUTH_NKEY=natsauth.public_of(service),
+               **{f"LORANET_NATS_PASSWORD_{r.upper()}": f"pw-{r}" for r in ROLES})
     log = open(root / "nats.log", "ab")
     proc = subprocess.Popen([nats_server_binary(), "-c", str(root / "server.conf")], env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
     wait_for_port(port, 15, proc)
-    yield {r: f"nats://{r}:pw-{r}@127.0.0.1:{port}" for r in ROLES}
-    proc.terminate()
-    proc.wait(10)
+    auth_env = dict(os.environ, LORANET_NATS_URL=f"nats://127.0.0.1:{port}", LORANET_INSTANCE="auth-test",
+                    LORANET_AUTH_ISSUER_SEED_FILE=str(root / "issuer.seed"),
+                    LORANET_AUTH_NKEY_SEED_FILE=str(root / "nkey.seed"))
+    auth_log = open(root / "auth.log", "ab")
+    auth = subprocess.Popen([sys.executable, "-m", "services.auth"], env=auth_env, cwd=ROOT, stdout=auth_log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    auth_log.close()
+    deadline = time.monotonic() + 60
+    while '"event":"service.started"' not in (root / "auth.log").read_text():
+        assert auth.poll() is None and time.monotonic() < deadline, (root / "auth.log").read_text()
+        time.sleep(0.1)
+    urls = {r: f"nats://{r}:pw-{r}@127.0.0.1:{port}" for r in ROLES}
+    urls["client"] = f"nats://127.0.0.1:{port}"
+    yield urls
+    for p_ in (auth, proc):
+        p_.terminate()
+        p_.wait(10)
 
 
 @dataclass
 class Conn:
     nc: nats.aio.client.Client
     errors: list[str] = field(default_factory=list)
+    identity: Identity | None = None  # a client's key (a URL without credentials)
 
     def violations(self) -> list[str]:
         return [e.lower() for e in self.errors if PERMISSION in e.lower()]
 
 
-async def connect(url: str) -> Conn:
+async def connect(url: str, identity: Identity | None = None) -> Conn:
+    """A connection as the URL's user, or (a URL without credentials) as a client with `identity`'s key
+    (a fresh one by default), authorized by the auth service."""
     conn = Conn(None)  # type: ignore[arg-type]
 
     async def on_error(exc: Exception) -> None:
         conn.errors.append(str(exc))
 
-    conn.nc = await nats.connect(url, error_cb=on_error, allow_reconnect=False, connect_timeout=5)
+    options = {}
+    if "@" not in url:
+        conn.identity = identity or Identity.generate()
+        options = natsauth.connect_options(conn.identity)
+    elif url.startswith("nats://gateway:"):
+        options = {"inbox_prefix": GATEWAY_INBOX_PREFIX}
+    conn.nc = await nats.connect(url, error_cb=on_error, allow_reconnect=False, connect_timeout=5, **options)
     return conn
 
 
@@ -150,7 +185,7 @@ class Services:
                            Endpoint("reserve", p.SETTLEMENT_RESERVE, p.Reserve, reply),
                            Endpoint("release", p.SETTLEMENT_RELEASE, p.Release, reply)],
             "datastore": [Pull("job-events", topology.DATASTORE, p.JobEvent, record)]
-                         + [Endpoint(s.replace(".", "-"), s, p.SCHEMAS[s], reply)
+                         + [Endpoint(s.replace(".", "-").replace("*", "client"), s, p.SCHEMAS[s], reply)
                             for s in p.SCHEMAS if s.startswith("datastore.")],
         }
         for role, routes in stubs.items():
@@ -219,8 +254,8 @@ async def test_every_role_consumes_its_subject_and_dead_letters_what_it_cannot_r
         ("scheduler", p.work(NODE), "inference", "work"),
         ("inference", p.results(NODE), "verifier", "results"),
         ("verifier", p.verdicts(JOB), "settlement", "verdicts"),
-        ("scheduler", p.job_events(JOB), "datastore", "job-events"),
-        ("settlement", p.job_events(JOB), "datastore", "job-events"),
+        ("scheduler", p.job_events(CLIENT, JOB), "datastore", "job-events"),
+        ("settlement", p.job_events(CLIENT, JOB), "datastore", "job-events"),
     ]
     publishers = {role: await connect(nats_auth[role]) for role in {f[0] for f in flows}}
     for i, (publisher, subject, consumer, route) in enumerate(flows):
@@ -238,16 +273,16 @@ async def test_every_role_consumes_its_subject_and_dead_letters_what_it_cannot_r
 
 async def test_each_role_publishes_and_requests_what_its_code_does(nats_auth, services):
     uses = {
-        "scheduler": dict(js=[p.work(NODE), p.job_events(JOB), p.dead_letter(p.JOBS_SUBMIT)],
+        "scheduler": dict(js=[p.work(NODE), p.job_events(CLIENT, JOB), p.dead_letter(p.JOBS_SUBMIT)],
                           req=[(p.DATASTORE_ADAPTER_GET, p.AdapterGet(adapter="demo-0")),
                                (p.SETTLEMENT_BALANCE, p.BalanceGet(address="0x" + "1" * 40))]),
-        "inference": dict(js=[p.results(NODE), p.job_events(JOB), p.dead_letter(p.work(NODE))],
+        "inference": dict(js=[p.results(NODE), p.job_events(CLIENT, JOB), p.dead_letter(p.work(NODE))],
                           req=[(p.DATASTORE_ADAPTER_BLOB, p.AdapterGet(adapter="demo-0"))]),
-        "verifier": dict(js=[p.verdicts(JOB), p.job_events(JOB), p.dead_letter(p.results(NODE))],
+        "verifier": dict(js=[p.verdicts(JOB), p.job_events(CLIENT, JOB), p.dead_letter(p.results(NODE))],
                          req=[(p.DATASTORE_ADAPTER_BLOB, p.AdapterGet(adapter="demo-0"))]),
-        "settlement": dict(js=[p.receipts(JOB), p.job_events(JOB), p.dead_letter(p.verdicts(JOB))],
+        "settlement": dict(js=[p.receipts(JOB), p.job_events(CLIENT, JOB), p.dead_letter(p.verdicts(JOB))],
                            req=[(p.DATASTORE_ADAPTER_GET, p.AdapterGet(adapter="demo-0"))]),
-        "datastore": dict(js=[p.dead_letter(p.job_events(JOB))], req=[]),
+        "datastore": dict(js=[p.dead_letter(p.job_events(CLIENT, JOB))], req=[]),
         "gateway": dict(js=[p.JOBS_SUBMIT],
                         req=[(p.DATASTORE_MODEL_GET, p.ModelGet(model="m")), (p.DATASTORE_ADAPTER_GET, p.AdapterGet(adapter="a")),
                              (p.DATASTORE_ADAPTER_LIST, p.AdapterList()), (p.SETTLEMENT_BALANCE, p.BalanceGet(address="0x" + "1" * 40)),
@@ -290,11 +325,11 @@ async def test_node_registry_writes_by_nodes_reads_by_scheduler_and_verifier(nat
 @pytest.mark.parametrize("role", ["client", "gateway"])
 async def test_a_client_submits_and_follows_its_own_job(nats_auth, services, role):
     conn = await connect(nats_auth[role])
-    client = Client(conn.nc, Identity.generate())
+    client = Client(conn.nc, conn.identity or Identity.generate())
     job = client.build(model_id="cd" * 32, adapter_id="", prompt="hello", max_tokens=2)
     await client.publish(job)
     # The real scheduler admits it, asks settlement for the escrow (none) and rejects it;
-    # the client follows jobs.events.<job_id> to that end and reads the record.
+    # the client follows jobs.events.<client_id>.<job_id> to that end and reads the record.
     outcome = await client.wait(job.job_id, timeout=15)
     assert outcome.job_id == job.job_id and outcome.status == "rejected"
     await settle(conn)
@@ -375,18 +410,36 @@ FORBIDDEN = [
     ("scheduler", "pub", p.results(NODE)),
     ("scheduler", "pub", p.verdicts(JOB)),
     ("settlement", "pub", p.verdicts(JOB)),
-    ("datastore", "pub", p.job_events(JOB)),
+    ("datastore", "pub", p.job_events(CLIENT, JOB)),
     ("datastore", "pub", p.JOBS_SUBMIT),
     ("client", "sub", p.results(NODE)),             # a client cannot read results ...
     ("client", "sub", p.RESULTS_ALL),
     ("client", "sub", p.VERDICTS_ALL),
     ("client", "sub", p.RECEIPTS_ALL),
     ("client", "sub", p.JOB_EVENTS_ALL),            # ... nor every job's events
+    ("client", "sub", "jobs.events.>"),
+    ("client", "sub", p.job_events_of(OTHER)),      # ... nor another client's
     ("client", "sub", p.WORK_ALL),
+    ("client", "sub", "_INBOX.>"),                  # nor the services' inboxes
+    ("client", "sub", natsauth.inbox_prefix(OTHER) + ".>"),  # nor another client's inbox
+    ("client", "sub", ">"),
+    ("client", "sub", natsauth.AUTH_CALLOUT_SUBJECT),        # nor the other clients' connection requests
     ("client", "pub", p.results(NODE)),
     ("client", "pub", p.verdicts(JOB)),
-    ("client", "pub", p.job_events(JOB)),
+    ("client", "pub", p.job_events(OTHER, JOB)),
     ("client", "pub", p.DATASTORE_JOB_LIST),        # nor list another address's jobs
+    ("client", "pub", p.datastore_job_get(OTHER)),  # nor read another client's records
+    ("client", "pub", "$JS.API.CONSUMER.CREATE.EVENTS"),     # a consumer on EVENTS only with its filter in the subject
+    ("client", "pub", f"$JS.API.CONSUMER.CREATE.EVENTS.spy.{p.job_events_of(OTHER)}"),
+    ("client", "pub", f"$JS.API.CONSUMER.CREATE.EVENTS.spy.{p.job_events(OTHER, JOB)}"),
+    ("client", "pub", f"$JS.API.CONSUMER.CREATE.EVENTS.spy.{p.JOB_EVENTS_ALL}"),
+    ("client", "pub", "$JS.API.CONSUMER.CREATE.EVENTS.spy.jobs.events.>"),
+    ("client", "pub", "$JS.API.CONSUMER.CREATE.EVENTS.spy"),
+    ("client", "pub", "$JS.API.CONSUMER.DURABLE.CREATE.EVENTS.spy"),
+    ("client", "pub", "$JS.API.CONSUMER.MSG.NEXT.EVENTS.datastore"),
+    ("client", "pub", "$JS.API.CONSUMER.DELETE.EVENTS.datastore"),
+    ("client", "pub", "$JS.API.STREAM.INFO.EVENTS"),        # its subjects would list every client's job ids
+    ("client", "pub", "$JS.API.STREAM.MSG.GET.EVENTS"),
     ("client", "pub", f"$JS.API.CONSUMER.CREATE.RESULTS.spy.{p.RESULTS_ALL}"),
     ("client", "pub", "$JS.API.CONSUMER.CREATE.VERDICTS"),
     ("client", "pub", "$JS.API.CONSUMER.CREATE.RECEIPTS"),
@@ -394,7 +447,11 @@ FORBIDDEN = [
     ("client", "pub", "$JS.API.DIRECT.GET.EVENTS"),
     ("client", "pub", "$JS.API.STREAM.DELETE.JOBS"),
     ("gateway", "sub", p.RESULTS_ALL),
+    ("gateway", "sub", "_INBOX.>"),
+    ("gateway", "sub", p.JOB_EVENTS_ALL),
     ("gateway", "pub", p.verdicts(JOB)),
+    ("gateway", "pub", "$JS.API.CONSUMER.CREATE.EVENTS"),
+    ("gateway", "pub", f"$JS.API.CONSUMER.CREATE.EVENTS.datastore.{p.JOB_EVENTS_ALL}"),
     ("scheduler", "pub", "$JS.API.STREAM.DELETE.JOBS"),
     ("inference", "pub", "$JS.API.STREAM.PURGE.RESULTS"),
     ("inference", "pub", f"$JS.API.CONSUMER.CREATE.RESULTS.verifier.{p.RESULTS_ALL}"),
@@ -432,7 +489,7 @@ async def test_confidential_jobs_registries_verifiers_announce_clients_read(nats
     node = await connect(nats_auth["inference"])
     await (await node.nc.jetstream().key_value(p.NODES_BUCKET)).put("node-sealed", codec.encode(hb))
     conn = await connect(nats_auth["client"])
-    client = Client(conn.nc, Identity.generate())
+    client = Client(conn.nc, conn.identity)
     deadline = time.monotonic() + 10
     while not await client.verifiers():
         assert time.monotonic() < deadline, services.errors["verifier"]
@@ -447,3 +504,161 @@ async def test_confidential_jobs_registries_verifiers_announce_clients_read(nats
     assert not node.errors and not services.errors["verifier"], (node.errors, services.errors["verifier"])
     for c in (conn, node):
         await c.nc.close()
+
+
+# ---------------------------------------------------------------------------
+# One NATS identity per client (the auth callout): no client reads another's results
+# ---------------------------------------------------------------------------
+
+
+async def _job_of(conn: Conn) -> str:
+    """A job of `conn`'s client, run to its end by the real scheduler (rejected: no escrow)."""
+    client = Client(conn.nc, conn.identity)
+    job = client.build(model_id="cd" * 32, adapter_id="", prompt="a secret prompt", max_tokens=2)
+    await client.publish(job)
+    assert (await client.wait(job.job_id, timeout=15)).status == "rejected"
+    return job.job_id
+
+
+async def _api(conn: Conn, subject: str, config: dict) -> dict:
+    """A raw JetStream API request: the server's JSON answer (an error refusal is an answer too)."""
+    import json
+
+    msg = await conn.nc.request(subject, json.dumps({"stream_name": "EVENTS", "config": config}).encode(), timeout=3)
+    return json.loads(msg.data)
+
+
+async def test_a_client_cannot_follow_another_clients_job_events(nats_auth, services):
+    alice, bob = await connect(nats_auth["client"]), await connect(nats_auth["client"])
+    bob_id = p.client_id(bob.identity.public)
+    alice_id = p.client_id(alice.identity.public)
+    bob_job = await _job_of(bob)  # bob's own submit → wait works end to end
+    await _job_of(alice)
+    js = alice.nc.jetstream()
+    # Every way alice could put a consumer on bob's events: the SDK's (named, filtered), the
+    # filterless create, a wildcard filter, a legacy durable create: refused by the server.
+    attempts = [
+        lambda: js.subscribe(p.job_events(bob_id, bob_job), stream="EVENTS", ordered_consumer=True,
+                             config=__import__("nats").js.api.ConsumerConfig(name="spy-1")),
+        lambda: js.add_consumer("EVENTS", name="spy-2", filter_subject=p.job_events_of(bob_id), deliver_subject="x"),
+        lambda: js.add_consumer("EVENTS", name="spy-3", filter_subject=p.JOB_EVENTS_ALL, deliver_subject="x"),
+        lambda: js.add_consumer("EVENTS", deliver_subject=natsauth.inbox_prefix(alice_id) + ".spy"),  # filterless
+        lambda: js.add_consumer("EVENTS", durable_name="spy-4", deliver_subject="x"),
+        lambda: js.get_last_msg("EVENTS", p.job_events(bob_id, bob_job)),
+    ]
+    for attempt in attempts:
+        with pytest.raises(Exception):  # the request goes nowhere: a timeout (no responders) after the -ERR
+            await asyncio.wait_for(attempt(), 4)
+    await settle(alice)
+    assert len(alice.violations()) >= len(attempts), alice.errors
+    # A crafted request: alice's own filter in the API subject, another in the body.  The server
+    # checks that the body's filter is the subject's (so the permission on the subject holds).
+    own = f"$JS.API.CONSUMER.CREATE.EVENTS.spy-5.{p.job_events_of(alice_id)}"
+    inbox = natsauth.inbox_prefix(alice_id) + ".spy"
+    for config in ({"name": "spy-5", "filter_subject": p.job_events_of(bob_id), "deliver_subject": inbox},
+                   {"name": "spy-5", "filter_subject": "jobs.events.>", "deliver_subject": inbox},
+                   {"name": "spy-5", "filter_subjects": [p.job_events_of(bob_id)], "deliver_subject": inbox},
+                   {"name": "spy-5", "filter_subjects": [p.job_events_of(alice_id), p.job_events_of(bob_id)],
+                    "deliver_subject": inbox}):
+        answer = await _api(alice, own, config)
+        # 10131: the body's filter is not the subject's; 10137: several filters need the filterless API
+        assert answer.get("error", {}).get("err_code") in (10131, 10137), (config, answer)
+    # (the same request with the subject's filter in the body is accepted: the refusals above are the filter's)
+    answer = await _api(alice, own, {"name": "spy-5", "filter_subject": p.job_events_of(alice_id), "deliver_subject": inbox})
+    assert "error" not in answer and answer["config"]["filter_subject"] == p.job_events_of(alice_id), answer
+    # nor take over the datastore's durable (an update could narrow the filter it records from)
+    datastore = f"$JS.API.CONSUMER.CREATE.EVENTS.datastore.{p.job_events_of(alice_id)}"
+    before = len(alice.violations())
+    with pytest.raises(Exception):
+        await alice.nc.request(datastore, b"{}", timeout=2)
+    await settle(alice)
+    assert len(alice.violations()) == before + 1, alice.errors
+    # Core subscriptions to bob's events or inbox are refused too.
+    for subject in (p.job_events(bob_id, bob_job), p.job_events_of(bob_id), natsauth.inbox_prefix(bob_id) + ".>"):
+        await alice.nc.subscribe(subject)
+    await settle(alice)
+    assert len(alice.violations()) == before + 4, alice.errors
+    # What alice may do sees only her own events: a consumer with her own filter.
+    own_events = []
+    sub = await js.subscribe(p.job_events_of(alice_id), stream="EVENTS", ordered_consumer=True,
+                             config=__import__("nats").js.api.ConsumerConfig(name="mine"))
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=2)
+            own_events.append(msg.subject)
+    except Exception:
+        pass
+    await sub.unsubscribe()
+    assert own_events and all(p.parse_job_events(s)[0] == alice_id for s in own_events), own_events
+    for c in (alice, bob):
+        await c.nc.close()
+
+
+async def test_a_client_cannot_read_another_clients_inbox_or_records(nats_auth, services):
+    alice, bob = await connect(nats_auth["client"]), await connect(nats_auth["client"])
+    bob_id = p.client_id(bob.identity.public)
+    # bob's request-reply traffic arrives under his own prefix, which only he may subscribe to
+    spied = []
+
+    async def spy(msg) -> None:
+        spied.append(msg)
+
+    await alice.nc.subscribe(natsauth.inbox_prefix(bob_id) + ".>", cb=spy)
+    await alice.nc.subscribe("_INBOX.>", cb=spy)
+    await Client(bob.nc, bob.identity).balance()
+    await bob.nc.request(p.datastore_job_get(bob_id), codec.encode(p.JobGet(job_id=JOB)), timeout=5)
+    await settle(alice, bob)
+    assert spied == [] and len(alice.violations()) == 2, alice.errors
+    # bob's records are asked for on datastore.job.get.<bob's id>: alice may not publish there
+    with pytest.raises(Exception):
+        await alice.nc.request(p.datastore_job_get(bob_id), codec.encode(p.JobGet(job_id=JOB)), timeout=2)
+    await settle(alice)
+    assert any(p.datastore_job_get(bob_id) in e for e in alice.violations()), alice.errors
+    assert not bob.errors, bob.errors
+    for c in (alice, bob):
+        await c.nc.close()
+
+
+async def _raw_connect(url: str, connect_fields) -> str:
+    """Speak the NATS protocol by hand: read INFO, send CONNECT (fields built from the INFO), return the answer."""
+    import json
+    from urllib.parse import urlparse
+
+    where = urlparse(url)
+    reader, writer = await asyncio.open_connection(where.hostname, where.port)
+    try:
+        info = json.loads((await reader.readline()).decode().split(" ", 1)[1])
+        writer.write(b"CONNECT " + json.dumps({"verbose": False, "pedantic": False, "protocol": 1,
+                                               **connect_fields(info)}).encode() + b"\r\nPING\r\n")
+        await writer.drain()
+        return (await asyncio.wait_for(reader.readline(), 10)).decode().strip()
+    finally:
+        writer.close()
+
+
+async def test_a_connection_without_a_valid_key_signature_is_refused(nats_auth, services):
+    import base64
+
+    alice, mallory = Identity.generate(), Identity.generate()
+
+    def signed(by: Identity, key: Identity, nonce: str | None = None):
+        def fields(info: dict) -> dict:
+            sig = by.sign_bytes((nonce or info["nonce"]).encode())
+            return {"nkey": natsauth.public_of(key), "sig": base64.urlsafe_b64encode(sig).decode().rstrip("=")}
+        return fields
+
+    assert await _raw_connect(nats_auth["client"], signed(alice, alice)) == "PONG"  # the honest client
+    refused = {
+        "no credentials": lambda info: {},
+        "unknown user": lambda info: {"user": "client", "pass": "devnet-client"},
+        "alice's key, mallory's signature": signed(mallory, alice),
+        "alice's signature over another nonce (a replay)": signed(alice, alice, nonce="AAAAAAAAAAAAAAA"),
+        "a key without a signature": lambda info: {"nkey": natsauth.public_of(alice)},
+        "a garbled key": lambda info: {"nkey": "U" + "A" * 55, "sig": "AAAA"},
+    }
+    for what, fields in refused.items():
+        answer = await _raw_connect(nats_auth["client"], fields)
+        assert "authorization violation" in answer.lower(), (what, answer)
+    # and through nats-py: no key, no connection
+    with pytest.raises(Exception, match="(?i)authorization"):
+        await nats.connect(nats_auth["client"], allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=5)

@@ -17,7 +17,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from loranet import codec, devnet as dn, protocol as p
+from loranet import codec, devnet as dn, natsauth, protocol as p
 from loranet.client import Client
 from loranet.runtime import RemoteError
 from loranet.signing import Identity, sign
@@ -124,7 +124,8 @@ async def test_roles_are_least_privileged(devnet):
 
     for role, subject in (("inference", p.verdicts("0" * 32)), ("client", p.results("node-0")),
                           ("client", p.receipts("0" * 32)), ("inference", p.receipts("0" * 32))):
-        nc = await nats.connect(config.url_for(role), error_cb=on_error, max_reconnect_attempts=0)
+        key = natsauth.connect_options(Identity.generate()) if role == "client" else {}  # a client: its own key
+        nc = await nats.connect(config.url_for(role), error_cb=on_error, max_reconnect_attempts=0, **key)
         errors.clear()
         await nc.publish(subject, b"x")
         await nc.subscribe(subject)
@@ -133,6 +134,36 @@ async def test_roles_are_least_privileged(devnet):
         await nc.close()
         text = " ".join(str(e) for e in errors).lower()
         assert "permissions violation" in text and "publish" in text and "subscription" in text, (role, subject, errors)
+
+
+async def test_a_client_reads_its_own_jobs_only(devnet):
+    """Each client is its own NATS identity (the devnet's auth service): bob settles a job and reads it;
+    alice, who learns its id (job ids are on chain), can neither follow its events nor get its record."""
+    config, _ = devnet
+    refused: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        refused.append(str(exc).lower())
+
+    async with await Client.connect(config.url_for("client"), Identity.generate()) as bob, \
+            await Client.connect(config.url_for("client"), Identity.generate(), error_cb=on_error) as alice:
+        await bob.faucet(10**19, 10**18)
+        job_id = await bob.submit("demo-0", "bob's private prompt", 6)
+        assert (await bob.wait(job_id, 300)).status == "settled"
+        assert (await bob.job(job_id)).result.output_text
+        with pytest.raises(RemoteError) as err:  # the real datastore: not alice's job
+            await alice._request(p.datastore_job_get(alice.identity.public), p.JobGet(job_id=job_id), p.JobRecord)
+        assert err.value.code == "not_found"
+        with pytest.raises(nats.errors.TimeoutError):  # bob's subject: refused by the server, so no answer
+            await alice._request(p.datastore_job_get(bob.identity.public), p.JobGet(job_id=job_id), p.JobRecord,
+                                 timeout=2)
+        with pytest.raises(Exception):  # a consumer on bob's events: refused by the server
+            await asyncio.wait_for(alice.js.add_consumer(
+                "EVENTS", name="spy", filter_subject=p.job_events(bob.identity.public, job_id),
+                deliver_subject=natsauth.inbox_prefix(alice.client_id) + ".spy"), 3)
+        await alice.nc.flush()
+        assert any(f'publish to "{p.datastore_job_get(bob.identity.public)}"' in e for e in refused), refused
+        assert any("publish to" in e and "$js.api.consumer.create.events.spy" in e for e in refused), refused
 
 
 def test_no_secret_in_any_log(devnet):
@@ -144,7 +175,10 @@ def test_no_secret_in_any_log(devnet):
     for key_file in (state_dir / "state").glob("*.key"):
         assert key_file.stat().st_mode & 0o077 == 0, key_file
         secrets.append(key_file.read_text().strip())
-    assert len(secrets) >= len(dn.ROLES) + 2  # every role's password, a node's and a verifier's seed
+    for seed_file in (dn.AUTH_ISSUER_SEED_FILE, dn.AUTH_NKEY_SEED_FILE):  # the auth callout's seeds
+        assert (state_dir / seed_file).stat().st_mode & 0o077 == 0, seed_file
+        secrets.append((state_dir / seed_file).read_text().strip())
+    assert len(secrets) >= len(dn.ROLES) + 4  # every role's password, the auth seeds, a node's and a verifier's seed
     logs = list((state_dir / "logs").glob("*.log")) + [state_dir / "supervisor.log"]
     for log in logs:
         text = log.read_text(errors="replace")

@@ -15,6 +15,9 @@ from loranet.settings import CommonSettings
 from loranet.topology import ConsumerSpec
 
 
+CLIENT = "c1" * 32  # the client id in the events' subject
+
+
 def _event(job_id: str, stage: str = "admitted") -> p.JobEvent:
     return p.JobEvent(job_id=job_id, stage=stage, service="test", at=time.time())
 
@@ -43,13 +46,13 @@ async def test_pull_loop_handles_poison_and_keeps_serving(nats_server):
     async with Runtime("probe", settings) as rt:
         await rt.mount([Pull("events", spec, p.JobEvent, on_event, slots=4)])
         good = [p.new_job_id() for _ in range(5)]
-        await rt.nc.publish(p.job_events(good[0]), b"\xc1 not msgpack")  # core publish still lands in the stream
-        await rt.js.publish(p.job_events(good[0]), msgpack.packb({"v": 1, "job_id": "nope"}))
-        await rt.js.publish(p.job_events(good[1]), codec.encode(_event(good[1]).model_copy(update={"reason": "refuse"})))
-        await rt.js.publish(p.job_events(good[2]), codec.encode(_event(good[2]).model_copy(update={"reason": "boom"})))
+        await rt.nc.publish(p.job_events(CLIENT, good[0]), b"\xc1 not msgpack")  # core publish still lands in the stream
+        await rt.js.publish(p.job_events(CLIENT, good[0]), msgpack.packb({"v": 1, "job_id": "nope"}))
+        await rt.js.publish(p.job_events(CLIENT, good[1]), codec.encode(_event(good[1]).model_copy(update={"reason": "refuse"})))
+        await rt.js.publish(p.job_events(CLIENT, good[2]), codec.encode(_event(good[2]).model_copy(update={"reason": "boom"})))
         for job_id in good:
-            await rt.publish(p.job_events(job_id), _event(job_id), msg_id=job_id)
-        await rt.publish(p.job_events(good[0]), _event(good[0]), msg_id=good[0])  # duplicate: dropped by JetStream
+            await rt.publish(p.job_events(CLIENT, job_id), _event(job_id), msg_id=job_id)
+        await rt.publish(p.job_events(CLIENT, good[0]), _event(good[0]), msg_id=good[0])  # duplicate: dropped by JetStream
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and (len(seen) < 5 or rt.stats["events"].dead_lettered < 4):
             await asyncio.sleep(0.1)
@@ -73,16 +76,17 @@ async def test_endpoint_typed_errors(nats_server):
 
     async with Runtime("probe", settings) as rt:
         await rt.mount([Endpoint("job-get", p.DATASTORE_JOB_GET, p.JobGet, get_job)])
+        job_get = p.datastore_job_get(CLIENT)  # the endpoint listens on datastore.job.get.*
         nc = await nats.connect(nats_server.url)
         job_id = "f" + p.new_job_id()[1:]
-        rec = await request(nc, p.DATASTORE_JOB_GET, p.JobGet(job_id=job_id), p.JobRecord)
+        rec = await request(nc, job_get, p.JobGet(job_id=job_id), p.JobRecord)
         assert rec.job_id == job_id
         with pytest.raises(RemoteError) as err:
-            await request(nc, p.DATASTORE_JOB_GET, p.JobGet(job_id="0" * 32), p.JobRecord)
+            await request(nc, job_get, p.JobGet(job_id="0" * 32), p.JobRecord)
         assert err.value.code == "not_found" and err.value.field == "job_id"
-        reply = await nc.request(p.DATASTORE_JOB_GET, b"\x93garbage", timeout=5)
+        reply = await nc.request(job_get, b"\x93garbage", timeout=5)
         assert codec.decode(p.ErrorReply, reply.data).code == "invalid"
-        reply = await nc.request(p.DATASTORE_JOB_GET, b"x" * 100, timeout=5)
+        reply = await nc.request(job_get, b"x" * 100, timeout=5)
         assert codec.decode(p.ErrorReply, reply.data).code == "invalid"
         # $SRV discovery finds the service.
         ping = await nc.request("$SRV.PING.probe", b"", timeout=5)
@@ -104,7 +108,7 @@ async def test_drain_hands_back_inflight_work(nats_server):
     await rt.start()
     await rt.mount([Pull("events", spec, p.JobEvent, slow, slots=1)])
     job_id = p.new_job_id()
-    await rt.publish(p.job_events(job_id), _event(job_id), msg_id=job_id)
+    await rt.publish(p.job_events(CLIENT, job_id), _event(job_id), msg_id=job_id)
     await asyncio.wait_for(started.wait(), 10)
     await rt.close()  # handler cannot finish in time: message is naked back
 
@@ -136,7 +140,7 @@ async def test_transient_failures_retry_past_max_deliver_then_succeed(nats_serve
         # Short retry delays for the test.
         await rt.mount([Pull("events", spec, p.JobEvent, flaky, slots=1)])
         job_id = p.new_job_id()
-        await rt.publish(p.job_events(job_id), _event(job_id), msg_id=job_id)
+        await rt.publish(p.job_events(CLIENT, job_id), _event(job_id), msg_id=job_id)
         deadline = time.monotonic() + 40
         while len(attempts) < 4 and time.monotonic() < deadline:
             await asyncio.sleep(0.1)

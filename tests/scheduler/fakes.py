@@ -116,12 +116,12 @@ class FakeNode:
                             self._paused_until = time.monotonic() + self.pause_s
                             await asyncio.sleep(self.pause_s)
                         await asyncio.sleep(self.job_s)
-                        await self.result(j.job_id)
+                        await self.result(j.job_id, j.client_key)
                 await msg.ack()
 
-    async def result(self, job_id: str) -> None:
+    async def result(self, job_id: str, client_key: bytes) -> None:
         event = p.JobEvent(job_id=job_id, stage="result", service="inference", node_id=self.node_id, at=time.time())
-        await self.nc.jetstream().publish(p.job_events(job_id), codec.encode(event),
+        await self.nc.jetstream().publish(p.job_events(client_key, job_id), codec.encode(event),
                                           headers={"Nats-Msg-Id": f"{job_id}:result:{self.node_id}"})
         self.done.append(job_id)
 

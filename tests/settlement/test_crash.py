@@ -146,7 +146,7 @@ async def test_kill_at_each_point_then_restart(nats_server, chain_node_url, tmp_
         assert chain.job_state(v.job_id) == receipt.status
     # One terminal event per job.
     for v in verdicts:
-        events = [codec.decode(p.JobEvent, d) for d in await _messages(js, p.job_events(v.job_id), "EVENTS")]
+        events = [codec.decode(p.JobEvent, d) for d in await _messages(js, p.job_events(v.result.request.client_key, v.job_id), "EVENTS")]
         assert [e.stage for e in events] == [receipts[v.job_id][0].status]
     fees = sum(r[0].fee for r in receipts.values())
     assert fees == 15 * 10**12 * accepted  # 3 prompt + 3 output tokens at the devnet price

@@ -34,11 +34,14 @@ def test_plan_epoch_splits_by_chain_state_and_escrow():
 
 def test_journal_record_round_trip():
     jobs = (job(A, 10**27), job(B, 7))
-    commit = PendingCommit(seq=42, settles=jobs, refunds=(("33" * 16, "why"),))
+    commit = PendingCommit(seq=42, settles=jobs, refunds=(("33" * 16, "why"),), clients={"33" * 16: "ab" * 32})
     back = PendingCommit.decode(commit.encode())
     assert back == commit
     with pytest.raises(ValueError, match="version"):
         PendingCommit.decode(b'{"v": 2}')
+    # a record written before job events were keyed by client reads back with no clients
+    old = b'{"v":1,"seq":1,"created_at":0,"settles":[],"refunds":[["' + b"33" * 16 + b'","why"]]}'
+    assert PendingCommit.decode(old).clients == {}
 
 
 def test_quorum_counts_acceptance_per_result():

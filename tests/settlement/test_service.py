@@ -18,7 +18,7 @@ from tests import factories
 
 
 async def _events(js, job_id: str) -> list[p.JobEvent]:
-    sub = await js.pull_subscribe(p.job_events(job_id), stream="EVENTS")
+    sub = await js.pull_subscribe(p.job_events_by_id(job_id), stream="EVENTS")
     try:
         return [codec.decode(p.JobEvent, m.data) for m in await sub.fetch(20, timeout=1)]
     except Exception:
@@ -190,11 +190,26 @@ async def test_reserve_at_admission_then_settle_or_release(nats_server, chain):
         # A verified job releases its reservation and pays its fee; a released one pays nothing.
         await rt.js.publish(p.verdicts(jobs[0].job_id), codec.encode(factories.verdict(factories.result(jobs[0]))))
         settled = codec.decode(p.Receipt, (await _wait_stage(rt.js, jobs[0].job_id, "settled")).body)
-        released = await rt.request(p.SETTLEMENT_RELEASE, p.Release(job_id=jobs[1].job_id, reason="expired"), p.Receipt)
+        released = await rt.request(p.SETTLEMENT_RELEASE, p.Release(job_id=jobs[1].job_id, reason="expired",
+                                                                    client_key=jobs[1].client_key), p.Receipt)
         assert released.status == "refunded" and chain.job_state(jobs[1].job_id) == "refunded"
         assert chain.reserved_of(client.address) == 0
         assert chain.escrow_of(client.address) == 3 * 10**15 - settled.fee
         assert (await rt.request(p.SETTLEMENT_RELEASE, p.Release(job_id=jobs[1].job_id), p.Receipt)) == released
+        # Without the client key, settlement finds the client from the job's earlier events (their subject)...
+        reserved = factories.job(adapter_id="", client_address=client.address, max_fee=10**15)
+        assert (await reserve(reserved)).state == "reserved"
+        await rt.emit(reserved.job_id, "admitted", body=reserved)
+        receipt = await rt.request(p.SETTLEMENT_RELEASE, p.Release(job_id=reserved.job_id, reason="expired"), p.Receipt)
+        event = await _wait_stage(rt.js, reserved.job_id, "refunded")
+        assert receipt.status == "refunded" and codec.decode(p.Receipt, event.body) == receipt
+        assert (await rt.js.get_last_msg("EVENTS", p.job_events(reserved.client_key, reserved.job_id))).data
+        # ... and refuses, before touching the chain, a job that no event or key names.
+        nameless = factories.job(adapter_id="", client_address=client.address, max_fee=10**15)
+        assert (await reserve(nameless)).state == "reserved"
+        with pytest.raises(RemoteError) as unknown:
+            await rt.request(p.SETTLEMENT_RELEASE, p.Release(job_id=nameless.job_id), p.Receipt)
+        assert unknown.value.code == "not_found" and chain.job_state(nameless.job_id) == "reserved"
 
 
 async def test_quorum_votes_survive_a_restart(nats_server, chain):
