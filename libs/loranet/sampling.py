@@ -136,6 +136,30 @@ def sample(logits, params: SamplerParams, seed: int, step: int) -> int:
     return int(np.argmax(np.where(mask, scores, -np.inf)))
 
 
+def sample_many(logits, params: list[SamplerParams], seeds: list[int], steps: list[int]) -> list[int]:
+    """`sample` for each row of a [B, V] logits matrix (a serving batch): the same tokens, with the
+    greedy rows decided by one argmax over the batch instead of one float64 copy per row.
+
+    Equivalent: float32 -> float64 is exact, so the order of the values is the same, and both
+    argmaxes return the first index among equal maxima.  Rows holding NaN go through `sample`
+    (which refuses them)."""
+    if hasattr(logits, "detach"):  # a torch tensor (a CPU float32 one from the engine)
+        logits = logits.detach()
+    else:
+        logits = np.asarray(logits, dtype=np.float64)
+    out: list[int | None] = [None] * len(params)
+    greedy = [i for i, p in enumerate(params) if p.greedy]
+    if greedy:
+        rows = logits[greedy] if len(greedy) < len(params) else logits
+        if isinstance(rows, np.ndarray):
+            nan, best = np.isnan(rows).any(axis=1).tolist(), rows.argmax(axis=1).tolist()
+        else:
+            nan, best = rows.isnan().any(dim=1).tolist(), rows.argmax(dim=1).tolist()
+        for i, token, bad in zip(greedy, best, nan):
+            out[i] = None if bad else int(token)
+    return [t if t is not None else sample(logits[i], params[i], seeds[i], steps[i]) for i, t in enumerate(out)]
+
+
 def replay_margin(logits, params: SamplerParams, seed: int, step: int, chosen: int) -> float:
     """How decisively `chosen` wins the race on these logits; >= 0 iff `sample` picks it
     (up to exact ties, where the lower index wins and the margin is 0).

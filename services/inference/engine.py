@@ -10,8 +10,8 @@ One engine thread loops over `step()`:
 2. one packed forward (`forward.PackedLlama`) over every fresh prefill and
    one token of every running sequence, whatever their adapters: the sgmv
    slot map names each token's adapter;
-3. sampling with `loranet.sampling.sample(logits, params, seed, step)` per
-   sequence; stop on EOS, a stop string, max_tokens or the job's deadline;
+3. sampling with `loranet.sampling.sample_many` (`sample(logits, params, seed, step)` per
+   sequence, the greedy ones in one argmax); stop on EOS, a stop string, max_tokens or the job's deadline;
    the fingerprint is committed from the final-norm hidden rows
    (`loranet.fingerprint` row convention) when a sequence finishes.
 
@@ -37,7 +37,7 @@ from loranet.fingerprint import fingerprint_chunks
 from loranet.model import tokenizer
 from loranet.model.checkpoint import cache_root, ensure_default_model, load_base_model
 from loranet.model.content import ContentHashMismatch
-from loranet.sampling import SamplerParams, sample
+from loranet.sampling import SamplerParams, sample_many
 
 from . import metrics
 from .adapter_cache import AdapterCache, AdapterRefused
@@ -389,6 +389,8 @@ class Engine:
         generated = 0
         finished: list[tuple[_Sequence, str]] = []
         now_wall = time.time()
+        tokens = sample_many(logits, [s.req.params for s in seqs], [s.req.seed for s in seqs],
+                             [len(s.output) for s in seqs])
         for i, seq in enumerate(seqs):
             if i < len(fresh):
                 a, b = spans[i]
@@ -397,8 +399,7 @@ class Engine:
             else:
                 seq.rows.append(hidden[dec_rows[i - len(fresh)]: dec_rows[i - len(fresh)] + 1])
                 seq.cached += 1
-            req = seq.req
-            token = sample(logits[i], req.params, req.seed, len(seq.output))
+            token = tokens[i]
             seq.output.append(token)
             generated += 1
             reason = self._finish_reason(seq, token, now_wall)

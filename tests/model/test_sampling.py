@@ -75,3 +75,31 @@ def test_bad_params_are_refused():
     for kw in ({"temperature": -1}, {"top_k": -1}, {"top_p": 0.0}, {"top_p": 1.5}):
         with pytest.raises(ValueError):
             SamplerParams(**kw)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 24), st.booleans())
+def test_sample_many_equals_sample_row_by_row(seed, batch, as_tensor):
+    """The engine samples a whole batch at once: same tokens as `sample` on each row, greedy rows
+    (argmax over float32, ties included) and sampled rows mixed."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(batch, 97)).astype(np.float32) * 2
+    logits[:, 5] = logits[:, 9] = logits.max(axis=1) + 1  # an exact tie for the maximum in every row
+    params = [GREEDY if rng.random() < 0.6 else SamplerParams(float(rng.uniform(0.3, 1.5)), int(rng.integers(0, 20)),
+                                                            float(rng.uniform(0.5, 1.0))) for _ in range(batch)]
+    seeds = [int(x) for x in rng.integers(0, 2**63, size=batch)]
+    steps = [int(x) for x in rng.integers(0, 500, size=batch)]
+    from loranet.sampling import sample_many
+
+    got = sample_many(torch.from_numpy(logits) if as_tensor else logits, params, seeds, steps)
+    assert got == [sample(logits[i], params[i], seeds[i], steps[i]) for i in range(batch)]
+    assert all(got[i] == 5 for i in range(batch) if params[i].greedy)
+
+
+def test_sample_many_refuses_nan_rows():
+    from loranet.sampling import sample_many
+
+    logits = torch.zeros(3, 10)
+    logits[1, 4] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        sample_many(logits, [GREEDY] * 3, [0] * 3, [0] * 3)
