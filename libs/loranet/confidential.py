@@ -23,8 +23,12 @@ Hybrid encryption (``seal`` / ``open_sealed``):
 
 Protocol helpers bind the plaintext to its job: a sealed prompt carries the job
 id and the client's key (a copied ``sealed_prompt`` in another client's request
-does not open as that job), a sealed output carries the job id.  What stays in
-the clear is listed in docs/ARCHITECTURE.md ("Confidential jobs").
+does not open as that job), a sealed output carries the job id.  A sealed output
+holds everything of a result that is derived from the prompt or the output: the
+token ids, the text and the activation fingerprint's chunks (the proof: top-k
+final hidden-state entries, from which an observer holding the public model
+recovers output tokens, see bench/fingerprint_leak.py).  What stays in the
+clear is listed in docs/ARCHITECTURE.md ("Confidential jobs").
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ DATA_KEY_BYTES = SecretBox.KEY_SIZE  # 32
 SLOT_BYTES = 32 + 16 + DATA_KEY_BYTES  # ephemeral public key + MAC + sealed data key
 _EPHEMERAL_PERSON = b"loranet-seal-eph"  # BLAKE2b personalisation (16 bytes)
 DOMAIN_SEALED_PROMPT = "loranet/sealed-prompt/v1"
-DOMAIN_SEALED_OUTPUT = "loranet/sealed-output/v1"
+DOMAIN_SEALED_OUTPUT = "loranet/sealed-output/v2"  # v2: the fingerprint chunks are inside too
 
 
 class ConfidentialError(ValueError):
@@ -200,15 +204,18 @@ def output_recipients(result: p.InferenceResult) -> list[bytes]:
 
 
 def seal_result(result: p.InferenceResult) -> p.InferenceResult:
-    """The confidential form of an (unsigned) result: token ids and text only inside `sealed_output`.
+    """The confidential form of an (unsigned) result: token ids, text and fingerprint chunks only inside
+    `sealed_output`, one envelope to the client and the committee, bound to the job id.
 
-    The counts stay in the clear for the fee (`prompt_token_count`, `output_token_count`)."""
+    The counts stay in the clear for the fee (`prompt_token_count`, `output_token_count`), and the
+    fingerprint's public parameters (`chunk_tokens`, `top_k`) with an empty chunk list."""
     payload = _pack(DOMAIN_SEALED_OUTPUT, result.job_id, list(result.prompt_tokens), list(result.output_tokens),
-                    result.output_text)
+                    result.output_text, [bytes(c) for c in result.fingerprint.chunks])
     return result.model_copy(update={
         "sealed_output": seal(payload, output_recipients(result)),
         "prompt_token_count": len(result.prompt_tokens), "output_token_count": len(result.output_tokens),
         "prompt_tokens": [], "output_tokens": [], "output_text": "",
+        "fingerprint": result.fingerprint.model_copy(update={"chunks": []}),
     })
 
 
@@ -220,45 +227,64 @@ class Output:
     output_tokens: list[int]
     output_text: str
     key: bytes  # the output's data key (to check other recipients' slots)
+    fingerprint_chunks: list[bytes]  # the activation fingerprint's chunks (loranet.fingerprint encoding)
 
 
 def open_output(result: p.InferenceResult, identity: Identity) -> Output:
     """Open `sealed_output` (NotARecipient, Tampered)."""
     if result.sealed_output is None:
-        return Output(list(result.prompt_tokens), list(result.output_tokens), result.output_text, b"")
+        return Output(list(result.prompt_tokens), list(result.output_tokens), result.output_text, b"",
+                      list(result.fingerprint.chunks))
     key = data_key(result.sealed_output, identity)
-    _, job_id, prompt_tokens, output_tokens, text = _unpack(open_with_key(result.sealed_output, key),
-                                                             DOMAIN_SEALED_OUTPUT, 5)
+    _, job_id, prompt_tokens, output_tokens, text, chunks = _unpack(open_with_key(result.sealed_output, key),
+                                                                     DOMAIN_SEALED_OUTPUT, 6)
     ok = (job_id == result.job_id and isinstance(text, str) and isinstance(prompt_tokens, list)
-          and isinstance(output_tokens, list) and all(type(t) is int for t in [*prompt_tokens, *output_tokens]))
+          and isinstance(output_tokens, list) and all(type(t) is int for t in [*prompt_tokens, *output_tokens])
+          and isinstance(chunks, list) and all(type(c) is bytes for c in chunks))
     if not ok:
         raise Tampered("the sealed output belongs to another job or is malformed")
-    return Output(prompt_tokens, output_tokens, text, key)
+    try:  # the schema's bounds on what the clear fields would have held
+        fingerprint = p.Fingerprint.model_validate({**result.fingerprint.model_dump(), "chunks": chunks})
+    except ValueError:
+        raise Tampered("the sealed fingerprint is outside the protocol's bounds") from None
+    return Output(prompt_tokens, output_tokens, text, key, list(fingerprint.chunks))
+
+
+def view_of(result: p.InferenceResult, out: Output) -> p.InferenceResult:
+    """`result` with the opened token ids, text and fingerprint chunks put back in their clear fields.
+
+    For checking only (a committee member runs the cheap checks and the audit on it); never published."""
+    return result.model_copy(update={
+        "prompt_tokens": out.prompt_tokens, "output_tokens": out.output_tokens, "output_text": out.output_text,
+        "fingerprint": result.fingerprint.model_copy(update={"chunks": out.fingerprint_chunks}),
+    })
 
 
 def plaintext_view(result: p.InferenceResult, identity: Identity) -> tuple[p.InferenceResult, str, Output]:
-    """For a committee member: a copy of `result` with its token ids and text in the clear, the prompt, the output.
+    """For a committee member: a copy of `result` with its token ids, text and fingerprint in the clear, the prompt,
+    the output.
 
     The copy keeps the request exactly as signed (sealed), so signatures and the
     request hash still check; it is for checking only and is never published."""
     prompt = open_prompt(result.request, identity)
     out = open_output(result, identity)
-    view = result.model_copy(update={"prompt_tokens": out.prompt_tokens, "output_tokens": out.output_tokens,
-                                     "output_text": out.output_text})
-    return view, prompt, out
+    return view_of(result, out), prompt, out
 
 
 def sealing_problems(result: p.InferenceResult, out: Output) -> list[str]:
     """What is wrong with how a confidential result was sealed (empty: nothing), given its opened output.
 
-    Plaintext fields must be empty, the counts must match the sealed token ids,
-    and the output must be sealed to exactly the client and the committee, each
-    slot holding the output's key (so the client can read what was verified)."""
+    Plaintext fields (token ids, text, fingerprint chunks) must be empty, the counts
+    must match the sealed token ids, and the output must be sealed to exactly the
+    client and the committee, each slot holding the output's key (so the client
+    can read what was verified)."""
     problems = []
     if result.sealed_output is None:
         return ["a confidential job's result has no sealed_output"]
     if result.prompt_tokens or result.output_tokens or result.output_text:
         problems.append("plaintext token ids or text beside the sealed output")
+    if result.fingerprint.chunks:
+        problems.append(f"{len(result.fingerprint.chunks)} fingerprint chunks in the clear beside the sealed output")
     if (result.prompt_token_count, result.output_token_count) != (len(out.prompt_tokens), len(out.output_tokens)):
         problems.append(f"counts {result.prompt_token_count}/{result.output_token_count} != sealed "
                         f"{len(out.prompt_tokens)}/{len(out.output_tokens)}")

@@ -178,9 +178,10 @@ class Evidence(Wire):
 class InferenceResult(AdditiveWire):
     """A node's signed result with its proof material (subject results.<node_id>).
 
-    For a confidential job the token ids and the text are only inside
-    `sealed_output` (sealed to the client and the job's verifier committee) and
-    the plaintext fields are empty; the counts the fee needs stay in the clear."""
+    For a confidential job the token ids, the text and the fingerprint's chunks
+    are only inside `sealed_output` (sealed to the client and the job's verifier
+    committee) and those clear fields are empty; the counts the fee needs stay in
+    the clear."""
 
     v: Literal[1] = 1
     job_id: JobId

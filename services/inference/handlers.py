@@ -178,7 +178,7 @@ class InferenceNode:
             prompt_tokens=gen.prompt_tokens, output_tokens=gen.output_tokens, output_text=gen.output_text,
             finish_reason=gen.finish_reason, chunks=gen.chunks, started_at=started, finished_at=time.time(),
         )
-        if job.confidential:  # token ids and text only inside sealed_output, to the client and the committee
+        if job.confidential:  # token ids, text and fingerprint only inside sealed_output, to client + committee
             result = confidential.seal_result(result)
         result = sign(result, self.identity, p.DOMAIN_RESULT)
         self._recent[job.job_id] = result

@@ -180,8 +180,7 @@ class Verifier:
             out = confidential.open_output(result, self.identity)
         except confidential.ConfidentialError as exc:
             return result, prompt, domain.check("sealing", False, f"sealed output: {exc}")
-        view = result.model_copy(update={"prompt_tokens": out.prompt_tokens, "output_tokens": out.output_tokens,
-                                         "output_text": out.output_text})
+        view = confidential.view_of(result, out)  # token ids, text and the fingerprint chunks, opened
         problems = confidential.sealing_problems(result, out)
         members = len(confidential.committee(job, result.node_key))
         return view, prompt, domain.check("sealing", not problems,

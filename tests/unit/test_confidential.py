@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import msgpack
@@ -12,6 +13,7 @@ from loranet import codec, confidential as c, protocol as p
 from loranet.signing import Identity, sign, verify
 
 CLIENT, NODE, V1, V2, EVE = (Identity.generate() for _ in range(5))
+CHUNKS = [os.urandom(40), os.urandom(300), os.urandom(13)]  # stand-ins for fingerprint chunks (random bytes)
 
 
 def test_round_trip_to_every_recipient():
@@ -129,16 +131,18 @@ def _result(job: p.JobRequest, prompt_tokens=(1, 2, 3), output_tokens=(7, 8), te
         job_id=job.job_id, node_id="node-0", node_key=NODE.public, node_address="0x" + "2" * 40, node_seq=1,
         request=job, request_hash="cd" * 32, model_id=job.model_id, adapter_id="", tokenizer_id="ef" * 32,
         prompt_tokens=list(prompt_tokens), output_tokens=list(output_tokens), output_text=text,
-        finish_reason="length", fingerprint=p.Fingerprint(chunks=[b"x" * 20]), started_at=1.0, finished_at=2.0)
+        finish_reason="length", fingerprint=p.Fingerprint(chunks=list(CHUNKS)), started_at=1.0, finished_at=2.0)
 
 
 def test_sealed_result_opens_for_client_and_committee_only():
     job = _job("prompt")
     sealed = sign(c.seal_result(_result(job, text="the secret output")), NODE, p.DOMAIN_RESULT)
     assert sealed.prompt_tokens == [] and sealed.output_tokens == [] and sealed.output_text == ""
+    assert sealed.fingerprint.chunks == [] and (sealed.fingerprint.chunk_tokens, sealed.fingerprint.top_k) == (32, 128)
     assert sealed.token_counts() == (3, 2)
     wire = codec.encode(sealed)
     assert b"the secret output" not in wire
+    assert not [i for i, chunk in enumerate(CHUNKS) if chunk in wire]  # the proof travels sealed too
     back = codec.decode(p.InferenceResult, wire)
     verify(back, NODE.public, p.DOMAIN_RESULT)
     assert c.recipients(back.sealed_output) == [CLIENT.public, V1.public, V2.public]
@@ -146,9 +150,12 @@ def test_sealed_result_opens_for_client_and_committee_only():
     for who in (NODE, EVE):  # the node sealed it but is not a recipient
         with pytest.raises(c.NotARecipient):
             c.open_output(back, who)
+    assert c.open_output(back, CLIENT).fingerprint_chunks == CHUNKS  # the client may re-check the proof
     view, prompt, out = c.plaintext_view(back, V2)
     assert prompt == "prompt" and view.prompt_tokens == [1, 2, 3] and view.output_tokens == [7, 8]
     assert view.output_text == "the secret output" and view.request == back.request
+    assert view.fingerprint.chunks == CHUNKS and out.fingerprint_chunks == CHUNKS
+    assert view.fingerprint.model_copy(update={"chunks": []}) == back.fingerprint
     assert c.sealing_problems(back, out) == []
 
 
@@ -160,6 +167,10 @@ def test_sealing_problems_catch_a_cheating_node():
     assert any("counts" in x for x in c.sealing_problems(lying_counts, out))
     leaky = honest.model_copy(update={"output_text": "ab"})
     assert any("plaintext" in x for x in c.sealing_problems(leaky, out))
+    # The fingerprint left in the clear beside the sealed copy (it gives output tokens away).
+    leaky_proof = honest.model_copy(update={"fingerprint": p.Fingerprint(chunks=list(CHUNKS))})
+    assert [x for x in c.sealing_problems(leaky_proof, out) if "fingerprint" in x] == [
+        "3 fingerprint chunks in the clear beside the sealed output"]
     # Output sealed to the committee only: the client could never read what was verified.
     key = out.key
     no_client = honest.model_copy(update={"sealed_output": honest.sealed_output.model_copy(
@@ -199,3 +210,52 @@ def test_a_client_cannot_show_the_node_and_the_committee_different_prompts():
     for who in (NODE, V1):  # the node refuses to run it; a verifier would refuse to judge it
         with pytest.raises(c.Tampered, match="slots differ"):
             c.open_prompt(framed, who)
+
+
+def _seal_payload(job: p.JobRequest, *fields) -> p.InferenceResult:
+    """A result whose sealed output holds `fields` as its record (to the client and the committee)."""
+    honest = c.seal_result(_result(job))
+    return honest.model_copy(update={"sealed_output": c.seal(msgpack.packb(list(fields), use_bin_type=True),
+                                                             c.output_recipients(honest))})
+
+
+def test_sealed_output_records_are_v2_with_the_fingerprint_inside():
+    job = _job("prompt")
+    # A v1 record (token ids and text, the fingerprint left outside) no longer opens.
+    v1 = _seal_payload(job, "loranet/sealed-output/v1", job.job_id, [1, 2, 3], [7, 8], "ab")
+    with pytest.raises(c.Tampered, match="not a loranet/sealed-output/v2 record"):
+        c.open_output(v1, V1)
+    ok = _seal_payload(job, c.DOMAIN_SEALED_OUTPUT, job.job_id, [1, 2, 3], [7, 8], "ab", CHUNKS)
+    assert c.open_output(ok, V1).fingerprint_chunks == CHUNKS
+    for bad in ([*CHUNKS, "not bytes"], b"".join(CHUNKS), [b"x" * 4097], [b"x"] * 1025):
+        with pytest.raises(c.Tampered):
+            c.open_output(_seal_payload(job, c.DOMAIN_SEALED_OUTPUT, job.job_id, [1, 2, 3], [7, 8], "ab", bad), V1)
+    # The chunks are bound to the job with the rest of the record.
+    other = _seal_payload(job, c.DOMAIN_SEALED_OUTPUT, p.new_job_id(), [1, 2, 3], [7, 8], "ab", CHUNKS)
+    with pytest.raises(c.Tampered, match="another job"):
+        c.open_output(other, V1)
+
+
+def test_a_real_fingerprint_travels_sealed_and_opens_intact():
+    """The node's actual commitment of a generation: absent from the wire bytes, identical once opened."""
+    import torch
+
+    from loranet.fingerprint import decode_chunk, fingerprint_chunks
+
+    torch.manual_seed(0)
+    prompt_len, n_out = 5, 33
+    hidden = torch.randn(prompt_len + n_out, 128)
+    chunks = fingerprint_chunks(hidden, prompt_len, n_generated=n_out)
+    assert len(chunks) == 3  # prompt, 32 outputs, one one-row chunk (its whole hidden state)
+    job = _job("prompt")
+    res = _result(job, prompt_tokens=range(1, 1 + prompt_len), output_tokens=range(10, 10 + n_out),
+                  text="x" * n_out).model_copy(update={"fingerprint": p.Fingerprint(chunks=chunks)})
+    wire = codec.encode(sign(c.seal_result(res), NODE, p.DOMAIN_RESULT))
+    assert not [i for i, chunk in enumerate(chunks) if chunk in wire]
+    # Not even a 16-byte run from inside the one-row chunk (the chunk that gives its token away exactly).
+    assert chunks[2][16:32] not in wire
+    back = codec.decode(p.InferenceResult, wire)
+    assert back.fingerprint.chunks == []
+    opened = c.open_output(back, V2).fingerprint_chunks
+    assert opened == chunks
+    assert decode_chunk(opened[2]).numel == 128
