@@ -56,6 +56,10 @@ class ChainNodeSettings(CommonSettings):
     chain_port: int = 8545
     # Where to write the deployed contract addresses (JSON); "" = nowhere.
     chain_deployment_file: str = ""
+    # The chain's durable state: an append-only journal of the chain database's writes, fsynced
+    # before each state-changing request is answered and read back at start, so a restarted
+    # chain node (kill -9 included) serves the same chain; "" = in memory only (lost on exit).
+    chain_journal: str = ""
     deployer_key: str = ""
     settler_key: str = ""
     treasury: str = ""
