@@ -2,7 +2,8 @@
 
 A supervisor process owns them all: it starts the servers, the chain process
 (services.settlement.chain_node: py-evm over JSON-RPC, so balances outlive a
-settlement crash), the datastore and settlement, registers the demo catalogue, then starts the scheduler, the
+settlement crash; its journal, <state_dir>/chain.journal, makes them outlive a
+crash of the chain process and a devnet restart too), the datastore and settlement, registers the demo catalogue, then starts the scheduler, the
 verifiers and the inference nodes; it restarts a service that crashes and
 stops everything on SIGTERM.  Its state (pids, ports, logs, restarts) lives in
 <state_dir>/devnet.json, which `loranet devnet status` reads.
@@ -31,6 +32,9 @@ ROLES = ("init", "scheduler", "inference", "verifier", "settlement", "datastore"
 # turns into a NATS user of its own (loranet.natsauth).  Its keys live in these files (mode 0600).
 AUTH_ISSUER_SEED_FILE = "auth-issuer.seed"
 AUTH_NKEY_SEED_FILE = "auth-nkey.seed"
+# The chain process's journal: the devnet chain survives a crash of the chain process and
+# `loranet devnet down` / `up`; remove the file (or the state dir) for a new chain.
+CHAIN_JOURNAL_FILE = "chain.journal"
 DEFAULT_STATE_DIR = ".devnet"
 DEFAULT_NATS_PORT = 14222
 DEFAULT_REDIS_PORT = 16379
@@ -203,7 +207,8 @@ class Supervisor:
                      LORANET_AUTH_NKEY_SEED_FILE=str(self.dir / AUTH_NKEY_SEED_FILE))] if self.auth else []
         first += [
             svc("chain", "services.settlement.chain_node", LORANET_CHAIN_PORT=str(self.chain_port),
-                LORANET_CHAIN_DEPLOYMENT_FILE=str(self.dir / "chain.json")),
+                LORANET_CHAIN_DEPLOYMENT_FILE=str(self.dir / "chain.json"),
+                LORANET_CHAIN_JOURNAL=str(self.dir / CHAIN_JOURNAL_FILE)),
             svc("datastore", "services.datastore", "datastore", LORANET_REDIS_URL=self.config.redis_url),
             svc("settlement", "services.settlement", "settlement", LORANET_EPOCH_MAX_S=str(self.config.epoch_max_s),
                 LORANET_RPC_URL=self.rpc_url),
@@ -333,7 +338,9 @@ class Supervisor:
                     self.start_service(svc)
                     changed = True
                     if svc.name == "chain":
-                        # A new chain process is a new chain: settlement must attach to its contracts.
+                        # The chain comes back from its journal (same contracts, same state), but
+                        # settlement's requests failed meanwhile: restart it, so it recovers its
+                        # epoch from its own journal against the restored chain.
                         self._restart_settlement()
             for server in (self.nats, self.redis):
                 if not server.running and not self.stopping:
