@@ -2,14 +2,21 @@
 the client, its node and its verifier committee.
 
 An operator (the NATS admin user) records every message on `>` while the job runs, then reads every
-JetStream stream (KV buckets included) and the whole Redis keyspace; the prompt, the output text and the
-prompt's token-id sequence must appear nowhere in those bytes.  Only afterwards is the same prompt run in
-the clear, to check that the sealed output is the one greedy decoding gives.
+JetStream stream (KV buckets included) and the whole Redis keyspace; the prompt, the output text, the
+prompt's and the output's token-id sequences and every chunk of the activation fingerprint (the proof, from
+which an observer holding the public model recovers output tokens: bench/fingerprint_leak.py) must appear
+nowhere in those bytes.  Only afterwards is the same prompt run in the clear, to check that the sealed
+output is the one greedy decoding gives.
+
+A cheating node (this test, connected as an inference node) that seals a fingerprint computed with the
+wrong adapter is rejected by the verifier, which opens the sealed fingerprint to audit it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
 import os
 import secrets
@@ -25,17 +32,23 @@ import redis.asyncio as aioredis
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy
 from nats.js.errors import NotFoundError
 
-from loranet import confidential, protocol as p
+from loranet import codec, confidential, protocol as p, topology
 from loranet.client import Client
-from loranet.model import tokenizer
-from loranet.signing import Identity
+from loranet.demo import build_catalogue
+from loranet.fingerprint import fingerprint_chunks
+from loranet.model import TOKENIZER_ID, tokenizer
+from loranet.model.generate import ReferenceModel
+from loranet.signing import Identity, devnet_address, sign
+from services.inference.domain import build_result
 
 ADAPTER = "demo-0"
 MAX_TOKENS = 24
 
 
-def needles_of(prompt: str, prompt_tokens: list[int], output_tokens: list[int], output_text: str) -> dict[str, bytes]:
-    """Byte strings whose presence would leak the job: text, and token ids as MessagePack and JSON would carry them."""
+def needles_of(prompt: str, prompt_tokens: list[int], output_tokens: list[int], output_text: str,
+               fingerprint: list[bytes] = ()) -> dict[str, bytes]:
+    """Byte strings whose presence would leak the job: text, token ids as MessagePack and JSON would carry
+    them, and each fingerprint chunk (raw, hex, base64, and a 16-byte run from inside it)."""
     out = {"prompt": prompt.encode(), "prompt_tokens(msgpack)": msgpack.packb(prompt_tokens),
            "prompt_tokens(json)": json.dumps(prompt_tokens).encode(),
            "prompt_tokens(csv)": ",".join(map(str, prompt_tokens)).encode()}
@@ -44,7 +57,31 @@ def needles_of(prompt: str, prompt_tokens: list[int], output_tokens: list[int], 
     if len(output_tokens) >= 8:
         out["output_tokens(msgpack)"] = msgpack.packb(output_tokens)
         out["output_tokens(json)"] = json.dumps(output_tokens).encode()
+        out["output_tokens(csv)"] = ",".join(map(str, output_tokens)).encode()
+    for i, chunk in enumerate(fingerprint):
+        assert len(chunk) >= 32, "a fingerprint chunk too short to search for"
+        out[f"fingerprint[{i}]"] = chunk
+        out[f"fingerprint[{i}](hex)"] = chunk.hex().encode()
+        out[f"fingerprint[{i}](base64)"] = base64.b64encode(chunk)
+        out[f"fingerprint[{i}][16:32]"] = chunk[16:32]  # the quantised values' bit stream, not the header
     return out
+
+
+@contextlib.asynccontextmanager
+async def bus_recorder(config):
+    """Every message on `>` as the NATS admin (an operator) sees it: [(subject, subject + data + headers)]."""
+    admin = await nats.connect(config.url_for("admin"))
+    bus: list[tuple[str, bytes]] = []
+
+    async def record(msg) -> None:
+        bus.append((msg.subject, msg.subject.encode() + b"\x00" + (msg.data or b"") + repr(msg.headers or {}).encode()))
+
+    await admin.subscribe(">", cb=record)
+    await admin.flush()
+    try:
+        yield admin, bus
+    finally:
+        await admin.drain()
 
 
 async def stream_bytes(js) -> list[tuple[str, bytes]]:
@@ -113,16 +150,8 @@ async def redis_bytes(url: str) -> list[tuple[str, bytes]]:
 
 async def test_confidential_job_settles_and_leaks_nothing(devnet):
     config, _ = devnet
-    admin = await nats.connect(config.url_for("admin"))
-    bus: list[tuple[str, bytes]] = []
-
-    async def record(msg) -> None:
-        bus.append((msg.subject, msg.subject.encode() + b"\x00" + (msg.data or b"") + repr(msg.headers or {}).encode()))
-
-    await admin.subscribe(">", cb=record)
-    await admin.flush()
     prompt = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(24))
-    try:
+    async with bus_recorder(config) as (admin, bus):
         async with await Client.connect(config.url_for("client"), Identity.generate()) as client:
             await client.faucet(10**20, 10**19)
             committee = await client.verifiers()
@@ -138,13 +167,19 @@ async def test_confidential_job_settles_and_leaks_nothing(devnet):
             assert record_.request.confidential and record_.request.prompt == ""
             assert record_.result.sealed_output is not None and record_.result.output_text == ""
             assert record_.result.output_tokens == [] and record_.result.prompt_tokens == []
+            assert record_.result.fingerprint.chunks == []  # the proof is sealed too
             opened = confidential.open_output(record_.result, client.identity)
+            # The client reads the proof the verifier audited: one chunk for the prompt, one per 32 outputs.
+            assert len(opened.fingerprint_chunks) == 1 + -(-len(opened.output_tokens) // 32)
             assert opened.output_text == outcome.output
             prompt_tokens = tokenizer.encode(prompt)
             assert opened.prompt_tokens == prompt_tokens
             assert record_.result.token_counts() == (len(prompt_tokens), len(opened.output_tokens))
             # The fee was computed from the clear counts the verifier checked.
             assert [c.ok for c in record_.verdicts[-1].checks if c.name == "sealing"] == [True]
+            # ... and the audit compared the sealed fingerprint (opened by the verifier) with its prefill.
+            audit = [c.ok for c in record_.verdicts[-1].checks if c.name in ("fingerprint", "proof_structure")]
+            assert audit == [True, True]
             sealed_s = time.monotonic() - started
 
             # -- everything an operator can see, now: the bus as recorded, every stream, all of Redis ----
@@ -161,7 +196,8 @@ async def test_confidential_job_settles_and_leaks_nothing(devnet):
                 assert any(w.startswith(stream + ":") and job_id.encode() in h for w, h in streams), stream
             assert any(w == p.JOBS_SUBMIT and job_id.encode() in h for w, h in bus)
             assert any(w.startswith("work.") and job_id.encode() in h for w, h in bus)
-            needles = needles_of(prompt, prompt_tokens, opened.output_tokens, opened.output_text)
+            needles = needles_of(prompt, prompt_tokens, opened.output_tokens, opened.output_text,
+                                 opened.fingerprint_chunks)
             # The node and the verifier read the plaintext: their logs (and every other) must not show it.
             logs = [(f"log:{f.name}", f.read_bytes()) for f in Path(config.state_dir).glob("**/*.log")]
             assert len(logs) >= 5
@@ -178,10 +214,12 @@ async def test_confidential_job_settles_and_leaks_nothing(devnet):
             await admin.flush()
             await asyncio.sleep(0.5)
             assert any(prompt.encode() in h for _, h in bus)
+            # ... and the plain job's fingerprint chunks, in the clear as always, are what the scan looks for.
+            plain_record = await client.job(plain_id)
+            assert plain_record.result.fingerprint.chunks
+            assert all(any(ch in h for _, h in bus) for ch in plain_record.result.fingerprint.chunks)
             print(f"confidential job settled in {sealed_s:.1f}s; scanned {len(bus)} bus messages, {len(streams)} "
                   f"stream messages, {len(keyspace)} Redis keys for {len(needles)} needles")
-    finally:
-        await admin.drain()
 
 
 def test_cli_submit_confidential(devnet):
@@ -197,3 +235,88 @@ def test_cli_submit_confidential(devnet):
     # `loranet job` opens the sealed output with the same (CLI) identity.
     record = subprocess.run([*cli, "job", out["job_id"], "--json"], env=env, capture_output=True, text=True, timeout=60)
     assert json.loads(record.stdout)["output"] == out["output"]
+
+
+async def test_a_node_sealing_a_wrong_adapter_fingerprint_is_rejected(devnet):
+    """A cheating node: the client's output (generated with the right adapter), with a fingerprint computed by
+    a prefill with another adapter, sealed as an honest node seals it.  Outsiders cannot audit it any more, so
+    the committee verifier must open the sealed fingerprint and compare it: only `fingerprint` fails."""
+    config, _ = devnet
+    path, model_id, adapters = await asyncio.to_thread(build_catalogue, 2, config.cache_dir)
+    model = ReferenceModel.from_path(path, model_id)
+    for name, adapter_path, adapter_id in adapters:
+        model.add_adapter(name, adapter_path, adapter_id)
+    node_id, node = f"cheat-{secrets.token_hex(3)}", Identity.generate()
+    address = devnet_address(node_id)
+    prompt = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(20))
+    nc = await nats.connect(config.url_for("inference"))  # a node's NATS identity, as services/inference has
+    js = nc.jetstream()
+    kv = await js.key_value(p.NODES_BUCKET)
+
+    async def heartbeat() -> None:
+        while True:
+            hb = p.NodeHeartbeat(node_id=node_id, node_key=node.public, payout_address=address, model_ids=[model_id],
+                                 device="cpu", memory_free=0, adapters_hot=[], slots_total=1, slots_free=1,
+                                 queue_depth=0, tokens_per_s=0.0, at=time.time())
+            await kv.put(node_id, codec.encode(sign(hb, node, p.DOMAIN_HEARTBEAT)))
+            await asyncio.sleep(2)
+
+    beating = asyncio.ensure_future(heartbeat())
+    spec = topology.node_consumer(node_id)
+    work = await js.pull_subscribe(spec.filter_subject, durable=spec.durable, stream=spec.stream,
+                                   config=topology.consumer_config(spec))
+    try:
+        async with bus_recorder(config) as (admin, bus):
+            async with await Client.connect(config.url_for("client"), Identity.generate()) as client:
+                await client.faucet(10**20, 10**19)
+                await asyncio.sleep(1)  # the first heartbeat is in KV nodes
+                job_id = await client.submit(ADAPTER, prompt, MAX_TOKENS, confidential=True, node_id=node_id)
+                msg = (await work.fetch(1, timeout=60))[0]
+                await msg.ack()
+                batch = codec.decode(p.WorkBatch, msg.data)
+                job = batch.segments[0].jobs[0]
+                assert job.job_id == job_id and job.node_id == node_id
+                ids = tokenizer.encode(confidential.open_prompt(job, node))  # sealed to this node: it reads it
+                gen = await asyncio.to_thread(model.generate, ids, ADAPTER, job.max_tokens)
+                wrong = next(name for name, _, _ in adapters if name != ADAPTER)
+                hidden, _ = await asyncio.to_thread(model.prefill_hidden, [*ids, *gen.output_ids], wrong)
+                chunks = fingerprint_chunks(hidden, len(ids), n_generated=len(gen.output_ids))
+                now = time.time()
+                result = build_result(
+                    job=job, node_id=node_id, node_key=node.public, node_address=address, node_seq=time.time_ns(),
+                    model_id=model_id, tokenizer_id=TOKENIZER_ID, prompt_tokens=ids, output_tokens=gen.output_ids,
+                    output_text=tokenizer.decode(gen.output_ids),
+                    finish_reason="eos" if gen.finish_reason == "stop" else "length", chunks=chunks,
+                    started_at=now - 1, finished_at=now)
+                result = sign(confidential.seal_result(result), node, p.DOMAIN_RESULT)
+                await js.publish(p.results(node_id), codec.encode(result),
+                                 headers={"Nats-Msg-Id": f"{job_id}:{node_id}"})
+                event = p.JobEvent(job_id=job_id, stage="result", service="inference", node_id=node_id,
+                                   body=codec.encode(result), at=time.time())
+                await js.publish(p.job_events(job.client_key, job_id), codec.encode(event),
+                                 headers={"Nats-Msg-Id": f"{job_id}:result:{node_id}"})
+
+                outcome = await client.wait(job_id, 300)
+                assert outcome.status == "refunded" and outcome.fee == 0, outcome
+                assert not outcome.verdict["accepted"] and outcome.verdict["audited"], outcome
+                assert outcome.verdict["failed_checks"] == ["fingerprint"], outcome  # sealing, replay etc. pass
+                record = await client.job(job_id)
+                checks = {c.name: c for c in record.verdicts[-1].checks}
+                assert checks["sealing"].ok and checks["sampling_replay"].ok and checks["proof_structure"].ok
+                assert record.verdicts[-1].result.fingerprint.chunks == []  # the verdict embeds the sealed result
+                assert confidential.open_output(record.result, client.identity).fingerprint_chunks == chunks
+
+                # The node's (wrong) proof and the output never crossed the bus in the clear either.
+                await admin.flush()
+                await asyncio.sleep(0.5)
+                assert any(w == p.results(node_id) and job_id.encode() in h for w, h in bus)
+                assert any(w.startswith("verdicts.") and job_id.encode() in h for w, h in bus)
+                needles = needles_of(prompt, ids, gen.output_ids, tokenizer.decode(gen.output_ids), chunks)
+                leaks = [(what, where) for what, needle in needles.items() for where, hay in bus if needle in hay]
+                assert not leaks, leaks[:10]
+    finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
+        await kv.delete(node_id)  # the node is gone: the scheduler drains its (empty) durable
+        await nc.drain()
