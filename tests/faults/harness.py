@@ -34,7 +34,7 @@ from loranet.servers import free_port
 from loranet.signing import Identity
 
 SCENARIOS = ("kill_inference", "kill_verifier", "kill_settlement", "kill_scheduler", "kill_datastore",
-             "restart_nats", "restart_redis", "pause_node")
+             "kill_chain", "restart_nats", "restart_redis", "pause_node")
 
 
 @dataclass
@@ -64,7 +64,8 @@ def _pid(state_dir: str, name: str) -> int:
 def inject(state_dir: str, scenario: str) -> None:
     """Apply one fault: SIGKILL a process (the supervisor restarts it) or pause a node past its TTL."""
     target = {"kill_inference": "node-0", "kill_verifier": "verifier-0", "kill_settlement": "settlement",
-              "kill_scheduler": "scheduler", "kill_datastore": "datastore", "restart_nats": "nats",
+              "kill_scheduler": "scheduler", "kill_datastore": "datastore", "kill_chain": "chain",
+              "restart_nats": "nats",
               "restart_redis": "redis", "pause_node": "node-0"}[scenario]
     pid = _pid(state_dir, target)
     if scenario == "pause_node":

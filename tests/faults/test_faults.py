@@ -1,4 +1,4 @@
-"""A short fault run in the default suite: kill -9 settlement mid-load on a devnet.
+"""Short fault runs in the default suite: kill -9 settlement, or the chain process, mid-load on a devnet.
 
 The full table (every process, 1,000 jobs each) is `make faults`.
 """
@@ -16,6 +16,17 @@ async def test_kill_settlement_mid_load_loses_and_duplicates_nothing(tmp_path):
     assert report.admitted == 40
     assert (report.lost, report.duplicated, report.credit_minus_fee) == (0, 0, 0), report
     assert report.settled == 40 and report.serving_after, report
+
+
+@pytest.mark.timeout(900)
+async def test_kill_chain_mid_load_keeps_the_chain(tmp_path):
+    # The chain process comes back from its journal: escrow, reservations and settled batches intact.
+    [report] = await harness.run(["kill_chain"], n_jobs=40, rate=8, root=tmp_path, settle_timeout=300)
+    assert report.admitted == 40
+    assert (report.lost, report.duplicated, report.credit_minus_fee) == (0, 0, 0), report
+    assert report.settled == 40 and report.serving_after, report
+    log = (tmp_path / "kill_chain" / "logs" / "chain.log").read_text()
+    assert log.count('"event":"service.started"') == 2 and '"event":"chain.restored"' in log
 
 
 @pytest.mark.slow
