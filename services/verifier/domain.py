@@ -140,12 +140,16 @@ def cheap_checks(result: p.InferenceResult, model_id: str, node_address: str | N
 def finish_check(result: p.InferenceResult) -> p.Check:
     toks, reason, max_tokens = result.output_tokens, result.finish_reason, result.request.max_tokens
     eos_at = [i for i, t in enumerate(toks) if t == tokenizer.EOS_ID]
+    # Counts only, never positions: a verdict is public, and EOS positions would tell an observer where a
+    # confidential output's EOS tokens are.
+    eos_last = bool(toks) and toks[-1] == tokenizer.EOS_ID
+    eos_desc = f"{len(eos_at)} eos token(s){', the last token' if eos_last else ''}"
     if reason == "eos":
         ok = bool(toks) and eos_at == [len(toks) - 1]
-        why = f"eos at {eos_at}, {len(toks)} tokens"
+        why = f"{eos_desc}, {len(toks)} tokens"
     elif reason == "length":
         ok = len(toks) == max_tokens and not eos_at
-        why = f"{len(toks)} tokens of {max_tokens}, eos at {eos_at}"
+        why = f"{len(toks)} tokens of {max_tokens}, {eos_desc}"
     elif reason == "stop":
         stops = result.request.sampling.stop
         prefix = tokenizer.decode(toks[:-1])
