@@ -81,7 +81,17 @@ class ServiceProc:
     state: str = "stopped"
     log: str = ""
     started_at: float = 0.0
+    log_from: int = 0  # the log's size when this run started: earlier runs' lines do not count
     proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    def log_text(self) -> str:
+        """What this run of the service has logged (the last 200 kB of it)."""
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(max(self.log_from, os.path.getsize(self.log) - 200_000))
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
 
 
 def role_url(state_dir: str | Path, role: str, nats_url: str) -> str:
@@ -226,6 +236,7 @@ class Supervisor:
 
     def start_service(self, svc: ServiceProc) -> None:
         log = open(svc.log, "ab")
+        svc.log_from = log.tell()  # after `devnet down` / `up` the log holds the last run's start too
         svc.proc = subprocess.Popen([sys.executable, "-m", svc.module], env=svc.env, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
@@ -235,8 +246,7 @@ class Supervisor:
         deadline = time.monotonic() + timeout
         for svc in svcs:
             while True:
-                text = Path(svc.log).read_text(errors="replace") if Path(svc.log).exists() else ""
-                if '"event":"service.started"' in text[-200_000:]:
+                if '"event":"service.started"' in svc.log_text():
                     svc.state = "running"
                     break
                 if svc.proc and svc.proc.poll() is not None:
@@ -348,7 +358,7 @@ class Supervisor:
                     changed = True
             for svc in self.services:
                 if svc.state == "starting" and svc.proc and svc.proc.poll() is None and time.time() - svc.started_at > 1:
-                    text = Path(svc.log).read_text(errors="replace")[-200_000:]
+                    text = svc.log_text()
                     if text.rfind('"event":"service.started"') > text.rfind('"event":"service.stopped"'):
                         svc.state = "running"
                         changed = True
