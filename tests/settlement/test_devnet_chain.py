@@ -66,3 +66,37 @@ def test_cli_stake_of_a_node(devnet):
     # Devnet nodes serve unstaked: the Registry knows no key for them.
     assert out["node_id"] == "node-0" and out["address"].startswith("0x")
     assert out["stake"] == "0" and out["active"] is False and out["min_stake"] == str(1000 * 10**18)
+
+
+async def test_devnet_down_and_up_keeps_the_chain(tmp_path):
+    """The chain process journals to <state_dir>/chain.journal: `devnet down` then `up` serves the same chain."""
+    from loranet.servers import free_port
+
+    config = dn.DevnetConfig(state_dir=str(tmp_path / "state"), nats_port=free_port(), redis_port=free_port(),
+                             inference_nodes=1, verifiers=1, demo_adapters=1, cache_dir=str(tmp_path / "cache"),
+                             epoch_max_s=0.2)
+    identity = Identity.generate()
+    state = await asyncio.to_thread(dn.start_detached, config, 400)
+    try:
+        deployment = json.loads((Path(state["state_dir"]) / "chain.json").read_text())
+        async with await Client.connect(config.url_for("client"), identity) as client:
+            funded = await client.faucet(10**20, 10**19)
+            first = await client.wait(await client.submit("demo-0", "before down", 4), 180)
+            assert first.status == "settled", first.reason
+    finally:
+        await asyncio.to_thread(dn.stop, config.state_dir)
+
+    state = await asyncio.to_thread(dn.start_detached, config, 400)
+    try:
+        again = json.loads((Path(state["state_dir"]) / "chain.json").read_text())
+        assert {k: again[k] for k in ("token", "registry", "settlement", "chain_id")} == \
+            {k: deployment[k] for k in ("token", "registry", "settlement", "chain_id")}
+        assert '"event":"chain.restored"' in Path(state["services"]["chain"]["log"]).read_text()
+        async with await Client.connect(config.url_for("client"), identity) as client:
+            balance = await client.balance()
+            assert balance.escrow == funded.escrow - first.fee
+            second = await client.wait(await client.submit("demo-0", "after up", 4), 180)
+            assert second.status == "settled" and second.epoch > first.epoch, second.reason
+            assert (await client.balance()).escrow == funded.escrow - first.fee - second.fee
+    finally:
+        await asyncio.to_thread(dn.stop, config.state_dir)
