@@ -141,17 +141,30 @@ def read_journal(path: str | Path) -> JournalState:
 
 
 class Journal:
-    """The append side: one record per state-changing request, fsynced before it is answered."""
+    """The append side: one record per state-changing request, fsynced before it is answered.
 
-    def __init__(self, path: str | Path, state: JournalState | None = None) -> None:
+    Opening it takes an exclusive lock on the file: a second chain node on the same journal
+    (an orphaned one, say) is refused instead of interleaving its records."""
+
+    def __init__(self, path: str | Path) -> None:
+        import fcntl
+
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.digest = _FIRST_DIGEST
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise JournalError(f"chain journal {path} is in use by another chain node; stop it first") from None
+
+    def start(self, state: JournalState | None) -> None:
+        """Append after `state`'s last whole record (a cut-short tail is dropped), or from empty."""
         self.digest = state.digest if state else _FIRST_DIGEST
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        os.ftruncate(fd, state.end if state else 0)  # drop a cut-short tail before appending
-        os.fsync(fd)
-        os.lseek(fd, 0, os.SEEK_END)
-        self.fd = fd
+        os.ftruncate(self.fd, state.end if state else 0)
+        os.fsync(self.fd)
+        os.lseek(self.fd, 0, os.SEEK_END)
         dir_fd = os.open(self.path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)  # the file's name is durable too
@@ -162,7 +175,9 @@ class Journal:
         payload = msgpack.packb(record, use_bin_type=True)
         digest = hashlib.sha256(self.digest + payload).digest()
         header = _HEADER.pack(_MAGIC, len(payload), _length_check(len(payload)), digest)
-        os.write(self.fd, header + payload)
+        data = header + payload
+        if os.write(self.fd, data) != len(data):
+            raise OSError(f"short write to {self.path}")
         os.fsync(self.fd)
         self.digest = digest
 
@@ -209,8 +224,9 @@ class ChainNode:
         backend = PyEVMBackend()  # the default test accounts: the same keys on every start
         if settings.chain_journal:
             path = Path(settings.chain_journal)
-            saved = read_journal(path) if path.exists() else None
-            if saved is not None and saved.records:
+            self.journal = Journal(path)
+            saved = read_journal(path)
+            if saved.records:
                 self._db = _RecordingDB(saved.kv)
                 backend.chain = type(backend.chain)(AtomicDB(self._db))
                 self._check_head(backend.chain, saved, path)
@@ -224,7 +240,7 @@ class ChainNode:
                 base = backend.chain.chaindb.db
                 self._db = _RecordingDB(base.wrapped_db.kv_store, dirty=True)
                 base.wrapped_db = self._db
-            self.journal = Journal(path, saved)
+            self.journal.start(saved)
         self.tester = EthereumTester(backend)
         self.provider = EthereumTesterProvider(self.tester)
         self.w3 = Web3(self.provider)

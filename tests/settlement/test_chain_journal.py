@@ -216,3 +216,10 @@ def test_the_journal_keeps_the_configured_keys(tmp_path, procs):
                           text=True, timeout=120)
     assert done.returncode != 0 and "treasury" in done.stderr, done.stderr
 
+
+
+def test_one_chain_node_per_journal(tmp_path, procs):
+    journal = tmp_path / "chain.journal"
+    _start(procs, journal)
+    done = _run_to_exit(journal)
+    assert done.returncode != 0 and "in use by another chain node" in done.stderr, done.stderr
