@@ -3,7 +3,8 @@
 A supervisor process owns them all: it starts the servers, the chain process
 (services.settlement.chain_node: py-evm over JSON-RPC, so balances outlive a
 settlement crash; its journal, <state_dir>/chain.journal, makes them outlive a
-crash of the chain process and a devnet restart too), the datastore and settlement, registers the demo catalogue, then starts the scheduler, the
+crash of the chain process and a devnet restart too), the datastore and
+settlement, registers the demo catalogue, then starts the scheduler, the
 verifiers and the inference nodes; it restarts a service that crashes and
 stops everything on SIGTERM.  Its state (pids, ports, logs, restarts) lives in
 <state_dir>/devnet.json, which `loranet devnet status` reads.
