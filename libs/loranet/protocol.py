@@ -627,6 +627,17 @@ def _client_token(client: bytes | str) -> str:
     return cid
 
 
+def request_of(body: object) -> JobRequest | None:
+    """The client's signed request carried (directly or nested) by a job event's body."""
+    if isinstance(body, JobRequest):
+        return body
+    if isinstance(body, InferenceResult):
+        return body.request
+    if isinstance(body, Verdict):
+        return body.result.request
+    return None
+
+
 def job_events(client: bytes | str, job_id: str) -> str:
     """jobs.events.<client_id>.<job_id>; `client` is the client's key or its id."""
     return f"jobs.events.{_client_token(client)}.{_token(job_id, 'job id')}"

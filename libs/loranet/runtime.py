@@ -424,7 +424,7 @@ class Runtime:
         The client is `client_key`, else the one whose signed request `body` carries (a request,
         a result, a verdict); a receipt carries none, so its emitter passes the key."""
         if client_key is None:
-            request = request_of(body)
+            request = protocol.request_of(body)
             if request is None:
                 raise ValueError(f"job {job_id} {stage}: no client key for its events subject")
             client_key = request.client_key
@@ -437,17 +437,6 @@ class Runtime:
 
     async def request(self, subject: str, message: Wire, reply_schema: type[R], timeout: float | None = None) -> R:
         return await request(self.nc, subject, message, reply_schema, timeout or self.settings.request_timeout_s)
-
-
-def request_of(body: Wire | None) -> protocol.JobRequest | None:
-    """The client's signed request carried (directly or nested) by a job event's body."""
-    if isinstance(body, protocol.JobRequest):
-        return body
-    if isinstance(body, protocol.InferenceResult):
-        return body.request
-    if isinstance(body, protocol.Verdict):
-        return body.result.request
-    return None
 
 
 def is_transient(exc: BaseException) -> bool:

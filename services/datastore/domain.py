@@ -199,7 +199,7 @@ def check_event(event: p.JobEvent, subject: str) -> Wire | None:
         raise Reject(f"body is for job {body.job_id}, the event for {event.job_id}")
     if isinstance(body, p.Receipt) and body.status != event.stage:
         raise Reject(f"receipt status {body.status!r} in a {event.stage!r} event")
-    request = request_of(body)
+    request = p.request_of(body)
     if request is not None and p.client_id(request.client_key) != client:
         raise Reject(f"body is a job of client {p.client_id(request.client_key)[:16]}…, the subject names {client[:16]}…")
     return body
@@ -214,17 +214,6 @@ def client_of(job_id: str, fields: Mapping[str, bytes]) -> str:
     except ValueError:
         return ""
     return p.client_id(request.client_key) if request is not None else ""
-
-
-def request_of(body: Wire | None) -> p.JobRequest | None:
-    """The client's request carried (directly or nested) by a stage's body."""
-    if isinstance(body, p.JobRequest):
-        return body
-    if isinstance(body, p.InferenceResult):
-        return body.request
-    if isinstance(body, p.Verdict):
-        return body.result.request
-    return None
 
 
 def status_of(stages: list[str]) -> str:
@@ -250,7 +239,7 @@ def assemble_record(job_id: str, fields: Mapping[str, bytes]) -> p.JobRecord:
             stages.append(event.stage)
     status = status_of(stages)
     by_stage = {e.stage: (e, b) for e, b in reversed(events)}  # first event of each stage
-    request = next((r for r in (request_of(b) for _, b in events) if r is not None), None)
+    request = next((r for r in (p.request_of(b) for _, b in events) if r is not None), None)
     result = by_stage["result"][1] if "result" in by_stage else None
     verdicts = sorted((b for e, b in events if isinstance(b, p.Verdict)), key=lambda v: (v.decided_at, v.verifier_id))
     receipt = next((b for _, b in events if isinstance(b, p.Receipt)), None)

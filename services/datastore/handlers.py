@@ -128,7 +128,7 @@ class DatastoreHandlers:
         client = p.parse_job_events(delivery.subject)[0]
         field = domain.event_field(event, body)
         encoded = codec.encode(event)
-        request = domain.request_of(body)
+        request = p.request_of(body)
         deadline = time.monotonic() + self.settings.event_retry_s
         while True:
             try:
