@@ -11,28 +11,13 @@ from tests.faults import harness
 
 
 @pytest.mark.timeout(900)
-async def test_kill_settlement_mid_load_loses_and_duplicates_nothing(tmp_path):
-    [report] = await harness.run(["kill_settlement"], n_jobs=40, rate=8, root=tmp_path, settle_timeout=300)
+@pytest.mark.parametrize("scenario", ["kill_settlement", "kill_chain"])
+async def test_kill_mid_load_loses_and_duplicates_nothing(tmp_path, scenario):
+    [report] = await harness.run([scenario], n_jobs=40, rate=8, root=tmp_path, settle_timeout=300)
     assert report.admitted == 40
     assert (report.lost, report.duplicated, report.credit_minus_fee) == (0, 0, 0), report
     assert report.settled == 40 and report.serving_after, report
-
-
-@pytest.mark.timeout(900)
-async def test_kill_chain_mid_load_keeps_the_chain(tmp_path):
-    # The chain process comes back from its journal: escrow, reservations and settled batches intact.
-    [report] = await harness.run(["kill_chain"], n_jobs=40, rate=8, root=tmp_path, settle_timeout=300)
-    assert report.admitted == 40
-    assert (report.lost, report.duplicated, report.credit_minus_fee) == (0, 0, 0), report
-    assert report.settled == 40 and report.serving_after, report
-    log = (tmp_path / "kill_chain" / "logs" / "chain.log").read_text()
-    assert log.count('"event":"service.started"') == 2 and '"event":"chain.restored"' in log
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(3600)
-@pytest.mark.parametrize("scenario", harness.SCENARIOS)
-async def test_every_fault_scenario(tmp_path, scenario):
-    [report] = await harness.run([scenario], n_jobs=200, rate=10, root=tmp_path, settle_timeout=600)
-    assert (report.lost, report.duplicated, report.credit_minus_fee) == (0, 0, 0), report
-    assert report.serving_after, report
+    if scenario == "kill_chain":
+        # The chain process came back from its journal: escrow, reservations and settled batches intact.
+        log = (tmp_path / "kill_chain" / "logs" / "chain.log").read_text()
+        assert log.count('"event":"service.started"') == 2 and '"event":"chain.restored"' in log
