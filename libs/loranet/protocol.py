@@ -147,7 +147,17 @@ class WorkSegment(Wire):
     jobs: Annotated[list[JobRequest], Field(min_length=1, max_length=256)]
 
 
-class WorkBatch(Wire):
+MAX_ATTEMPT = 16  # attempt numbers: 0 = the first run, n = the n-th re-run after rejected results
+
+
+class JobAttempt(Wire):
+    """A job sent again after its earlier results were rejected: which attempt this run is."""
+
+    job_id: JobId
+    attempt: Annotated[int, Field(ge=1, le=MAX_ATTEMPT)]
+
+
+class WorkBatch(AdditiveWire):
     """What the scheduler hands one node (subject work.<node_id>)."""
 
     v: Literal[1] = 1
@@ -157,6 +167,13 @@ class WorkBatch(Wire):
     segments: Annotated[list[WorkSegment], Field(min_length=1, max_length=256)]
     dispatched_at: Timestamp
     scheduler_id: Name
+    # Additive: the jobs of this batch that are re-runs (absent = every job's first attempt).
+    attempts: Annotated[list[JobAttempt], Field(max_length=256)] = []
+
+    _additive = ("attempts",)
+
+    def attempt_of(self, job_id: str) -> int:
+        return next((a.attempt for a in self.attempts if a.job_id == job_id), 0)
 
 
 class Fingerprint(Wire):
@@ -207,8 +224,11 @@ class InferenceResult(AdditiveWire):
     sealed_output: Sealed | None = None
     prompt_token_count: Annotated[int, Field(ge=0, le=MAX_TOKEN_IDS)] = 0
     output_token_count: Annotated[int, Field(ge=0, le=MAX_TOKENS_LIMIT)] = 0
+    # Additive: which run of the job this is (0 = the first; n = the n-th re-run after rejections),
+    # copied from the work batch and signed with the rest.
+    attempt: Annotated[int, Field(ge=0, le=MAX_ATTEMPT)] = 0
 
-    _additive = ("sealed_output", "prompt_token_count", "output_token_count")
+    _additive = ("sealed_output", "prompt_token_count", "output_token_count", "attempt")
 
     def token_counts(self) -> tuple[int, int]:
         """(prompt, output) token counts, what the fee is computed from: the clear counts when sealed."""
@@ -262,15 +282,17 @@ class Receipt(Wire):
     settled_at: Timestamp
 
 
-JobStage = Literal["admitted", "rejected", "dispatched", "result", "verdict", "settled", "refunded", "failed"]
+JobStage = Literal["admitted", "rejected", "dispatched", "result", "verdict", "settled", "refunded", "failed", "rerun"]
 TERMINAL_STAGES: frozenset[str] = frozenset({"rejected", "settled", "refunded"})
 
 
-class JobEvent(Wire):
+class JobEvent(AdditiveWire):
     """One transition of a job's life (subject jobs.events.<client_id>.<job_id>).
 
     `body` holds the stage's own message, encoded (request, result, verdict,
     receipt), so the datastore can keep the whole record from this one stream.
+    `rerun` (body: the RerunRequest) says the attempt's result was finally rejected
+    and the job goes to another node as attempt `attempt`.
     """
 
     v: Literal[1] = 1
@@ -280,6 +302,24 @@ class JobEvent(Wire):
     reason: ShortText = ""
     node_id: Annotated[str, StringConstraints(max_length=63)] = ""
     body: Annotated[bytes, Field(max_length=2 * 1024 * 1024)] = b""
+    at: Timestamp
+    # Additive: the run of the job this event belongs to (0 = the first; `rerun` names the new one).
+    attempt: Annotated[int, Field(ge=0, le=MAX_ATTEMPT)] = 0
+
+    _additive = ("attempt",)
+
+
+class RerunRequest(Wire):
+    """Settlement → scheduler (subject jobs.rerun): a job's result was finally rejected; run the
+    client's signed request again as `attempt` on a node not in `exclude` (every node that failed it).
+    The escrow reservation stays held; settlement settles or refunds the job once, at the end."""
+
+    v: Literal[1] = 1
+    job_id: JobId
+    attempt: Annotated[int, Field(ge=1, le=MAX_ATTEMPT)]
+    request: JobRequest  # the client's request, signature intact (from the rejected result)
+    exclude: Annotated[list[NodeId], Field(min_length=1, max_length=MAX_ATTEMPT)]
+    reason: ShortText = ""
     at: Timestamp
 
 
@@ -429,7 +469,7 @@ class JobGet(Wire):
     job_id: JobId
 
 
-class JobRecord(Wire):
+class JobRecord(AdditiveWire):
     """Everything known about a job, request → result → verdict → receipt."""
 
     v: Literal[1] = 1
@@ -443,6 +483,10 @@ class JobRecord(Wire):
     receipt: Receipt | None = None
     stages: list[JobStage] = []
     updated_at: Timestamp = 0.0
+    # Additive: the job's latest attempt (result/node_id are that attempt's; verdicts cover all).
+    attempt: Annotated[int, Field(ge=0, le=MAX_ATTEMPT)] = 0
+
+    _additive = ("attempt",)
 
 
 class JobList(Wire):
@@ -559,6 +603,7 @@ class DeadLetter(Wire):
 # ---------------------------------------------------------------------------
 
 JOBS_SUBMIT = "jobs.submit"
+JOBS_RERUN = "jobs.rerun"  # settlement → scheduler: run a job again after its result was rejected
 # jobs.events.<client_id>.<job_id>: keyed by client, so NATS permissions can give each client its own.
 JOB_EVENTS_ALL = "jobs.events.*.*"
 WORK_ALL = "work.*"
@@ -635,6 +680,8 @@ def request_of(body: object) -> JobRequest | None:
         return body.request
     if isinstance(body, Verdict):
         return body.result.request
+    if isinstance(body, RerunRequest):
+        return body.request
     return None
 
 
@@ -673,6 +720,7 @@ def dead_letter(subject: str) -> str:
 # Subject pattern → schema, for decoding by subject and for the fuzz tests.
 SCHEMAS: dict[str, type[Wire]] = {
     JOBS_SUBMIT: JobRequest,
+    JOBS_RERUN: RerunRequest,
     WORK_ALL: WorkBatch,
     RESULTS_ALL: InferenceResult,
     VERDICTS_ALL: Verdict,
@@ -697,6 +745,7 @@ SCHEMAS: dict[str, type[Wire]] = {
 # Per-subject size ceilings (bytes), below the codec's global limit.
 MAX_BYTES: dict[str, int] = {
     JOBS_SUBMIT: 256 * 1024,
+    JOBS_RERUN: 512 * 1024,
     WORK_ALL: 4 * 1024 * 1024,
     RESULTS_ALL: 1024 * 1024,
     VERDICTS_ALL: 1024 * 1024,

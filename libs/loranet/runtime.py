@@ -418,8 +418,9 @@ class Runtime:
         await self.js.publish(subject, codec.encode(message), headers=headers)
 
     async def emit(self, job_id: str, stage: str, body: Wire | None = None, reason: str = "", node_id: str = "",
-                   dedup: str = "", client_key: bytes | None = None) -> None:
-        """Record a job transition on jobs.events.<client_id>.<job_id> (de-duplicated per job, stage, `dedup`).
+                   dedup: str = "", client_key: bytes | None = None, attempt: int = 0) -> None:
+        """Record a job transition on jobs.events.<client_id>.<job_id> (de-duplicated per job, stage, `dedup`
+        and, for a re-run, `attempt`).
 
         The client is `client_key`, else the one whose signed request `body` carries (a request,
         a result, a verdict); a receipt carries none, so its emitter passes the key."""
@@ -430,9 +431,10 @@ class Runtime:
             client_key = request.client_key
         event = protocol.JobEvent(
             job_id=job_id, stage=stage, service=self.service, reason=reason[:1024], node_id=node_id,
-            body=codec.encode(body) if body is not None else b"", at=time.time(),
+            body=codec.encode(body) if body is not None else b"", at=time.time(), attempt=attempt,
         )
-        await self.publish(protocol.job_events(client_key, job_id), event, msg_id=f"{job_id}:{stage}:{dedup}")
+        msg_id = f"{job_id}:{stage}:{dedup}" + (f":{attempt}" if attempt else "")
+        await self.publish(protocol.job_events(client_key, job_id), event, msg_id=msg_id)
         self.log.info(f"job.{stage}", job_id=job_id, node_id=node_id, reason=reason[:200])
 
     async def request(self, subject: str, message: Wire, reply_schema: type[R], timeout: float | None = None) -> R:

@@ -49,7 +49,7 @@ class ConsumerSpec:
 
 
 STREAMS: tuple[StreamSpec, ...] = (
-    StreamSpec("JOBS", (p.JOBS_SUBMIT,), work_queue=True),
+    StreamSpec("JOBS", (p.JOBS_SUBMIT, p.JOBS_RERUN), work_queue=True),
     StreamSpec("WORK", (p.WORK_ALL,), work_queue=True),
     StreamSpec("RESULTS", (p.RESULTS_ALL,), work_queue=False, max_age_s=30 * 86400),
     StreamSpec("VERDICTS", (p.VERDICTS_ALL,), work_queue=False, max_age_s=30 * 86400),
@@ -63,6 +63,8 @@ STREAMS: tuple[StreamSpec, ...] = (
 # Handlers send in_progress() every ack_wait/3 while they work, so ack_wait only
 # bounds how long a crashed replica's messages wait before redelivery.
 SCHEDULER = ConsumerSpec("JOBS", "scheduler", p.JOBS_SUBMIT, ack_wait_s=10, max_deliver=5)
+# Re-runs of jobs whose result was finally rejected (settlement → scheduler).
+SCHEDULER_RERUN = ConsumerSpec("JOBS", "scheduler-rerun", p.JOBS_RERUN, ack_wait_s=10, max_deliver=5)
 VERIFIER = ConsumerSpec("RESULTS", "verifier", p.RESULTS_ALL, ack_wait_s=10, max_deliver=5)
 SETTLEMENT = ConsumerSpec("VERDICTS", "settlement", p.VERDICTS_ALL, ack_wait_s=15, max_deliver=10)
 DATASTORE = ConsumerSpec("EVENTS", "datastore", p.JOB_EVENTS_ALL, ack_wait_s=10, max_deliver=10)

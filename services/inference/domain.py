@@ -31,7 +31,7 @@ def check_prompt(prompt_tokens: list[int], max_prompt_tokens: int) -> None:
 def build_result(*, job: p.JobRequest, node_id: str, node_key: bytes, node_address: str, node_seq: int,
                  model_id: str, tokenizer_id: str, prompt_tokens: list[int], output_tokens: list[int],
                  output_text: str, finish_reason: str, chunks: list[bytes], started_at: float,
-                 finished_at: float) -> p.InferenceResult:
+                 finished_at: float, attempt: int = 0) -> p.InferenceResult:
     """The unsigned result binding job, model, adapter, tokens and fingerprint."""
     return p.InferenceResult(
         job_id=job.job_id, node_id=node_id, node_key=node_key, node_address=node_address, node_seq=node_seq,
@@ -39,5 +39,5 @@ def build_result(*, job: p.JobRequest, node_id: str, node_key: bytes, node_addre
         tokenizer_id=tokenizer_id, prompt_tokens=prompt_tokens, output_tokens=output_tokens,
         output_text=output_text, finish_reason=finish_reason,
         fingerprint=p.Fingerprint(chunk_tokens=CHUNK_TOKENS, top_k=TOP_K, chunks=chunks),
-        started_at=started_at, finished_at=finished_at,
+        started_at=started_at, finished_at=finished_at, attempt=attempt,
     )

@@ -51,7 +51,7 @@ class InferenceNode:
         self.address = settings.payout_address or devnet_address(settings.node_id)
         self._seq = time.time_ns()
         self._fetching: dict[str, asyncio.Task[None]] = {}
-        self._recent: OrderedDict[str, p.InferenceResult] = OrderedDict()
+        self._recent: OrderedDict[tuple[str, int], p.InferenceResult] = OrderedDict()  # (job id, attempt)
 
     def routes(self) -> Sequence[Pull]:
         return [Pull("work", topology.node_consumer(self.settings.node_id), p.WorkBatch, self.on_batch,
@@ -107,7 +107,7 @@ class InferenceNode:
 
     async def on_batch(self, batch: p.WorkBatch, delivery: Delivery) -> None:
         try:
-            await asyncio.gather(*(self.run_segment(seg, batch.model_id) for seg in batch.segments))
+            await asyncio.gather(*(self.run_segment(seg, batch.model_id, batch) for seg in batch.segments))
         except asyncio.CancelledError:
             # Hand the batch back ourselves, delayed past the 1 s pull request this stopping replica may still
             # have open at the server: an immediate nak can be redelivered into that dying request and then
@@ -118,8 +118,9 @@ class InferenceNode:
                 pass
             raise
 
-    async def run_segment(self, segment: p.WorkSegment, model_id: str) -> None:
-        await asyncio.gather(*(self.run_job(job, model_id) for job in segment.jobs))
+    async def run_segment(self, segment: p.WorkSegment, model_id: str, batch: p.WorkBatch | None = None) -> None:
+        await asyncio.gather(*(self.run_job(job, model_id, batch.attempt_of(job.job_id) if batch else 0)
+                               for job in segment.jobs))
 
     async def adapter_problem(self, adapter_id: str) -> str | None:
         """None when the adapter is ready on this node (fetched now if needed), else why it is not."""
@@ -134,8 +135,8 @@ class InferenceNode:
             return str(exc)
         return None
 
-    async def run_job(self, job: p.JobRequest, model_id: str) -> None:
-        recent = self._recent.get(job.job_id)
+    async def run_job(self, job: p.JobRequest, model_id: str, attempt: int = 0) -> None:
+        recent = self._recent.get((job.job_id, attempt))
         if recent is not None:  # a redelivery of a job already done: same result, de-duplicated by msg_id
             await self.publish_result(recent)
             return
@@ -177,16 +178,19 @@ class InferenceNode:
             node_seq=self._seq, model_id=self.engine.model_id, tokenizer_id=TOKENIZER_ID,
             prompt_tokens=gen.prompt_tokens, output_tokens=gen.output_tokens, output_text=gen.output_text,
             finish_reason=gen.finish_reason, chunks=gen.chunks, started_at=started, finished_at=time.time(),
+            attempt=attempt,
         )
         if job.confidential:  # token ids, text and fingerprint only inside sealed_output, to client + committee
             result = confidential.seal_result(result)
         result = sign(result, self.identity, p.DOMAIN_RESULT)
-        self._recent[job.job_id] = result
+        self._recent[(job.job_id, attempt)] = result
         while len(self._recent) > self.settings.recent_results:
             self._recent.popitem(last=False)
         await self.publish_result(result)
 
     async def publish_result(self, result: p.InferenceResult) -> None:
-        await self.rt.publish(p.results(self.settings.node_id), result, msg_id=f"{result.job_id}:{self.settings.node_id}")
+        suffix = f":{result.attempt}" if result.attempt else ""
+        await self.rt.publish(p.results(self.settings.node_id), result,
+                              msg_id=f"{result.job_id}:{self.settings.node_id}{suffix}")
         await self.rt.emit(result.job_id, "result", body=result, node_id=self.settings.node_id,
-                           dedup=self.settings.node_id)
+                           dedup=self.settings.node_id, attempt=result.attempt)

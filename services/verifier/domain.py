@@ -325,16 +325,21 @@ def build_verdict(result: p.InferenceResult, checks: list[p.Check], audited: boo
 # ---------------------------------------------------------------------------
 
 
+def run_key(result: p.InferenceResult) -> tuple[str, int]:
+    """One run of a job: (job id, attempt).  A re-run after rejected results is a new run of the same job."""
+    return result.job_id, result.attempt
+
+
 class ReplayGuard:
-    """Bounded memory of job ids already verdicted and (node, seq) pairs already used."""
+    """Bounded memory of runs (job id, attempt) already verdicted and (node, seq) pairs already used."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._jobs: OrderedDict[str, None] = OrderedDict()
+        self._jobs: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._seqs: OrderedDict[tuple[str, int], str] = OrderedDict()
 
-    def seen_job(self, job_id: str) -> bool:
-        return job_id in self._jobs
+    def seen_job(self, job_id: str, attempt: int = 0) -> bool:
+        return (job_id, attempt) in self._jobs
 
     def seq_reused(self, result: p.InferenceResult) -> str | None:
         """The other job that already used this node's sequence number, if any."""
@@ -342,7 +347,7 @@ class ReplayGuard:
         return other if other is not None and other != result.job_id else None
 
     def remember(self, result: p.InferenceResult) -> None:
-        self._jobs[result.job_id] = None
+        self._jobs[run_key(result)] = None
         self._seqs[(result.node_id, result.node_seq)] = result.job_id
         while len(self._jobs) > self.capacity:
             self._jobs.popitem(last=False)
@@ -380,8 +385,11 @@ def job_fraction(job_id: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def should_audit(record: NodeRecord, job_id: str, policy: AuditPolicy) -> tuple[bool, str]:
-    """(audit?, why): every job of a new node, every job for a while after a failure, else a hashed fraction."""
+def should_audit(record: NodeRecord, job_id: str, policy: AuditPolicy, attempt: int = 0) -> tuple[bool, str]:
+    """(audit?, why): every re-run, every job of a new node, every job for a while after a failure, else a
+    hashed fraction."""
+    if attempt > 0:
+        return True, f"re-run (attempt {attempt}) after a rejected result"
     if record.clean_audits < policy.new_node_jobs:
         return True, f"new node ({record.clean_audits}/{policy.new_node_jobs} clean audits)"
     if record.forced_audits_left > 0:

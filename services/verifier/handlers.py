@@ -91,7 +91,7 @@ class Verifier:
                                          settings.audit_clean_rate)
         self.records: dict[str, domain.NodeRecord] = {}
         self._adapter_locks: dict[str, asyncio.Lock] = {}
-        self._inflight: set[str] = set()  # job ids being judged: a duplicate delivered meanwhile is skipped
+        self._inflight: set[tuple[str, int]] = set()  # runs (job id, attempt) being judged: a duplicate delivered meanwhile is skipped
 
     def routes(self) -> Sequence[Pull]:
         return [Pull("results", topology.VERIFIER, p.InferenceResult, self.on_result, slots=self.settings.slots,
@@ -118,14 +118,16 @@ class Verifier:
             domain.authenticate(result, subject, key)
         except domain.Forged as exc:
             raise Reject(f"forged result: {exc}") from None
-        if self.replay.seen_job(result.job_id) or result.job_id in self._inflight:
-            self.rt.log.info("result.replayed", job_id=result.job_id, node_id=result.node_id, subject=subject)
+        run = domain.run_key(result)
+        if self.replay.seen_job(*run) or run in self._inflight:
+            self.rt.log.info("result.replayed", job_id=result.job_id, node_id=result.node_id, subject=subject,
+                             attempt=result.attempt)
             return None
-        self._inflight.add(result.job_id)  # released by on_result (or by the caller of judge) when done
+        self._inflight.add(run)  # released by on_result (or by the caller of judge) when done
         try:
             return await self._checks(result)
         except BaseException:
-            self._inflight.discard(result.job_id)
+            self._inflight.discard(run)
             raise
 
     async def _checks(self, result: p.InferenceResult) -> tuple[list[p.Check], bool]:
@@ -143,7 +145,7 @@ class Verifier:
         checks.append(domain.check("node_seq", other is None,
                                    f"seq {result.node_seq}" + (f" already used by job {other}" if other else "")))
         record = self.records.setdefault(result.node_id, domain.NodeRecord(result.node_id))
-        audit, why = domain.should_audit(record, result.job_id, self.policy)
+        audit, why = domain.should_audit(record, result.job_id, self.policy, result.attempt)
         cheap_ok = all(c.ok for c in checks)
         audited = False
         if audit and cheap_ok:
@@ -191,7 +193,7 @@ class Verifier:
         record = self.records.setdefault(result.node_id, domain.NodeRecord(result.node_id))
         domain.record_outcome(record, audited, accepted, checks, self.policy, time.time())
         self.replay.remember(result)
-        self._inflight.discard(result.job_id)
+        self._inflight.discard(domain.run_key(result))
 
     async def on_result(self, result: p.InferenceResult, delivery: Delivery) -> None:
         judged = await self.judge(result, delivery.subject)
@@ -201,13 +203,15 @@ class Verifier:
         try:
             await self._publish(result, checks, audited)
         finally:
-            self._inflight.discard(result.job_id)
+            self._inflight.discard(domain.run_key(result))
 
     async def _publish(self, result: p.InferenceResult, checks: list[p.Check], audited: bool) -> None:
         verdict = domain.build_verdict(result, checks, audited, self.verifier_id, self.identity, self.address)
-        await self.rt.publish(p.verdicts(result.job_id), verdict, msg_id=f"{result.job_id}:{self.verifier_id}")
+        suffix = f":{result.attempt}" if result.attempt else ""  # a re-run is verdicted again by the same verifier
+        await self.rt.publish(p.verdicts(result.job_id), verdict, msg_id=f"{result.job_id}:{self.verifier_id}{suffix}")
         await self.rt.emit(result.job_id, "verdict", body=verdict, node_id=result.node_id, dedup=self.verifier_id,
-                           reason="" if verdict.accepted else "failed: " + ",".join(c.name for c in checks if not c.ok))
+                           reason="" if verdict.accepted else "failed: " + ",".join(c.name for c in checks if not c.ok),
+                           attempt=result.attempt)
         self.settle(result, checks, audited, verdict.accepted)
 
     async def stats_loop(self) -> None:
