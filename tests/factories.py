@@ -55,6 +55,8 @@ def examples() -> dict[str, p.Wire]:
     r = result(j)
     return {
         p.JOBS_SUBMIT: j,
+        p.JOBS_RERUN: p.RerunRequest(job_id=j.job_id, attempt=1, request=j, exclude=["node-0"], reason="rejected",
+                                     at=time.time()),
         p.WORK_ALL: p.WorkBatch(batch_id=p.new_job_id(), node_id="node-0", model_id=MODEL,
                                 segments=[p.WorkSegment(adapter_id=ADAPTER, jobs=[j])], dispatched_at=time.time(),
                                 scheduler_id="scheduler"),

@@ -155,6 +155,7 @@ class JobAttempt(Wire):
 
     job_id: JobId
     attempt: Annotated[int, Field(ge=1, le=MAX_ATTEMPT)]
+    exclude: Annotated[list[NodeId], Field(max_length=MAX_ATTEMPT)] = []  # the nodes that failed it
 
 
 class WorkBatch(AdditiveWire):

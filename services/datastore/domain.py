@@ -4,7 +4,7 @@ Job status moves forward only.  Every stage has a rank and a job's status is
 the highest-ranked stage it has seen, so events may arrive in any order and
 any number of times:
 
-    admitted(1) < dispatched(2) < result(3) < verdict(4) < rejected, failed(5) < settled, refunded(6)
+    admitted(1) < rerun(2) < dispatched(3) < result(4) < verdict(5) < rejected, failed(6) < settled, refunded(7)
 
 `rejected` (admission refused) and `failed` (no node could finish the job)
 are terminal for the work, so they outrank the work stages that may still
@@ -14,6 +14,13 @@ in `stages` but never changes the status.
 
 Each (job_id, stage) is recorded once — the first event wins — except
 verdicts, which are recorded once per verifier.
+
+Re-runs: a job whose result was finally rejected is run again (`rerun`, then
+its own `dispatched`, `result`, `verdict` events, all with `attempt` n ≥ 1).
+Each attempt's events are recorded apart (`event:a<n>:<stage>`), and the work
+stages are ordered by (attempt, rank): a later attempt's `dispatched` moves the
+status on from an earlier attempt's `verdict`, while the terminal stages still
+outrank every work stage of any attempt.
 """
 
 from __future__ import annotations
@@ -30,14 +37,16 @@ from loranet.runtime import Reject, ServiceError
 
 STAGE_RANK: dict[str, int] = {
     "admitted": 1,
-    "dispatched": 2,
-    "result": 3,
-    "verdict": 4,
-    "rejected": 5,
-    "failed": 5,
-    "settled": 6,
-    "refunded": 6,
+    "rerun": 2,
+    "dispatched": 3,
+    "result": 4,
+    "verdict": 5,
+    "rejected": 6,
+    "failed": 6,
+    "settled": 7,
+    "refunded": 7,
 }
+TERMINAL_RANK = 6  # rejected, failed, settled, refunded: above every work stage of every attempt
 
 # The message each stage's event carries in `body`; None = body may be empty.
 STAGE_BODY: dict[str, type[Wire] | None] = {
@@ -49,6 +58,7 @@ STAGE_BODY: dict[str, type[Wire] | None] = {
     "failed": None,
     "settled": p.Receipt,
     "refunded": p.Receipt,
+    "rerun": p.RerunRequest,
 }
 
 _CONTENT_ID = re.compile(r"^[0-9a-f]{64}$")
@@ -170,9 +180,10 @@ def check_adapter_upload(manifest: p.AdapterManifest, config: bytes, weights: by
 
 def event_field(event: p.JobEvent, body: Wire | None) -> str:
     """The field of the job's hash this event is recorded under (first write wins)."""
+    prefix = f"event:a{event.attempt}:" if event.attempt else "event:"  # each re-run's events apart
     if event.stage == "verdict" and isinstance(body, p.Verdict):
-        return f"event:verdict:{body.verifier_id}"
-    return f"event:{event.stage}"
+        return f"{prefix}verdict:{body.verifier_id}"
+    return f"{prefix}{event.stage}"
 
 
 CLIENT_FIELD = "client"  # the job hash's field holding its client id (the events' subject token)
@@ -199,6 +210,10 @@ def check_event(event: p.JobEvent, subject: str) -> Wire | None:
         raise Reject(f"body is for job {body.job_id}, the event for {event.job_id}")
     if isinstance(body, p.Receipt) and body.status != event.stage:
         raise Reject(f"receipt status {body.status!r} in a {event.stage!r} event")
+    attempt = body.attempt if isinstance(body, (p.InferenceResult, p.RerunRequest)) else (
+        body.result.attempt if isinstance(body, p.Verdict) else event.attempt)
+    if attempt != event.attempt:
+        raise Reject(f"body is attempt {attempt} of the job, the event says {event.attempt}")
     request = p.request_of(body)
     if request is not None and p.client_id(request.client_key) != client:
         raise Reject(f"body is a job of client {p.client_id(request.client_key)[:16]}…, the subject names {client[:16]}…")
@@ -220,6 +235,12 @@ def status_of(stages: list[str]) -> str:
     return max(stages, key=lambda s: STAGE_RANK[s])
 
 
+def event_order(event: p.JobEvent) -> tuple[int, int, int]:
+    """Where an event stands in the job's life: terminal stages above all, then (attempt, stage rank)."""
+    rank = STAGE_RANK[event.stage]
+    return (1, 0, rank) if rank >= TERMINAL_RANK else (0, event.attempt, rank)
+
+
 def assemble_record(job_id: str, fields: Mapping[str, bytes]) -> p.JobRecord:
     """A JobRecord from the recorded events (`event:*` fields of the job's hash)."""
     events: list[tuple[p.JobEvent, Wire | None]] = []
@@ -232,21 +253,29 @@ def assemble_record(job_id: str, fields: Mapping[str, bytes]) -> p.JobRecord:
         events.append((event, body))
     if not events:
         raise ValueError(f"job {job_id} has no recorded events")
-    events.sort(key=lambda eb: (STAGE_RANK[eb[0].stage], eb[0].at))
+    events.sort(key=lambda eb: (event_order(eb[0]), eb[0].at))
     stages: list[str] = []
+    listed: set[tuple[str, int]] = set()
     for event, _ in events:
-        if event.stage not in stages:
-            stages.append(event.stage)
-    status = status_of(stages)
-    by_stage = {e.stage: (e, b) for e, b in reversed(events)}  # first event of each stage
+        if (event.stage, event.attempt) in listed:
+            continue
+        listed.add((event.stage, event.attempt))
+        stages.append(event.stage)  # a re-run's stages are listed again, in order
+    last = events[-1][0]  # the status: the first event of the furthest stage
+    status = last.stage
+    first = next(e for e, _ in events if event_order(e) == event_order(last))
+    attempt = max(e.attempt for e, _ in events)
     request = next((r for r in (p.request_of(b) for _, b in events) if r is not None), None)
-    result = by_stage["result"][1] if "result" in by_stage else None
-    verdicts = sorted((b for e, b in events if isinstance(b, p.Verdict)), key=lambda v: (v.decided_at, v.verifier_id))
+    # The latest attempt's result (and node): the one that was settled, or is still being judged.
+    result = next((b for _, b in reversed(events) if isinstance(b, p.InferenceResult)), None)
+    verdicts = sorted((b for e, b in events if isinstance(b, p.Verdict)),
+                      key=lambda v: (v.result.attempt, v.decided_at, v.verifier_id))
     receipt = next((b for _, b in events if isinstance(b, p.Receipt)), None)
-    node_id = result.node_id if isinstance(result, p.InferenceResult) else ""
+    node_id = result.node_id if isinstance(result, p.InferenceResult) and result.attempt == attempt else ""
     if not node_id:
-        node_id = next((e.node_id for e, _ in events if e.node_id), "")
-    reason = by_stage[status][0].reason or next((e.reason for e, _ in reversed(events) if e.reason), "")
+        node_id = next((e.node_id for e, _ in reversed(events) if e.node_id and e.attempt == attempt
+                        and e.stage != "rerun"), "") or next((e.node_id for e, _ in events if e.node_id), "")
+    reason = first.reason or next((e.reason for e, _ in reversed(events) if e.reason), "")
     return p.JobRecord(
         job_id=job_id,
         status=status,
@@ -258,6 +287,7 @@ def assemble_record(job_id: str, fields: Mapping[str, bytes]) -> p.JobRecord:
         receipt=receipt,
         stages=stages,
         updated_at=max(e.at for e, _ in events),
+        attempt=attempt,
     )
 
 

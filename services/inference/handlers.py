@@ -101,9 +101,9 @@ class InferenceNode:
         await asyncio.to_thread(self.engine.install_adapter, adapter_id, blob.config, blob.weights)
         self.rt.log.info("adapter.loaded", adapter_id=adapter_id)
 
-    async def fail(self, job: p.JobRequest, reason: str) -> None:
+    async def fail(self, job: p.JobRequest, reason: str, attempt: int = 0) -> None:
         await self.rt.emit(job.job_id, "failed", reason=reason, node_id=self.settings.node_id,
-                           dedup=self.settings.node_id, client_key=job.client_key)
+                           dedup=self.settings.node_id, client_key=job.client_key, attempt=attempt)
 
     async def on_batch(self, batch: p.WorkBatch, delivery: Delivery) -> None:
         try:
@@ -142,11 +142,11 @@ class InferenceNode:
             return
         started = time.time()
         if model_id != self.engine.model_id or job.model_id != self.engine.model_id:
-            await self.fail(job, f"node {self.settings.node_id} does not serve model {job.model_id}")
+            await self.fail(job, f"node {self.settings.node_id} does not serve model {job.model_id}", attempt)
             return
         problem = await self.adapter_problem(job.adapter_id)
         if problem is not None:
-            await self.fail(job, f"adapter {job.adapter_id}: {problem}")
+            await self.fail(job, f"adapter {job.adapter_id}: {problem}", attempt)
             return
         try:
             params = domain.sampler_params(job)
@@ -154,7 +154,7 @@ class InferenceNode:
             prompt_tokens = tokenizer.encode(confidential.open_prompt(job, self.identity))
             domain.check_prompt(prompt_tokens, self.settings.max_prompt_tokens)
         except (domain.BadJob, confidential.ConfidentialError) as exc:
-            await self.fail(job, str(exc))
+            await self.fail(job, str(exc), attempt)
             return
         req = GenRequest(job_id=job.job_id, prompt_tokens=prompt_tokens, adapter_id=job.adapter_id,
                          max_tokens=job.max_tokens, params=params, seed=job.sampling.seed,
@@ -166,11 +166,11 @@ class InferenceNode:
             self.engine.cancel(job.job_id)  # shutdown: the message goes back, the engine drops the job
             raise
         except JobRefused as exc:
-            await self.fail(job, str(exc))
+            await self.fail(job, str(exc), attempt)
             return
         except Exception as exc:  # an engine error fails this job, never the node
             self.rt.log.error("job.engine_error", job_id=job.job_id, error=repr(exc))
-            await self.fail(job, f"engine error: {exc}")
+            await self.fail(job, f"engine error: {exc}", attempt)
             return
         self._seq += 1
         result = domain.build_result(

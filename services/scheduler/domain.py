@@ -112,19 +112,24 @@ class Ticket:
     payload: Any = None
     # The one node this job may go to ("" = any): a confidential job is sealed to it.
     node_id: str = ""
+    # A re-run after rejected results: which attempt, and the nodes that failed it (never chosen again).
+    attempt: int = 0
+    avoid: frozenset[str] = frozenset()
 
     @classmethod
-    def of(cls, job: p.JobRequest, now: float, origin: str = "") -> "Ticket":
+    def of(cls, job: p.JobRequest, now: float, origin: str = "", attempt: int = 0,
+           avoid: Iterable[str] = ()) -> "Ticket":
         return cls(job_id=job.job_id, client=job.client_address.lower(), model_id=job.model_id,
                    adapter_id=job.adapter_id, region=job.region, cost=job_cost(job), admitted_at=now,
-                   expires_at=job.expires_at, origin=origin, payload=job, node_id=job.node_id)
+                   expires_at=job.expires_at, origin=origin, payload=job, node_id=job.node_id,
+                   attempt=attempt, avoid=frozenset(avoid))
 
     @property
     def group(self) -> "GroupKey":
-        return (self.model_id, self.adapter_id, self.region, self.node_id)
+        return (self.model_id, self.adapter_id, self.region, self.node_id, self.avoid)
 
 
-GroupKey = tuple[str, str, str, str]
+GroupKey = tuple[str, str, str, str, frozenset[str]]
 
 
 @dataclass(frozen=True)
@@ -388,8 +393,8 @@ class RoutingQueue:
         return (now - group.oldest()) / self.aging_s + min(group.size, self.max_batch_jobs) / self.max_batch_jobs
 
     def _requirements(self, key: GroupKey) -> Requirements:
-        model_id, adapter_id, region, node_id = key
-        return Requirements(model_id=model_id, adapter_id=adapter_id, region=region, node_id=node_id,
+        model_id, adapter_id, region, node_id, avoid = key
+        return Requirements(model_id=model_id, adapter_id=adapter_id, region=region, node_id=node_id, avoid=avoid,
                             adapter_bytes=self.adapter_bytes if adapter_id else 0, devices=self.devices)
 
     def plan(self, nodes: Sequence[NodeView], now: float) -> list[Assignment]:
@@ -488,14 +493,16 @@ class RoutingQueue:
 
 
 def assemble_batch(node_id: str, model_id: str, jobs: Sequence[p.JobRequest], batch_id: str, scheduler_id: str,
-                   now: float) -> p.WorkBatch:
-    """One work batch: jobs grouped into segments by adapter, in arrival order."""
+                   now: float, attempts: dict[str, tuple[int, Iterable[str]]] | None = None) -> p.WorkBatch:
+    """One work batch: jobs grouped into segments by adapter, in arrival order; `attempts` names the
+    re-runs among them (job id → (attempt, nodes that failed it))."""
     by_adapter: dict[str, list[p.JobRequest]] = {}
     for job in jobs:
         by_adapter.setdefault(job.adapter_id, []).append(job)
     segments = [p.WorkSegment(adapter_id=a, jobs=js) for a, js in by_adapter.items()]
+    reruns = [p.JobAttempt(job_id=j, attempt=a, exclude=sorted(x)) for j, (a, x) in (attempts or {}).items() if a]
     return p.WorkBatch(batch_id=batch_id, node_id=node_id, model_id=model_id, segments=segments,
-                       dispatched_at=now, scheduler_id=scheduler_id)
+                       dispatched_at=now, scheduler_id=scheduler_id, attempts=reruns)
 
 
 # A job whose latest event is one of these still needs a node.
@@ -506,9 +513,13 @@ def needs_node(stages: Iterable[str]) -> bool:
     """Whether a job taken back from a dead node must be dispatched again, from all its events' stages.
 
     All of them, not the latest: a fast node's `result` can be stored before the
-    scheduler's own `dispatched` event for the same job.
+    scheduler's own `dispatched` event for the same job.  A job re-run after rejected
+    results counts from its last `rerun` event (its current attempt).
     """
-    return all(stage in UNFINISHED_STAGES for stage in stages)
+    seen = list(stages)
+    if "rerun" in seen:
+        seen = seen[len(seen) - seen[::-1].index("rerun"):]
+    return all(stage in UNFINISHED_STAGES for stage in seen)
 
 
 class Outstanding:
@@ -540,7 +551,10 @@ class Outstanding:
             self._by_node.get(node, {}).pop(job_id, None)
 
     def on_event(self, job_id: str, stage: str, node_id: str, at: float) -> None:
-        if stage == "dispatched" and node_id:
+        if stage == "rerun":  # answered, but sent again: its next `dispatched` counts
+            self.answered(job_id)
+            self._answered.pop(job_id, None)
+        elif stage == "dispatched" and node_id:
             self.dispatched(job_id, node_id, at)
         elif stage not in UNFINISHED_STAGES:
             self.answered(job_id)

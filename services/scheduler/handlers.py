@@ -102,6 +102,8 @@ class Scheduler:
         return [
             Pull("jobs", topology.SCHEDULER, p.JobRequest, self.on_job, slots=self.settings.admission_slots,
                  max_bytes=p.MAX_BYTES[p.JOBS_SUBMIT]),
+            Pull("reruns", topology.SCHEDULER_RERUN, p.RerunRequest, self.on_rerun,
+                 slots=self.settings.admission_slots, max_bytes=p.MAX_BYTES[p.JOBS_RERUN]),
         ]
 
     async def start(self) -> None:
@@ -154,8 +156,9 @@ class Scheduler:
         except Exception as exc:  # another replica released it, or settlement is down: the job stays reserved
             self.rt.log.warning("job.release_failed", job_id=job_id, error=repr(exc))
 
-    async def stages(self, job: p.JobRequest) -> list[str]:
-        """Stages of a job's events in stream order, up to the first one past dispatch."""
+    async def stages(self, job: p.JobRequest, attempts: list[int] | None = None) -> list[str]:
+        """Stages of a job's events in stream order, up to the first one past dispatch of its current
+        attempt (a `rerun` starts a new one) or a final one; `attempts` gets each event's attempt."""
         out: list[str] = []
         seq = 1
         while True:
@@ -165,11 +168,16 @@ class Scheduler:
             except NotFoundError:
                 return out
             try:
-                out.append(codec.decode(p.JobEvent, msg.data or b"").stage)
+                event = codec.decode(p.JobEvent, msg.data or b"")
+                out.append(event.stage)
+                if attempts is not None:
+                    attempts.append(event.attempt)
             except DecodeError:
                 pass
-            if not domain.needs_node(out):
+            if out and out[-1] in p.TERMINAL_STAGES:
                 return out
+            if not domain.needs_node(out) and attempts is None:
+                return out  # a later `rerun` would make it need a node again: read on only when asked
             seq = (msg.seq or seq) + 1
 
     async def views(self) -> list[domain.NodeView]:
@@ -229,6 +237,40 @@ class Scheduler:
             await self.rt.emit(job.job_id, "rejected", reason=reason, client_key=job.client_key)
             await self.release(job.job_id, reason, job.client_key)
 
+    async def on_rerun(self, rerun: p.RerunRequest, delivery: Delivery) -> None:
+        """Settlement finally rejected an attempt's result: run the client's signed request again on a node
+        that has not failed it.  Its escrow stays reserved; if no node can take it, it is released
+        (refunded) with why."""
+        job = rerun.request
+        try:
+            domain.check_signature(job)
+        except SignatureInvalid as exc:
+            raise Reject(f"re-run of a forged or unsigned job: {exc}") from None
+        if job.job_id != rerun.job_id:
+            raise Reject(f"re-run {rerun.job_id} carries job {job.job_id}")
+        attempts: list[int] = []
+        seen = await self.stages(job, attempts)
+        if any(s in p.TERMINAL_STAGES for s in seen) or any(
+                s in ("dispatched", "result", "verdict", "failed") and a >= rerun.attempt for s, a in zip(seen, attempts)):
+            self.rt.log.info("job.rerun_done_already", job_id=job.job_id, attempt=rerun.attempt)
+            return  # a redelivery, or a re-published re-run already under way or final
+        avoid = frozenset(rerun.exclude)
+        reason = ""
+        if job.node_id:
+            reason = f"the job is sealed to node {job.node_id}, which failed it: it cannot run elsewhere"
+        elif not any(job.model_id in hb.model_ids and hb.node_id not in avoid and (not job.region or hb.region == job.region)
+                     for hb in await self.registry.nodes()):
+            reason = f"no live node serves it besides {', '.join(sorted(avoid))}, which failed it"
+        elif job.expires_at <= time.time():
+            reason = "the job expired"
+        if not reason:
+            node_id = await self.route(domain.Ticket.of(job, time.time(), attempt=rerun.attempt, avoid=avoid))
+            if node_id is not None:
+                return
+            reason = "the job expired before another node could take it"
+        reason = f"re-run (attempt {rerun.attempt}) not possible: {reason}"
+        await self.release(job.job_id, reason, job.client_key)
+
     async def route(self, ticket: domain.Ticket) -> str | None:
         """Queue `ticket` and wait until it is dispatched: the node id, or None if it expired first."""
         fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
@@ -276,8 +318,9 @@ class Scheduler:
         node_id = assignment.node_id
         jobs = [t.payload for t in assignment.tickets]
         batch_id = p.new_job_id()
+        attempts = {t.job_id: (t.attempt, t.avoid) for t in assignment.tickets if t.attempt}
         batch = domain.assemble_batch(node_id, assignment.model_id, jobs, batch_id, self.settings.scheduler_id,
-                                      time.time())
+                                      time.time(), attempts)
         try:
             await self.rt.publish(p.work(node_id), batch, msg_id=batch_id)
         except Exception as exc:
@@ -296,9 +339,12 @@ class Scheduler:
 
     async def _emit_dispatched(self, ticket: domain.Ticket, node_id: str) -> None:
         reason = f"re-dispatched from node {ticket.origin}" if ticket.origin else ""
+        if ticket.attempt:
+            reason = (f"re-run (attempt {ticket.attempt}), not on {', '.join(sorted(ticket.avoid))}"
+                      + (f"; {reason}" if reason else ""))
         try:
             await self.rt.emit(ticket.job_id, "dispatched", node_id=node_id, dedup=node_id, reason=reason,
-                               client_key=ticket.payload.client_key)
+                               client_key=ticket.payload.client_key, attempt=ticket.attempt)
         except Exception as exc:  # the work is out; a missing event must not hold it back
             self.rt.log.warning("dispatch.event_failed", job_id=ticket.job_id, node_id=node_id, error=repr(exc))
 
@@ -449,10 +495,13 @@ class Scheduler:
             await self.rt.dead_letter("redispatch", msg, str(exc))
             return True
         jobs = [job for segment in batch.segments for job in segment.jobs]
-        stages = await asyncio.gather(*(self.stages(job) for job in jobs))
+        reruns = {a.job_id: a for a in batch.attempts}
+        stages = await asyncio.gather(*(self.stages(job, [] if job.job_id in reruns else None) for job in jobs))
         todo = [job for job, seen in zip(jobs, stages) if domain.needs_node(seen)]
         now = time.time()
-        routes = [asyncio.ensure_future(self.route(domain.Ticket.of(job, now, origin=node_id))) for job in todo]
+        routes = [asyncio.ensure_future(self.route(domain.Ticket.of(
+            job, now, origin=node_id, attempt=reruns[job.job_id].attempt if job.job_id in reruns else 0,
+            avoid=reruns[job.job_id].exclude if job.job_id in reruns else ()))) for job in todo]
         keep_alive = asyncio.ensure_future(self._keep_alive(msg))
         try:
             while routes and not all(r.done() for r in routes):

@@ -32,7 +32,7 @@ from loranet.split import Price
 
 from . import domain
 from .chain import BatchReceipt, Chain, ChainError, TxInfo
-from .journal import Journal, PendingCommit
+from .journal import Attempts, Journal, PendingCommit
 from .packing import MAX_JOBS, Reservation, SettleJob
 from .settings import SettlementSettings
 
@@ -57,6 +57,7 @@ class Settlement:
         # job id → its client's key, which names the subject of the job's events (jobs.events.<client_id>.*)
         self._clients: OrderedDict[str, bytes] = OrderedDict()
         self._fault_passes = 0
+        self._attempts: OrderedDict[str, Attempts] = OrderedDict()  # jobs being re-run: attempt, failed nodes
         self.reservations: WindowBatcher[str, Reservation, str | None] = WindowBatcher(
             self._reserve_batch, settings.reserve_window_s, MAX_JOBS)
 
@@ -185,12 +186,25 @@ class Settlement:
         except domain.BadVerdict as exc:
             raise Reject(f"verdict refused: {exc}") from None
         job_id = verdict.job_id
+        attempt = verdict.result.attempt
         self._remember_client(job_id, verdict.result.request.client_key)
         if job_id in self._final or job_id in self._deciding:
             return  # decided here already; if its commit fails, its own message is retried
+        runs = await self._attempts_of(job_id)
+        if attempt != runs.attempt or verdict.result.node_id in runs.failed:
+            if attempt + 1 == runs.attempt and runs.failed and verdict.result.node_id == runs.failed[-1]:
+                # The attempt this verdict rejected was re-run already; a crash may have come between
+                # recording that and publishing it: publish again (de-duplicated; the scheduler skips a
+                # re-run already dispatched).
+                await self._publish_rerun(verdict, runs, "")
+            else:
+                self.rt.log.info("verdict.stale", job_id=job_id, attempt=attempt, current=runs.attempt,
+                                 node_id=verdict.result.node_id, verifier=verdict.verifier_id)
+            return
+        key = job_id if attempt == 0 else f"{job_id}.{attempt}"  # quorum per run of the job
         needed = self.settings.verdict_quorum
-        restored = await self.journal.votes(job_id) if needed > 1 and job_id not in self._quorums else []
-        quorum = self._quorums.setdefault(job_id, domain.Quorum(needed))
+        restored = await self.journal.votes(key) if needed > 1 and key not in self._quorums else []
+        quorum = self._quorums.setdefault(key, domain.Quorum(needed))
         while len(self._quorums) > _RECENT:
             self._quorums.popitem(last=False)
         for data in restored:  # counted before a restart
@@ -198,25 +212,76 @@ class Settlement:
         decision = quorum.add(verdict)
         if decision is None:
             if needed > 1:  # this verdict is acknowledged now: keep its vote
-                await self.journal.put_votes(job_id, [codec.encode(v) for v in quorum.votes()])
+                await self.journal.put_votes(key, [codec.encode(v) for v in quorum.votes()])
             return
         self._deciding.add(job_id)
         try:
             if decision == "refund":
                 reason = "; ".join(c.name for c in verdict.checks if not c.ok)[:1000] or "rejected by the verifiers"
+                if attempt < self.settings.max_reruns and await self._rerun(verdict, runs, reason):
+                    self._quorums.pop(key, None)
+                    if needed > 1:
+                        await self.journal.clear_votes(key)
+                    return
+                if attempt:
+                    reason = (f"{reason} (attempt {attempt}; every attempt rejected, nodes "
+                              f"{', '.join([*runs.failed, verdict.result.node_id])})")[:1000]
                 item = domain.Decision(job_id, None, reason, node_key=verdict.result.node_key,
                                        evidence=bytes.fromhex(verdict.result_hash))
             else:
                 item = domain.Decision(job_id, await self._settle_job(quorum.agreed))
             await self.epochs.add("epoch", item)
-            self._quorums.pop(job_id, None)
+            self._quorums.pop(key, None)
             if needed > 1:
-                await self.journal.clear_votes(job_id)
+                await self.journal.clear_votes(key)
             self._final[job_id] = None
             while len(self._final) > _RECENT:
                 self._final.popitem(last=False)
         finally:
             self._deciding.discard(job_id)
+
+    # -- re-runs -------------------------------------------------------------
+
+    async def _attempts_of(self, job_id: str) -> Attempts:
+        runs = self._attempts.get(job_id)
+        if runs is None:
+            runs = await self.journal.attempts(job_id)
+            if runs.attempt:
+                self._attempts[job_id] = runs
+                while len(self._attempts) > _RECENT:
+                    self._attempts.popitem(last=False)
+        return runs
+
+    async def _rerun(self, verdict: p.Verdict, runs: Attempts, reason: str) -> bool:
+        """A finally rejected result whose job may still be run again: slash its node (no pay for it), record
+        the next attempt, and hand the client's signed request to the scheduler for a node that has not
+        failed it. The reservation stays held. False when the job is final on chain already."""
+        job_id = verdict.job_id
+        if await asyncio.to_thread(self.chain.job_state, job_id) in domain.FINAL_STATES:
+            return False  # a late verdict of a job settled or refunded before: its receipt path answers
+        slashed = ""
+        if self.settings.slash_bps:
+            slashed = await self._slash(domain.Decision(job_id, None, reason, node_key=verdict.result.node_key,
+                                                        evidence=bytes.fromhex(verdict.result_hash)))
+        failed = tuple(dict.fromkeys([*runs.failed, verdict.result.node_id]))
+        nxt = Attempts(attempt=verdict.result.attempt + 1, failed=failed)
+        await self.journal.put_attempts(job_id, nxt)  # decided before anything is published
+        self._attempts[job_id] = nxt
+        why = (f"attempt {verdict.result.attempt} on node {verdict.result.node_id} rejected ({reason})"
+               + (f"; {slashed}" if slashed else "") + f"; re-run as attempt {nxt.attempt}")
+        await self._publish_rerun(verdict, nxt, why)
+        return True
+
+    async def _publish_rerun(self, verdict: p.Verdict, runs: Attempts, why: str) -> None:
+        job_id = verdict.job_id
+        why = why or f"attempt {verdict.result.attempt} on node {verdict.result.node_id} rejected; re-run as attempt {runs.attempt}"
+        rerun = p.RerunRequest(job_id=job_id, attempt=runs.attempt, request=verdict.result.request,
+                               exclude=list(runs.failed), reason=why[:1024], at=time.time())
+        # The event first: a scheduler that dispatches the re-run then finds `rerun` before its `dispatched`.
+        await self.rt.emit(job_id, "rerun", body=rerun, node_id=verdict.result.node_id, reason=why,
+                           attempt=runs.attempt)
+        await self.rt.publish(p.JOBS_RERUN, rerun, msg_id=f"{job_id}:rerun:{runs.attempt}")
+        self.rt.log.warning("job.rerun", job_id=job_id, attempt=runs.attempt, exclude=list(runs.failed))
 
     async def _manifest(self, adapter_id: str) -> p.AdapterManifest | None:
         if not adapter_id:

@@ -24,6 +24,25 @@ from .packing import SettleJob
 
 PENDING_KEY = "pending"
 VOTES_PREFIX = "votes."
+ATTEMPTS_PREFIX = "attempts."
+
+
+@dataclass(frozen=True)
+class Attempts:
+    """A job re-run after rejected results: its current attempt and every node that failed it."""
+
+    attempt: int = 0
+    failed: tuple[str, ...] = ()
+
+    def encode(self) -> bytes:
+        return json.dumps({"v": 1, "attempt": self.attempt, "failed": list(self.failed)}, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Attempts:
+        raw = json.loads(data)
+        if raw.get("v") != 1:
+            raise ValueError(f"unknown attempts record version {raw.get('v')!r}")
+        return cls(attempt=int(raw["attempt"]), failed=tuple(str(n) for n in raw["failed"]))
 
 
 @dataclass(frozen=True)
@@ -91,6 +110,19 @@ class Journal:
 
     # With a verifier quorum above 1, a job's verdicts arrive one by one and each is acknowledged
     # before the quorum is reached: they are kept here, so a restart does not forget them.
+
+    # A job whose result was finally rejected and that was sent to another node: its attempt and the
+    # nodes that failed it (key attempts.<job_id>), written before the re-run is published.
+
+    async def attempts(self, job_id: str) -> Attempts:
+        try:
+            entry = await self.kv.get(ATTEMPTS_PREFIX + job_id)
+        except KeyNotFoundError:
+            return Attempts()
+        return Attempts.decode(entry.value) if entry.value else Attempts()
+
+    async def put_attempts(self, job_id: str, attempts: Attempts) -> None:
+        await self.kv.put(ATTEMPTS_PREFIX + job_id, attempts.encode())
 
     async def votes(self, job_id: str) -> list[bytes]:
         """The encoded verdicts counted so far for `job_id` (empty if none)."""

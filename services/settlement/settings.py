@@ -26,6 +26,11 @@ class SettlementSettings(CommonSettings):
     reserve_window_s: float = 0.05
     # Independent accepting verdicts needed before a job is paid.
     verdict_quorum: int = 1
+    # A job whose result the verifiers finally reject is run again on another node (every node that
+    # failed it excluded) up to this many times; its escrow reservation stays held, the cheating node
+    # is slashed and unpaid, and only when the re-runs are spent (or no other node can take it) is the
+    # client refunded. 0 = refund at the first rejection. Needs the scheduler (jobs.rerun).
+    max_reruns: int = Field(default=2, ge=0, le=15)
     # Devnet convenience: settlement.faucet hands out OPEN from the deployer.
     faucet: bool = True
     price_per_prompt_token: int = 10**12

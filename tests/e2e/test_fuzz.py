@@ -23,6 +23,7 @@ from tests import fuzzing
 N = int(os.environ.get("LORANET_FUZZ_N", "26"))
 PULL_SUBJECTS = {
     p.JOBS_SUBMIT: p.JOBS_SUBMIT,
+    p.JOBS_RERUN: p.JOBS_RERUN,
     p.WORK_ALL: p.work("node-0"),
     p.RESULTS_ALL: p.results("node-fuzz"),
     p.VERDICTS_ALL: p.verdicts("0" * 31 + "1"),

@@ -33,7 +33,8 @@ def _settlement(nats_url: str, rpc_url: str, log: Path, fault: str = "", fault_a
                 epoch_max_jobs: int = 16) -> subprocess.Popen:
     env = dict(os.environ, LORANET_NATS_URL=nats_url, LORANET_RPC_URL=rpc_url, LORANET_EPOCH_MAX_S="0.3",
                LORANET_EPOCH_MAX_JOBS=str(epoch_max_jobs), LORANET_FAULT_POINT=fault,
-               LORANET_FAULT_AFTER=str(fault_after), LORANET_INSTANCE="settlement-test")
+               LORANET_FAULT_AFTER=str(fault_after), LORANET_INSTANCE="settlement-test",
+               LORANET_MAX_RERUNS="0")  # no scheduler here: a rejected result is refunded, not re-run
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", "services.settlement"], env=env, cwd=ROOT, stdout=out,
                                 stderr=subprocess.STDOUT)

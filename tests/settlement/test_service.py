@@ -44,7 +44,8 @@ def chain():
 
 async def test_verdicts_settle_once_refund_and_forgeries(nats_server, chain):
     client = chain.new_account()
-    settings = SettlementSettings(nats_url=nats_server.url, epoch_max_s=0.3, epoch_max_jobs=8)
+    # max_reruns=0: a rejected result is refunded at once (re-runs: test_rejected_result_is_rerun_…)
+    settings = SettlementSettings(nats_url=nats_server.url, epoch_max_s=0.3, epoch_max_jobs=8, max_reruns=0)
     async with Runtime("settlement", settings) as rt:
         await rt.mount((await Settlement.open(rt, settings, chain)).routes())
         await asyncio.to_thread(chain.fund, client.address, 10**18)
@@ -146,7 +147,7 @@ async def test_rejected_result_slashes_its_staked_node_once(nats_server, chain):
     await asyncio.to_thread(chain.fund, client.address, 10**18)
     await asyncio.to_thread(chain.deposit, client.key, 10**16)
     treasury_before = chain.balance_of(chain.treasury_address)
-    settings = SettlementSettings(nats_url=nats_server.url, epoch_max_s=0.2, slash_bps=1000)
+    settings = SettlementSettings(nats_url=nats_server.url, epoch_max_s=0.2, slash_bps=1000, max_reruns=0)
     async with Runtime("settlement", settings) as rt:
         await rt.mount((await Settlement.open(rt, settings, chain)).routes())
         bad = factories.job(adapter_id="", client_address=client.address, max_fee=10**15)
