@@ -122,11 +122,13 @@ async def test_a_cheaters_result_is_rerun_on_an_honest_node_and_paid_once(devnet
     model, adapter_names = node_model
     chain = Chain(state["rpc_url"])
     cheater = HonestNode("a-cheater", model, adapter_names)
-    # The cheater is a staked node (its Ed25519 key bound in the Registry): slashable.
-    staker = await asyncio.to_thread(chain.new_account, open_tokens=2000 * 10**18)
-    await asyncio.to_thread(chain.stake, staker.key, 2000 * 10**18, cheater.identity.public, cheater.address)
-    stake_before = chain.node(staker.address).stake
     async with await Client.connect(config.url_for("client"), Identity.generate()) as client:
+        # The cheater is a staked node (its Ed25519 key bound in the Registry): slashable. Its OPEN comes
+        # from settlement's faucet (the deployer's nonce is settlement's to keep), its gas from setBalance.
+        staker = await asyncio.to_thread(chain.new_account)
+        await client._request(p.SETTLEMENT_FAUCET, p.Faucet(address=staker.address, amount=2000 * 10**18), p.Balance)
+        await asyncio.to_thread(chain.stake, staker.key, 2000 * 10**18, cheater.identity.public, cheater.address)
+        stake_before = chain.node(staker.address).stake
         await client.faucet(10**20, 10**19)
         escrow_before = (await client.balance()).escrow
         async with CheatingNode(cheater, config.url_for("inference")) as cheat:
