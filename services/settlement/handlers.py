@@ -58,6 +58,8 @@ class Settlement:
         self._clients: OrderedDict[str, bytes] = OrderedDict()
         self._fault_passes = 0
         self._attempts: OrderedDict[str, Attempts] = OrderedDict()  # jobs being re-run: attempt, failed nodes
+        # Whether _attempts holds every record of the journal bucket (else a miss is read from it).
+        self._attempts_complete = False
         self.reservations: WindowBatcher[str, Reservation, str | None] = WindowBatcher(
             self._reserve_batch, settings.reserve_window_s, MAX_JOBS)
 
@@ -67,6 +69,9 @@ class Settlement:
         kv = await topology.ensure_bucket(rt.js, settings.journal_bucket, settings.js_replicas)
         service = cls(rt, settings, chain, Journal(kv))
         await service.recover()
+        # Jobs being re-run: known from here on without a read per verdict (one settler per key).
+        service._attempts.update(await service.journal.all_attempts())
+        service._attempts_complete = len(service._attempts) <= _RECENT
         return service
 
     def routes(self) -> Sequence[Pull | Endpoint]:
@@ -245,12 +250,19 @@ class Settlement:
     async def _attempts_of(self, job_id: str) -> Attempts:
         runs = self._attempts.get(job_id)
         if runs is None:
+            if self._attempts_complete or self.journal is None:
+                return Attempts()
             runs = await self.journal.attempts(job_id)
             if runs.attempt:
-                self._attempts[job_id] = runs
-                while len(self._attempts) > _RECENT:
-                    self._attempts.popitem(last=False)
+                self._remember_attempts(job_id, runs)
         return runs
+
+    def _remember_attempts(self, job_id: str, runs: Attempts) -> None:
+        self._attempts[job_id] = runs
+        self._attempts.move_to_end(job_id)
+        while len(self._attempts) > _RECENT:
+            self._attempts.popitem(last=False)
+            self._attempts_complete = False  # forgotten ones are read back from the bucket
 
     async def _rerun(self, verdict: p.Verdict, runs: Attempts, reason: str) -> bool:
         """A finally rejected result whose job may still be run again: slash its node (no pay for it), record
@@ -266,7 +278,7 @@ class Settlement:
         failed = tuple(dict.fromkeys([*runs.failed, verdict.result.node_id]))
         nxt = Attempts(attempt=verdict.result.attempt + 1, failed=failed)
         await self.journal.put_attempts(job_id, nxt)  # decided before anything is published
-        self._attempts[job_id] = nxt
+        self._remember_attempts(job_id, nxt)
         why = (f"attempt {verdict.result.attempt} on node {verdict.result.node_id} rejected ({reason})"
                + (f"; {slashed}" if slashed else "") + f"; re-run as attempt {nxt.attempt}")
         await self._publish_rerun(verdict, nxt, why)

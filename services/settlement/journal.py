@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 import msgpack
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
 from .packing import SettleJob
@@ -120,6 +120,18 @@ class Journal:
         except KeyNotFoundError:
             return Attempts()
         return Attempts.decode(entry.value) if entry.value else Attempts()
+
+    async def all_attempts(self) -> dict[str, Attempts]:
+        """Every job's attempts record (read once at start)."""
+        try:
+            keys = await self.kv.keys()
+        except NoKeysError:
+            return {}
+        out = {}
+        for key in keys:
+            if key.startswith(ATTEMPTS_PREFIX):
+                out[key[len(ATTEMPTS_PREFIX):]] = await self.attempts(key[len(ATTEMPTS_PREFIX):])
+        return out
 
     async def put_attempts(self, job_id: str, attempts: Attempts) -> None:
         await self.kv.put(ATTEMPTS_PREFIX + job_id, attempts.encode())
