@@ -100,3 +100,32 @@ def test_manifest_digest_ignores_registration_time(models):
     m = adapter_manifest(models.adapters[0], models.model_id)
     assert domain.manifest_digest(m) == domain.manifest_digest(m.model_copy(update={"registered_at": 123.0}))
     assert domain.manifest_digest(m) != domain.manifest_digest(m.model_copy(update={"license": "mit"}))
+
+
+def test_a_rerun_is_recorded_per_attempt_and_the_status_follows_the_latest_attempt():
+    job_id = p.new_job_id()
+    req = job_request(job_id)
+    bad = inference_result(req, node_id="cheat")
+    good = inference_result(req, node_id="honest").model_copy(update={"attempt": 1})
+    rerun = p.RerunRequest(job_id=job_id, attempt=1, request=req, exclude=["cheat"], reason="fingerprint", at=3.0)
+    first = [event(job_id, "admitted", req, at=1.0), event(job_id, "dispatched", node_id="cheat", at=1.1),
+             event(job_id, "result", bad, node_id="cheat", at=1.2),
+             event(job_id, "verdict", verdict(bad, "v1", accepted=False), at=1.3),
+             event(job_id, "rerun", rerun, node_id="cheat", at=1.4, attempt=1, reason="attempt 0 rejected")]
+    second = [event(job_id, "dispatched", node_id="honest", at=1.5, attempt=1),
+              event(job_id, "result", good, node_id="honest", at=1.6, attempt=1),
+              event(job_id, "verdict", verdict(good, "v1"), at=1.7, attempt=1)]
+    mid = domain.assemble_record(job_id, _fields(first))
+    assert mid.status == "rerun" and mid.attempt == 1 and mid.reason == "attempt 0 rejected"
+    # The re-run's dispatch moves the status on from the first attempt's verdict (in any arrival order).
+    record = domain.assemble_record(job_id, _fields(second + first))
+    assert record == domain.assemble_record(job_id, _fields(first + second + first))
+    assert record.status == "verdict" and record.attempt == 1
+    assert record.result == good and record.node_id == "honest"
+    assert [(v.result.attempt, v.accepted) for v in record.verdicts] == [(0, False), (1, True)]
+    assert record.stages == ["admitted", "dispatched", "result", "verdict", "rerun", "dispatched", "result", "verdict"]
+    done = domain.assemble_record(job_id, _fields(first + second + [event(job_id, "settled", receipt(job_id), at=2.0)]))
+    assert done.status == "settled" and done.stages[-1] == "settled" and done.result == good
+    # An event whose body is another attempt than it says is refused.
+    with pytest.raises(Reject):
+        domain.check_event(event(job_id, "result", good, node_id="honest", at=1.6), p.job_events(KEY, job_id))

@@ -119,3 +119,20 @@ def test_termination_accepts_an_improbable_eos_the_seeded_sampler_chose(honest, 
     for d, ok in [(0.5, True), (-thresholds.GREEDY_TIE_MARGIN / 2, True), (-2 * thresholds.GREEDY_TIE_MARGIN, False)]:
         r, logits = _eos_case(honest, client, base, 0.0, 0, d)
         assert domain.termination_check(r, logits).ok is ok, (d, domain.termination_check(r, logits).detail)
+
+
+def test_a_rerun_is_a_new_run_for_the_replay_guard_and_always_audited():
+    from tests import factories
+
+    guard = domain.ReplayGuard(10)
+    first = factories.result()
+    guard.remember(first)
+    rerun = first.model_copy(update={"attempt": 1, "node_id": "node-9", "node_seq": 7})
+    assert guard.seen_job(first.job_id) and not guard.seen_job(rerun.job_id, rerun.attempt)
+    assert domain.run_key(rerun) == (first.job_id, 1)
+    guard.remember(rerun)
+    assert guard.seen_job(rerun.job_id, 1)
+    clean = domain.NodeRecord("node-9", clean_audits=10**6)
+    policy = domain.AuditPolicy(new_node_jobs=0, after_failure_jobs=0, clean_rate=0.0)
+    assert not domain.should_audit(clean, first.job_id, policy)[0]
+    assert domain.should_audit(clean, first.job_id, policy, attempt=1)[0]
