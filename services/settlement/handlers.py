@@ -70,8 +70,11 @@ class Settlement:
         service = cls(rt, settings, chain, Journal(kv))
         await service.recover()
         # Jobs being re-run: known from here on without a read per verdict (one settler per key).
-        service._attempts.update(await service.journal.all_attempts())
-        service._attempts_complete = len(service._attempts) <= _RECENT
+        try:
+            service._attempts.update(await service.journal.all_attempts())
+            service._attempts_complete = len(service._attempts) <= _RECENT
+        except Exception as exc:  # e.g. no right to list the bucket: read each job's record when needed
+            rt.log.warning("attempts.list_failed", error=repr(exc)[:300])
         return service
 
     def routes(self) -> Sequence[Pull | Endpoint]:
