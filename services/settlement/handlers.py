@@ -200,10 +200,11 @@ class Settlement:
             return  # decided here already; if its commit fails, its own message is retried
         runs = await self._attempts_of(job_id)
         if attempt != runs.attempt or verdict.result.node_id in runs.failed:
-            if attempt + 1 == runs.attempt and runs.failed and verdict.result.node_id == runs.failed[-1]:
-                # The attempt this verdict rejected was re-run already; a crash may have come between
-                # recording that and publishing it: publish again (de-duplicated; the scheduler skips a
-                # re-run already dispatched).
+            if (delivery.deliveries > 1 and not verdict.accepted and attempt + 1 == runs.attempt
+                    and runs.failed and verdict.result.node_id == runs.failed[-1]):
+                # A redelivery of the verdict that decided this re-run: a crash may have come between
+                # recording the re-run and publishing it, so publish again (de-duplicated by msg id; the
+                # scheduler also skips a re-run already dispatched).
                 await self._publish_rerun(verdict, runs, "")
             else:
                 self.rt.log.info("verdict.stale", job_id=job_id, attempt=attempt, current=runs.attempt,
@@ -282,6 +283,7 @@ class Settlement:
         nxt = Attempts(attempt=verdict.result.attempt + 1, failed=failed)
         await self.journal.put_attempts(job_id, nxt)  # decided before anything is published
         self._remember_attempts(job_id, nxt)
+        self._fault("before_rerun_publish")
         why = (f"attempt {verdict.result.attempt} on node {verdict.result.node_id} rejected ({reason})"
                + (f"; {slashed}" if slashed else "") + f"; re-run as attempt {nxt.attempt}")
         await self._publish_rerun(verdict, nxt, why)

@@ -4,7 +4,7 @@ from pydantic import Field, field_validator
 
 from loranet.settings import CommonSettings
 
-FAULT_POINTS = ("", "before_send", "after_send", "after_receipt", "after_publish")
+FAULT_POINTS = ("", "before_send", "after_send", "after_receipt", "after_publish", "before_rerun_publish")
 
 
 class SettlementSettings(CommonSettings):
@@ -40,7 +40,8 @@ class SettlementSettings(CommonSettings):
     # result the verifiers reject, once per result (evidence = the result's hash); 0 = never.
     slash_bps: int = Field(default=1000, ge=0, le=10_000)
     # Crash testing only: exit abruptly (os._exit(137)) at this point of an epoch's commit:
-    # before_send | after_send | after_receipt | after_publish ("" = never).
+    # before_send | after_send | after_receipt | after_publish | before_rerun_publish (a re-run recorded,
+    # not yet published) ("" = never).
     fault_point: str = ""
     fault_after: int = 0  # pass the fault point this many times before crashing at it
     # The KV bucket holding the epoch being committed (the crash-recovery journal).

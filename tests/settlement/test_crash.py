@@ -23,6 +23,7 @@ import pytest
 from loranet import codec, protocol as p, topology
 from loranet.signing import sign
 from services.settlement.chain import Chain
+from services.settlement.packing import Reservation
 from tests import factories
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,11 +31,12 @@ ESCROW = 10**18
 
 
 def _settlement(nats_url: str, rpc_url: str, log: Path, fault: str = "", fault_after: int = 0,
-                epoch_max_jobs: int = 16) -> subprocess.Popen:
+                epoch_max_jobs: int = 16, max_reruns: int = 0) -> subprocess.Popen:
     env = dict(os.environ, LORANET_NATS_URL=nats_url, LORANET_RPC_URL=rpc_url, LORANET_EPOCH_MAX_S="0.3",
                LORANET_EPOCH_MAX_JOBS=str(epoch_max_jobs), LORANET_FAULT_POINT=fault,
                LORANET_FAULT_AFTER=str(fault_after), LORANET_INSTANCE="settlement-test",
-               LORANET_MAX_RERUNS="0")  # no scheduler here: a rejected result is refunded, not re-run
+               # no scheduler here: a rejected result is refunded, not re-run (unless a test asks)
+               LORANET_MAX_RERUNS=str(max_reruns))
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", "services.settlement"], env=env, cwd=ROOT, stdout=out,
                                 stderr=subprocess.STDOUT)
@@ -195,4 +197,49 @@ async def test_kill_mid_stream_after_some_epochs(nats_server, chain_node_url, tm
     assert settled_epochs == list(range(seq_before + 1, chain.last_seq() + 1))  # no batch without receipts
     for v in verdicts:
         assert chain.job_state(v.job_id) == ("settled" if v.accepted else "refunded")
+    await nc.close()
+
+
+async def test_kill_between_recording_a_rerun_and_publishing_it(nats_server, chain_node_url, tmp_path):
+    """The re-run is recorded (attempts.<job_id>) and settlement dies before publishing it: the
+    restarted settlement gets the verdict again and publishes the re-run, once; nothing is refunded
+    and the reservation stays held."""
+    chain = Chain(chain_node_url)
+    client = chain.new_account(open_tokens=ESCROW)
+    chain.deposit(client.key, ESCROW)
+    job = factories.job(adapter_id="", client_address=client.address, max_fee=10**15)
+    chain.reserve([Reservation(bytes.fromhex(job.job_id), client.address, job.max_fee)])
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    await topology.ensure_topology(js)
+    v = factories.verdict(factories.result(job))
+    v = sign(v.model_copy(update={"accepted": False, "checks": [p.Check(name="fingerprint", ok=False)]}),
+             factories.VERIFIER, p.DOMAIN_VERDICT)
+    await js.publish(p.verdicts(v.job_id), codec.encode(v))
+    log = tmp_path / "settlement.log"
+    crashed = _settlement(nats_server.url, chain_node_url, log, "before_rerun_publish", max_reruns=2)
+    try:
+        assert await asyncio.to_thread(crashed.wait, 120) == 137, log.read_text()[-3000:]
+    finally:
+        _stop(crashed)
+    async def published() -> int:
+        info = await js.stream_info("JOBS", subjects_filter=p.JOBS_RERUN)
+        return sum((info.state.subjects or {}).values()) if info.state.subjects else 0
+
+    assert await published() == 0  # recorded, not published
+    survivor = _settlement(nats_server.url, chain_node_url, log, max_reruns=2)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not await published():
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(1.5)  # a second copy would show now
+    finally:
+        _stop(survivor)
+    reruns = await _messages(js, p.JOBS_RERUN, "JOBS")
+    assert len(reruns) == 1, log.read_text()[-3000:]
+    rerun = codec.decode(p.RerunRequest, reruns[0])
+    assert rerun.attempt == 1 and rerun.exclude == ["node-0"] and rerun.request == job
+    events = [codec.decode(p.JobEvent, d) for d in await _messages(js, p.job_events(job.client_key, job.job_id), "EVENTS")]
+    assert [e.stage for e in events] == ["rerun"]
+    assert chain.job_state(job.job_id) == "reserved"
     await nc.close()
