@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -291,23 +292,30 @@ async def _reruns(js, want: int, timeout: float = 20) -> list[p.RerunRequest]:
     return out
 
 
-async def test_rejected_result_is_rerun_elsewhere_and_only_the_honest_node_is_paid(nats_server, chain):
+@contextlib.asynccontextmanager
+async def _settlement_with_reserved_job(nats_server, chain, **settings):
+    """A settlement service with re-runs configured by `settings`, and one job reserved in a funded escrow."""
     from loranet import topology
 
+    client = chain.new_account()
+    await asyncio.to_thread(chain.fund, client.address, 10**18)
+    await asyncio.to_thread(chain.deposit, client.key, 10**16)
+    cfg = SettlementSettings(nats_url=nats_server.url, epoch_max_s=0.2, **settings)
+    async with Runtime("settlement", cfg) as rt:
+        await topology.ensure_topology(rt.js)
+        await rt.mount((await Settlement.open(rt, cfg, chain)).routes())
+        job = factories.job(adapter_id="", client_address=client.address, max_fee=10**15)
+        await rt.request(p.SETTLEMENT_RESERVE, p.Reserve(job_id=job.job_id, client_address=client.address,
+                                                         max_fee=job.max_fee), p.Reservation)
+        yield rt, job, client
+
+
+async def test_rejected_result_is_rerun_elsewhere_and_only_the_honest_node_is_paid(nats_server, chain):
     cheater, cheater_id = chain.new_account(open_tokens=2000 * 10**18), Identity.generate()
     await asyncio.to_thread(chain.stake, cheater.key, 2000 * 10**18, cheater_id.public)
     honest_id = Identity.generate()
     honest = chain.new_account(eth=0)
-    client = chain.new_account()
-    await asyncio.to_thread(chain.fund, client.address, 10**18)
-    await asyncio.to_thread(chain.deposit, client.key, 10**16)
-    settings = SettlementSettings(nats_url=nats_server.url, epoch_max_s=0.2, slash_bps=1000, max_reruns=2)
-    async with Runtime("settlement", settings) as rt:
-        await topology.ensure_topology(rt.js)
-        await rt.mount((await Settlement.open(rt, settings, chain)).routes())
-        job = factories.job(adapter_id="", client_address=client.address, max_fee=10**15)
-        await rt.request(p.SETTLEMENT_RESERVE, p.Reserve(job_id=job.job_id, client_address=client.address,
-                                                         max_fee=job.max_fee), p.Reservation)
+    async with _settlement_with_reserved_job(nats_server, chain, slash_bps=1000, max_reruns=2) as (rt, job, client):
         bad = _result_by("node-0", cheater_id, cheater.address, job, attempt=0)  # the staked cheater
         await rt.js.publish(p.verdicts(job.job_id), codec.encode(_verdict_on(bad, False)))
         event = await _wait_stage(rt.js, job.job_id, "rerun")
@@ -337,18 +345,7 @@ async def test_rejected_result_is_rerun_elsewhere_and_only_the_honest_node_is_pa
 
 
 async def test_reruns_are_bounded_then_refunded(nats_server, chain):
-    from loranet import topology
-
-    client = chain.new_account()
-    await asyncio.to_thread(chain.fund, client.address, 10**18)
-    await asyncio.to_thread(chain.deposit, client.key, 10**16)
-    settings = SettlementSettings(nats_url=nats_server.url, epoch_max_s=0.2, max_reruns=1)
-    async with Runtime("settlement", settings) as rt:
-        await topology.ensure_topology(rt.js)
-        await rt.mount((await Settlement.open(rt, settings, chain)).routes())
-        job = factories.job(adapter_id="", client_address=client.address, max_fee=10**15)
-        await rt.request(p.SETTLEMENT_RESERVE, p.Reserve(job_id=job.job_id, client_address=client.address,
-                                                         max_fee=job.max_fee), p.Reservation)
+    async with _settlement_with_reserved_job(nats_server, chain, max_reruns=1) as (rt, job, client):
         await rt.js.publish(p.verdicts(job.job_id), codec.encode(_verdict_on(factories.result(job), False)))
         await _wait_stage(rt.js, job.job_id, "rerun")
         second = _result_by("node-1", Identity.generate(), chain.new_account(eth=0).address, job, attempt=1)
