@@ -43,8 +43,9 @@ class Wire(BaseModel):
 
     model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
 
-    # Fields excluded from canonical bytes (the signature over them, mostly).
-    _unsigned_fields: tuple[str, ...] = ("signature",)
+    # Fields excluded from canonical bytes (the signature over them, mostly). A ClassVar, not a private
+    # attribute: pydantic deep-copies private attributes into every instance it builds.
+    _unsigned_fields: ClassVar[tuple[str, ...]] = ("signature",)
 
     def to_wire(self) -> dict[str, Any]:
         return self.model_dump(mode="python")
