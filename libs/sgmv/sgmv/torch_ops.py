@@ -20,6 +20,7 @@ many steps, so the gather is paid when sequences join or leave.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -179,11 +180,10 @@ class _PaddedPlan:
     """Per-forward grouping of the metadata's segments (shared by every projection)."""
 
     slots: tuple[int, ...]  # the short segments' slots, one row block each
-    slots_t: torch.Tensor  # [G]
     tokens: torch.Tensor  # [G, S] token index (padding repeats a valid token; its delta is dropped)
     valid: torch.Tensor  # [G*S] bool
     all_valid: bool
-    long_segments: list[tuple[int, int, int, int]]  # (slot, start, end, first row or -1) of the others
+    long_segments: SGMVMetadata | None  # the metadata narrowed to the other segments (None: there are none)
     _rows: dict | None = None
 
     def rows_of(self, key: tuple[int, ...], rows: torch.Tensor):
@@ -209,8 +209,11 @@ def _padded_plan(meta: SGMVMetadata) -> _PaddedPlan:
         return cached
     sorted_tokens = meta.sorted_tokens.cpu()
     short = [(slot, a, b) for slot, a, b in meta.segments if b - a <= PAD_SEGMENT_MAX]
-    long = [(slot, a, b, row) for (slot, a, b), row in zip(meta.segments, meta.segment_rows or (-1,) * len(meta.segments))
-            if b - a > PAD_SEGMENT_MAX]
+    rows = meta.segment_rows or (-1,) * len(meta.segments)
+    long = [(seg, row) for seg, row in zip(meta.segments, rows) if seg[2] - seg[1] > PAD_SEGMENT_MAX]
+    # Same tokens and sorted order, fewer segments: sgmv_shrink/sgmv_expand then visit only these.
+    long_meta = dataclasses.replace(meta, segments=tuple(seg for seg, _ in long),
+                                    segment_rows=tuple(row for _, row in long)) if long else None
     S = max((b - a for _, a, b in short), default=0)
     if short:
         pos = torch.tensor([a for _, a, _ in short])[:, None] + torch.arange(S)[None, :]
@@ -221,8 +224,8 @@ def _padded_plan(meta: SGMVMetadata) -> _PaddedPlan:
         tokens = torch.zeros(0, 0, dtype=torch.long)
         valid_flat = torch.zeros(0, dtype=torch.bool)
     dev = meta.sorted_tokens.device
-    plan = _PaddedPlan(tuple(s for s, _, _ in short), torch.tensor([s for s, _, _ in short], dtype=torch.long, device=dev),
-                       tokens.to(dev), valid_flat.to(dev), bool(valid_flat.all()), long)
+    plan = _PaddedPlan(tuple(s for s, _, _ in short), tokens.to(dev), valid_flat.to(dev), bool(valid_flat.all()),
+                       long_meta)
     object.__setattr__(meta, "_padded_plan", plan)  # the metadata is frozen; the plan is derived from it
     return plan
 
@@ -237,7 +240,7 @@ def _gathered(lora: PackedLoraWeights, p: _PaddedPlan) -> list[tuple[tuple[int, 
     entry = lora._torch_gathered
     if entry is not None and entry[0] == key:
         return entry[1]
-    dev = p.slots_t.device
+    dev = p.tokens.device
     groups: dict[int, list[int]] = {}
     for i, slot in enumerate(p.slots):
         r = lora.total_ranks_host[slot]
@@ -302,20 +305,5 @@ def sgmv_apply(
             packed.index_add_(0, out_rows, d)
         else:
             _add_delta(ys, lora, out_rows, d)
-    sorted_tokens = meta.sorted_tokens
-    for slot, start, end, row in p.long_segments:
-        r = lora.total_ranks_host[slot]
-        if r == 0:
-            continue
-        xs = x[row: row + end - start] if row >= 0 else x.index_select(0, sorted_tokens[start:end])
-        vs = xs @ lora.lora_a[slot, :r].t().to(xs.dtype)
-        for s, out in enumerate(ys):
-            rs = lora.ranks_host[slot][s]
-            if rs == 0:
-                continue
-            off = lora.rank_offsets_host[slot][s]
-            d = vs[:, off: off + rs] @ lora.b_slice(s)[slot, :rs].to(vs.dtype)
-            if row >= 0:
-                out[row: row + end - start] += d.to(out.dtype)
-            else:
-                out.index_add_(0, sorted_tokens[start:end], d.to(out.dtype))
+    if p.long_segments is not None:  # the plain per-segment path, over the long segments only
+        sgmv_expand(sgmv_shrink(x, lora, p.long_segments, v), lora, p.long_segments, ys)
