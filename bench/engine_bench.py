@@ -80,6 +80,28 @@ def build_model(shape: str, layers: int, cache: str) -> tuple[Path, str]:
     return path, build_base_checkpoint(path, seed=0, spec=spec)
 
 
+def tensor_elements(path: Path, skip: str = "") -> int:
+    """Elements of every tensor in a directory's safetensors files (names containing `skip` left out)."""
+    from safetensors import safe_open
+
+    total = 0
+    for f in sorted(Path(path).glob("*.safetensors")):
+        with safe_open(str(f), "pt") as st:
+            total += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys() if not (skip and skip in k))
+    return total
+
+
+def weight_bytes_per_step(base_path: Path, adapters, which: list[int | None], max_running: int, dtype: str) -> dict:
+    """Weight bytes a full decode step reads: the base model's (embeddings aside: a step reads only its tokens'
+    rows) and the distinct adapters' of the first `max_running` jobs. When the adapters' bytes rival the base
+    model's, a mixed batch is bound by reading them, however the kernels are written."""
+    size = DTYPES[dtype].itemsize
+    base = tensor_elements(base_path, skip="embed_tokens") * size
+    distinct = sorted({w for w in which[:max_running] if w is not None})
+    lora = sum(tensor_elements(adapters[k][1]) for k in distinct) * size
+    return {"base_bytes": base, "adapter_bytes": lora, "adapters_over_base": lora / base}
+
+
 def run_engine(engine_args, adapters, jobs_prompts, which: list[int | None], max_tokens: int, slots: int,
                max_running: int, dtype: str) -> dict:
     """which[i] = adapter index of job i, or None for the base model."""
@@ -203,8 +225,10 @@ def main() -> None:
         rows[name] = res
         log(f"{name:22s} {res['tokens_per_s']:9.1f} tok/s  {res['tokens_per_cpu_s']:9.1f} tok/cpu-s  "
             f"{res['tokens']:6d} tokens  {res['wall_s']:6.2f} s"
-            + (f"  {res['steps']} steps" if "steps" in res else ""))
+            + (f"  {res['steps']} steps" if "steps" in res else "")
+            + (f"  adapter/base bytes {byte_ratio[name]:.2f}" if name in byte_ratio else ""))
 
+    byte_ratio: dict[str, float] = {}
     repeat = args.repeat or (1 if args.quick else 3)
     variants = [("base", [None] * n_jobs), ("single", [0] * n_jobs)]
     for n in ns:
@@ -229,6 +253,8 @@ def main() -> None:
                     rows[name] = res
                 else:
                     best["tokens_per_cpu_s"] = max(res["tokens_per_cpu_s"], best["tokens_per_cpu_s"])
+    byte_ratio.update({name: weight_bytes_per_step(path, adapters, which, args.max_running, dtype)["adapters_over_base"]
+                       for name, which in variants})
     for name, _ in variants:
         record(name, rows[name])
     record("peft-64", run_peft(str(path), adapters, jp, assignment(n_jobs, 64, "uniform"), max_tokens, dtype))
@@ -255,6 +281,9 @@ def main() -> None:
         "cpu_mixed64_over_single": rows["mixed64-uniform"]["tokens_per_cpu_s"] / rows["single"]["tokens_per_cpu_s"],
         "cpu_mixed256_over_single": rows[f"mixed{big}-uniform"]["tokens_per_cpu_s"] / rows["single"]["tokens_per_cpu_s"],
         "cpu_speedup_vs_peft": rows["mixed64-uniform"]["tokens_per_cpu_s"] / rows["peft-64"]["tokens_per_cpu_s"],
+        # Why the ratios differ between model shapes: weight bytes of one full decode step, adapters / base model.
+        "adapter_bytes_over_base_single": byte_ratio["single"],
+        "adapter_bytes_over_base_mixed64": byte_ratio["mixed64-uniform"],
         "mixed1_over_single_noise_check": rows["mixed1-uniform"]["tokens_per_s"] / single,  # same work: ~1.0
         "mixed1_equals_single_outputs": rows["mixed1-uniform"]["outputs"] == rows["single"]["outputs"],
         # Correctness beside speed: the engine's mixed-64 outputs against PEFT's for the same jobs (greedy). In
@@ -267,6 +296,8 @@ def main() -> None:
         f"over CPU time: mixed-64 / single = {out['cpu_mixed64_over_single']:.2f}   mixed-{big} / single = "
         f"{out['cpu_mixed256_over_single']:.2f}   vs PEFT = {out['cpu_speedup_vs_peft']:.2f}x   "
         f"(noise check, same work: mixed-1 / single = {out['mixed1_over_single_noise_check']:.2f})\n"
+        f"weight bytes of a full decode step, adapters / base model: single {out['adapter_bytes_over_base_single']:.2f}, "
+        f"mixed-64 {out['adapter_bytes_over_base_mixed64']:.2f}\n"
         f"mixed-64 outputs vs PEFT's: {out['mixed64_vs_peft']['identical_jobs']:.0%} of jobs identical, "
         f"mean shared prefix {out['mixed64_vs_peft']['mean_shared_prefix']:.0%}")
     if args.json:
