@@ -9,10 +9,17 @@ Tiers, fastest first:
 A slot is evicted only when no running sequence holds it (reference counts),
 least recently released first; `bank.load` rewrites every projection of the
 slot, so no weight of the previous adapter stays.
+
+Reading an adapter back from disk (file read, content hash, parse) happens on
+a loader thread (`prefetch`), never on the engine thread while a batch runs:
+the engine asks for the adapters of the jobs at the head of its queue and
+admits a job once its adapter is in host memory. Only the copy into a slot
+(`acquire`) is on the engine thread.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import shutil
 import threading
 import time
@@ -44,6 +51,8 @@ class AdapterCache:
         self._never_used = list(range(bank.num_slots - 1, -1, -1))
         self._bad: dict[str, tuple[float, str]] = {}
         self._lock = threading.Lock()  # host tier and bad list: written from the service's threads too
+        self._loader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapter-load")
+        self._loading: dict[str, concurrent.futures.Future] = {}  # guarded by _lock
 
     # -- queries -------------------------------------------------------------
 
@@ -67,6 +76,45 @@ class AdapterCache:
                 return True
         return (self.adapter_dir / adapter_id / "adapter_config.json").exists()
 
+    def state(self, adapter_id: str) -> str:
+        """Where the adapter can be had from: "memory" (a slot or host memory: admitting its job costs at most
+        a copy into a slot), "loading" (a read on the loader thread is in flight), "failed" (the last read
+        failed: `acquire` repeats it and reports why), "disk", or "absent"."""
+        with self._lock:
+            if adapter_id in self._slot_of or adapter_id in self._host:
+                return "memory"
+            fut = self._loading.get(adapter_id)
+        if fut is not None:
+            return "loading" if not fut.done() else "failed"
+        return "disk" if (self.adapter_dir / adapter_id / "adapter_config.json").exists() else "absent"
+
+    def prefetch(self, adapter_id: str) -> None:
+        """Read the adapter from disk into host memory (hash re-checked) on the loader thread; a no-op unless
+        its state is "disk"."""
+        if self.state(adapter_id) != "disk":
+            return
+        with self._lock:
+            if adapter_id in self._loading:
+                return
+            try:
+                fut = self._loader.submit(self._host_get, adapter_id)
+            except RuntimeError:  # closed: acquire reads it on the engine thread
+                return
+            self._loading[adapter_id] = fut
+        fut.add_done_callback(lambda f: self._loaded(adapter_id, f))
+
+    def _loaded(self, adapter_id: str, fut: concurrent.futures.Future) -> None:
+        if fut.cancelled() or fut.exception() is None:
+            with self._lock:
+                if self._loading.get(adapter_id) is fut:
+                    del self._loading[adapter_id]
+            if not fut.cancelled():
+                metrics.ADAPTER_CACHE.labels("host", "prefetch").inc()
+        # A failed read stays as "failed" until acquire has reported it (mark_bad) or reads it fine.
+
+    def close(self) -> None:
+        self._loader.shutdown(wait=True, cancel_futures=True)
+
     def bad_reason(self, adapter_id: str) -> str | None:
         with self._lock:
             entry = self._bad.get(adapter_id)
@@ -81,6 +129,7 @@ class AdapterCache:
         with self._lock:
             self._bad[adapter_id] = (time.monotonic(), reason)
             self._host.pop(adapter_id, None)
+            self._loading.pop(adapter_id, None)
         shutil.rmtree(self.adapter_dir / adapter_id, ignore_errors=True)
 
     # -- filling the lower tiers ---------------------------------------------
@@ -108,6 +157,9 @@ class AdapterCache:
         with self._lock:
             self._host[adapter_id] = adapter
             self._host.move_to_end(adapter_id)
+            fut = self._loading.get(adapter_id)
+            if fut is not None and fut.done():  # a failed earlier read, now superseded
+                del self._loading[adapter_id]
             while len(self._host) > self.host_capacity:
                 self._host.popitem(last=False)
                 metrics.ADAPTER_CACHE.labels("host", "eviction").inc()

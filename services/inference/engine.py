@@ -5,8 +5,10 @@ One engine thread loops over `step()`:
 1. admission — waiting jobs join the running batch between steps, as long as
    the batch has room (`max_running`), the KV pool can reserve the job's
    pages (prompt + max_tokens), the step's prefill budget allows, and its
-   adapter can take a bank slot (loaded now from host memory or disk if it
-   is not in one; an idle slot is evicted, least recently used first);
+   adapter can take a bank slot (copied now from host memory if it is not in
+   one; an idle slot is evicted, least recently used first). An adapter that
+   is only on disk is read and hash-checked on the cache's loader thread
+   while the batch keeps running; its job joins at a later step;
 2. one packed forward (`forward.PackedLlama`) over every fresh prefill and
    one token of every running sequence, whatever their adapters: the sgmv
    slot map names each token's adapter;
@@ -229,6 +231,7 @@ class Engine:
             self._thread.join(timeout=30)
             self._thread = None
         concurrent.futures.wait(self._commits, timeout=30)
+        self.adapters.close()  # reads in flight finish; later admissions read on the engine thread
 
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
@@ -282,12 +285,18 @@ class Engine:
                 seq.future.cancel()
         keep: list[_Sequence] = []
         blocked = False
+        # Adapters not in memory are read from disk on the loader thread, for the head of the queue only
+        # (a burst of jobs over more adapters than the host tier holds would otherwise evict its own reads).
+        fetches = max(1, self.adapters.host_capacity // 2)
         for seq in waiting:
             req = seq.req
             if req.job_id in cancelled:
                 seq.future.cancel()
                 continue
             if blocked or len(self._running) + len(admitted) >= cfg.max_running:
+                if req.adapter_id and fetches > 0 and self.adapters.state(req.adapter_id) == "disk":
+                    self.adapters.prefetch(req.adapter_id)  # ready by the time a place frees up
+                    fetches -= 1
                 keep.append(seq)
                 continue
             if req.deadline is not None and now_wall > req.deadline:
@@ -295,6 +304,15 @@ class Engine:
                 continue
             P = len(req.prompt_tokens)
             if admitted and P > budget:
+                keep.append(seq)
+                continue
+            state = self.adapters.state(req.adapter_id) if req.adapter_id else "memory"
+            if state == "loading" or (state == "disk" and (self._running or admitted)):
+                # The running batch does not wait for a disk read and a hash check: the job does. An idle
+                # engine reads it itself (acquire below); a failed or absent adapter goes there to be refused.
+                if state == "disk" and fetches > 0:
+                    self.adapters.prefetch(req.adapter_id)
+                    fetches -= 1
                 keep.append(seq)
                 continue
             if req.adapter_id:

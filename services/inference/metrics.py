@@ -14,7 +14,7 @@ QUEUE_SECONDS = Histogram("loranet_inference_queue_seconds", "Time a job waited 
                           buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30))
 JOBS = Counter("loranet_inference_jobs_total", "Jobs finished by the engine", ["finish_reason"])
 ADAPTER_CACHE = Counter("loranet_inference_adapter_cache_total", "Adapter cache lookups and evictions",
-                        ["tier", "outcome"])  # tier: device | host; outcome: hit | miss | eviction
+                        ["tier", "outcome"])  # tier: device | host; outcome: hit | miss | eviction | prefetch
 RUNNING = Gauge("loranet_inference_running_sequences", "Sequences in the running batch")
 WAITING = Gauge("loranet_inference_waiting_jobs", "Jobs queued for admission")
 KV_FREE_BLOCKS = Gauge("loranet_inference_kv_free_blocks", "Free pages of the KV pool")

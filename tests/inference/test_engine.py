@@ -194,3 +194,60 @@ def test_engine_thread_serves_concurrent_submits(make_engine, adapters, referenc
     for (name, req), g in zip(jobs, got):
         assert g.output_tokens == reference.generate(req.prompt_tokens, name, req.max_tokens, GREEDY, 0).output_ids
     assert engine.tokens_per_s() > 0 and engine.queue_depth == 0
+
+
+def test_adapter_read_from_disk_does_not_stall_the_batch(make_engine, adapters, reference, monkeypatch):
+    """An adapter only on the node's disk is read (and hash-checked) on the loader thread: the running batch
+    keeps decoding meanwhile, the job joins once the read is done, with the same tokens."""
+    from services.inference import adapter_cache
+
+    engine = make_engine(adapter_slots=4, host_adapters=8)
+    (name_a, _, id_a), (name_b, _, id_b) = adapters[0], adapters[1]
+    with engine.adapters._lock:
+        engine.adapters._host.pop(id_b)  # on disk only, as after a host-tier eviction
+    gate, reading = __import__("threading").Event(), []
+    real = adapter_cache.load_adapter
+
+    def slow_load(path, **kw):
+        reading.append(__import__("threading").current_thread().name)
+        assert gate.wait(30), "the test never released the read"
+        return real(path, **kw)
+
+    monkeypatch.setattr(adapter_cache, "load_adapter", slow_load)
+    req_a = GenRequest("a", tokenizer.encode(PROMPTS[1]), id_a, 24, GREEDY, 0)
+    req_b = GenRequest("b", tokenizer.encode(PROMPTS[0]), id_b, 8, GREEDY, 0)
+    fut_a = engine.submit(req_a)
+    engine.step()
+    fut_b = engine.submit(req_b)
+    for _ in range(6):  # the read of b blocks on the gate; steps go on without it
+        engine.step()
+    assert reading and reading[0].startswith("adapter-load"), reading
+    assert engine.running == 1 and engine.adapters.state(id_b) == "loading"
+    assert not fut_a.done() and not fut_b.done()
+    gate.set()
+    engine.run_until_idle()
+    for name, req, fut in ((name_a, req_a, fut_a), (name_b, req_b, fut_b)):
+        ref = reference.generate(req.prompt_tokens, name, req.max_tokens, GREEDY, 0).output_ids
+        assert fut.result(0).output_tokens == ref, req.job_id
+    assert engine.adapters.state(id_b) == "memory"
+
+
+def test_adapter_failing_its_background_read_is_refused(make_engine, adapters):
+    """A hash mismatch found by the loader thread refuses the job (on the engine thread) and marks the adapter bad;
+    the batch it would have joined is unaffected."""
+    engine = make_engine(adapter_slots=4)
+    (_, _, id_a), (_, path_b, id_b) = adapters[0], adapters[1]
+    weights = engine.adapters.adapter_dir / id_b / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x40
+    weights.write_bytes(bytes(data))
+    with engine.adapters._lock:
+        engine.adapters._host.pop(id_b)
+    fut_a = engine.submit(GenRequest("a", tokenizer.encode("hello"), id_a, 16, GREEDY, 0))
+    engine.step()
+    fut_b = engine.submit(GenRequest("b", tokenizer.encode("hi"), id_b, 4, GREEDY, 0))
+    engine.run_until_idle()
+    with pytest.raises(JobRefused, match="refused"):
+        fut_b.result(0)
+    assert len(fut_a.result(0).output_tokens) > 0
+    assert engine.adapters.bad_reason(id_b) and engine.adapters.state(id_b) == "absent"
