@@ -2,7 +2,8 @@
 
 Tiers, fastest first:
   1. a bank slot (device memory): tokens of the adapter can run now;
-  2. host memory: parsed factors (`sgmv.LoraAdapter`), one copy into a slot away;
+  2. host memory: the adapter packed for the bank (`sgmv.PackedAdapter`: checked, scale folded in,
+     in the bank's dtype, pinned on CUDA), one asynchronous copy into a slot away;
   3. the node's disk (<cache>/node-adapters/<adapter_id>): written from the
      datastore's blobs after their content hash checked; re-checked on every
      read back into host memory.
@@ -26,7 +27,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from sgmv import AdapterBank, LoraAdapter, adapter_from_peft_state
+from sgmv import AdapterBank, PackedAdapter, adapter_from_peft_state
 
 from loranet.model.adapters import adapter_from_blobs, load_adapter
 
@@ -44,7 +45,7 @@ class AdapterCache:
         self.bank = bank
         self.adapter_dir = adapter_dir
         self.host_capacity = max(host_capacity, 1)
-        self._host: OrderedDict[str, LoraAdapter] = OrderedDict()
+        self._host: OrderedDict[str, PackedAdapter] = OrderedDict()
         self._slot_of: dict[str, int] = {}
         self._refs = [0] * bank.num_slots
         self._idle: OrderedDict[int, None] = OrderedDict()  # slots with refs == 0, least recently released first
@@ -141,7 +142,7 @@ class AdapterCache:
             adapter_from_blobs(config, weights, dest, expected_adapter_id=adapter_id)
         self._host_get(adapter_id)
 
-    def _host_get(self, adapter_id: str) -> LoraAdapter:
+    def _host_get(self, adapter_id: str) -> PackedAdapter:
         with self._lock:
             adapter = self._host.get(adapter_id)
             if adapter is not None:
@@ -151,7 +152,7 @@ class AdapterCache:
         metrics.ADAPTER_CACHE.labels("host", "miss").inc()
         loaded = load_adapter(self.adapter_dir / adapter_id, expected_adapter_id=adapter_id)  # re-checks the hash
         try:
-            adapter = adapter_from_peft_state(loaded.tensors, loaded.config, name=adapter_id)
+            adapter = self.bank.pack(adapter_from_peft_state(loaded.tensors, loaded.config, name=adapter_id))
         except ValueError as exc:
             raise AdapterRefused(str(exc)) from None
         with self._lock:

@@ -10,7 +10,7 @@ Quick start::
         logits = model(input_ids).logits
 """
 
-from .bank import AdapterBank, PackedLoraWeights, ProjectionSpec
+from .bank import AdapterBank, PackedAdapter, PackedLoraWeights, ProjectionSpec, SlotWeights
 from .llama import LLAMA_TARGETS, SGMVLinear, llama_projection_specs, lora_context, set_token_slots, wrap_llama
 from .metadata import SGMVMetadata, build_metadata
 from .ops import apply_lora, select_backend
@@ -18,7 +18,9 @@ from .peft_loader import LoraAdapter, LoraModuleWeights, adapter_from_peft_state
 
 __all__ = [
     "AdapterBank",
+    "PackedAdapter",
     "PackedLoraWeights",
+    "SlotWeights",
     "ProjectionSpec",
     "LLAMA_TARGETS",
     "SGMVLinear",

@@ -14,6 +14,14 @@ Layout (R = max_rank, n = number of slices, w_s = width of slice s):
   lora_b: [num_slots, sum_s R*w_s]  slice s is the block [R, w_s] at column
                                  ``b_offsets[s]``; rows beyond the rank are 0.
 The LoRA scale is folded into B at load: ``B_stored = scale * lora_B.T``.
+
+Loading is two halves. :meth:`AdapterBank.pack` does the work on the host
+(checks, scale folded in, B transposed, cast to the bank's dtype, pinned when
+the bank is on CUDA) and can run on any thread, ahead of time; a
+:class:`PackedAdapter` is what a server keeps in host memory.
+:meth:`AdapterBank.load` then only copies it into the slot: per projection
+one copy for A, one per slice for B, zeros for the rows past the ranks and
+one small copy per rank table, all asynchronous from pinned memory.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import torch
 
 from .peft_loader import LoraAdapter, LoraModuleWeights, load_peft_adapter
 
-__all__ = ["ProjectionSpec", "PackedLoraWeights", "AdapterBank"]
+__all__ = ["ProjectionSpec", "PackedLoraWeights", "AdapterBank", "PackedAdapter", "SlotWeights"]
 
 
 @dataclass(frozen=True)
@@ -112,19 +120,18 @@ class PackedLoraWeights:
         self.rank_offsets[slot].zero_()
         self.total_ranks[slot] = 0
 
-    def set_slot(self, slot: int, slices: Sequence[LoraModuleWeights | None]) -> None:
-        """Write one slot: per slice the module's factors, or None (no LoRA there).
-
-        The slot is zeroed first, so nothing of a previous adapter remains.
-        """
+    def pack(self, slices: Sequence[LoraModuleWeights | None]) -> "SlotWeights":
+        """One adapter's share of this projection (per slice the module's factors, or None: no LoRA there),
+        ready for :meth:`write_slot`. Host work only; safe on any thread."""
         if len(slices) != self.num_slices:
             raise ValueError(f"projection {self.spec.name!r}: expected {self.num_slices} slices, got {len(slices)}")
-        self.clear_slot(slot)
-        ranks, offsets, row = [], [], 0
+        pin = self.lora_a.device.type == "cuda"
+        a_rows, bs, ranks, offsets, row = [], [], [], [], 0
         for s, mw in enumerate(slices):
             offsets.append(row)
             if mw is None:
                 ranks.append(0)
+                bs.append(None)
                 continue
             r, w = mw.rank, self.slice_widths[s]
             module = self.spec.slice_modules[s]
@@ -135,18 +142,72 @@ class PackedLoraWeights:
                     f"{module}: lora_A {tuple(mw.lora_a.shape)} / lora_B {tuple(mw.lora_b.shape)} do not fit "
                     f"the base module (expected [{r}, {self.in_features}] / [{w}, {r}])"
                 )
-            a = mw.lora_a.to(device=self.lora_a.device, dtype=torch.float32)
-            b = mw.lora_b.to(device=self.lora_b.device, dtype=torch.float32).t() * mw.scale
-            self.lora_a[slot, row: row + r] = a.to(self.lora_a.dtype)
-            self.b_slice(s)[slot, :r] = b.to(self.lora_b.dtype)
+            a_rows.append(mw.lora_a.detach().to("cpu", torch.float32))
+            b = (mw.lora_b.detach().to("cpu", torch.float32).t() * mw.scale).to(self.lora_b.dtype).contiguous()
+            bs.append(b.pin_memory() if pin else b)
             ranks.append(r)
             row += r
-        self.ranks_host[slot], self.rank_offsets_host[slot], self.total_ranks_host[slot] = ranks, offsets, row
-        dev = self.ranks.device
-        self.ranks[slot] = torch.tensor(ranks, dtype=torch.int32, device=dev)
-        self.rank_offsets[slot] = torch.tensor(offsets, dtype=torch.int32, device=dev)
-        self.total_ranks[slot] = row
+        a = torch.cat(a_rows).to(self.lora_a.dtype).contiguous() if a_rows else None
+        meta = torch.tensor([*ranks, *offsets, row], dtype=torch.int32)
+        if pin:
+            a, meta = (a.pin_memory() if a is not None else None), meta.pin_memory()
+        return SlotWeights(a, tuple(bs), tuple(ranks), tuple(offsets), row, meta)
+
+    def write_slot(self, slot: int, w: "SlotWeights") -> None:
+        """Copy a packed share into ``slot``; every row past its ranks is zeroed, so nothing of a previous
+        adapter remains."""
+        n = self.num_slices
+        if len(w.ranks) != n:
+            raise ValueError(f"projection {self.spec.name!r}: packed for {len(w.ranks)} slices, not {n}")
         self.generation += 1
+        if w.total:
+            self.lora_a[slot, : w.total].copy_(w.a, non_blocking=True)
+        self.lora_a[slot, w.total:].zero_()
+        self.lora_b[slot].zero_()
+        for s, b in enumerate(w.b):
+            if b is not None:
+                self.b_slice(s)[slot, : b.shape[0]].copy_(b, non_blocking=True)
+        self.ranks_host[slot], self.rank_offsets_host[slot] = list(w.ranks), list(w.offsets)
+        self.total_ranks_host[slot] = w.total
+        self.ranks[slot].copy_(w.meta[:n], non_blocking=True)
+        self.rank_offsets[slot].copy_(w.meta[n: 2 * n], non_blocking=True)
+        self.total_ranks[slot].copy_(w.meta[2 * n], non_blocking=True)
+        self.generation += 1
+
+    def set_slot(self, slot: int, slices: Sequence[LoraModuleWeights | None]) -> None:
+        """Write one slot: per slice the module's factors, or None (no LoRA there).
+
+        The slot is zeroed first, so nothing of a previous adapter remains.
+        """
+        self.write_slot(slot, self.pack(slices))
+
+
+@dataclass(frozen=True)
+class SlotWeights:
+    """One projection's share of an adapter in the bank's layout and dtype (see :meth:`PackedLoraWeights.pack`):
+    A rows of every slice back to back ``[total, in]`` (None when total is 0), per slice ``scale * B.T``
+    ``[r_s, w_s]`` or None, and the rank table ``meta`` = ranks, offsets, total (int32)."""
+
+    a: torch.Tensor | None
+    b: tuple[torch.Tensor | None, ...]
+    ranks: tuple[int, ...]
+    offsets: tuple[int, ...]
+    total: int
+    meta: torch.Tensor
+
+
+@dataclass(frozen=True)
+class PackedAdapter:
+    """An adapter packed for one bank (:meth:`AdapterBank.pack`): one :class:`SlotWeights` per projection of
+    the bank (rank 0 where the adapter has no LoRA)."""
+
+    name: str
+    projections: dict[str, SlotWeights]
+
+    @property
+    def nbytes(self) -> int:
+        ts = [t for w in self.projections.values() for t in (w.a, *w.b) if t is not None]
+        return sum(t.numel() * t.element_size() for t in ts)
 
 
 class AdapterBank:
@@ -203,13 +264,9 @@ class AdapterBank:
             device=device or p.device,
         )
 
-    def load(self, slot: int, adapter: LoraAdapter | str | Path, name: str | None = None) -> None:
-        """Load an adapter into ``slot`` (a PEFT directory or a :class:`LoraAdapter`).
-
-        Every projection of the slot is rewritten (projections the adapter does
-        not target get rank 0), so no weight of the slot's previous adapter stays.
-        """
-        self._check_slot(slot)
+    def pack(self, adapter: LoraAdapter | str | Path) -> PackedAdapter:
+        """An adapter (a PEFT directory or a :class:`LoraAdapter`) in this bank's layout, on the host: every
+        check and conversion of a load, none of the copies. Raises ValueError when it does not fit the bank."""
         if not isinstance(adapter, LoraAdapter):
             adapter = load_peft_adapter(adapter)
         per_projection: dict[str, list[LoraModuleWeights | None]] = {
@@ -224,8 +281,23 @@ class AdapterBank:
         for module, mw in adapter.modules.items():
             proj, s = self.module_index[module]
             per_projection[proj][s] = mw
-        for proj_name, slices in per_projection.items():
-            self.projections[proj_name].set_slot(slot, slices)
+        return PackedAdapter(adapter.name, {name_: self.projections[name_].pack(slices)
+                                            for name_, slices in per_projection.items()})
+
+    def load(self, slot: int, adapter: PackedAdapter | LoraAdapter | str | Path, name: str | None = None) -> None:
+        """Load an adapter into ``slot`` (packed by :meth:`pack`, or a PEFT directory or :class:`LoraAdapter`,
+        packed here).
+
+        Every projection of the slot is rewritten (projections the adapter does
+        not target get rank 0), so no weight of the slot's previous adapter stays.
+        """
+        self._check_slot(slot)
+        if not isinstance(adapter, PackedAdapter):
+            adapter = self.pack(adapter)
+        if adapter.projections.keys() != self.projections.keys():
+            raise ValueError(f"adapter {adapter.name!r} was packed for another bank")
+        for proj_name, w in adapter.projections.items():
+            self.projections[proj_name].write_slot(slot, w)
         self.slot_names[slot] = name or adapter.name
 
     def clear(self, slot: int) -> None:

@@ -97,6 +97,33 @@ def test_reused_slot_keeps_nothing_of_its_previous_adapter():
     assert torch.equal(_apply(bank, x, slots), torch.zeros(20, 96))
 
 
+def test_packed_adapter_loads_the_same_slot_and_can_be_packed_on_another_thread():
+    """`pack` (host work, any thread) then `load` gives the slot exactly what loading the adapter does, also over a
+    slot that held a larger adapter; the packed form refuses what the bank cannot hold when packing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sgmv import PackedAdapter
+
+    spec, bank, _ = make_case(150, (64, 16, 16), 3, 32, [32], seed=2)  # every slot: rank 32 everywhere
+    small = random_adapter(spec, [2, 0, 1], seed=9)
+    with ThreadPoolExecutor(1) as pool:
+        packed = pool.submit(bank.pack, small).result()
+    assert isinstance(packed, PackedAdapter) and packed.nbytes == sum(
+        mw.lora_a.numel() * 4 + mw.lora_b.numel() * 4 for mw in small.modules.values())
+    bank.load(1, packed, name="small")
+    direct = AdapterBank([spec], num_slots=3, max_rank=32)
+    direct.load(1, small)
+    new, old = bank.projections["proj"], direct.projections["proj"]
+    assert torch.equal(new.lora_a[1], old.lora_a[1]) and torch.equal(new.lora_b[1], old.lora_b[1])
+    assert torch.equal(new.ranks[1], old.ranks[1]) and torch.equal(new.rank_offsets[1], old.rank_offsets[1])
+    assert int(new.total_ranks[1]) == int(old.total_ranks[1]) == 3 and new.total_ranks_host[1] == 3
+    assert bank.slot_names[1] == "small"
+    x, slots = torch.randn(20, 150), torch.ones(20, dtype=torch.int64)
+    assert torch.equal(_apply(bank, x, slots), _apply(direct, x, slots))
+    with pytest.raises(ValueError, match="max_rank"):
+        AdapterBank([spec], num_slots=3, max_rank=1).pack(small)
+
+
 def test_metadata_groups_unsorted_tokens():
     slots = torch.tensor([3, -1, 0, 3, 1, -1, 0, 3])
     meta = build_metadata(slots, 5)
