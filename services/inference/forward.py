@@ -116,6 +116,9 @@ class PackedLlama:
         # q/k/v and gate/up as one Linear each; the modules' weights become views of the fused ones (no copy kept).
         self.fused = [(_fuse(layer.self_attn, ("q_proj", "k_proj", "v_proj")), _fuse(layer.mlp, ("gate_proj", "up_proj")))
                       for layer in self.layers]
+        widths = [self.num_heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim]
+        if any(qkv[2] != widths for qkv, _ in self.fused):
+            raise ValueError(f"q/k/v widths {self.fused[0][0][2]} are not heads x head_dim {widths}")
 
     def _lora(self, x: torch.Tensor, lora, y: torch.Tensor, meta) -> None:
         if lora is not None and meta is not None:
@@ -143,17 +146,19 @@ class PackedLlama:
             dec_mask = batch.decode_mask.to(dev, non_blocking=True)
         for li, layer in enumerate(self.layers):
             attn, mlp, proj = layer.self_attn, layer.mlp, self.projections[li]
-            (qkv_w, qkv_b, qkv_split), (gu_w, gu_b, gu_split) = self.fused[li]
+            (qkv_w, qkv_b, _), (gu_w, gu_b, gu_split) = self.fused[li]
             h = layer.input_layernorm(x)
             qkv = F.linear(h, qkv_w, qkv_b)
             self._lora(h, proj["qkv"], qkv, meta)
-            q, k, v = qkv.split(qkv_split, dim=-1)
-            q, k, v = q.reshape(T, nh, d), k.reshape(T, kvh, d), v.reshape(T, kvh, d)
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
+            # Rotary on q and k together (one set of elementwise ops instead of two; the same values).
+            qk = qkv[:, : (nh + kvh) * d].view(T, nh + kvh, d)
+            qk = qk * cos + rotate_half(qk) * sin
+            q, k = qk[:, :nh], qk[:, nh:]
+            v = qkv[:, (nh + kvh) * d:].view(T, kvh, d)
             pool.k[li].index_copy_(0, write, k)
             pool.v[li].index_copy_(0, write, v)
-            out = torch.empty_like(q)
+            decode_only = dec_rows is not None and not batch.prefill_spans and dec_rows.numel() == T
+            out = None if decode_only else torch.empty(T, nh, d, dtype=q.dtype, device=q.device)
             for a, b in batch.prefill_spans:
                 # A fresh prefill attends only to itself: causal over its own new K/V.
                 o = F.scaled_dot_product_attention(
@@ -165,11 +170,15 @@ class PackedLlama:
                 flat, shape = dec_index.view(-1), (*dec_index.shape, kvh, d)
                 kk = pool.k[li].index_select(0, flat).view(shape).transpose(1, 2)  # [B, kvh, L, d]
                 vv = pool.v[li].index_select(0, flat).view(shape).transpose(1, 2)
-                qq = q.index_select(0, dec_rows)[:, :, None, :]  # [B, nh, 1, d]
+                # A decode-only step (most steps): its rows are every row, in order; no gather, no scatter.
+                qq = (q if decode_only else q.index_select(0, dec_rows))[:, :, None, :]  # [B, nh, 1, d]
                 o = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=dec_mask, scale=self.scaling,
                                                    enable_gqa=True)
-                out.index_copy_(0, dec_rows, o[:, :, 0, :])
-            out = out.view(T, nh * d)
+                if decode_only:
+                    out = o[:, :, 0, :]
+                else:
+                    out.index_copy_(0, dec_rows, o[:, :, 0, :])
+            out = out.reshape(T, nh * d)
             o = attn.o_proj(out)
             self._lora(out, proj["o"], o, meta)
             x = x + o
