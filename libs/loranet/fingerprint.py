@@ -31,7 +31,7 @@ flat index i and its value v, through one polynomial over GF(p), p = 65521
   level = rint((|v| - lo) / (hi - lo) * L) in 0..L, and
   code = level for v >= 0, (p-1)/2 + level for v < 0 (every code < p - 1);
   |v| is committed to within half a step, quant_step = (hi - lo) / L
-  (about 3e-5 of hi);
+  (at most 3.1e-5 of hi);
 - P is the unique polynomial of degree < k over GF(p) with P(x(i)) = code(v)
   for the k committed entries (Newton divided differences, then monomial
   form; O(k^2) vectorised, about a millisecond).
@@ -51,7 +51,7 @@ The indices are not in the commitment: the verifier takes the top-k of ITS
 OWN recomputed chunk (same k), evaluates P at each index's field point and
 maps the code back to a signed value. An index the node committed yields the
 committed value (within quant_step/2); any other index yields a pseudo-random
-code, i.e. a garbage value somewhere in [-hi, -lo] ∪ [lo, hi]. A verifier
+code, i.e. a garbage value somewhere in [-hi, -lo] ∪ [lo, hi] (to one step). A verifier
 index "matches" when |recomputed - decoded| - quant_step/2 <= match_rel * hi
 (`thresholds.FP_MATCH_REL`). `ChunkScore.index_overlap` is the fraction of
 the verifier's top-k that match; the error figures are over the matched
