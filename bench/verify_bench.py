@@ -11,10 +11,12 @@ Measures, on one torch thread:
     against loranet.thresholds;
   * the adversarial suite of tests/verifier/attacks.py: detection per attack, false positives.
 
-    python bench/verify_bench.py [--quick] [--full] [--json]
+    python bench/verify_bench.py [--quick] [--full] [--json] [--calibrate]
 
 --quick: under a minute (few trials); default: 20 trials per attack, 100 honest jobs;
 --full: the issue's sizes (300 trials per attack, 1000 honest jobs; about an hour on 2 cores).
+--calibrate: only the calibration and the closest attacks (10 honest jobs per variation pair, 20 trials
+per close attack; --quick 1 and 3, --full 50 and 50), the figures loranet/thresholds.py quotes.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from loranet import protocol as p, thresholds  # noqa: E402
-from loranet.fingerprint import fingerprint_chunks  # noqa: E402
+from loranet.fingerprint import CHUNK_TOKENS, chunk_spans, compare_chunk, fingerprint_chunks  # noqa: E402
 from loranet.model import PAD_ID, build_base_checkpoint, ensure_default_model, tokenizer  # noqa: E402
 from loranet.model.adapters import build_demo_adapters  # noqa: E402
 from loranet.model.generate import ReferenceModel  # noqa: E402
@@ -170,11 +172,36 @@ def figures(result: p.InferenceResult, hidden: torch.Tensor, logits: torch.Tenso
     return min(x[1] for x in f), max(x[2] for x in f), max(x[3] for x in f), float(m.min())
 
 
+WINDOWS = (1e-3, 3e-3, 1e-2, 2e-2, 5e-2)  # candidate FP_MATCH_REL values
+
+
+def raw_max_error(result: p.InferenceResult, hidden: torch.Tensor) -> float:
+    """Largest |recomputed - committed| / hi over the matched indices of every chunk, half-step included."""
+    spans = chunk_spans(len(result.prompt_tokens), len(result.output_tokens), CHUNK_TOKENS)
+    scores = [compare_chunk(c, hidden[a:b]) for c, (a, b) in zip(result.fingerprint.chunks, spans)]
+    return max(sc.max_abs_err / max(sc.hi, 1e-12) for sc in scores)
+
+
+def window_overlaps(result: p.InferenceResult, hidden: torch.Tensor) -> list[float]:
+    """The result's worst-chunk index overlap if FP_MATCH_REL were each of WINDOWS (how wide a match must be)."""
+    spans = chunk_spans(len(result.prompt_tokens), len(result.output_tokens), CHUNK_TOKENS)
+    out = []
+    for w in WINDOWS:
+        try:
+            out.append(min(compare_chunk(c, hidden[a:b], match_rel=w).index_overlap
+                           for c, (a, b) in zip(result.fingerprint.chunks, spans)))
+        except ValueError:
+            out.append(0.0)
+    return out
+
+
 def calibrate(s: Setup, per_variant: int) -> dict:
     node_variants = [(t, a) for t in (1, 2) for a in ("eager", "sdpa")]
     verifier_variants = ["single", "padded_batch", "merged_lora", "threads_2", "sdpa"]
     merged_cache: dict = {}
     worst = {v: [1.0, 0.0, 0.0, float("inf"), 0, 0] for v in verifier_variants}  # overlap, mean, max, margin, n, rejected
+    honest_win = [1.0] * len(WINDOWS)
+    raw: dict[str, float] = {}
     for threads, attn in node_variants:
         torch.set_num_threads(threads)
         _set_attn(s.node_model, attn)
@@ -207,29 +234,71 @@ def calibrate(s: Setup, per_variant: int) -> dict:
                     h, lg = s.engine.prefill(ids, r.adapter_id)
                     _set_attn(s.engine.model, "eager")
                 ov, mx, xx, mg = figures(r, h, lg)
+                honest_win[:] = [min(a, b) for a, b in zip(honest_win, window_overlaps(r, h))]
+                raw[v] = max(raw.get(v, 0.0), raw_max_error(r, h))
                 w = worst[v]
                 w[0], w[1], w[2], w[3] = min(w[0], ov), max(w[1], mx), max(w[2], xx), min(w[3], mg)
                 w[4] += 1
                 w[5] += int(not all(c.ok for c in domain.audit_checks(r, h, lg)))
     for v, w in worst.items():
         log(f"  honest vs verifier[{v:12s}]: n={w[4]:4d} rejected={w[5]} min overlap {w[0]:.3f} "
-            f"max mean excess {w[1]:.2e} max excess {w[2]:.2e} min replay margin {w[3]:+.3e}")
-    return {v: {"n": w[4], "rejected": w[5], "min_overlap": w[0], "max_mean_excess": w[1], "max_excess": w[2],
-                "min_replay_margin": w[3]} for v, w in worst.items()}
+            f"max mean excess {w[1]:.2e} max excess {w[2]:.2e} (max |error|/hi {raw.get(v, 0.0):.2e}) "
+            f"min replay margin {w[3]:+.3e}")
+    log("  honest worst-chunk overlap per candidate FP_MATCH_REL (all variations): "
+        + "  ".join(f"{w:g}: {o:.3f}" for w, o in zip(WINDOWS, honest_win)))
+    return {**{v: {"n": w[4], "rejected": w[5], "min_overlap": w[0], "max_mean_excess": w[1], "max_excess": w[2],
+                      "max_abs_err_over_hi": raw.get(v, 0.0), "min_replay_margin": w[3]} for v, w in worst.items()},
+            "honest_window_overlap_min": dict(zip(map(str, WINDOWS), honest_win))}
 
 
 def attack_closeness(s: Setup, name: str, trials: int) -> dict:
-    """The closest-to-honest audit figures an attack reached (for the calibration's gap)."""
+    """The closest-to-honest audit figures an attack reached (for the calibration's gap), and its worst-chunk
+    overlap at each candidate match window (min and max over trials)."""
     best = [0.0, float("inf"), float("inf"), -float("inf")]
+    win_lo, win_hi = [1.0] * len(WINDOWS), [0.0] * len(WINDOWS)
     for _ in range(trials):
         r = ATTACKS[name](s.kit)
         try:
             h, lg = s.engine.prefill([*r.prompt_tokens, *r.output_tokens], r.adapter_id)
             ov, mx, xx, mg = figures(r, h, lg)
+            wo = window_overlaps(r, h)
         except Exception:
             continue
         best = [max(best[0], ov), min(best[1], mx), min(best[2], xx), max(best[3], mg)]
-    return {"max_overlap": best[0], "min_mean_excess": best[1], "min_max_excess": best[2], "max_min_margin": best[3]}
+        win_lo, win_hi = [min(a, b) for a, b in zip(win_lo, wo)], [max(a, b) for a, b in zip(win_hi, wo)]
+    return {"max_overlap": best[0], "min_mean_excess": best[1], "min_max_excess": best[2], "max_min_margin": best[3],
+            "window_overlap_min": dict(zip(map(str, WINDOWS), win_lo)),
+            "window_overlap_max": dict(zip(map(str, WINDOWS), win_hi))}
+
+
+CLOSEST = ("adapter_scaled_0.5", "lower_precision_bf16", "wrong_adapter", "no_adapter", "wrong_base_model")
+
+
+def print_closeness(closeness: dict) -> None:
+    for n, c in closeness.items():
+        log(f"  closest {n:28s} overlap {c['max_overlap']:.3f} mean excess {c['min_mean_excess']:.2e} "
+            f"max excess {c['min_max_excess']:.2e}")
+    log("  worst-chunk overlap per candidate FP_MATCH_REL, min..max over trials:")
+    for n, c in closeness.items():
+        log(f"    {n:28s} " + "  ".join(f"{w:g}: {c['window_overlap_min'][str(w)]:.3f}..{c['window_overlap_max'][str(w)]:.3f}"
+                                        for w in WINDOWS))
+
+
+def calibrate_only(per_variant: int, attack_trials: int, as_json: bool) -> None:
+    """What loranet.thresholds quotes: the worst honest figures and the closest attack figures."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="verify-calibrate-") as tmp:
+        s = Setup(Path(tmp))
+        log(f"calibration: {per_variant} honest jobs per node variation (4) x verifier variation (5):")
+        cal = calibrate(s, per_variant)
+        log(f"closest attacks ({attack_trials} trials each):")
+        closeness = {n: attack_closeness(s, n, attack_trials) for n in CLOSEST}
+        print_closeness(closeness)
+    log(f"thresholds now: match window {thresholds.FP_MATCH_REL} x hi, overlap >= {thresholds.FP_MIN_INDEX_OVERLAP}, "
+        f"mean excess <= {thresholds.FP_MAX_MEAN_EXCESS_REL}, max excess <= {thresholds.FP_MAX_EXCESS_REL}; "
+        f"{time.perf_counter() - t0:.0f}s")
+    if as_json:
+        print(json.dumps({"calibration": cal, "attack_closeness": closeness}, indent=2, default=float))
 
 
 # ---------------------------------------------------------------------------
@@ -240,6 +309,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--full", action="store_true")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="only the threshold calibration: honest variations and the closest attacks (no timings, no suite)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     trials, honest_n, reps, calib, lengths = (20, 100, 3, 6, [32, 128, 512])
@@ -248,6 +319,9 @@ def main() -> None:
     if args.full:
         trials, honest_n, reps, calib = 300, 1000, 5, 50
     started = time.perf_counter()
+    if args.calibrate:
+        calibrate_only(calib if args.quick or args.full else 10, 3 if args.quick else (50 if args.full else 20), args.json)
+        return
     with tempfile.TemporaryDirectory(prefix="verify-bench-") as tmp:
         s = Setup(Path(tmp))
         log(f"setup {time.perf_counter() - started:.1f}s; timings (median of {reps}, one torch thread):")
@@ -268,11 +342,8 @@ def main() -> None:
             detected = sum(run_attack(s.verifier, s.kit, name).detected for _ in range(trials))
             table[name] = {"detected": detected, "trials": trials}
             log(f"  {name:40s} {detected:4d}/{trials}")
-        closeness = {n: attack_closeness(s, n, 1 if args.quick else 5) for n in
-                     ("adapter_scaled_0.5", "lower_precision_bf16", "wrong_adapter", "no_adapter", "wrong_base_model")}
-        for n, c in closeness.items():
-            log(f"  closest {n:28s} overlap {c['max_overlap']:.3f} mean excess {c['min_mean_excess']:.2e} "
-                f"max excess {c['min_max_excess']:.2e}")
+        closeness = {n: attack_closeness(s, n, 1 if args.quick else 5) for n in CLOSEST}
+        print_closeness(closeness)
     report = {
         "audit_over_generate_32": t[32]["audit_over_generate"],
         "audit_over_generate_128": t[128]["audit_over_generate"],

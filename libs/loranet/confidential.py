@@ -27,7 +27,9 @@ does not open as that job), a sealed output carries the job id.  A sealed output
 holds everything of a result that is derived from the prompt or the output: the
 token ids, the text and the activation fingerprint's chunks (the proof: top-k
 final hidden-state entries, from which an observer holding the public model
-recovers output tokens, see bench/fingerprint_leak.py).  What stays in the
+recovers output tokens: whole states of one-row chunks, and any candidate
+token's state can be tested against a chunk by whoever knows the prompt, see
+bench/fingerprint_leak.py).  What stays in the
 clear is listed in docs/ARCHITECTURE.md ("Confidential jobs").
 """
 

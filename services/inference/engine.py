@@ -455,8 +455,8 @@ class Engine:
     def _finish(self, seq: _Sequence, reason: str) -> None:
         """Free the sequence's pages and slot now; commit the fingerprint off the engine thread.
 
-        Encoding is pure Python (bit strings); on the committer thread it overlaps the next
-        forwards (which release the GIL) instead of stalling the batch."""
+        Encoding (a top-k and a GF(p) interpolation in numpy, about 3 ms a chunk at width 2048) runs
+        on the committer thread, overlapping the next forwards instead of stalling the batch."""
         self._release(seq)
         if seq.future.done():
             return

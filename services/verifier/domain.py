@@ -168,12 +168,26 @@ def proof_structure(result: p.InferenceResult) -> p.Check:
         return check("proof_structure", False, f"chunk_tokens {fp.chunk_tokens}/top_k {fp.top_k}, protocol {CHUNK_TOKENS}/{TOP_K}")
     if not result.prompt_tokens:
         return check("proof_structure", False, "no prompt tokens")
-    want = len(chunk_spans(len(result.prompt_tokens), len(result.output_tokens), CHUNK_TOKENS))
+    spans = chunk_spans(len(result.prompt_tokens), len(result.output_tokens), CHUNK_TOKENS)
+    want = len(spans)
     if len(fp.chunks) != want:
         return check("proof_structure", False, f"{len(fp.chunks)} chunks, layout needs {want}")
-    empty = [i for i, c in enumerate(fp.chunks) if len(c) < 12]
-    if empty:
-        return check("proof_structure", False, f"empty or truncated chunks {empty[:16]}")
+    # Each chunk must parse, commit the protocol's k entries, and cover its rows at one common width.
+    bad, widths = [], set()
+    for i, (c, (a, b)) in enumerate(zip(fp.chunks, spans)):
+        try:
+            parsed = decode_chunk(c)
+        except ValueError:
+            bad.append(i)
+            continue
+        if parsed.k != min(TOP_K, parsed.numel) or parsed.numel % (b - a):
+            bad.append(i)
+        else:
+            widths.add(parsed.numel // (b - a))
+    if bad:
+        return check("proof_structure", False, f"malformed chunks {bad[:16]}")
+    if len(widths) > 1:
+        return check("proof_structure", False, f"chunks imply hidden widths {sorted(widths)[:8]}")
     return check("proof_structure", True, f"{want} chunks")
 
 
@@ -189,12 +203,13 @@ def evidence_check(result: p.InferenceResult) -> p.Check:
 # ---------------------------------------------------------------------------
 
 
-def fingerprint_ok(score: ChunkScore, hi: float) -> tuple[bool, float, float]:
-    """(ok, mean excess, max excess) of one chunk; excess = error beyond the half quantisation step, / hi."""
-    if not score.numel_match:
+def fingerprint_ok(score: ChunkScore) -> tuple[bool, float, float]:
+    """(ok, mean excess, max excess) of one chunk; excess = error beyond the half quantisation step, / hi,
+    over the indices that matched (loranet.fingerprint.compare_chunk)."""
+    if not score.numel_match or score.index_overlap == 0:
         return False, math.inf, math.inf
     half = score.quant_step / 2
-    scale = max(hi, 1e-12)
+    scale = max(score.hi, 1e-12)
     mean_x = max(score.mean_abs_err - half, 0.0) / scale
     max_x = max(score.max_abs_err - half, 0.0) / scale
     ok = (score.index_overlap >= thresholds.FP_MIN_INDEX_OVERLAP and mean_x <= thresholds.FP_MAX_MEAN_EXCESS_REL
@@ -208,12 +223,11 @@ def fingerprint_figures(result: p.InferenceResult, hidden: torch.Tensor) -> list
     out = []
     for blob, (a, b) in zip(result.fingerprint.chunks, spans):
         try:
-            fp = decode_chunk(blob)
-        except ValueError:
+            score = compare_chunk(blob, hidden[a:b], TOP_K)
+        except ValueError:  # malformed, or not the protocol's k
             out.append((False, 0.0, math.inf, math.inf))
             continue
-        score = compare_chunk(fp, hidden[a:b])
-        ok, mean_x, max_x = fingerprint_ok(score, float(np.abs(fp.values).max()))
+        ok, mean_x, max_x = fingerprint_ok(score)
         out.append((ok, score.index_overlap, mean_x, max_x))
     return out
 

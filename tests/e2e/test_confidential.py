@@ -63,7 +63,7 @@ def needles_of(prompt: str, prompt_tokens: list[int], output_tokens: list[int], 
         out[f"fingerprint[{i}]"] = chunk
         out[f"fingerprint[{i}](hex)"] = chunk.hex().encode()
         out[f"fingerprint[{i}](base64)"] = base64.b64encode(chunk)
-        out[f"fingerprint[{i}][16:32]"] = chunk[16:32]  # the quantised values' bit stream, not the header
+        out[f"fingerprint[{i}][16:32]"] = chunk[16:32]  # inside the polynomial's coefficients, not the header
     return out
 
 

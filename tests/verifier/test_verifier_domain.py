@@ -136,3 +136,36 @@ def test_a_rerun_is_a_new_run_for_the_replay_guard_and_always_audited():
     policy = domain.AuditPolicy(new_node_jobs=0, after_failure_jobs=0, clean_rate=0.0)
     assert not domain.should_audit(clean, first.job_id, policy)[0]
     assert domain.should_audit(clean, first.job_id, policy, attempt=1)[0]
+
+
+def test_proof_structure_parses_every_fingerprint_chunk(honest, client, base):
+    """Each chunk must parse, commit min(128, numel) entries and cover its rows at one width; the audit
+    scores an unparsable chunk as a failure, never an exception."""
+    import math
+
+    import torch
+
+    from loranet.fingerprint import encode_chunk
+
+    r = honest.run(client.job(base[1], "", "Hello there", 40))
+    assert domain.proof_structure(r).ok
+    chunks = list(r.fingerprint.chunks)
+    rows = len(r.prompt_tokens)
+    cases = {
+        "truncated": chunks[1][:100],
+        "fewer entries": encode_chunk(torch.randn(32, 128), k=16),
+        "other version": b"\x01" + chunks[1][1:],
+        "rows not a multiple": encode_chunk(torch.randn(rows * 128 + 1)),
+    }
+    for name, bad in cases.items():
+        i = 0 if name == "rows not a multiple" else 1
+        broken = r.model_copy(update={"fingerprint": r.fingerprint.model_copy(
+            update={"chunks": [*chunks[:i], bad, *chunks[i + 1:]]})})
+        c = domain.proof_structure(broken)
+        assert not c.ok and f"malformed chunks [{i}]" in c.detail, (name, c.detail)
+        hidden = torch.zeros(len(r.prompt_tokens) + len(r.output_tokens), 128)
+        ok, overlap, mean_x, max_x = domain.fingerprint_figures(broken, hidden)[i]
+        assert (ok, overlap, mean_x, max_x) == (False, 0.0, math.inf, math.inf), name
+    wider = [encode_chunk(torch.randn(rows, 256)), *chunks[1:]]  # chunk 0 at width 256, the others at 128
+    c = domain.proof_structure(r.model_copy(update={"fingerprint": r.fingerprint.model_copy(update={"chunks": wider})}))
+    assert not c.ok and "hidden widths [128, 256]" in c.detail
