@@ -367,6 +367,13 @@ def compare_chunk(committed: bytes | ChunkFingerprint, recomputed_hidden_chunk: 
         return ChunkScore(False, 0.0, inf, inf, inf, inf, fp.quant_step, fp.hi)
     idx = _topk(flat, fp.k)
     got = flat[idx].astype(np.float64)
+    # Indices at the top-k boundary (magnitude within FP_BOUNDARY_REL * hi of the k-th) are left out: under
+    # another machine's rounding they may be in the node's top-k or not, and where not, P gives garbage there.
+    mags = np.abs(got)
+    judged = mags - mags.min() > thresholds.FP_BOUNDARY_REL * fp.hi
+    if not judged.any():  # every entry ties the k-th (a constant chunk): judge them all
+        judged[:] = True
+    idx, got = idx[judged], got[judged]
     decoded = fp.values_at(idx)
     abs_err = np.abs(got - decoded)
     matched = abs_err - fp.quant_step / 2 <= match_rel * fp.hi
@@ -375,7 +382,7 @@ def compare_chunk(committed: bytes | ChunkFingerprint, recomputed_hidden_chunk: 
         return ChunkScore(True, 0.0, inf, inf, inf, inf, fp.quant_step, fp.hi)
     err = abs_err[matched]
     rel = err / np.maximum(np.abs(decoded[matched]), 1e-12)
-    return ChunkScore(True, n / fp.k, float(err.mean()), float(err.max()), float(rel.mean()), float(rel.max()),
+    return ChunkScore(True, n / idx.size, float(err.mean()), float(err.max()), float(rel.mean()), float(rel.max()),
                       fp.quant_step, fp.hi)
 
 

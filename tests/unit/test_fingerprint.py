@@ -211,3 +211,53 @@ def test_encode_and_compare_are_fast():
         F.compare_chunk(blob, h)
     cmp = (time.perf_counter() - t0) / 10
     assert enc < 0.05 and cmp < 0.05, (enc, cmp)  # ~3 ms / ~1.5 ms here; loose for a loaded shared machine
+
+
+def test_a_top_k_boundary_flip_does_not_reject_an_honest_chunk():
+    """Another machine's rounding can swap the k-th and (k+1)-th magnitudes. At the index that swapped in, P
+    gives garbage; when that garbage lands inside the match window but beyond the max-error bound, the chunk
+    would be rejected. The verifier leaves indices at its own top-k boundary out of the figures."""
+    from loranet import thresholds
+
+    h = _chunk(32, 2048, seed=3)
+    blob = F.encode_chunk(h)
+    fp = F.decode_chunk(blob)
+    flat = h.reshape(-1).numpy().astype(np.float64)
+    order = np.argsort(-np.abs(flat), kind="stable")
+    committed, outside = order[: F.TOP_K], order[F.TOP_K: F.TOP_K + 4000]
+    kth = np.abs(flat[committed]).min()
+    # An index just outside the top-k whose garbage is the worst case: matched, yet beyond the max-error bound.
+    garbage = fp.values_at(np.sort(outside))
+    lo_err, hi_err = thresholds.FP_MAX_EXCESS_REL * fp.hi, FP_MATCH_REL * fp.hi
+    cands = [j for j, g in zip(np.sort(outside), garbage) if lo_err < abs(abs(g) - kth) < hi_err / 2]
+    assert cands, "no worst-case index among 4,000: the construction needs one"
+    j = cands[0]
+    g = fp.values_at(np.array([j]))[0]
+    flipped = flat.copy()
+    flipped[j] = np.sign(g) * kth * (1 + 1e-7)  # now ties the k-th: in the verifier's top-k, out of the node's
+    k_idx = committed[np.argmin(np.abs(flat[committed]))]
+    flipped[k_idx] = np.sign(flat[k_idx]) * kth * (1 - 1e-7)  # the node's k-th drops out
+    h2 = torch.from_numpy(flipped.astype(np.float32)).view(32, 2048)
+    assert j in set(F._topk(flipped.astype(np.float32), F.TOP_K).tolist())
+    score = F.compare_chunk(blob, h2)
+    assert score.index_overlap == 1.0 and score.max_abs_err <= score.quant_step / 2 + 1e-5 * fp.hi, score
+    # Without the boundary zone the same chunk fails on the garbage value (what this test guards against).
+    saved = thresholds.FP_BOUNDARY_REL
+    try:
+        thresholds.FP_BOUNDARY_REL = -1.0
+        bad = F.compare_chunk(blob, h2)
+    finally:
+        thresholds.FP_BOUNDARY_REL = saved
+    assert (bad.max_abs_err - bad.quant_step / 2) / bad.hi > thresholds.FP_MAX_EXCESS_REL
+
+
+def test_the_boundary_zone_is_small():
+    """Apart from the k-th itself, almost no index falls in the zone left out of the figures."""
+    from loranet import thresholds
+
+    extra = []
+    for seed in range(20):
+        flat = _chunk(32, 2048, seed=seed).reshape(-1).numpy()
+        mags = np.sort(np.abs(flat))[::-1][: F.TOP_K]
+        extra.append(int((mags - mags[-1] <= thresholds.FP_BOUNDARY_REL * mags[0]).sum()) - 1)
+    assert np.mean(extra) < 1.0 and max(extra) <= 3, extra
