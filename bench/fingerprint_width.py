@@ -3,7 +3,8 @@
 A seeded model with TinyLlama-1.1B's layer shapes (2 decoder layers by default, CPU float32)
 generates 65 greedy tokens per prompt; the node's fingerprint is compared with the verifier's
 float32 prefill over prompt + output, as services/verifier/domain.py does. The "bf16 weights"
-node runs the same model in bfloat16 (the precision attack of tests/verifier/attacks.py).
+node runs the same model in bfloat16 (the precision attack of tests/verifier/attacks.py). With a
+CUDA GPU the same two nodes also run on the GPU against the CPU verifier (cross-hardware noise).
 Per chunk: matched fraction / mean excess / max excess (loranet.thresholds) and the verdict.
 
     python bench/fingerprint_width.py [--layers 2] [--hidden 2048] [--json]
@@ -44,6 +45,11 @@ def main() -> None:
     model_id = build_base_checkpoint(tmp / "m", spec=spec)
     ref = ReferenceModel.from_path(tmp / "m", model_id)
     nodes = {"honest fp32": ref, "bf16 weights": ReferenceModel.from_path(tmp / "m", model_id, dtype=torch.bfloat16)}
+    if torch.cuda.is_available():
+        # Cross-hardware: the node generates on the GPU, the verifier recomputes on this CPU. The honest
+        # fp32 row is the noise the thresholds (and the top-k boundary zone) must absorb; uncalibrated so far.
+        nodes["honest fp32 cuda"] = ReferenceModel.from_path(tmp / "m", model_id, device="cuda")
+        nodes["bf16 weights cuda"] = ReferenceModel.from_path(tmp / "m", model_id, device="cuda", dtype=torch.bfloat16)
     rows = []
     for prompt in PROMPTS:
         ids = tokenizer.encode(prompt)
@@ -59,7 +65,7 @@ def main() -> None:
             figs = [(s.index_overlap, *domain.fingerprint_ok(s)) for s in scores]
             rows.append({"node": name, "bytes": [len(c) for c in chunks], "encode_ms": encode_ms, "compare_ms": compare_ms,
                          "chunks": [{"overlap": o, "ok": ok, "mean_excess": m, "max_excess": x} for o, ok, m, x in figs]})
-            print(f"{name:13s} bytes {rows[-1]['bytes']} encode {encode_ms:.1f} ms/chunk compare {compare_ms:.1f} ms/chunk | "
+            print(f"{name:17s} bytes {rows[-1]['bytes']} encode {encode_ms:.1f} ms/chunk compare {compare_ms:.1f} ms/chunk | "
                   + "  ".join(f"{o:.3f}/{m:.1e}/{x:.1e}/{'ok' if ok else 'rejected'}" for o, ok, m, x in figs), flush=True)
     if args.json:
         print(json.dumps({"hidden": args.hidden, "layers": args.layers, "rows": rows}))
