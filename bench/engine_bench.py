@@ -194,7 +194,7 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=64, help="device adapter slots")
     ap.add_argument("--max-running", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    ap.add_argument("--repeat", type=int, default=0, help="runs per engine variant, best kept (default 1 quick, 2 full)")
+    ap.add_argument("--repeat", type=int, default=0, help="runs per engine variant, best kept (default 2 quick, 3 full)")
     ap.add_argument("--cache", default="", help="model/adapter cache (default: a temp dir)")
     ap.add_argument("--shape", choices=sorted(SHAPES), default="tiny",
                     help="base model: the embedded tiny Llama, or TinyLlama-1.1B's layer shapes (seeded weights)")
@@ -229,7 +229,7 @@ def main() -> None:
             + (f"  adapter/base bytes {byte_ratio[name]:.2f}" if name in byte_ratio else ""))
 
     byte_ratio: dict[str, float] = {}
-    repeat = args.repeat or (1 if args.quick else 3)
+    repeat = args.repeat or (2 if args.quick else 3)
     variants = [("base", [None] * n_jobs), ("single", [0] * n_jobs)]
     for n in ns:
         for dist in ("uniform", "zipf") if n > 1 else ("uniform",):
