@@ -114,7 +114,11 @@ class AdapterCache:
         # A failed read stays as "failed" until acquire has reported it (mark_bad) or reads it fine.
 
     def close(self) -> None:
-        self._loader.shutdown(wait=True, cancel_futures=True)
+        """Finish the read in flight, drop queued ones; a restarted engine gets a fresh loader (threads start
+        only when it is used)."""
+        old, self._loader = self._loader, concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="adapter-load")
+        old.shutdown(wait=True, cancel_futures=True)
 
     def bad_reason(self, adapter_id: str) -> str | None:
         with self._lock:

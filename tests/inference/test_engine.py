@@ -230,6 +230,19 @@ def test_adapter_read_from_disk_does_not_stall_the_batch(make_engine, adapters, 
         ref = reference.generate(req.prompt_tokens, name, req.max_tokens, GREEDY, 0).output_ids
         assert fut.result(0).output_tokens == ref, req.job_id
     assert engine.adapters.state(id_b) == "memory"
+    # Stopped and started again (as after a drain): reads still go to a loader thread.
+    engine.stop()
+    (name_c, _, id_c) = adapters[2]
+    with engine.adapters._lock:
+        engine.adapters._host.pop(id_c)
+    reading.clear()
+    fut_a2 = engine.submit(GenRequest("a2", tokenizer.encode(PROMPTS[1]), id_a, 8, GREEDY, 0))
+    engine.step()
+    fut_c = engine.submit(GenRequest("c", tokenizer.encode(PROMPTS[0]), id_c, 4, GREEDY, 0))
+    engine.step()
+    engine.run_until_idle()
+    assert reading and reading[0].startswith("adapter-load"), reading
+    assert fut_c.result(0).output_tokens and fut_a2.result(0).output_tokens
 
 
 def test_adapter_failing_its_background_read_is_refused(make_engine, adapters):
