@@ -92,6 +92,7 @@ import numpy as np
 import torch
 
 from . import thresholds
+from .sampling import splitmix64
 
 VERSION = 2
 CHUNK_TOKENS = 32
@@ -101,7 +102,6 @@ _HALF = (FIELD_P - 1) // 2  # codes >= _HALF are negative values
 LEVELS = _HALF - 1  # L: magnitude levels 0..L
 _MAX_SALT = 255
 _GOLDEN = 0x9E3779B97F4A7C15
-_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _MASK64 = (1 << 64) - 1
 
 
@@ -187,10 +187,7 @@ def _inv_table() -> np.ndarray:
 
 def field_points(indices: np.ndarray, salt: int) -> np.ndarray:
     """x(i) = splitmix64(i + (salt + 1) * golden) mod p for each flat index (int64 in 0..p-1)."""
-    z = np.asarray(indices).astype(np.uint64) + np.uint64(((salt + 1) * _GOLDEN) & _MASK64)
-    z = (z ^ (z >> np.uint64(30))) * _M1
-    z = (z ^ (z >> np.uint64(27))) * _M2
-    z = z ^ (z >> np.uint64(31))
+    z = splitmix64(np.asarray(indices).astype(np.uint64) + np.uint64((salt * _GOLDEN) & _MASK64))  # adds one golden
     return (z % np.uint64(FIELD_P)).astype(np.int64)
 
 

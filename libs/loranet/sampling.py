@@ -59,8 +59,9 @@ class SamplerParams:
 GREEDY = SamplerParams()
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser on a uint64 array (wrapping arithmetic)."""
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser of x + golden on a uint64 array (wrapping arithmetic); the fingerprint's
+    field points use it too."""
     with np.errstate(over="ignore"):
         x = x + _GOLDEN
         x = (x ^ (x >> np.uint64(30))) * _M1
@@ -73,9 +74,9 @@ def uniform_noise(seed: int, step: int, n: int) -> np.ndarray:
 
     u = (top 53 bits of splitmix64(splitmix64(splitmix64(seed) ^ step) ^ i) + 0.5) / 2^53.
     """
-    key = _splitmix64(np.array([int(seed) & _MASK64], dtype=np.uint64))
-    key = _splitmix64(key ^ np.uint64(int(step) & _MASK64))
-    bits = _splitmix64(key ^ np.arange(n, dtype=np.uint64))
+    key = splitmix64(np.array([int(seed) & _MASK64], dtype=np.uint64))
+    key = splitmix64(key ^ np.uint64(int(step) & _MASK64))
+    bits = splitmix64(key ^ np.arange(n, dtype=np.uint64))
     return ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / (1 << 53))
 
 
