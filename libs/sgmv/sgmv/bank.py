@@ -109,16 +109,8 @@ class PackedLoraWeights:
         )
 
     def clear_slot(self, slot: int) -> None:
-        """Zero the slot's weights and ranks."""
-        self.generation += 1
-        self.lora_a[slot].zero_()
-        self.lora_b[slot].zero_()
-        self.ranks_host[slot] = [0] * self.num_slices
-        self.rank_offsets_host[slot] = [0] * self.num_slices
-        self.total_ranks_host[slot] = 0
-        self.ranks[slot].zero_()
-        self.rank_offsets[slot].zero_()
-        self.total_ranks[slot] = 0
+        """Zero the slot's weights and ranks (writes the empty share: every slice without LoRA)."""
+        self.write_slot(slot, self.pack([None] * self.num_slices))
 
     def pack(self, slices: Sequence[LoraModuleWeights | None]) -> "SlotWeights":
         """One adapter's share of this projection (per slice the module's factors, or None: no LoRA there),
@@ -159,7 +151,6 @@ class PackedLoraWeights:
         n = self.num_slices
         if len(w.ranks) != n:
             raise ValueError(f"projection {self.spec.name!r}: packed for {len(w.ranks)} slices, not {n}")
-        self.generation += 1
         if w.total:
             self.lora_a[slot, : w.total].copy_(w.a, non_blocking=True)
         self.lora_a[slot, w.total:].zero_()
@@ -173,13 +164,6 @@ class PackedLoraWeights:
         self.rank_offsets[slot].copy_(w.meta[n: 2 * n], non_blocking=True)
         self.total_ranks[slot].copy_(w.meta[2 * n], non_blocking=True)
         self.generation += 1
-
-    def set_slot(self, slot: int, slices: Sequence[LoraModuleWeights | None]) -> None:
-        """Write one slot: per slice the module's factors, or None (no LoRA there).
-
-        The slot is zeroed first, so nothing of a previous adapter remains.
-        """
-        self.write_slot(slot, self.pack(slices))
 
 
 @dataclass(frozen=True)
