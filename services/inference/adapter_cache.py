@@ -75,6 +75,9 @@ class AdapterCache:
         with self._lock:
             if adapter_id in self._host:
                 return True
+        return self._on_disk(adapter_id)
+
+    def _on_disk(self, adapter_id: str) -> bool:
         return (self.adapter_dir / adapter_id / "adapter_config.json").exists()
 
     def state(self, adapter_id: str) -> str:
@@ -87,22 +90,23 @@ class AdapterCache:
             fut = self._loading.get(adapter_id)
         if fut is not None:
             return "loading" if not fut.done() else "failed"
-        return "disk" if (self.adapter_dir / adapter_id / "adapter_config.json").exists() else "absent"
+        return "disk" if self._on_disk(adapter_id) else "absent"
 
-    def prefetch(self, adapter_id: str) -> None:
+    def prefetch(self, adapter_id: str) -> bool:
         """Read the adapter from disk into host memory (hash re-checked) on the loader thread; a no-op unless
-        its state is "disk"."""
+        its state is "disk". True when a read was started."""
         if self.state(adapter_id) != "disk":
-            return
+            return False
         with self._lock:
             if adapter_id in self._loading:
-                return
+                return False
             try:
                 fut = self._loader.submit(self._host_get, adapter_id)
             except RuntimeError:  # closed: acquire reads it on the engine thread
-                return
+                return False
             self._loading[adapter_id] = fut
         fut.add_done_callback(lambda f: self._loaded(adapter_id, f))
+        return True
 
     def _loaded(self, adapter_id: str, fut: concurrent.futures.Future) -> None:
         if fut.cancelled() or fut.exception() is None:
@@ -141,9 +145,8 @@ class AdapterCache:
 
     def install(self, adapter_id: str, config: bytes, weights: bytes) -> None:
         """Write the adapter from its datastore blobs (hash checked before anything is written), parse it."""
-        dest = self.adapter_dir / adapter_id
-        if not (dest / "adapter_config.json").exists():
-            adapter_from_blobs(config, weights, dest, expected_adapter_id=adapter_id)
+        if not self._on_disk(adapter_id):
+            adapter_from_blobs(config, weights, self.adapter_dir / adapter_id, expected_adapter_id=adapter_id)
         self._host_get(adapter_id)
 
     def _host_get(self, adapter_id: str) -> PackedAdapter:

@@ -294,9 +294,8 @@ class Engine:
                 seq.future.cancel()
                 continue
             if blocked or len(self._running) + len(admitted) >= cfg.max_running:
-                if req.adapter_id and fetches > 0 and self.adapters.state(req.adapter_id) == "disk":
-                    self.adapters.prefetch(req.adapter_id)  # ready by the time a place frees up
-                    fetches -= 1
+                if req.adapter_id and fetches > 0 and self.adapters.prefetch(req.adapter_id):
+                    fetches -= 1  # ready by the time a place frees up
                 keep.append(seq)
                 continue
             if req.deadline is not None and now_wall > req.deadline:

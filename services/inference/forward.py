@@ -144,6 +144,8 @@ class PackedLlama:
             dec_rows = batch.decode_rows.to(dev, non_blocking=True)
             dec_index = batch.decode_index.to(dev, non_blocking=True)
             dec_mask = batch.decode_mask.to(dev, non_blocking=True)
+        # A decode-only step (most steps): its decode rows are every row, in order; no gather, no scatter.
+        decode_only = dec_rows is not None and not batch.prefill_spans and dec_rows.numel() == T
         for li, layer in enumerate(self.layers):
             attn, mlp, proj = layer.self_attn, layer.mlp, self.projections[li]
             (qkv_w, qkv_b, _), (gu_w, gu_b, gu_split) = self.fused[li]
@@ -157,7 +159,6 @@ class PackedLlama:
             v = qkv[:, (nh + kvh) * d:].view(T, kvh, d)
             pool.k[li].index_copy_(0, write, k)
             pool.v[li].index_copy_(0, write, v)
-            decode_only = dec_rows is not None and not batch.prefill_spans and dec_rows.numel() == T
             out = None if decode_only else torch.empty(T, nh, d, dtype=q.dtype, device=q.device)
             for a, b in batch.prefill_spans:
                 # A fresh prefill attends only to itself: causal over its own new K/V.
@@ -170,7 +171,6 @@ class PackedLlama:
                 flat, shape = dec_index.view(-1), (*dec_index.shape, kvh, d)
                 kk = pool.k[li].index_select(0, flat).view(shape).transpose(1, 2)  # [B, kvh, L, d]
                 vv = pool.v[li].index_select(0, flat).view(shape).transpose(1, 2)
-                # A decode-only step (most steps): its rows are every row, in order; no gather, no scatter.
                 qq = (q if decode_only else q.index_select(0, dec_rows))[:, :, None, :]  # [B, nh, 1, d]
                 o = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=dec_mask, scale=self.scaling,
                                                    enable_gqa=True)
