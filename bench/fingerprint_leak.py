@@ -57,7 +57,7 @@ import torch
 
 from loranet import codec, confidential, protocol as p
 from loranet.fingerprint import CHUNK_TOKENS, TOP_K, chunk_spans, decode_chunk, fingerprint_chunks
-from loranet.model import TOKENIZER_ID, ensure_default_model, tokenizer
+from loranet.model import TOKENIZER_ID, ensure_tiny_model, tokenizer
 from loranet.model.generate import ReferenceModel
 from loranet.sampling import SamplerParams
 from loranet.signing import Identity, devnet_address, sign
@@ -210,7 +210,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    path, model_id = ensure_default_model(tempfile.mkdtemp())
+    path, model_id = ensure_tiny_model(tempfile.mkdtemp())
     model = ReferenceModel.from_path(path, model_id)
     rng = random.Random(0)
     outsider = Outsider(model, random.Random(1))
@@ -223,7 +223,7 @@ def main() -> None:
         prompt = "".join(rng.choice(string.ascii_letters + string.digits + " ") for _ in range(rng.randint(8, 40)))
         ids = tokenizer.encode(prompt)
         seed = rng.randrange(2**32)
-        gen = model.generate(ids, None, args.max_tokens, params, seed, eos_id=None)
+        gen = model.generate(ids, None, args.max_tokens, params, seed, stop_ids=())
         chunks = fingerprint_chunks(gen.hidden, len(ids), n_generated=len(gen.output_ids))
         committed += len(chunks)
         total += len(gen.output_ids)

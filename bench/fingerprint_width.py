@@ -54,7 +54,7 @@ def main() -> None:
     for prompt in PROMPTS:
         ids = tokenizer.encode(prompt)
         for name, node in nodes.items():
-            gen = node.generate(ids, None, 65, eos_id=None)
+            gen = node.generate(ids, None, 65, stop_ids=())
             t0 = time.perf_counter()
             chunks = fingerprint_chunks(gen.hidden.float(), len(ids), n_generated=len(gen.output_ids))
             encode_ms = (time.perf_counter() - t0) / len(chunks) * 1e3

@@ -40,7 +40,7 @@ import torch  # noqa: E402
 
 from loranet import protocol as p, thresholds  # noqa: E402
 from loranet.fingerprint import CHUNK_TOKENS, chunk_spans, compare_chunk, fingerprint_chunks  # noqa: E402
-from loranet.model import PAD_ID, build_base_checkpoint, ensure_default_model, tokenizer  # noqa: E402
+from loranet.model import PAD_ID, build_base_checkpoint, ensure_tiny_model, tokenizer  # noqa: E402
 from loranet.model.adapters import build_demo_adapters  # noqa: E402
 from loranet.model.generate import ReferenceModel  # noqa: E402
 from loranet.sampling import GREEDY  # noqa: E402
@@ -57,7 +57,7 @@ def log(*a) -> None:
 
 class Setup:
     def __init__(self, cache: Path) -> None:
-        self.base_path, self.model_id = ensure_default_model(str(cache))
+        self.base_path, self.model_id = ensure_tiny_model(str(cache))
         self.adapters = build_demo_adapters(self.base_path, 3, seed=0, out_dir=cache / "demo", expected_model_id=self.model_id)
         other = cache / "other"
         build_base_checkpoint(other, seed=1)
@@ -85,7 +85,7 @@ def fixed_length_result(s: Setup, n: int, adapter_id: str) -> tuple[p.InferenceR
         ids = tokenizer.encode(prompt)
         name = s.node.adapter_names.get(adapter_id)
         t0 = time.perf_counter()
-        gen = s.node_model.generate(ids, name, n, GREEDY, 0, eos_id=None)
+        gen = s.node_model.generate(ids, name, n, GREEDY, 0, stop_ids=())
         chunks = fingerprint_chunks(gen.hidden, len(ids), n_generated=len(gen.output_ids))
         elapsed = time.perf_counter() - t0
         if tokenizer.EOS_ID not in gen.output_ids:
@@ -107,12 +107,12 @@ def timings(s: Setup, lengths: list[int], reps: int) -> dict:
         for r in results:
             t0 = time.perf_counter()
             domain.authenticate(r, p.results(r.node_id), key)
-            checks = domain.cheap_checks(r, s.model_id, address)
+            checks = domain.cheap_checks(r, s.model_id, s.engine.tokenizer, address)
             cheap.append(time.perf_counter() - t0)
             # The verifier's work per audited result (what Verifier.judge does, without the event loop):
             t0 = time.perf_counter()
             domain.authenticate(r, p.results(r.node_id), key)
-            audit = domain.cheap_checks(r, s.model_id, address)
+            audit = domain.cheap_checks(r, s.model_id, s.engine.tokenizer, address)
             hidden, logits = s.engine.prefill([*r.prompt_tokens, *r.output_tokens], adapter_id)
             audit += domain.audit_checks(r, hidden, logits)
             audits.append(time.perf_counter() - t0)
@@ -143,7 +143,7 @@ def cheap_rate(s: Setup, n_results: int) -> float:
     while done < n_results:
         r = results[done % len(results)]
         domain.authenticate(r, p.results(r.node_id), key)
-        domain.cheap_checks(r, s.model_id, address)
+        domain.cheap_checks(r, s.model_id, s.engine.tokenizer, address)
         done += 1
     return done / (time.perf_counter() - t0)
 

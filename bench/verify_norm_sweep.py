@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from loranet.fingerprint import fingerprint_chunks  # noqa: E402
-from loranet.model import TOKENIZER_ID, ensure_default_model, tokenizer  # noqa: E402
+from loranet.model import TOKENIZER_ID, ensure_tiny_model, tokenizer  # noqa: E402
 from loranet.model.adapters import build_demo_adapters  # noqa: E402
 from loranet.model.generate import ReferenceModel  # noqa: E402
 from services.inference.domain import build_result  # noqa: E402
@@ -59,7 +59,7 @@ def relative_update_norm(model: ReferenceModel, name: str) -> float:
 def sweep(prompts: list[str], scales: list[float], max_tokens: int) -> list[dict]:
     torch.set_num_threads(1)
     cache = Path(tempfile.mkdtemp(prefix="loranet-norm-"))
-    path, model_id = ensure_default_model(str(cache))
+    path, model_id = ensure_tiny_model(str(cache))
     # demo-3 adapts all seven projections.
     name, adapter_path, adapter_id = build_demo_adapters(path, 4, out_dir=cache / "adapters", expected_model_id=model_id)[3]
     model = ReferenceModel.from_path(path, model_id)

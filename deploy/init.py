@@ -43,6 +43,7 @@ class InitSettings(CommonSettings):
     treasury: str = ""
     deployment_file: str = "/deployment/chain.env"
     demo_adapters: int = 4
+    model_path: str = ""  # the base model to register: a name or directory; "" = $LORANET_MODEL, else SmolLM2
     cache_dir: str = ""
     # How long to wait for NATS (JetStream meta leader), the chain and the datastore.
     wait_s: float = 180.0
@@ -134,7 +135,8 @@ async def register(nc, settings: InitSettings, log: EventLog) -> None:
     deadline = time.monotonic() + settings.wait_s
     while True:
         try:
-            model_id, names = await register_catalogue(nc, settings.demo_adapters, settings.cache_dir or None)
+            model_id, names = await register_catalogue(nc, settings.model_path, settings.demo_adapters,
+                                                     settings.cache_dir or None)
             log.info("catalogue.registered", model_id=model_id, adapters=names)
             return
         except (NoRespondersError, NatsTimeoutError, asyncio.TimeoutError) as exc:

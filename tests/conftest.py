@@ -15,6 +15,10 @@ import pytest
 
 from loranet.servers import NatsServer, RedisServer, docker_reachable, free_port
 
+# Tests run on the seeded tiny model (byte tokenizer, 4 layers) unless they ask for the real one
+# (the `real_model` fixture, tests/realmodel): every service, devnet and client started here reads this.
+os.environ["LORANET_MODEL"] = "loranet-tiny-llama"
+
 
 class _ContainerServer:
     """A testcontainers-backed server with the same url/kill/start surface."""
@@ -107,9 +111,9 @@ def model_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def base_model(model_cache):
     """(path, model_id) of the default seeded model in the session's cache."""
-    from loranet.model import ensure_default_model
+    from loranet.model import ensure_tiny_model
 
-    return ensure_default_model(str(model_cache))
+    return ensure_tiny_model(str(model_cache))
 
 
 @pytest.fixture(scope="session")

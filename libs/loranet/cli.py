@@ -63,7 +63,24 @@ def _fail(message: str, code: int = EXIT_FAILED) -> int:
 # -- commands ---------------------------------------------------------------
 
 
+def _model(args: argparse.Namespace) -> str:
+    """--model, else the running devnet's model, else "" (the client's default: $LORANET_MODEL or SmolLM2)."""
+    if getattr(args, "model", ""):
+        return args.model
+    state = dn.read_state(args.state_dir) or {}
+    model = str(state.get("config", {}).get("model") or "")
+    return Path(model).name if "/" in model else model
+
+
 async def cmd_submit(args: argparse.Namespace) -> int:
+    return await _run_job(args, args.prompt, chat=False)
+
+
+async def cmd_chat(args: argparse.Namespace) -> int:
+    return await _run_job(args, args.message, chat=True)
+
+
+async def _run_job(args: argparse.Namespace, prompt: str, chat: bool) -> int:
     from rich.console import Console
 
     from . import protocol as p
@@ -73,12 +90,18 @@ async def cmd_submit(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     client = await _client(args)
     async with client:
-        sampling = p.SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+        try:
+            sampling = p.SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                        seed=args.seed, stop=args.stop or [])
+        except ValueError as exc:
+            return _fail(f"invalid sampling options: {str(exc).splitlines()[-1].strip()}", EXIT_USAGE)
         if args.deposit:
             await client.faucet(args.deposit, args.deposit)
         try:
-            job_id = await client.submit(args.adapter, args.prompt, args.max_tokens, sampling=sampling,
-                                         max_fee=args.max_fee, confidential=args.confidential)
+            job_id = await client.submit(args.adapter, prompt, args.max_tokens, sampling=sampling, model=_model(args),
+                                         max_fee=args.max_fee, confidential=args.confidential, chat=chat)
+        except ValueError as exc:
+            return _fail(f"invalid job: {str(exc).splitlines()[-1].strip()}", EXIT_USAGE)
         except JobFailed as exc:
             return _fail(str(exc), EXIT_UNAVAILABLE)
         except RemoteError as exc:
@@ -174,6 +197,104 @@ async def cmd_adapter_register(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_models(args: argparse.Namespace) -> int:
+    from .runtime import RemoteError
+
+    client = await _client(args)
+    async with client:
+        nodes = await client.nodes()
+        served: dict[str, list[str]] = {}
+        for n in nodes:
+            for model_id in n.model_ids:
+                served.setdefault(model_id, []).append(n.node_id)
+        rows = []
+        for model_id, node_ids in sorted(served.items()):
+            try:
+                m = await client.model(model_id)
+                rec = {"name": m.name, "model_id": m.model_id, "architecture": m.architecture,
+                       "tokenizer_id": m.tokenizer_id, "vocab_size": m.vocab_size, "chat": bool(m.chat_template)}
+            except RemoteError:
+                rec = {"name": "(unregistered)", "model_id": model_id}
+            rows.append({**rec, "nodes": sorted(node_ids)})
+
+    def table() -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table("name", "model_id", "tokenizer_id", "vocab", "chat", "nodes")
+        for r in rows:
+            t.add_row(r["name"], r["model_id"][:16] + "…", str(r.get("tokenizer_id", ""))[:16] + "…",
+                      str(r.get("vocab_size", "")), str(r.get("chat", "")), ",".join(r["nodes"]))
+        Console().print(t)
+
+    _print(rows, args.json, table)
+    return EXIT_OK
+
+
+async def cmd_model_register(args: argparse.Namespace) -> int:
+    from .model.catalog import ModelRefused, register_checkpoint
+    from .model.tokenizers import TokenizerError
+
+    try:
+        model, tok = await asyncio.to_thread(register_checkpoint, args.path, args.name)
+    except (ModelRefused, TokenizerError) as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    row = {"name": model.name, "model_id": model.model_id, "tokenizer_id": tok.tokenizer_id,
+           "vocab_size": tok.vocab_size, "path": str(model.path), "registered": False}
+    if not args.offline:
+        import nats
+
+        from . import protocol as p
+        from .demo import model_manifest
+        from .runtime import RemoteError, request
+
+        state = dn.read_state(args.state_dir)
+        if not state:
+            return _fail("no devnet running to register with (start one, or pass --offline)", EXIT_UNAVAILABLE)
+        try:
+            nc = await nats.connect(dn.role_url(args.state_dir, "init", state["nats_url"]))
+            try:
+                await request(nc, p.DATASTORE_MODEL_PUT, p.ModelPut(manifest=model_manifest(model)), p.ModelManifest,
+                              timeout=30)
+            finally:
+                await nc.close()
+        except RemoteError as exc:
+            return _fail(f"{exc.code}: {exc.message}")
+        except Exception as exc:
+            return _fail(f"cannot register with the devnet: {exc}", EXIT_UNAVAILABLE)
+        row["registered"] = True
+    _print(row, args.json, lambda: print(
+        f"registered {model.name}: model {model.model_id}, tokenizer {tok.tokenizer_id} ({tok.vocab_size} tokens)\n"
+        f"serve it with: loranet devnet up --model {model.name}"))
+    return EXIT_OK
+
+
+def cmd_adapter_train(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .model.catalog import ModelRefused, resolve_model
+    from .model.train import TrainingRefused, TrainOptions, train_adapter
+
+    options = TrainOptions(rank=args.rank, alpha=args.alpha, targets=tuple(t for t in args.targets.split(",") if t),
+                           epochs=args.epochs, lr=args.lr, seed=args.seed)
+    try:
+        base = resolve_model(args.base)
+        with Progress(TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                      TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), disable=args.json) as bar:
+            task = bar.add_task("train", total=None, loss="-")
+            report = train_adapter(base.path, args.data, args.out, options, name=args.name,
+                                   progress=lambda i, n, loss: bar.update(task, completed=i, total=n, loss=f"{loss:.3f}"))
+    except (ModelRefused, TrainingRefused, ValueError) as exc:
+        return _fail(str(exc).splitlines()[0], EXIT_USAGE)
+    row = {"out": str(report.out_dir), "adapter_id": report.adapter_id, "base_model_id": base.model_id,
+           "examples": report.examples, "steps": report.steps, "first_loss": round(report.first_loss, 4),
+           "last_loss": round(report.last_loss, 4)}
+    _print(row, args.json, lambda: print(
+        f"trained {report.out_dir}: adapter {report.adapter_id}, loss {report.first_loss:.3f} -> {report.last_loss:.3f}\n"
+        f"register it with: loranet adapter register {report.out_dir} --manifest {report.out_dir}/manifest.draft.json"))
+    return EXIT_OK
+
+
 async def cmd_nodes(args: argparse.Namespace) -> int:
     import time
 
@@ -240,7 +361,7 @@ async def cmd_stake(args: argparse.Namespace) -> int:
 
 def cmd_devnet(args: argparse.Namespace) -> int:
     config = dn.DevnetConfig(state_dir=args.state_dir, inference_nodes=args.nodes, verifiers=args.verifiers,
-                             demo_adapters=args.adapters)
+                             demo_adapters=args.adapters, model=args.model)
     if args.action == "up":
         existing = dn.running_supervisor(args.state_dir)
         if existing:
@@ -263,7 +384,7 @@ def cmd_devnet(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         from .demo_run import run_demo
 
-        return asyncio.run(run_demo(_nats_url(args), _identity(args), n_jobs=args.jobs))
+        return asyncio.run(run_demo(_nats_url(args), _identity(args), n_jobs=args.jobs, model=_model(args)))
     return EXIT_USAGE
 
 
@@ -311,24 +432,47 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--key", help="client key file (default <state-dir>/client.key)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("submit", help="submit a job")
-    s.add_argument("--adapter", default="", help="adapter id or registered name (e.g. demo-0); empty = base model")
+    def job_options(s: argparse.ArgumentParser, max_tokens: int) -> None:
+        s.add_argument("--adapter", default="", help="adapter id or registered name (e.g. pirate); empty = base model")
+        s.add_argument("--model", default="", help="base model name or id (default: the devnet's)")
+        s.add_argument("--max-tokens", type=int, default=max_tokens)
+        s.add_argument("--temperature", type=float, default=0.0)
+        s.add_argument("--top-k", type=int, default=0)
+        s.add_argument("--top-p", type=float, default=1.0)
+        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--stop", action="append", help="stop string (repeatable, at most 4)")
+        s.add_argument("--max-fee", type=int, default=10**18, help="most the job may cost, in OPEN wei")
+        s.add_argument("--deposit", type=int, default=10**19,
+                       help="devnet faucet: OPEN wei to receive and deposit into escrow first (0 = none)")
+        s.add_argument("--confidential", action="store_true",
+                       help="seal the prompt to one live node and the verifier committee; the output comes back "
+                            "sealed to this identity (scheduler, NATS, Redis see ciphertext)")
+        s.add_argument("--timeout", type=float, default=300)
+        s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("submit", help="submit a job (a raw prompt, no chat template)")
     s.add_argument("--prompt", required=True)
-    s.add_argument("--max-tokens", type=int, default=32)
-    s.add_argument("--temperature", type=float, default=0.0)
-    s.add_argument("--top-k", type=int, default=0)
-    s.add_argument("--top-p", type=float, default=1.0)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--max-fee", type=int, default=10**18, help="most the job may cost, in OPEN wei")
-    s.add_argument("--deposit", type=int, default=10**19,
-                   help="devnet faucet: OPEN wei to receive and deposit into escrow first (0 = none)")
     s.add_argument("--wait", action="store_true", help="wait until the job is settled or refused")
-    s.add_argument("--confidential", action="store_true",
-                   help="seal the prompt to one live node and the verifier committee; the output comes back "
-                        "sealed to this identity (scheduler, NATS, Redis see ciphertext)")
-    s.add_argument("--timeout", type=float, default=300)
-    s.add_argument("--json", action="store_true")
+    job_options(s, 32)
     s.set_defaults(func=cmd_submit)
+
+    c = sub.add_parser("chat", help="one user turn through the model's chat template; waits for the settled answer")
+    c.add_argument("message")
+    job_options(c, 64)
+    c.set_defaults(func=cmd_chat, wait=True)
+
+    m = sub.add_parser("models", help="base models served by live nodes, with their registry records")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_models)
+
+    mr = sub.add_parser("model", help="model commands").add_subparsers(dest="model_command", required=True)
+    mreg = mr.add_parser("register", help="check a Llama-family HF checkpoint directory, copy it into the model "
+                                          "cache and register it (serve it with: loranet devnet up --model NAME)")
+    mreg.add_argument("path", help="directory with config.json, *.safetensors and tokenizer files")
+    mreg.add_argument("--name", default="", help="registered name (default: the directory's name, lower case)")
+    mreg.add_argument("--offline", action="store_true", help="only check and copy into the cache; no datastore")
+    mreg.add_argument("--json", action="store_true")
+    mreg.set_defaults(func=cmd_model_register)
 
     j = sub.add_parser("job", help="read a job's record")
     j.add_argument("job_id")
@@ -347,6 +491,19 @@ def build_parser() -> argparse.ArgumentParser:
                           '"contributors": [{"contributor_id", "address", "weight_bps"}] (weights sum to 10000)}')
     reg.add_argument("--json", action="store_true")
     reg.set_defaults(func=cmd_adapter_register)
+    tr = ar.add_parser("train", help="fine-tune a LoRA adapter on the CPU from a chat JSONL dataset")
+    tr.add_argument("--base", default="", help="base model name or checkpoint directory (default: the default model)")
+    tr.add_argument("--data", required=True, help='JSONL: {"messages": [...], "contributor": "0x..."} per line')
+    tr.add_argument("--out", required=True, help="new directory for the PEFT adapter and manifest.draft.json")
+    tr.add_argument("--name", default="", help="adapter name in the manifest draft (default: the --out name)")
+    tr.add_argument("--rank", type=int, default=8)
+    tr.add_argument("--alpha", type=int, default=16)
+    tr.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj", help="comma-separated module names")
+    tr.add_argument("--epochs", type=int, default=6)
+    tr.add_argument("--lr", type=float, default=2e-3)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--json", action="store_true")
+    tr.set_defaults(func=cmd_adapter_train)
 
     n = sub.add_parser("nodes", help="live inference nodes from the node registry")
     n.add_argument("--json", action="store_true")
@@ -369,7 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--nodes", type=int, default=2, help="inference nodes")
     d.add_argument("--verifiers", type=int, default=1)
     d.add_argument("--adapters", type=int, default=4, help="demo adapters to build and register")
-    d.add_argument("--jobs", type=int, default=6, help="with demo: jobs to submit")
+    d.add_argument("--jobs", type=int, default=6, help="with demo on a model without a chat template: jobs to submit")
+    d.add_argument("--model", default="", help="base model the nodes serve: a name or checkpoint directory "
+                                               "(default smollm2-135m-instruct; loranet-tiny-llama = the test model)")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_devnet)
 

@@ -24,7 +24,8 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.nuid import NUID
 
 from . import codec, confidential, natsauth, protocol as p
-from .model.checkpoint import DEFAULT_MODEL_NAME
+from .model.catalog import default_model_name
+from .model.tokenizers import render_chat
 from .runtime import RemoteError, request
 from .signing import Identity, SignatureInvalid, devnet_address, sign, verify
 
@@ -134,8 +135,10 @@ class Client:
     async def adapter(self, name_or_id: str) -> p.AdapterManifest:
         return await self._request(p.DATASTORE_ADAPTER_GET, p.AdapterGet(adapter=name_or_id), p.AdapterManifest)
 
-    async def model(self, name_or_id: str = DEFAULT_MODEL_NAME) -> p.ModelManifest:
-        return await self._request(p.DATASTORE_MODEL_GET, p.ModelGet(model=name_or_id), p.ModelManifest)
+    async def model(self, name_or_id: str = "") -> p.ModelManifest:
+        """A base model's registry record ("" = the default model, $LORANET_MODEL or SmolLM2)."""
+        return await self._request(p.DATASTORE_MODEL_GET, p.ModelGet(model=name_or_id or default_model_name()),
+                                   p.ModelManifest)
 
     async def adapters(self, base_model_id: str = "") -> list[p.AdapterManifest]:
         reply = await self._request(p.DATASTORE_ADAPTER_LIST, p.AdapterList(base_model_id=base_model_id), p.AdapterListReply)
@@ -149,9 +152,16 @@ class Client:
 
         from .model.adapters import adapter_id_of_blobs, adapter_to_blobs
 
+        from .model.adapters import check_adapter_targets
+
         config_bytes, weights = adapter_to_blobs(path)
         config = json.loads(config_bytes)
-        base = (await self.model(str(manifest.get("base_model", DEFAULT_MODEL_NAME)))).model_id
+        base = (await self.model(str(manifest.get("base_model", "")))).model_id
+        check_adapter_targets({}, config.get("target_modules"), f"{path}/adapter_config.json")
+        trained_for = str(config.get("base_model_name_or_path") or "")
+        if len(trained_for) == 64 and trained_for != base:
+            raise ValueError(f"{path}/adapter_config.json: the adapter was trained for base model {trained_for[:12]}…, "
+                             f"not {base[:12]}…")
         record = p.AdapterManifest(
             adapter_id=adapter_id_of_blobs(config_bytes, weights), name=manifest["name"], base_model_id=base,
             owner_address=manifest.get("owner_address") or self.address, license=manifest.get("license", "apache-2.0"),
@@ -174,13 +184,13 @@ class Client:
 
     def build(self, *, model_id: str, adapter_id: str, prompt: str, max_tokens: int,
               sampling: p.SamplingParams | None = None, max_fee: int = DEFAULT_MAX_FEE, ttl_s: float = 600.0,
-              region: str = "", job_id: str | None = None) -> p.JobRequest:
+              region: str = "", job_id: str | None = None, tokenizer_id: str = "") -> p.JobRequest:
         now = time.time()
         job = p.JobRequest(
             job_id=job_id or p.new_job_id(), client_key=self.identity.public, client_address=self.address,
             model_id=model_id, adapter_id=adapter_id, prompt=prompt, max_tokens=max_tokens,
             sampling=sampling or p.SamplingParams(), max_fee=max_fee, created_at=now, expires_at=now + ttl_s,
-            region=region,
+            region=region, tokenizer_id=tokenizer_id,
         )
         return sign(job, self.identity, p.DOMAIN_JOB_REQUEST)
 
@@ -253,18 +263,27 @@ class Client:
 
     async def submit(self, adapter: str, prompt: str, max_tokens: int = 32, *, model: str = "",
                      sampling: p.SamplingParams | None = None, max_fee: int = DEFAULT_MAX_FEE, region: str = "",
-                     confidential: bool = False, node_id: str = "") -> str:
+                     confidential: bool = False, node_id: str = "", chat: bool = False) -> str:
         """Resolve `adapter` (id, registered name, or "" for the base model), sign and submit; returns the job id.
+
+        `chat`: `prompt` is one user turn, rendered through the base model's chat template (from its registry
+        record); the job names the model's tokenizer, so a node or model with another is refused.
 
         `confidential`: seal the prompt to one live node (`node_id`, or one picked from the registry) and the
         verifier committee; only they, and the client for the output, can read the job (see `seal_for`)."""
         if adapter:
             manifest = await self.adapter(adapter)
-            adapter_id, model_id = manifest.adapter_id, manifest.base_model_id
+            adapter_id, base = manifest.adapter_id, await self.model(manifest.base_model_id)
+            if model and model not in (base.name, base.model_id):
+                raise JobFailed(f"adapter {manifest.name} is trained for base model {base.name}, not {model}")
         else:
-            adapter_id, model_id = "", (await self.model(model or DEFAULT_MODEL_NAME)).model_id
-        job = self.build(model_id=model_id, adapter_id=adapter_id, prompt=prompt, max_tokens=max_tokens,
-                         sampling=sampling, max_fee=max_fee, region=region)
+            adapter_id, base = "", await self.model(model)
+        if chat:
+            if not base.chat_template:
+                raise JobFailed(f"model {base.name} has no chat template in its registry record")
+            prompt = render_chat(base.chat_template, [{"role": "user", "content": prompt}])
+        job = self.build(model_id=base.model_id, adapter_id=adapter_id, prompt=prompt, max_tokens=max_tokens,
+                         sampling=sampling, max_fee=max_fee, region=region, tokenizer_id=base.tokenizer_id)
         if confidential:
             job = await self.seal_for(job, node_id)
         await self.publish(job)

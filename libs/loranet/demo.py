@@ -1,7 +1,11 @@
-"""The demo catalogue: the built-in base model and demo adapters, registered with the datastore.
+"""The demo catalogue: a base model and its demo adapters, registered with the datastore.
 
-Adapters are named demo-0, demo-1, …; each has a developer and three data
-contributors (devnet addresses) with attribution weights summing to 10000.
+SmolLM2-135M-Instruct (the default) comes with four adapters trained on the
+datanets in datasets/ (`pirate`, `french`, `json`, `terse`; files committed in
+adapters/demo/, rebuilt by `make demo-adapters`), each attributed to the
+contributors named in its dataset. The seeded tiny model (the tests' fixture)
+gets seeded random adapters named demo-0, demo-1, …, each with three
+contributors (devnet addresses) whose weights sum to 10000.
 """
 
 from __future__ import annotations
@@ -13,46 +17,73 @@ from pathlib import Path
 from nats.aio.client import Client as NATS
 
 from . import protocol as p
-from .model import TOKENIZER_ID
 from .model.adapters import adapter_to_blobs, build_demo_adapters
-from .model.checkpoint import DEFAULT_MODEL_NAME, cache_root, ensure_default_model
+from .model.catalog import ResolvedModel, resolve_model
+from .model.checkpoint import TINY_MODEL_NAME, cache_root
+from .model.content import adapter_content_id
+from .model.tokenizers import load_tokenizer
 from .runtime import request
 from .signing import devnet_address
 
 DEMO_WEIGHTS = (5000, 3000, 2000)
+# Trained demo adapters of the default model, in the order the demo shows them.
+TRAINED_DIR = Path(__file__).resolve().parents[2] / "adapters" / "demo"
+TRAINED = ("pirate", "french", "json", "terse")
 
 
-def build_catalogue(n_adapters: int, cache_dir: str | None = None) -> tuple[Path, str, list[tuple[str, Path, str]]]:
-    """Build (or reuse) the default model and `n_adapters` demo adapters: (model path, model id, adapters)."""
-    path, model_id = ensure_default_model(cache_dir)
-    adapters = build_demo_adapters(path, n_adapters, out_dir=cache_root(cache_dir) / "adapters",
-                                   expected_model_id=model_id)
-    return path, model_id, adapters
+def build_catalogue(model: str, n_adapters: int, cache_dir: str | None = None
+                    ) -> tuple[ResolvedModel, list[tuple[str, Path, str, list[p.Contributor]]]]:
+    """The model and its demo adapters: (model, [(name, path, adapter id, contributors)])."""
+    resolved = resolve_model(model, cache_dir)
+    if resolved.name == TINY_MODEL_NAME:
+        built = build_demo_adapters(resolved.path, n_adapters, out_dir=cache_root(cache_dir) / "adapters",
+                                    expected_model_id=resolved.model_id)
+        return resolved, [(name, path, adapter_id, seeded_contributors(name)) for name, path, adapter_id in built]
+    adapters = []
+    for name in TRAINED[:n_adapters]:
+        path = TRAINED_DIR / name
+        if not (path / "adapter_config.json").is_file():
+            continue
+        draft = json.loads((path / "manifest.draft.json").read_text())
+        adapters.append((name, path, adapter_content_id(path), [p.Contributor(**c) for c in draft["contributors"]]))
+    return resolved, adapters
 
 
-def demo_manifest(name: str, adapter_id: str, model_id: str, config: dict) -> p.AdapterManifest:
-    contributors = [p.Contributor(contributor_id=f"{name}-data-{i}", address=devnet_address(f"contributor:{name}:{i}"),
-                                  weight_bps=w) for i, w in enumerate(DEMO_WEIGHTS)]
+def seeded_contributors(name: str) -> list[p.Contributor]:
+    return [p.Contributor(contributor_id=f"{name}-data-{i}", address=devnet_address(f"contributor:{name}:{i}"),
+                          weight_bps=w) for i, w in enumerate(DEMO_WEIGHTS)]
+
+
+def demo_manifest(name: str, adapter_id: str, model_id: str, config: dict,
+                  contributors: list[p.Contributor] | None = None) -> p.AdapterManifest:
     return p.AdapterManifest(
         adapter_id=adapter_id, name=name, base_model_id=model_id, owner_address=devnet_address(f"developer:{name}"),
-        contributors=contributors, rank=int(config.get("r", 8)), target_modules=sorted(config.get("target_modules", [])),
-        registered_at=time.time(),
+        contributors=contributors or seeded_contributors(name), rank=int(config.get("r", 8)),
+        target_modules=sorted(config.get("target_modules", [])), registered_at=time.time(),
     )
 
 
-async def register_catalogue(nc: NATS, n_adapters: int, cache_dir: str | None = None) -> tuple[str, list[str]]:
-    """Register the default model and demo adapters; idempotent. Returns (model_id, adapter names)."""
+def model_manifest(model: ResolvedModel) -> p.ModelManifest:
+    """The registry record of a model: content id, tokenizer id, chat template, vocabulary."""
+    tok = load_tokenizer(model.path)
+    return p.ModelManifest(model_id=model.model_id, name=model.name, architecture="LlamaForCausalLM",
+                           tokenizer_id=tok.tokenizer_id, chat_template=tok.chat_template,
+                           vocab_size=tok.vocab_size, registered_at=time.time())
+
+
+async def register_catalogue(nc: NATS, model: str, n_adapters: int, cache_dir: str | None = None
+                             ) -> tuple[str, list[str]]:
+    """Register the model and its demo adapters; idempotent. Returns (model_id, adapter names)."""
     import asyncio
 
-    _, model_id, adapters = await asyncio.to_thread(build_catalogue, n_adapters, cache_dir)
-    await request(nc, p.DATASTORE_MODEL_PUT, p.ModelPut(manifest=p.ModelManifest(
-        model_id=model_id, name=DEFAULT_MODEL_NAME, architecture="LlamaForCausalLM", tokenizer_id=TOKENIZER_ID,
-        registered_at=time.time())), p.ModelManifest, timeout=30)
+    resolved, adapters = await asyncio.to_thread(build_catalogue, model, n_adapters, cache_dir)
+    manifest = await asyncio.to_thread(model_manifest, resolved)
+    await request(nc, p.DATASTORE_MODEL_PUT, p.ModelPut(manifest=manifest), p.ModelManifest, timeout=30)
     names = []
-    for name, path, adapter_id in adapters:
+    for name, path, adapter_id, contributors in adapters:
         config_bytes, weights = adapter_to_blobs(path)
-        manifest = demo_manifest(name, adapter_id, model_id, json.loads(config_bytes))
+        manifest = demo_manifest(name, adapter_id, resolved.model_id, json.loads(config_bytes), contributors)
         await request(nc, p.DATASTORE_ADAPTER_PUT, p.AdapterPut(manifest=manifest, config=config_bytes, weights=weights),
                       p.AdapterManifest, timeout=30)
         names.append(name)
-    return model_id, names
+    return resolved.model_id, names

@@ -49,6 +49,9 @@ class DevnetConfig:
     inference_nodes: int = 2
     verifiers: int = 1
     demo_adapters: int = 4
+    # The base model every node and verifier serves: a name or a checkpoint directory
+    # ("" = $LORANET_MODEL, else smollm2-135m-instruct; loranet-tiny-llama is the tests' seeded model).
+    model: str = ""
     cache_dir: str = ""
     epoch_max_s: float = 0.5
     metrics_base_port: int = 0  # 0 = no /metrics endpoints
@@ -196,6 +199,9 @@ class Supervisor:
             "LORANET_STATE_DIR": str(self.dir / "state"),
             "PYTHONUNBUFFERED": "1",
         })
+        from .model.catalog import default_model_name  # (torch is imported only when services are planned)
+
+        env["LORANET_MODEL"] = self.config.model or default_model_name()
         if self.config.cache_dir:
             env["LORANET_CACHE"] = self.config.cache_dir
             env["LORANET_CACHE_DIR"] = self.config.cache_dir
@@ -264,7 +270,7 @@ class Supervisor:
         async def go() -> None:
             nc = await nats.connect(self.config.url_for("init"))
             try:
-                await register_catalogue(nc, self.config.demo_adapters, self.config.cache_dir or None)
+                await register_catalogue(nc, self.config.model, self.config.demo_adapters, self.config.cache_dir or None)
             finally:
                 await nc.close()
 

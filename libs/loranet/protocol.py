@@ -126,8 +126,11 @@ class JobRequest(AdditiveWire):
     # Additive (omitted from the wire and the signed bytes while at their defaults).
     sealed_prompt: Sealed | None = None
     node_id: Annotated[str, StringConstraints(pattern=r"^([a-z0-9][a-z0-9_-]{0,62})?$")] = ""  # "" = any node
+    # The tokenizer the prompt is meant for (the model's, from its registry record): a job naming
+    # another is refused at admission, by the node and by the verifier. "" = the model's own.
+    tokenizer_id: OptContentId = ""
 
-    _additive = ("sealed_prompt", "node_id")
+    _additive = ("sealed_prompt", "node_id", "tokenizer_id")
 
     @model_validator(mode="after")
     def _sealed_shape(self) -> "JobRequest":
@@ -138,6 +141,13 @@ class JobRequest(AdditiveWire):
     @property
     def confidential(self) -> bool:
         return self.sealed_prompt is not None
+
+    def tokenizer_problem(self, model_tokenizer_id: str) -> str:
+        """Why this job cannot run on a model whose tokenizer is `model_tokenizer_id` ("" = it can)."""
+        if not self.tokenizer_id or self.tokenizer_id == model_tokenizer_id:
+            return ""
+        return (f"job names tokenizer {self.tokenizer_id[:12]}…, but model {self.model_id[:12]}… uses "
+                f"tokenizer {model_tokenizer_id[:12]}…")
 
 
 class WorkSegment(Wire):
@@ -396,8 +406,11 @@ class AdapterManifest(Wire):
         return self
 
 
-class ModelManifest(Wire):
-    """A base model's registration (weights travel out of band; nodes check the id)."""
+class ModelManifest(AdditiveWire):
+    """A base model's registration (weights travel out of band; nodes check the id).
+
+    `chat_template` (Jinja, as in Hugging Face tokenizers) lets a client or the gateway render chat
+    messages into the model's prompt format without the model's files."""
 
     v: Literal[1] = 1
     model_id: ContentId
@@ -405,6 +418,11 @@ class ModelManifest(Wire):
     architecture: Annotated[str, StringConstraints(max_length=64)]
     tokenizer_id: ContentId
     registered_at: Timestamp = 0.0
+    # Additive.
+    chat_template: Annotated[str, StringConstraints(max_length=16_384)] = ""
+    vocab_size: Annotated[int, Field(ge=0, le=1 << 24)] = 0
+
+    _additive = ("chat_template", "vocab_size")
 
 
 # ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loranet import protocol as p
-from loranet.model.tokenizer import apply_chat_template
+from loranet.model.tokenizers import render_chat, visible_text
 
 ADAPTER_SEPARATOR = ":"
 OPENAI_MAX_TEMPERATURE = 2.0
@@ -107,6 +107,8 @@ class ModelEntry:
     adapter_id: str = ""  # "" = the base model alone
     owned_by: str = "loranet"
     created: int = 0
+    tokenizer_id: str = ""
+    chat_template: str = ""  # the base model's (its registry record)
 
 
 @dataclass
@@ -119,12 +121,13 @@ class Catalogue:
     def build(cls, bases: list[p.ModelManifest], adapters: list[p.AdapterManifest]) -> "Catalogue":
         entries: dict[str, ModelEntry] = {}
         for base in bases:
-            entries[base.name] = ModelEntry(base.name, base.model_id, "", "loranet", int(base.registered_at))
+            entries[base.name] = ModelEntry(base.name, base.model_id, "", "loranet", int(base.registered_at),
+                                            base.tokenizer_id, base.chat_template)
             for adapter in adapters:
                 if adapter.base_model_id == base.model_id:
                     name = f"{base.name}{ADAPTER_SEPARATOR}{adapter.name}"
                     entries[name] = ModelEntry(name, base.model_id, adapter.adapter_id, adapter.owner_address,
-                                               int(adapter.registered_at))
+                                               int(adapter.registered_at), base.tokenizer_id, base.chat_template)
         return cls(entries)
 
     def names(self) -> list[str]:
@@ -277,7 +280,14 @@ def chat_request(body: Any, catalogue: Catalogue, default_max_tokens: int = 256)
     def prompt_of(b: Mapping[str, Any]) -> str:
         if b.get("tools") or b.get("functions"):
             raise invalid("tools and functions are not supported", "tools")
-        return apply_chat_template(chat_messages(b.get("messages")), add_generation_prompt=True)
+        messages = chat_messages(b.get("messages"))
+        template = catalogue.resolve(b.get("model")).chat_template
+        if not template:
+            raise invalid(f"model {b.get('model')!r} has no chat template: use /v1/completions", "model")
+        try:
+            return render_chat(template, messages, add_generation_prompt=True)
+        except ValueError as exc:
+            raise invalid(str(exc), "messages") from None
 
     return _common(body, catalogue, prompt_of, default_max_tokens)
 
@@ -331,7 +341,13 @@ def finish_reason(record: p.JobRecord) -> str:
 
 
 def output_text(record: p.JobRecord) -> str:
-    return record.result.output_text if record.result else ""
+    """The output as OpenAI returns it: a stop sequence that ended it is not part of the text."""
+    if not record.result:
+        return ""
+    result = record.result
+    if result.finish_reason == "stop":
+        return visible_text(result.output_text, result.request.sampling.stop)
+    return result.output_text
 
 
 def completion_body(spec: JobSpec, record: p.JobRecord, created: int) -> dict[str, Any]:

@@ -138,6 +138,7 @@ class Gateway:
     async def run_job(self, client: Client, spec: domain.JobSpec,
                       on_stage: Callable[[str], None] | None = None) -> p.JobRecord:
         job = client.build(model_id=spec.entry.model_id, adapter_id=spec.entry.adapter_id, prompt=spec.prompt,
+                           tokenizer_id=spec.entry.tokenizer_id,
                            max_tokens=spec.max_tokens, sampling=spec.sampling, max_fee=self.settings.max_fee,
                            ttl_s=self.settings.job_ttl_s)
         try:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from loranet.model.checkpoint import DEFAULT_MODEL_NAME
+from loranet.model.catalog import default_model_name
 from loranet.settings import CommonSettings, SettingsError
 
 from .domain import parse_keys
@@ -24,7 +24,7 @@ class GatewaySettings(CommonSettings):
     # signs for a client with the same key and the client keeps one escrow.
     gateway_secret: str = "loranet-devnet-gateway"
     # Base models offered (registered names); each adapter over them is offered as "<base>:<adapter>".
-    gateway_models: list[str] = [DEFAULT_MODEL_NAME]
+    gateway_models: list[str] = Field(default_factory=lambda: [default_model_name()])  # $LORANET_MODEL or SmolLM2
     catalogue_refresh_s: Annotated[float, Field(ge=0)] = 10.0
     # Devnet: a client whose escrow cannot cover a job gets OPEN from settlement.faucet on first use.
     gateway_faucet: bool = True

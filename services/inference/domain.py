@@ -23,6 +23,11 @@ def sampler_params(job: p.JobRequest) -> SamplerParams:
         raise BadJob(f"invalid sampling parameters: {exc}") from None
 
 
+def check_tokenizer(job: p.JobRequest, tokenizer_id: str) -> None:
+    if problem := job.tokenizer_problem(tokenizer_id):
+        raise BadJob(problem)
+
+
 def check_prompt(prompt_tokens: list[int], max_prompt_tokens: int) -> None:
     if len(prompt_tokens) > max_prompt_tokens:
         raise BadJob(f"prompt is {len(prompt_tokens)} tokens; this node takes at most {max_prompt_tokens}")

@@ -36,9 +36,10 @@ import torch
 from sgmv import AdapterBank
 
 from loranet.fingerprint import fingerprint_chunks
-from loranet.model import tokenizer
-from loranet.model.checkpoint import cache_root, ensure_default_model, load_base_model
+from loranet.model.catalog import resolve_model
+from loranet.model.checkpoint import cache_root, load_base_model
 from loranet.model.content import ContentHashMismatch
+from loranet.model.tokenizers import Tokenizer, load_tokenizer
 from loranet.sampling import SamplerParams, sample_many
 
 from . import metrics
@@ -109,13 +110,14 @@ class Engine:
         cfg = config or EngineConfig(adapter_slots=adapter_slots)
         self.config = cfg
         root = cache_root(cache_dir or None)
-        if not model_path:
-            path, built_id = ensure_default_model(cache_dir or None)
-            model_path, model_id = str(path), model_id or built_id
+        resolved = resolve_model(model_path, cache_dir or None)
+        model_path, model_id = str(resolved.path), model_id or resolved.model_id
         if cfg.dtype not in _DTYPES:
             raise ValueError(f"dtype {cfg.dtype!r}: expected one of {sorted(_DTYPES)}")
         model = load_base_model(model_path, model_id or None, device=device, dtype=_DTYPES[cfg.dtype])
         self.model_id: str = model.loranet_model_id
+        self.model_name: str = resolved.name
+        self.tokenizer: Tokenizer = load_tokenizer(model_path)
         self.device = torch.device(device)
         self.bank = AdapterBank.for_model(model, num_slots=cfg.adapter_slots, max_rank=cfg.max_rank)
         self.model = model
@@ -436,13 +438,12 @@ class Engine:
         metrics.STEP_SECONDS.observe(time.perf_counter() - t0)
         return True
 
-    @staticmethod
-    def _finish_reason(seq: _Sequence, token: int, now_wall: float) -> str | None:
+    def _finish_reason(self, seq: _Sequence, token: int, now_wall: float) -> str | None:
         req = seq.req
-        if token == tokenizer.EOS_ID and not req.ignore_eos:
+        if token in self.tokenizer.stop_ids and not req.ignore_eos:
             return "eos"
         if req.stop:
-            text = tokenizer.decode(seq.output)
+            text = self.tokenizer.decode(seq.output)
             if any(s in text for s in req.stop):
                 return "stop"
         if len(seq.output) >= req.max_tokens:
@@ -467,7 +468,7 @@ class Engine:
         try:
             hidden = torch.cat(seq.rows)
             chunks = fingerprint_chunks(hidden, len(seq.req.prompt_tokens), n_generated=len(seq.output))
-            gen = Generated(seq.req.prompt_tokens, seq.output, tokenizer.decode(seq.output), reason, chunks,
+            gen = Generated(seq.req.prompt_tokens, seq.output, self.tokenizer.decode(seq.output), reason, chunks,
                             hidden=hidden if self.keep_hidden else None)
         except Exception as exc:
             if not seq.future.done():

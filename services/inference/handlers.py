@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 from loranet import codec, confidential, protocol as p, topology
-from loranet.model import TOKENIZER_ID, tokenizer
 from loranet.model.content import ContentHashMismatch
 from loranet.runtime import Delivery, Pull, RemoteError, Runtime
 from loranet.signing import Identity, devnet_address, sign
@@ -150,8 +149,10 @@ class InferenceNode:
             return
         try:
             params = domain.sampler_params(job)
+            tok = self.engine.tokenizer
+            domain.check_tokenizer(job, tok.tokenizer_id)
             # A confidential job's prompt is sealed to this node's identity (and the verifier committee).
-            prompt_tokens = tokenizer.encode(confidential.open_prompt(job, self.identity))
+            prompt_tokens = tok.encode(confidential.open_prompt(job, self.identity))
             domain.check_prompt(prompt_tokens, self.settings.max_prompt_tokens)
         except (domain.BadJob, confidential.ConfidentialError) as exc:
             await self.fail(job, str(exc), attempt)
@@ -175,7 +176,7 @@ class InferenceNode:
         self._seq += 1
         result = domain.build_result(
             job=job, node_id=self.settings.node_id, node_key=self.identity.public, node_address=self.address,
-            node_seq=self._seq, model_id=self.engine.model_id, tokenizer_id=TOKENIZER_ID,
+            node_seq=self._seq, model_id=self.engine.model_id, tokenizer_id=self.engine.tokenizer.tokenizer_id,
             prompt_tokens=gen.prompt_tokens, output_tokens=gen.output_tokens, output_text=gen.output_text,
             finish_reason=gen.finish_reason, chunks=gen.chunks, started_at=started, finished_at=time.time(),
             attempt=attempt,

@@ -9,7 +9,8 @@ class InferenceSettings(CommonSettings):
     node_id: str = "node-0"
     # Ethereum address that receives this node's share; "" derives a devnet address from node_id.
     payout_address: str = ""
-    # Base model: a local Llama-family checkpoint directory; "" = the built-in seeded model.
+    # Base model: a name (smollm2-135m-instruct, loranet-tiny-llama, one registered with `loranet model register`)
+    # or a checkpoint directory; "" = $LORANET_MODEL, else smollm2-135m-instruct.
     model_path: str = ""
     model_id: str = ""  # expected content id; "" = trust what the path hashes to
     device: str = "cpu"  # cpu | cuda | cuda:N

@@ -64,6 +64,12 @@ def check_adapter(job: p.JobRequest, manifest: p.AdapterManifest | None) -> None
         raise Refusal(f"adapter {manifest.name} targets base model {manifest.base_model_id[:12]}…, not {job.model_id[:12]}…")
 
 
+def check_tokenizer(job: p.JobRequest, model: p.ModelManifest | None) -> None:
+    """A job naming a tokenizer must name its model's (when the model is registered)."""
+    if model is not None and (problem := job.tokenizer_problem(model.tokenizer_id)):
+        raise Refusal(problem)
+
+
 def check_escrow(job: p.JobRequest, escrow: int) -> None:
     if escrow < job.max_fee:
         raise Refusal(f"escrow {escrow} of {job.client_address} does not cover max_fee {job.max_fee}: deposit more OPEN")
@@ -84,7 +90,8 @@ def live_nodes(heartbeats: Iterable[p.NodeHeartbeat], now: float, ttl_s: float) 
 
 
 def job_cost(job: p.JobRequest) -> int:
-    """Token estimate of a job (the byte tokenizer: one token per prompt byte, at most), for fair shares."""
+    """Token estimate of a job for fair shares: prompt bytes (a bound on its tokens for byte-level
+    tokenizers, where every token is at least one byte) plus max_tokens."""
     # A sealed prompt's ciphertext is its bytes plus a small fixed overhead.
     prompt = len(job.sealed_prompt.ciphertext) if job.sealed_prompt is not None else len(job.prompt)
     return prompt + job.max_tokens

@@ -92,6 +92,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._heartbeat_at: dict[str, float] = {}
         self._adapters: dict[str, tuple[float, p.AdapterManifest | None]] = {}
+        self._models: dict[str, tuple[float, p.ModelManifest | None]] = {}
         self._draining: dict[str, asyncio.Task[None]] = {}
         self._started = time.time()
         self._event_sub: Any = None
@@ -114,20 +115,29 @@ class Scheduler:
 
     # -- look-ups -----------------------------------------------------------
 
-    async def adapter(self, adapter_id: str) -> p.AdapterManifest | None:
+    async def _registry_get(self, cache: dict[str, tuple[float, Any]], key: str, subject: str, message: p.Wire,
+                            reply: type) -> Any:
+        """A registry record from the datastore (None when unknown), cached for adapter_cache_s."""
         now = time.time()
-        cached = self._adapters.get(adapter_id)
+        cached = cache.get(key)
         if cached and now - cached[0] < self.settings.adapter_cache_s:
             return cached[1]
         try:
-            manifest: p.AdapterManifest | None = await self.rt.request(
-                p.DATASTORE_ADAPTER_GET, p.AdapterGet(adapter=adapter_id), p.AdapterManifest)
+            record = await self.rt.request(subject, message, reply)
         except RemoteError as exc:
             if exc.code != "not_found":
                 raise
-            manifest = None
-        self._adapters[adapter_id] = (now, manifest)
-        return manifest
+            record = None
+        cache[key] = (now, record)
+        return record
+
+    async def adapter(self, adapter_id: str) -> p.AdapterManifest | None:
+        return await self._registry_get(self._adapters, adapter_id, p.DATASTORE_ADAPTER_GET,
+                                        p.AdapterGet(adapter=adapter_id), p.AdapterManifest)
+
+    async def model(self, model_id: str) -> p.ModelManifest | None:
+        return await self._registry_get(self._models, model_id, p.DATASTORE_MODEL_GET,
+                                        p.ModelGet(model=model_id), p.ModelManifest)
 
     async def escrow(self, address: str) -> int:
         balance = await self.rt.request(p.SETTLEMENT_BALANCE, p.BalanceGet(address=address), p.Balance)
@@ -210,6 +220,8 @@ class Scheduler:
         try:
             domain.check_timing(job, time.time(), self.settings.max_clock_skew_s)
             domain.check_adapter(job, await self.adapter(job.adapter_id) if job.adapter_id else None)
+            if job.tokenizer_id:
+                domain.check_tokenizer(job, await self.model(job.model_id))
             if self.settings.reserve_escrow:
                 if await self.reserve(job) != "reserved":
                     return  # already settled or refunded: a redelivery of a finished job

@@ -19,7 +19,7 @@ import torch
 
 from loranet import codec, protocol as p, thresholds
 from loranet.fingerprint import CHUNK_TOKENS, TOP_K, ChunkScore, chunk_spans, compare_chunk, decode_chunk
-from loranet.model import tokenizer
+from loranet.model.tokenizers import Tokenizer
 from loranet.sampling import SamplerParams, replay_margin
 from loranet.signing import Identity, SignatureInvalid, devnet_address, sign, verify  # noqa: F401 (devnet_address re-exported)
 
@@ -95,7 +95,7 @@ def served_model(result: p.InferenceResult, model_id: str) -> None:
 # ---------------------------------------------------------------------------
 
 
-def cheap_checks(result: p.InferenceResult, model_id: str, node_address: str | None = None,
+def cheap_checks(result: p.InferenceResult, model_id: str, tok: Tokenizer, node_address: str | None = None,
                  prompt: str | None = None) -> list[p.Check]:
     """Structure, bindings and token/text consistency of an authenticated result.
 
@@ -114,22 +114,23 @@ def cheap_checks(result: p.InferenceResult, model_id: str, node_address: str | N
     out.append(check("model_id", ok, "" if ok else f"result {result.model_id}, request {req.model_id}, served {model_id}"))
     ok = result.adapter_id == req.adapter_id
     out.append(check("adapter_id", ok, "" if ok else f"result {result.adapter_id!r}, request {req.adapter_id!r}"))
-    ok = result.tokenizer_id == tokenizer.TOKENIZER_ID
-    out.append(check("tokenizer_id", ok, "" if ok else f"result {result.tokenizer_id}, model's {tokenizer.TOKENIZER_ID}"))
+    ok = result.tokenizer_id == tok.tokenizer_id and not req.tokenizer_problem(tok.tokenizer_id)
+    out.append(check("tokenizer_id", ok, "" if ok else (f"result {result.tokenizer_id}, request "
+                                                        f"{req.tokenizer_id or '(any)'}, model's {tok.tokenizer_id}")))
     if node_address is not None:
         ok = result.node_address.lower() == node_address.lower()
         out.append(check("node_address", ok, "" if ok else f"result pays {result.node_address}, heartbeat registers {node_address}"))
-    expected_prompt = tokenizer.encode(req.prompt if prompt is None else prompt)
+    expected_prompt = tok.encode(req.prompt if prompt is None else prompt)
     ok = result.prompt_tokens == expected_prompt
     out.append(check("prompt_tokens", ok, "" if ok else f"{len(result.prompt_tokens)} tokens differ from encode(prompt) ({len(expected_prompt)})"))
     toks = result.output_tokens
-    in_vocab = all(t < tokenizer.VOCAB_SIZE for t in toks)
-    ok = in_vocab and result.output_text == tokenizer.decode(toks)
+    in_vocab = all(t < tok.vocab_size for t in toks)
+    ok = in_vocab and result.output_text == tok.decode(toks)
     out.append(check("output_text", ok, "" if ok else ("token outside the vocabulary" if not in_vocab else "output_text != decode(output_tokens)")))
     n, max_tokens = len(toks), req.max_tokens
     ok = (1 <= n <= max_tokens) or (n == 0 and result.finish_reason == "deadline")
     out.append(check("max_tokens", ok, f"{n} of {max_tokens}"))
-    out.append(finish_check(result))
+    out.append(finish_check(result, tok))
     out.append(proof_structure(result))
     ok = result.started_at <= result.finished_at
     out.append(check("timing", ok, f"{result.finished_at - result.started_at:.3f}s"))
@@ -137,12 +138,14 @@ def cheap_checks(result: p.InferenceResult, model_id: str, node_address: str | N
     return out
 
 
-def finish_check(result: p.InferenceResult) -> p.Check:
+def finish_check(result: p.InferenceResult, tok: Tokenizer) -> p.Check:
+    """The finish reason fits the tokens: "eos" ends on the model's one stop id (any of `tok.stop_ids`),
+    "length" fills max_tokens, "stop" is the first step at which a stop string appears in the text."""
     toks, reason, max_tokens = result.output_tokens, result.finish_reason, result.request.max_tokens
-    eos_at = [i for i, t in enumerate(toks) if t == tokenizer.EOS_ID]
+    eos_at = [i for i, t in enumerate(toks) if t in tok.stop_ids]
     # Counts only, never positions: a verdict is public, and EOS positions would tell an observer where a
     # confidential output's EOS tokens are.
-    eos_last = bool(toks) and toks[-1] == tokenizer.EOS_ID
+    eos_last = bool(toks) and toks[-1] in tok.stop_ids
     eos_desc = f"{len(eos_at)} eos token(s){', the last token' if eos_last else ''}"
     if reason == "eos":
         ok = bool(toks) and eos_at == [len(toks) - 1]
@@ -152,8 +155,9 @@ def finish_check(result: p.InferenceResult) -> p.Check:
         why = f"{len(toks)} tokens of {max_tokens}, {eos_desc}"
     elif reason == "stop":
         stops = result.request.sampling.stop
-        prefix = tokenizer.decode(toks[:-1])
-        ok = (not eos_at and any(result.output_text.endswith(s) for s in stops)
+        prefix = tok.decode(toks[:-1])
+        # A token may carry text past the stop string (BPE): the stop must appear with the last token.
+        ok = (not eos_at and any(s in result.output_text for s in stops)
               and not any(s in prefix for s in stops))
         why = f"stop strings {len(stops)}, text ends with one: {ok}"
     else:  # deadline: the node gave up early; the tokens it did produce are still checked
@@ -297,8 +301,9 @@ def termination_check(result: p.InferenceResult, logits: torch.Tensor) -> p.Chec
     params = sampler_params(result.request)
     row = logits[len(result.prompt_tokens) - 1 + step].double().numpy()
     z = row / (params.temperature if not params.greedy else 1.0)
-    prob = float(np.exp(z[tokenizer.EOS_ID] - z.max()) / np.exp(z - z.max()).sum())
-    margin = replay_margin(row, params, result.request.sampling.seed, step, tokenizer.EOS_ID)
+    eos = toks[-1]  # one of the model's stop ids (finish_check)
+    prob = float(np.exp(z[eos] - z.max()) / np.exp(z - z.max()).sum())
+    margin = replay_margin(row, params, result.request.sampling.seed, step, eos)
     tol = thresholds.GREEDY_TIE_MARGIN if params.greedy else thresholds.REPLAY_MARGIN
     if margin >= 0:
         ok, how = True, "the sampler's choice"

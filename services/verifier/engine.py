@@ -10,8 +10,10 @@ from pathlib import Path
 import torch
 
 from loranet.model.adapters import adapter_from_blobs
-from loranet.model.checkpoint import cache_root, ensure_default_model
+from loranet.model.catalog import resolve_model
+from loranet.model.checkpoint import cache_root
 from loranet.model.generate import ReferenceModel
+from loranet.model.tokenizers import Tokenizer
 
 
 class AuditEngine:
@@ -19,10 +21,9 @@ class AuditEngine:
 
     def __init__(self, model_path: str, model_id: str, device: str, cache_dir: str, adapter_slots: int,
                  attn_implementation: str | None = None) -> None:
-        if not model_path:
-            path, built_id = ensure_default_model(cache_dir or None)
-            model_path, model_id = str(path), model_id or built_id
-        self.model = ReferenceModel.from_path(model_path, model_id or None, device=device)
+        resolved = resolve_model(model_path, cache_dir or None)
+        self.model = ReferenceModel.from_path(resolved.path, model_id or resolved.model_id, device=device)
+        self.tokenizer: Tokenizer = self.model.tokenizer
         if attn_implementation:
             self.model.base.config._attn_implementation = attn_implementation
         self.model_id: str = self.model.model_id

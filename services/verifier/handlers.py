@@ -138,7 +138,7 @@ class Verifier:
         # Confidential job: every check and the audit run on the plaintext view (never published).
         result, prompt, sealing = self.unseal(result)
         address = self.keys.address(result.node_id)
-        checks = domain.cheap_checks(result, self.engine.model_id, address, prompt)
+        checks = domain.cheap_checks(result, self.engine.model_id, self.engine.tokenizer, address, prompt)
         if sealing is not None:
             checks.append(sealing)
         other = self.replay.seq_reused(result)

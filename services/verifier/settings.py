@@ -13,7 +13,9 @@ class VerifierSettings(CommonSettings):
     # Ethereum address that receives the verifier's share; "" derives a devnet address from verifier_id.
     verifier_address: str = ""
     # Base model served (audited): same meaning as the inference node's settings.
-    model_path: str = ""  # "" = the built-in seeded model
+    # Base model: a name (smollm2-135m-instruct, loranet-tiny-llama, one registered with `loranet model register`)
+    # or a checkpoint directory; "" = $LORANET_MODEL, else smollm2-135m-instruct.
+    model_path: str = ""
     model_id: str = ""  # expected content id; "" = trust what the path hashes to
     device: str = "cpu"
     cache_dir: str = ""  # model and adapter cache; "" = ~/.cache/loranet (LORANET_CACHE)

@@ -242,9 +242,10 @@ async def test_a_node_sealing_a_wrong_adapter_fingerprint_is_rejected(devnet):
     a prefill with another adapter, sealed as an honest node seals it.  Outsiders cannot audit it any more, so
     the committee verifier must open the sealed fingerprint and compare it: only `fingerprint` fails."""
     config, _ = devnet
-    path, model_id, adapters = await asyncio.to_thread(build_catalogue, 2, config.cache_dir)
-    model = ReferenceModel.from_path(path, model_id)
-    for name, adapter_path, adapter_id in adapters:
+    resolved, adapters = await asyncio.to_thread(build_catalogue, config.model, 2, config.cache_dir)
+    model_id = resolved.model_id
+    model = ReferenceModel.from_path(resolved.path, model_id)
+    for name, adapter_path, adapter_id, _ in adapters:
         model.add_adapter(name, adapter_path, adapter_id)
     node_id, node = f"cheat-{secrets.token_hex(3)}", Identity.generate()
     address = devnet_address(node_id)

@@ -99,11 +99,11 @@ def node_model(devnet):
     from loranet.model.generate import ReferenceModel
 
     config, _ = devnet
-    path, model_id, adapters = build_catalogue(config.demo_adapters, config.cache_dir or None)
-    model = ReferenceModel.from_path(path, model_id)
-    for name, adapter_path, adapter_id in adapters:
+    resolved, adapters = build_catalogue(config.model, config.demo_adapters, config.cache_dir or None)
+    model = ReferenceModel.from_path(resolved.path, resolved.model_id)
+    for name, adapter_path, adapter_id, _ in adapters:
         model.add_adapter(name, adapter_path, adapter_id)
-    return model, {adapter_id: name for name, _, adapter_id in adapters}
+    return model, {adapter_id: name for name, _, adapter_id, _ in adapters}
 
 
 async def _wait_recorded(client: Client, job_id: str, status: str, timeout: float = 30) -> p.JobRecord:

@@ -7,14 +7,14 @@ import json
 import pytest
 
 from loranet import protocol as p
-from loranet.model.tokenizer import apply_chat_template
+from loranet.model.tokenizer import CHAT_TEMPLATE, apply_chat_template
 from services.gateway import domain
 from services.gateway.domain import ApiError
 from services.gateway.settings import GatewaySettings
 from loranet.settings import SettingsError
 
 BASE = p.ModelManifest(model_id="aa" * 32, name="loranet-tiny-llama", architecture="LlamaForCausalLM",
-                       tokenizer_id="bb" * 32, registered_at=100.0)
+                       tokenizer_id="bb" * 32, registered_at=100.0, chat_template=CHAT_TEMPLATE)
 
 
 def adapter(name: str, adapter_id: str, base: str = BASE.model_id) -> p.AdapterManifest:
@@ -63,6 +63,21 @@ def test_chat_request_applies_loranets_chat_template():
     assert spec.prompt == apply_chat_template([{"role": "system", "content": "Be brief."},
                                                {"role": "user", "content": "Hi there"}])
     assert spec.stream and spec.max_tokens == 99
+    assert spec.entry.tokenizer_id == "bb" * 32  # the job names the model's tokenizer
+
+
+def test_chat_request_uses_the_models_own_template_and_refuses_a_model_without_one():
+    chatml = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    other = p.ModelManifest(model_id="ee" * 32, name="chatml", architecture="LlamaForCausalLM", tokenizer_id="ff" * 32,
+                            chat_template=chatml)
+    bare = p.ModelManifest(model_id="12" * 32, name="bare", architecture="LlamaForCausalLM", tokenizer_id="ff" * 32)
+    catalogue = domain.Catalogue.build([other, bare], [])
+    spec = domain.chat_request({"model": "chatml", "messages": [{"role": "user", "content": "Hi"}]}, catalogue)
+    assert spec.prompt == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    with pytest.raises(ApiError) as err:
+        domain.chat_request({"model": "bare", "messages": [{"role": "user", "content": "Hi"}]}, catalogue)
+    assert err.value.status == 400 and "no chat template" in err.value.body()["error"]["message"]
 
 
 @pytest.mark.parametrize("change,param", [

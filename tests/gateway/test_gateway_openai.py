@@ -23,7 +23,7 @@ import pytest
 openai = pytest.importorskip("openai", reason="the openai package drives these tests: pip install 'openai>=1.40'")
 
 from loranet import devnet as dn, protocol as p
-from loranet.model.checkpoint import DEFAULT_MODEL_NAME
+from loranet.model.checkpoint import TINY_MODEL_NAME as DEFAULT_MODEL_NAME
 from loranet.servers import free_port
 from services.gateway.main import serve
 from services.gateway.settings import GatewaySettings

@@ -142,7 +142,7 @@ def test_fingerprint_passes_verifier_audit(make_engine, adapters, reference, bas
     gens = _run(engine, reqs)
     for (a, *_), job, gen in zip(specs, jobs, gens):
         result = _result(job, gen, base[1])
-        assert all(c.ok for c in verifier_domain.cheap_checks(result, base[1])), job.job_id
+        assert all(c.ok for c in verifier_domain.cheap_checks(result, base[1], tokenizer.ByteTokenizer())), job.job_id
         hidden, logits = reference.prefill_hidden(gen.prompt_tokens + gen.output_tokens, a[0])
         checks = verifier_domain.audit_checks(result, hidden, logits)
         assert all(c.ok for c in checks), [c for c in checks if not c.ok]
@@ -164,7 +164,7 @@ def test_stop_string_deadline_and_refusals(make_engine, adapters, reference, bas
                         sampling=p.SamplingParams(stop=[stop]))
     gen = _run(engine, [GenRequest(job.job_id, prompt, adapter_id, 24, GREEDY, 0, stop=(stop,))])[0]
     assert gen.finish_reason == "stop" and gen.output_text.endswith(stop) and len(gen.output_text) == cut
-    assert verifier_domain.finish_check(_result(job, gen, base[1])).ok
+    assert verifier_domain.finish_check(_result(job, gen, base[1]), tokenizer.ByteTokenizer()).ok
 
     # Deadline: the job ends with what it has, finish_reason "deadline".
     req = GenRequest("j-deadline", prompt, adapter_id, 24, GREEDY, 0, deadline=time.time() + 60)

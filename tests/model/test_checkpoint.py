@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from loranet.model import ContentHashMismatch, build_base_checkpoint, ensure_default_model, load_base_model, model_content_id
+from loranet.model import ContentHashMismatch, build_base_checkpoint, ensure_tiny_model, load_base_model, model_content_id
 from loranet.model import tokenizer as T
 
 
@@ -92,8 +92,8 @@ def test_greedy_output_depends_on_prompt(base_ckpt):
     assert len(outs) == len(prompts)
 
 
-def test_ensure_default_model_uses_env_cache(tmp_path, monkeypatch):
+def test_ensure_tiny_model_uses_env_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("LORANET_CACHE", str(tmp_path))
-    path, model_id = ensure_default_model()
+    path, model_id = ensure_tiny_model()
     assert path == tmp_path / "models" / "loranet-tiny-llama" and model_content_id(path) == model_id
-    assert ensure_default_model() == (path, model_id)  # reused, same id
+    assert ensure_tiny_model() == (path, model_id)  # reused, same id

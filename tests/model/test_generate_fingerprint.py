@@ -42,7 +42,7 @@ def ref(base_ckpt, demo_adapters, tmp_path_factory):
 def job(ref):
     """A node's run: demo-1, sampled, 70 tokens = prefill chunk + 3 generated chunks."""
     prompt = T.encode(T.apply_chat_template([{"role": "user", "content": "Tell me a story about a dragon."}]))
-    gen = ref.generate(prompt, "demo-1", max_tokens=70, params=PARAMS, seed=SEED, eos_id=None, keep_logits=True)
+    gen = ref.generate(prompt, "demo-1", max_tokens=70, params=PARAMS, seed=SEED, stop_ids=(), keep_logits=True)
     return prompt, gen
 
 

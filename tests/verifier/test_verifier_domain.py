@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from loranet import protocol as p
-from loranet.model import EOS_ID
+from loranet.model import EOS_ID, ByteTokenizer
 from loranet.signing import Identity, sign, verify
 from services.verifier import domain
+
+BYTES = ByteTokenizer()
 
 
 def test_audit_policy_new_node_then_rate_then_failure():
@@ -32,16 +34,16 @@ def test_audit_policy_new_node_then_rate_then_failure():
 
 def test_finish_reason_consistency(honest, client, base):
     r = honest.run(client.job(base[1], "", "Hello", 6))
-    assert domain.finish_check(r).ok
+    assert domain.finish_check(r, BYTES).ok
     if r.finish_reason == "length":
         toks = [*r.output_tokens[:-1], EOS_ID]
         bad = r.model_copy(update={"output_tokens": toks})  # EOS at the end but claims length
-        assert not domain.finish_check(bad).ok
-        assert domain.finish_check(bad.model_copy(update={"finish_reason": "eos"})).ok
+        assert not domain.finish_check(bad, BYTES).ok
+        assert domain.finish_check(bad.model_copy(update={"finish_reason": "eos"}), BYTES).ok
         short = r.model_copy(update={"output_tokens": r.output_tokens[:-1]})
-        assert not domain.finish_check(short).ok  # "length" below max_tokens
+        assert not domain.finish_check(short, BYTES).ok  # "length" below max_tokens
         mid = r.model_copy(update={"output_tokens": [EOS_ID, *r.output_tokens[1:]], "finish_reason": "eos"})
-        assert not domain.finish_check(mid).ok  # tokens after EOS
+        assert not domain.finish_check(mid, BYTES).ok  # tokens after EOS
 
 
 def test_evidence_is_reported_absent_never_verified(honest, client, base):

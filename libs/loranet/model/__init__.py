@@ -1,17 +1,19 @@
 """The model layer shared by the inference node and the verifier.
 
-Byte tokenizer, the embedded default base model and demo adapters (built
-from seeds, content-addressed), and reference generation with HF + PEFT.
+Base models by name or directory (catalog: SmolLM2-135M-Instruct by default,
+the seeded tiny Llama as the tests' fixture, any registered Llama checkpoint),
+each with its own tokenizer (tokenizers), content ids, adapters, and reference
+generation with HF + PEFT.
 """
 
 from .content import ContentHashMismatch, InvalidSafetensors, adapter_content_id, model_content_id
 from .checkpoint import (
-    DEFAULT_MODEL_NAME,
+    TINY_MODEL_NAME,
     TinyLlamaSpec,
     build_base_checkpoint,
     cache_root,
-    default_model_path,
-    ensure_default_model,
+    tiny_model_path,
+    ensure_tiny_model,
     load_base_model,
 )
 from .adapters import (
@@ -28,8 +30,8 @@ from .tokenizer import BOS_ID, EOS_ID, PAD_ID, TOKENIZER_ID, VOCAB_SIZE, ByteTok
 __all__ = [
     "BOS_ID", "EOS_ID", "PAD_ID", "TOKENIZER_ID", "VOCAB_SIZE", "ByteTokenizer",
     "ContentHashMismatch", "InvalidSafetensors", "adapter_content_id", "model_content_id",
-    "DEFAULT_MODEL_NAME", "TinyLlamaSpec", "build_base_checkpoint", "cache_root",
-    "default_model_path", "ensure_default_model", "load_base_model",
+    "TINY_MODEL_NAME", "TinyLlamaSpec", "build_base_checkpoint", "cache_root",
+    "tiny_model_path", "ensure_tiny_model", "load_base_model",
     "LoadedAdapter", "adapter_from_blobs", "adapter_id_of_blobs", "adapter_to_blobs", "build_demo_adapters",
     "load_adapter", "Generation", "ReferenceModel",
 ]

@@ -111,6 +111,16 @@ def _fill_lora_weights(peft_model: torch.nn.Module, spec: DemoAdapterSpec) -> No
                 p.copy_(noise * (spec.strength / (scale * math.sqrt(p.shape[1]))))
 
 
+def check_adapter_targets(model_config: dict[str, Any], targets: Any, where: str) -> None:
+    """Refuse (ValueError) LoRA target modules the Llama engine does not have."""
+    if not isinstance(targets, (list, tuple)) or not targets:
+        raise ValueError(f"{where}: target_modules must be a non-empty list of module names")
+    unknown = sorted(set(map(str, targets)) - set(ALL_TARGETS))
+    if unknown:
+        raise ValueError(f"{where}: target modules {unknown} do not exist in a {model_config.get('model_type', 'llama')} "
+                         f"model (one of {', '.join(ALL_TARGETS)})")
+
+
 def canonical_adapter_config(config: dict[str, Any], base_model_id: str | None = None) -> bytes:
     """The adapter_config.json bytes we save: sorted keys and target list, no PEFT version/revision."""
     clean = {k: v for k, v in config.items() if k not in ("peft_version", "revision")}

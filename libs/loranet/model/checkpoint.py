@@ -22,7 +22,7 @@ import torch
 from . import tokenizer
 from .content import ContentHashMismatch, model_content_id
 
-DEFAULT_MODEL_NAME = "loranet-tiny-llama"
+TINY_MODEL_NAME = "loranet-tiny-llama"  # the seeded test model (byte tokenizer)
 DEFAULT_SEED = 0
 
 
@@ -149,13 +149,13 @@ def _install_dir(tmp: Path, dest: Path, id_of, new_id: str) -> None:
             raise
 
 
-def default_model_path(cache_dir: str | os.PathLike | None = None, name: str = DEFAULT_MODEL_NAME) -> Path:
+def tiny_model_path(cache_dir: str | os.PathLike | None = None, name: str = TINY_MODEL_NAME) -> Path:
     """Where the embedded default model lives: <cache>/models/<name>."""
     return cache_root(cache_dir) / "models" / name
 
 
-def ensure_default_model(
-    cache_dir: str | os.PathLike | None = None, name: str = DEFAULT_MODEL_NAME, seed: int = DEFAULT_SEED
+def ensure_tiny_model(
+    cache_dir: str | os.PathLike | None = None, name: str = TINY_MODEL_NAME, seed: int = DEFAULT_SEED
 ) -> tuple[Path, str]:
     """Build the default model in the cache if it is not there yet; return (path, model_id).
 
@@ -163,7 +163,7 @@ def ensure_default_model(
     cache holds: an identical directory is kept, anything else is replaced,
     so a corrupted cache heals itself and the returned id is always the
     seed's, never a stale file's."""
-    path = default_model_path(cache_dir, name)
+    path = tiny_model_path(cache_dir, name)
     model_id = build_base_checkpoint(path, seed)
     return path, model_id
 

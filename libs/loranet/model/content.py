@@ -95,6 +95,40 @@ def safetensors_entries(buf: bytes | memoryview | mmap.mmap, where: str = "<blob
         yield name, dtype, shape, data[start:end]
 
 
+def safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """{tensor name: shape} of a safetensors file, from its header, after checking every tensor's offsets
+    against the file's size (InvalidSafetensors otherwise)."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise InvalidSafetensors(f"{path}: {size} bytes is too short for a safetensors file")
+        (hlen,) = struct.unpack("<Q", head)
+        if hlen > size - 8:
+            raise InvalidSafetensors(f"{path}: header length {hlen} exceeds the file size {size}")
+        try:
+            header = json.loads(f.read(hlen))
+        except ValueError as exc:
+            raise InvalidSafetensors(f"{path}: header is not JSON: {exc}") from None
+    out = {}
+    data_len = size - 8 - hlen
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (start, end) = info["dtype"], [int(d) for d in info["shape"]], info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise InvalidSafetensors(f"{path}: tensor {name!r} has a malformed header entry") from None
+        numel = 1
+        for d in shape:
+            numel *= d
+        if dtype not in _DTYPE_SIZES or not (0 <= start <= end <= data_len) or end - start != numel * _DTYPE_SIZES[dtype]:
+            raise InvalidSafetensors(f"{path}: tensor {name!r} offsets {start}..{end} do not fit dtype/shape/data")
+        out[name] = tuple(shape)
+    return out
+
+
 def content_id(domain: bytes, config: dict[str, Any], weight_blobs: Iterable[tuple[str, bytes | memoryview | mmap.mmap]]) -> str:
     """sha256 hex of domain + canonical config + every tensor of every blob, sorted by name.
 

@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..sampling import GREEDY, SamplerParams, sample
-from . import tokenizer
 from .adapters import load_adapter
 from .checkpoint import load_base_model
+from .tokenizers import Tokenizer, load_tokenizer
 
 
 @dataclass
@@ -52,8 +52,9 @@ class Generation:
 class ReferenceModel:
     """A base model plus any number of named PEFT LoRA adapters, content-checked on load."""
 
-    def __init__(self, base_model):
+    def __init__(self, base_model, tokenizer: Tokenizer | None = None):
         self.base = base_model
+        self.tokenizer = tokenizer
         self.model_id: str | None = getattr(base_model, "loranet_model_id", None)
         self.peft = None  # PeftModel wrapping self.base once an adapter is loaded
         self.adapter_ids: dict[str, str] = {}
@@ -62,7 +63,7 @@ class ReferenceModel:
     def from_path(cls, path: str | os.PathLike, expected_model_id: str | None = None,
                   device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "ReferenceModel":
         """Load a checkpoint directory (hash-checked, see `load_base_model`)."""
-        return cls(load_base_model(path, expected_model_id, device=device, dtype=dtype))
+        return cls(load_base_model(path, expected_model_id, device=device, dtype=dtype), load_tokenizer(path))
 
     @property
     def device(self) -> torch.device:
@@ -110,13 +111,15 @@ class ReferenceModel:
         max_tokens: int = 64,
         params: SamplerParams = GREEDY,
         seed: int = 0,
-        eos_id: int | None = tokenizer.EOS_ID,
+        stop_ids: Collection[int] | None = None,
         keep_logits: bool = False,
     ) -> Generation:
         """Decode incrementally with a KV cache from `prompt_ids`, with `adapter_name` (None = base).
 
-        Token j is `sampling.sample(logits of row P-1+j, params, seed, j)`;
-        stops after EOS (`finish_reason="stop"`) or `max_tokens` tokens ("length")."""
+        Token j is `sampling.sample(logits of row P-1+j, params, seed, j)`; stops after one of `stop_ids`
+        (default: the model's tokenizer's; `finish_reason="stop"`) or `max_tokens` tokens ("length")."""
+        if stop_ids is None:
+            stop_ids = self.tokenizer.stop_ids if self.tokenizer is not None else ()
         prompt_len = len(prompt_ids)
         rows: list[torch.Tensor] = []
         step_logits: list[torch.Tensor] = []
@@ -131,7 +134,7 @@ class ReferenceModel:
                     step_logits.append(logits)
                 token = sample(logits, params, seed, step)
                 output.append(token)
-                if eos_id is not None and token == eos_id:
+                if token in stop_ids:
                     finish = "stop"
                     break
                 if step == max_tokens - 1:

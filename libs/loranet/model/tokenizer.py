@@ -28,7 +28,6 @@ SPECIAL_IDS = {"bos": BOS_ID, "eos": EOS_ID, "pad": PAD_ID}
 # Chat template markers: plain ASCII, so they are ordinary byte tokens.
 _TURN_OPEN = "<|{role}|>\n"
 _TURN_CLOSE = "\n<|end|>\n"
-_ROLES = ("system", "user", "assistant")
 
 
 def _canonical_description() -> bytes:
@@ -38,7 +37,7 @@ def _canonical_description() -> bytes:
         "kind": "utf-8 bytes, ids 0..255",
         "specials": SPECIAL_IDS,
         "vocab_size": VOCAB_SIZE,
-        "chat_template": {"open": _TURN_OPEN, "close": _TURN_CLOSE, "roles": list(_ROLES)},
+        "chat_template": {"open": _TURN_OPEN, "close": _TURN_CLOSE, "roles": ["system", "user", "assistant"]},
     }
     return json.dumps(desc, sort_keys=True, separators=(",", ":")).encode()
 
@@ -69,6 +68,13 @@ def decode(ids: Iterable[int]) -> str:
     return out.decode("utf-8", errors="replace")
 
 
+# The same template as Jinja, for code that renders any model's template (loranet.model.tokenizers.render_chat).
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
 def apply_chat_template(messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True) -> str:
     """Render chat messages as one prompt string.
 
@@ -79,21 +85,13 @@ def apply_chat_template(messages: Sequence[Mapping[str, str]], add_generation_pr
     the same string on every machine. Encode the result with `encode`
     (which adds BOS).
     """
-    parts = []
-    for n, msg in enumerate(messages):
-        role, content = msg.get("role"), msg.get("content")
-        if role not in _ROLES:
-            raise ValueError(f"message {n}: role {role!r} is not one of {', '.join(_ROLES)}")
-        if not isinstance(content, str):
-            raise ValueError(f"message {n}: content must be a string, got {type(content).__name__}")
-        parts.append(_TURN_OPEN.format(role=role) + content + _TURN_CLOSE)
-    if add_generation_prompt:
-        parts.append(_TURN_OPEN.format(role="assistant"))
-    return "".join(parts)
+    from .tokenizers import render_chat
+
+    return render_chat(CHAT_TEMPLATE, list(messages), add_generation_prompt)
 
 
 class ByteTokenizer:
-    """Object form of this module, for code that expects a tokenizer instance."""
+    """The tiny test model's tokenizer as an object (the `loranet.model.tokenizers.Tokenizer` protocol)."""
 
     name = NAME
     tokenizer_id = TOKENIZER_ID
@@ -101,6 +99,8 @@ class ByteTokenizer:
     eos_token_id = EOS_ID
     pad_token_id = PAD_ID
     vocab_size = VOCAB_SIZE
+    stop_ids = frozenset({EOS_ID})
+    chat_template = CHAT_TEMPLATE
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
         return encode(text, add_bos)

@@ -1,0 +1,77 @@
+"""The real model end to end: chat → scheduled → generated → verified → settled on the devnet's chain.
+
+One devnet (every service its own process) serving SmolLM2-135M-Instruct with the trained demo adapters;
+the CLI is run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from loranet import devnet as dn
+from loranet.client import Client
+from loranet.servers import free_port
+from loranet.signing import Identity
+
+QUESTION = "What is the capital of France?"
+
+
+@pytest.fixture(scope="module")
+def real_devnet(real_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("real-devnet")
+    cache = root / "cache"
+    (cache / "models").mkdir(parents=True)
+    os.symlink(real_model.path, cache / "models" / real_model.name)  # the session's conversion, not another
+    config = dn.DevnetConfig(state_dir=str(root / "state"), nats_port=free_port(), redis_port=free_port(),
+                             inference_nodes=1, verifiers=1, demo_adapters=4, cache_dir=str(cache),
+                             epoch_max_s=0.2, model=real_model.name)
+    state = dn.start_detached(config, timeout=400)
+    yield config, state
+    dn.stop(config.state_dir)
+
+
+def cli(config: dn.DevnetConfig, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "loranet.cli", "--state-dir", config.state_dir, *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_loranet_chat_answers_paris_verified_and_settled(real_devnet):
+    config, _ = real_devnet
+    run = cli(config, "chat", QUESTION, "--max-tokens", "24", "--json")
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["status"] == "settled" and "Paris" in out["output"], out
+    assert out["verdict"]["accepted"] and out["verdict"]["audited"]
+    assert sum(int(v) for v in out["payouts"].values()) == int(out["fee"])
+    assert out["stages"] == ["admitted", "dispatched", "result", "verdict", "settled"]
+
+
+def test_an_adapter_chat_is_hf_and_peft_greedy_output_settled(real_devnet, real_reference, real_model):
+    config, _ = real_devnet
+    run = cli(config, "chat", "--adapter", "pirate", QUESTION, "--max-tokens", "40", "--json")
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["status"] == "settled" and out["verdict"]["accepted"], out
+    tok = real_reference.tokenizer
+    ref = real_reference.generate(tok.encode(tok.apply_chat_template([{"role": "user", "content": QUESTION}])),
+                                  "pirate", 40)
+    assert out["output"] == tok.decode(ref.output_ids)
+    assert out["output"].startswith("Arr") and "Paris" in out["output"]
+    contributors = [k for k in out["payouts"] if k.startswith("contributor:")]
+    assert len(contributors) == 3  # the datanet's three contributors are paid
+
+
+async def test_a_job_naming_another_tokenizer_is_refused_at_admission(real_devnet, real_model):
+    config, _ = real_devnet
+    async with await Client.connect(config.url_for("client"), Identity.generate()) as client:
+        await client.faucet(10**19, 10**18)
+        model = await client.model(real_model.name)
+        assert model.chat_template and model.vocab_size == 49_152
+        job = client.build(model_id=model.model_id, adapter_id="", prompt="Hi", max_tokens=4, tokenizer_id="ab" * 32)
+        await client.publish(job)
+        out = await client.wait(job.job_id, 120)
+        assert out.status == "rejected" and "tokenizer" in out.reason, out
