@@ -61,6 +61,18 @@ def _broken(src: Path, tmp: Path, edit) -> Path:
     return d
 
 
+def _rebuild(d: Path, **shape) -> None:
+    """`d` rebuilt with another shape, keeping its tokenizer files."""
+    keep = d.parent / "tokenizer-files"
+    keep.mkdir()
+    for name in TOKENIZER_FILES:
+        if (d / name).is_file():
+            shutil.copy(d / name, keep / name)
+    shutil.rmtree(d)
+    small_llama(d, keep, **shape)
+    shutil.rmtree(keep)
+
+
 def _config(d: Path, **changes) -> None:
     cfg = json.loads((d / "config.json").read_text())
     cfg.update(changes)
@@ -76,7 +88,7 @@ def _config(d: Path, **changes) -> None:
     (lambda d: (d / "model.safetensors").write_bytes(b"\xff" * 16), "corrupt safetensors"),
     (lambda d: _config(d, num_hidden_layers=3), "model.layers.2"),
     (lambda d: _config(d, num_key_value_heads=2), "k_proj.weight has shape"),
-    (lambda d: _config(d, vocab_size=1000), "do not fit the model's vocabulary of 1000"),
+    (lambda d: _rebuild(d, vocab_size=1000), "do not fit the model's vocabulary of 1000"),
     (lambda d: (d / "tokenizer.json").unlink(), "no tokenizer.json"),
     (lambda d: (d / "tokenizer.json").write_text("[]"), "tokenizer.json: cannot load"),
 ], ids=["no-config", "bad-config", "architecture", "bias", "truncated", "garbage", "missing-tensor", "shape",
