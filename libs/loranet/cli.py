@@ -55,6 +55,18 @@ async def _client(args: argparse.Namespace):
                                EXIT_UNAVAILABLE))
 
 
+def _one_line(exc: Exception) -> str:
+    """A validation error as one line: the first failing field and why."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            first = errors()[0]
+            return f"{'.'.join(str(x) for x in first.get('loc', ())) or 'value'}: {first.get('msg', '')}"
+        except Exception:
+            pass
+    return str(exc).splitlines()[0]
+
+
 def _fail(message: str, code: int = EXIT_FAILED) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code
@@ -94,14 +106,14 @@ async def _run_job(args: argparse.Namespace, prompt: str, chat: bool) -> int:
             sampling = p.SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                         seed=args.seed, stop=args.stop or [])
         except ValueError as exc:
-            return _fail(f"invalid sampling options: {str(exc).splitlines()[-1].strip()}", EXIT_USAGE)
+            return _fail(f"invalid sampling options: {_one_line(exc)}", EXIT_USAGE)
         if args.deposit:
             await client.faucet(args.deposit, args.deposit)
         try:
             job_id = await client.submit(args.adapter, prompt, args.max_tokens, sampling=sampling, model=_model(args),
                                          max_fee=args.max_fee, confidential=args.confidential, chat=chat)
         except ValueError as exc:
-            return _fail(f"invalid job: {str(exc).splitlines()[-1].strip()}", EXIT_USAGE)
+            return _fail(f"invalid job: {_one_line(exc)}", EXIT_USAGE)
         except JobFailed as exc:
             return _fail(str(exc), EXIT_UNAVAILABLE)
         except RemoteError as exc:
@@ -391,7 +403,10 @@ def cmd_devnet(args: argparse.Namespace) -> int:
 def cmd_gateway(args: argparse.Namespace) -> int:
     from services.gateway.main import run
 
-    os.environ["LORANET_NATS_URL"] = _nats_url(args)  # --nats, else LORANET_NATS_URL, else the running devnet
+    url = _nats_url(args)  # --nats, else LORANET_NATS_URL, else the running devnet (as its `gateway` NATS user)
+    if not getattr(args, "nats", None) and not os.environ.get("LORANET_NATS_URL"):
+        url = dn.role_url(args.state_dir, "gateway", url)
+    os.environ["LORANET_NATS_URL"] = url
     run()
     return EXIT_OK
 
