@@ -36,7 +36,7 @@ def main() -> None:
     cache = tempfile.mkdtemp(prefix="engine-profile-")
     path, mid = eb.build_model(args.shape, args.layers, cache)
     adapters = eb.build_demo_adapters(path, 64, seed=0, out_dir=Path(cache) / "adapters", expected_model_id=mid)
-    jp = eb.prompts(64)
+    jp = eb.equal_workload(eb.load_tokenizer(path), 64, 0)
     cuda = eb.DEVICE == "cuda"
     for name, which in (("single", [0] * 64), ("mixed64", list(range(64)))):
         engine = eb.Engine(str(path), mid, eb.DEVICE, cache,

@@ -74,6 +74,8 @@ class Generated:
     finish_reason: str  # eos | stop | length | deadline
     chunks: list[bytes]
     queued_s: float = 0.0
+    first_token_s: float = 0.0  # submit → first sampled token
+    latency_s: float = 0.0  # submit → last token
     hidden: torch.Tensor | None = None  # [P + N - 1, H] float32, kept when the engine's keep_hidden is set
 
 
@@ -88,6 +90,8 @@ class _Sequence:
     cached: int = 0  # positions in the KV cache
     output: list[int] = field(default_factory=list)
     rows: list[torch.Tensor] = field(default_factory=list)
+    first_token_at: float = 0.0  # monotonic
+    finished_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -420,6 +424,8 @@ class Engine:
                 seq.cached += 1
             token = tokens[i]
             seq.output.append(token)
+            if len(seq.output) == 1:
+                seq.first_token_at = time.monotonic()
             generated += 1
             reason = self._finish_reason(seq, token, now_wall)
             if reason is not None:
@@ -458,6 +464,7 @@ class Engine:
         Encoding (a top-k and a GF(p) interpolation in numpy, about 3 ms a chunk at width 2048) runs
         on the committer thread, overlapping the next forwards instead of stalling the batch."""
         self._release(seq)
+        seq.finished_at = time.monotonic()
         if seq.future.done():
             return
         self._commits.append(self._committer.submit(self._commit, seq, reason))
@@ -469,7 +476,8 @@ class Engine:
             hidden = torch.cat(seq.rows)
             chunks = fingerprint_chunks(hidden, len(seq.req.prompt_tokens), n_generated=len(seq.output))
             gen = Generated(seq.req.prompt_tokens, seq.output, self.tokenizer.decode(seq.output), reason, chunks,
-                            hidden=hidden if self.keep_hidden else None)
+                            hidden=hidden if self.keep_hidden else None,
+                            first_token_s=seq.first_token_at - seq.submitted, latency_s=seq.finished_at - seq.submitted)
         except Exception as exc:
             if not seq.future.done():
                 seq.future.set_exception(exc)
