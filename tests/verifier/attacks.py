@@ -18,7 +18,6 @@ import torch
 
 from loranet import protocol as p
 from loranet.fingerprint import fingerprint_chunks
-from loranet.model import EOS_ID, tokenizer
 from loranet.model.generate import ReferenceModel
 from loranet.observability import EventLog
 from loranet.runtime import Reject
@@ -144,10 +143,11 @@ def forged_signature(kit: Kit) -> p.InferenceResult:
     sig = bytearray(r.signature)
     bit = kit.rng.randrange(len(sig) * 8)
     sig[bit // 8] ^= 1 << (bit % 8)
-    if kit.rng.random() < 0.5 and r.output_tokens[0] < 256:  # or a content bit flipped under the signature
+    tok = kit.node.model.tokenizer
+    if kit.rng.random() < 0.5 and (r.output_tokens[0] ^ 1) < tok.vocab_size:  # or a content bit flipped under it
         toks = [*r.output_tokens]
         toks[0] ^= 1
-        return r.model_copy(update={"output_tokens": toks, "output_text": tokenizer.decode(toks)})
+        return r.model_copy(update={"output_tokens": toks, "output_text": tok.decode(toks)})
     return r.model_copy(update={"signature": bytes(sig)})
 
 
@@ -167,14 +167,17 @@ def altered_prompt(kit: Kit) -> p.InferenceResult:
     cheap = job.model_copy(update={"prompt": job.prompt[: max(1, len(job.prompt) // 2)]})
     gen = kit.node.generate(cheap)
     if kit.rng.random() < 0.5:  # claims the real prompt's tokens; outputs and proof are the altered run's
-        gen = Generated(tokenizer.encode(job.prompt), gen.output_tokens, gen.finish_reason, gen.chunks)
+        gen = Generated(kit.node.model.tokenizer.encode(job.prompt), gen.output_tokens, gen.finish_reason, gen.chunks)
     return _with(kit, job, gen)
 
 
 def _edit(kit: Kit, toks: list[int]) -> list[int]:
     out = [*toks]
     j = kit.rng.randrange(len(out) - 1) if len(out) > 1 else 0
-    choices = [t for t in range(256) if t != out[j]]
+    tok = kit.node.model.tokenizer
+    # Another ordinary token: one of the first 256 ids past the specials (bytes on the byte tokenizer).
+    lo = 0 if tok.vocab_size <= 259 else max(tok.stop_ids) + 1
+    choices = [t for t in range(lo, lo + 256) if t != out[j] and t not in tok.stop_ids]
     out[j] = kit.rng.choice(choices)
     return out
 
@@ -252,8 +255,9 @@ def false_early_eos(kit: Kit) -> p.InferenceResult:
             break
     name = kit.node.adapter_names.get(job.adapter_id)
     k = kit.rng.randrange(1, len(real))  # EOS replaces honest token real[k] (not EOS)
-    toks = [*real[:k], EOS_ID]
-    assert toks != gen.output_tokens and EOS_ID not in toks[:-1]
+    eos = min(kit.node.model.tokenizer.stop_ids)
+    toks = [*real[:k], eos]
+    assert toks != gen.output_tokens and eos not in toks[:-1]
     chunks = _refingerprint(kit.node.model, name, gen.prompt_tokens, toks)
     return _with(kit, job, Generated(gen.prompt_tokens, toks, "eos", chunks))
 

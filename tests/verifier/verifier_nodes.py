@@ -1,4 +1,4 @@
-"""Test nodes: an honest node (the real model, fingerprint and result assembly) and a client.
+"""Test nodes: an honest node (the served model and its tokenizer, fingerprint and result assembly) and a client.
 
 Cheating nodes live in tests/verifier/attacks.py and reuse these pieces.
 """
@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 from loranet import protocol as p
 from loranet.fingerprint import fingerprint_chunks
-from loranet.model import TOKENIZER_ID, tokenizer
 from loranet.model.generate import ReferenceModel
 from loranet.sampling import SamplerParams
 from loranet.signing import Identity, devnet_address, sign
@@ -75,7 +74,7 @@ class HonestNode:
                  seed: int | None = None) -> Generated:
         model = model or self.model
         name = self.adapter_names.get(job.adapter_id) if adapter_name is False else adapter_name
-        prompt_tokens = tokenizer.encode(job.prompt)
+        prompt_tokens = self.model.tokenizer.encode(job.prompt)  # the served model's tokenizer, whoever generates
         s = job.sampling
         params = SamplerParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
         gen = model.generate(prompt_tokens, name, job.max_tokens, params, s.seed if seed is None else seed)
@@ -87,9 +86,9 @@ class HonestNode:
         now = time.time()
         result = node_domain.build_result(
             job=job, node_id=self.node_id, node_key=self.identity.public, node_address=self.address,
-            node_seq=self.seq, model_id=self.model.model_id, tokenizer_id=TOKENIZER_ID,
+            node_seq=self.seq, model_id=self.model.model_id, tokenizer_id=self.model.tokenizer.tokenizer_id,
             prompt_tokens=gen.prompt_tokens, output_tokens=gen.output_tokens,
-            output_text=tokenizer.decode(gen.output_tokens), finish_reason=gen.finish_reason, chunks=gen.chunks,
+            output_text=self.model.tokenizer.decode(gen.output_tokens), finish_reason=gen.finish_reason, chunks=gen.chunks,
             started_at=now - 0.01, finished_at=now,
         )
         if overrides:
