@@ -1,4 +1,9 @@
-"""Verification cost and soundness on the default tiny model (CPU).
+"""Verification cost and soundness on CPU: the seeded tiny model (default) or SmolLM2 (--model smollm2).
+
+With --model smollm2 the node and the verifier serve SmolLM2-135M-Instruct with two trained demo adapters
+(pirate, terse), the cheaper/other model is SmolLM2 cut to its first 8 layers, and --calibrate adds the
+serving engine's honest variations: each job alone or in a batch of 16 mixed-adapter jobs, 1 or 2 torch
+threads, and a bfloat16 node (which the verifier must reject: it is the lower-precision attack).
 
 Measures, on one torch thread:
   * generation on the node (incremental decode + fingerprint commitments) vs the verifier's
@@ -40,7 +45,7 @@ import torch  # noqa: E402
 
 from loranet import protocol as p, thresholds  # noqa: E402
 from loranet.fingerprint import CHUNK_TOKENS, chunk_spans, compare_chunk, fingerprint_chunks  # noqa: E402
-from loranet.model import PAD_ID, build_base_checkpoint, ensure_tiny_model, tokenizer  # noqa: E402
+from loranet.model import build_base_checkpoint, ensure_tiny_model  # noqa: E402
 from loranet.model.adapters import build_demo_adapters  # noqa: E402
 from loranet.model.generate import ReferenceModel  # noqa: E402
 from loranet.sampling import GREEDY  # noqa: E402
@@ -56,12 +61,26 @@ def log(*a) -> None:
 
 
 class Setup:
-    def __init__(self, cache: Path) -> None:
-        self.base_path, self.model_id = ensure_tiny_model(str(cache))
-        self.adapters = build_demo_adapters(self.base_path, 3, seed=0, out_dir=cache / "demo", expected_model_id=self.model_id)
+    def __init__(self, cache: Path, model: str = "tiny") -> None:
         other = cache / "other"
-        build_base_checkpoint(other, seed=1)
-        self.engine = AuditEngine("", self.model_id, "cpu", str(cache), 8)
+        if model == "smollm2":
+            from loranet.demo import TRAINED_DIR
+            from loranet.model.catalog import resolve_model
+            from loranet.model.content import adapter_content_id
+            from tests.realmodel.test_attacks_real import ADAPTERS, truncated_copy
+
+            m = resolve_model("smollm2-135m-instruct")
+            self.base_path, self.model_id = m.path, m.model_id
+            self.adapters = [(n, TRAINED_DIR / n, adapter_content_id(TRAINED_DIR / n)) for n in ADAPTERS]
+            truncated_copy(m.path, other, 8)
+        else:
+            self.base_path, self.model_id = ensure_tiny_model(str(cache))
+            self.adapters = build_demo_adapters(self.base_path, 3, seed=0, out_dir=cache / "demo",
+                                                expected_model_id=self.model_id)
+            build_base_checkpoint(other, seed=1)
+        self.cache = cache
+        self.engine = AuditEngine(str(self.base_path), self.model_id, "cpu", str(cache), 8)
+        self.tok = self.engine.tokenizer
         for _, path, aid in self.adapters:
             self.engine.load_adapter_dir(aid, path)
         self.node_model = ReferenceModel.from_path(self.base_path, self.model_id)
@@ -82,13 +101,13 @@ def fixed_length_result(s: Setup, n: int, adapter_id: str) -> tuple[p.InferenceR
     """A greedy honest result of exactly n tokens (no EOS) and the node's generation time."""
     for prompt in PROMPTS:
         job = s.client.job(s.model_id, adapter_id, prompt, n)
-        ids = tokenizer.encode(prompt)
+        ids = s.tok.encode(prompt)
         name = s.node.adapter_names.get(adapter_id)
         t0 = time.perf_counter()
         gen = s.node_model.generate(ids, name, n, GREEDY, 0, stop_ids=())
         chunks = fingerprint_chunks(gen.hidden, len(ids), n_generated=len(gen.output_ids))
         elapsed = time.perf_counter() - t0
-        if tokenizer.EOS_ID not in gen.output_ids:
+        if not s.tok.stop_ids & set(gen.output_ids):
             return s.node.result(job, Generated(ids, gen.output_ids, "length", chunks)), elapsed
     raise RuntimeError(f"every prompt produced EOS within {n} tokens")
 
@@ -122,7 +141,7 @@ def timings(s: Setup, lengths: list[int], reps: int) -> dict:
             assert all(c.ok for c in checks)
         batch = [fixed_length_result(s, n, adapter_id)[0] for _ in range(8)]
         t0 = time.perf_counter()
-        pairs = s.engine.prefill_many([[*r.prompt_tokens, *r.output_tokens] for r in batch], adapter_id, PAD_ID)
+        pairs = s.engine.prefill_many([[*r.prompt_tokens, *r.output_tokens] for r in batch], adapter_id, s.tok.pad_token_id)
         oks = [all(c.ok for c in domain.audit_checks(r, h, lg)) for r, (h, lg) in zip(batch, pairs)]
         batched.append((time.perf_counter() - t0) / len(batch))
         assert all(oks)
@@ -215,8 +234,9 @@ def calibrate(s: Setup, per_variant: int) -> dict:
                 if v == "single":
                     h, lg = s.engine.prefill(ids, r.adapter_id)
                 elif v == "padded_batch":
-                    others = [tokenizer.encode(random_job(s.kit).prompt) * 2 for _ in range(3)]
-                    h, lg = prefill_batch(s.engine.model, [ids, *others], s.engine._loaded.get(r.adapter_id), PAD_ID)[0]
+                    others = [s.tok.encode(random_job(s.kit).prompt) * 2 for _ in range(3)]
+                    h, lg = prefill_batch(s.engine.model, [ids, *others], s.engine._loaded.get(r.adapter_id),
+                                          s.tok.pad_token_id)[0]
                 elif v == "merged_lora":
                     if not r.adapter_id:
                         h, lg = s.engine.prefill(ids, "")
@@ -249,6 +269,63 @@ def calibrate(s: Setup, per_variant: int) -> dict:
     return {**{v: {"n": w[4], "rejected": w[5], "min_overlap": w[0], "max_mean_excess": w[1], "max_excess": w[2],
                       "max_abs_err_over_hi": raw.get(v, 0.0), "min_replay_margin": w[3]} for v, w in worst.items()},
             "honest_window_overlap_min": dict(zip(map(str, WINDOWS), honest_win))}
+
+
+def calibrate_engine(s: Setup, n_jobs: int) -> dict:
+    """Honest results of the serving engine (services/inference: SGMV, paged KV, continuous batching) under
+    the variations a network of nodes runs with, each against the verifier's single float32 prefill.
+
+    alone: each job by itself; batched: the jobs together with 16 filler jobs over the adapters (other
+    batch composition, other padding of the LoRA bmm); threads_1 / threads_2: torch CPU threads;
+    bf16: a node running bfloat16 weights (the verifier must reject it: it is lower_precision_bf16)."""
+    from services.inference.engine import Engine, EngineConfig, GenRequest
+    from services.inference.domain import sampler_params
+    from loranet.model.adapters import adapter_to_blobs
+    from verifier_nodes import Generated as NodeGen
+
+    jobs = [random_job(s.kit, max_tokens=s.kit.rng.randint(8, 48)) for _ in range(n_jobs)]
+    fillers = [random_job(s.kit, max_tokens=24) for _ in range(16)]
+    variants = {"alone_threads_2": ("float32", 2, False), "batched_threads_2": ("float32", 2, True),
+                "batched_threads_1": ("float32", 1, True), "alone_threads_1": ("float32", 1, False),
+                "batched_bf16": ("bfloat16", 2, True)}
+    out = {}
+    for name, (dtype, threads, batched) in variants.items():
+        torch.set_num_threads(threads)
+        eng = Engine(str(s.base_path), s.model_id, "cpu", str(s.cache / f"engine-{name}"),
+                     config=EngineConfig(adapter_slots=4, max_running=32, kv_blocks=256, dtype=dtype))
+        for _, path, aid in s.adapters:
+            eng.install_adapter(aid, *adapter_to_blobs(path))
+
+        def req(j, tag):
+            return GenRequest(f"{tag}{j.job_id}", s.tok.encode(j.prompt), j.adapter_id, j.max_tokens,
+                              sampler_params(j), j.sampling.seed)
+
+        if batched:
+            futs = [eng.submit(req(j, "")) for j in jobs] + [eng.submit(req(j, "f")) for j in fillers]
+            eng.run_until_idle()
+            gens = [f.result(0) for f in futs[: len(jobs)]]
+        else:
+            gens = []
+            for j in jobs:
+                f = eng.submit(req(j, ""))
+                eng.run_until_idle()
+                gens.append(f.result(0))
+        torch.set_num_threads(1)
+        worst, rejected, failed = [1.0, 0.0, 0.0, float("inf")], 0, set()
+        for j, g in zip(jobs, gens):
+            r = s.node.result(j, NodeGen(g.prompt_tokens, g.output_tokens, g.finish_reason, g.chunks))
+            h, lg = s.engine.prefill([*r.prompt_tokens, *r.output_tokens], r.adapter_id)
+            ov, mx, xx, mg = figures(r, h, lg)
+            worst = [min(worst[0], ov), max(worst[1], mx), max(worst[2], xx), min(worst[3], mg)]
+            bad = [c.name for c in domain.audit_checks(r, h, lg) if not c.ok]
+            rejected += bool(bad)
+            failed.update(bad)
+        out[name] = {"n": len(jobs), "rejected": rejected, "failed_checks": sorted(failed), "min_overlap": worst[0],
+                     "max_mean_excess": worst[1], "max_excess": worst[2], "min_replay_margin": worst[3]}
+        log(f"  engine[{name:18s}] vs verifier[single]: n={len(jobs)} rejected={rejected} {sorted(failed)} "
+            f"min overlap {worst[0]:.3f} max mean excess {worst[1]:.2e} max excess {worst[2]:.2e} "
+            f"min replay margin {worst[3]:+.3e}")
+    return out
 
 
 def attack_closeness(s: Setup, name: str, trials: int) -> dict:
@@ -284,13 +361,15 @@ def print_closeness(closeness: dict) -> None:
                                         for w in WINDOWS))
 
 
-def calibrate_only(per_variant: int, attack_trials: int, as_json: bool) -> None:
+def calibrate_only(per_variant: int, attack_trials: int, as_json: bool, model: str = "tiny") -> None:
     """What loranet.thresholds quotes: the worst honest figures and the closest attack figures."""
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="verify-calibrate-") as tmp:
-        s = Setup(Path(tmp))
-        log(f"calibration: {per_variant} honest jobs per node variation (4) x verifier variation (5):")
+        s = Setup(Path(tmp), model)
+        log(f"calibration ({model}): {per_variant} honest jobs per node variation (4) x verifier variation (5):")
         cal = calibrate(s, per_variant)
+        log(f"the serving engine's variations ({max(per_variant * 2, 8)} honest jobs each):")
+        cal["engine"] = calibrate_engine(s, max(per_variant * 2, 8))
         log(f"closest attacks ({attack_trials} trials each):")
         closeness = {n: attack_closeness(s, n, attack_trials) for n in CLOSEST}
         print_closeness(closeness)
@@ -311,6 +390,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--calibrate", action="store_true",
                     help="only the threshold calibration: honest variations and the closest attacks (no timings, no suite)")
+    ap.add_argument("--model", choices=["tiny", "smollm2"], default="tiny",
+                    help="tiny: the seeded test model; smollm2: SmolLM2-135M-Instruct with two trained adapters")
     args = ap.parse_args()
     torch.set_num_threads(1)
     trials, honest_n, reps, calib, lengths = (20, 100, 3, 6, [32, 128, 512])
@@ -320,10 +401,11 @@ def main() -> None:
         trials, honest_n, reps, calib = 300, 1000, 5, 50
     started = time.perf_counter()
     if args.calibrate:
-        calibrate_only(calib if args.quick or args.full else 10, 3 if args.quick else (50 if args.full else 20), args.json)
+        calibrate_only(calib if args.quick or args.full else 10, 3 if args.quick else (50 if args.full else 20), args.json,
+                       args.model)
         return
     with tempfile.TemporaryDirectory(prefix="verify-bench-") as tmp:
-        s = Setup(Path(tmp))
+        s = Setup(Path(tmp), args.model)
         log(f"setup {time.perf_counter() - started:.1f}s; timings (median of {reps}, one torch thread):")
         t = timings(s, lengths, reps)
         rate = cheap_rate(s, 300 if args.quick else 3000)

@@ -279,7 +279,7 @@ async def test_a_node_sealing_a_wrong_adapter_fingerprint_is_rejected(devnet):
                 assert job.job_id == job_id and job.node_id == node_id
                 ids = tokenizer.encode(confidential.open_prompt(job, node))  # sealed to this node: it reads it
                 gen = await asyncio.to_thread(model.generate, ids, ADAPTER, job.max_tokens)
-                wrong = next(name for name, _, _ in adapters if name != ADAPTER)
+                wrong = next(name for name, _, _, _ in adapters if name != ADAPTER)
                 hidden, _ = await asyncio.to_thread(model.prefill_hidden, [*ids, *gen.output_ids], wrong)
                 chunks = fingerprint_chunks(hidden, len(ids), n_generated=len(gen.output_ids))
                 now = time.time()
