@@ -43,7 +43,7 @@ def main() -> None:
                            config=eb.EngineConfig(adapter_slots=64, max_running=64, host_adapters=64, dtype=dtype))
         for k in sorted(set(which)):
             engine.install_adapter(adapters[k][2], *eb.adapter_to_blobs(adapters[k][1]))
-        reqs = [eb.GenRequest(f"{name}{i}", p, adapters[w][2], 10_000, eb.GREEDY, 0, ignore_eos=True)
+        reqs = [eb.GenRequest(f"{name}{i}", p, adapters[w][2], 400, eb.GREEDY, 0, ignore_eos=True)
                 for i, (p, w) in enumerate(zip(jp, which))]
         for r in reqs:
             engine.submit(r)

@@ -13,9 +13,12 @@ short segments are padded to the longest of them and every slot's factors to
 the largest rank among them, then shrink and expand are one ``bmm`` each
 (rows past a slot's rank are zero in the bank, so padding adds exact zeros);
 slots are grouped by rank (next power of two) so the padding stays under 2x.
-The gathered factors are kept per projection until the group of slots or
-the bank's ``generation`` changes: a decode batch keeps its adapters for
-many steps, so the gather is paid when sequences join or leave.
+The gathered factors are kept per projection until the bank's ``generation``
+changes or a step needs a slot they lack: a step whose slots are a subset of
+the gathered ones (sequences left the batch) runs the bmm over the gathered
+groups with zero rows for the idle slots, as long as at least half of them are
+active, so a draining batch does not copy every adapter's factors again each
+time a sequence finishes (a chat mix's common case).
 """
 
 from __future__ import annotations
@@ -185,6 +188,23 @@ class _PaddedPlan:
     all_valid: bool
     long_segments: SGMVMetadata | None  # the metadata narrowed to the other segments (None: there are none)
     _rows: dict | None = None
+    _layouts: dict | None = None
+
+    def layout_of(self, group_slots: tuple[int, ...]):
+        """Where a gathered group's slots sit in this plan: (plan rows as a tuple, the same as a tensor, the
+        group positions that are active as a tensor, or None when all are, in group order); None when
+        none of the group's slots is in this step."""
+        if self._layouts is None:
+            self._layouts = {}
+        if group_slots not in self._layouts:
+            pos = {slot: i for i, slot in enumerate(self.slots)}
+            rows = [(j, pos[s]) for j, s in enumerate(group_slots) if s in pos]
+            dev = self.tokens.device
+            self._layouts[group_slots] = None if not rows else (
+                tuple(r for _, r in rows), torch.tensor([r for _, r in rows], dtype=torch.long, device=dev),
+                None if len(rows) == len(group_slots) else torch.tensor([j for j, _ in rows], dtype=torch.long,
+                                                                         device=dev))
+        return self._layouts[group_slots]
 
     def rows_of(self, key: tuple[int, ...], rows: torch.Tensor):
         """For a subset of the plan's row blocks: (input token of each padded row, output token of each
@@ -230,16 +250,18 @@ def _padded_plan(meta: SGMVMetadata) -> _PaddedPlan:
     return plan
 
 
-def _gathered(lora: PackedLoraWeights, p: _PaddedPlan) -> list[tuple[tuple[int, ...], torch.Tensor, torch.Tensor, torch.Tensor]]:
+def _gathered(lora: PackedLoraWeights, p: _PaddedPlan) -> list[tuple[tuple[int, ...], torch.Tensor, torch.Tensor]]:
     """The plan's slots grouped by this projection's total rank (next power of two), per group
-    (plan rows as a tuple and [g], A [g, in, R], B [g, R, out]) with R the group's largest rank: every slice's B rows
+    (its slots, A [g, in, R], B [g, R, out]) with R the group's largest rank: every slice's B rows
     placed at the v columns each slot's slice reads, so one bmm expands q/k/v (or gate/up) together.
     Grouping keeps rank padding under 2x (one group padded to the batch's largest rank read ~2x the
-    bytes with demo-like mixes of ranks 4-16 over 2-3 slices).  One cached entry per projection."""
-    key = (p.slots, lora.generation)
+    bytes with demo-like mixes of ranks 4-16 over 2-3 slices).  One cached entry per projection, reused
+    while the bank is unchanged and the step's slots are a subset holding at least half of it."""
     entry = lora._torch_gathered
-    if entry is not None and entry[0] == key:
-        return entry[1]
+    if entry is not None and entry[0][1] == lora.generation:
+        cached = entry[0][0]
+        if cached == p.slots or (set(p.slots) <= set(cached) and 2 * len(p.slots) >= len(cached)):
+            return entry[1]
     dev = p.tokens.device
     groups: dict[int, list[int]] = {}
     for i, slot in enumerate(p.slots):
@@ -263,8 +285,8 @@ def _gathered(lora: PackedLoraWeights, p: _PaddedPlan) -> list[tuple[tuple[int, 
             b = lora.b_slice(s)[:, :rs].index_select(0, slots_t)  # [G, rs, w]
             w, y0 = lora.slice_widths[s], lora.y_offsets[s]
             b_all[:, :, y0: y0 + w].scatter_add_(1, cols[:, :, None].expand(G, rs, w), b)
-        value.append((tuple(rows), torch.tensor(rows, dtype=torch.long, device=dev), a, b_all))
-    lora._torch_gathered = (key, value)
+        value.append((tuple(slots), a, b_all))
+    lora._torch_gathered = ((p.slots, lora.generation), value)
     return value
 
 
@@ -293,12 +315,21 @@ def sgmv_apply(
     ys = _split_outputs(y, lora)
     packed = y if isinstance(y, torch.Tensor) else None
     S = p.tokens.shape[1]
-    for rows_key, rows, a, b_all in _gathered(lora, p):
+    for group_slots, a, b_all in _gathered(lora, p):
+        layout = p.layout_of(group_slots)
+        if layout is None:  # none of this group's adapters has a token in this step
+            continue
+        rows_key, rows, active = layout
         tokens, out_rows, keep = p.rows_of(rows_key, rows)
         xs = x.index_select(0, tokens).view(len(rows_key), S, -1)
+        if active is not None:  # some of the group's slots are idle this step: zero rows in their place
+            xs = xs.new_zeros(len(group_slots), S, xs.shape[-1]).index_copy_(0, active, xs)
         if a.dtype != xs.dtype:
             a, b_all = a.to(xs.dtype), b_all.to(xs.dtype)
-        d = torch.bmm(torch.bmm(xs, a), b_all).view(len(rows_key) * S, -1)
+        d = torch.bmm(torch.bmm(xs, a), b_all)
+        if active is not None:
+            d = d.index_select(0, active)
+        d = d.view(len(rows_key) * S, -1)
         if keep is not None:
             d = d[keep]
         if packed is not None and packed.dtype == d.dtype:
