@@ -72,8 +72,11 @@ class PackedLoraWeights:
         self.b_offsets = tuple(offs)
         self.y_offsets = tuple(sum(self.slice_widths[:i]) for i in range(n))
         self.out_features = sum(self.slice_widths)
-        self.lora_a = torch.zeros(num_slots, n * R, spec.in_features, dtype=dtype, device=device)
-        self.lora_b = torch.zeros(num_slots, acc, dtype=dtype, device=device)
+        # Uninitialised: a slot is read only after write_slot, which writes all of it (zeros past the ranks),
+        # so on the host a bank's memory becomes resident as slots are loaded, not at start (a 16-slot,
+        # rank-64 bank for SmolLM2-135M is 1.25 GB; a node serving four adapters touches a quarter of it).
+        self.lora_a = torch.empty(num_slots, n * R, spec.in_features, dtype=dtype, device=device)
+        self.lora_b = torch.empty(num_slots, acc, dtype=dtype, device=device)
         # Host copies (read by the torch path and by launchers: no device sync).
         self.ranks_host = [[0] * n for _ in range(num_slots)]
         self.rank_offsets_host = [[0] * n for _ in range(num_slots)]
