@@ -10,6 +10,20 @@ quoted are from the 2-core CPU development machine, default tiny model.
 The worst honest figure and the best (closest to honest) attack figure are
 both printed by the calibration; each threshold sits well inside the gap,
 nearer the honest side by a safety factor, never tuned to an attack.
+
+Re-measured on the real model, SmolLM2-135M-Instruct (hidden 576, vocabulary
+49,152, two trained adapters): `bench/verify_bench.py --calibrate --model
+smollm2` (bench/results/cpu-2026-12-05/verify_calibrate_smollm2.log). 200
+honest audits over the same node x verifier variations, plus the serving
+engine's own variations (each job alone, or batched with 16 mixed-adapter
+jobs; 1 or 2 threads; 20 jobs each): 0 rejected; worst overlap 1.000, worst
+mean excess 0, worst max excess 1.1e-5 of hi (merged LoRA), replay margins
+all >= +5e-4. Closest attacks over 20 trials: bf16 weights overlap 1.000 but
+mean excess 1.76e-3 and max excess 7.1e-3; adapter x 0.5 overlap 0.70; no or
+another adapter 0.57 / 0.38; a layer-dropped model 0.04. Every value below
+keeps its gap on the real model, so none was changed. A node whose engine
+runs bfloat16 is rejected like the bf16 attack (20 of 20): the protocol's
+nodes compute in float32.
 """
 
 from __future__ import annotations
