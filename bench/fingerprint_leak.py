@@ -41,6 +41,11 @@ appears anywhere in the confidential wire bytes. The plain rows are the control:
 they show the measurement finds a leak where there is one.
 
     python bench/fingerprint_leak.py [--jobs 12] [--max-tokens 33] [--temperature 0] [--json]
+    python bench/fingerprint_leak.py --model smollm2 --jobs 6    # the real model (hidden 576, vocab 49,152)
+
+On SmolLM2 the prompt-known attacker tests the public model's --candidates most likely tokens at each
+step (default 64) rather than the whole vocabulary (49,152 forwards per output token do not fit a CPU):
+a weaker attacker than on the tiny model, stated in the output.
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ import torch
 
 from loranet import codec, confidential, protocol as p
 from loranet.fingerprint import CHUNK_TOKENS, TOP_K, chunk_spans, decode_chunk, fingerprint_chunks
-from loranet.model import TOKENIZER_ID, ensure_tiny_model, tokenizer
+from loranet.model import ensure_tiny_model
 from loranet.model.generate import ReferenceModel
 from loranet.sampling import SamplerParams
 from loranet.signing import Identity, devnet_address, sign
@@ -77,13 +82,14 @@ def job_request(model_id: str, prompt: str, max_tokens: int, sealed: bool, tempe
     return sign(p.JobRequest.model_validate(job.model_dump()), CLIENT, p.DOMAIN_JOB_REQUEST)
 
 
-def on_the_wire(model_id: str, prompt: str, max_tokens: int, gen, chunks: list[bytes], sealed: bool,
+def on_the_wire(model: ReferenceModel, prompt: str, max_tokens: int, gen, chunks: list[bytes], sealed: bool,
                 temperature: float, seed: int) -> bytes:
     """The encoded, signed result as the node publishes it on results.<node_id>."""
+    tok, model_id = model.tokenizer, model.model_id
     job = job_request(model_id, prompt, max_tokens, sealed, temperature, seed)
     result = build_result(job=job, node_id="node-0", node_key=NODE.public, node_address=devnet_address("node-0"),
-                          node_seq=1, model_id=model_id, tokenizer_id=TOKENIZER_ID, prompt_tokens=tokenizer.encode(prompt),
-                          output_tokens=gen.output_ids, output_text=tokenizer.decode(gen.output_ids),
+                          node_seq=1, model_id=model_id, tokenizer_id=tok.tokenizer_id, prompt_tokens=tok.encode(prompt),
+                          output_tokens=gen.output_ids, output_text=tok.decode(gen.output_ids),
                           finish_reason="length", chunks=chunks, started_at=time.time(), finished_at=time.time())
     if sealed:
         result = confidential.seal_result(result)
@@ -93,22 +99,23 @@ def on_the_wire(model_id: str, prompt: str, max_tokens: int, gen, chunks: list[b
 class Outsider:
     """The public base model and what the outsider learns from it on its own text."""
 
-    def __init__(self, model: ReferenceModel, rng: random.Random) -> None:
+    def __init__(self, model: ReferenceModel, rng: random.Random, candidates: int = 0) -> None:
         self.model = model
+        self.candidates = candidates  # 0: the whole vocabulary
         self.head = model.base.lm_head.weight.detach().float()  # [V, H]
         self.width = self.head.shape[1]
         counts = np.zeros(self.width)
         for _ in range(16):  # which hidden dimensions a 32-row chunk's top-k tends to hold
             text = "".join(rng.choice(string.ascii_letters + string.digits + " ") for _ in range(rng.randint(40, 80)))
-            h = model.prefill_hidden(tokenizer.encode(text))[0][-32:].reshape(-1).numpy()
+            h = model.prefill_hidden(model.tokenizer.encode(text))[0][-32:].reshape(-1).numpy()
             top = np.argsort(-np.abs(h))[:TOP_K]
             np.add.at(counts, top % self.width, 1)
         self.likely_dims = np.argsort(-counts)
 
     @torch.no_grad()
-    def last_states(self, prefix: list[int], candidates: int) -> torch.Tensor:
-        """[candidates, H]: the final-norm state after reading prefix + [t], for t = 0..candidates-1."""
-        ids = torch.tensor([[*prefix, t] for t in range(candidates)])
+    def last_states(self, prefix: list[int], candidates: list[int]) -> torch.Tensor:
+        """[len(candidates), H]: the final-norm state after reading prefix + [t], for each candidate t."""
+        ids = torch.tensor([[*prefix, t] for t in candidates])
         return self.model.base(input_ids=ids, use_cache=False, output_hidden_states=True).hidden_states[-1][:, -1].float()
 
     def blind(self, p_len: int, n: int, chunks: list[bytes]) -> dict[int, int]:
@@ -148,13 +155,17 @@ class Outsider:
             row = p_len + j  # the row whose state reads output token j
             c = next(i for i, (a, b) in enumerate(spans) if i > 0 and a <= row < b)
             a, fp = spans[c][0], fps[c]
-            states = self.last_states(prefix, vocab).numpy().astype(np.float64)
+            if self.candidates:  # the public model's most likely next tokens
+                top = self.model.prefill_hidden(prefix)[1][-1].topk(self.candidates).indices.tolist()
+            else:
+                top = list(range(vocab))
+            states = self.last_states(prefix, top).numpy().astype(np.float64)
             tol = fp.quant_step / 2 + 1e-4 * fp.hi
             cand, dims = np.nonzero(np.abs(states) >= fp.lo)  # each candidate's would-be top-k entries
             agree = np.abs(fp.values_at((row - a) * self.width + dims) - states[cand, dims]) <= tol
-            score = np.bincount(cand[agree], minlength=vocab)
+            score = np.bincount(cand[agree], minlength=len(top))
             if score.max() > 0:
-                named.append(int(score.argmax()))
+                named.append(top[int(score.argmax())])
                 confirmed.append(True)
             else:
                 logits = self.model.prefill_hidden(prefix)[1][-1]
@@ -207,13 +218,23 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=33, help="33 = one full chunk + a one-row chunk")
     ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy jobs; > 0: sampled (seeded)")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    ap.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
+    ap.add_argument("--candidates", type=int, default=-1,
+                    help="tokens the prompt-known attacker tests per step (0 = all; default all on tiny, 64 on smollm2)")
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(1 if args.model == "tiny" else torch.get_num_threads())
     t0 = time.perf_counter()
-    path, model_id = ensure_tiny_model(tempfile.mkdtemp())
+    if args.model == "smollm2":
+        from loranet.model.catalog import resolve_model
+
+        m = resolve_model("smollm2-135m-instruct")
+        path, model_id = m.path, m.model_id
+    else:
+        path, model_id = ensure_tiny_model(tempfile.mkdtemp())
     model = ReferenceModel.from_path(path, model_id)
     rng = random.Random(0)
-    outsider = Outsider(model, random.Random(1))
+    candidates = args.candidates if args.candidates >= 0 else (64 if args.model == "smollm2" else 0)
+    outsider = Outsider(model, random.Random(1), candidates)
     params = SamplerParams(temperature=args.temperature)
     total = committed = baseline = 0
     keys = ("blind", "prompt_named", "confirmed", "confirmed_right", "opened")
@@ -221,7 +242,7 @@ def main() -> None:
     chunks_on_wire = {"plain": 0, "confidential": 0}
     for _ in range(args.jobs):
         prompt = "".join(rng.choice(string.ascii_letters + string.digits + " ") for _ in range(rng.randint(8, 40)))
-        ids = tokenizer.encode(prompt)
+        ids = model.tokenizer.encode(prompt)
         seed = rng.randrange(2**32)
         gen = model.generate(ids, None, args.max_tokens, params, seed, stop_ids=())
         chunks = fingerprint_chunks(gen.hidden, len(ids), n_generated=len(gen.output_ids))
@@ -229,14 +250,15 @@ def main() -> None:
         total += len(gen.output_ids)
         baseline += argmax_baseline(model, ids, gen.output_ids)
         for kind in ("plain", "confidential"):
-            wire = on_the_wire(model_id, prompt, args.max_tokens, gen, chunks, kind == "confidential", args.temperature, seed)
+            wire = on_the_wire(model, prompt, args.max_tokens, gen, chunks, kind == "confidential", args.temperature, seed)
             chunks_on_wire[kind] += sum(chunk in wire for chunk in chunks)
             got = outsider_recovers(wire, outsider, gen.output_ids)
             for k in keys:
                 found[kind][k] += int(got[k])
             found[kind]["one_row"] += got["one_row"]
     width, vocab = outsider.width, outsider.head.shape[0]
-    print(f"model H={width}, vocab {vocab}, {args.jobs} jobs at temperature {args.temperature:g}, {total} output tokens, "
+    print(f"model {args.model} H={width}, vocab {vocab} (prompt-known attacker tests "
+          f"{candidates or vocab} candidates per step), {args.jobs} jobs at temperature {args.temperature:g}, {total} output tokens, "
           f"{committed} committed chunks (chance {1 / vocab:.1%} per token); public model's argmax on the true "
           f"prefix, no fingerprint: {baseline}/{total} ({baseline / total:.0%})")
     for kind, f in found.items():

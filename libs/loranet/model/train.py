@@ -187,7 +187,7 @@ def train_adapter(base_dir: str | os.PathLike, data: str | os.PathLike, out_dir:
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if progress:
                 progress(len(losses), total, losses[-1])
 
