@@ -29,6 +29,8 @@ PROMPTS = [
 
 async def run_demo(nats_url: str, identity: Identity, n_jobs: int = 6, max_tokens: int = 48, model: str = "") -> int:
     console = Console()
+    if not console.is_terminal:  # a log or a pipe: wide enough for the answers, not rich's 80 columns
+        console = Console(width=140)
     async with await Client.connect(nats_url, identity) as client:
         base = await client.model(model)
         adapters = [a.name for a in await client.adapters(base.model_id)]
