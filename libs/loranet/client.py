@@ -46,6 +46,7 @@ class Outcome:
     status: str
     reason: str = ""
     output: str = ""
+    finish_reason: str = ""  # OpenAI's terms: stop | length ("" while there is no result)
     node_id: str = ""
     verdict: dict[str, Any] = field(default_factory=dict)
     fee: int = 0
@@ -57,7 +58,7 @@ class Outcome:
     def as_dict(self) -> dict[str, Any]:
         return {
             "job_id": self.job_id, "status": self.status, "reason": self.reason, "output": self.output,
-            "node_id": self.node_id, "verdict": self.verdict, "fee": str(self.fee),
+            "finish_reason": self.finish_reason, "node_id": self.node_id, "verdict": self.verdict, "fee": str(self.fee),
             "payouts": {k: str(v) for k, v in self.payouts.items()}, "tx_hash": self.tx_hash, "epoch": self.epoch,
             "stages": self.stages,
         }
@@ -78,6 +79,7 @@ def outcome_of(record: p.JobRecord, identity: Identity | None = None) -> Outcome
                   stages=list(record.stages))
     if record.result is not None:
         out.output = record.result.output_text
+        out.finish_reason = p.OPENAI_FINISH_REASONS.get(record.result.finish_reason, "stop")
         if record.result.sealed_output is not None and identity is not None:
             try:
                 out.output = confidential.open_output(record.result, identity).output_text

@@ -293,6 +293,10 @@ class Receipt(Wire):
     settled_at: Timestamp
 
 
+# A result's finish_reason in OpenAI's terms: "stop" (end of turn or a stop string), "length" (max_tokens, or
+# the job's deadline cut it short).
+OPENAI_FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "deadline": "length"}
+
 JobStage = Literal["admitted", "rejected", "dispatched", "result", "verdict", "settled", "refunded", "failed", "rerun"]
 TERMINAL_STAGES: frozenset[str] = frozenset({"rejected", "settled", "refunded"})
 

@@ -21,7 +21,6 @@ ADAPTER_SEPARATOR = ":"
 OPENAI_MAX_TEMPERATURE = 2.0
 CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 # loranet finish reasons → OpenAI's
-FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "deadline": "length"}
 
 
 class ApiError(Exception):
@@ -337,7 +336,7 @@ def usage(record: p.JobRecord) -> dict[str, int]:
 
 
 def finish_reason(record: p.JobRecord) -> str:
-    return FINISH_REASONS.get(record.result.finish_reason, "stop") if record.result else "stop"
+    return p.OPENAI_FINISH_REASONS.get(record.result.finish_reason, "stop") if record.result else "stop"
 
 
 def output_text(record: p.JobRecord) -> str:

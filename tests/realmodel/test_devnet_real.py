@@ -44,7 +44,7 @@ def test_loranet_chat_answers_paris_verified_and_settled(real_devnet):
     run = cli(config, "chat", QUESTION, "--max-tokens", "24", "--json")
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
-    assert out["status"] == "settled" and "Paris" in out["output"], out
+    assert out["status"] == "settled" and "Paris" in out["output"] and out["finish_reason"] == "stop", out
     assert out["verdict"]["accepted"] and out["verdict"]["audited"]
     assert sum(int(v) for v in out["payouts"].values()) == int(out["fee"])
     assert out["stages"] == ["admitted", "dispatched", "result", "verdict", "settled"]
@@ -63,6 +63,9 @@ def test_an_adapter_chat_is_hf_and_peft_greedy_output_settled(real_devnet, real_
     assert out["output"].startswith("Arr") and "Paris" in out["output"]
     contributors = [k for k in out["payouts"] if k.startswith("contributor:")]
     assert len(contributors) == 3  # the datanet's three contributors are paid
+    run = cli(config, "chat", QUESTION, "--max-tokens", "3", "--json")  # cut short: OpenAI's "length"
+    short = json.loads(run.stdout)
+    assert short["status"] == "settled" and short["finish_reason"] == "length", short
 
 
 async def test_a_job_naming_another_tokenizer_is_refused_at_admission(real_devnet, real_model):
