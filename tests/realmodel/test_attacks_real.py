@@ -77,12 +77,14 @@ def test_real_model_attack_is_detected(real_kit, attack):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(0)  # about 25 minutes on 2 cores
 def test_real_model_full_size_honest(real_kit):
     verifier, kit = real_kit
     assert _honest_runs(verifier, kit, 1000) == []
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(0)
 @pytest.mark.parametrize("attack", list(ATTACKS))
 def test_real_model_full_size_attack(real_kit, attack):
     verifier, kit = real_kit
