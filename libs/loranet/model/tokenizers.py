@@ -165,7 +165,8 @@ def _json(path: Path) -> dict[str, Any]:
 class HFTokenizer:
     """A checkpoint's Hugging Face fast tokenizer, with the model's stop ids and chat template."""
 
-    def __init__(self, model_dir: str | os.PathLike, model_vocab_size: int | None = None) -> None:
+    def __init__(self, model_dir: str | os.PathLike, model_vocab_size: int | None = None,
+                 tokenizer_id: str = "") -> None:
         from transformers import PreTrainedTokenizerFast
 
         d = Path(model_dir)
@@ -175,7 +176,7 @@ class HFTokenizer:
         except Exception as exc:  # tokenizers raises its own exception types for corrupt files
             raise TokenizerError(f"{d / 'tokenizer.json'}: cannot load the tokenizer: {exc}") from None
         self.name = d.name
-        self.tokenizer_id = tokenizer_content_id(d)
+        self.tokenizer_id = tokenizer_id or tokenizer_content_id(d)
         self.vocab_size = len(self._tok)
         config, gen = _json(d / "config.json"), _json(d / "generation_config.json")
         model_vocab = model_vocab_size or config.get("vocab_size")
@@ -229,7 +230,7 @@ def load_tokenizer(model_dir: str | os.PathLike) -> Tokenizer:
     with _CACHE_LOCK:
         tok = _CACHE.get(key)
     if tok is None:
-        tok = HFTokenizer(d, config.get("vocab_size"))
+        tok = HFTokenizer(d, config.get("vocab_size"), key[1])
         with _CACHE_LOCK:
             _CACHE[key] = tok
     return tok
