@@ -79,7 +79,7 @@ def job_request(model_id: str, prompt: str, max_tokens: int, sealed: bool, tempe
     if sealed:
         job = job.model_copy(update={"prompt": "", "node_id": "node-0", "sealed_prompt": confidential.seal_prompt(
             job.job_id, CLIENT.public, prompt, NODE.public, [VERIFIER.public])})
-    return sign(p.JobRequest.model_validate(job.model_dump()), CLIENT, p.DOMAIN_JOB_REQUEST)
+    return sign(p.JobRequest.model_validate(job.model_dump()), CLIENT)
 
 
 def on_the_wire(model: ReferenceModel, prompt: str, max_tokens: int, gen, chunks: list[bytes], sealed: bool,
@@ -93,7 +93,7 @@ def on_the_wire(model: ReferenceModel, prompt: str, max_tokens: int, gen, chunks
                           finish_reason="length", chunks=chunks, started_at=time.time(), finished_at=time.time())
     if sealed:
         result = confidential.seal_result(result)
-    return codec.encode(sign(result, NODE, p.DOMAIN_RESULT))
+    return codec.encode(sign(result, NODE))
 
 
 class Outsider:

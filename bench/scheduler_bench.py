@@ -215,7 +215,7 @@ def signed_jobs(n: int, n_adapters: int, n_clients: int, seed: int) -> list[byte
         job = p.JobRequest(job_id=p.new_job_id(), client_key=who.public, client_address="0x" + f"{k % n_clients:040x}",
                            model_id=MODEL, adapter_id=adapter_id(int(adapters[k])), prompt="Tell me about LoRA " * 4,
                            max_tokens=64, max_fee=10**18, created_at=now, expires_at=now + 3600)
-        out.append(codec.encode(sign(job, who, p.DOMAIN_JOB_REQUEST)))
+        out.append(codec.encode(sign(job, who)))
     return out
 
 
@@ -226,7 +226,7 @@ def admission(raw: list[bytes], nodes: int, per_window: int, assemble: bool, clo
     views_base = [f"n{i}" for i in range(nodes)]
     started = clock()
     for k, data in enumerate(raw):
-        job = codec.decode(p.JobRequest, data, p.MAX_BYTES[p.JOBS_SUBMIT])
+        job = p.JOBS_SUBMIT.decode(data)
         domain.check_signature(job)
         now = time.time()
         domain.check_timing(job, now, 300.0)
@@ -288,7 +288,7 @@ async def dispatch_overhead(n_jobs: int, window_ms: float) -> dict:
                 hb = sign(p.NodeHeartbeat(node_id="bench-node", node_key=node_key.public, payout_address="0x" + "1" * 40,
                                           model_ids=[MODEL], device="cpu", memory_free=0, adapters_hot=[],
                                           slots_total=10_000, slots_free=10_000, queue_depth=0, tokens_per_s=0,
-                                          at=time.time() + 3600), node_key, p.DOMAIN_HEARTBEAT)
+                                          at=time.time() + 3600), node_key)
                 kv = await rt.js.key_value(p.NODES_BUCKET)
                 await kv.put("bench-node", codec.encode(hb))
                 await sched.start()
@@ -299,8 +299,8 @@ async def dispatch_overhead(n_jobs: int, window_ms: float) -> dict:
                     job = sign(p.JobRequest(job_id=p.new_job_id(), client_key=client.public,
                                             client_address="0x" + "2" * 40, model_id=MODEL, adapter_id="",
                                             prompt="hi", max_tokens=8, max_fee=1, created_at=now,
-                                            expires_at=now + 600), client, p.DOMAIN_JOB_REQUEST)
-                    await js.publish(p.JOBS_SUBMIT, codec.encode(job), headers={"Nats-Msg-Id": job.job_id})
+                                            expires_at=now + 600), client)
+                    await js.publish(p.JOBS_SUBMIT.pattern, codec.encode(job), headers={"Nats-Msg-Id": job.job_id})
                     await asyncio.sleep(0.002)
                 deadline = time.monotonic() + 30
                 while len(acked) < n_jobs and time.monotonic() < deadline:

@@ -156,19 +156,19 @@ def _verdicts(pop: Population, n: int, adapter_ids: list[str]) -> list[bytes]:
         request = sign(p.JobRequest(
             job_id=p.new_job_id(), client_key=_CLIENT.public, client_address=pop.rng.choice(pop.clients).address,
             model_id="a" * 64, adapter_id=adapter_ids[k], prompt="hello", max_tokens=64, max_fee=2 * OPEN,
-            created_at=now, expires_at=now + 600), _CLIENT, p.DOMAIN_JOB_REQUEST)
+            created_at=now, expires_at=now + 600), _CLIENT)
         result = sign(p.InferenceResult(
             job_id=request.job_id, node_id="node-0", node_key=_NODE.public, node_address=pop.rng.choice(pop.nodes),
-            node_seq=1, request=request, request_hash=codec.content_id(request, p.DOMAIN_REQUEST_HASH),
+            node_seq=1, request=request, request_hash=request.request_hash(),
             model_id=request.model_id, adapter_id=request.adapter_id, tokenizer_id="c" * 64,
             prompt_tokens=list(range(256, 288)), output_tokens=list(range(300, 364)), output_text="x" * 64,
             finish_reason="eos", fingerprint=p.Fingerprint(chunks=[b"\x01" * 40] * 3), started_at=now,
-            finished_at=now), _NODE, p.DOMAIN_RESULT)
+            finished_at=now), _NODE)
         verdict = sign(p.Verdict(
             job_id=request.job_id, verifier_id="verifier-0", verifier_key=_VERIFIER.public,
-            verifier_address=pop.rng.choice(pop.verifiers), result_hash=codec.content_id(result, p.DOMAIN_RESULT_HASH),
+            verifier_address=pop.rng.choice(pop.verifiers), result_hash=result.result_hash(),
             accepted=True, audited=True, checks=[p.Check(name="fingerprint", ok=True)], result=result,
-            decided_at=now), _VERIFIER, p.DOMAIN_VERDICT)
+            decided_at=now), _VERIFIER)
         out.append(codec.encode(verdict))
     return out
 
@@ -198,7 +198,7 @@ async def _through_service(nats_url: str, verdicts: list[bytes], manifests: dict
         request = codec.decode(p.AdapterGet, msg.data)
         await msg.respond(manifests[request.adapter])
 
-    await nc.subscribe(p.DATASTORE_ADAPTER_GET, cb=datastore)
+    await nc.subscribe(p.DATASTORE_ADAPTER_GET.pattern, cb=datastore)
     seen: set[str] = set()
     target = asyncio.Event()
     wanted = [0]
@@ -208,7 +208,7 @@ async def _through_service(nats_url: str, verdicts: list[bytes], manifests: dict
         if len(seen) >= wanted[0]:
             target.set()
 
-    await nc.subscribe(p.RECEIPTS_ALL, cb=on_receipt)
+    await nc.subscribe(p.RECEIPTS_ALL.pattern, cb=on_receipt)
 
     async def burst(batch: list[bytes]) -> float:
         target.clear()

@@ -29,7 +29,7 @@ import nats
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 from nats.js.errors import NotFoundError
 
-from loranet import topology
+from loranet import protocol as p, topology
 from loranet.settings import CommonSettings
 from loranet.observability import EventLog
 
@@ -121,7 +121,7 @@ async def ensure_streams_and_consumers(js, settings: InitSettings, log: EventLog
                 raise
             log.info("jetstream.waiting", error=repr(exc)[:200])
             await asyncio.sleep(1)
-    for spec in (topology.SCHEDULER, topology.VERIFIER, topology.SETTLEMENT, topology.DATASTORE):
+    for spec in p.CONSUMERS:
         try:
             await js.consumer_info(spec.stream, spec.durable)
         except NotFoundError:

@@ -21,26 +21,26 @@ def job(**overrides) -> p.JobRequest:
                   adapter_id=ADAPTER, prompt="hello", max_tokens=8, max_fee=10**20, created_at=now,
                   expires_at=now + 60)
     fields.update(overrides)
-    return sign(p.JobRequest(**fields), CLIENT, p.DOMAIN_JOB_REQUEST)
+    return sign(p.JobRequest(**fields), CLIENT)
 
 
 def result(request: p.JobRequest | None = None) -> p.InferenceResult:
     request = request or job()
     r = p.InferenceResult(
         job_id=request.job_id, node_id="node-0", node_key=NODE.public, node_address=ADDR, node_seq=1, request=request,
-        request_hash=codec.content_id(request, p.DOMAIN_REQUEST_HASH), model_id=request.model_id,
+        request_hash=request.request_hash(), model_id=request.model_id,
         adapter_id=request.adapter_id, tokenizer_id="c" * 64, prompt_tokens=[256, 104, 105], output_tokens=[1, 2, 257],
         output_text="\x01\x02", finish_reason="eos", fingerprint=p.Fingerprint(chunks=[b"\x01" * 40, b"\x02" * 40]),
         started_at=time.time(), finished_at=time.time())
-    return sign(r, NODE, p.DOMAIN_RESULT)
+    return sign(r, NODE)
 
 
 def verdict(res: p.InferenceResult | None = None) -> p.Verdict:
     res = res or result()
     v = p.Verdict(job_id=res.job_id, verifier_id="verifier-0", verifier_key=VERIFIER.public, verifier_address=ADDR,
-                  result_hash=codec.content_id(res, p.DOMAIN_RESULT_HASH), accepted=True, audited=True,
+                  result_hash=res.result_hash(), accepted=True, audited=True,
                   checks=[p.Check(name="signature", ok=True)], result=res, decided_at=time.time())
-    return sign(v, VERIFIER, p.DOMAIN_VERDICT)
+    return sign(v, VERIFIER)
 
 
 def manifest() -> p.AdapterManifest:
@@ -49,38 +49,41 @@ def manifest() -> p.AdapterManifest:
                              rank=8, target_modules=["q_proj", "v_proj"])
 
 
+def model_manifest() -> p.ModelManifest:
+    return p.ModelManifest(model_id=MODEL, name="m", architecture="Llama", tokenizer_id="c" * 64)
+
+
 def examples() -> dict[str, p.Wire]:
-    """One valid message per subject pattern in protocol.SCHEMAS."""
+    """One valid message per declared subject pattern (protocol.SUBJECTS)."""
     j = job()
     r = result(j)
     return {
-        p.JOBS_SUBMIT: j,
-        p.JOBS_RERUN: p.RerunRequest(job_id=j.job_id, attempt=1, request=j, exclude=["node-0"], reason="rejected",
+        p.JOBS_SUBMIT.pattern: j,
+        p.JOBS_RERUN.pattern: p.RerunRequest(job_id=j.job_id, attempt=1, request=j, exclude=["node-0"], reason="rejected",
                                      at=time.time()),
-        p.WORK_ALL: p.WorkBatch(batch_id=p.new_job_id(), node_id="node-0", model_id=MODEL,
+        p.WORK_ALL.pattern: p.WorkBatch(batch_id=p.new_job_id(), node_id="node-0", model_id=MODEL,
                                 segments=[p.WorkSegment(adapter_id=ADAPTER, jobs=[j])], dispatched_at=time.time(),
                                 scheduler_id="scheduler"),
-        p.RESULTS_ALL: r,
-        p.VERDICTS_ALL: verdict(r),
-        p.RECEIPTS_ALL: p.Receipt(job_id=j.job_id, status="settled", fee=10**20,
+        p.RESULTS_ALL.pattern: r,
+        p.VERDICTS_ALL.pattern: verdict(r),
+        p.RECEIPTS_ALL.pattern: p.Receipt(job_id=j.job_id, status="settled", fee=10**20,
                                   payouts=[p.Payout(party="node", address=ADDR, amount=10**20)], epoch=1,
                                   tx_hash="0x" + "0" * 64, block=3, settled_at=time.time()),
-        p.JOB_EVENTS_ALL: p.JobEvent(job_id=j.job_id, stage="admitted", service="scheduler", body=codec.encode(j),
+        p.JOB_EVENTS_ALL.pattern: p.JobEvent(job_id=j.job_id, stage="admitted", service="scheduler", body=codec.encode(j),
                                      at=time.time()),
-        p.DEAD_LETTER_ALL: p.DeadLetter(subject="jobs.submit", service="scheduler", reason="x", data=b"\x00",
+        p.DEAD_LETTER_ALL.pattern: p.DeadLetter(subject="jobs.submit", service="scheduler", reason="x", data=b"\x00",
                                         at=time.time()),
-        p.DATASTORE_MODEL_PUT: p.ModelPut(manifest=p.ModelManifest(model_id=MODEL, name="m", architecture="Llama",
-                                                                   tokenizer_id="c" * 64)),
-        p.DATASTORE_MODEL_GET: p.ModelGet(model="m"),
-        p.DATASTORE_ADAPTER_PUT: p.AdapterPut(manifest=manifest(), config=b"{}", weights=b"\x00" * 16),
-        p.DATASTORE_ADAPTER_GET: p.AdapterGet(adapter="demo-x"),
-        p.DATASTORE_ADAPTER_LIST: p.AdapterList(base_model_id=MODEL),
-        p.DATASTORE_ADAPTER_BLOB: p.AdapterGet(adapter=ADAPTER),
-        p.DATASTORE_JOB_GET: p.JobGet(job_id=j.job_id),
-        p.DATASTORE_JOB_LIST: p.JobList(client_address=ADDR),
-        p.SETTLEMENT_BALANCE: p.BalanceGet(address=ADDR),
-        p.SETTLEMENT_FAUCET: p.Faucet(address=ADDR, amount=10**21, escrow=10**20),
-        p.SETTLEMENT_STAKE: p.StakeGet(address=ADDR),
-        p.SETTLEMENT_RESERVE: p.Reserve(job_id=j.job_id, client_address=ADDR, max_fee=10**20),
-        p.SETTLEMENT_RELEASE: p.Release(job_id=j.job_id, reason="expired"),
+        p.DATASTORE_MODEL_PUT.pattern: p.ModelPut(manifest=model_manifest()),
+        p.DATASTORE_MODEL_GET.pattern: p.ModelGet(model="m"),
+        p.DATASTORE_ADAPTER_PUT.pattern: p.AdapterPut(manifest=manifest(), config=b"{}", weights=b"\x00" * 16),
+        p.DATASTORE_ADAPTER_GET.pattern: p.AdapterGet(adapter="demo-x"),
+        p.DATASTORE_ADAPTER_LIST.pattern: p.AdapterList(base_model_id=MODEL),
+        p.DATASTORE_ADAPTER_BLOB.pattern: p.AdapterGet(adapter=ADAPTER),
+        p.DATASTORE_JOB_GET.pattern: p.JobGet(job_id=j.job_id),
+        p.DATASTORE_JOB_LIST.pattern: p.JobList(client_address=ADDR),
+        p.SETTLEMENT_BALANCE.pattern: p.BalanceGet(address=ADDR),
+        p.SETTLEMENT_FAUCET.pattern: p.Faucet(address=ADDR, amount=10**21, escrow=10**20),
+        p.SETTLEMENT_STAKE.pattern: p.StakeGet(address=ADDR),
+        p.SETTLEMENT_RESERVE.pattern: p.Reserve(job_id=j.job_id, client_address=ADDR, max_fee=10**20),
+        p.SETTLEMENT_RELEASE.pattern: p.Release(job_id=j.job_id, reason="expired"),
     }

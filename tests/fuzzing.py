@@ -20,7 +20,6 @@ from tests import factories
 KINDS = ("bytes", "truncate", "bitflip", "wrong_type", "huge_field", "deep", "version", "extra_field",
          "missing_field", "forged", "unsigned", "replay", "not_a_map")
 _STRANGER = Identity.from_seed(b"x" * 32)
-_SIGNED_DOMAINS = {p.JOBS_SUBMIT: p.DOMAIN_JOB_REQUEST, p.RESULTS_ALL: p.DOMAIN_RESULT, p.VERDICTS_ALL: p.DOMAIN_VERDICT}
 
 
 def _wrong_value(rng: random.Random, value: object) -> object:
@@ -39,7 +38,7 @@ def hostile_messages(subject: str, n: int, rng: random.Random) -> Iterator[tuple
     example = factories.examples()[subject]
     wire = example.to_wire()
     valid = codec.encode(example)
-    domain = _SIGNED_DOMAINS.get(subject)
+    signed = issubclass(p.declared(subject).schema, p.Signed)
     for i in range(n):
         kind = KINDS[i % len(KINDS)]
         if kind == "bytes":
@@ -67,9 +66,9 @@ def hostile_messages(subject: str, n: int, rng: random.Random) -> Iterator[tuple
         elif kind == "missing_field":
             key = rng.choice([k for k in wire if k != "v"] or ["v"])
             data = msgpack.packb({k: v for k, v in wire.items() if k != key}, use_bin_type=True)
-        elif kind == "forged" and domain:
-            data = codec.encode(sign(_fresh(subject), _STRANGER, domain))
-        elif kind == "unsigned" and domain:
+        elif kind == "forged" and signed:
+            data = codec.encode(sign(_fresh(subject), _STRANGER))
+        elif kind == "unsigned" and signed:
             data = codec.encode(_fresh(subject).model_copy(update={"signature": b""}))
         elif kind == "replay":
             data = valid
@@ -82,19 +81,18 @@ def hostile_messages(subject: str, n: int, rng: random.Random) -> Iterator[tuple
 
 def acceptable(subject: str, data: bytes) -> bool:
     """Whether `data` decodes as the subject's schema and, where signed, verifies."""
-    from loranet.signing import SignatureInvalid, verify
+    from loranet.signing import SignatureInvalid
 
     try:
-        message = codec.decode(p.SCHEMAS[subject], data, p.MAX_BYTES.get(subject, codec.MAX_MESSAGE_BYTES))
+        message = p.declared(subject).decode(data)
     except codec.DecodeError:
         return False
     if isinstance(message, p.RerunRequest):  # the client's request inside must still verify
-        subject, message = p.JOBS_SUBMIT, message.request
-    key_field = {p.JOBS_SUBMIT: "client_key", p.RESULTS_ALL: "node_key", p.VERDICTS_ALL: "verifier_key"}.get(subject)
-    if key_field is None:
+        message = message.request
+    if not isinstance(message, p.Signed):
         return True
     try:
-        verify(message, getattr(message, key_field), _SIGNED_DOMAINS[subject])
+        message.verify()
     except SignatureInvalid:
         return False
     return True

@@ -266,7 +266,7 @@ async def cmd_model_register(args: argparse.Namespace) -> int:
         try:
             nc = await nats.connect(dn.role_url(args.state_dir, "init", state["nats_url"]))
             try:
-                await request(nc, p.DATASTORE_MODEL_PUT, p.ModelPut(manifest=model_manifest(model)), p.ModelManifest,
+                await request(nc, p.DATASTORE_MODEL_PUT, p.ModelPut(manifest=model_manifest(model)),
                               timeout=30)
             finally:
                 await nc.close()
@@ -360,7 +360,7 @@ async def cmd_stake(args: argparse.Namespace) -> int:
                 pass
         address = address or client.address
         try:
-            stake = await request(client.nc, p.SETTLEMENT_STAKE, p.StakeGet(address=address), p.Stake)
+            stake = await request(client.nc, p.SETTLEMENT_STAKE, p.StakeGet(address=address))
         except RemoteError as exc:
             return _fail(f"{exc.code}: {exc.message}")
     row = {k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v

@@ -16,7 +16,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client as NATS
@@ -28,6 +28,9 @@ from .model.catalog import default_model_name
 from .model.tokenizers import render_chat
 from .runtime import RemoteError, request
 from .signing import Identity, SignatureInvalid, devnet_address, sign, verify
+
+M = TypeVar("M", bound=p.Wire)
+R = TypeVar("R", bound=p.Wire)
 
 DEFAULT_MAX_FEE = 10**18  # 1 OPEN
 REGISTRY_FRESH_S = 30.0  # heartbeats and verifier announcements older than this are ignored
@@ -131,19 +134,18 @@ class Client:
     async def __aexit__(self, *exc: object) -> None:
         await self.nc.drain()
 
-    async def _request(self, subject: str, message: p.Wire, reply: type, timeout: float | None = None):
-        return await request(self.nc, subject, message, reply, timeout or self.timeout_s)
+    async def _request(self, subject: p.Request[M, R], message: M, timeout: float | None = None, to: str = "") -> R:
+        return await request(self.nc, subject, message, timeout or self.timeout_s, to=to)
 
     async def adapter(self, name_or_id: str) -> p.AdapterManifest:
-        return await self._request(p.DATASTORE_ADAPTER_GET, p.AdapterGet(adapter=name_or_id), p.AdapterManifest)
+        return await self._request(p.DATASTORE_ADAPTER_GET, p.AdapterGet(adapter=name_or_id))
 
     async def model(self, name_or_id: str = "") -> p.ModelManifest:
         """A base model's registry record ("" = the default model, $LORANET_MODEL or SmolLM2)."""
-        return await self._request(p.DATASTORE_MODEL_GET, p.ModelGet(model=name_or_id or default_model_name()),
-                                   p.ModelManifest)
+        return await self._request(p.DATASTORE_MODEL_GET, p.ModelGet(model=name_or_id or default_model_name()))
 
     async def adapters(self, base_model_id: str = "") -> list[p.AdapterManifest]:
-        reply = await self._request(p.DATASTORE_ADAPTER_LIST, p.AdapterList(base_model_id=base_model_id), p.AdapterListReply)
+        reply = await self._request(p.DATASTORE_ADAPTER_LIST, p.AdapterList(base_model_id=base_model_id))
         return reply.adapters
 
     async def register_adapter(self, path: str, manifest: dict[str, Any]) -> p.AdapterManifest:
@@ -171,18 +173,17 @@ class Client:
             target_modules=sorted(config.get("target_modules") or []), registered_at=time.time(),
         )
         return await self._request(p.DATASTORE_ADAPTER_PUT, p.AdapterPut(manifest=record, config=config_bytes,
-                                                                         weights=weights), p.AdapterManifest, timeout=60)
+                                                                         weights=weights), timeout=60)
 
     async def balance(self, address: str | None = None) -> p.Balance:
-        return await self._request(p.SETTLEMENT_BALANCE, p.BalanceGet(address=address or self.address), p.Balance)
+        return await self._request(p.SETTLEMENT_BALANCE, p.BalanceGet(address=address or self.address))
 
     async def faucet(self, amount: int, escrow: int) -> p.Balance:
-        return await self._request(p.SETTLEMENT_FAUCET, p.Faucet(address=self.address, amount=amount, escrow=escrow),
-                                   p.Balance, timeout=60)
+        return await self._request(p.SETTLEMENT_FAUCET, p.Faucet(address=self.address, amount=amount, escrow=escrow), timeout=60)
 
     async def job(self, job_id: str) -> p.JobRecord:
         """The record of one of this client's jobs (the datastore answers no other client's)."""
-        return await self._request(p.datastore_job_get(self.identity.public), p.JobGet(job_id=job_id), p.JobRecord)
+        return await self._request(p.DATASTORE_JOB_GET, p.JobGet(job_id=job_id), to=p.datastore_job_get(self.identity.public))
 
     def build(self, *, model_id: str, adapter_id: str, prompt: str, max_tokens: int,
               sampling: p.SamplingParams | None = None, max_fee: int = DEFAULT_MAX_FEE, ttl_s: float = 600.0,
@@ -194,10 +195,10 @@ class Client:
             sampling=sampling or p.SamplingParams(), max_fee=max_fee, created_at=now, expires_at=now + ttl_s,
             region=region, tokenizer_id=tokenizer_id,
         )
-        return sign(job, self.identity, p.DOMAIN_JOB_REQUEST)
+        return sign(job, self.identity)
 
     async def publish(self, job: p.JobRequest) -> None:
-        ack = await self.js.publish(p.JOBS_SUBMIT, codec.encode(job), headers={"Nats-Msg-Id": job.job_id})
+        ack = await self.js.publish(p.JOBS_SUBMIT.pattern, codec.encode(job), headers={"Nats-Msg-Id": job.job_id})
         if ack.duplicate:
             raise JobFailed(f"job id {job.job_id} was already submitted")
 
@@ -224,7 +225,7 @@ class Client:
         for value in await self._registry(p.NODES_BUCKET):
             try:
                 hb = codec.decode(p.NodeHeartbeat, value)
-                verify(hb, hb.node_key, p.DOMAIN_HEARTBEAT)
+                hb.verify()
             except (codec.DecodeError, SignatureInvalid):
                 continue
             if now - hb.at < REGISTRY_FRESH_S and (not model_id or model_id in hb.model_ids):
@@ -237,7 +238,7 @@ class Client:
         for value in await self._registry(p.VERIFIERS_BUCKET):
             try:
                 ann = codec.decode(p.VerifierAnnouncement, value)
-                verify(ann, ann.verifier_key, p.DOMAIN_VERIFIER_ANNOUNCEMENT)
+                ann.verify()
             except (codec.DecodeError, SignatureInvalid):
                 continue
             if now - ann.at < REGISTRY_FRESH_S and (not model_id or model_id in ann.model_ids):
@@ -261,7 +262,7 @@ class Client:
             raise JobFailed(f"no verifier has announced a key for model {job.model_id[:12]}… (KV {p.VERIFIERS_BUCKET!r})")
         sealed = confidential.seal_prompt(job.job_id, job.client_key, job.prompt, node.node_key, committee)
         job = job.model_copy(update={"prompt": "", "sealed_prompt": sealed, "node_id": node.node_id, "signature": b""})
-        return sign(p.JobRequest.model_validate(job.model_dump()), self.identity, p.DOMAIN_JOB_REQUEST)
+        return sign(p.JobRequest.model_validate(job.model_dump()), self.identity)
 
     async def submit(self, adapter: str, prompt: str, max_tokens: int = 32, *, model: str = "",
                      sampling: p.SamplingParams | None = None, max_fee: int = DEFAULT_MAX_FEE, region: str = "",

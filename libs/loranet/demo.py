@@ -78,12 +78,11 @@ async def register_catalogue(nc: NATS, model: str, n_adapters: int, cache_dir: s
 
     resolved, adapters = await asyncio.to_thread(build_catalogue, model, n_adapters, cache_dir)
     manifest = await asyncio.to_thread(model_manifest, resolved)
-    await request(nc, p.DATASTORE_MODEL_PUT, p.ModelPut(manifest=manifest), p.ModelManifest, timeout=30)
+    await request(nc, p.DATASTORE_MODEL_PUT, p.ModelPut(manifest=manifest), timeout=30)
     names = []
     for name, path, adapter_id, contributors in adapters:
         config_bytes, weights = adapter_to_blobs(path)
         manifest = demo_manifest(name, adapter_id, resolved.model_id, json.loads(config_bytes), contributors)
-        await request(nc, p.DATASTORE_ADAPTER_PUT, p.AdapterPut(manifest=manifest, config=config_bytes, weights=weights),
-                      p.AdapterManifest, timeout=30)
+        await request(nc, p.DATASTORE_ADAPTER_PUT, p.AdapterPut(manifest=manifest, config=config_bytes, weights=weights), timeout=30)
         names.append(name)
     return resolved.model_id, names

@@ -164,14 +164,14 @@ def client_permissions(client_id: str) -> dict[str, dict[str, list[str]]]:
     return {
         "pub": {
             "allow": [
-                p.JOBS_SUBMIT,
+                p.JOBS_SUBMIT.pattern,
                 # follow its own jobs' events: a named consumer whose filter is in the API subject
                 f"$JS.API.CONSUMER.CREATE.EVENTS.*.{own_events}",
                 "$JS.FC.EVENTS.>",
                 p.datastore_job_get(client_id),
-                p.DATASTORE_MODEL_GET, p.DATASTORE_ADAPTER_GET, p.DATASTORE_ADAPTER_LIST,
-                p.DATASTORE_ADAPTER_PUT,  # adapter developers register their adapters
-                p.SETTLEMENT_BALANCE, p.SETTLEMENT_FAUCET, p.SETTLEMENT_STAKE,
+                p.DATASTORE_MODEL_GET.pattern, p.DATASTORE_ADAPTER_GET.pattern, p.DATASTORE_ADAPTER_LIST.pattern,
+                p.DATASTORE_ADAPTER_PUT.pattern,  # adapter developers register their adapters
+                p.SETTLEMENT_BALANCE.pattern, p.SETTLEMENT_FAUCET.pattern, p.SETTLEMENT_STAKE.pattern,
                 # confidential jobs: watch the node registry and the verifiers' keys, read-only
                 "$JS.API.STREAM.INFO.KV_nodes", "$JS.API.CONSUMER.CREATE.KV_nodes",
                 "$JS.API.CONSUMER.CREATE.KV_nodes.>", "$JS.API.CONSUMER.INFO.KV_nodes.*",

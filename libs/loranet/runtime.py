@@ -1,8 +1,9 @@
 """The service runtime: every loranet service starts, serves and drains here.
 
 A service is a table of routes — `Pull` (a JetStream durable consumer feeding
-a typed handler) and `Endpoint` (a nats.micro request-reply endpoint) — plus
-any background tasks.  The runtime owns the connection, the topology, the
+a typed handler) and `Endpoint` (a nats.micro request-reply endpoint), each
+taking the subject's declaration from loranet.protocol (schema, size limit,
+reply type) — plus any background tasks.  The runtime owns the connection, the topology, the
 pull loops with slot-limited fetching and `in_progress()` heartbeats, the
 dead-letter path, metrics and JSON logs, and a graceful drain on SIGTERM.
 
@@ -35,7 +36,8 @@ from . import codec, protocol
 from .codec import DecodeError, Wire
 from .observability import DEAD_LETTERS, HANDLER_SECONDS, MESSAGES, EventLog, serve_metrics
 from .settings import CommonSettings
-from .topology import ConsumerSpec, consumer_config, ensure_topology
+from .protocol import Consumer, Request, Subject
+from .topology import consumer_config, ensure_topology
 
 M = TypeVar("M", bound=Wire)
 R = TypeVar("R", bound=Wire)
@@ -86,26 +88,26 @@ class Delivery:
 
 
 @dataclass(frozen=True)
-class Pull(Generic[M]):
-    """Route: a durable consumer whose messages decode as `schema` into `handler`."""
+class Pull:
+    """Route: a durable consumer whose messages decode as its subject's schema into `handler`."""
 
     name: str
-    consumer: ConsumerSpec
-    schema: type[M]
-    handler: Callable[[M, Delivery], Awaitable[None]]
+    consumer: Consumer
+    handler: Callable[[Any, Delivery], Awaitable[None]]
     slots: int = 16
-    max_bytes: int = codec.MAX_MESSAGE_BYTES
+
+    @property
+    def subject(self) -> Subject[Any]:
+        return self.consumer.subject
 
 
 @dataclass(frozen=True)
-class Endpoint(Generic[M]):
-    """Route: a request-reply endpoint; `handler` returns the reply message."""
+class Endpoint:
+    """Route: a request-reply endpoint; `handler` returns the subject's reply message."""
 
     name: str
-    subject: str
-    schema: type[M]
+    subject: Request[Any, Any]
     handler: Callable[..., Awaitable[Wire]]
-    max_bytes: int = codec.MAX_MESSAGE_BYTES
     # The handler also gets the request's subject (a wildcard endpoint whose last token names the caller).
     with_subject: bool = False
 
@@ -236,13 +238,13 @@ class Runtime:
 
     # -- routes ------------------------------------------------------------
 
-    async def mount(self, routes: Sequence[Pull[Any] | Endpoint[Any]]) -> None:
+    async def mount(self, routes: Sequence[Pull | Endpoint]) -> None:
         endpoints = [r for r in routes if isinstance(r, Endpoint)]
         if endpoints:
             self._micro = await nats.micro.add_service(self.nc, name=self.service, version=self.version)
             for ep in endpoints:
                 await self._micro.add_endpoint(
-                    name=ep.name, subject=ep.subject, handler=self._endpoint_handler(ep), queue_group=self.service
+                    name=ep.name, subject=ep.subject.pattern, handler=self._endpoint_handler(ep), queue_group=self.service
                 )
         for route in routes:
             if isinstance(route, Pull):
@@ -256,13 +258,15 @@ class Runtime:
                 self._subs.append(sub)
                 self._loops.append(asyncio.ensure_future(self._pull_loop(route, sub, stats)))
 
-    def _endpoint_handler(self, ep: Endpoint[Any]) -> Callable[[MicroRequest], Awaitable[None]]:
+    def _endpoint_handler(self, ep: Endpoint) -> Callable[[MicroRequest], Awaitable[None]]:
         async def handle(req: MicroRequest) -> None:
             started = time.perf_counter()
             outcome = "ok"
             try:
-                message = codec.decode(ep.schema, req.data, ep.max_bytes)
+                message = ep.subject.decode(req.data)
                 reply = await (ep.handler(message, req.subject) if ep.with_subject else ep.handler(message))
+                if not isinstance(reply, ep.subject.reply):
+                    raise TypeError(f"{ep.name} answered {type(reply).__name__}, not {ep.subject.reply.__name__}")
                 await req.respond(codec.encode(reply))
             except DecodeError as exc:
                 outcome = "invalid"
@@ -287,7 +291,7 @@ class Runtime:
         except Exception as exc:
             self.log.warning("endpoint.reply_failed", error=repr(exc))
 
-    async def _pull_loop(self, route: Pull[Any], sub: JetStreamContext.PullSubscription, stats: _Stats) -> None:
+    async def _pull_loop(self, route: Pull, sub: JetStreamContext.PullSubscription, stats: _Stats) -> None:
         while not self.stopping.is_set():
             free = route.slots - stats.inflight
             if free <= 0:
@@ -315,7 +319,7 @@ class Runtime:
                 self._handlers.add(task)
                 task.add_done_callback(self._handlers.discard)
 
-    async def _handle(self, route: Pull[Any], msg: Msg, stats: _Stats) -> None:
+    async def _handle(self, route: Pull, msg: Msg, stats: _Stats) -> None:
         started = time.perf_counter()
         deliveries = msg.metadata.num_delivered if msg.metadata else 1
         outcome = "ok"
@@ -323,7 +327,7 @@ class Runtime:
         heartbeat = asyncio.ensure_future(self._keep_alive(msg, route.consumer.ack_wait_s))
         try:
             try:
-                message = codec.decode(route.schema, msg.data, route.max_bytes)
+                message = route.subject.decode(msg.data)
             except DecodeError as exc:
                 outcome = "invalid"
                 await self.dead_letter(route.name, msg, str(exc), deliveries)
@@ -417,7 +421,7 @@ class Runtime:
         headers = {"Nats-Msg-Id": msg_id} if msg_id else None
         await self.js.publish(subject, codec.encode(message), headers=headers)
 
-    async def emit(self, job_id: str, stage: str, body: Wire | None = None, reason: str = "", node_id: str = "",
+    async def emit(self, job_id: str, stage: protocol.Stage, body: Wire | None = None, reason: str = "", node_id: str = "",
                    dedup: str = "", client_key: bytes | None = None, attempt: int = 0) -> None:
         """Record a job transition on jobs.events.<client_id>.<job_id> (de-duplicated per job, stage, `dedup`
         and, for a re-run, `attempt`).
@@ -437,8 +441,9 @@ class Runtime:
         await self.publish(protocol.job_events(client_key, job_id), event, msg_id=msg_id)
         self.log.info(f"job.{stage}", job_id=job_id, node_id=node_id, reason=reason[:200])
 
-    async def request(self, subject: str, message: Wire, reply_schema: type[R], timeout: float | None = None) -> R:
-        return await request(self.nc, subject, message, reply_schema, timeout or self.settings.request_timeout_s)
+    async def request(self, subject: Request[M, R], message: M, timeout: float | None = None, to: str = "") -> R:
+        """Ask `subject`'s responders (at the concrete subject `to` for a wildcard one); typed reply or RemoteError."""
+        return await request(self.nc, subject, message, timeout or self.settings.request_timeout_s, to=to)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -451,9 +456,13 @@ def is_transient(exc: BaseException) -> bool:
                             TimeoutError, ConnectionError))
 
 
-async def request(nc: NATS, subject: str, message: Wire, reply_schema: type[R], timeout: float = 10.0) -> R:
-    """Request-reply with typed errors: raises RemoteError for an error reply."""
-    msg = await nc.request(subject, codec.encode(message), timeout=timeout)
+async def request(nc: NATS, subject: Request[M, R], message: M, timeout: float = 10.0, to: str = "") -> R:
+    """Request-reply with typed errors: the reply `subject` declares, or RemoteError for an error reply.
+
+    `to` is the concrete subject of a wildcard declaration (datastore.job.get.<client_id>)."""
+    if "*" in subject.pattern and not to:
+        raise ValueError(f"{subject.pattern} is a pattern: name the concrete subject (to=...)")
+    msg = await nc.request(to or subject.pattern, subject.encode(message), timeout=timeout)
     headers = msg.headers or {}
     if ERROR_CODE_HEADER in headers:
         try:
@@ -461,4 +470,4 @@ async def request(nc: NATS, subject: str, message: Wire, reply_schema: type[R], 
             raise RemoteError(err.code, err.message, err.field)
         except DecodeError:
             raise RemoteError("internal", headers.get("Nats-Service-Error", "unknown error")) from None
-    return codec.decode(reply_schema, msg.data)
+    return codec.decode(subject.reply, msg.data)

@@ -1,8 +1,9 @@
 """Ed25519 identities and signatures over domain-tagged canonical bytes.
 
 Requests are signed by clients, results by nodes, verdicts by verifiers.  The
-domain tag (one per schema, in loranet.protocol) stops a signature made for
-one kind of message from being replayed as another.
+domain tag (one per signed schema: its `SIGNING_DOMAIN`, see loranet.protocol's
+`Signed`) stops a signature made for one kind of message from being replayed as
+another.
 """
 
 from __future__ import annotations
@@ -87,14 +88,23 @@ def write_secret_file(path: str | os.PathLike[str], text: str) -> None:
 M = TypeVar("M", bound=Wire)
 
 
-def sign(message: M, identity: Identity, domain: str) -> M:
-    """Return a copy of `message` with its `signature` field set."""
-    signature = identity.sign_bytes(canonical_bytes(message, domain))
+def signing_domain(message: Wire) -> str:
+    """The domain tag a signed schema declares (TypeError for a schema that is not signed)."""
+    domain = getattr(type(message), "SIGNING_DOMAIN", "")
+    if not domain:
+        raise TypeError(f"{type(message).__name__} is not a signed schema")
+    return str(domain)
+
+
+def sign(message: M, identity: Identity) -> M:
+    """Return a copy of `message` (a signed schema) with its `signature` field set."""
+    signature = identity.sign_bytes(canonical_bytes(message, signing_domain(message)))
     return message.model_copy(update={"signature": signature})
 
 
-def verify(message: Wire, public_key: bytes, domain: str) -> None:
+def verify(message: Wire, public_key: bytes) -> None:
     """Raise SignatureInvalid unless `message.signature` verifies under `public_key`."""
+    domain = signing_domain(message)
     signature = getattr(message, "signature", b"")
     if len(public_key) != 32:
         raise SignatureInvalid(f"public key must be 32 bytes, got {len(public_key)}")

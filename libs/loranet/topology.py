@@ -1,13 +1,11 @@
-"""Every JetStream stream, durable consumer and KV bucket, declared once.
+"""Creates what loranet.protocol.subjects declares: streams, KV buckets, consumer configs.
 
-`ensure_topology` creates them idempotently (safe to run from every replica
-and from the devnet's init step).  Consumers are created by the pull loop
-from the ConsumerSpec a service names here.
+`ensure_topology` creates the streams and the `nodes` bucket idempotently (safe
+to run from every replica and from the devnet's init step).  Consumers are
+created by the runtime's pull loop from the `Consumer` a route names.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from nats.js.api import (
     AckPolicy,
@@ -22,60 +20,10 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 
 from . import protocol as p
+from .protocol import Consumer
 
 
-@dataclass(frozen=True)
-class StreamSpec:
-    name: str
-    subjects: tuple[str, ...]
-    work_queue: bool
-    max_age_s: float = 0.0  # 0 = keep forever
-    max_msg_bytes: int = 8 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class ConsumerSpec:
-    stream: str
-    durable: str
-    filter_subject: str
-    ack_wait_s: float = 30.0
-    # A handler's own errors dead-letter a message after this many deliveries.
-    max_deliver: int = 5
-    max_ack_pending: int = 1024
-    # JetStream's own cap, far above max_deliver: transient failures (a peer service
-    # timing out, NATS reconnecting) and crash redeliveries may retry this long before the
-    # runtime parks the message on the dead-letter subject (never dropped silently).
-    max_deliver_transient: int = 200
-
-
-STREAMS: tuple[StreamSpec, ...] = (
-    StreamSpec("JOBS", (p.JOBS_SUBMIT, p.JOBS_RERUN), work_queue=True),
-    StreamSpec("WORK", (p.WORK_ALL,), work_queue=True),
-    StreamSpec("RESULTS", (p.RESULTS_ALL,), work_queue=False, max_age_s=30 * 86400),
-    StreamSpec("VERDICTS", (p.VERDICTS_ALL,), work_queue=False, max_age_s=30 * 86400),
-    StreamSpec("RECEIPTS", (p.RECEIPTS_ALL,), work_queue=False),
-    StreamSpec("EVENTS", (p.JOB_EVENTS_ALL,), work_queue=False, max_age_s=30 * 86400),
-    StreamSpec("DEADLETTER", (p.DEAD_LETTER_ALL,), work_queue=False, max_age_s=30 * 86400),
-)
-
-# Durable consumers, one per role.  Replicas of a role share the durable, so
-# JetStream hands each message to exactly one of them.
-# Handlers send in_progress() every ack_wait/3 while they work, so ack_wait only
-# bounds how long a crashed replica's messages wait before redelivery.
-SCHEDULER = ConsumerSpec("JOBS", "scheduler", p.JOBS_SUBMIT, ack_wait_s=10, max_deliver=5)
-# Re-runs of jobs whose result was finally rejected (settlement → scheduler).
-SCHEDULER_RERUN = ConsumerSpec("JOBS", "scheduler-rerun", p.JOBS_RERUN, ack_wait_s=10, max_deliver=5)
-VERIFIER = ConsumerSpec("RESULTS", "verifier", p.RESULTS_ALL, ack_wait_s=10, max_deliver=5)
-SETTLEMENT = ConsumerSpec("VERDICTS", "settlement", p.VERDICTS_ALL, ack_wait_s=15, max_deliver=10)
-DATASTORE = ConsumerSpec("EVENTS", "datastore", p.JOB_EVENTS_ALL, ack_wait_s=10, max_deliver=10)
-
-
-def node_consumer(node_id: str) -> ConsumerSpec:
-    """The durable through which one inference node pulls its work."""
-    return ConsumerSpec("WORK", f"node-{node_id}", p.work(node_id), ack_wait_s=10, max_deliver=3)
-
-
-def consumer_config(spec: ConsumerSpec) -> ConsumerConfig:
+def consumer_config(spec: Consumer) -> ConsumerConfig:
     return ConsumerConfig(
         durable_name=spec.durable,
         filter_subject=spec.filter_subject,
@@ -88,7 +36,7 @@ def consumer_config(spec: ConsumerSpec) -> ConsumerConfig:
 
 async def ensure_topology(js: JetStreamContext, replicas: int = 1, node_ttl_s: float = 15.0) -> None:
     """Create (or update) every stream and KV bucket; idempotent."""
-    for spec in STREAMS:
+    for spec in p.STREAMS:
         config = StreamConfig(
             name=spec.name,
             subjects=list(spec.subjects),
@@ -118,12 +66,6 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1, node_ttl_s: f
             )
         except BadRequestError:
             pass
-
-
-# The settlement service's own bucket: the epoch it is committing (its crash-recovery
-# journal). Created by settlement alone (not by ensure_topology), so no other role needs
-# rights on it.
-SETTLEMENT_BUCKET = "settlement"
 
 
 async def ensure_bucket(js: JetStreamContext, bucket: str, replicas: int = 1, history: int = 1):

@@ -35,18 +35,19 @@ from loranet.codec import DecodeError, Wire
 from loranet.model.adapters import adapter_id_of_blobs
 from loranet.runtime import Reject, ServiceError
 
+# Where each stage stands in a job's life; the stages that end the work (p.Stage.ends_work) rank above
+# every work stage of every attempt.
 STAGE_RANK: dict[str, int] = {
-    "admitted": 1,
-    "rerun": 2,
-    "dispatched": 3,
-    "result": 4,
-    "verdict": 5,
-    "rejected": 6,
-    "failed": 6,
-    "settled": 7,
-    "refunded": 7,
+    p.Stage.ADMITTED: 1,
+    p.Stage.RERUN: 2,
+    p.Stage.DISPATCHED: 3,
+    p.Stage.RESULT: 4,
+    p.Stage.VERDICT: 5,
+    p.Stage.REJECTED: 6,
+    p.Stage.FAILED: 6,
+    p.Stage.SETTLED: 7,
+    p.Stage.REFUNDED: 7,
 }
-TERMINAL_RANK = 6  # rejected, failed, settled, refunded: above every work stage of every attempt
 
 # The message each stage's event carries in `body`; None = body may be empty.
 STAGE_BODY: dict[str, type[Wire] | None] = {
@@ -238,7 +239,7 @@ def status_of(stages: list[str]) -> str:
 def event_order(event: p.JobEvent) -> tuple[int, int, int]:
     """Where an event stands in the job's life: terminal stages above all, then (attempt, stage rank)."""
     rank = STAGE_RANK[event.stage]
-    return (1, 0, rank) if rank >= TERMINAL_RANK else (0, event.attempt, rank)
+    return (1, 0, rank) if event.stage.ends_work else (0, event.attempt, rank)
 
 
 def assemble_record(job_id: str, fields: Mapping[str, bytes]) -> p.JobRecord:

@@ -10,14 +10,10 @@ from loranet import codec, protocol as p
 from loranet.model.adapters import adapter_id_of_blobs
 from loranet.observability import EventLog
 from loranet.runtime import Delivery, Endpoint, Pull, ServiceError
-from loranet.topology import DATASTORE
 
 from . import domain
 from .settings import DatastoreSettings
 from .store import BlobCorrupted, RegistryStore
-
-_SMALL_REQUEST = 64 * 1024
-
 
 class DatastoreHandlers:
     def __init__(self, store: RegistryStore, settings: DatastoreSettings, log: EventLog, stopping: asyncio.Event | None = None) -> None:
@@ -26,22 +22,17 @@ class DatastoreHandlers:
         self.log = log
         self.stopping = stopping or asyncio.Event()
 
-    def routes(self) -> list[Endpoint[Any] | Pull[Any]]:
-        def endpoint(name: str, subject: str, handler: Any) -> Endpoint[Any]:
-            schema = p.SCHEMAS[subject]
-            return Endpoint(name, subject, schema, handler, max_bytes=p.MAX_BYTES.get(subject, _SMALL_REQUEST))
-
+    def routes(self) -> list[Endpoint | Pull]:
         return [
-            endpoint("model-put", p.DATASTORE_MODEL_PUT, self.put_model),
-            endpoint("model-get", p.DATASTORE_MODEL_GET, self.get_model),
-            endpoint("adapter-put", p.DATASTORE_ADAPTER_PUT, self.put_adapter),
-            endpoint("adapter-get", p.DATASTORE_ADAPTER_GET, self.get_adapter),
-            endpoint("adapter-list", p.DATASTORE_ADAPTER_LIST, self.list_adapters),
-            endpoint("adapter-blob", p.DATASTORE_ADAPTER_BLOB, self.adapter_blob),
-            Endpoint("job-get", p.DATASTORE_JOB_GET, p.JobGet, self.get_job, max_bytes=_SMALL_REQUEST, with_subject=True),
-            endpoint("job-list", p.DATASTORE_JOB_LIST, self.list_jobs),
-            Pull("job-events", DATASTORE, p.JobEvent, self.on_job_event, slots=32,
-                 max_bytes=p.MAX_BYTES[p.JOB_EVENTS_ALL]),
+            Endpoint("model-put", p.DATASTORE_MODEL_PUT, self.put_model),
+            Endpoint("model-get", p.DATASTORE_MODEL_GET, self.get_model),
+            Endpoint("adapter-put", p.DATASTORE_ADAPTER_PUT, self.put_adapter),
+            Endpoint("adapter-get", p.DATASTORE_ADAPTER_GET, self.get_adapter),
+            Endpoint("adapter-list", p.DATASTORE_ADAPTER_LIST, self.list_adapters),
+            Endpoint("adapter-blob", p.DATASTORE_ADAPTER_BLOB, self.adapter_blob),
+            Endpoint("job-get", p.DATASTORE_JOB_GET, self.get_job, with_subject=True),
+            Endpoint("job-list", p.DATASTORE_JOB_LIST, self.list_jobs),
+            Pull("job-events", p.DATASTORE_EVENTS, self.on_job_event, slots=32),
         ]
 
     # -- models ------------------------------------------------------------

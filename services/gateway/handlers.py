@@ -97,12 +97,11 @@ class Gateway:
         bases = []
         for name in self.settings.gateway_models:
             try:
-                bases.append(await self._call(request(self.nc, p.DATASTORE_MODEL_GET, p.ModelGet(model=name),
-                                                      p.ModelManifest, self.settings.request_timeout_s)))
+                bases.append(await self._call(request(self.nc, p.DATASTORE_MODEL_GET, p.ModelGet(model=name), self.settings.request_timeout_s)))
             except ApiError as exc:
                 if exc.code != "not_found":
                     raise
-        reply = await self._call(request(self.nc, p.DATASTORE_ADAPTER_LIST, p.AdapterList(), p.AdapterListReply,
+        reply = await self._call(request(self.nc, p.DATASTORE_ADAPTER_LIST, p.AdapterList(),
                                          self.settings.request_timeout_s))
         self._catalogue, self._catalogue_at = domain.Catalogue.build(bases, reply.adapters), now
         return self._catalogue

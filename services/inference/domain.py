@@ -11,10 +11,6 @@ class BadJob(ValueError):
     """A job this node cannot run; the reason goes back to the client."""
 
 
-def request_hash(job: p.JobRequest) -> str:
-    return codec.content_id(job, p.DOMAIN_REQUEST_HASH)
-
-
 def sampler_params(job: p.JobRequest) -> SamplerParams:
     s = job.sampling
     try:
@@ -40,7 +36,7 @@ def build_result(*, job: p.JobRequest, node_id: str, node_key: bytes, node_addre
     """The unsigned result binding job, model, adapter, tokens and fingerprint."""
     return p.InferenceResult(
         job_id=job.job_id, node_id=node_id, node_key=node_key, node_address=node_address, node_seq=node_seq,
-        request=job, request_hash=request_hash(job), model_id=model_id, adapter_id=job.adapter_id,
+        request=job, request_hash=job.request_hash(), model_id=model_id, adapter_id=job.adapter_id,
         tokenizer_id=tokenizer_id, prompt_tokens=prompt_tokens, output_tokens=output_tokens,
         output_text=output_text, finish_reason=finish_reason,
         fingerprint=p.Fingerprint(chunk_tokens=CHUNK_TOKENS, top_k=TOP_K, chunks=chunks),

@@ -53,8 +53,7 @@ class InferenceNode:
         self._recent: OrderedDict[tuple[str, int], p.InferenceResult] = OrderedDict()  # (job id, attempt)
 
     def routes(self) -> Sequence[Pull]:
-        return [Pull("work", topology.node_consumer(self.settings.node_id), p.WorkBatch, self.on_batch,
-                     slots=self.settings.batch_slots, max_bytes=p.MAX_BYTES[p.WORK_ALL])]
+        return [Pull("work", p.node_work(self.settings.node_id), self.on_batch, slots=self.settings.batch_slots)]
 
     # -- heartbeats ------------------------------------------------------
 
@@ -71,7 +70,7 @@ class InferenceNode:
             slots_free=max(total - depth, 0), queue_depth=depth,
             tokens_per_s=tps, region=self.settings.region, at=time.time(),
         )
-        return sign(hb, self.identity, p.DOMAIN_HEARTBEAT)
+        return sign(hb, self.identity)
 
     async def heartbeat_loop(self) -> None:
         kv = await self.rt.js.key_value(p.NODES_BUCKET)
@@ -96,12 +95,12 @@ class InferenceNode:
         await asyncio.shield(task)
 
     async def _fetch_adapter(self, adapter_id: str) -> None:
-        blob = await self.rt.request(p.DATASTORE_ADAPTER_BLOB, p.AdapterGet(adapter=adapter_id), p.AdapterBlob, timeout=30)
+        blob = await self.rt.request(p.DATASTORE_ADAPTER_BLOB, p.AdapterGet(adapter=adapter_id), timeout=30)
         await asyncio.to_thread(self.engine.install_adapter, adapter_id, blob.config, blob.weights)
         self.rt.log.info("adapter.loaded", adapter_id=adapter_id)
 
     async def fail(self, job: p.JobRequest, reason: str, attempt: int = 0) -> None:
-        await self.rt.emit(job.job_id, "failed", reason=reason, node_id=self.settings.node_id,
+        await self.rt.emit(job.job_id, p.Stage.FAILED, reason=reason, node_id=self.settings.node_id,
                            dedup=self.settings.node_id, client_key=job.client_key, attempt=attempt)
 
     async def on_batch(self, batch: p.WorkBatch, delivery: Delivery) -> None:
@@ -183,7 +182,7 @@ class InferenceNode:
         )
         if job.confidential:  # token ids, text and fingerprint only inside sealed_output, to client + committee
             result = confidential.seal_result(result)
-        result = sign(result, self.identity, p.DOMAIN_RESULT)
+        result = sign(result, self.identity)
         self._recent[(job.job_id, attempt)] = result
         while len(self._recent) > self.settings.recent_results:
             self._recent.popitem(last=False)
@@ -193,5 +192,5 @@ class InferenceNode:
         suffix = f":{result.attempt}" if result.attempt else ""
         await self.rt.publish(p.results(self.settings.node_id), result,
                               msg_id=f"{result.job_id}:{self.settings.node_id}{suffix}")
-        await self.rt.emit(result.job_id, "result", body=result, node_id=self.settings.node_id,
+        await self.rt.emit(result.job_id, p.Stage.RESULT, body=result, node_id=self.settings.node_id,
                            dedup=self.settings.node_id, attempt=result.attempt)

@@ -43,7 +43,7 @@ class Refusal(Exception):
 
 def check_signature(job: p.JobRequest) -> None:
     """Raise SignatureInvalid unless the client's signature covers the job."""
-    verify(job, job.client_key, p.DOMAIN_JOB_REQUEST)
+    job.verify()
 
 
 def check_timing(job: p.JobRequest, now: float, max_skew_s: float) -> None:
@@ -82,7 +82,7 @@ def live_nodes(heartbeats: Iterable[p.NodeHeartbeat], now: float, ttl_s: float) 
         if now - hb.at > ttl_s:
             continue
         try:
-            verify(hb, hb.node_key, p.DOMAIN_HEARTBEAT)
+            hb.verify()
         except SignatureInvalid:
             continue
         out.append(hb)

@@ -38,9 +38,9 @@ NODE_DURABLE = "node-"
 REDISPATCH_DURABLE = "redispatch-"
 
 
-def redispatch_consumer(node_id: str) -> topology.ConsumerSpec:
+def redispatch_consumer(node_id: str) -> p.Consumer:
     """The durable through which scheduler replicas share a dead node's leftover batches."""
-    return topology.ConsumerSpec("WORK", f"{REDISPATCH_DURABLE}{node_id}", p.work(node_id), ack_wait_s=30, max_deliver=5)
+    return p.Consumer(p.WORK_ALL, f"{REDISPATCH_DURABLE}{node_id}", ack_wait_s=30, max_deliver=5, filter=p.work(node_id))
 
 
 class NodeRegistryView:
@@ -101,29 +101,27 @@ class Scheduler:
 
     def routes(self) -> Sequence[Pull]:
         return [
-            Pull("jobs", topology.SCHEDULER, p.JobRequest, self.on_job, slots=self.settings.admission_slots,
-                 max_bytes=p.MAX_BYTES[p.JOBS_SUBMIT]),
-            Pull("reruns", topology.SCHEDULER_RERUN, p.RerunRequest, self.on_rerun,
-                 slots=self.settings.admission_slots, max_bytes=p.MAX_BYTES[p.JOBS_RERUN]),
+            Pull("jobs", p.SCHEDULER_JOBS, self.on_job, slots=self.settings.admission_slots),
+            Pull("reruns", p.SCHEDULER_RERUNS, self.on_rerun, slots=self.settings.admission_slots),
         ]
 
     async def start(self) -> None:
         """Background work beside the routes: event tracking, dispatching, failover."""
-        self._event_sub = await self.rt.nc.subscribe(p.JOB_EVENTS_ALL, cb=self._on_event)
+        self._event_sub = await self.rt.nc.subscribe(p.JOB_EVENTS_ALL.pattern, cb=self._on_event)
         self.rt.spawn(self.dispatch_loop(), name="dispatch")
         self.rt.spawn(self.failover_loop(), name="failover")
 
     # -- look-ups -----------------------------------------------------------
 
-    async def _registry_get(self, cache: dict[str, tuple[float, Any]], key: str, subject: str, message: p.Wire,
-                            reply: type) -> Any:
+    async def _registry_get(self, cache: dict[str, tuple[float, Any]], key: str, subject: p.Request[Any, Any],
+                            message: p.Wire) -> Any:
         """A registry record from the datastore (None when unknown), cached for adapter_cache_s."""
         now = time.time()
         cached = cache.get(key)
         if cached and now - cached[0] < self.settings.adapter_cache_s:
             return cached[1]
         try:
-            record = await self.rt.request(subject, message, reply)
+            record = await self.rt.request(subject, message)
         except RemoteError as exc:
             if exc.code != "not_found":
                 raise
@@ -133,22 +131,21 @@ class Scheduler:
 
     async def adapter(self, adapter_id: str) -> p.AdapterManifest | None:
         return await self._registry_get(self._adapters, adapter_id, p.DATASTORE_ADAPTER_GET,
-                                        p.AdapterGet(adapter=adapter_id), p.AdapterManifest)
+                                        p.AdapterGet(adapter=adapter_id))
 
     async def model(self, model_id: str) -> p.ModelManifest | None:
-        return await self._registry_get(self._models, model_id, p.DATASTORE_MODEL_GET,
-                                        p.ModelGet(model=model_id), p.ModelManifest)
+        return await self._registry_get(self._models, model_id, p.DATASTORE_MODEL_GET, p.ModelGet(model=model_id))
 
     async def escrow(self, address: str) -> int:
-        balance = await self.rt.request(p.SETTLEMENT_BALANCE, p.BalanceGet(address=address), p.Balance)
+        balance = await self.rt.request(p.SETTLEMENT_BALANCE, p.BalanceGet(address=address))
         return balance.escrow
 
     async def reserve(self, job: p.JobRequest) -> str:
         """Lock the job's max fee in its client's escrow on chain: 'reserved', or the final state
         ('settled'/'refunded') of a job seen before; raises Refusal when the escrow cannot cover it."""
         try:
-            reply = await self.rt.request(p.SETTLEMENT_RESERVE, p.Reserve(job_id=job.job_id, client_address=job.client_address,
-                                                                          max_fee=job.max_fee), p.Reservation, timeout=30)
+            reserve = p.Reserve(job_id=job.job_id, client_address=job.client_address, max_fee=job.max_fee)
+            reply = await self.rt.request(p.SETTLEMENT_RESERVE, reserve, timeout=30)
         except RemoteError as exc:
             if exc.code == "conflict":
                 raise domain.Refusal(f"escrow of {job.client_address} cannot cover max_fee {job.max_fee}: "
@@ -161,8 +158,8 @@ class Scheduler:
         if not self.settings.reserve_escrow:
             return
         try:
-            await self.rt.request(p.SETTLEMENT_RELEASE, p.Release(job_id=job_id, reason=reason[:1024],
-                                                                  client_key=client_key), p.Receipt, timeout=60)
+            await self.rt.request(p.SETTLEMENT_RELEASE, p.Release(job_id=job_id, reason=reason[:1024], client_key=client_key),
+                                  timeout=60)
         except Exception as exc:  # another replica released it, or settlement is down: the job stays reserved
             self.rt.log.warning("job.release_failed", job_id=job_id, error=repr(exc))
 
@@ -213,7 +210,7 @@ class Scheduler:
             self.rt.log.info("job.redelivered_done", job_id=job.job_id, stages=sorted(past))
             return
         if not self.limiter.allow(job.client_key):
-            await self.rt.emit(job.job_id, "rejected", client_key=job.client_key, reason=(
+            await self.rt.emit(job.job_id, p.Stage.REJECTED, client_key=job.client_key, reason=(
                 f"rate limit: client {job.client_key.hex()[:16]} may submit {self.settings.client_rate_per_s:g} jobs/s "
                 f"(bursts of {self.settings.client_burst}); retry in {self.limiter.retry_after(job.client_key):.1f}s"))
             return
@@ -228,11 +225,11 @@ class Scheduler:
             elif self.settings.require_escrow:
                 domain.check_escrow(job, await self.escrow(job.client_address))
         except domain.Refusal as refusal:
-            await self.rt.emit(job.job_id, "rejected", reason=refusal.reason, client_key=job.client_key)
+            await self.rt.emit(job.job_id, p.Stage.REJECTED, reason=refusal.reason, client_key=job.client_key)
             return
         # The event is sent (in order on this connection, before any `dispatched`) while the job
         # is routed; its ack is awaited before the job is acknowledged.
-        admitted = asyncio.ensure_future(self.rt.emit(job.job_id, "admitted", body=job))
+        admitted = asyncio.ensure_future(self.rt.emit(job.job_id, p.Stage.ADMITTED, body=job))
         await asyncio.sleep(0)
         try:
             # Back-pressure: the ticket holds this admission slot (the runtime keeps the message
@@ -246,7 +243,7 @@ class Scheduler:
                 live = any(hb.node_id == job.node_id for hb in await self.registry.nodes())
                 reason = (f"expired before node {job.node_id}, the one it names, could take it "
                           f"({'busy or not serving it' if live else 'unknown or dead'})")
-            await self.rt.emit(job.job_id, "rejected", reason=reason, client_key=job.client_key)
+            await self.rt.emit(job.job_id, p.Stage.REJECTED, reason=reason, client_key=job.client_key)
             await self.release(job.job_id, reason, job.client_key)
 
     async def on_rerun(self, rerun: p.RerunRequest, delivery: Delivery) -> None:
@@ -355,7 +352,7 @@ class Scheduler:
             reason = (f"re-run (attempt {ticket.attempt}), not on {', '.join(sorted(ticket.avoid))}"
                       + (f"; {reason}" if reason else ""))
         try:
-            await self.rt.emit(ticket.job_id, "dispatched", node_id=node_id, dedup=node_id, reason=reason,
+            await self.rt.emit(ticket.job_id, p.Stage.DISPATCHED, node_id=node_id, dedup=node_id, reason=reason,
                                client_key=ticket.payload.client_key, attempt=ticket.attempt)
         except Exception as exc:  # the work is out; a missing event must not hold it back
             self.rt.log.warning("dispatch.event_failed", job_id=ticket.job_id, node_id=node_id, error=repr(exc))
@@ -431,7 +428,7 @@ class Scheduler:
 
     async def _restore_durable(self, node_id: str) -> None:
         # Same config the node's own runtime creates; creating an identical consumer is idempotent.
-        spec = topology.node_consumer(node_id)
+        spec = p.node_work(node_id)
         config = topology.consumer_config(spec)
         config.name = spec.durable
         try:
@@ -502,7 +499,7 @@ class Scheduler:
     async def _redispatch(self, node_id: str, msg: Any) -> bool:
         """Send a dead node's batch's unfinished jobs elsewhere; False if the node came back first."""
         try:
-            batch = codec.decode(p.WorkBatch, msg.data, p.MAX_BYTES[p.WORK_ALL])
+            batch = p.WORK_ALL.decode(msg.data)
         except DecodeError as exc:
             await self.rt.dead_letter("redispatch", msg, str(exc))
             return True
@@ -530,7 +527,7 @@ class Scheduler:
         for job, to in zip(todo, nodes):
             if to is None:
                 reason = f"node {node_id} died and the job expired before another could take it"
-                await self.rt.emit(job.job_id, "rejected", reason=reason, client_key=job.client_key)
+                await self.rt.emit(job.job_id, p.Stage.REJECTED, reason=reason, client_key=job.client_key)
                 await self.release(job.job_id, reason, job.client_key)
         self.redispatched += sum(1 for n in nodes if n)
         self.rt.log.info("batch.redispatched", node_id=node_id, batch_id=batch.batch_id, jobs=len(todo),

@@ -18,13 +18,13 @@ class BadVerdict(ValueError):
 def check_verdict(verdict: p.Verdict) -> None:
     """The verdict and the result inside it are both signed by who they claim."""
     try:
-        verify(verdict, verdict.verifier_key, p.DOMAIN_VERDICT)
-        verify(verdict.result, verdict.result.node_key, p.DOMAIN_RESULT)
+        verdict.verify()
+        verdict.result.verify()
     except SignatureInvalid as exc:
         raise BadVerdict(str(exc)) from None
     if verdict.result.job_id != verdict.job_id or verdict.result.request.job_id != verdict.job_id:
         raise BadVerdict("verdict, result and request name different jobs")
-    if codec.content_id(verdict.result, p.DOMAIN_RESULT_HASH) != verdict.result_hash:
+    if verdict.result.result_hash() != verdict.result_hash:
         raise BadVerdict("result_hash does not match the result carried in the verdict")
 
 

@@ -79,16 +79,15 @@ class Settlement:
 
     def routes(self) -> Sequence[Pull | Endpoint]:
         routes: list[Pull | Endpoint] = [
-            Pull("verdicts", topology.SETTLEMENT, p.Verdict, self.on_verdict,
-                 slots=max(self.settings.epoch_max_jobs * 2, 8), max_bytes=p.MAX_BYTES[p.VERDICTS_ALL]),
-            Endpoint("balance", p.SETTLEMENT_BALANCE, p.BalanceGet, self.balance),
-            Endpoint("stake", p.SETTLEMENT_STAKE, p.StakeGet, self.stake),
+            Pull("verdicts", p.SETTLEMENT_VERDICTS, self.on_verdict, slots=max(self.settings.epoch_max_jobs * 2, 8)),
+            Endpoint("balance", p.SETTLEMENT_BALANCE, self.balance),
+            Endpoint("stake", p.SETTLEMENT_STAKE, self.stake),
         ]
         if self.settings.reservations:
-            routes += [Endpoint("reserve", p.SETTLEMENT_RESERVE, p.Reserve, self.reserve),
-                       Endpoint("release", p.SETTLEMENT_RELEASE, p.Release, self.release)]
+            routes += [Endpoint("reserve", p.SETTLEMENT_RESERVE, self.reserve),
+                       Endpoint("release", p.SETTLEMENT_RELEASE, self.release)]
         if self.settings.faucet:
-            routes.append(Endpoint("faucet", p.SETTLEMENT_FAUCET, p.Faucet, self.faucet))
+            routes.append(Endpoint("faucet", p.SETTLEMENT_FAUCET, self.faucet))
         return routes
 
     # -- request-reply -----------------------------------------------------
@@ -295,9 +294,9 @@ class Settlement:
         rerun = p.RerunRequest(job_id=job_id, attempt=runs.attempt, request=verdict.result.request,
                                exclude=list(runs.failed), reason=why[:1024], at=time.time())
         # The event first: a scheduler that dispatches the re-run then finds `rerun` before its `dispatched`.
-        await self.rt.emit(job_id, "rerun", body=rerun, node_id=verdict.result.node_id, reason=why,
+        await self.rt.emit(job_id, p.Stage.RERUN, body=rerun, node_id=verdict.result.node_id, reason=why,
                            attempt=runs.attempt)
-        await self.rt.publish(p.JOBS_RERUN, rerun, msg_id=f"{job_id}:rerun:{runs.attempt}")
+        await self.rt.publish(p.JOBS_RERUN.pattern, rerun, msg_id=f"{job_id}:rerun:{runs.attempt}")
         self.rt.log.warning("job.rerun", job_id=job_id, attempt=runs.attempt, exclude=list(runs.failed))
 
     async def _manifest(self, adapter_id: str) -> p.AdapterManifest | None:
@@ -307,7 +306,7 @@ class Settlement:
         if cached and time.monotonic() - cached[0] < _MANIFEST_TTL_S:
             return cached[1]
         try:
-            manifest = await self.rt.request(p.DATASTORE_ADAPTER_GET, p.AdapterGet(adapter=adapter_id), p.AdapterManifest)
+            manifest = await self.rt.request(p.DATASTORE_ADAPTER_GET, p.AdapterGet(adapter=adapter_id))
         except RemoteError as exc:
             raise RuntimeError(f"adapter manifest for {adapter_id} unavailable: {exc}") from None
         self._manifests[adapter_id] = (time.monotonic(), manifest)
@@ -471,7 +470,7 @@ class Settlement:
             if existing is not None:
                 return existing
         # The event first: a receipt on the stream then implies its event was recorded too.
-        await self.rt.emit(receipt.job_id, receipt.status, body=receipt, reason=reason,
+        await self.rt.emit(receipt.job_id, p.Stage(receipt.status), body=receipt, reason=reason,
                            client_key=await self._client_key(receipt.job_id))
         await self.rt.publish(p.receipts(receipt.job_id), receipt, msg_id=f"{receipt.job_id}:receipt")
         return receipt

@@ -45,7 +45,7 @@ class SettlementSettings(CommonSettings):
     fault_point: str = ""
     fault_after: int = 0  # pass the fault point this many times before crashing at it
     # The KV bucket holding the epoch being committed (the crash-recovery journal).
-    journal_bucket: str = "settlement"  # loranet.topology.SETTLEMENT_BUCKET
+    journal_bucket: str = "settlement"  # loranet.p.SETTLEMENT_BUCKET
 
     @field_validator("fault_point")
     @classmethod

@@ -40,14 +40,6 @@ def check(name: str, ok: bool, detail: str = "") -> p.Check:
     return p.Check.model_construct(name=name[:64], ok=bool(ok), detail=detail[:MAX_DETAIL])
 
 
-def request_hash(job: p.JobRequest) -> str:
-    return codec.content_id(job, p.DOMAIN_REQUEST_HASH)
-
-
-def result_hash(result: p.InferenceResult) -> str:
-    return codec.content_id(result, p.DOMAIN_RESULT_HASH)
-
-
 def sampler_params(job: p.JobRequest) -> SamplerParams:
     s = job.sampling
     return SamplerParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
@@ -63,7 +55,7 @@ def heartbeat_key(hb: p.NodeHeartbeat, node_id: str) -> bytes:
     if hb.node_id != node_id:
         raise Forged(f"heartbeat under key {node_id!r} names node {hb.node_id!r}")
     try:
-        verify(hb, hb.node_key, p.DOMAIN_HEARTBEAT)
+        hb.verify()
     except SignatureInvalid as exc:
         raise Forged(f"heartbeat of node {node_id}: {exc}") from None
     return hb.node_key
@@ -79,7 +71,7 @@ def authenticate(result: p.InferenceResult, subject: str, registered_key: bytes 
         raise Forged(f"node_key {result.node_key.hex()[:16]} is not node {result.node_id}'s registered key "
                      f"{registered_key.hex()[:16]}")
     try:
-        verify(result, result.node_key, p.DOMAIN_RESULT)
+        result.verify()
     except SignatureInvalid as exc:
         raise Forged(f"node signature: {exc}") from None
 
@@ -103,11 +95,11 @@ def cheap_checks(result: p.InferenceResult, model_id: str, tok: Tokenizer, node_
     req = result.request
     out: list[p.Check] = []
     try:
-        verify(req, req.client_key, p.DOMAIN_JOB_REQUEST)
+        req.verify()
         out.append(check("request_signature", True))
     except SignatureInvalid as exc:
         out.append(check("request_signature", False, str(exc)))
-    rh = request_hash(req)
+    rh = req.request_hash()
     out.append(check("request_hash", result.request_hash == rh, "" if result.request_hash == rh else f"claimed {result.request_hash}, recomputed {rh}"))
     out.append(check("job_id", result.job_id == req.job_id, "" if result.job_id == req.job_id else f"result {result.job_id} != request {req.job_id}"))
     ok = result.model_id == req.model_id == model_id
@@ -332,11 +324,11 @@ def build_verdict(result: p.InferenceResult, checks: list[p.Check], audited: boo
     """The signed verdict: accepted iff every check passed."""
     verdict = p.Verdict(
         job_id=result.job_id, verifier_id=verifier_id, verifier_key=identity.public,
-        verifier_address=verifier_address, result_hash=result_hash(result),
+        verifier_address=verifier_address, result_hash=result.result_hash(),
         accepted=all(c.ok for c in checks), audited=audited, checks=checks[:64], result=result,
         decided_at=time.time() if decided_at is None else decided_at,
     )
-    return sign(verdict, identity, p.DOMAIN_VERDICT)
+    return sign(verdict, identity)
 
 
 # ---------------------------------------------------------------------------

@@ -94,8 +94,7 @@ class Verifier:
         self._inflight: set[tuple[str, int]] = set()  # runs (job id, attempt) being judged: a duplicate delivered meanwhile is skipped
 
     def routes(self) -> Sequence[Pull]:
-        return [Pull("results", topology.VERIFIER, p.InferenceResult, self.on_result, slots=self.settings.slots,
-                     max_bytes=p.MAX_BYTES[p.RESULTS_ALL])]
+        return [Pull("results", p.VERIFIER_RESULTS, self.on_result, slots=self.settings.slots)]
 
     async def ensure_adapter(self, adapter_id: str) -> None:
         if not adapter_id or self.engine.has_adapter(adapter_id):
@@ -104,8 +103,7 @@ class Verifier:
         async with lock:
             if self.engine.has_adapter(adapter_id):
                 return
-            blob = await self.rt.request(p.DATASTORE_ADAPTER_BLOB, p.AdapterGet(adapter=adapter_id), p.AdapterBlob,
-                                         timeout=30)
+            blob = await self.rt.request(p.DATASTORE_ADAPTER_BLOB, p.AdapterGet(adapter=adapter_id), timeout=30)
             await asyncio.to_thread(self.engine.install_adapter, adapter_id, blob.config, blob.weights)
             self.rt.log.info("adapter.loaded", adapter_id=adapter_id)
 
@@ -209,7 +207,7 @@ class Verifier:
         verdict = domain.build_verdict(result, checks, audited, self.verifier_id, self.identity, self.address)
         suffix = f":{result.attempt}" if result.attempt else ""  # a re-run is verdicted again by the same verifier
         await self.rt.publish(p.verdicts(result.job_id), verdict, msg_id=f"{result.job_id}:{self.verifier_id}{suffix}")
-        await self.rt.emit(result.job_id, "verdict", body=verdict, node_id=result.node_id, dedup=self.verifier_id,
+        await self.rt.emit(result.job_id, p.Stage.VERDICT, body=verdict, node_id=result.node_id, dedup=self.verifier_id,
                            reason="" if verdict.accepted else "failed: " + ",".join(c.name for c in checks if not c.ok),
                            attempt=result.attempt)
         self.settle(result, checks, audited, verdict.accepted)
@@ -242,7 +240,7 @@ class Verifier:
         model_id = getattr(self.engine, "model_id", None)
         return sign(p.VerifierAnnouncement(verifier_id=self.verifier_id, verifier_key=self.identity.public,
                                            verifier_address=self.address, model_ids=[model_id] if model_id else [],
-                                           at=time.time()), self.identity, p.DOMAIN_VERIFIER_ANNOUNCEMENT)
+                                           at=time.time()), self.identity)
 
     async def announce_loop(self) -> None:
         """Keep this verifier's signed key in KV `verifiers` (key: its id), where clients find the committee."""

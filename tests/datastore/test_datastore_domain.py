@@ -23,7 +23,7 @@ def _fields(events):
 
 
 def test_stage_order_is_total_over_every_stage():
-    assert set(domain.STAGE_RANK) == set(p.JobStage.__args__) == set(domain.STAGE_BODY)
+    assert set(domain.STAGE_RANK) == set(p.Stage) == set(domain.STAGE_BODY)
     assert domain.status_of(["settled", "dispatched"]) == "settled"
     assert domain.status_of(["verdict", "failed"]) == "failed"
     assert domain.status_of(["failed", "refunded", "admitted"]) == "refunded"

@@ -20,7 +20,7 @@ async def publish(ds, ev: p.JobEvent, msg_id: str | None = None) -> None:
 
 
 async def get_job(ds, job_id: str) -> p.JobRecord:
-    return await request(ds.nc, p.datastore_job_get(KEY), p.JobGet(job_id=job_id), p.JobRecord, timeout=10)
+    return await request(ds.nc, p.DATASTORE_JOB_GET, p.JobGet(job_id=job_id), timeout=10, to=p.datastore_job_get(KEY))
 
 
 async def wait_for(ds, job_id: str, predicate, timeout: float = 15.0) -> p.JobRecord:
@@ -62,7 +62,7 @@ async def test_record_from_shuffled_duplicated_events(datastore):
     await asyncio.sleep(0.5)
     assert await get_job(ds, job_id) == record
     # The per-client index.
-    listed = await request(ds.nc, p.DATASTORE_JOB_LIST, p.JobList(client_address=CLIENT.lower()), p.JobListReply)
+    listed = await request(ds.nc, p.DATASTORE_JOB_LIST, p.JobList(client_address=CLIENT.lower()))
     assert [(j.job_id, j.status, j.adapter_id) for j in listed.jobs] == [(job_id, "settled", req.adapter_id)]
 
 
@@ -77,7 +77,7 @@ async def test_a_record_is_answered_to_its_own_client_only(datastore):
     assert record.result is not None and record.result.output_text
     for other in ("ef" * 32, "00" * 32):
         with pytest.raises(RemoteError) as err:
-            await request(ds.nc, p.datastore_job_get(other), p.JobGet(job_id=job_id), p.JobRecord, timeout=10)
+            await request(ds.nc, p.DATASTORE_JOB_GET, p.JobGet(job_id=job_id), timeout=10, to=p.datastore_job_get(other))
         assert err.value.code == "not_found" and "this client" in err.value.message
 
 
@@ -131,7 +131,7 @@ async def test_request_recovered_from_result_and_client_index_paging(datastore):
     assert rec.request is not None and rec.request.job_id == ids[4]
 
     async def page(**kw):
-        reply = await request(ds.nc, p.DATASTORE_JOB_LIST, p.JobList(client_address=CLIENT, **kw), p.JobListReply)
+        reply = await request(ds.nc, p.DATASTORE_JOB_LIST, p.JobList(client_address=CLIENT, **kw))
         return reply.jobs
 
     deadline = time.monotonic() + 10

@@ -26,7 +26,7 @@ async def test_module_runs_and_stops_cleanly(nats_server):
         code = None
         while code is None and time.monotonic() < deadline:
             try:
-                await request(nc, p.datastore_job_get("01" * 32), p.JobGet(job_id=p.new_job_id()), p.JobRecord, timeout=1)
+                await request(nc, p.DATASTORE_JOB_GET, p.JobGet(job_id=p.new_job_id()), timeout=1, to=p.datastore_job_get("01" * 32))
             except RemoteError as exc:
                 code = exc.code
             except Exception:  # no responders yet

@@ -11,13 +11,13 @@ from loranet.runtime import RemoteError, request
 from services.datastore import domain
 
 
-async def call(ds, subject, message, schema):
-    return await request(ds.nc, subject, message, schema, timeout=10)
+async def call(ds, subject, message):
+    return await request(ds.nc, subject, message, timeout=10)
 
 
 async def expect_error(ds, subject, message, code, field=None):
     with pytest.raises(RemoteError) as err:
-        await call(ds, subject, message, p.Wire)
+        await call(ds, subject, message)
     assert err.value.code == code, err.value.message
     if field is not None:
         assert err.value.field == field, err.value.message
@@ -30,19 +30,19 @@ async def raw_error(ds, subject: str, data: bytes) -> p.ErrorReply:
 
 
 async def register(ds, models, n=3):
-    await call(ds, p.DATASTORE_MODEL_PUT, p.ModelPut(manifest=model_manifest(models.model_id)), p.ModelManifest)
-    return [await call(ds, p.DATASTORE_ADAPTER_PUT, adapter_put(a, models.model_id), p.AdapterManifest) for a in models.adapters[:n]]
+    await call(ds, p.DATASTORE_MODEL_PUT, p.ModelPut(manifest=model_manifest(models.model_id)))
+    return [await call(ds, p.DATASTORE_ADAPTER_PUT, adapter_put(a, models.model_id)) for a in models.adapters[:n]]
 
 
 async def test_model_register_get_idempotent_and_conflicts(datastore, models):
     ds = datastore
     put = p.ModelPut(manifest=model_manifest(models.model_id))
-    first = await call(ds, p.DATASTORE_MODEL_PUT, put, p.ModelManifest)
+    first = await call(ds, p.DATASTORE_MODEL_PUT, put)
     assert first.registered_at > 0 and first.name == "tiny-llama"
-    again = await call(ds, p.DATASTORE_MODEL_PUT, put, p.ModelManifest)
+    again = await call(ds, p.DATASTORE_MODEL_PUT, put)
     assert again == first  # idempotent: the first registration stands, timestamp included
-    assert await call(ds, p.DATASTORE_MODEL_GET, p.ModelGet(model="tiny-llama"), p.ModelManifest) == first
-    assert await call(ds, p.DATASTORE_MODEL_GET, p.ModelGet(model=models.model_id), p.ModelManifest) == first
+    assert await call(ds, p.DATASTORE_MODEL_GET, p.ModelGet(model="tiny-llama")) == first
+    assert await call(ds, p.DATASTORE_MODEL_GET, p.ModelGet(model=models.model_id)) == first
     # Same id, another name → conflict; same name, another id → conflict.
     renamed = p.ModelPut(manifest=model_manifest(models.model_id, name="renamed"))
     await expect_error(ds, p.DATASTORE_MODEL_PUT, renamed, "conflict", "manifest")
@@ -60,15 +60,15 @@ async def test_adapter_register_get_list_blob(datastore, models):
     a0 = models.adapters[0]
     assert stored[0].adapter_id == a0.adapter_id and stored[0].registered_at > 0
     # Re-upload of the same content is a no-op that returns the first registration.
-    again = await call(ds, p.DATASTORE_ADAPTER_PUT, adapter_put(a0, models.model_id), p.AdapterManifest)
+    again = await call(ds, p.DATASTORE_ADAPTER_PUT, adapter_put(a0, models.model_id))
     assert again == stored[0]
-    by_name = await call(ds, p.DATASTORE_ADAPTER_GET, p.AdapterGet(adapter=a0.name), p.AdapterManifest)
-    by_id = await call(ds, p.DATASTORE_ADAPTER_GET, p.AdapterGet(adapter=a0.adapter_id), p.AdapterManifest)
+    by_name = await call(ds, p.DATASTORE_ADAPTER_GET, p.AdapterGet(adapter=a0.name))
+    by_id = await call(ds, p.DATASTORE_ADAPTER_GET, p.AdapterGet(adapter=a0.adapter_id))
     assert by_name == by_id == stored[0]
     await expect_error(ds, p.DATASTORE_ADAPTER_GET, p.AdapterGet(adapter="missing"), "not_found", "adapter")
     # Blobs come back byte-identical, and hash to the id; chunked (16 KiB chunks in tests).
     for a in models.adapters:
-        blob = await call(ds, p.DATASTORE_ADAPTER_BLOB, p.AdapterGet(adapter=a.name), p.AdapterBlob)
+        blob = await call(ds, p.DATASTORE_ADAPTER_BLOB, p.AdapterGet(adapter=a.name))
         assert (blob.adapter_id, blob.config, blob.weights) == (a.adapter_id, a.config, a.weights)
     import hashlib
     sha = hashlib.sha256(models.adapters[2].weights).hexdigest()
@@ -78,14 +78,14 @@ async def test_adapter_register_get_list_blob(datastore, models):
 
 async def test_adapter_list_filters(datastore, models):
     ds = datastore
-    await call(ds, p.DATASTORE_MODEL_PUT, p.ModelPut(manifest=model_manifest(models.model_id)), p.ModelManifest)
+    await call(ds, p.DATASTORE_MODEL_PUT, p.ModelPut(manifest=model_manifest(models.model_id)))
     a0, a1, a2 = models.adapters
-    await call(ds, p.DATASTORE_ADAPTER_PUT, adapter_put(a0, models.model_id), p.AdapterManifest)
-    await call(ds, p.DATASTORE_ADAPTER_PUT, adapter_put(a1, models.model_id, owner=OTHER_OWNER), p.AdapterManifest)
-    await call(ds, p.DATASTORE_ADAPTER_PUT, adapter_put(a2, models.model_id, owner=OTHER_OWNER.upper().replace("0X", "0x")), p.AdapterManifest)
+    await call(ds, p.DATASTORE_ADAPTER_PUT, adapter_put(a0, models.model_id))
+    await call(ds, p.DATASTORE_ADAPTER_PUT, adapter_put(a1, models.model_id, owner=OTHER_OWNER))
+    await call(ds, p.DATASTORE_ADAPTER_PUT, adapter_put(a2, models.model_id, owner=OTHER_OWNER.upper().replace("0X", "0x")))
 
     async def names(**kw):
-        reply = await call(ds, p.DATASTORE_ADAPTER_LIST, p.AdapterList(**kw), p.AdapterListReply)
+        reply = await call(ds, p.DATASTORE_ADAPTER_LIST, p.AdapterList(**kw))
         return [m.name for m in reply.adapters]
 
     assert await names() == ["demo-0", "demo-1", "demo-2"]
@@ -123,17 +123,17 @@ async def test_adapter_refusals(datastore, models):
     wrong_rank = wrong_rank.model_copy(update={"manifest": wrong_rank.manifest.model_copy(update={"rank": 999})})
     await expect_error(ds, p.DATASTORE_ADAPTER_PUT, wrong_rank, "invalid", "manifest.rank")
     # Bound to the wrong base (the demo config names its base by model id).
-    await call(ds, p.DATASTORE_MODEL_PUT, p.ModelPut(manifest=model_manifest(models.other_model_id, "other")), p.ModelManifest)
+    await call(ds, p.DATASTORE_MODEL_PUT, p.ModelPut(manifest=model_manifest(models.other_model_id, "other")))
     await expect_error(ds, p.DATASTORE_ADAPTER_PUT, adapter_put(a1, models.other_model_id), "invalid", "manifest.base_model_id")
     # Contributor weights not summing to 10000: the schema refuses it on both ends.
     with pytest.raises(ValueError, match="sum to 10000"):
         adapter_manifest(a1, models.model_id, weights=(6000, 3000))
     wire = adapter_put(a1, models.model_id).to_wire()
     wire["manifest"]["contributors"][0]["weight_bps"] = 6001
-    err = await raw_error(ds, p.DATASTORE_ADAPTER_PUT, msgpack.packb(wire, use_bin_type=True))
+    err = await raw_error(ds, p.DATASTORE_ADAPTER_PUT.pattern, msgpack.packb(wire, use_bin_type=True))
     assert err.code == "invalid" and "10000" in err.message and err.field == "manifest"
     # Nothing refused was registered.
-    listed = await call(ds, p.DATASTORE_ADAPTER_LIST, p.AdapterList(), p.AdapterListReply)
+    listed = await call(ds, p.DATASTORE_ADAPTER_LIST, p.AdapterList())
     assert [m.adapter_id for m in listed.adapters] == [a0.adapter_id]
 
 
@@ -152,22 +152,21 @@ async def test_corrupted_blob_is_never_served_and_reupload_heals(datastore, mode
     await ds.redis.delete(domain.blob_chunk_key(sha, 0))
     await expect_error(ds, p.DATASTORE_ADAPTER_BLOB, p.AdapterGet(adapter=a2.adapter_id), "hash_mismatch")
     # Other adapters are unaffected; the manifest is still readable.
-    blob = await call(ds, p.DATASTORE_ADAPTER_BLOB, p.AdapterGet(adapter=models.adapters[0].name), p.AdapterBlob)
+    blob = await call(ds, p.DATASTORE_ADAPTER_BLOB, p.AdapterGet(adapter=models.adapters[0].name))
     assert blob.weights == models.adapters[0].weights
-    await call(ds, p.DATASTORE_ADAPTER_GET, p.AdapterGet(adapter=a2.name), p.AdapterManifest)
+    await call(ds, p.DATASTORE_ADAPTER_GET, p.AdapterGet(adapter=a2.name))
     # Uploading the same content again rewrites the content-addressed chunks.
-    await call(ds, p.DATASTORE_ADAPTER_PUT, adapter_put(a2, models.model_id), p.AdapterManifest)
-    blob = await call(ds, p.DATASTORE_ADAPTER_BLOB, p.AdapterGet(adapter=a2.name), p.AdapterBlob)
+    await call(ds, p.DATASTORE_ADAPTER_PUT, adapter_put(a2, models.model_id))
+    blob = await call(ds, p.DATASTORE_ADAPTER_BLOB, p.AdapterGet(adapter=a2.name))
     assert blob.weights == a2.weights
 
 
-@pytest.mark.parametrize("subject", [
-    p.DATASTORE_MODEL_PUT, p.DATASTORE_MODEL_GET, p.DATASTORE_ADAPTER_PUT, p.DATASTORE_ADAPTER_GET,
-    p.DATASTORE_ADAPTER_LIST, p.DATASTORE_ADAPTER_BLOB, p.datastore_job_get("01" * 32), p.DATASTORE_JOB_LIST,
-])
-async def test_bad_input_gets_invalid_and_service_keeps_serving(datastore, models, subject):
+@pytest.mark.parametrize("declared", [s for s in p.SUBJECTS if s.pattern.startswith("datastore.")],
+                         ids=lambda s: s.pattern)
+async def test_bad_input_gets_invalid_and_service_keeps_serving(datastore, models, declared):
     ds = datastore
-    limit = p.MAX_BYTES.get(subject, 64 * 1024)
+    subject = p.datastore_job_get("01" * 32) if declared is p.DATASTORE_JOB_GET else declared.pattern
+    limit = declared.max_bytes
     cases = {
         "not msgpack": b"\xc1\xc1\xc1",
         "not a map": msgpack.packb([1, 2, 3]),
@@ -183,5 +182,5 @@ async def test_bad_input_gets_invalid_and_service_keeps_serving(datastore, model
     assert "too_large" in (await raw_error(ds, subject, cases["oversized"])).message
     assert "unsupported_version" in (await raw_error(ds, subject, cases["unknown version"])).message
     # Still serving.
-    reply = await call(ds, p.DATASTORE_MODEL_PUT, p.ModelPut(manifest=model_manifest(models.model_id)), p.ModelManifest)
+    reply = await call(ds, p.DATASTORE_MODEL_PUT, p.ModelPut(manifest=model_manifest(models.model_id)))
     assert reply.model_id == models.model_id

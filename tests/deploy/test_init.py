@@ -58,7 +58,7 @@ async def test_init_script_creates_the_topology_and_registers_the_catalogue(nats
         assert '"event":"init.done"' in done.stdout + done.stderr
         nc = await nats.connect(nats_server.url)
         js = nc.jetstream()
-        for spec in (topology.SCHEDULER, topology.VERIFIER, topology.SETTLEMENT, topology.DATASTORE):
+        for spec in (p.SCHEDULER_JOBS, p.VERIFIER_RESULTS, p.SETTLEMENT_VERDICTS, p.DATASTORE_EVENTS):
             assert (await js.consumer_info(spec.stream, spec.durable)).config.durable_name == spec.durable
         await js.key_value(p.NODES_BUCKET)
         client = Client(nc, Identity.generate())

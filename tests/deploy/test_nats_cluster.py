@@ -101,7 +101,7 @@ async def test_three_nodes_form_a_cluster_and_hold_every_stream_three_times(clus
     js = nc.jetstream()
     settings = init.InitSettings(nats_url=url, js_replicas=3, wait_s=30)
     await init.ensure_streams_and_consumers(js, settings, init.EventLog("init", "test", "WARNING"))
-    for stream in topology.STREAMS:
+    for stream in p.STREAMS:
         info = await js.stream_info(stream.name)
         assert info.config.num_replicas == 3
         assert len(info.cluster.replicas or []) == 2, (stream.name, info.cluster)
@@ -112,7 +112,7 @@ async def test_three_nodes_form_a_cluster_and_hold_every_stream_three_times(clus
     # auth service) is there through another.
     client = await nats.connect(f"nats://gateway:x@127.0.0.1:{cluster['nats-1']['client']}",
                                 inbox_prefix="_INBOX_gateway")
-    ack = await client.jetstream().publish(p.JOBS_SUBMIT, b"x")
+    ack = await client.jetstream().publish(p.JOBS_SUBMIT.pattern, b"x")
     await client.drain()
     other = await nats.connect(f"nats://init:pw-init@127.0.0.1:{cluster['nats-3']['client']}")
     assert (await other.jetstream().stream_info("JOBS")).state.last_seq == ack.seq

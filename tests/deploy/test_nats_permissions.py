@@ -30,6 +30,8 @@ from loranet.runtime import ServiceError, Endpoint, Pull, Runtime
 from loranet.servers import free_port, nats_server_binary, wait_for_port
 from loranet.settings import CommonSettings
 from loranet.signing import Identity
+
+from tests import factories
 from services.gateway.main import GATEWAY_INBOX_PREFIX
 from services.scheduler.handlers import REDISPATCH_DURABLE, Scheduler
 from services.scheduler.settings import SchedulerSettings
@@ -152,13 +154,29 @@ class Services:
             self.received.setdefault(type(message).__name__, []).append(message)
 
         async def reply(message):
+            # A stub answer of each declared reply type (the runtime refuses any other).
+            address = getattr(message, "address", "0x" + "1" * 40)
             if isinstance(message, p.JobGet):
                 return p.JobRecord(job_id=message.job_id, status="rejected", reason="from the test's datastore")
-            if isinstance(message, p.BalanceGet):
-                return p.Balance(address=message.address, token=0, escrow=0, credit=0)
+            if isinstance(message, (p.BalanceGet, p.Faucet)):
+                return p.Balance(address=address, token=0, escrow=0, credit=0)
+            if isinstance(message, p.StakeGet):
+                return p.Stake(address=address, stake=0)
             if isinstance(message, p.Reserve):
                 raise ServiceError("conflict", "no escrow to reserve from", "max_fee")
-            return p.Ok()
+            if isinstance(message, p.Release):
+                return p.Receipt(job_id=message.job_id, status="refunded", fee=0, payouts=[], epoch=0, tx_hash="",
+                                 block=0, settled_at=0.0)
+            if isinstance(message, (p.ModelGet, p.ModelPut)):
+                return factories.model_manifest()
+            if isinstance(message, p.AdapterList):
+                return p.AdapterListReply(adapters=[])
+            if isinstance(message, p.JobList):
+                return p.JobListReply(jobs=[])
+            return factories.manifest()
+
+        async def blob(message):
+            return p.AdapterBlob(adapter_id=factories.ADAPTER, config=b"{}", weights=b"")
 
         # The scheduler and the verifier run their real handlers and background loops
         # (they need no model); the others run their real route shapes over stub handlers.
@@ -178,15 +196,16 @@ class Services:
         await rt.mount(self.verifier.routes())
 
         stubs = {
-            "inference": [Pull("work", topology.node_consumer(NODE), p.WorkBatch, record)],
-            "settlement": [Pull("verdicts", topology.SETTLEMENT, p.Verdict, record),
-                           Endpoint("balance", p.SETTLEMENT_BALANCE, p.BalanceGet, reply),
-                           Endpoint("faucet", p.SETTLEMENT_FAUCET, p.Faucet, reply),
-                           Endpoint("reserve", p.SETTLEMENT_RESERVE, p.Reserve, reply),
-                           Endpoint("release", p.SETTLEMENT_RELEASE, p.Release, reply)],
-            "datastore": [Pull("job-events", topology.DATASTORE, p.JobEvent, record)]
-                         + [Endpoint(s.replace(".", "-").replace("*", "client"), s, p.SCHEMAS[s], reply)
-                            for s in p.SCHEMAS if s.startswith("datastore.")],
+            "inference": [Pull("work", p.node_work(NODE), record)],
+            "settlement": [Pull("verdicts", p.SETTLEMENT_VERDICTS, record),
+                           Endpoint("balance", p.SETTLEMENT_BALANCE, reply),
+                           Endpoint("faucet", p.SETTLEMENT_FAUCET, reply),
+                           Endpoint("reserve", p.SETTLEMENT_RESERVE, reply),
+                           Endpoint("release", p.SETTLEMENT_RELEASE, reply)],
+            "datastore": [Pull("job-events", p.DATASTORE_EVENTS, record)]
+                         + [Endpoint(s.pattern.replace(".", "-").replace("*", "client"), s,
+                                     blob if s is p.DATASTORE_ADAPTER_BLOB else reply)
+                            for s in p.SUBJECTS if isinstance(s, p.Request) and s.pattern.startswith("datastore.")],
         }
         for role, routes in stubs.items():
             rt = await self._runtime(role, CommonSettings(nats_url=self.urls[role], instance=f"{role}-test",
@@ -234,13 +253,13 @@ async def services(nats_auth):
 async def test_init_creates_the_streams_consumers_and_bucket(nats_auth, services):
     conn = await connect(nats_auth["init"])
     js = conn.nc.jetstream()
-    for spec in topology.STREAMS:
+    for spec in p.STREAMS:
         assert (await js.stream_info(spec.name)).config.subjects == list(spec.subjects)
-    for spec in (topology.SCHEDULER, topology.VERIFIER, topology.SETTLEMENT, topology.DATASTORE):
+    for spec in (p.SCHEDULER_JOBS, p.VERIFIER_RESULTS, p.SETTLEMENT_VERDICTS, p.DATASTORE_EVENTS):
         assert (await js.consumer_info(spec.stream, spec.durable)).config.filter_subject == spec.filter_subject
     await js.key_value(p.NODES_BUCKET)
     # init registers the catalogue through the datastore
-    reply = await conn.nc.request(p.DATASTORE_MODEL_PUT, b"", timeout=5)  # answered (with a schema error)
+    reply = await conn.nc.request(p.DATASTORE_MODEL_PUT.pattern, b"", timeout=5)  # answered (with a schema error)
     assert reply.headers and "Nats-Service-Error-Code" in reply.headers
     await settle(conn)
     assert not conn.errors, conn.errors
@@ -250,7 +269,7 @@ async def test_init_creates_the_streams_consumers_and_bucket(nats_auth, services
 async def test_every_role_consumes_its_subject_and_dead_letters_what_it_cannot_read(nats_auth, services):
     # (who publishes, the subject as the code builds it, who consumes it, through which route)
     flows = [
-        ("client", p.JOBS_SUBMIT, "scheduler", "jobs"),
+        ("client", p.JOBS_SUBMIT.pattern, "scheduler", "jobs"),
         ("scheduler", p.work(NODE), "inference", "work"),
         ("inference", p.results(NODE), "verifier", "results"),
         ("verifier", p.verdicts(JOB), "settlement", "verdicts"),
@@ -273,20 +292,20 @@ async def test_every_role_consumes_its_subject_and_dead_letters_what_it_cannot_r
 
 async def test_each_role_publishes_and_requests_what_its_code_does(nats_auth, services):
     uses = {
-        "scheduler": dict(js=[p.work(NODE), p.job_events(CLIENT, JOB), p.dead_letter(p.JOBS_SUBMIT)],
-                          req=[(p.DATASTORE_ADAPTER_GET, p.AdapterGet(adapter="demo-0")),
-                               (p.SETTLEMENT_BALANCE, p.BalanceGet(address="0x" + "1" * 40))]),
+        "scheduler": dict(js=[p.work(NODE), p.job_events(CLIENT, JOB), p.dead_letter(p.JOBS_SUBMIT.pattern)],
+                          req=[(p.DATASTORE_ADAPTER_GET.pattern, p.AdapterGet(adapter="demo-0")),
+                               (p.SETTLEMENT_BALANCE.pattern, p.BalanceGet(address="0x" + "1" * 40))]),
         "inference": dict(js=[p.results(NODE), p.job_events(CLIENT, JOB), p.dead_letter(p.work(NODE))],
-                          req=[(p.DATASTORE_ADAPTER_BLOB, p.AdapterGet(adapter="demo-0"))]),
+                          req=[(p.DATASTORE_ADAPTER_BLOB.pattern, p.AdapterGet(adapter="demo-0"))]),
         "verifier": dict(js=[p.verdicts(JOB), p.job_events(CLIENT, JOB), p.dead_letter(p.results(NODE))],
-                         req=[(p.DATASTORE_ADAPTER_BLOB, p.AdapterGet(adapter="demo-0"))]),
+                         req=[(p.DATASTORE_ADAPTER_BLOB.pattern, p.AdapterGet(adapter="demo-0"))]),
         "settlement": dict(js=[p.receipts(JOB), p.job_events(CLIENT, JOB), p.dead_letter(p.verdicts(JOB))],
-                           req=[(p.DATASTORE_ADAPTER_GET, p.AdapterGet(adapter="demo-0"))]),
+                           req=[(p.DATASTORE_ADAPTER_GET.pattern, p.AdapterGet(adapter="demo-0"))]),
         "datastore": dict(js=[p.dead_letter(p.job_events(CLIENT, JOB))], req=[]),
-        "gateway": dict(js=[p.JOBS_SUBMIT],
-                        req=[(p.DATASTORE_MODEL_GET, p.ModelGet(model="m")), (p.DATASTORE_ADAPTER_GET, p.AdapterGet(adapter="a")),
-                             (p.DATASTORE_ADAPTER_LIST, p.AdapterList()), (p.SETTLEMENT_BALANCE, p.BalanceGet(address="0x" + "1" * 40)),
-                             (p.SETTLEMENT_FAUCET, p.Faucet(address="0x" + "1" * 40, amount=1))]),
+        "gateway": dict(js=[p.JOBS_SUBMIT.pattern],
+                        req=[(p.DATASTORE_MODEL_GET.pattern, p.ModelGet(model="m")), (p.DATASTORE_ADAPTER_GET.pattern, p.AdapterGet(adapter="a")),
+                             (p.DATASTORE_ADAPTER_LIST.pattern, p.AdapterList()), (p.SETTLEMENT_BALANCE.pattern, p.BalanceGet(address="0x" + "1" * 40)),
+                             (p.SETTLEMENT_FAUCET.pattern, p.Faucet(address="0x" + "1" * 40, amount=1))]),
     }
     uses["client"] = uses["gateway"]
     for role, use in uses.items():
@@ -341,7 +360,7 @@ async def test_scheduler_drains_a_dead_nodes_work_under_its_user(nats_auth, serv
     dead = "node-dead"
     init = await connect(nats_auth["init"])
     js = init.nc.jetstream()
-    await js.add_consumer("WORK", topology.consumer_config(topology.node_consumer(dead)))
+    await js.add_consumer("WORK", topology.consumer_config(p.node_work(dead)))
     await (await connect(nats_auth["scheduler"])).nc.jetstream().publish(p.work(dead), b"\x00not a batch")
     before = services.dead_lettered("scheduler", "redispatch")
 
@@ -402,24 +421,24 @@ async def test_verifier_publishes_its_statistics(nats_auth, services):
 FORBIDDEN = [
     ("inference", "pub", p.verdicts(JOB)),          # a node cannot publish verdicts
     ("inference", "pub", p.receipts(JOB)),
-    ("inference", "pub", p.JOBS_SUBMIT),
+    ("inference", "pub", p.JOBS_SUBMIT.pattern),
     ("inference", "pub", p.work(OTHER_NODE)),
-    ("inference", "pub", p.SETTLEMENT_FAUCET),
+    ("inference", "pub", p.SETTLEMENT_FAUCET.pattern),
     ("verifier", "pub", p.results(NODE)),           # a verifier cannot forge results
     ("verifier", "pub", p.receipts(JOB)),
     ("scheduler", "pub", p.results(NODE)),
     ("scheduler", "pub", p.verdicts(JOB)),
     ("settlement", "pub", p.verdicts(JOB)),
     ("datastore", "pub", p.job_events(CLIENT, JOB)),
-    ("datastore", "pub", p.JOBS_SUBMIT),
+    ("datastore", "pub", p.JOBS_SUBMIT.pattern),
     ("client", "sub", p.results(NODE)),             # a client cannot read results ...
-    ("client", "sub", p.RESULTS_ALL),
-    ("client", "sub", p.VERDICTS_ALL),
-    ("client", "sub", p.RECEIPTS_ALL),
-    ("client", "sub", p.JOB_EVENTS_ALL),            # ... nor every job's events
+    ("client", "sub", p.RESULTS_ALL.pattern),
+    ("client", "sub", p.VERDICTS_ALL.pattern),
+    ("client", "sub", p.RECEIPTS_ALL.pattern),
+    ("client", "sub", p.JOB_EVENTS_ALL.pattern),            # ... nor every job's events
     ("client", "sub", "jobs.events.>"),
     ("client", "sub", p.job_events_of(OTHER)),      # ... nor another client's
-    ("client", "sub", p.WORK_ALL),
+    ("client", "sub", p.WORK_ALL.pattern),
     ("client", "sub", "_INBOX.>"),                  # nor the services' inboxes
     ("client", "sub", natsauth.inbox_prefix(OTHER) + ".>"),  # nor another client's inbox
     ("client", "sub", ">"),
@@ -427,12 +446,12 @@ FORBIDDEN = [
     ("client", "pub", p.results(NODE)),
     ("client", "pub", p.verdicts(JOB)),
     ("client", "pub", p.job_events(OTHER, JOB)),
-    ("client", "pub", p.DATASTORE_JOB_LIST),        # nor list another address's jobs
+    ("client", "pub", p.DATASTORE_JOB_LIST.pattern),        # nor list another address's jobs
     ("client", "pub", p.datastore_job_get(OTHER)),  # nor read another client's records
     ("client", "pub", "$JS.API.CONSUMER.CREATE.EVENTS"),     # a consumer on EVENTS only with its filter in the subject
     ("client", "pub", f"$JS.API.CONSUMER.CREATE.EVENTS.spy.{p.job_events_of(OTHER)}"),
     ("client", "pub", f"$JS.API.CONSUMER.CREATE.EVENTS.spy.{p.job_events(OTHER, JOB)}"),
-    ("client", "pub", f"$JS.API.CONSUMER.CREATE.EVENTS.spy.{p.JOB_EVENTS_ALL}"),
+    ("client", "pub", f"$JS.API.CONSUMER.CREATE.EVENTS.spy.{p.JOB_EVENTS_ALL.pattern}"),
     ("client", "pub", "$JS.API.CONSUMER.CREATE.EVENTS.spy.jobs.events.>"),
     ("client", "pub", "$JS.API.CONSUMER.CREATE.EVENTS.spy"),
     ("client", "pub", "$JS.API.CONSUMER.DURABLE.CREATE.EVENTS.spy"),
@@ -440,21 +459,21 @@ FORBIDDEN = [
     ("client", "pub", "$JS.API.CONSUMER.DELETE.EVENTS.datastore"),
     ("client", "pub", "$JS.API.STREAM.INFO.EVENTS"),        # its subjects would list every client's job ids
     ("client", "pub", "$JS.API.STREAM.MSG.GET.EVENTS"),
-    ("client", "pub", f"$JS.API.CONSUMER.CREATE.RESULTS.spy.{p.RESULTS_ALL}"),
+    ("client", "pub", f"$JS.API.CONSUMER.CREATE.RESULTS.spy.{p.RESULTS_ALL.pattern}"),
     ("client", "pub", "$JS.API.CONSUMER.CREATE.VERDICTS"),
     ("client", "pub", "$JS.API.CONSUMER.CREATE.RECEIPTS"),
     ("client", "pub", "$JS.API.STREAM.MSG.GET.RESULTS"),
     ("client", "pub", "$JS.API.DIRECT.GET.EVENTS"),
     ("client", "pub", "$JS.API.STREAM.DELETE.JOBS"),
-    ("gateway", "sub", p.RESULTS_ALL),
+    ("gateway", "sub", p.RESULTS_ALL.pattern),
     ("gateway", "sub", "_INBOX.>"),
-    ("gateway", "sub", p.JOB_EVENTS_ALL),
+    ("gateway", "sub", p.JOB_EVENTS_ALL.pattern),
     ("gateway", "pub", p.verdicts(JOB)),
     ("gateway", "pub", "$JS.API.CONSUMER.CREATE.EVENTS"),
-    ("gateway", "pub", f"$JS.API.CONSUMER.CREATE.EVENTS.datastore.{p.JOB_EVENTS_ALL}"),
+    ("gateway", "pub", f"$JS.API.CONSUMER.CREATE.EVENTS.datastore.{p.JOB_EVENTS_ALL.pattern}"),
     ("scheduler", "pub", "$JS.API.STREAM.DELETE.JOBS"),
     ("inference", "pub", "$JS.API.STREAM.PURGE.RESULTS"),
-    ("inference", "pub", f"$JS.API.CONSUMER.CREATE.RESULTS.verifier.{p.RESULTS_ALL}"),
+    ("inference", "pub", f"$JS.API.CONSUMER.CREATE.RESULTS.verifier.{p.RESULTS_ALL.pattern}"),
     ("inference", "pub", f"$KV.{p.VERIFIERS_BUCKET}.verifier-0"),  # only verifiers announce committee keys
     ("scheduler", "pub", f"$KV.{p.VERIFIERS_BUCKET}.verifier-0"),
     ("client", "pub", f"$KV.{p.VERIFIERS_BUCKET}.verifier-0"),
@@ -485,7 +504,7 @@ async def test_confidential_jobs_registries_verifiers_announce_clients_read(nats
     hb = sign(p.NodeHeartbeat(node_id="node-sealed", node_key=node_id.public, payout_address="0x" + "3" * 40,
                               model_ids=["cd" * 32], device="cpu", memory_free=0, adapters_hot=[], slots_total=1,
                               slots_free=1, queue_depth=0, tokens_per_s=0.0, at=time.time()),
-              node_id, p.DOMAIN_HEARTBEAT)
+              node_id)
     node = await connect(nats_auth["inference"])
     await (await node.nc.jetstream().key_value(p.NODES_BUCKET)).put("node-sealed", codec.encode(hb))
     conn = await connect(nats_auth["client"])
@@ -541,7 +560,7 @@ async def test_a_client_cannot_follow_another_clients_job_events(nats_auth, serv
         lambda: js.subscribe(p.job_events(bob_id, bob_job), stream="EVENTS", ordered_consumer=True,
                              config=__import__("nats").js.api.ConsumerConfig(name="spy-1")),
         lambda: js.add_consumer("EVENTS", name="spy-2", filter_subject=p.job_events_of(bob_id), deliver_subject="x"),
-        lambda: js.add_consumer("EVENTS", name="spy-3", filter_subject=p.JOB_EVENTS_ALL, deliver_subject="x"),
+        lambda: js.add_consumer("EVENTS", name="spy-3", filter_subject=p.JOB_EVENTS_ALL.pattern, deliver_subject="x"),
         lambda: js.add_consumer("EVENTS", deliver_subject=natsauth.inbox_prefix(alice_id) + ".spy"),  # filterless
         lambda: js.add_consumer("EVENTS", durable_name="spy-4", deliver_subject="x"),
         lambda: js.get_last_msg("EVENTS", p.job_events(bob_id, bob_job)),

@@ -194,7 +194,7 @@ async def test_confidential_job_settles_and_leaks_nothing(devnet):
                 assert any(job_id.encode() in h for _, h in seen), where
             for stream in ("RESULTS", "VERDICTS", "EVENTS"):
                 assert any(w.startswith(stream + ":") and job_id.encode() in h for w, h in streams), stream
-            assert any(w == p.JOBS_SUBMIT and job_id.encode() in h for w, h in bus)
+            assert any(w == p.JOBS_SUBMIT.pattern and job_id.encode() in h for w, h in bus)
             assert any(w.startswith("work.") and job_id.encode() in h for w, h in bus)
             needles = needles_of(prompt, prompt_tokens, opened.output_tokens, opened.output_text,
                                  opened.fingerprint_chunks)
@@ -259,11 +259,11 @@ async def test_a_node_sealing_a_wrong_adapter_fingerprint_is_rejected(devnet):
             hb = p.NodeHeartbeat(node_id=node_id, node_key=node.public, payout_address=address, model_ids=[model_id],
                                  device="cpu", memory_free=0, adapters_hot=[], slots_total=1, slots_free=1,
                                  queue_depth=0, tokens_per_s=0.0, at=time.time())
-            await kv.put(node_id, codec.encode(sign(hb, node, p.DOMAIN_HEARTBEAT)))
+            await kv.put(node_id, codec.encode(sign(hb, node)))
             await asyncio.sleep(2)
 
     beating = asyncio.ensure_future(heartbeat())
-    spec = topology.node_consumer(node_id)
+    spec = p.node_work(node_id)
     work = await js.pull_subscribe(spec.filter_subject, durable=spec.durable, stream=spec.stream,
                                    config=topology.consumer_config(spec))
     try:
@@ -289,7 +289,7 @@ async def test_a_node_sealing_a_wrong_adapter_fingerprint_is_rejected(devnet):
                     output_text=tokenizer.decode(gen.output_ids),
                     finish_reason="eos" if gen.finish_reason == "stop" else "length", chunks=chunks,
                     started_at=now - 1, finished_at=now)
-                result = sign(confidential.seal_result(result), node, p.DOMAIN_RESULT)
+                result = sign(confidential.seal_result(result), node)
                 await js.publish(p.results(node_id), codec.encode(result),
                                  headers={"Nats-Msg-Id": f"{job_id}:{node_id}"})
                 event = p.JobEvent(job_id=job_id, stage="result", service="inference", node_id=node_id,

@@ -67,13 +67,12 @@ async def test_refusals_are_reported_and_forgeries_dead_lettered(devnet):
         assert out.status == "rejected" and "escrow" in out.reason
         # Forged: signed by someone else's key → dead letter, no event for the job id.
         other = Identity.generate()
-        forged = sign(client.build(model_id=model_id, adapter_id="", prompt="x", max_tokens=4), other,
-                      p.DOMAIN_JOB_REQUEST)
+        forged = sign(client.build(model_id=model_id, adapter_id="", prompt="x", max_tokens=4), other)
         await client.publish(forged)
-        await client.nc.publish(p.JOBS_SUBMIT, b"\x00garbage")
+        await client.nc.publish(p.JOBS_SUBMIT.pattern, b"\x00garbage")
         admin = await nats.connect(config.url_for("admin"))
         js = admin.jetstream()
-        sub = await js.pull_subscribe(p.dead_letter(p.JOBS_SUBMIT), stream="DEADLETTER")
+        sub = await js.pull_subscribe(p.dead_letter(p.JOBS_SUBMIT.pattern), stream="DEADLETTER")
         letters = []
         deadline = time.monotonic() + 30
         while len(letters) < 2 and time.monotonic() < deadline:
@@ -152,11 +151,11 @@ async def test_a_client_reads_its_own_jobs_only(devnet):
         assert (await bob.wait(job_id, 300)).status == "settled"
         assert (await bob.job(job_id)).result.output_text
         with pytest.raises(RemoteError) as err:  # the real datastore: not alice's job
-            await alice._request(p.datastore_job_get(alice.identity.public), p.JobGet(job_id=job_id), p.JobRecord)
+            await alice._request(p.DATASTORE_JOB_GET, p.JobGet(job_id=job_id), to=p.datastore_job_get(alice.identity.public))
         assert err.value.code == "not_found"
         with pytest.raises(nats.errors.TimeoutError):  # bob's subject: refused by the server, so no answer
-            await alice._request(p.datastore_job_get(bob.identity.public), p.JobGet(job_id=job_id), p.JobRecord,
-                                 timeout=2)
+            await alice._request(p.DATASTORE_JOB_GET, p.JobGet(job_id=job_id),
+                                 timeout=2, to=p.datastore_job_get(bob.identity.public))
         with pytest.raises(Exception):  # a consumer on bob's events: refused by the server
             await asyncio.wait_for(alice.js.add_consumer(
                 "EVENTS", name="spy", filter_subject=p.job_events(bob.identity.public, job_id),

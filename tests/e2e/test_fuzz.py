@@ -22,16 +22,16 @@ from tests import fuzzing
 
 N = int(os.environ.get("LORANET_FUZZ_N", "26"))
 PULL_SUBJECTS = {
-    p.JOBS_SUBMIT: p.JOBS_SUBMIT,
-    p.JOBS_RERUN: p.JOBS_RERUN,
-    p.WORK_ALL: p.work("node-0"),
-    p.RESULTS_ALL: p.results("node-fuzz"),
-    p.VERDICTS_ALL: p.verdicts("0" * 31 + "1"),
-    p.JOB_EVENTS_ALL: p.job_events("0" * 64, "0" * 31 + "2"),
+    p.JOBS_SUBMIT.pattern: p.JOBS_SUBMIT.pattern,
+    p.JOBS_RERUN.pattern: p.JOBS_RERUN.pattern,
+    p.WORK_ALL.pattern: p.work("node-0"),
+    p.RESULTS_ALL.pattern: p.results("node-fuzz"),
+    p.VERDICTS_ALL.pattern: p.verdicts("0" * 31 + "1"),
+    p.JOB_EVENTS_ALL.pattern: p.job_events("0" * 64, "0" * 31 + "2"),
 }
-ENDPOINTS = [s for s in p.SCHEMAS if s.startswith(("datastore.", "settlement."))]
+ENDPOINTS = [s.pattern for s in p.SUBJECTS if isinstance(s, p.Request)]
 # Endpoints listening on a wildcard get their hostile requests on one concrete subject.
-CONCRETE = {p.DATASTORE_JOB_GET: p.datastore_job_get("0" * 64)}
+CONCRETE = {p.DATASTORE_JOB_GET.pattern: p.datastore_job_get("0" * 64)}
 
 
 async def _count(js, subject: str) -> int:

@@ -45,7 +45,7 @@ class CheatingNode:
         self.js = self.nc.jetstream()
         self.kv = await self.js.key_value(p.NODES_BUCKET)
         await self._heartbeat()
-        spec = topology.node_consumer(self.node.node_id)
+        spec = p.node_work(self.node.node_id)
         self.sub = await self.js.pull_subscribe(spec.filter_subject, durable=spec.durable, stream=spec.stream,
                                                 config=topology.consumer_config(spec))
         self._tasks = [asyncio.ensure_future(self._beat()), asyncio.ensure_future(self._work())]
@@ -62,7 +62,7 @@ class CheatingNode:
 
     async def _heartbeat(self) -> None:
         hb = self.node.heartbeat().model_copy(update={"slots_total": 16, "slots_free": 16, "at": time.time()})
-        await self.kv.put(self.node.node_id, codec.encode(sign(hb, self.node.identity, p.DOMAIN_HEARTBEAT)))
+        await self.kv.put(self.node.node_id, codec.encode(sign(hb, self.node.identity)))
 
     async def _beat(self) -> None:
         while True:
@@ -76,7 +76,7 @@ class CheatingNode:
             except Exception:
                 continue
             for msg in msgs:
-                batch = codec.decode(p.WorkBatch, msg.data, p.MAX_BYTES[p.WORK_ALL])
+                batch = p.WORK_ALL.decode(msg.data)
                 for job in (j for segment in batch.segments for j in segment.jobs):
                     attempt = batch.attempt_of(job.job_id)
                     gen = await asyncio.to_thread(self.node.generate, job, None, None)  # the attack: no adapter
@@ -126,7 +126,7 @@ async def test_a_cheaters_result_is_rerun_on_an_honest_node_and_paid_once(devnet
         # The cheater is a staked node (its Ed25519 key bound in the Registry): slashable. Its OPEN comes
         # from settlement's faucet (the deployer's nonce is settlement's to keep), its gas from setBalance.
         staker = await asyncio.to_thread(chain.new_account)
-        await client._request(p.SETTLEMENT_FAUCET, p.Faucet(address=staker.address, amount=2000 * 10**18), p.Balance)
+        await client._request(p.SETTLEMENT_FAUCET, p.Faucet(address=staker.address, amount=2000 * 10**18))
         await asyncio.to_thread(chain.stake, staker.key, 2000 * 10**18, cheater.identity.public, cheater.address)
         stake_before = chain.node(staker.address).stake
         await client.faucet(10**20, 10**19)

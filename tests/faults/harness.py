@@ -78,7 +78,7 @@ def inject(state_dir: str, scenario: str) -> None:
 
 async def _receipt_counts(js) -> dict[str, int]:
     counts: dict[str, int] = {}
-    sub = await js.pull_subscribe(p.RECEIPTS_ALL, stream="RECEIPTS")
+    sub = await js.pull_subscribe(p.RECEIPTS_ALL.pattern, stream="RECEIPTS")
     try:
         while True:
             try:

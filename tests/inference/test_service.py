@@ -28,7 +28,7 @@ def _blob_endpoint(adapters, tampered: str) -> Endpoint:
             weights = weights[:-4] + bytes(b ^ 1 for b in weights[-4:])
         return p.AdapterBlob(adapter_id=req.adapter, config=config, weights=weights)
 
-    return Endpoint("adapter-blob", p.DATASTORE_ADAPTER_BLOB, p.AdapterGet, get_blob)
+    return Endpoint("adapter-blob", p.DATASTORE_ADAPTER_BLOB, get_blob)
 
 
 async def _drain_stream(js, subject: str, stream: str, timeout: float = 1.5) -> list[bytes]:
@@ -97,8 +97,8 @@ async def test_sigterm_mid_batch_finishes_every_job(nats_server, tmp_path, base,
             os.kill(os.getpid(), signal.SIGTERM)  # the runtime's handler: stop pulling, finish in-flight, drain
             await asyncio.wait_for(serving, 60)
             async with Runtime("checker", CommonSettings(nats_url=nats_server.url)) as chk:
-                results = [codec.decode(p.InferenceResult, d) for d in await _drain_stream(chk.js, p.RESULTS_ALL, "RESULTS")]
-                events = [codec.decode(p.JobEvent, d) for d in await _drain_stream(chk.js, p.JOB_EVENTS_ALL, "EVENTS")]
+                results = [codec.decode(p.InferenceResult, d) for d in await _drain_stream(chk.js, p.RESULTS_ALL.pattern, "RESULTS")]
+                events = [codec.decode(p.JobEvent, d) for d in await _drain_stream(chk.js, p.JOB_EVENTS_ALL.pattern, "EVENTS")]
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
         loop.remove_signal_handler(signal.SIGINT)
@@ -141,7 +141,7 @@ async def test_drain_timeout_hands_back_and_redelivery_dedups(nats_server, tmp_p
                         break
                     await asyncio.sleep(0.1)
                 await asyncio.sleep(0.5)
-                results = [codec.decode(p.InferenceResult, d) for d in await _drain_stream(rt2.js, p.RESULTS_ALL, "RESULTS")]
+                results = [codec.decode(p.InferenceResult, d) for d in await _drain_stream(rt2.js, p.RESULTS_ALL.pattern, "RESULTS")]
     finally:
         engine.stop()
     assert sorted(r.job_id for r in results) == sorted(want)  # none lost, none published twice

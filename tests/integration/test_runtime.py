@@ -12,7 +12,7 @@ import pytest
 from loranet import codec, protocol as p
 from loranet.runtime import Delivery, Endpoint, Pull, Reject, RemoteError, Runtime, ServiceError, request
 from loranet.settings import CommonSettings
-from loranet.topology import ConsumerSpec
+from loranet.protocol import Consumer
 
 
 CLIENT = "c1" * 32  # the client id in the events' subject
@@ -34,7 +34,7 @@ async def _dead_letters(js, subject_filter: str = "dlq.>") -> list[p.DeadLetter]
 async def test_pull_loop_handles_poison_and_keeps_serving(nats_server):
     settings = CommonSettings(nats_url=nats_server.url, drain_timeout_s=2)
     seen: list[str] = []
-    spec = ConsumerSpec("EVENTS", "probe", p.JOB_EVENTS_ALL, ack_wait_s=5, max_deliver=2)
+    spec = Consumer(p.JOB_EVENTS_ALL, "probe", ack_wait_s=5, max_deliver=2)
 
     async def on_event(event: p.JobEvent, delivery: Delivery) -> None:
         if event.reason == "refuse":
@@ -44,7 +44,7 @@ async def test_pull_loop_handles_poison_and_keeps_serving(nats_server):
         seen.append(event.job_id)
 
     async with Runtime("probe", settings) as rt:
-        await rt.mount([Pull("events", spec, p.JobEvent, on_event, slots=4)])
+        await rt.mount([Pull("events", spec, on_event, slots=4)])
         good = [p.new_job_id() for _ in range(5)]
         await rt.nc.publish(p.job_events(CLIENT, good[0]), b"\xc1 not msgpack")  # core publish still lands in the stream
         await rt.js.publish(p.job_events(CLIENT, good[0]), msgpack.packb({"v": 1, "job_id": "nope"}))
@@ -75,14 +75,14 @@ async def test_endpoint_typed_errors(nats_server):
         return p.JobRecord(job_id=req.job_id, status="admitted")
 
     async with Runtime("probe", settings) as rt:
-        await rt.mount([Endpoint("job-get", p.DATASTORE_JOB_GET, p.JobGet, get_job)])
+        await rt.mount([Endpoint("job-get", p.DATASTORE_JOB_GET, get_job)])
         job_get = p.datastore_job_get(CLIENT)  # the endpoint listens on datastore.job.get.*
         nc = await nats.connect(nats_server.url)
         job_id = "f" + p.new_job_id()[1:]
-        rec = await request(nc, job_get, p.JobGet(job_id=job_id), p.JobRecord)
+        rec = await request(nc, p.DATASTORE_JOB_GET, p.JobGet(job_id=job_id), to=job_get)
         assert rec.job_id == job_id
         with pytest.raises(RemoteError) as err:
-            await request(nc, job_get, p.JobGet(job_id="0" * 32), p.JobRecord)
+            await request(nc, p.DATASTORE_JOB_GET, p.JobGet(job_id="0" * 32), to=job_get)
         assert err.value.code == "not_found" and err.value.field == "job_id"
         reply = await nc.request(job_get, b"\x93garbage", timeout=5)
         assert codec.decode(p.ErrorReply, reply.data).code == "invalid"
@@ -96,7 +96,7 @@ async def test_endpoint_typed_errors(nats_server):
 
 async def test_drain_hands_back_inflight_work(nats_server):
     settings = CommonSettings(nats_url=nats_server.url, drain_timeout_s=0.5)
-    spec = ConsumerSpec("EVENTS", "slow", p.JOB_EVENTS_ALL, ack_wait_s=30, max_deliver=5)
+    spec = Consumer(p.JOB_EVENTS_ALL, "slow", ack_wait_s=30, max_deliver=5)
     started = asyncio.Event()
     handled: list[tuple[str, int]] = []
 
@@ -106,7 +106,7 @@ async def test_drain_hands_back_inflight_work(nats_server):
 
     rt = Runtime("slow", settings)
     await rt.start()
-    await rt.mount([Pull("events", spec, p.JobEvent, slow, slots=1)])
+    await rt.mount([Pull("events", spec, slow, slots=1)])
     job_id = p.new_job_id()
     await rt.publish(p.job_events(CLIENT, job_id), _event(job_id), msg_id=job_id)
     await asyncio.wait_for(started.wait(), 10)
@@ -116,7 +116,7 @@ async def test_drain_hands_back_inflight_work(nats_server):
         handled.append((event.job_id, delivery.deliveries))
 
     async with Runtime("slow", settings) as rt2:
-        await rt2.mount([Pull("events", spec, p.JobEvent, quick, slots=1)])
+        await rt2.mount([Pull("events", spec, quick, slots=1)])
         deadline = time.monotonic() + 10
         while not handled and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
@@ -128,7 +128,7 @@ async def test_transient_failures_retry_past_max_deliver_then_succeed(nats_serve
     from loranet.runtime import Transient
 
     settings = CommonSettings(nats_url=nats_server.url, drain_timeout_s=2)
-    spec = ConsumerSpec("EVENTS", "flaky", p.JOB_EVENTS_ALL, ack_wait_s=5, max_deliver=2, max_deliver_transient=20)
+    spec = Consumer(p.JOB_EVENTS_ALL, "flaky", ack_wait_s=5, max_deliver=2, max_deliver_transient=20)
     attempts: list[int] = []
 
     async def flaky(event: p.JobEvent, delivery: Delivery) -> None:
@@ -138,7 +138,7 @@ async def test_transient_failures_retry_past_max_deliver_then_succeed(nats_serve
 
     async with Runtime("flaky", settings) as rt:
         # Short retry delays for the test.
-        await rt.mount([Pull("events", spec, p.JobEvent, flaky, slots=1)])
+        await rt.mount([Pull("events", spec, flaky, slots=1)])
         job_id = p.new_job_id()
         await rt.publish(p.job_events(CLIENT, job_id), _event(job_id), msg_id=job_id)
         deadline = time.monotonic() + 40

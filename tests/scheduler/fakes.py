@@ -30,13 +30,13 @@ def job(client: Identity, adapter_id: str = "", max_tokens: int = 8, ttl_s: floa
     req = p.JobRequest(job_id=p.new_job_id(), client_key=client.public, client_address=devnet_address(client.key_id),
                        model_id=MODEL, adapter_id=adapter_id, prompt="hello", max_tokens=max_tokens, max_fee=10**15,
                        created_at=now, expires_at=now + ttl_s, node_id=node_id)
-    return sign(req, client, p.DOMAIN_JOB_REQUEST)
+    return sign(req, client)
 
 
 async def submit(nc: NATS, jobs: list[p.JobRequest]) -> None:
     js = nc.jetstream()
     for j in jobs:
-        await js.publish(p.JOBS_SUBMIT, codec.encode(j), headers={"Nats-Msg-Id": j.job_id})
+        await js.publish(p.JOBS_SUBMIT.pattern, codec.encode(j), headers={"Nats-Msg-Id": j.job_id})
 
 
 @dataclass
@@ -64,7 +64,7 @@ class FakeNode:
                              payout_address=devnet_address(self.node_id), model_ids=[MODEL], device="cpu",
                              memory_free=0, adapters_hot=self.adapters_hot, slots_total=self.slots,
                              slots_free=self.slots, queue_depth=0, tokens_per_s=0.0, at=time.time())
-        return sign(hb, self.identity, p.DOMAIN_HEARTBEAT)
+        return sign(hb, self.identity)
 
     LIVE: ClassVar[list["FakeNode"]] = []
 
@@ -89,7 +89,7 @@ class FakeNode:
 
     async def _work(self) -> None:
         js = self.nc.jetstream()
-        spec = topology.node_consumer(self.node_id)
+        spec = p.node_work(self.node_id)
         sub = await js.pull_subscribe(spec.filter_subject, durable=spec.durable, stream=spec.stream,
                                       config=topology.consumer_config(spec))
         while True:
@@ -147,7 +147,7 @@ class FakeNode:
 async def events(nc: NATS, stage: str | None = None) -> list[p.JobEvent]:
     """Every event in the EVENTS stream (optionally of one stage)."""
     js = nc.jetstream()
-    sub = await js.subscribe(p.JOB_EVENTS_ALL, ordered_consumer=True)
+    sub = await js.subscribe(p.JOB_EVENTS_ALL.pattern, ordered_consumer=True)
     out: list[p.JobEvent] = []
     info = await js.stream_info("EVENTS")
     while len(out) < info.state.messages:

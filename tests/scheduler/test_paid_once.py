@@ -18,12 +18,12 @@ from tests import factories
 def result_from(job: p.JobRequest, node_id: str, identity: Identity, address: str) -> p.InferenceResult:
     res = factories.result(job).model_copy(update={"node_id": node_id, "node_key": identity.public,
                                                    "node_address": address})
-    return sign(res, identity, p.DOMAIN_RESULT)
+    return sign(res, identity)
 
 
 def verdict_by(res: p.InferenceResult, verifier_id: str, identity: Identity) -> p.Verdict:
     v = factories.verdict(res).model_copy(update={"verifier_id": verifier_id, "verifier_key": identity.public})
-    return sign(v, identity, p.DOMAIN_VERDICT)
+    return sign(v, identity)
 
 
 async def stream_count(js, stream: str, subject: str) -> int:

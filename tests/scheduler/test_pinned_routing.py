@@ -41,7 +41,7 @@ def test_ticket_of_a_confidential_job_is_pinned_and_costed_by_its_ciphertext():
                             adapter_id="", prompt="", max_tokens=8, max_fee=1, created_at=now, expires_at=now + 60,
                             node_id="n2", sealed_prompt=c.seal_prompt(job_id, client.public, "x" * 100,
                                                                       node_key.public, [])),
-               client, p.DOMAIN_JOB_REQUEST)
+               client)
     t = d.Ticket.of(job, now)
     assert t.node_id == "n2" and t.group[3] == "n2"
     assert t.cost >= 108  # the prompt's length shows through the ciphertext anyway

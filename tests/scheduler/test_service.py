@@ -166,7 +166,7 @@ async def test_a_redelivered_job_already_dispatched_is_not_dispatched_again(nats
         await submit(nc, [first])
         await until(lambda: first.job_id in node.done, 10, "the job done")
         # What a replica that dispatched it and died before its ack would leave: a redelivery.
-        await sched.on_job(first, Delivery(p.JOBS_SUBMIT, 2, None))
+        await sched.on_job(first, Delivery(p.JOBS_SUBMIT.pattern, 2, None))
         await asyncio.sleep(0.5)
         assert node.jobs_received() == [first.job_id] and sched.batches_sent == 1
 

@@ -71,7 +71,7 @@ async def _messages(js, subject: str, stream: str) -> list[bytes]:
 
 async def _receipts(js) -> dict[str, list[p.Receipt]]:
     out: dict[str, list[p.Receipt]] = {}
-    for data in await _messages(js, p.RECEIPTS_ALL, "RECEIPTS"):
+    for data in await _messages(js, p.RECEIPTS_ALL.pattern, "RECEIPTS"):
         receipt = codec.decode(p.Receipt, data)
         out.setdefault(receipt.job_id, []).append(receipt)
     return out
@@ -83,7 +83,7 @@ def _verdicts(client: str, accepted: int, rejected: int) -> list[p.Verdict]:
         v = factories.verdict(factories.result(factories.job(adapter_id="", client_address=client, max_fee=10**15)))
         if k >= accepted:
             v = sign(v.model_copy(update={"accepted": False, "checks": [p.Check(name="fingerprint", ok=False)]}),
-                     factories.VERIFIER, p.DOMAIN_VERDICT)
+                     factories.VERIFIER)
         out.append(v)
     return out
 
@@ -214,7 +214,7 @@ async def test_kill_between_recording_a_rerun_and_publishing_it(nats_server, cha
     await topology.ensure_topology(js)
     v = factories.verdict(factories.result(job))
     v = sign(v.model_copy(update={"accepted": False, "checks": [p.Check(name="fingerprint", ok=False)]}),
-             factories.VERIFIER, p.DOMAIN_VERDICT)
+             factories.VERIFIER)
     await js.publish(p.verdicts(v.job_id), codec.encode(v))
     log = tmp_path / "settlement.log"
     crashed = _settlement(nats_server.url, chain_node_url, log, "before_rerun_publish", max_reruns=2)
@@ -223,7 +223,7 @@ async def test_kill_between_recording_a_rerun_and_publishing_it(nats_server, cha
     finally:
         _stop(crashed)
     async def published() -> int:
-        info = await js.stream_info("JOBS", subjects_filter=p.JOBS_RERUN)
+        info = await js.stream_info("JOBS", subjects_filter=p.JOBS_RERUN.pattern)
         return sum((info.state.subjects or {}).values()) if info.state.subjects else 0
 
     assert await published() == 0  # recorded, not published
@@ -235,7 +235,7 @@ async def test_kill_between_recording_a_rerun_and_publishing_it(nats_server, cha
         await asyncio.sleep(1.5)  # a second copy would show now
     finally:
         _stop(survivor)
-    reruns = await _messages(js, p.JOBS_RERUN, "JOBS")
+    reruns = await _messages(js, p.JOBS_RERUN.pattern, "JOBS")
     assert len(reruns) == 1, log.read_text()[-3000:]
     rerun = codec.decode(p.RerunRequest, reruns[0])
     assert rerun.attempt == 1 and rerun.exclude == ["node-0"] and rerun.request == job

@@ -64,13 +64,13 @@ async def test_verdicts_settle_once_refund_and_forgeries(nats_server, chain):
         # A rejecting verdict refunds: nothing charged, the job can never be paid later.
         bad = factories.job(adapter_id="", client_address=client.address, max_fee=10**15)
         rejected = sign(factories.verdict(factories.result(bad)).model_copy(update={"accepted": False}),
-                        factories.VERIFIER, p.DOMAIN_VERDICT)
+                        factories.VERIFIER)
         await rt.js.publish(p.verdicts(bad.job_id), codec.encode(rejected))
         await _wait_stage(rt.js, bad.job_id, "refunded")
         assert chain.job_state(bad.job_id) == "refunded"
         # A forged verdict (signed by an unknown key claiming the verifier's) is dead-lettered.
         forged_job = factories.job(adapter_id="", client_address=client.address)
-        forged = sign(factories.verdict(factories.result(forged_job)), Identity.generate(), p.DOMAIN_VERDICT)
+        forged = sign(factories.verdict(factories.result(forged_job)), Identity.generate())
         await rt.js.publish(p.verdicts(forged_job.job_id), codec.encode(forged))
         deadline = time.monotonic() + 20
         while rt.stats["verdicts"].dead_lettered < 1 and time.monotonic() < deadline:
@@ -94,8 +94,7 @@ async def test_one_unpayable_job_does_not_block_its_epoch(nats_server, chain):
         results = []
         for j in jobs:
             r = factories.result(j)
-            r = sign(r.model_copy(update={"prompt_tokens": [1] * 100, "output_tokens": [2] * 100}), factories.NODE,
-                     p.DOMAIN_RESULT)
+            r = sign(r.model_copy(update={"prompt_tokens": [1] * 100, "output_tokens": [2] * 100}), factories.NODE)
             results.append(r)
         for r in results:
             await rt.js.publish(p.verdicts(r.job_id), codec.encode(factories.verdict(r)))
@@ -126,7 +125,7 @@ async def test_stake_endpoint_and_cli(nats_server, chain, tmp_path):
     settings = SettlementSettings(nats_url=nats_server.url)
     async with Runtime("settlement", settings) as rt:
         await rt.mount((await Settlement.open(rt, settings, chain)).routes())
-        stake = await rt.request(p.SETTLEMENT_STAKE, p.StakeGet(address=node.address), p.Stake)
+        stake = await rt.request(p.SETTLEMENT_STAKE, p.StakeGet(address=node.address))
         assert stake.stake == 1500 * 10**18 and stake.active and stake.ed25519_key == ed_key.hex()
         assert stake.payout == node.address and stake.min_stake == chain.min_stake()
         cmd = [sys.executable, "-m", "loranet.cli", "--nats", nats_server.url, "--state-dir", str(tmp_path),
@@ -137,7 +136,7 @@ async def test_stake_endpoint_and_cli(nats_server, chain, tmp_path):
         out = json.loads(done.stdout)
         assert out["stake"] == str(1500 * 10**18) and out["active"] is True and out["address"] == node.address
         nobody = chain.new_account(eth=0).address
-        assert (await rt.request(p.SETTLEMENT_STAKE, p.StakeGet(address=nobody), p.Stake)).stake == 0
+        assert (await rt.request(p.SETTLEMENT_STAKE, p.StakeGet(address=nobody))).stake == 0
 
 
 async def test_rejected_result_slashes_its_staked_node_once(nats_server, chain):
@@ -154,7 +153,7 @@ async def test_rejected_result_slashes_its_staked_node_once(nats_server, chain):
         bad = factories.job(adapter_id="", client_address=client.address, max_fee=10**15)
         rejected = sign(factories.verdict(factories.result(bad)).model_copy(
             update={"accepted": False, "checks": [p.Check(name="fingerprint", ok=False)]}),
-            factories.VERIFIER, p.DOMAIN_VERDICT)
+            factories.VERIFIER)
         await rt.js.publish(p.verdicts(bad.job_id), codec.encode(rejected))
         event = await _wait_stage(rt.js, bad.job_id, "refunded")
         assert "fingerprint" in event.reason and "slashed 200000000000000000000 wei" in event.reason
@@ -180,7 +179,7 @@ async def test_reserve_at_admission_then_settle_or_release(nats_server, chain):
 
         async def reserve(job, max_fee=10**15):
             return await rt.request(p.SETTLEMENT_RESERVE, p.Reserve(job_id=job.job_id, client_address=client.address,
-                                                                    max_fee=max_fee), p.Reservation)
+                                                                    max_fee=max_fee))
         # Reservations asked together go on chain together; asking again is harmless.
         first = await asyncio.gather(reserve(jobs[0]), reserve(jobs[1]))
         assert {r.state for r in first} == {"reserved"}
@@ -193,16 +192,16 @@ async def test_reserve_at_admission_then_settle_or_release(nats_server, chain):
         await rt.js.publish(p.verdicts(jobs[0].job_id), codec.encode(factories.verdict(factories.result(jobs[0]))))
         settled = codec.decode(p.Receipt, (await _wait_stage(rt.js, jobs[0].job_id, "settled")).body)
         released = await rt.request(p.SETTLEMENT_RELEASE, p.Release(job_id=jobs[1].job_id, reason="expired",
-                                                                    client_key=jobs[1].client_key), p.Receipt)
+                                                                    client_key=jobs[1].client_key))
         assert released.status == "refunded" and chain.job_state(jobs[1].job_id) == "refunded"
         assert chain.reserved_of(client.address) == 0
         assert chain.escrow_of(client.address) == 3 * 10**15 - settled.fee
-        assert (await rt.request(p.SETTLEMENT_RELEASE, p.Release(job_id=jobs[1].job_id), p.Receipt)) == released
+        assert (await rt.request(p.SETTLEMENT_RELEASE, p.Release(job_id=jobs[1].job_id))) == released
         # Without the client key, settlement finds the client from the job's earlier events (their subject)...
         reserved = factories.job(adapter_id="", client_address=client.address, max_fee=10**15)
         assert (await reserve(reserved)).state == "reserved"
-        await rt.emit(reserved.job_id, "admitted", body=reserved)
-        receipt = await rt.request(p.SETTLEMENT_RELEASE, p.Release(job_id=reserved.job_id, reason="expired"), p.Receipt)
+        await rt.emit(reserved.job_id, p.Stage.ADMITTED, body=reserved)
+        receipt = await rt.request(p.SETTLEMENT_RELEASE, p.Release(job_id=reserved.job_id, reason="expired"))
         event = await _wait_stage(rt.js, reserved.job_id, "refunded")
         assert receipt.status == "refunded" and codec.decode(p.Receipt, event.body) == receipt
         assert (await rt.js.get_last_msg("EVENTS", p.job_events(reserved.client_key, reserved.job_id))).data
@@ -210,7 +209,7 @@ async def test_reserve_at_admission_then_settle_or_release(nats_server, chain):
         nameless = factories.job(adapter_id="", client_address=client.address, max_fee=10**15)
         assert (await reserve(nameless)).state == "reserved"
         with pytest.raises(RemoteError) as unknown:
-            await rt.request(p.SETTLEMENT_RELEASE, p.Release(job_id=nameless.job_id), p.Receipt)
+            await rt.request(p.SETTLEMENT_RELEASE, p.Release(job_id=nameless.job_id))
         assert unknown.value.code == "not_found" and chain.job_state(nameless.job_id) == "reserved"
 
 
@@ -225,12 +224,12 @@ async def test_quorum_votes_survive_a_restart(nats_server, chain):
     result = factories.result(job)
     first_vote = factories.verdict(result)
     second_vote = sign(first_vote.model_copy(update={"verifier_id": "verifier-1", "verifier_key": second.public,
-                                                     "verifier_address": "0x" + "2e" * 20}), second, p.DOMAIN_VERDICT)
+                                                     "verifier_address": "0x" + "2e" * 20}), second)
     settings = SettlementSettings(nats_url=nats_server.url, epoch_max_s=0.2, verdict_quorum=2)
     async with Runtime("settlement", settings) as rt:
         await rt.mount((await Settlement.open(rt, settings, chain)).routes())
         await rt.js.publish(p.verdicts(job.job_id), codec.encode(first_vote))
-        kv = await rt.js.key_value(topology.SETTLEMENT_BUCKET)
+        kv = await rt.js.key_value(p.SETTLEMENT_BUCKET)
         deadline = time.monotonic() + 20
         while True:  # counted and acknowledged, one vote short of the quorum
             try:
@@ -247,7 +246,7 @@ async def test_quorum_votes_survive_a_restart(nats_server, chain):
         receipt = codec.decode(p.Receipt, (await _wait_stage(rt.js, job.job_id, "settled")).body)
         assert sorted(x.address.lower() for x in receipt.payouts if x.party == "verifier") == sorted(
             [factories.ADDR, "0x" + "2e" * 20])
-        journal = Journal(await rt.js.key_value(topology.SETTLEMENT_BUCKET))
+        journal = Journal(await rt.js.key_value(p.SETTLEMENT_BUCKET))
         deadline = time.monotonic() + 10
         while await journal.votes(job.job_id):  # cleared once the job is final
             assert time.monotonic() < deadline
@@ -260,20 +259,20 @@ async def test_quorum_votes_survive_a_restart(nats_server, chain):
 def _result_by(node_id: str, identity: Identity, address: str, job: p.JobRequest, attempt: int) -> p.InferenceResult:
     r = factories.result(job).model_copy(update={"node_id": node_id, "node_key": identity.public,
                                                  "node_address": address, "attempt": attempt})
-    return sign(r, identity, p.DOMAIN_RESULT)
+    return sign(r, identity)
 
 
 def _verdict_on(result: p.InferenceResult, accepted: bool, verifier_id: str = "verifier-0") -> p.Verdict:
     v = factories.verdict(result).model_copy(update={
         "verifier_id": verifier_id, "accepted": accepted,
         "checks": [p.Check(name="fingerprint", ok=accepted)]})
-    return sign(v, factories.VERIFIER, p.DOMAIN_VERDICT)
+    return sign(v, factories.VERIFIER)
 
 
 async def _reruns(js, want: int, timeout: float = 20) -> list[p.RerunRequest]:
     """The re-runs settlement asked for, as the scheduler's durable would get them."""
     from loranet import topology
-    spec = topology.SCHEDULER_RERUN
+    spec = p.SCHEDULER_RERUNS
     sub = await js.pull_subscribe(spec.filter_subject, durable=spec.durable, stream=spec.stream,
                                   config=topology.consumer_config(spec))
     out: list[p.RerunRequest] = []
@@ -306,7 +305,7 @@ async def _settlement_with_reserved_job(nats_server, chain, **settings):
         await rt.mount((await Settlement.open(rt, cfg, chain)).routes())
         job = factories.job(adapter_id="", client_address=client.address, max_fee=10**15)
         await rt.request(p.SETTLEMENT_RESERVE, p.Reserve(job_id=job.job_id, client_address=client.address,
-                                                         max_fee=job.max_fee), p.Reservation)
+                                                         max_fee=job.max_fee))
         yield rt, job, client
 
 

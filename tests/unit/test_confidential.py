@@ -91,25 +91,23 @@ def _job(prompt: str = "", *, sealed: bool = True, client: Identity = CLIENT, jo
                       sealed_prompt=c.seal_prompt(job_id, client.public, prompt, NODE.public, list(committee)))
     else:
         fields.update(prompt=prompt)
-    return sign(p.JobRequest(**fields), client, p.DOMAIN_JOB_REQUEST)
+    return sign(p.JobRequest(**fields), client)
 
 
 def test_sealed_prompt_is_bound_to_its_job_and_client():
     job = _job("the secret prompt")
     assert job.confidential and b"the secret prompt" not in codec.encode(job)
     again = codec.decode(p.JobRequest, codec.encode(job))
-    verify(again, CLIENT.public, p.DOMAIN_JOB_REQUEST)  # the signature covers the sealed prompt
+    verify(again, CLIENT.public)  # the signature covers the sealed prompt
     for who in (NODE, V1, V2):
         assert c.open_prompt(again, who) == "the secret prompt"
     with pytest.raises(c.NotARecipient):
         c.open_prompt(again, EVE)
     # Eve copies the sealed prompt into her own signed request: the node refuses to open it as her job.
-    copied = sign(p.JobRequest(**{**job.model_dump(), "client_key": EVE.public, "signature": b""}), EVE,
-                  p.DOMAIN_JOB_REQUEST)
+    copied = sign(p.JobRequest(**{**job.model_dump(), "client_key": EVE.public, "signature": b""}), EVE)
     with pytest.raises(c.Tampered):
         c.open_prompt(copied, NODE)
-    moved = sign(p.JobRequest(**{**job.model_dump(), "job_id": p.new_job_id(), "signature": b""}), CLIENT,
-                 p.DOMAIN_JOB_REQUEST)
+    moved = sign(p.JobRequest(**{**job.model_dump(), "job_id": p.new_job_id(), "signature": b""}), CLIENT)
     with pytest.raises(c.Tampered):
         c.open_prompt(moved, NODE)
     assert c.committee(job, NODE.public) == [V1.public, V2.public]
@@ -136,7 +134,7 @@ def _result(job: p.JobRequest, prompt_tokens=(1, 2, 3), output_tokens=(7, 8), te
 
 def test_sealed_result_opens_for_client_and_committee_only():
     job = _job("prompt")
-    sealed = sign(c.seal_result(_result(job, text="the secret output")), NODE, p.DOMAIN_RESULT)
+    sealed = sign(c.seal_result(_result(job, text="the secret output")), NODE)
     assert sealed.prompt_tokens == [] and sealed.output_tokens == [] and sealed.output_text == ""
     assert sealed.fingerprint.chunks == [] and (sealed.fingerprint.chunk_tokens, sealed.fingerprint.top_k) == (32, 128)
     assert sealed.token_counts() == (3, 2)
@@ -144,7 +142,7 @@ def test_sealed_result_opens_for_client_and_committee_only():
     assert b"the secret output" not in wire
     assert not [i for i, chunk in enumerate(CHUNKS) if chunk in wire]  # the proof travels sealed too
     back = codec.decode(p.InferenceResult, wire)
-    verify(back, NODE.public, p.DOMAIN_RESULT)
+    verify(back, NODE.public)
     assert c.recipients(back.sealed_output) == [CLIENT.public, V1.public, V2.public]
     assert c.open_output(back, CLIENT).output_text == "the secret output"
     for who in (NODE, EVE):  # the node sealed it but is not a recipient
@@ -205,8 +203,7 @@ def test_a_client_cannot_show_the_node_and_the_committee_different_prompts():
     job = _job("shown to the node")
     other = c.seal_prompt(job.job_id, CLIENT.public, "shown to the verifiers", NODE.public, [V1.public, V2.public])
     mixed = job.sealed_prompt.model_copy(update={"keys": [job.sealed_prompt.keys[0], *other.keys[1:]]})
-    framed = sign(p.JobRequest(**{**job.model_dump(), "sealed_prompt": mixed.model_dump(), "signature": b""}), CLIENT,
-                  p.DOMAIN_JOB_REQUEST)
+    framed = sign(p.JobRequest(**{**job.model_dump(), "sealed_prompt": mixed.model_dump(), "signature": b""}), CLIENT)
     for who in (NODE, V1):  # the node refuses to run it; a verifier would refuse to judge it
         with pytest.raises(c.Tampered, match="slots differ"):
             c.open_prompt(framed, who)
@@ -250,7 +247,7 @@ def test_a_real_fingerprint_travels_sealed_and_opens_intact():
     job = _job("prompt")
     res = _result(job, prompt_tokens=range(1, 1 + prompt_len), output_tokens=range(10, 10 + n_out),
                   text="x" * n_out).model_copy(update={"fingerprint": p.Fingerprint(chunks=chunks)})
-    wire = codec.encode(sign(c.seal_result(res), NODE, p.DOMAIN_RESULT))
+    wire = codec.encode(sign(c.seal_result(res), NODE))
     assert not [i for i, chunk in enumerate(chunks) if chunk in wire]
     # Not even a 16-byte run from inside the one-row chunk (the chunk that gives its token away exactly).
     assert chunks[2][16:32] not in wire

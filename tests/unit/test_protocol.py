@@ -7,32 +7,43 @@ import pytest
 from pydantic import ValidationError
 
 from loranet import codec, protocol as p
-from loranet.signing import Identity, SignatureInvalid, sign, verify
+from loranet.signing import Identity, SignatureInvalid, sign
 
 from tests import factories
 
 EXAMPLES = factories.examples()
-SIGNED = {p.JOBS_SUBMIT: (p.DOMAIN_JOB_REQUEST, "client_key"), p.RESULTS_ALL: (p.DOMAIN_RESULT, "node_key"),
-          p.VERDICTS_ALL: (p.DOMAIN_VERDICT, "verifier_key")}
+SIGNERS = {p.JOBS_SUBMIT.pattern: factories.CLIENT, p.RESULTS_ALL.pattern: factories.NODE,
+           p.VERDICTS_ALL.pattern: factories.VERIFIER}
+PATTERNS = sorted(s.pattern for s in p.SUBJECTS)
 
 
 def test_every_subject_has_an_example():
-    assert set(EXAMPLES) == set(p.SCHEMAS)
+    assert set(EXAMPLES) == set(PATTERNS)
 
 
-@pytest.mark.parametrize("subject", sorted(p.SCHEMAS))
+def test_signed_subjects_are_the_signed_schemas():
+    assert {s for s in PATTERNS if issubclass(p.declared(s).schema, p.Signed)} == set(SIGNERS)
+
+
+@pytest.mark.parametrize("subject", PATTERNS)
 def test_round_trip(subject):
+    declared = p.declared(subject)
     message = EXAMPLES[subject]
-    assert type(message) is p.SCHEMAS[subject]
-    data = codec.encode(message)
-    back = codec.decode(p.SCHEMAS[subject], data, p.MAX_BYTES.get(subject, codec.MAX_MESSAGE_BYTES))
+    assert type(message) is declared.schema
+    data = declared.encode(message)
+    back = declared.decode(data)
     assert back == message
     assert codec.canonical_bytes(back, "t") == codec.canonical_bytes(message, "t")
 
 
-@pytest.mark.parametrize("subject", sorted(p.SCHEMAS))
+def test_a_subject_refuses_another_schema():
+    with pytest.raises(TypeError):
+        p.JOBS_SUBMIT.encode(EXAMPLES[p.RESULTS_ALL.pattern])
+
+
+@pytest.mark.parametrize("subject", PATTERNS)
 def test_malformed_and_wrong_version_and_types(subject):
-    schema = p.SCHEMAS[subject]
+    schema = p.declared(subject).schema
     for junk in (b"", b"\xc1", b"\x93\x01\x02", msgpack.packb([1, 2]), msgpack.packb("text"), b"\x81\xa1v"):
         with pytest.raises(codec.DecodeError):
             codec.decode(schema, junk)
@@ -56,28 +67,29 @@ def test_deep_nesting_and_oversize_are_refused():
         codec.decode(p.JobRequest, msgpack.packb({"v": 1, "prompt": deep}))
     big = codec.encode(factories.job(prompt="x" * p.MAX_PROMPT_CHARS))
     with pytest.raises(codec.DecodeError) as err:
-        codec.decode(p.JobRequest, big + b"\x00" * 300_000, p.MAX_BYTES[p.JOBS_SUBMIT])
+        p.JOBS_SUBMIT.decode(big + b"\x00" * 300_000)
     assert err.value.reason == "too_large"
     with pytest.raises(ValidationError):
         factories.job(prompt="x" * (p.MAX_PROMPT_CHARS + 1))
 
 
-@pytest.mark.parametrize("subject", sorted(SIGNED))
+@pytest.mark.parametrize("subject", sorted(SIGNERS))
 def test_signatures_bind_every_field(subject):
-    domain, key_field = SIGNED[subject]
     message = EXAMPLES[subject]
-    verify(message, getattr(message, key_field), domain)
+    message.verify()
     with pytest.raises(SignatureInvalid):  # unsigned
-        verify(message.model_copy(update={"signature": b""}), getattr(message, key_field), domain)
-    with pytest.raises(SignatureInvalid):  # another domain: no cross-type replay
-        verify(message, getattr(message, key_field), "loranet/other/v1")
+        message.model_copy(update={"signature": b""}).verify()
+    other_domain = SIGNERS[subject].sign_bytes(codec.canonical_bytes(message, "loranet/other/v1"))
+    with pytest.raises(SignatureInvalid):  # signed under another domain: no cross-type replay
+        message.model_copy(update={"signature": other_domain}).verify()
     flipped = bytearray(message.signature)
     flipped[5] ^= 1
     with pytest.raises(SignatureInvalid):
-        verify(message.model_copy(update={"signature": bytes(flipped)}), getattr(message, key_field), domain)
-    forged = sign(message, Identity.generate(), domain)  # valid signature, wrong key
+        message.model_copy(update={"signature": bytes(flipped)}).verify()
+    forged = sign(message, Identity.generate())  # valid signature, wrong key
     with pytest.raises(SignatureInvalid):
-        verify(forged, getattr(message, key_field), domain)
+        forged.verify()
+    assert message.signed_by(SIGNERS[subject]).signature == message.signature  # Ed25519 is deterministic
     for name, value in message.to_wire().items():
         if name in ("signature", "v") or not isinstance(value, (str, int, float)) or isinstance(value, bool):
             continue
@@ -85,7 +97,7 @@ def test_signatures_bind_every_field(subject):
             if _decodes(message, name) else None
         if tampered is not None:
             with pytest.raises(SignatureInvalid):
-                verify(tampered, getattr(message, key_field), domain)
+                tampered.verify()
 
 
 def _tweak(value):
@@ -122,7 +134,24 @@ def test_subjects_refuse_wildcards_and_dots():
 
 
 def test_amounts_beyond_64_bits_travel_as_strings():
-    receipt = EXAMPLES[p.RECEIPTS_ALL]
+    receipt = EXAMPLES[p.RECEIPTS_ALL.pattern]
     raw = msgpack.unpackb(codec.encode(receipt))
     assert raw["fee"] == str(10**20)
     assert codec.decode(p.Receipt, codec.encode(receipt)).fee == 10**20
+
+
+def test_the_documented_subject_table_is_the_declared_one():
+    from pathlib import Path
+
+    from loranet.protocol import doc
+
+    architecture = (Path(__file__).resolve().parents[2] / "docs" / "ARCHITECTURE.md").read_text()
+    assert doc.current(architecture) == doc.section(), "run: python -m loranet.protocol.doc --write"
+
+
+def test_every_stream_subject_is_kept_and_every_consumer_reads_a_kept_subject():
+    for subject in p.SUBJECTS:
+        assert (subject.stream is None) == isinstance(subject, p.Request), subject.pattern
+    assert {c.stream for c in p.CONSUMERS} <= {s.name for s in p.STREAMS}
+    assert sorted(pat for s in p.STREAMS for pat in s.subjects) == sorted(
+        s.pattern for s in p.SUBJECTS if s.stream is not None)

@@ -22,7 +22,6 @@ from loranet.model.generate import ReferenceModel
 from loranet.observability import EventLog
 from loranet.runtime import Reject
 from loranet.signing import sign
-from services.verifier.domain import request_hash
 from services.verifier.engine import AuditEngine
 from services.verifier.handlers import Verifier
 from services.verifier.settings import VerifierSettings
@@ -158,8 +157,8 @@ def moved_to_another_job(kit: Kit) -> p.InferenceResult:
         moved = r.model_copy(update={"job_id": other.job_id})
     else:  # the other job's request pasted in, work of the first job kept
         moved = r.model_copy(update={"job_id": other.job_id, "request": other,
-                                     "request_hash": r.request_hash if kit.rng.random() < 0.5 else request_hash(other)})
-    return sign(moved, kit.node.identity, p.DOMAIN_RESULT)
+                                     "request_hash": r.request_hash if kit.rng.random() < 0.5 else other.request_hash()})
+    return sign(moved, kit.node.identity)
 
 
 def altered_prompt(kit: Kit) -> p.InferenceResult:

@@ -22,13 +22,13 @@ def _sealed_job(client, model_id: str, adapter_id: str, node, committee: list[by
     sealed = p.JobRequest(**{**plain.model_dump(), "prompt": "", "node_id": node.node_id, "signature": b"",
                              "sealed_prompt": c.seal_prompt(plain.job_id, plain.client_key, prompt,
                                                             node.identity.public, committee)})
-    return plain, sign(sealed, client.identity, p.DOMAIN_JOB_REQUEST)
+    return plain, sign(sealed, client.identity)
 
 
 def _confidential_result(node, plain: p.JobRequest, sealed: p.JobRequest, **overrides) -> p.InferenceResult:
     gen = node.generate(plain)
     unsigned = node.result(sealed, gen, sign_it=False, **overrides)
-    return sign(c.seal_result(unsigned), node.identity, p.DOMAIN_RESULT)
+    return sign(c.seal_result(unsigned), node.identity)
 
 
 @pytest.fixture
@@ -71,14 +71,14 @@ def test_cheating_inside_the_seal_is_caught(setup, honest, client, engine):
     edited = list(gen.output_tokens)
     edited[0] = (edited[0] + 1) % 250
     unsigned = honest.result(sealed, gen, sign_it=False, output_tokens=edited, output_text=tokenizer.decode(edited))
-    result = sign(c.seal_result(unsigned), honest.identity, p.DOMAIN_RESULT)
+    result = sign(c.seal_result(unsigned), honest.identity)
     out = judge_once(verifier, result)
     assert out.detected and ("sampling_replay" in out.how or "fingerprint" in out.how), out
     # Lying about the clear counts (the fee) is caught by the sealing check.
     plain, sealed = _sealed_job(client, engine.model_id, adapter_id, honest, committee)
     honest_one = c.seal_result(honest.result(sealed, honest.generate(plain), sign_it=False))
     padded = sign(honest_one.model_copy(update={"output_token_count": honest_one.output_token_count + 50}),
-                  honest.identity, p.DOMAIN_RESULT)
+                  honest.identity)
     out = judge_once(verifier, padded)
     assert out.detected and "sealing" in out.how, out
     # The client's slot garbled (the client could not read what was verified): rejected.
@@ -87,7 +87,7 @@ def test_cheating_inside_the_seal_is_caught(setup, honest, client, engine):
     decoy = c.seal(b"", [client.identity.public]).keys[0]
     garbled = good.model_copy(update={"sealed_output": good.sealed_output.model_copy(
         update={"keys": [decoy, *good.sealed_output.keys[1:]]})})
-    out = judge_once(verifier, sign(garbled, honest.identity, p.DOMAIN_RESULT))
+    out = judge_once(verifier, sign(garbled, honest.identity))
     assert out.detected and out.how == "rejected:sealing", out
 
 
@@ -99,7 +99,7 @@ def test_a_client_framing_the_node_gets_no_verdict(setup, honest, client, engine
     other = c.seal_prompt(plain.job_id, plain.client_key, "another prompt", honest.identity.public, committee)
     mixed = sealed.sealed_prompt.model_copy(update={"keys": [sealed.sealed_prompt.keys[0], *other.keys[1:]]})
     framed = sign(p.JobRequest(**{**sealed.model_dump(), "sealed_prompt": mixed.model_dump(), "signature": b""}),
-                  client.identity, p.DOMAIN_JOB_REQUEST)
+                  client.identity)
     result = _confidential_result(honest, plain, framed)
     out = judge_once(verifier, result)
     assert out.how.startswith("dead_letter:") and "sealed prompt" in out.how, out

@@ -42,7 +42,7 @@ def _blob_endpoint(adapters) -> Endpoint:
         config, weights = blobs[req.adapter]
         return p.AdapterBlob(adapter_id=req.adapter, config=config, weights=weights)
 
-    return Endpoint("adapter-blob", p.DATASTORE_ADAPTER_BLOB, p.AdapterGet, get_blob)
+    return Endpoint("adapter-blob", p.DATASTORE_ADAPTER_BLOB, get_blob)
 
 
 async def test_verifier_service_end_to_end(nats_server, tmp_path, base, adapters, honest, client):
@@ -62,10 +62,10 @@ async def test_verifier_service_end_to_end(nats_server, tmp_path, base, adapters
     edited[3] = (edited[3] + 1) % 256
     from loranet.model import tokenizer
     results["tampered"] = sign(t.model_copy(update={"output_tokens": edited, "output_text": tokenizer.decode(edited)}),
-                               honest.identity, p.DOMAIN_RESULT)
+                               honest.identity)
     forged = results["honest_base"].model_copy(update={"job_id": p.new_job_id()})  # moved without re-signing
     unknown = Identity.generate()
-    stranger = sign(results["honest_base"].model_copy(update={"node_key": unknown.public}), unknown, p.DOMAIN_RESULT)
+    stranger = sign(results["honest_base"].model_copy(update={"node_key": unknown.public}), unknown)
 
     async with Runtime("datastore-stub", CommonSettings(nats_url=nats_server.url)) as ds, \
             Runtime("verifier", settings) as rt:
@@ -78,19 +78,19 @@ async def test_verifier_service_end_to_end(nats_server, tmp_path, base, adapters
         for r in [*results.values(), forged, stranger]:
             await rt.js.publish(p.results(r.node_id), codec.encode(r))
         await rt.js.publish(p.results(honest.node_id), codec.encode(results["honest_base"]))  # replay
-        raw = await _collect(rt.js, p.VERDICTS_ALL, "VERDICTS", len(results))
+        raw = await _collect(rt.js, p.VERDICTS_ALL.pattern, "VERDICTS", len(results))
         verdicts = {v.job_id: v for v in (codec.decode(p.Verdict, d) for d in raw)}
         letters = [codec.decode(p.DeadLetter, d) for d in await _collect(rt.js, "dlq.>", "DEADLETTER", 2, 20)]
-        events = [codec.decode(p.JobEvent, d) for d in await _collect(rt.js, p.JOB_EVENTS_ALL, "EVENTS", 3, 20)]
+        events = [codec.decode(p.JobEvent, d) for d in await _collect(rt.js, p.JOB_EVENTS_ALL.pattern, "EVENTS", 3, 20)]
         await asyncio.sleep(1.0)  # the replay is skipped, not verdicted twice
-        extra = await _collect(rt.js, p.VERDICTS_ALL, "VERDICTS", len(results) + 1, 2)
+        extra = await _collect(rt.js, p.VERDICTS_ALL.pattern, "VERDICTS", len(results) + 1, 2)
         stats = json.loads((await (await rt.js.key_value(settings.stats_bucket)).get(f"verifier-0.{honest.node_id}")).value)
     assert stats["results"] == 3 and stats["audited"] == 3 and stats["rejected"] == 1 and stats["forced_audits_left"] > 0
     assert len(extra) == len(results)
     assert set(verdicts) == {j.job_id for j in jobs.values()}
     for name, job in jobs.items():
         v = verdicts[job.job_id]
-        verify(v, v.verifier_key, p.DOMAIN_VERDICT)
+        v.verify()
         assert v.audited, name
         names = {c.name for c in v.checks}
         assert {"fingerprint", "sampling_replay", "termination", "request_signature", "evidence_absent"} <= names

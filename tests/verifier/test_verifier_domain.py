@@ -65,8 +65,8 @@ def test_authenticate_and_verdict(honest, client, base):
         domain.served_model(r, "0" * 64)
     ident = Identity.generate()
     v = domain.build_verdict(r, [domain.check("a", True)], False, "verifier-x", ident, domain.devnet_address("v"))
-    verify(v, ident.public, p.DOMAIN_VERDICT)
-    assert v.accepted and not v.audited and v.result_hash == domain.result_hash(r)
+    verify(v, ident.public)
+    assert v.accepted and not v.audited and v.result_hash == r.result_hash()
 
 
 def test_replay_guard_is_bounded(honest, client, base):
@@ -75,7 +75,7 @@ def test_replay_guard_is_bounded(honest, client, base):
     for r in rs:
         guard.remember(r)
     assert not guard.seen_job(rs[0].job_id) and guard.seen_job(rs[-1].job_id)
-    reused = sign(rs[-1].model_copy(update={"job_id": p.new_job_id()}), honest.identity, p.DOMAIN_RESULT)
+    reused = sign(rs[-1].model_copy(update={"job_id": p.new_job_id()}), honest.identity)
     assert guard.seq_reused(reused) == rs[-1].job_id
 
 

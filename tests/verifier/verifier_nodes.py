@@ -39,7 +39,7 @@ class Client:
             sampling=p.SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed),
             max_fee=10**18, created_at=now, expires_at=now + 600,
         )
-        return sign(req, self.identity, p.DOMAIN_JOB_REQUEST)
+        return sign(req, self.identity)
 
 
 @dataclass
@@ -68,7 +68,7 @@ class HonestNode:
             model_ids=[self.model.model_id], device="cpu", memory_free=0, adapters_hot=list(self.adapter_names),
             slots_total=1, slots_free=1, queue_depth=0, tokens_per_s=0.0, at=time.time(),
         )
-        return sign(hb, self.identity, p.DOMAIN_HEARTBEAT)
+        return sign(hb, self.identity)
 
     def generate(self, job: p.JobRequest, model: ReferenceModel | None = None, adapter_name: str | None | bool = False,
                  seed: int | None = None) -> Generated:
@@ -93,7 +93,7 @@ class HonestNode:
         )
         if overrides:
             result = result.model_copy(update=overrides)
-        return sign(result, self.identity, p.DOMAIN_RESULT) if sign_it else result
+        return sign(result, self.identity) if sign_it else result
 
     def run(self, job: p.JobRequest) -> p.InferenceResult:
         return self.result(job, self.generate(job))

@@ -1,0 +1,82 @@
+"""Settlement's requests: balances, stakes, escrow reservations, the devnet faucet."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, StringConstraints
+
+from ..codec import AdditiveWire, Wire
+from .base import Address, JobId, ShortText, Wei
+
+class BalanceGet(Wire):
+    v: Literal[1] = 1
+    address: Address
+
+
+class Balance(Wire):
+    v: Literal[1] = 1
+    address: Address
+    token: Wei  # OPEN held in the wallet
+    escrow: Wei  # deposited for jobs
+    credit: Wei  # earned, withdrawable
+    stake: Wei = 0
+
+
+class StakeGet(Wire):
+    v: Literal[1] = 1
+    address: Address
+
+
+class Stake(Wire):
+    """A node's stake in the Registry (settlement.stake)."""
+
+    v: Literal[1] = 1
+    address: Address
+    stake: Wei
+    unbonding: Wei = 0
+    unbonding_until: Annotated[int, Field(ge=0)] = 0  # chain timestamp when the unbonding part can be withdrawn
+    active: bool = False  # staked at least min_stake
+    payout: Address = "0x" + "0" * 40
+    ed25519_key: Annotated[str, StringConstraints(pattern=r"^([0-9a-f]{64})?$")] = ""
+    min_stake: Wei = 0
+
+
+class Reserve(Wire):
+    """Admission: lock a job's max fee in its client's escrow (settlement.reserve)."""
+
+    v: Literal[1] = 1
+    job_id: JobId
+    client_address: Address
+    max_fee: Wei
+
+
+class Release(AdditiveWire):
+    """A reserved job that will never be verified (expired, failed): refund it (settlement.release)."""
+
+    v: Literal[1] = 1
+    job_id: JobId
+    reason: ShortText = ""
+    # Additive: the job's client key, which names the subject of its refund event (jobs.events.<client_id>.*);
+    # without it settlement finds the client from the job's earlier events.
+    client_key: Annotated[bytes, Field(max_length=32)] = b""
+
+    _additive = ("client_key",)
+
+
+class Reservation(Wire):
+    """Reply to settlement.reserve: the job's state on chain and the client's escrow left unreserved."""
+
+    v: Literal[1] = 1
+    job_id: JobId
+    state: Literal["reserved", "settled", "refunded"]
+    available: Wei = 0
+
+
+class Faucet(Wire):
+    """Devnet only: give `address` OPEN and deposit `escrow` of it for jobs."""
+
+    v: Literal[1] = 1
+    address: Address
+    amount: Wei
+    escrow: Wei = 0

@@ -1,0 +1,52 @@
+"""What nodes and verifiers announce about themselves (KV buckets `nodes` and `verifiers`)."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field, StringConstraints
+
+from ..codec import Wire
+from .base import Address, ContentId, Name, NodeId, PublicKey, Signature, Signed, Timestamp
+
+
+
+class NodeHeartbeat(Wire, Signed):
+    """A node's signed liveness and capacity report (KV bucket `nodes`, key = node_id)."""
+
+    v: Literal[1] = 1
+    node_id: NodeId
+    node_key: PublicKey
+    payout_address: Address
+    model_ids: Annotated[list[ContentId], Field(max_length=16)]
+    device: Annotated[str, StringConstraints(max_length=64)]
+    memory_free: Annotated[int, Field(ge=0)]
+    adapters_hot: Annotated[list[ContentId], Field(max_length=4096)]
+    slots_total: Annotated[int, Field(ge=0)]
+    slots_free: Annotated[int, Field(ge=0)]
+    queue_depth: Annotated[int, Field(ge=0)]
+    tokens_per_s: Annotated[float, Field(ge=0)]
+    region: Annotated[str, StringConstraints(max_length=32)] = ""
+    at: Timestamp
+    signature: Signature = b""
+
+    SIGNING_DOMAIN: ClassVar[str] = "loranet/node-heartbeat/v1"
+    SIGNER_FIELD: ClassVar[str] = "node_key"
+
+
+class VerifierAnnouncement(Wire, Signed):
+    """A verifier's signed key announcement (KV bucket `verifiers`, key = verifier id; TTL).
+
+    Clients seal confidential prompts to the announced keys (the committee)."""
+
+    v: Literal[1] = 1
+    verifier_id: Name
+    verifier_key: PublicKey
+    verifier_address: Address
+    model_ids: Annotated[list[ContentId], Field(max_length=16)]
+    at: Timestamp
+    signature: Signature = b""
+
+    SIGNING_DOMAIN: ClassVar[str] = "loranet/verifier-announcement/v1"
+    SIGNER_FIELD: ClassVar[str] = "verifier_key"
+
