@@ -34,15 +34,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import engine_bench as eb  # noqa: E402
 
-from loranet import devnet as dn  # noqa: E402
+from loranet_ops import devnet as dn  # noqa: E402
 from loranet.client import Client  # noqa: E402
-from loranet.demo import TRAINED, TRAINED_DIR  # noqa: E402
+from loranet_ops.demo import TRAINED, TRAINED_DIR  # noqa: E402
 from loranet.model.adapters import adapter_to_blobs  # noqa: E402
 from loranet.model.catalog import resolve_model  # noqa: E402
 from loranet.model.content import adapter_content_id  # noqa: E402
 from loranet.model.tokenizers import load_tokenizer  # noqa: E402
 from loranet.sampling import GREEDY  # noqa: E402
-from loranet.servers import free_port  # noqa: E402
+from loranet_ops.servers import free_port  # noqa: E402
 from loranet.signing import Identity  # noqa: E402
 from services.inference.engine import Engine, EngineConfig, GenRequest  # noqa: E402
 

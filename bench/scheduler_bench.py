@@ -20,7 +20,7 @@ Three measurements:
    plan per 100 jobs (a 20 ms window at 5,000 jobs/s); also with the
    work-batch assembly + encode.  Reported per CPU-second of the one thread
    (time.process_time), because the machine is shared; wall-clock beside it.
-3. Dispatch overhead on a real nats-server (loranet.servers.NatsServer on
+3. Dispatch overhead on a real nats-server (loranet_ops.servers.NatsServer on
    loopback): the scheduler service's own code path, p50 of job handler entry
    (the job fetched and decoded) -> work batch publish acked, with the window
    at 0 ms and at the default 20 ms.
@@ -251,8 +251,8 @@ def admission(raw: list[bytes], nodes: int, per_window: int, assemble: bool, clo
 
 async def dispatch_overhead(n_jobs: int, window_ms: float) -> dict:
     from loranet.runtime import Runtime
-    from loranet.servers import NatsServer, free_port
-    from services.scheduler.handlers import Scheduler
+    from loranet_ops.servers import NatsServer, free_port
+    from services.scheduler.handlers import SchedulerService
     from services.scheduler.settings import SchedulerSettings
 
     node_key = Identity.from_seed(b"k" * 32)
@@ -264,7 +264,7 @@ async def dispatch_overhead(n_jobs: int, window_ms: float) -> dict:
             settings = SchedulerSettings(nats_url=server.url, require_escrow=False, reserve_escrow=False, batch_window_ms=window_ms,
                                          log_level="ERROR", drain_timeout_s=1)
             async with Runtime("scheduler", settings) as rt:
-                sched = Scheduler(rt, settings)
+                sched = SchedulerService(rt, settings)
                 fetched: dict[str, float] = {}
                 acked: dict[str, float] = {}
                 on_job = sched.on_job

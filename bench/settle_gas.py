@@ -47,7 +47,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loranet import codec, protocol as p, topology  # noqa: E402
-from loranet.servers import NatsServer, free_port  # noqa: E402
+from loranet_ops.servers import NatsServer, free_port  # noqa: E402
 from loranet.signing import Identity, sign  # noqa: E402
 from services.settlement.chain import Chain, wait_for_rpc  # noqa: E402
 from services.settlement.packing import Reservation, SettleJob  # noqa: E402

@@ -62,7 +62,7 @@ def build_sgmv(base, peft_model, n_adapters: int, backend):
     import sgmv
 
     model = copy.deepcopy(base)
-    bank = sgmv.AdapterBank.for_model(model, num_slots=n_adapters, max_rank=RANK)
+    bank = sgmv.bank_for_model(model, num_slots=n_adapters, max_rank=RANK)
     for i in range(n_adapters):
         state = peft.get_peft_model_state_dict(peft_model, adapter_name=f"a{i}")
         config = peft_model.peft_config[f"a{i}"].to_dict()

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -40,7 +39,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "verifier"))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from loranet import protocol as p, thresholds  # noqa: E402
@@ -64,7 +62,7 @@ class Setup:
     def __init__(self, cache: Path, model: str = "tiny") -> None:
         other = cache / "other"
         if model == "smollm2":
-            from loranet.demo import TRAINED_DIR
+            from loranet_ops.demo import TRAINED_DIR
             from loranet.model.catalog import resolve_model
             from loranet.model.content import adapter_content_id
             from tests.realmodel.test_attacks_real import ADAPTERS, truncated_copy

@@ -9,7 +9,7 @@
    attaches instead of deploying its own.  A file whose contracts are still on the
    chain is kept (a restarted init does not redeploy).
 3. Catalogue: registers the built-in model and the demo adapters with the datastore
-   (loranet.demo.register_catalogue), waiting for the datastore to answer.
+   (loranet_ops.demo.register_catalogue), waiting for the datastore to answer.
 
 Exits 0 when all three are done; docker compose starts the services after it
 (`depends_on: condition: service_completed_successfully`).
@@ -130,7 +130,7 @@ async def ensure_streams_and_consumers(js, settings: InitSettings, log: EventLog
 
 
 async def register(nc, settings: InitSettings, log: EventLog) -> None:
-    from loranet.demo import register_catalogue
+    from loranet_ops.demo import register_catalogue
 
     deadline = time.monotonic() + settings.wait_s
     while True:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from loranet.servers import NatsServer, RedisServer, docker_reachable, free_port
+from loranet_ops.servers import NatsServer, RedisServer, docker_reachable, free_port
 
 # Tests run on the seeded tiny model (byte tokenizer, 4 layers) unless they ask for the real one
 # (the `real_model` fixture, tests/realmodel): every service, devnet and client started here reads this.
@@ -35,7 +35,7 @@ class _ContainerServer:
         return f"{self.scheme}://127.0.0.1:{self.port}" + ("/0" if self.scheme == "redis" else "")
 
     def start(self) -> None:
-        from loranet.servers import wait_for_port
+        from loranet_ops.servers import wait_for_port
 
         self.container.start()
         wait_for_port(self.port, 30)
@@ -78,7 +78,7 @@ def redis_server(tmp_path) -> Iterator[RedisServer]:
 @pytest.fixture(scope="session")
 def devnet(tmp_path_factory):
     """One embedded devnet (every service a real process) shared by the end-to-end tests."""
-    from loranet import devnet as dn
+    from loranet_ops import devnet as dn
 
     root = tmp_path_factory.mktemp("devnet")
     config = dn.DevnetConfig(state_dir=str(root / "state"), nats_port=free_port(), redis_port=free_port(),

@@ -26,8 +26,10 @@ from nats.nuid import NUID
 from . import codec, confidential, natsauth, protocol as p
 from .model.catalog import default_model_name
 from .model.tokenizers import render_chat
-from .runtime import RemoteError, request
-from .signing import Identity, SignatureInvalid, devnet_address, sign, verify
+from .runtime import request
+from .errors import RemoteError
+from .signing import Identity, SignatureInvalid, devnet_address, sign
+from .errors import LoranetError
 
 M = TypeVar("M", bound=p.Wire)
 R = TypeVar("R", bound=p.Wire)
@@ -37,7 +39,7 @@ REGISTRY_FRESH_S = 30.0  # heartbeats and verifier announcements older than this
 WAIT_RECHECK_S = 15.0  # wait() reads the job's record when its events have been quiet this long
 
 
-class JobFailed(RuntimeError):
+class JobFailed(LoranetError):
     pass
 
 

@@ -13,13 +13,14 @@ from typing import Any, ClassVar, TypeVar
 
 import msgpack
 from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer
+from .errors import Invalid
 
 # Hard ceilings for any message; a subject may set a lower one.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 _MAX_DEPTH = 32
 
 
-class DecodeError(ValueError):
+class DecodeError(Invalid):
     """A message could not be decoded into its schema.
 
     `field` names the offending field where one is known; `reason` is a short

@@ -50,6 +50,7 @@ from nacl.signing import VerifyKey
 
 from . import protocol as p
 from .signing import Identity
+from .errors import Invalid
 
 DATA_KEY_BYTES = SecretBox.KEY_SIZE  # 32
 SLOT_BYTES = 32 + 16 + DATA_KEY_BYTES  # ephemeral public key + MAC + sealed data key
@@ -58,7 +59,7 @@ DOMAIN_SEALED_PROMPT = "loranet/sealed-prompt/v1"
 DOMAIN_SEALED_OUTPUT = "loranet/sealed-output/v2"  # v2: the fingerprint chunks are inside too
 
 
-class ConfidentialError(ValueError):
+class ConfidentialError(Invalid):
     """A sealed payload could not be opened or is not bound to its job."""
 
 

@@ -10,6 +10,10 @@ dead-letter path, metrics and JSON logs, and a graceful drain on SIGTERM.
     async with Runtime("scheduler", settings) as rt:
         await rt.mount(routes)
         await rt.serve_forever()
+
+Services that are NATS clients rather than stream consumers (auth, the gateway) use it
+connect-only (`topology=False`), with plain subscriptions (`subscribe`) and their own
+shutdown steps (`on_close`).
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ import asyncio
 import hashlib
 import os
 import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import nats
 import nats.micro
@@ -34,6 +39,7 @@ from nats.micro.request import Request as MicroRequest
 
 from . import codec, protocol
 from .codec import DecodeError, Wire
+from .errors import STATUS, LoranetError, Refused, RemoteError, ServiceError, Unavailable, code_of
 from .observability import DEAD_LETTERS, HANDLER_SECONDS, MESSAGES, EventLog, serve_metrics
 from .settings import CommonSettings
 from .protocol import Consumer, Request, Subject
@@ -45,34 +51,6 @@ R = TypeVar("R", bound=Wire)
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 DEAD_LETTER_KEEP_BYTES = 1024 * 1024
 HAND_BACK_DELAY_S = 2.0  # > the pull loop's 1 s fetch timeout
-_HTTP_LIKE = {"invalid": "400", "forbidden": "403", "not_found": "404", "conflict": "409", "hash_mismatch": "422",
-              "unavailable": "503", "internal": "500"}
-
-
-class Reject(Exception):
-    """A handler's permanent refusal: the message goes to the dead-letter subject with `reason`."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class Transient(Exception):
-    """A failure that says nothing about the message (a peer was down or slow): retry later."""
-
-
-class ServiceError(Exception):
-    """A typed error for a request-reply caller (see protocol.ErrorReply)."""
-
-    def __init__(self, code: str, message: str, field: str = "") -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.field = field
-
-
-class RemoteError(ServiceError):
-    """A request-reply endpoint answered with an error."""
 
 
 @dataclass
@@ -125,8 +103,9 @@ class Runtime:
 
     def __init__(self, service: str, settings: CommonSettings, version: str = "0.1.0", topology: bool = True,
                  connect_options: dict[str, Any] | None = None) -> None:
-        """`topology`: create the streams at start (False for a service without JetStream rights, like auth);
-        `connect_options`: extra nats.connect arguments (an NKEY seed, an inbox prefix)."""
+        """`topology`: create the streams at start (False: connect only, for a service without JetStream
+        rights, like auth and the gateway); `connect_options`: extra nats.connect arguments (an NKEY seed,
+        an inbox prefix)."""
         self.service = service
         self.topology = topology
         self.connect_options = connect_options or {}
@@ -142,6 +121,7 @@ class Runtime:
         self._subs: list[Any] = []
         self._handlers: set[asyncio.Task[Any]] = set()
         self._micro: nats.micro.Service | None = None
+        self._on_close: list[Callable[[], Awaitable[Any]]] = []
         self.stats: dict[str, _Stats] = {}
 
     # -- lifecycle ---------------------------------------------------------
@@ -181,21 +161,41 @@ class Runtime:
         self.log.info("service.started", nats=self.settings.nats_url.split("@")[-1], metrics_port=self.settings.metrics_port)
 
     def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT set `stopping` (in the main thread only: a service run by a test in a thread is
+        stopped through its event)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
 
-    async def serve_forever(self) -> None:
-        """Run until SIGTERM/SIGINT (or `stopping` is set), then drain."""
+    async def serve_forever(self, stop: asyncio.Event | None = None) -> None:
+        """Run until SIGTERM/SIGINT, `stopping` or `stop` is set, then drain."""
         self.install_signal_handlers()
+        if stop is not None:
+            self.spawn(_relay(stop, self.stopping), name="stop")
         await self.stopping.wait()
         await self.close()
+
+    def on_close(self, step: Callable[[], Awaitable[Any]]) -> None:
+        """Run `step` when the service stops, before the runtime drains its connection (an HTTP server's
+        shutdown, say); steps run in the order given."""
+        self._on_close.append(step)
+
+    async def subscribe(self, subject: str, cb: Callable[[Msg], Awaitable[None]], queue: str = "") -> None:
+        """A plain core-NATS subscription for the service's lifetime (unsubscribed when it stops)."""
+        self._subs.append(await self.nc.subscribe(subject, queue=queue, cb=cb))
 
     async def close(self) -> None:
         """Stop fetching, let in-flight handlers finish (or hand them back), drain."""
         if self.nc is None:
             return
         self.stopping.set()
+        for step in self._on_close:
+            try:
+                await step()
+            except Exception as exc:
+                self.log.warning("service.close_step_failed", error=repr(exc))
         for loop_task in self._loops:
             loop_task.cancel()
         if self._handlers:
@@ -271,9 +271,9 @@ class Runtime:
             except DecodeError as exc:
                 outcome = "invalid"
                 await self._respond_error(req, ServiceError("invalid", str(exc), exc.field))
-            except ServiceError as exc:
-                outcome = exc.code
-                await self._respond_error(req, exc)
+            except LoranetError as exc:  # a loranet error carries its wire code (loranet.errors)
+                outcome = code_of(exc)
+                await self._respond_error(req, ServiceError(outcome, exc.message or str(exc), exc.field))
             except Exception as exc:  # never let one request take the service down
                 outcome = "internal"
                 self.log.error("endpoint.crashed", route=ep.name, error=repr(exc))
@@ -287,7 +287,7 @@ class Runtime:
     async def _respond_error(self, req: MicroRequest, err: ServiceError) -> None:
         body = codec.encode(protocol.ErrorReply(code=err.code, message=err.message[:1024], field=err.field[:128]))
         try:
-            await req.respond_error(_HTTP_LIKE.get(err.code, "500"), err.message[:200].replace("\r", " ").replace("\n", " "), data=body)
+            await req.respond_error(STATUS.get(err.code, "500"), err.message[:200].replace("\r", " ").replace("\n", " "), data=body)
         except Exception as exc:
             self.log.warning("endpoint.reply_failed", error=repr(exc))
 
@@ -337,7 +337,7 @@ class Runtime:
                 await route.handler(message, Delivery(msg.subject, deliveries, msg))
                 await msg.ack()
                 settled = True
-            except Reject as exc:
+            except Refused as exc:
                 outcome = "rejected"
                 await self.dead_letter(route.name, msg, exc.reason, deliveries)
                 settled = True
@@ -360,7 +360,7 @@ class Runtime:
                 settled = True
         finally:
             heartbeat.cancel()
-            if not settled and not msg._ackd:
+            if not settled and not msg.is_acked:
                 # Shutdown mid-handler: hand the message back for another replica.  The delay
                 # outlasts this replica's last open fetch, which could otherwise take it straight
                 # back and strand it until ack_wait.
@@ -446,9 +446,14 @@ class Runtime:
         return await request(self.nc, subject, message, timeout or self.settings.request_timeout_s, to=to)
 
 
+async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
+
+
 def is_transient(exc: BaseException) -> bool:
     """Errors that are about a peer or the network, not the message being handled."""
-    if isinstance(exc, Transient):
+    if isinstance(exc, Unavailable):
         return True
     if isinstance(exc, RemoteError):
         return exc.code == "unavailable"

@@ -11,11 +11,12 @@ import os
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+from .errors import Invalid
 
 ENV_PREFIX = "LORANET_"
 
 
-class SettingsError(ValueError):
+class SettingsError(Invalid):
     """A setting from the environment is invalid; names the variable."""
 
 

@@ -19,9 +19,10 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from .codec import Wire, canonical_bytes
+from .errors import Invalid
 
 
-class SignatureInvalid(ValueError):
+class SignatureInvalid(Invalid):
     """A signature does not verify for the claimed key and message."""
 
 

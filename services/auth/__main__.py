@@ -1,5 +1,3 @@
-import asyncio
+from .main import run
 
-from .main import main
-
-asyncio.run(main())
+run()

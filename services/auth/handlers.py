@@ -7,10 +7,14 @@ from typing import Any
 from nacl.signing import SigningKey
 
 from loranet import natsauth
+
+from . import domain
 from loranet.observability import EventLog
 
 
-class AuthCallout:
+class AuthService:
+    """Answers nats-server's auth callout: a client's user JWT, or a refusal."""
+
     def __init__(self, issuer: SigningKey, log: EventLog, user_ttl_s: float = 0.0) -> None:
         self.issuer = issuer
         self.log = log
@@ -22,7 +26,7 @@ class AuthCallout:
         if not msg.reply:
             return
         try:
-            decision = natsauth.authorize(msg.data.decode(errors="replace"), self.issuer, self.user_ttl_s)
+            decision = domain.authorize(msg.data.decode(errors="replace"), self.issuer, self.user_ttl_s)
         except natsauth.AuthError as exc:
             # Not a request signed by the server it names: nothing the server would accept can be sent back.
             self.refused += 1

@@ -9,20 +9,19 @@ import asyncio
 from loranet import natsauth
 from loranet.runtime import Runtime
 
-from .handlers import AuthCallout
+from .handlers import AuthService
 from .settings import AuthSettings
 
 
-async def main() -> None:
-    settings = AuthSettings.from_env()
+async def main(settings: AuthSettings | None = None) -> None:
+    settings = settings or AuthSettings.from_env()
     issuer = natsauth.issuer_from_seed(settings.issuer_seed())
     async with Runtime("auth", settings, topology=False,
                        connect_options={"nkeys_seed_str": settings.nkey_seed()}) as rt:
-        callout = AuthCallout(issuer, rt.log, settings.auth_user_ttl_s)
-        sub = await rt.nc.subscribe(natsauth.AUTH_CALLOUT_SUBJECT, queue="auth", cb=callout.on_request)
-        rt._subs.append(sub)
+        service = AuthService(issuer, rt.log, settings.auth_user_ttl_s)
+        await rt.subscribe(natsauth.AUTH_CALLOUT_SUBJECT, service.on_request, queue="auth")
         await rt.serve_forever()
 
 
-if __name__ == "__main__":
+def run() -> None:
     asyncio.run(main())

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from loranet import codec, protocol as p
 from loranet.codec import DecodeError, Wire
 from loranet.model.adapters import adapter_id_of_blobs
-from loranet.runtime import Reject, ServiceError
+from loranet.errors import Refused, ServiceError
 
 # Where each stage stands in a job's life; the stages that end the work (p.Stage.ends_work) rank above
 # every work stage of every attempt.
@@ -191,33 +191,33 @@ CLIENT_FIELD = "client"  # the job hash's field holding its client id (the event
 
 
 def check_event(event: p.JobEvent, subject: str) -> Wire | None:
-    """Decode and cross-check an event's body; Reject (dead letter) what cannot be recorded."""
+    """Decode and cross-check an event's body; Refused (dead letter) what cannot be recorded."""
     try:
         client, job_id = p.parse_job_events(subject)
     except ValueError:
-        raise Reject(f"event for job {event.job_id} arrived on {subject}") from None
+        raise Refused(f"event for job {event.job_id} arrived on {subject}") from None
     if job_id != event.job_id:
-        raise Reject(f"event for job {event.job_id} arrived on {subject}")
+        raise Refused(f"event for job {event.job_id} arrived on {subject}")
     schema = STAGE_BODY[event.stage]
     if schema is None:
         return None
     if not event.body:
-        raise Reject(f"stage {event.stage!r} needs its {schema.__name__} in body")
+        raise Refused(f"stage {event.stage!r} needs its {schema.__name__} in body")
     try:
         body = codec.decode(schema, event.body, len(event.body))
     except DecodeError as exc:
-        raise Reject(f"body of stage {event.stage!r}: {exc}") from None
+        raise Refused(f"body of stage {event.stage!r}: {exc}") from None
     if body.job_id != event.job_id:
-        raise Reject(f"body is for job {body.job_id}, the event for {event.job_id}")
+        raise Refused(f"body is for job {body.job_id}, the event for {event.job_id}")
     if isinstance(body, p.Receipt) and body.status != event.stage:
-        raise Reject(f"receipt status {body.status!r} in a {event.stage!r} event")
+        raise Refused(f"receipt status {body.status!r} in a {event.stage!r} event")
     attempt = body.attempt if isinstance(body, (p.InferenceResult, p.RerunRequest)) else (
         body.result.attempt if isinstance(body, p.Verdict) else event.attempt)
     if attempt != event.attempt:
-        raise Reject(f"body is attempt {attempt} of the job, the event says {event.attempt}")
+        raise Refused(f"body is attempt {attempt} of the job, the event says {event.attempt}")
     request = p.request_of(body)
     if request is not None and p.client_id(request.client_key) != client:
-        raise Reject(f"body is a job of client {p.client_id(request.client_key)[:16]}…, the subject names {client[:16]}…")
+        raise Refused(f"body is a job of client {p.client_id(request.client_key)[:16]}…, the subject names {client[:16]}…")
     return body
 
 

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 from loranet import codec, protocol as p
 from loranet.model.adapters import adapter_id_of_blobs
 from loranet.observability import EventLog
-from loranet.runtime import Delivery, Endpoint, Pull, ServiceError
+from loranet.runtime import Delivery, Endpoint, Pull
+from loranet.errors import ServiceError
 
 from . import domain
 from .settings import DatastoreSettings
 from .store import BlobCorrupted, RegistryStore
 
-class DatastoreHandlers:
+class DatastoreService:
     def __init__(self, store: RegistryStore, settings: DatastoreSettings, log: EventLog, stopping: asyncio.Event | None = None) -> None:
         self.store = store
         self.settings = settings

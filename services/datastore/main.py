@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
-from loranet.runtime import Runtime, ServiceError
+from loranet.runtime import Runtime
+from loranet.errors import ServiceError
 
-from .handlers import DatastoreHandlers
+from .handlers import DatastoreService
 from .settings import DatastoreSettings
 from .store import RegistryStore
 
 
-async def main() -> None:
-    settings = DatastoreSettings.from_env()
+async def main(settings: DatastoreSettings | None = None) -> None:
+    settings = settings or DatastoreSettings.from_env()
     store = RegistryStore.from_settings(settings)
     try:
         async with Runtime("datastore", settings) as rt:
@@ -20,11 +21,11 @@ async def main() -> None:
                 await store.ping()
             except ServiceError as exc:  # keep serving: requests answer "unavailable" until Redis is up
                 rt.log.warning("redis.unreachable", error=exc.message)
-            await rt.mount(DatastoreHandlers(store, settings, rt.log, rt.stopping).routes())
+            await rt.mount(DatastoreService(store, settings, rt.log, rt.stopping).routes())
             await rt.serve_forever()
     finally:
         await store.close()
 
 
-if __name__ == "__main__":
+def run() -> None:
     asyncio.run(main())

@@ -20,16 +20,17 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from loranet import codec, protocol as p
-from loranet.runtime import ServiceError
+from loranet.errors import ServiceError
 
 from . import domain
 from .settings import DatastoreSettings
+from loranet.errors import HashMismatch
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
-class BlobCorrupted(Exception):
+class BlobCorrupted(HashMismatch):
     """A stored blob does not hash to its key: never serve it."""
 
     def __init__(self, sha: str, detail: str) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from loranet import protocol as p
 from loranet.model.tokenizers import render_chat, visible_text
+from loranet.errors import LoranetError
 
 ADAPTER_SEPARATOR = ":"
 OPENAI_MAX_TEMPERATURE = 2.0
@@ -23,7 +24,7 @@ CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assist
 # loranet finish reasons → OpenAI's
 
 
-class ApiError(Exception):
+class ApiError(LoranetError):
     """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
 
     def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
@@ -33,11 +34,11 @@ class ApiError(Exception):
         self.message = message
         self.type = type
         self.param = param
-        self.code = code
+        self.openai_code = code  # OpenAI's error code (`code` is loranet's wire code)
         self.loranet = loranet
 
     def body(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        error: dict[str, Any] = {"message": self.message, "type": self.type, "param": self.param, "code": self.openai_code}
         if self.loranet is not None:
             error["loranet"] = self.loranet
         return {"error": error}

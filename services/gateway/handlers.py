@@ -31,7 +31,8 @@ from loranet import protocol as p
 from loranet.client import Client, JobFailed
 from loranet.observability import HANDLER_SECONDS, MESSAGES, EventLog
 from loranet.ratelimit import RateLimiter
-from loranet.runtime import RemoteError, request
+from loranet.runtime import request
+from loranet.errors import RemoteError
 from loranet.signing import Identity
 
 from . import domain
@@ -41,7 +42,7 @@ from .settings import GatewaySettings
 KEEP_ALIVE_S = 10.0
 
 
-class Gateway:
+class GatewayService:
     def __init__(self, nc: NATS, settings: GatewaySettings, log: EventLog) -> None:
         self.nc = nc
         self.settings = settings
@@ -115,7 +116,7 @@ class Gateway:
         try:
             return parse(await self.catalogue())
         except ApiError as exc:
-            if exc.code != "model_not_found":
+            if exc.openai_code != "model_not_found":
                 raise
             return parse(await self.catalogue(refresh=True))  # registered since the last read?
 
@@ -168,7 +169,7 @@ class Gateway:
         try:
             return web.json_response((await self.catalogue()).model_object(name))
         except ApiError as exc:
-            if exc.code != "model_not_found":
+            if exc.openai_code != "model_not_found":
                 raise
             return web.json_response((await self.catalogue(refresh=True)).model_object(name))
 
@@ -262,7 +263,7 @@ def error_middleware(log: EventLog):
     return middleware
 
 
-def build_app(gateway: Gateway) -> web.Application:
+def build_app(gateway: GatewayService) -> web.Application:
     app = web.Application(middlewares=[error_middleware(gateway.log)], client_max_size=4 * p.MAX_PROMPT_CHARS + 65_536)
     app.add_routes([
         web.get("/healthz", gateway.healthz),

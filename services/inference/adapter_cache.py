@@ -32,11 +32,12 @@ from sgmv import AdapterBank, PackedAdapter, adapter_from_peft_state
 from loranet.model.adapters import adapter_from_blobs, load_adapter
 
 from . import metrics
+from loranet.errors import Refused
 
 BAD_ADAPTER_TTL_S = 60.0
 
 
-class AdapterRefused(Exception):
+class AdapterRefused(Refused):
     """An adapter that cannot be served (bad hash, unsupported shape); the reason names it."""
 
 

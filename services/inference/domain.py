@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from loranet import codec, protocol as p
+from loranet import protocol as p
 from loranet.fingerprint import CHUNK_TOKENS, TOP_K
 from loranet.sampling import SamplerParams
+from loranet.errors import Refused
 
 
-class BadJob(ValueError):
-    """A job this node cannot run; the reason goes back to the client."""
+class JobRefused(Refused):
+    """A job this node will not run (its sampling, tokenizer, prompt or adapter); the reason goes back to the client."""
 
 
 def sampler_params(job: p.JobRequest) -> SamplerParams:
@@ -16,17 +17,17 @@ def sampler_params(job: p.JobRequest) -> SamplerParams:
     try:
         return SamplerParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
     except ValueError as exc:
-        raise BadJob(f"invalid sampling parameters: {exc}") from None
+        raise JobRefused(f"invalid sampling parameters: {exc}") from None
 
 
 def check_tokenizer(job: p.JobRequest, tokenizer_id: str) -> None:
     if problem := job.tokenizer_problem(tokenizer_id):
-        raise BadJob(problem)
+        raise JobRefused(problem)
 
 
 def check_prompt(prompt_tokens: list[int], max_prompt_tokens: int) -> None:
     if len(prompt_tokens) > max_prompt_tokens:
-        raise BadJob(f"prompt is {len(prompt_tokens)} tokens; this node takes at most {max_prompt_tokens}")
+        raise JobRefused(f"prompt is {len(prompt_tokens)} tokens; this node takes at most {max_prompt_tokens}")
 
 
 def build_result(*, job: p.JobRequest, node_id: str, node_key: bytes, node_address: str, node_seq: int,

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from sgmv import AdapterBank
+from sgmv import bank_for_model
 
 from loranet.fingerprint import fingerprint_chunks
 from loranet.model.catalog import resolve_model
@@ -45,12 +45,9 @@ from loranet.sampling import SamplerParams, sample_many
 from . import metrics
 from .adapter_cache import AdapterCache, AdapterRefused
 from .forward import KVPool, PackedBatch, PackedLlama
+from .domain import JobRefused
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class JobRefused(Exception):
-    """The engine cannot run this job; the message says why (sent back as the job's failure reason)."""
 
 
 @dataclass
@@ -123,7 +120,7 @@ class Engine:
         self.model_name: str = resolved.name
         self.tokenizer: Tokenizer = load_tokenizer(model_path)
         self.device = torch.device(device)
-        self.bank = AdapterBank.for_model(model, num_slots=cfg.adapter_slots, max_rank=cfg.max_rank)
+        self.bank = bank_for_model(model, num_slots=cfg.adapter_slots, max_rank=cfg.max_rank)
         self.model = model
         self.llama = PackedLlama(model, self.bank, cfg.lora_backend)
         blocks = cfg.kv_blocks or cfg.max_running * (512 // cfg.block_size)

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from loranet import codec, confidential, protocol as p, topology
+from loranet import codec, confidential, protocol as p
 from loranet.model.content import ContentHashMismatch
-from loranet.runtime import Delivery, Pull, RemoteError, Runtime
+from loranet.runtime import Delivery, Pull, Runtime
+from loranet.errors import RemoteError
 from loranet.signing import Identity, devnet_address, sign
 
 from . import domain, metrics
@@ -41,7 +42,7 @@ def load_identity(settings: InferenceSettings) -> Identity:
     return identity
 
 
-class InferenceNode:
+class InferenceService:
     def __init__(self, rt: Runtime, settings: InferenceSettings, engine: Engine, identity: Identity) -> None:
         self.rt = rt
         self.settings = settings
@@ -153,7 +154,7 @@ class InferenceNode:
             # A confidential job's prompt is sealed to this node's identity (and the verifier committee).
             prompt_tokens = tok.encode(confidential.open_prompt(job, self.identity))
             domain.check_prompt(prompt_tokens, self.settings.max_prompt_tokens)
-        except (domain.BadJob, confidential.ConfidentialError) as exc:
+        except (domain.JobRefused, confidential.ConfidentialError) as exc:
             await self.fail(job, str(exc), attempt)
             return
         req = GenRequest(job_id=job.job_id, prompt_tokens=prompt_tokens, adapter_id=job.adapter_id,

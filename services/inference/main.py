@@ -7,7 +7,7 @@ import asyncio
 from loranet.runtime import Runtime
 
 from .engine import Engine
-from .handlers import InferenceNode, load_identity
+from .handlers import InferenceService, load_identity
 from .settings import InferenceSettings
 
 
@@ -18,7 +18,7 @@ async def main(settings: InferenceSettings | None = None) -> None:
     engine.start()
     try:
         async with Runtime("inference", settings.model_copy(update={"instance": settings.instance or settings.node_id})) as rt:
-            node = InferenceNode(rt, settings, engine, load_identity(settings))
+            node = InferenceService(rt, settings, engine, load_identity(settings))
             rt.spawn(node.heartbeat_loop(), name="heartbeat")
             await rt.mount(node.routes())
             await rt.serve_forever()

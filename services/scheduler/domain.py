@@ -25,15 +25,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from loranet import protocol as p
-from loranet.signing import SignatureInvalid, verify
+from loranet.signing import SignatureInvalid
+from loranet.errors import Refused
 
 
-class Refusal(Exception):
+class AdmissionRefused(Refused):
     """A signed, well-formed job that the network will not run; `reason` goes to the client."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 # ---------------------------------------------------------------------------
@@ -48,31 +45,31 @@ def check_signature(job: p.JobRequest) -> None:
 
 def check_timing(job: p.JobRequest, now: float, max_skew_s: float) -> None:
     if job.expires_at <= now:
-        raise Refusal(f"job expired at {job.expires_at:.0f} (now {now:.0f})")
+        raise AdmissionRefused(f"job expired at {job.expires_at:.0f} (now {now:.0f})")
     if job.created_at > now + max_skew_s:
-        raise Refusal(f"job created_at {job.created_at:.0f} is in the future (now {now:.0f})")
+        raise AdmissionRefused(f"job created_at {job.created_at:.0f} is in the future (now {now:.0f})")
     if job.expires_at <= job.created_at:
-        raise Refusal("expires_at must be after created_at")
+        raise AdmissionRefused("expires_at must be after created_at")
 
 
 def check_adapter(job: p.JobRequest, manifest: p.AdapterManifest | None) -> None:
     if not job.adapter_id:
         return
     if manifest is None:
-        raise Refusal(f"unknown adapter {job.adapter_id}: register it with the datastore first")
+        raise AdmissionRefused(f"unknown adapter {job.adapter_id}: register it with the datastore first")
     if manifest.base_model_id != job.model_id:
-        raise Refusal(f"adapter {manifest.name} targets base model {manifest.base_model_id[:12]}…, not {job.model_id[:12]}…")
+        raise AdmissionRefused(f"adapter {manifest.name} targets base model {manifest.base_model_id[:12]}…, not {job.model_id[:12]}…")
 
 
 def check_tokenizer(job: p.JobRequest, model: p.ModelManifest | None) -> None:
     """A job naming a tokenizer must name its model's (when the model is registered)."""
     if model is not None and (problem := job.tokenizer_problem(model.tokenizer_id)):
-        raise Refusal(problem)
+        raise AdmissionRefused(problem)
 
 
 def check_escrow(job: p.JobRequest, escrow: int) -> None:
     if escrow < job.max_fee:
-        raise Refusal(f"escrow {escrow} of {job.client_address} does not cover max_fee {job.max_fee}: deposit more OPEN")
+        raise AdmissionRefused(f"escrow {escrow} of {job.client_address} does not cover max_fee {job.max_fee}: deposit more OPEN")
 
 
 def live_nodes(heartbeats: Iterable[p.NodeHeartbeat], now: float, ttl_s: float) -> list[p.NodeHeartbeat]:

@@ -6,14 +6,14 @@ import asyncio
 
 from loranet.runtime import Runtime
 
-from .handlers import Scheduler
+from .handlers import SchedulerService
 from .settings import SchedulerSettings
 
 
 async def main(settings: SchedulerSettings | None = None) -> None:
     settings = settings or SchedulerSettings.from_env()
     async with Runtime("scheduler", settings) as rt:
-        scheduler = Scheduler(rt, settings)
+        scheduler = SchedulerService(rt, settings)
         await scheduler.start()
         await rt.mount(scheduler.routes())
         await rt.serve_forever()

@@ -37,6 +37,7 @@ _REVERTS = (ContractLogicError, _TesterRevert)
 
 from services.settlement.contracts import compile_contract
 from services.settlement.merkle import merkle_root
+from loranet.errors import LoranetError
 from services.settlement.packing import (
     Reservation,
     SettleJob,
@@ -59,7 +60,7 @@ _IN_PROCESS_GAS = 16_000_000  # per-transaction limit on the in-process chain (E
 JOB_STATES = ("unknown", "reserved", "settled", "refunded")
 
 
-class ChainError(RuntimeError):
+class ChainError(LoranetError):
     """A transaction reverted or the chain could not be used; the message says which and why."""
 
 

@@ -52,6 +52,7 @@ from hexbytes import HexBytes
 from loranet.observability import EventLog
 
 from .settings import ChainNodeSettings
+from loranet.errors import LoranetError
 
 _ERROR_SELECTOR = bytes.fromhex("08c379a0")  # Error(string)
 
@@ -82,7 +83,7 @@ _HEADER = struct.Struct(">4sI4s32s")
 _FIRST_DIGEST = hashlib.sha256(b"loranet chain journal v1").digest()
 
 
-class JournalError(RuntimeError):
+class JournalError(LoranetError):
     """The chain journal is damaged or does not match the chain rebuilt from it."""
 
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from loranet import codec, protocol as p
-from loranet.signing import SignatureInvalid, verify
+from loranet import protocol as p
+from loranet.signing import SignatureInvalid
 from loranet.split import Price, job_fee, split_shares
 
 from .packing import SettleJob
+from loranet.errors import Refused
 
 
-class BadVerdict(ValueError):
+class VerdictRefused(Refused):
     """A verdict settlement must not act on (forged, inconsistent)."""
 
 
@@ -21,11 +22,11 @@ def check_verdict(verdict: p.Verdict) -> None:
         verdict.verify()
         verdict.result.verify()
     except SignatureInvalid as exc:
-        raise BadVerdict(str(exc)) from None
+        raise VerdictRefused(str(exc)) from None
     if verdict.result.job_id != verdict.job_id or verdict.result.request.job_id != verdict.job_id:
-        raise BadVerdict("verdict, result and request name different jobs")
+        raise VerdictRefused("verdict, result and request name different jobs")
     if verdict.result.result_hash() != verdict.result_hash:
-        raise BadVerdict("result_hash does not match the result carried in the verdict")
+        raise VerdictRefused("result_hash does not match the result carried in the verdict")
 
 
 @dataclass

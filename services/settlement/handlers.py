@@ -27,7 +27,8 @@ from nats.js.errors import NotFoundError
 
 from loranet import codec, protocol as p, topology
 from loranet.batching import WindowBatcher
-from loranet.runtime import Delivery, Endpoint, Pull, Reject, RemoteError, Runtime, ServiceError
+from loranet.runtime import Delivery, Endpoint, Pull, Runtime
+from loranet.errors import Refused, RemoteError, ServiceError
 from loranet.split import Price
 
 from . import domain
@@ -40,7 +41,7 @@ _RECENT = 100_000  # jobs remembered as decided (duplicates skipped without a ch
 _MANIFEST_TTL_S = 300.0
 
 
-class Settlement:
+class SettlementService:
     def __init__(self, rt: Runtime, settings: SettlementSettings, chain: Chain, journal: Journal | None = None) -> None:
         self.rt = rt
         self.settings = settings
@@ -64,7 +65,7 @@ class Settlement:
             self._reserve_batch, settings.reserve_window_s, MAX_JOBS)
 
     @classmethod
-    async def open(cls, rt: Runtime, settings: SettlementSettings, chain: Chain) -> Settlement:
+    async def open(cls, rt: Runtime, settings: SettlementSettings, chain: Chain) -> SettlementService:
         """The service with its journal, after reconciling whatever a previous run left pending."""
         kv = await topology.ensure_bucket(rt.js, settings.journal_bucket, settings.js_replicas)
         service = cls(rt, settings, chain, Journal(kv))
@@ -190,8 +191,8 @@ class Settlement:
     async def on_verdict(self, verdict: p.Verdict, delivery: Delivery) -> None:
         try:
             domain.check_verdict(verdict)
-        except domain.BadVerdict as exc:
-            raise Reject(f"verdict refused: {exc}") from None
+        except domain.VerdictRefused as exc:
+            raise Refused(f"verdict refused: {exc}") from None
         job_id = verdict.job_id
         attempt = verdict.result.attempt
         self._remember_client(job_id, verdict.result.request.client_key)

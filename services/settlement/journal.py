@@ -3,7 +3,7 @@
 A commit is one settle_batch (seq + its jobs) or one refund (job ids + why).
 Settlement puts it in the NATS KV bucket `settlement` (key `pending`) before
 sending, and clears it once every receipt is published. After a crash the
-record says what may be on chain without its receipts; handlers.Settlement
+record says what may be on chain without its receipts; handlers.SettlementService
 reconciles it with the contract (`last_seq`, the BatchSettled log of that seq,
 `job_states`) before it takes any new verdict. Only one commit is in flight at
 a time, so one key suffices. The bucket also keeps the verdicts of jobs still

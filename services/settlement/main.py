@@ -7,7 +7,7 @@ import asyncio
 from loranet.runtime import Runtime
 
 from .chain import Chain
-from .handlers import Settlement
+from .handlers import SettlementService
 from .settings import SettlementSettings
 
 
@@ -18,7 +18,7 @@ async def main(settings: SettlementSettings | None = None) -> None:
         rt.log.info("chain.ready", in_process=chain.in_process, rpc_url=settings.rpc_url,
                     **{k: v for k, v in vars(chain.deployment).items()})
         # The journal is reconciled with the chain before any verdict is taken.
-        service = await Settlement.open(rt, settings, chain)
+        service = await SettlementService.open(rt, settings, chain)
         await rt.mount(service.routes())
         await rt.serve_forever()
 

@@ -17,20 +17,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from loranet import codec, protocol as p, thresholds
+from loranet import protocol as p, thresholds
 from loranet.fingerprint import CHUNK_TOKENS, TOP_K, ChunkScore, chunk_spans, compare_chunk, decode_chunk
 from loranet.model.tokenizers import Tokenizer
 from loranet.sampling import SamplerParams, replay_margin
 from loranet.signing import Identity, SignatureInvalid, devnet_address, sign, verify  # noqa: F401 (devnet_address re-exported)
+from loranet.errors import Refused
 
 MAX_DETAIL = 1000
 
 
-class Forged(ValueError):
+class ResultForged(Refused):
     """The result is not authenticated by its node: no verdict can be given (dead-lettered)."""
 
 
-class NotOurs(ValueError):
+class NotOurs(Refused):
     """A well-formed result this verifier cannot judge (another model): dead-lettered, node not blamed."""
 
 
@@ -51,29 +52,29 @@ def sampler_params(job: p.JobRequest) -> SamplerParams:
 
 
 def heartbeat_key(hb: p.NodeHeartbeat, node_id: str) -> bytes:
-    """The node key a heartbeat registers for `node_id`; raises Forged if it is not self-consistent."""
+    """The node key a heartbeat registers for `node_id`; raises ResultForged if it is not self-consistent."""
     if hb.node_id != node_id:
-        raise Forged(f"heartbeat under key {node_id!r} names node {hb.node_id!r}")
+        raise ResultForged(f"heartbeat under key {node_id!r} names node {hb.node_id!r}")
     try:
         hb.verify()
     except SignatureInvalid as exc:
-        raise Forged(f"heartbeat of node {node_id}: {exc}") from None
+        raise ResultForged(f"heartbeat of node {node_id}: {exc}") from None
     return hb.node_key
 
 
 def authenticate(result: p.InferenceResult, subject: str, registered_key: bytes | None) -> None:
-    """Raise Forged unless `result` arrived on its node's subject and is signed by the node's registered key."""
+    """Raise ResultForged unless `result` arrived on its node's subject and is signed by the node's registered key."""
     if subject != p.results(result.node_id):
-        raise Forged(f"result of node {result.node_id} arrived on {subject!r}, expected {p.results(result.node_id)!r}")
+        raise ResultForged(f"result of node {result.node_id} arrived on {subject!r}, expected {p.results(result.node_id)!r}")
     if registered_key is None:
-        raise Forged(f"node {result.node_id} is unknown: no heartbeat in KV bucket {p.NODES_BUCKET!r} and none seen before")
+        raise ResultForged(f"node {result.node_id} is unknown: no heartbeat in KV bucket {p.NODES_BUCKET!r} and none seen before")
     if registered_key != result.node_key:
-        raise Forged(f"node_key {result.node_key.hex()[:16]} is not node {result.node_id}'s registered key "
+        raise ResultForged(f"node_key {result.node_key.hex()[:16]} is not node {result.node_id}'s registered key "
                      f"{registered_key.hex()[:16]}")
     try:
         result.verify()
     except SignatureInvalid as exc:
-        raise Forged(f"node signature: {exc}") from None
+        raise ResultForged(f"node signature: {exc}") from None
 
 
 def served_model(result: p.InferenceResult, model_id: str) -> None:

@@ -14,10 +14,11 @@ from pathlib import Path
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundError
 
-from loranet import codec, confidential, protocol as p, topology
+from loranet import codec, confidential, protocol as p
 from loranet.codec import DecodeError
 from loranet.model.content import ContentHashMismatch
-from loranet.runtime import Delivery, Pull, Reject, RemoteError, Runtime
+from loranet.runtime import Delivery, Pull, Runtime
+from loranet.errors import LoranetError, Refused, RemoteError
 from loranet.signing import Identity, sign
 
 from . import domain
@@ -36,7 +37,7 @@ def load_identity(settings: VerifierSettings) -> Identity:
     return identity
 
 
-class NotInCommittee(RuntimeError):
+class NotInCommittee(LoranetError):
     """A confidential result this verifier cannot open: handed back (nak) for a committee member; after
     max_deliver the runtime dead-letters it with this reason."""
 
@@ -71,13 +72,13 @@ class NodeKeys:
             self.remember(codec.decode(p.NodeHeartbeat, entry.value or b""))
         except KeyNotFoundError:
             pass  # expired or never registered: fall back to what was seen
-        except (DecodeError, domain.Forged) as exc:
+        except (DecodeError, domain.ResultForged) as exc:
             self.rt.log.warning("heartbeat.invalid", node_id=node_id, error=str(exc)[:300])
         cached = self._seen.get(node_id)
         return (cached[0], cached[1]) if cached is not None else (None, None)
 
 
-class Verifier:
+class VerifierService:
     def __init__(self, rt: Runtime, settings: VerifierSettings, engine: AuditEngine, identity: Identity) -> None:
         self.rt = rt
         self.settings = settings
@@ -110,12 +111,12 @@ class Verifier:
     async def judge(self, result: p.InferenceResult, subject: str) -> tuple[list[p.Check], bool] | None:
         """Checks for one result and whether it was audited; None for a replay (already verdicted).
 
-        Raises Reject for a result that cannot be judged (forged, unknown node, another model)."""
+        Raises Refused for a result that cannot be judged (forged, unknown node, another model)."""
         key, _ = await self.keys.lookup(result.node_id)
         try:
             domain.authenticate(result, subject, key)
-        except domain.Forged as exc:
-            raise Reject(f"forged result: {exc}") from None
+        except domain.ResultForged as exc:
+            raise Refused(f"forged result: {exc}") from None
         run = domain.run_key(result)
         if self.replay.seen_job(*run) or run in self._inflight:
             self.rt.log.info("result.replayed", job_id=result.job_id, node_id=result.node_id, subject=subject,
@@ -132,7 +133,7 @@ class Verifier:
         try:
             domain.served_model(result, self.engine.model_id)
         except domain.NotOurs as exc:
-            raise Reject(str(exc)) from None
+            raise Refused(str(exc)) from None
         # Confidential job: every check and the audit run on the plaintext view (never published).
         result, prompt, sealing = self.unseal(result)
         address = self.keys.address(result.node_id)
@@ -175,7 +176,7 @@ class Verifier:
         try:
             prompt = confidential.open_prompt(job, self.identity)
         except confidential.ConfidentialError as exc:  # the client's doing, not the node's: no verdict
-            raise Reject(f"confidential job {result.job_id}: the sealed prompt does not open for this verifier: {exc}") from None
+            raise Refused(f"confidential job {result.job_id}: the sealed prompt does not open for this verifier: {exc}") from None
         try:
             out = confidential.open_output(result, self.identity)
         except confidential.ConfidentialError as exc:

@@ -7,7 +7,7 @@ import asyncio
 from loranet.runtime import Runtime
 
 from .engine import AuditEngine
-from .handlers import Verifier, load_identity
+from .handlers import VerifierService, load_identity
 from .settings import VerifierSettings
 
 
@@ -16,7 +16,7 @@ async def main(settings: VerifierSettings | None = None) -> None:
     engine = await asyncio.to_thread(AuditEngine, settings.model_path, settings.model_id, settings.device,
                                      settings.cache_dir, settings.adapter_slots)
     async with Runtime("verifier", settings.model_copy(update={"instance": settings.instance or settings.verifier_id})) as rt:
-        verifier = Verifier(rt, settings, engine, load_identity(settings))
+        verifier = VerifierService(rt, settings, engine, load_identity(settings))
         rt.spawn(verifier.stats_loop(), name="stats")
         rt.spawn(verifier.announce_loop(), name="announce")
         await rt.mount(verifier.routes())

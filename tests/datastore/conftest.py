@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from loranet.model import build_base_checkpoint
 from loranet.model.adapters import adapter_to_blobs, build_demo_adapters
 from loranet.runtime import Runtime
-from services.datastore.handlers import DatastoreHandlers
+from services.datastore.handlers import DatastoreService
 from services.datastore.settings import DatastoreSettings
 from services.datastore.store import RegistryStore
 
@@ -46,7 +46,7 @@ def models(tmp_path_factory) -> Models:
 @dataclass
 class Service:
     rt: Runtime
-    handlers: DatastoreHandlers
+    handlers: DatastoreService
     store: RegistryStore
     settings: DatastoreSettings
     nc: nats.aio.client.Client  # a client connection, separate from the service's
@@ -62,7 +62,7 @@ async def datastore(nats_server, redis_server):
     store = RegistryStore.from_settings(settings)
     rt = Runtime("datastore", settings)
     await rt.start()
-    handlers = DatastoreHandlers(store, settings, rt.log, rt.stopping)
+    handlers = DatastoreService(store, settings, rt.log, rt.stopping)
     await rt.mount(handlers.routes())
     nc = await nats.connect(nats_server.url)
     direct = aioredis.Redis.from_url(redis_server.url)

@@ -9,7 +9,7 @@ import pytest
 
 from ds_helpers import KEY, adapter_manifest, event, inference_result, job_request, lifecycle, receipt, verdict
 from loranet import codec, protocol as p
-from loranet.runtime import Reject, ServiceError
+from loranet.errors import Refused, ServiceError
 from services.datastore import domain
 
 
@@ -60,19 +60,19 @@ def test_first_event_of_a_stage_wins_but_every_verifier_counts():
 
 def test_events_that_cannot_be_recorded_are_rejected():
     job_id = p.new_job_id()
-    with pytest.raises(Reject, match="needs its JobRequest"):
+    with pytest.raises(Refused, match="needs its JobRequest"):
         domain.check_event(event(job_id, "admitted"), p.job_events(KEY, job_id))
-    with pytest.raises(Reject, match="arrived on"):
+    with pytest.raises(Refused, match="arrived on"):
         domain.check_event(event(job_id, "dispatched"), p.job_events(KEY, p.new_job_id()))
-    with pytest.raises(Reject, match="receipt status"):
+    with pytest.raises(Refused, match="receipt status"):
         domain.check_event(event(job_id, "refunded", receipt(job_id, "settled")), p.job_events(KEY, job_id))
-    with pytest.raises(Reject, match="body of stage"):
+    with pytest.raises(Refused, match="body of stage"):
         domain.check_event(event(job_id, "verdict", job_request(job_id)), p.job_events(KEY, job_id))
     assert domain.check_event(event(job_id, "failed", reason="x"), p.job_events(KEY, job_id)) is None
     # keyed by client: a body signed by one client on another client's subject, or no client token
-    with pytest.raises(Reject, match="subject names"):
+    with pytest.raises(Refused, match="subject names"):
         domain.check_event(event(job_id, "admitted", job_request(job_id)), p.job_events("ef" * 32, job_id))
-    with pytest.raises(Reject, match="arrived on"):
+    with pytest.raises(Refused, match="arrived on"):
         domain.check_event(event(job_id, "dispatched"), f"jobs.events.{job_id}")
 
 
@@ -127,5 +127,5 @@ def test_a_rerun_is_recorded_per_attempt_and_the_status_follows_the_latest_attem
     done = domain.assemble_record(job_id, _fields(first + second + [event(job_id, "settled", receipt(job_id), at=2.0)]))
     assert done.status == "settled" and done.stages[-1] == "settled" and done.result == good
     # An event whose body is another attempt than it says is refused.
-    with pytest.raises(Reject):
+    with pytest.raises(Refused):
         domain.check_event(event(job_id, "result", good, node_id="honest", at=1.6), p.job_events(KEY, job_id))

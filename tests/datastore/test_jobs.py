@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from ds_helpers import CLIENT, KEY, event, inference_result, job_request, lifecycle, verdict
+from ds_helpers import CLIENT, KEY, event, inference_result, job_request, lifecycle
 from loranet import codec, protocol as p
-from loranet.runtime import RemoteError, request
+from loranet.runtime import request
+from loranet.errors import RemoteError
 from services.datastore import domain
 
 

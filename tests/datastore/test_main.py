@@ -12,8 +12,9 @@ import time
 import nats
 
 from loranet import protocol as p
-from loranet.runtime import RemoteError, request
-from loranet.servers import free_port
+from loranet.runtime import request
+from loranet.errors import RemoteError
+from loranet_ops.servers import free_port
 
 
 async def test_module_runs_and_stops_cleanly(nats_server):

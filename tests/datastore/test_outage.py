@@ -9,7 +9,8 @@ import pytest
 
 from ds_helpers import KEY, event, job_request, model_manifest
 from loranet import codec, protocol as p
-from loranet.runtime import RemoteError, request
+from loranet.runtime import request
+from loranet.errors import RemoteError
 
 
 async def test_redis_down_unavailable_then_recovers(datastore, redis_server, models):

@@ -7,7 +7,8 @@ import pytest
 
 from ds_helpers import OTHER_OWNER, OWNER, adapter_manifest, adapter_put, model_manifest
 from loranet import codec, protocol as p
-from loranet.runtime import RemoteError, request
+from loranet.runtime import request
+from loranet.errors import RemoteError
 from services.datastore import domain
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import nats
 
-from loranet import protocol as p, topology
+from loranet import protocol as p
 from loranet.client import Client
 from loranet.signing import Identity
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import nats
 import pytest
 
-from loranet import natsauth, protocol as p, topology
+from loranet import natsauth, protocol as p
 from loranet.signing import Identity
-from loranet.servers import free_port, nats_server_binary, wait_for_port
+from loranet_ops.servers import free_port, nats_server_binary, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
 NATS_DIR = ROOT / "deploy" / "nats"

@@ -26,17 +26,19 @@ from nats.js.api import KeyValueConfig, StorageType
 
 from loranet import codec, natsauth, protocol as p, topology
 from loranet.client import Client
-from loranet.runtime import ServiceError, Endpoint, Pull, Runtime
-from loranet.servers import free_port, nats_server_binary, wait_for_port
+from loranet.runtime import Endpoint, Pull, Runtime
+from loranet.errors import ServiceError
+from loranet_ops.servers import free_port, nats_server_binary, wait_for_port
 from loranet.settings import CommonSettings
 from loranet.signing import Identity
 
 from tests import factories
 from services.gateway.main import GATEWAY_INBOX_PREFIX
-from services.scheduler.handlers import REDISPATCH_DURABLE, Scheduler
+from services.scheduler.failover import REDISPATCH_DURABLE
+from services.scheduler.handlers import SchedulerService
 from services.scheduler.settings import SchedulerSettings
 from services.verifier.domain import NodeRecord
-from services.verifier.handlers import Verifier
+from services.verifier.handlers import VerifierService
 from services.verifier.settings import VerifierSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -183,14 +185,14 @@ class Services:
         sched_settings = SchedulerSettings(nats_url=self.urls["scheduler"], instance="scheduler-test",
                                            log_level="WARNING", node_ttl_s=1.0)
         rt = await self._runtime("scheduler", sched_settings)
-        self.scheduler = Scheduler(rt, sched_settings)
+        self.scheduler = SchedulerService(rt, sched_settings)
         await self.scheduler.start()
         await rt.mount(self.scheduler.routes())
 
         ver_settings = VerifierSettings(nats_url=self.urls["verifier"], instance="verifier-test", log_level="WARNING",
                                         verifier_id="verifier-test", stats_interval_s=0.1)
         rt = await self._runtime("verifier", ver_settings)
-        self.verifier = Verifier(rt, ver_settings, None, Identity.generate())
+        self.verifier = VerifierService(rt, ver_settings, None, Identity.generate())
         self.verifier.records[NODE] = NodeRecord(NODE, results=1)
         rt.spawn(self.verifier.stats_loop(), name="stats")
         await rt.mount(self.verifier.routes())
@@ -371,7 +373,7 @@ async def test_scheduler_drains_a_dead_nodes_work_under_its_user(nats_auth, serv
     while f"node-{dead}" in await names() or f"{REDISPATCH_DURABLE}{dead}" in await names() \
             or services.dead_lettered("scheduler", "redispatch") == before:
         assert time.monotonic() < deadline, await names()
-        await services.scheduler.failover_once()  # lists WORK durables, deletes, drains, dead-letters
+        await services.scheduler.failover.once()  # lists WORK durables, deletes, drains, dead-letters
         await asyncio.sleep(0.3)
     await settle(init)
     assert not services.errors["scheduler"], services.errors["scheduler"]

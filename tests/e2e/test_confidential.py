@@ -34,7 +34,7 @@ from nats.js.errors import NotFoundError
 
 from loranet import codec, confidential, protocol as p, topology
 from loranet.client import Client
-from loranet.demo import build_catalogue
+from loranet_ops.demo import build_catalogue
 from loranet.fingerprint import fingerprint_chunks
 from loranet.model import TOKENIZER_ID, tokenizer
 from loranet.model.generate import ReferenceModel
@@ -225,7 +225,7 @@ async def test_confidential_job_settles_and_leaks_nothing(devnet):
 def test_cli_submit_confidential(devnet):
     config, _ = devnet
     env = {k: v for k, v in os.environ.items() if k != "LORANET_NATS_URL"}  # the CLI finds the devnet's client URL
-    cli = [sys.executable, "-m", "loranet.cli", "--state-dir", config.state_dir]
+    cli = [sys.executable, "-m", "loranet_ops.cli", "--state-dir", config.state_dir]
     done = subprocess.run([*cli, "submit", "--adapter", "demo-1", "--prompt", "sealed from the CLI", "--max-tokens",
                            "8", "--confidential", "--wait", "--json"], env=env, capture_output=True, text=True,
                           timeout=300)

@@ -17,9 +17,10 @@ from pathlib import Path
 import nats
 import pytest
 
-from loranet import codec, devnet as dn, natsauth, protocol as p
+from loranet import codec, natsauth, protocol as p
+from loranet_ops import devnet as dn
 from loranet.client import Client
-from loranet.runtime import RemoteError
+from loranet.errors import RemoteError
 from loranet.signing import Identity, sign
 
 
@@ -95,17 +96,17 @@ async def test_refusals_are_reported_and_forgeries_dead_lettered(devnet):
 def test_cli_submit_wait_json(devnet):
     config, _ = devnet
     env = {k: v for k, v in os.environ.items() if k != "LORANET_NATS_URL"}  # the CLI finds the devnet's client URL
-    cmd = [sys.executable, "-m", "loranet.cli", "--state-dir", config.state_dir, "submit", "--adapter", "demo-0",
+    cmd = [sys.executable, "-m", "loranet_ops.cli", "--state-dir", config.state_dir, "submit", "--adapter", "demo-0",
            "--prompt", "from the CLI", "--max-tokens", "8", "--wait", "--json"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["status"] == "settled" and out["output"]
     assert sum(int(v) for v in out["payouts"].values()) == int(out["fee"])
-    record = subprocess.run([sys.executable, "-m", "loranet.cli", "--state-dir", config.state_dir, "job", out["job_id"],
+    record = subprocess.run([sys.executable, "-m", "loranet_ops.cli", "--state-dir", config.state_dir, "job", out["job_id"],
                              "--json"], env=env, capture_output=True, text=True, timeout=60)
     assert json.loads(record.stdout)["status"] == "settled"
-    status = subprocess.run([sys.executable, "-m", "loranet.cli", "--state-dir", config.state_dir, "devnet", "status",
+    status = subprocess.run([sys.executable, "-m", "loranet_ops.cli", "--state-dir", config.state_dir, "devnet", "status",
                              "--json"], capture_output=True, text=True, timeout=60)
     services = json.loads(status.stdout)["services"]
     assert {s["state"] for s in services.values()} == {"running"}, services
@@ -194,7 +195,7 @@ def test_cli_nodes_and_adapter_register(devnet, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "LORANET_NATS_URL"}
 
     def cli(*argv: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "loranet.cli", "--state-dir", config.state_dir, *argv], env=env,
+        return subprocess.run([sys.executable, "-m", "loranet_ops.cli", "--state-dir", config.state_dir, *argv], env=env,
                               capture_output=True, text=True, timeout=300)
 
     nodes = json.loads(cli("nodes", "--json").stdout)

@@ -14,7 +14,8 @@ import time
 import nats
 import pytest
 
-from loranet import codec, devnet as dn, protocol as p
+from loranet import codec, protocol as p
+from loranet_ops import devnet as dn
 from loranet.client import Client
 from loranet.signing import Identity
 

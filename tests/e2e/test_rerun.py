@@ -22,7 +22,7 @@ import pytest
 
 from loranet import codec, protocol as p, topology
 from loranet.client import Client
-from loranet.demo import build_catalogue
+from loranet_ops.demo import build_catalogue
 from loranet.signing import Identity, sign
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "verifier"))

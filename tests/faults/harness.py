@@ -28,9 +28,10 @@ from pathlib import Path
 
 import nats
 
-from loranet import codec, devnet as dn, protocol as p
+from loranet import codec, protocol as p
+from loranet_ops import devnet as dn
 from loranet.client import Client
-from loranet.servers import free_port
+from loranet_ops.servers import free_port
 from loranet.signing import Identity
 
 SCENARIOS = ("kill_inference", "kill_verifier", "kill_settlement", "kill_scheduler", "kill_datastore",

@@ -22,10 +22,10 @@ import pytest
 
 openai = pytest.importorskip("openai", reason="the openai package drives these tests: pip install 'openai>=1.40'")
 
-from loranet import devnet as dn, protocol as p
+from loranet import protocol as p
 from loranet.model.checkpoint import TINY_MODEL_NAME as DEFAULT_MODEL_NAME
-from loranet.servers import free_port
-from services.gateway.main import serve
+from loranet_ops.servers import free_port
+from services.gateway.main import main as serve_gateway
 from services.gateway.settings import GatewaySettings
 
 ALICE = "sk-test-alice-0123456789"
@@ -47,7 +47,7 @@ class GatewayThread:
         async def main() -> None:
             self.loop = asyncio.get_running_loop()
             self.stop = asyncio.Event()
-            await serve(self.settings, self.stop, ready=self._on_ready)
+            await serve_gateway(self.settings, self.stop, ready=self._on_ready)
 
         try:
             asyncio.run(main())

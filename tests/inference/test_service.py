@@ -9,10 +9,11 @@ import time
 
 from loranet import codec, protocol as p
 from loranet.model.adapters import adapter_to_blobs
-from loranet.runtime import Endpoint, Runtime, ServiceError
+from loranet.runtime import Endpoint, Runtime
+from loranet.errors import ServiceError
 from loranet.settings import CommonSettings
-from services.inference.engine import Engine, EngineConfig
-from services.inference.handlers import InferenceNode, load_identity
+from services.inference.engine import Engine
+from services.inference.handlers import InferenceService, load_identity
 from services.inference.settings import InferenceSettings
 from tests import factories
 
@@ -87,7 +88,7 @@ async def test_sigterm_mid_batch_finishes_every_job(nats_server, tmp_path, base,
             await ds.mount([_blob_endpoint(adapters, tampered)])
             rt = Runtime("inference", settings)
             await rt.start()
-            node = InferenceNode(rt, settings, engine, load_identity(settings))
+            node = InferenceService(rt, settings, engine, load_identity(settings))
             rt.spawn(node.heartbeat_loop(), name="heartbeat")
             await rt.mount(node.routes())
             serving = asyncio.ensure_future(rt.serve_forever())
@@ -123,7 +124,7 @@ async def test_drain_timeout_hands_back_and_redelivery_dedups(nats_server, tmp_p
         async with Runtime("datastore-stub", CommonSettings(nats_url=nats_server.url)) as ds:
             await ds.mount([_blob_endpoint(adapters, "")])
             async with Runtime("inference", settings) as rt:
-                node = InferenceNode(rt, settings, engine, load_identity(settings))
+                node = InferenceService(rt, settings, engine, load_identity(settings))
                 await rt.mount(node.routes())
                 await rt.js.publish(p.work("node-t"), codec.encode(batch))
                 await _wait_running(engine)
@@ -131,7 +132,7 @@ async def test_drain_timeout_hands_back_and_redelivery_dedups(nats_server, tmp_p
             await asyncio.sleep(0.2)
             assert engine.queue_depth == 0
             async with Runtime("inference", settings.model_copy(update={"drain_timeout_s": 60})) as rt2:
-                node2 = InferenceNode(rt2, settings, engine, load_identity(settings))
+                node2 = InferenceService(rt2, settings, engine, load_identity(settings))
                 await rt2.mount(node2.routes())
                 want = {j.job_id for seg in batch.segments for j in seg.jobs}
                 deadline = time.monotonic() + 60

@@ -10,7 +10,8 @@ import nats
 import pytest
 
 from loranet import codec, protocol as p
-from loranet.runtime import Delivery, Endpoint, Pull, Reject, RemoteError, Runtime, ServiceError, request
+from loranet.runtime import Delivery, Endpoint, Pull, Runtime, request
+from loranet.errors import Refused, RemoteError, ServiceError
 from loranet.settings import CommonSettings
 from loranet.protocol import Consumer
 
@@ -38,7 +39,7 @@ async def test_pull_loop_handles_poison_and_keeps_serving(nats_server):
 
     async def on_event(event: p.JobEvent, delivery: Delivery) -> None:
         if event.reason == "refuse":
-            raise Reject("refused by test")
+            raise Refused("refused by test")
         if event.reason == "boom":
             raise RuntimeError("handler bug")
         seen.append(event.job_id)
@@ -125,7 +126,7 @@ async def test_drain_hands_back_inflight_work(nats_server):
 
 async def test_transient_failures_retry_past_max_deliver_then_succeed(nats_server):
     """A peer timing out is not the message's fault: it is retried beyond max_deliver, not dead-lettered."""
-    from loranet.runtime import Transient
+    from loranet.errors import Unavailable
 
     settings = CommonSettings(nats_url=nats_server.url, drain_timeout_s=2)
     spec = Consumer(p.JOB_EVENTS_ALL, "flaky", ack_wait_s=5, max_deliver=2, max_deliver_transient=20)
@@ -134,7 +135,7 @@ async def test_transient_failures_retry_past_max_deliver_then_succeed(nats_serve
     async def flaky(event: p.JobEvent, delivery: Delivery) -> None:
         attempts.append(delivery.deliveries)
         if len(attempts) < 4:
-            raise Transient("settlement did not answer")
+            raise Unavailable("settlement did not answer")
 
     async with Runtime("flaky", settings) as rt:
         # Short retry delays for the test.

@@ -29,7 +29,7 @@ def real_model():
 @pytest.fixture(scope="session")
 def demo_adapters(real_model):
     """{name: (path, adapter_id)} of the committed demo adapters."""
-    from loranet.demo import TRAINED, TRAINED_DIR
+    from loranet_ops.demo import TRAINED, TRAINED_DIR
     from loranet.model.content import adapter_content_id
 
     return {name: (TRAINED_DIR / name, adapter_content_id(TRAINED_DIR / name)) for name in TRAINED}

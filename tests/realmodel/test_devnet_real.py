@@ -12,9 +12,9 @@ import sys
 
 import pytest
 
-from loranet import devnet as dn
+from loranet_ops import devnet as dn
 from loranet.client import Client
-from loranet.servers import free_port
+from loranet_ops.servers import free_port
 from loranet.signing import Identity
 
 QUESTION = "What is the capital of France?"
@@ -35,7 +35,7 @@ def real_devnet(real_model, tmp_path_factory):
 
 
 def cli(config: dn.DevnetConfig, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "loranet.cli", "--state-dir", config.state_dir, *args],
+    return subprocess.run([sys.executable, "-m", "loranet_ops.cli", "--state-dir", config.state_dir, *args],
                           capture_output=True, text=True, timeout=300)
 
 

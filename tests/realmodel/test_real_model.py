@@ -103,7 +103,7 @@ def test_verifier_accepts_honest_results_and_rejects_a_skipped_adapter(engine, r
 
 def test_a_job_for_another_tokenizer_is_refused_by_the_node(engine):
     job = factories.job(tokenizer_id="ab" * 32)
-    with pytest.raises(domain.BadJob, match="tokenizer"):
+    with pytest.raises(domain.JobRefused, match="tokenizer"):
         domain.check_tokenizer(job, engine.tokenizer.tokenizer_id)
     domain.check_tokenizer(factories.job(tokenizer_id=engine.tokenizer.tokenizer_id), engine.tokenizer.tokenizer_id)
     domain.check_tokenizer(factories.job(), engine.tokenizer.tokenizer_id)  # "" = the model's own

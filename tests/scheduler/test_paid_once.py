@@ -10,7 +10,7 @@ from loranet import codec, protocol as p
 from loranet.runtime import Runtime
 from loranet.signing import Identity, sign
 from services.settlement.chain import Chain
-from services.settlement.handlers import Settlement
+from services.settlement.handlers import SettlementService
 from services.settlement.settings import SettlementSettings
 from tests import factories
 
@@ -42,7 +42,7 @@ async def test_a_job_resulted_by_two_nodes_is_paid_once(nats_server):
     node_a, node_b = chain.new_account().address, chain.new_account().address
     settings = SettlementSettings(nats_url=nats_server.url, epoch_max_s=0.3, epoch_max_jobs=8)
     async with Runtime("settlement", settings) as rt:
-        await rt.mount((await Settlement.open(rt, settings, chain)).routes())
+        await rt.mount((await SettlementService.open(rt, settings, chain)).routes())
         await asyncio.to_thread(chain.fund, client.address, 10**18)
         await asyncio.to_thread(chain.deposit, client.key, 10**16)
         job = factories.job(adapter_id="", client_address=client.address, max_fee=10**15)

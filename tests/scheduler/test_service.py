@@ -14,20 +14,20 @@ import pytest
 from loranet import protocol as p
 from loranet.runtime import Delivery, Runtime
 from loranet.signing import Identity
-from services.scheduler.handlers import Scheduler
+from services.scheduler.handlers import SchedulerService
 from services.scheduler.settings import SchedulerSettings
 
 from .fakes import FakeNode, events, job, per_job, submit
 
 
 @asynccontextmanager
-async def scheduler(url: str, **overrides) -> AsyncIterator[Scheduler]:
+async def scheduler(url: str, **overrides) -> AsyncIterator[SchedulerService]:
     fields = dict(nats_url=url, require_escrow=False, reserve_escrow=False, node_ttl_s=1.5, registry_refresh_s=0.1, failover_check_s=0.3,
                   batch_window_ms=5, drain_timeout_s=1, log_level="WARNING")
     fields.update(overrides)
     settings = SchedulerSettings(**fields)
     async with Runtime("scheduler", settings) as rt:
-        sched = Scheduler(rt, settings)
+        sched = SchedulerService(rt, settings)
         await sched.start()
         await rt.mount(sched.routes())
         yield sched
@@ -64,14 +64,14 @@ async def test_dead_nodes_jobs_complete_elsewhere_exactly_once(nats_server, nc):
         results = per_job(await events(nc, "result"))
         assert results == Counter({i: 1 for i in ids}), results
         assert set(b.done) == ids - set(a.done)
-        assert sched.redispatched == 4
+        assert sched.failover.redispatched == 4
         dispatched = await events(nc, "dispatched")
         assert per_job(dispatched) == Counter({i: 1 if i in a.done else 2 for i in ids})
         assert {e.node_id for e in dispatched if e.job_id in b.done} == {"node-a", "node-b"}
         assert all("re-dispatched from node node-a" in e.reason for e in dispatched if e.node_id == "node-b")
         # The dead node's batch is gone from WORK and the drain durable removed.
         js = nc.jetstream()
-        await until(lambda: not sched._draining, 10, "the drain to finish")
+        await until(lambda: not sched.failover.busy, 10, "the drain to finish")
         names = {ci.name for ci in await js.consumers_info("WORK")}
         assert "redispatch-node-a" not in names
 
@@ -106,7 +106,7 @@ async def test_a_job_pinned_to_the_dead_node_does_not_hold_up_the_others(nats_se
             rejected = [e for e in await events(nc, "rejected") if e.job_id == pinned.job_id]
             await asyncio.sleep(0.3)
         assert rejected and "node-a died" in rejected[0].reason, rejected
-        await until(lambda: not sched._draining, 10, "the drain to end")
+        await until(lambda: not sched.failover.busy, 10, "the drain to end")
 
 
 async def test_two_replicas_drain_a_dead_node_once(nats_server, nc):
@@ -125,7 +125,7 @@ async def test_two_replicas_drain_a_dead_node_once(nats_server, nc):
         await asyncio.sleep(0.5)
         assert per_job(await events(nc, "result")) == Counter({i: 1 for i in ids})
         assert Counter(b.jobs_received()) == Counter({i: 1 for i in ids - set(a.done)})
-        assert s1.redispatched + s2.redispatched == len(ids) - 1
+        assert s1.failover.redispatched + s2.failover.redispatched == len(ids) - 1
 
 
 async def test_a_paused_node_with_no_stand_in_gets_its_work_back(nats_server, nc):
@@ -136,7 +136,7 @@ async def test_a_paused_node_with_no_stand_in_gets_its_work_back(nats_server, nc
         await submit(nc, jobs)
         ids = {j.job_id for j in jobs}
         await until(lambda: set(node.done) >= ids, 20, "every job done after the pause")
-        assert sched.redispatched == 0  # no other node: its batch went back to it, not elsewhere
+        assert sched.failover.redispatched == 0  # no other node: its batch went back to it, not elsewhere
         results = per_job(await events(nc, "result"))
         assert set(results) == ids and max(results.values()) <= 2, results  # a repeat is paid once (test_paid_once)
         more = [job(client) for _ in range(2)]

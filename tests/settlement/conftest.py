@@ -53,7 +53,7 @@ def chain_node_url(tmp_path_factory):
     import subprocess
     import sys
 
-    from loranet.servers import free_port
+    from loranet_ops.servers import free_port
     from services.settlement.chain import wait_for_rpc
 
     port = free_port()

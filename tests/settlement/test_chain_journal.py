@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from loranet.servers import free_port
+from loranet_ops.servers import free_port
 from services.settlement.chain import Chain, wait_for_rpc
 from services.settlement.chain_node import JournalError, read_journal
 from services.settlement.packing import Reservation

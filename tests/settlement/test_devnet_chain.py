@@ -9,7 +9,7 @@ import signal
 import time
 from pathlib import Path
 
-from loranet import devnet as dn
+from loranet_ops import devnet as dn
 from loranet.client import Client
 from loranet.signing import Identity
 
@@ -59,7 +59,7 @@ def test_cli_stake_of_a_node(devnet):
 
     config, _ = devnet
     env = {k: v for k, v in os.environ.items() if k != "LORANET_NATS_URL"}  # the CLI finds the devnet's client URL
-    done = subprocess.run([sys.executable, "-m", "loranet.cli", "--state-dir", config.state_dir, "stake", "--node",
+    done = subprocess.run([sys.executable, "-m", "loranet_ops.cli", "--state-dir", config.state_dir, "stake", "--node",
                            "node-0", "--json"], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
@@ -70,7 +70,7 @@ def test_cli_stake_of_a_node(devnet):
 
 async def test_devnet_down_and_up_keeps_the_chain(tmp_path):
     """The chain process journals to <state_dir>/chain.journal: `devnet down` then `up` serves the same chain."""
-    from loranet.servers import free_port
+    from loranet_ops.servers import free_port
 
     config = dn.DevnetConfig(state_dir=str(tmp_path / "state"), nats_port=free_port(), redis_port=free_port(),
                              inference_nodes=1, verifiers=1, demo_adapters=1, cache_dir=str(tmp_path / "cache"),

@@ -12,7 +12,7 @@ from loranet import codec, protocol as p
 from loranet.runtime import Runtime
 from loranet.signing import Identity, sign
 from services.settlement.chain import Chain
-from services.settlement.handlers import Settlement
+from services.settlement.handlers import SettlementService
 from services.settlement.journal import Journal
 from services.settlement.settings import SettlementSettings
 from tests import factories
@@ -48,7 +48,7 @@ async def test_verdicts_settle_once_refund_and_forgeries(nats_server, chain):
     # max_reruns=0: a rejected result is refunded at once (re-runs: test_rejected_result_is_rerun_…)
     settings = SettlementSettings(nats_url=nats_server.url, epoch_max_s=0.3, epoch_max_jobs=8, max_reruns=0)
     async with Runtime("settlement", settings) as rt:
-        await rt.mount((await Settlement.open(rt, settings, chain)).routes())
+        await rt.mount((await SettlementService.open(rt, settings, chain)).routes())
         await asyncio.to_thread(chain.fund, client.address, 10**18)
         await asyncio.to_thread(chain.deposit, client.key, 10**16)
         jobs = [factories.job(adapter_id="", client_address=client.address, max_fee=10**15) for _ in range(3)]
@@ -87,7 +87,7 @@ async def test_one_unpayable_job_does_not_block_its_epoch(nats_server, chain):
         await asyncio.to_thread(chain.deposit, account.key, amount)
     settings = SettlementSettings(nats_url=nats_server.url, epoch_max_s=0.5, epoch_max_jobs=16)
     async with Runtime("settlement", settings) as rt:
-        await rt.mount((await Settlement.open(rt, settings, chain)).routes())
+        await rt.mount((await SettlementService.open(rt, settings, chain)).routes())
         # The poor client's two jobs each fit its escrow alone, but not together.
         jobs = [factories.job(adapter_id="", client_address=rich.address, max_fee=10**15)] + \
                [factories.job(adapter_id="", client_address=poor.address, max_fee=10**15) for _ in range(2)]
@@ -124,11 +124,11 @@ async def test_stake_endpoint_and_cli(nats_server, chain, tmp_path):
     await asyncio.to_thread(chain.stake, node.key, 1500 * 10**18, ed_key)
     settings = SettlementSettings(nats_url=nats_server.url)
     async with Runtime("settlement", settings) as rt:
-        await rt.mount((await Settlement.open(rt, settings, chain)).routes())
+        await rt.mount((await SettlementService.open(rt, settings, chain)).routes())
         stake = await rt.request(p.SETTLEMENT_STAKE, p.StakeGet(address=node.address))
         assert stake.stake == 1500 * 10**18 and stake.active and stake.ed25519_key == ed_key.hex()
         assert stake.payout == node.address and stake.min_stake == chain.min_stake()
-        cmd = [sys.executable, "-m", "loranet.cli", "--nats", nats_server.url, "--state-dir", str(tmp_path),
+        cmd = [sys.executable, "-m", "loranet_ops.cli", "--nats", nats_server.url, "--state-dir", str(tmp_path),
                "stake", node.address, "--json"]
         done = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=60,
                                        env=dict(os.environ))
@@ -149,7 +149,7 @@ async def test_rejected_result_slashes_its_staked_node_once(nats_server, chain):
     treasury_before = chain.balance_of(chain.treasury_address)
     settings = SettlementSettings(nats_url=nats_server.url, epoch_max_s=0.2, slash_bps=1000, max_reruns=0)
     async with Runtime("settlement", settings) as rt:
-        await rt.mount((await Settlement.open(rt, settings, chain)).routes())
+        await rt.mount((await SettlementService.open(rt, settings, chain)).routes())
         bad = factories.job(adapter_id="", client_address=client.address, max_fee=10**15)
         rejected = sign(factories.verdict(factories.result(bad)).model_copy(
             update={"accepted": False, "checks": [p.Check(name="fingerprint", ok=False)]}),
@@ -167,14 +167,14 @@ async def test_rejected_result_slashes_its_staked_node_once(nats_server, chain):
 
 
 async def test_reserve_at_admission_then_settle_or_release(nats_server, chain):
-    from loranet.runtime import RemoteError
+    from loranet.errors import RemoteError
 
     client = chain.new_account()
     await asyncio.to_thread(chain.fund, client.address, 10**18)
     await asyncio.to_thread(chain.deposit, client.key, 3 * 10**15)
     settings = SettlementSettings(nats_url=nats_server.url, epoch_max_s=0.2, reservations=True)
     async with Runtime("settlement", settings) as rt:
-        await rt.mount((await Settlement.open(rt, settings, chain)).routes())
+        await rt.mount((await SettlementService.open(rt, settings, chain)).routes())
         jobs = [factories.job(adapter_id="", client_address=client.address, max_fee=10**15) for _ in range(3)]
 
         async def reserve(job, max_fee=10**15):
@@ -214,7 +214,6 @@ async def test_reserve_at_admission_then_settle_or_release(nats_server, chain):
 
 
 async def test_quorum_votes_survive_a_restart(nats_server, chain):
-    from loranet import topology
 
     client = chain.new_account()
     await asyncio.to_thread(chain.fund, client.address, 10**18)
@@ -227,7 +226,7 @@ async def test_quorum_votes_survive_a_restart(nats_server, chain):
                                                      "verifier_address": "0x" + "2e" * 20}), second)
     settings = SettlementSettings(nats_url=nats_server.url, epoch_max_s=0.2, verdict_quorum=2)
     async with Runtime("settlement", settings) as rt:
-        await rt.mount((await Settlement.open(rt, settings, chain)).routes())
+        await rt.mount((await SettlementService.open(rt, settings, chain)).routes())
         await rt.js.publish(p.verdicts(job.job_id), codec.encode(first_vote))
         kv = await rt.js.key_value(p.SETTLEMENT_BUCKET)
         deadline = time.monotonic() + 20
@@ -241,7 +240,7 @@ async def test_quorum_votes_survive_a_restart(nats_server, chain):
     assert chain.job_state(job.job_id) == "unknown"
     # A new settlement process: the first vote comes back from the journal, the second decides.
     async with Runtime("settlement", settings) as rt:
-        await rt.mount((await Settlement.open(rt, settings, chain)).routes())
+        await rt.mount((await SettlementService.open(rt, settings, chain)).routes())
         await rt.js.publish(p.verdicts(job.job_id), codec.encode(second_vote))
         receipt = codec.decode(p.Receipt, (await _wait_stage(rt.js, job.job_id, "settled")).body)
         assert sorted(x.address.lower() for x in receipt.payouts if x.party == "verifier") == sorted(
@@ -302,7 +301,7 @@ async def _settlement_with_reserved_job(nats_server, chain, **settings):
     cfg = SettlementSettings(nats_url=nats_server.url, epoch_max_s=0.2, **settings)
     async with Runtime("settlement", cfg) as rt:
         await topology.ensure_topology(rt.js)
-        await rt.mount((await Settlement.open(rt, cfg, chain)).routes())
+        await rt.mount((await SettlementService.open(rt, cfg, chain)).routes())
         job = factories.job(adapter_id="", client_address=client.address, max_fee=10**15)
         await rt.request(p.SETTLEMENT_RESERVE, p.Reserve(job_id=job.job_id, client_address=client.address,
                                                          max_fee=job.max_fee))

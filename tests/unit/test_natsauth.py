@@ -10,6 +10,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from loranet import natsauth, protocol as p
+from services.auth import domain as auth_domain
 from loranet.signing import Identity
 
 
@@ -42,7 +43,7 @@ def test_an_honest_client_gets_its_own_permissions_only():
     issuer_public, issuer_seed = natsauth.new_issuer()
     issuer, server, client = natsauth.issuer_from_seed(issuer_seed), SigningKey.generate(), Identity.generate()
     user_nkey = natsauth.public_of(Identity.generate())  # the server's per-connection key
-    decision = natsauth.authorize(_request(server, user_nkey, _signed_opts(client, client)), issuer)
+    decision = auth_domain.authorize(_request(server, user_nkey, _signed_opts(client, client)), issuer)
     assert decision.client_id == p.client_id(client.public) and not decision.error
     response = natsauth.decode_jwt(decision.response, natsauth.PREFIX_ACCOUNT)
     assert response["iss"] == issuer_public and response["sub"] == user_nkey
@@ -69,7 +70,7 @@ def test_a_client_that_does_not_prove_its_key_is_refused(case):
             "other nonce": _signed_opts(alice, alice, nonce="another-nonce"),
             "garbled signature": {"nkey": natsauth.public_of(alice), "sig": "!!"}}[case]
     user_nkey = natsauth.public_of(Identity.generate())
-    decision = natsauth.authorize(_request(server, user_nkey, opts), issuer)
+    decision = auth_domain.authorize(_request(server, user_nkey, opts), issuer)
     assert decision.client_id == "" and decision.error
     response = natsauth.decode_jwt(decision.response, natsauth.PREFIX_ACCOUNT)
     assert response["nats"]["error"] and "jwt" not in response["nats"]
@@ -82,6 +83,6 @@ def test_a_request_not_signed_by_the_server_it_names_gets_no_answer():
     head, body, sig = token.split(".")
     forged_sig = base64.urlsafe_b64encode(SigningKey.generate().sign(f"{head}.{body}".encode()).signature).decode().rstrip("=")
     with pytest.raises(natsauth.AuthError):
-        natsauth.authorize(f"{head}.{body}.{forged_sig}", issuer)
+        auth_domain.authorize(f"{head}.{body}.{forged_sig}", issuer)
     with pytest.raises(natsauth.AuthError):
-        natsauth.authorize("not.a.jwt", issuer)
+        auth_domain.authorize("not.a.jwt", issuer)

@@ -155,3 +155,14 @@ def test_every_stream_subject_is_kept_and_every_consumer_reads_a_kept_subject():
     assert {c.stream for c in p.CONSUMERS} <= {s.name for s in p.STREAMS}
     assert sorted(pat for s in p.STREAMS for pat in s.subjects) == sorted(
         s.pattern for s in p.SUBJECTS if s.stream is not None)
+
+
+def test_error_replies_carry_the_codes_of_the_one_exception_tree():
+    from typing import get_args
+
+    from loranet import errors
+
+    assert set(get_args(p.ErrorReply.model_fields["code"].annotation)) == set(errors.CODES)
+    assert errors.code_of(codec.DecodeError("invalid", "x")) == "invalid"
+    assert errors.code_of(RuntimeError("x")) == "internal"
+    assert issubclass(codec.DecodeError, errors.Invalid) and issubclass(codec.DecodeError, ValueError)

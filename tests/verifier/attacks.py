@@ -1,5 +1,5 @@
 """Cheating nodes, one per attack, and an in-process harness that runs results through the verifier's
-own `Verifier.judge` (the function the NATS route calls), so the bulk of trials needs no server.
+own `VerifierService.judge` (the function the NATS route calls), so the bulk of trials needs no server.
 
 Every attack returns the result a cheating node would publish (signed by the cheater's own registered
 key unless the attack is on the signature itself). An attack is *detected* when the verifier rejects
@@ -20,10 +20,10 @@ from loranet import protocol as p
 from loranet.fingerprint import fingerprint_chunks
 from loranet.model.generate import ReferenceModel
 from loranet.observability import EventLog
-from loranet.runtime import Reject
+from loranet.errors import Refused
 from loranet.signing import sign
 from services.verifier.engine import AuditEngine
-from services.verifier.handlers import Verifier
+from services.verifier.handlers import VerifierService
 from services.verifier.settings import VerifierSettings
 from verifier_nodes import PROMPTS, Client, Generated, HonestNode
 
@@ -40,11 +40,11 @@ class _LocalRuntime:
         self.log = EventLog("verifier-test", "local", "WARNING")
 
 
-def local_verifier(engine: AuditEngine, nodes: list[HonestNode], audit_rate: float = 1.0) -> Verifier:
+def local_verifier(engine: AuditEngine, nodes: list[HonestNode], audit_rate: float = 1.0) -> VerifierService:
     settings = VerifierSettings(audit_new_node_jobs=0, audit_clean_rate=audit_rate, state_dir="/nonexistent")
     from loranet.signing import Identity
 
-    v = Verifier(_LocalRuntime(), settings, engine, Identity.generate())
+    v = VerifierService(_LocalRuntime(), settings, engine, Identity.generate())
     v.keys.fresh_s = float("inf")
     for n in nodes:
         v.keys.remember(n.heartbeat())
@@ -58,14 +58,14 @@ class Outcome:
     verdict_checks: list[p.Check] | None = None
 
 
-def judge_once(verifier: Verifier, result: p.InferenceResult, subject: str | None = None) -> Outcome:
+def judge_once(verifier: VerifierService, result: p.InferenceResult, subject: str | None = None) -> Outcome:
     """Run one result through Verifier.judge + verdict bookkeeping, synchronously."""
     subject = subject or p.results(result.node_id)
 
     async def go() -> Outcome:
         try:
             judged = await verifier.judge(result, subject)
-        except Reject as exc:
+        except Refused as exc:
             return Outcome(True, f"dead_letter:{exc.reason[:80]}")
         if judged is None:
             return Outcome(True, "replay_skipped")
@@ -296,7 +296,7 @@ ATTACKS: dict[str, Callable[[Kit], p.InferenceResult]] = {
 }
 
 
-def run_attack(verifier: Verifier, kit: Kit, name: str) -> Outcome:
+def run_attack(verifier: VerifierService, kit: Kit, name: str) -> Outcome:
     """One trial of attack `name` through the verifier."""
     result = ATTACKS[name](kit)
     if name == "replayed_result":

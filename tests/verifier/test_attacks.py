@@ -1,6 +1,6 @@
 """Adversarial suite: every cheating node is caught, honest jobs never rejected.
 
-The bulk runs in-process through `Verifier.judge` (the NATS route's own function); test_service.py
+The bulk runs in-process through `VerifierService.judge` (the NATS route's own function); test_service.py
 covers the NATS path. Default sizes are small (the suite must stay fast on 2 cores); the issue's full
 sizes (≥300 trials per attack, ≥1000 honest jobs) run with `-m slow` and in bench/verify_bench.py.
 """

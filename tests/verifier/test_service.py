@@ -8,11 +8,12 @@ import time
 
 from loranet import codec, protocol as p
 from loranet.model.adapters import adapter_to_blobs
-from loranet.runtime import Endpoint, Runtime, ServiceError
+from loranet.runtime import Endpoint, Runtime
+from loranet.errors import ServiceError
 from loranet.settings import CommonSettings
-from loranet.signing import Identity, sign, verify
+from loranet.signing import Identity, sign
 from services.verifier.engine import AuditEngine
-from services.verifier.handlers import Verifier, load_identity
+from services.verifier.handlers import VerifierService, load_identity
 from services.verifier.settings import VerifierSettings
 
 
@@ -72,7 +73,7 @@ async def test_verifier_service_end_to_end(nats_server, tmp_path, base, adapters
         await ds.mount([_blob_endpoint(adapters)])
         kv = await rt.js.key_value(p.NODES_BUCKET)
         await kv.put(honest.node_id, codec.encode(honest.heartbeat()))
-        verifier = Verifier(rt, settings, engine, load_identity(settings))
+        verifier = VerifierService(rt, settings, engine, load_identity(settings))
         rt.spawn(verifier.stats_loop(), name="stats")
         await rt.mount(verifier.routes())
         for r in [*results.values(), forged, stranger]:

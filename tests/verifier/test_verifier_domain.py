@@ -59,7 +59,7 @@ def test_authenticate_and_verdict(honest, client, base):
     domain.authenticate(r, p.results(r.node_id), honest.identity.public)
     for subject, key in [(p.results("other"), honest.identity.public), (p.results(r.node_id), None),
                          (p.results(r.node_id), Identity.generate().public)]:
-        with pytest.raises(domain.Forged):
+        with pytest.raises(domain.ResultForged):
             domain.authenticate(r, subject, key)
     with pytest.raises(domain.NotOurs):
         domain.served_model(r, "0" * 64)

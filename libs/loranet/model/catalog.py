@@ -29,6 +29,7 @@ from . import smollm2
 from .checkpoint import TINY_MODEL_NAME, cache_root, ensure_tiny_model
 from .content import InvalidSafetensors, model_content_id, safetensors_shapes
 from .tokenizers import Tokenizer, TokenizerError, load_tokenizer
+from ..errors import Invalid
 
 DEFAULT_MODEL_NAME = smollm2.NAME
 MODEL_ENV = "LORANET_MODEL"
@@ -37,7 +38,7 @@ SUPPORTED_MODEL_TYPES = ("llama",)
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 
-class ModelRefused(ValueError):
+class ModelRefused(Invalid):
     """A model directory that cannot be served; the message names the file and the problem."""
 
 

@@ -23,6 +23,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+from ..errors import HashMismatch, Invalid
 
 MODEL_DOMAIN = b"loranet/model/v1\x00"
 ADAPTER_DOMAIN = b"loranet/adapter/v1\x00"
@@ -37,7 +38,7 @@ _DTYPE_SIZES = {
 }
 
 
-class ContentHashMismatch(Exception):
+class ContentHashMismatch(HashMismatch):
     """A checkpoint or adapter's content does not hash to the id it was asked for.
 
     Refuse to use it: the files were changed, truncated, or are not the ones
@@ -51,7 +52,7 @@ class ContentHashMismatch(Exception):
         )
 
 
-class InvalidSafetensors(ValueError):
+class InvalidSafetensors(Invalid):
     """A safetensors blob is malformed (bad header, offsets outside the data)."""
 
 

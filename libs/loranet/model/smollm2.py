@@ -25,6 +25,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from ..errors import Unavailable
 
 NAME = "smollm2-135m-instruct"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -34,7 +35,7 @@ _STAMP = ".source.json"
 _DROP_KEYS = ("quantization_config", "_name_or_path", "_model_name_or_path")
 
 
-class ModelUnavailable(RuntimeError):
+class ModelUnavailable(Unavailable):
     """The default model's source wheel is not installed."""
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import tokenizer as byte_tokenizer
+from ..errors import Invalid
 
 # The files that make a tokenizer; the id hashes the ones present.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
@@ -42,7 +43,7 @@ CHAT_ROLES = ("system", "user", "assistant")
 MAX_CHAT_TEMPLATE_CHARS = 16_384
 
 
-class TokenizerError(ValueError):
+class TokenizerError(Invalid):
     """A checkpoint's tokenizer is missing, corrupt or does not fit its model (the message names the file)."""
 
 

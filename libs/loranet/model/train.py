@@ -32,13 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .tokenizers import Tokenizer, chat_messages
+from ..errors import Invalid
 
 ADDRESS_RE = re.compile(r"^0x[0-9a-fA-F]{40}$")
 MIN_EXAMPLES = 8
 MAX_EXAMPLE_TOKENS = 512
 
 
-class TrainingRefused(ValueError):
+class TrainingRefused(Invalid):
     """The dataset or options cannot train an adapter; the message names the file and line."""
 
 

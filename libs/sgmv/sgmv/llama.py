@@ -25,7 +25,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .bank import AdapterBank, PackedLoraWeights, ProjectionSpec
+from .bank import AdapterBank
+from .packed import PackedLoraWeights, ProjectionSpec
 from .metadata import SGMVMetadata, build_metadata
 from .ops import apply_lora
 
@@ -228,3 +229,25 @@ def lora_context(model: nn.Module, token_slots: torch.Tensor | Sequence[int]):
         yield model
     finally:
         state.set(None)
+
+
+def bank_for_model(
+    model: torch.nn.Module,
+    num_slots: int,
+    max_rank: int = 64,
+    target_modules: Sequence[str] | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> AdapterBank:
+    """An adapter bank for a transformers Llama-family model (q/k/v/o/gate/up/down).
+
+    ``target_modules`` restricts the projections (default: all seven); dtype and device default to the
+    model's."""
+    p = next(model.parameters())
+    return AdapterBank(
+        llama_projection_specs(model, target_modules),
+        num_slots,
+        max_rank,
+        dtype=dtype or p.dtype,
+        device=device or p.device,
+    )

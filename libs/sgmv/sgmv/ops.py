@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 
 from . import torch_ops
-from .bank import PackedLoraWeights
+from .packed import PackedLoraWeights
 from .metadata import SGMVMetadata
 
 __all__ = ["select_backend", "apply_lora"]

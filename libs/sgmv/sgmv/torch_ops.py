@@ -29,7 +29,7 @@ from typing import Sequence
 
 import torch
 
-from .bank import PackedLoraWeights
+from .packed import PackedLoraWeights
 from .metadata import SGMVMetadata
 
 __all__ = ["sgmv_shrink", "sgmv_expand", "sgmv_apply"]

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from .bank import PackedLoraWeights
+from .packed import PackedLoraWeights
 from .metadata import SGMVMetadata
 
 __all__ = ["sgmv_shrink", "sgmv_expand", "triton_available"]

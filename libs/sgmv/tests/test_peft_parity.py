@@ -8,7 +8,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
-from sgmv import AdapterBank, load_peft_adapter, lora_context, set_token_slots, wrap_llama  # noqa: E402
+from sgmv import bank_for_model, load_peft_adapter, lora_context, set_token_slots, wrap_llama  # noqa: E402
 
 ADAPTERS = {
     "alpha": dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
@@ -47,7 +47,7 @@ def setup(tmp_path_factory):
         peft_model.load_adapter(dirs[name], adapter_name=name)
     peft_model.eval()
     ours = copy.deepcopy(base)
-    bank = AdapterBank.for_model(ours, num_slots=6, max_rank=16)
+    bank = bank_for_model(ours, num_slots=6, max_rank=16)
     slot_of = {}
     for slot, name in zip((5, 0, 3, 1), names):  # slots need not follow load order
         bank.load(slot, dirs[name])

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sgmv import build_metadata, torch_ops
+from sgmv import bank_for_model, build_metadata, torch_ops
 from sgmv_oracle import PATTERNS, make_case, oracle, slot_pattern
 from test_oracle import _check, _run
 
@@ -49,7 +49,7 @@ def llama_logits_through_backends(triton_ops_module, device="cpu"):
     kernels (interpreted on CPU, compiled on CUDA), and of the base model alone."""
     import copy
 
-    from sgmv import AdapterBank, LoraAdapter, lora_context, wrap_llama
+    from sgmv import LoraAdapter, lora_context, wrap_llama
     from sgmv_oracle import random_adapter
     from test_peft_parity import tiny_llama
 
@@ -57,7 +57,7 @@ def llama_logits_through_backends(triton_ops_module, device="cpu"):
     models = {}
     for backend in ("torch", "triton"):
         model = copy.deepcopy(base)
-        bank = AdapterBank.for_model(model, num_slots=3, max_rank=8)
+        bank = bank_for_model(model, num_slots=3, max_rank=8)
         for slot in range(3):
             mods = {}
             for i, proj in enumerate(bank.projections.values()):

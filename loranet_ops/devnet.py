@@ -27,7 +27,7 @@ from .servers import NatsServer, RedisServer, free_port
 STATE_FILE = "devnet.json"
 PASSWORDS_FILE = "nats-passwords.json"
 # The per-role users and subject permissions, shared with docker compose.
-AUTH_CONF = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "auth.conf"
+AUTH_CONF = Path(__file__).resolve().parents[1] / "deploy" / "nats" / "auth.conf"
 ROLES = ("init", "scheduler", "inference", "verifier", "settlement", "datastore", "gateway", "admin")
 # Clients have no password: each connects with its own key, which the auth service (services/auth)
 # turns into a NATS user of its own (loranet.natsauth).  Its keys live in these files (mode 0600).
@@ -124,8 +124,8 @@ def _auth_keys(state_dir: Path) -> dict[str, str]:
     The seeds go to files (mode 0600) the auth service reads; the server gets the public keys."""
     from nacl.signing import SigningKey
 
-    from . import natsauth
-    from .signing import Identity, write_secret_file
+    from loranet import natsauth
+    from loranet.signing import Identity, write_secret_file
 
     issuer_public, issuer_seed = natsauth.new_issuer()
     service = Identity(SigningKey.generate())
@@ -199,7 +199,7 @@ class Supervisor:
             "LORANET_STATE_DIR": str(self.dir / "state"),
             "PYTHONUNBUFFERED": "1",
         })
-        from .model.catalog import default_model_name  # (torch is imported only when services are planned)
+        from loranet.model.catalog import default_model_name  # (torch is imported only when services are planned)
 
         env["LORANET_MODEL"] = self.config.model or default_model_name()
         if self.config.cache_dir:
@@ -411,7 +411,7 @@ def start_detached(config: DevnetConfig, timeout: float = 600.0, progress=None) 
         return existing
     Path(config.state_dir).mkdir(parents=True, exist_ok=True)
     state_path(config.state_dir).unlink(missing_ok=True)
-    args = [sys.executable, "-m", "loranet.devnet", json.dumps(asdict(config))]
+    args = [sys.executable, "-m", "loranet_ops.devnet", json.dumps(asdict(config))]
     log = open(Path(config.state_dir) / "supervisor.log", "ab")
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()

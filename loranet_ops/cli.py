@@ -27,7 +27,7 @@ def _nats_url(args: argparse.Namespace) -> str:
 
 
 def _identity(args: argparse.Namespace):
-    from .signing import Identity
+    from loranet.signing import Identity
 
     path = Path(args.key or os.environ.get("LORANET_CLIENT_KEY") or Path(args.state_dir) / "client.key")
     if path.exists():
@@ -45,7 +45,7 @@ def _print(obj: Any, as_json: bool, table=None) -> None:
 
 
 async def _client(args: argparse.Namespace):
-    from .client import Client
+    from loranet.client import Client
 
     try:
         return await Client.connect(_nats_url(args), _identity(args))
@@ -95,9 +95,9 @@ async def cmd_chat(args: argparse.Namespace) -> int:
 async def _run_job(args: argparse.Namespace, prompt: str, chat: bool) -> int:
     from rich.console import Console
 
-    from . import protocol as p
-    from .client import JobFailed
-    from .runtime import RemoteError
+    from loranet import protocol as p
+    from loranet.client import JobFailed
+    from loranet.errors import RemoteError
 
     console = Console(stderr=True)
     client = await _client(args)
@@ -151,8 +151,8 @@ def _show_outcome(result: dict) -> None:
 
 
 async def cmd_job(args: argparse.Namespace) -> int:
-    from .client import outcome_of
-    from .runtime import RemoteError
+    from loranet.client import outcome_of
+    from loranet.errors import RemoteError
 
     client = await _client(args)
     async with client:
@@ -188,7 +188,7 @@ async def cmd_adapters(args: argparse.Namespace) -> int:
 async def cmd_adapter_register(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from .runtime import RemoteError
+    from loranet.errors import RemoteError
 
     try:
         manifest = json.loads(Path(args.manifest).read_text())
@@ -210,7 +210,7 @@ async def cmd_adapter_register(args: argparse.Namespace) -> int:
 
 
 async def cmd_models(args: argparse.Namespace) -> int:
-    from .runtime import RemoteError
+    from loranet.errors import RemoteError
 
     client = await _client(args)
     async with client:
@@ -244,8 +244,8 @@ async def cmd_models(args: argparse.Namespace) -> int:
 
 
 async def cmd_model_register(args: argparse.Namespace) -> int:
-    from .model.catalog import ModelRefused, register_checkpoint
-    from .model.tokenizers import TokenizerError
+    from loranet.model.catalog import ModelRefused, register_checkpoint
+    from loranet.model.tokenizers import TokenizerError
 
     try:
         model, tok = await asyncio.to_thread(register_checkpoint, args.path, args.name)
@@ -256,9 +256,10 @@ async def cmd_model_register(args: argparse.Namespace) -> int:
     if not args.offline:
         import nats
 
-        from . import protocol as p
+        from loranet import protocol as p
         from .demo import model_manifest
-        from .runtime import RemoteError, request
+        from loranet.runtime import request
+        from loranet.errors import RemoteError
 
         state = dn.read_state(args.state_dir)
         if not state:
@@ -284,8 +285,8 @@ async def cmd_model_register(args: argparse.Namespace) -> int:
 def cmd_adapter_train(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .model.catalog import ModelRefused, resolve_model
-    from .model.train import TrainingRefused, TrainOptions, train_adapter
+    from loranet.model.catalog import ModelRefused, resolve_model
+    from loranet.model.train import TrainingRefused, TrainOptions, train_adapter
 
     options = TrainOptions(rank=args.rank, alpha=args.alpha, targets=tuple(t for t in args.targets.split(",") if t),
                            epochs=args.epochs, lr=args.lr, seed=args.seed)
@@ -343,9 +344,10 @@ async def cmd_balance(args: argparse.Namespace) -> int:
 
 
 async def cmd_stake(args: argparse.Namespace) -> int:
-    from . import codec, protocol as p
-    from .runtime import RemoteError, request
-    from .signing import devnet_address
+    from loranet import codec, protocol as p
+    from loranet.runtime import request
+    from loranet.errors import RemoteError
+    from loranet.signing import devnet_address
 
     client = await _client(args)
     async with client:
@@ -401,13 +403,13 @@ def cmd_devnet(args: argparse.Namespace) -> int:
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    from services.gateway.main import run
+    from services.gateway.main import main
+    from services.gateway.settings import GatewaySettings
 
     url = _nats_url(args)  # --nats, else LORANET_NATS_URL, else the running devnet (as its `gateway` NATS user)
     if not getattr(args, "nats", None) and not os.environ.get("LORANET_NATS_URL"):
         url = dn.role_url(args.state_dir, "gateway", url)
-    os.environ["LORANET_NATS_URL"] = url
-    run()
+    asyncio.run(main(GatewaySettings.from_env(nats_url=url)))
     return EXIT_OK
 
 

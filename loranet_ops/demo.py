@@ -16,18 +16,18 @@ from pathlib import Path
 
 from nats.aio.client import Client as NATS
 
-from . import protocol as p
-from .model.adapters import adapter_to_blobs, build_demo_adapters
-from .model.catalog import ResolvedModel, resolve_model
-from .model.checkpoint import TINY_MODEL_NAME, cache_root
-from .model.content import adapter_content_id
-from .model.tokenizers import load_tokenizer
-from .runtime import request
-from .signing import devnet_address
+from loranet import protocol as p
+from loranet.model.adapters import adapter_to_blobs, build_demo_adapters
+from loranet.model.catalog import ResolvedModel, resolve_model
+from loranet.model.checkpoint import TINY_MODEL_NAME, cache_root
+from loranet.model.content import adapter_content_id
+from loranet.model.tokenizers import load_tokenizer
+from loranet.runtime import request
+from loranet.signing import devnet_address
 
 DEMO_WEIGHTS = (5000, 3000, 2000)
 # Trained demo adapters of the default model, in the order the demo shows them.
-TRAINED_DIR = Path(__file__).resolve().parents[2] / "adapters" / "demo"
+TRAINED_DIR = Path(__file__).resolve().parents[1] / "adapters" / "demo"
 TRAINED = ("pirate", "french", "json", "terse")
 
 

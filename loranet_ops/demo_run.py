@@ -13,8 +13,8 @@ import asyncio
 from rich.console import Console
 from rich.table import Table
 
-from .client import Client
-from .signing import Identity
+from loranet.client import Client
+from loranet.signing import Identity
 
 QUESTION = "What is the capital of France?"
 PROMPTS = [
