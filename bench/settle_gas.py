@@ -17,7 +17,7 @@ Steady state: one warm-up batch first gives every recipient a non-zero
 credit/balance, as between two withdrawals.
 
 settled_jobs_per_s is measured through the service, as it runs on the
-devnet: a real nats-server, the chain process (services.settlement.chain_node)
+devnet: a real nats-server, the chain process (loranet_ops.chain_node)
 and `python -m services.settlement` as processes of their own. Signed verdicts
 (same population, adapters with 3 contributors served by a stand-in datastore
 endpoint) are published on verdicts.<job_id>; the rate is jobs over the time
@@ -49,7 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from loranet import codec, protocol as p, topology  # noqa: E402
 from loranet_ops.servers import NatsServer, free_port  # noqa: E402
 from loranet.signing import Identity, sign  # noqa: E402
-from services.settlement.chain import Chain, wait_for_rpc  # noqa: E402
+from services.settlement.devchain import DevChain  # noqa: E402
+from services.settlement.transport import wait_for_rpc  # noqa: E402
 from services.settlement.packing import Reservation, SettleJob  # noqa: E402
 
 OPEN = 10**18
@@ -57,7 +58,7 @@ N_CLIENTS, N_NODES, N_ADAPTERS, N_CONTRIBUTORS, N_VERIFIERS = 16, 8, 16, 32, 4
 
 
 class Population:
-    def __init__(self, chain: Chain, seed: int = 7) -> None:
+    def __init__(self, chain: DevChain, seed: int = 7) -> None:
         self.rng = random.Random(seed)
         self.chain = chain
         self.clients = [chain.new_account(open_tokens=10**6 * OPEN) for _ in range(N_CLIENTS)]
@@ -89,7 +90,7 @@ class Population:
         return list(job.payouts(self.chain.treasury()).items())
 
 
-def measure_batches(chain: Chain, pop: Population, sizes: list[int]) -> dict:
+def measure_batches(chain: DevChain, pop: Population, sizes: list[int]) -> dict:
     out: dict = {}
     warm = [pop.job() for _ in range(64)]
     chain.settle_batch(chain.last_seq() + 1, warm)  # every recipient's credit slot now non-zero
@@ -109,7 +110,7 @@ def measure_batches(chain: Chain, pop: Population, sizes: list[int]) -> dict:
     return out
 
 
-def warm_token_balances(chain: Chain, pop: Population) -> None:
+def warm_token_balances(chain: DevChain, pop: Population) -> None:
     """Give every recipient a non-zero OPEN balance, so pushes to them are steady-state writes."""
     everyone = set(pop.nodes) | set(pop.verifiers) | {chain.treasury()}
     for developer, contributors in pop.adapters:
@@ -118,7 +119,7 @@ def warm_token_balances(chain: Chain, pop: Population) -> None:
         chain.fund(address, 1)
 
 
-def measure_naive(chain: Chain, pop: Population, n_jobs: int) -> float:
+def measure_naive(chain: DevChain, pop: Population, n_jobs: int) -> float:
     naive = chain.deploy_contract("NaivePush", chain.token.address, chain.treasury(), key=chain.settler_key)
     for client in pop.clients:
         chain.approve(client.key, naive.address, 10**4 * OPEN)
@@ -134,7 +135,7 @@ def measure_naive(chain: Chain, pop: Population, n_jobs: int) -> float:
     return total / n_jobs
 
 
-def measure_transfers(chain: Chain, pop: Population, n_jobs: int) -> float:
+def measure_transfers(chain: DevChain, pop: Population, n_jobs: int) -> float:
     chain.fund(chain.settler, 10**5 * OPEN)
     total = 0
     for _ in range(n_jobs):
@@ -239,10 +240,10 @@ def measure_service(n_jobs: int, epoch_sizes: list[int], rounds: int = 1) -> dic
             rpc_url = f"http://127.0.0.1:{port}"
             env = dict(os.environ, LORANET_CHAIN_PORT=str(port))
             log = open(Path(tmp) / "chain.log", "wb")
-            procs.append(subprocess.Popen([sys.executable, "-m", "services.settlement.chain_node"], env=env, cwd=ROOT,
+            procs.append(subprocess.Popen([sys.executable, "-m", "loranet_ops.chain_node"], env=env, cwd=ROOT,
                                           stdout=log, stderr=subprocess.STDOUT))
             wait_for_rpc(rpc_url, timeout_s=120)
-            chain = Chain(rpc_url)
+            chain = DevChain.open(rpc_url)
             pop = Population(chain)
             manifests = _manifests(pop)
             adapter_ids = list(manifests)
@@ -292,7 +293,7 @@ def main() -> None:
         result["elapsed_s"] = round(time.perf_counter() - t0, 1)
         print(json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in result.items()}))
         return
-    chain = Chain()
+    chain = DevChain.open()
     pop = Population(chain)
     result: dict = {"chain": "in-process py-evm (eth-tester)", "recipients_per_job": 7}
     result.update(measure_batches(chain, pop, [1, 64, 256]))

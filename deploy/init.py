@@ -71,7 +71,8 @@ def parse_deployment(text: str) -> dict[str, str]:
 
 def deploy_contracts(settings: InitSettings, log: EventLog) -> dict[str, str]:
     """Attach to the contracts in the deployment file if they are on the chain, else deploy; write the file."""
-    from services.settlement.chain import Chain, ChainError
+    from services.settlement.devchain import DevChain
+    from services.settlement.transport import ChainError
 
     path = Path(settings.deployment_file)
     keys = {k: v for k, v in {"deployer_key": settings.deployer_key, "settler_key": settings.settler_key,
@@ -83,14 +84,14 @@ def deploy_contracts(settings: InitSettings, log: EventLog) -> dict[str, str]:
                 known = parse_deployment(path.read_text())
                 if all(known.get(k) for k in ADDRESS_KEYS):
                     try:
-                        chain = Chain(settings.rpc_url, token_address=known["LORANET_TOKEN_ADDRESS"],
+                        chain = DevChain.open(settings.rpc_url, token_address=known["LORANET_TOKEN_ADDRESS"],
                                       registry_address=known["LORANET_REGISTRY_ADDRESS"],
                                       settlement_address=known["LORANET_SETTLEMENT_ADDRESS"], **keys)
                         log.info("chain.attached", **{k.lower(): known[k] for k in ADDRESS_KEYS})
                         return known
                     except ChainError as exc:  # the chain was reset: deploy again
                         log.warning("chain.stale_deployment", error=str(exc))
-            chain = Chain(settings.rpc_url, **keys)
+            chain = DevChain.open(settings.rpc_url, **keys)
             break
         except ChainError as exc:
             if time.monotonic() > deadline:

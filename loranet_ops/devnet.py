@@ -1,7 +1,7 @@
 """The embedded devnet: nats-server, redis-server and every service as local processes.
 
 A supervisor process owns them all: it starts the servers, the chain process
-(services.settlement.chain_node: py-evm over JSON-RPC, so balances outlive a
+(loranet_ops.chain_node: py-evm over JSON-RPC, so balances outlive a
 settlement crash; its journal, <state_dir>/chain.journal, makes them outlive a
 crash of the chain process and a devnet restart too), the datastore and
 settlement, registers the demo catalogue, then starts the scheduler, the
@@ -223,7 +223,7 @@ class Supervisor:
         first = [svc("auth", "services.auth", LORANET_AUTH_ISSUER_SEED_FILE=str(self.dir / AUTH_ISSUER_SEED_FILE),
                      LORANET_AUTH_NKEY_SEED_FILE=str(self.dir / AUTH_NKEY_SEED_FILE))] if self.auth else []
         first += [
-            svc("chain", "services.settlement.chain_node", LORANET_CHAIN_PORT=str(self.chain_port),
+            svc("chain", "loranet_ops.chain_node", LORANET_CHAIN_PORT=str(self.chain_port),
                 LORANET_CHAIN_DEPLOYMENT_FILE=str(self.dir / "chain.json"),
                 LORANET_CHAIN_JOURNAL=str(self.dir / CHAIN_JOURNAL_FILE)),
             svc("datastore", "services.datastore", "datastore", LORANET_REDIS_URL=self.config.redis_url),

@@ -1,43 +1,22 @@
-"""The on-chain side of settlement: deploy or attach to the contracts and call them.
+"""Contract calls: the OPEN token, the Registry and Settlement, on one chain.
 
-`Chain` is synchronous (web3's sync API) and holds a lock around every call,
-so the settlement service can use it from `asyncio.to_thread`. It talks to
-
-  * an in-process EVM (web3's EthereumTesterProvider over py-evm) when
-    `rpc_url` is empty: the embedded default. That chain lives only inside the
-    process that created it.
-  * any JSON-RPC endpoint otherwise (anvil in compose, an L2 in production,
-    or `python -m services.settlement.chain_node`, the devnet's chain process:
-    py-evm served over HTTP, which also tells where its contracts are, so a
-    Chain built on it with no addresses attaches to them).
-
-Every transaction is signed locally with a private key and sent raw, so the
-same code runs against both. A revert raises ChainError carrying the
-contract's reason ("settlement: sequence must be last_seq + 1", ...).
+`Chain` attaches to a deployment (the three contracts' addresses) over a `Transport`
+(transport.py: connect, sign, send, wait) and calls the contracts; it deploys nothing and
+funds nobody. `Chain.from_settings` builds the settlement service's chain from its typed
+settings. Deploying, faucets and time travel are devchain.py's, for the devnet and tests.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eth_account import Account
-from eth_utils import keccak, to_checksum_address
-from web3 import Web3
-from web3.exceptions import ContractLogicError
-
-try:  # the in-process chain raises its own type for a reverted estimate
-    from eth_tester.exceptions import TransactionFailed as _TesterRevert
-except ImportError:  # pragma: no cover
-    _TesterRevert = ContractLogicError
-_REVERTS = (ContractLogicError, _TesterRevert)
+from eth_utils import to_checksum_address
 
 from services.settlement.contracts import compile_contract
 from services.settlement.merkle import merkle_root
-from loranet.errors import LoranetError
 from services.settlement.packing import (
     Reservation,
     SettleJob,
@@ -45,23 +24,12 @@ from services.settlement.packing import (
     encode_reservations,
     job_id_bytes,
 )
+from services.settlement.transport import ChainError, Transport, TxInfo, address_of, key_hex
 
-# Development keys, derived from public strings: never hold value with them.
-DEV_DEPLOYER_KEY = "0x" + keccak(b"loranet devnet deployer").hex()
-DEV_SETTLER_KEY = "0x" + keccak(b"loranet devnet settler").hex()
-DEV_TREASURY = to_checksum_address(keccak(b"loranet devnet treasury")[-20:])
-
-TOTAL_SUPPLY = 10**9 * 10**18  # one billion OPEN, all to the deployer
-DEFAULT_MIN_STAKE = 1_000 * 10**18
-DEFAULT_COOLDOWN_S = 7 * 24 * 3600
-_DEV_ETH = 10**21  # gas money for development accounts
-_IN_PROCESS_GAS = 16_000_000  # per-transaction limit on the in-process chain (EIP-7825 caps at 2**24)
+if TYPE_CHECKING:
+    from services.settlement.settings import SettlementSettings
 
 JOB_STATES = ("unknown", "reserved", "settled", "refunded")
-
-
-class ChainError(LoranetError):
-    """A transaction reverted or the chain could not be used; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -72,13 +40,6 @@ class Deployment:
     registry: str
     settlement: str
     chain_id: int
-
-
-@dataclass(frozen=True)
-class TxInfo:
-    tx_hash: str
-    block_number: int
-    gas_used: int
 
 
 @dataclass(frozen=True)
@@ -104,120 +65,64 @@ class NodeRecord:
     unbonding_until: int
 
 
-@dataclass(frozen=True)
-class DevAccount:
-    key: str
-    address: str
-
-
-def _key_hex(key: str | bytes) -> str:
-    if isinstance(key, bytes):
-        return "0x" + key.hex()
-    return key if key.startswith("0x") else "0x" + key
-
-
-def address_of(key: str | bytes) -> str:
-    """The checksummed address of a private key."""
-    return Account.from_key(_key_hex(key)).address
-
-
 class Chain:
-    """OPEN token, Registry and Settlement on one chain, called through one object.
+    """The three contracts of one deployment, called through one object.
 
-    `tester` (in process only) reuses an existing eth-tester chain (chain_node does).
-    With no contract addresses given it deploys fresh contracts (deployer gets
-    the whole supply, the settler key gets the settler role, the deployer's
-    address the slasher and registrar roles); with all three it attaches.
-    """
+    `deployer_key` holds the admin roles (registrar, slasher; the devnet's faucet); `settler_key` settles
+    epochs and refunds (defaults to the deployer's)."""
 
-    def __init__(
-        self,
-        rpc_url: str = "",
-        *,
-        deployer_key: str | bytes = DEV_DEPLOYER_KEY,
-        settler_key: str | bytes | None = None,
-        treasury: str = DEV_TREASURY,
-        token_address: str = "",
-        registry_address: str = "",
-        settlement_address: str = "",
-        min_stake: int = DEFAULT_MIN_STAKE,
-        cooldown_s: int = DEFAULT_COOLDOWN_S,
-        supply: int = TOTAL_SUPPLY,
-        timeout_s: float = 30.0,
-        tester: Any = None,
-    ) -> None:
-        self._lock = threading.RLock()
-        self.rpc_url = rpc_url
-        self.timeout_s = timeout_s
-        self.deployer_key = _key_hex(deployer_key)
-        self.settler_key = _key_hex(settler_key) if settler_key else self.deployer_key
+    def __init__(self, transport: Transport, deployment: Deployment, *, deployer_key: str | bytes,
+                 settler_key: str | bytes | None = None) -> None:
+        self.transport = transport
+        self.deployer_key = key_hex(deployer_key)
+        self.settler_key = key_hex(settler_key) if settler_key else self.deployer_key
         self.deployer = address_of(self.deployer_key)
         self.settler = address_of(self.settler_key)
-        self.in_process = not rpc_url
-        # py-evm (in process or behind chain_node): a fixed gas limit instead of eth-tester's
-        # estimate, which is a binary search over ~13 executions.
-        self.fixed_gas = self.in_process
-        if self.in_process:
-            from eth_tester import EthereumTester, PyEVMBackend
-            from web3 import EthereumTesterProvider
-
-            self.tester = tester if tester is not None else EthereumTester(PyEVMBackend())
-            self.w3 = Web3(EthereumTesterProvider(self.tester))
-        else:
-            self.tester = None
-            self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout_s}))
-            if not self.w3.is_connected():
-                raise ChainError(f"no JSON-RPC chain answers at {rpc_url!r}; start it (anvil) or fix the URL")
-            self.fixed_gas = str(self.w3.client_version).startswith("EthereumTester")
-            # The validation middleware asks eth_chainId twice per request; every transaction
-            # here is signed locally with the chain id read once below.
-            self.w3.middleware_onion.remove("validation")
-        self.chain_id = self.w3.eth.chain_id
-        self._nonces: dict[str, int] = {}
-        for address in {self.deployer, self.settler}:
-            if self.w3.eth.get_balance(address) < _DEV_ETH // 10:
-                self.fund_eth(address, _DEV_ETH)
-
-        addresses = (token_address, registry_address, settlement_address)
-        if not any(addresses) and not self.in_process:
-            served = self.served_deployment()
-            if served is not None:
-                addresses = (served.token, served.registry, served.settlement)
-        if all(addresses):
-            self._attach(*addresses)
-        elif any(addresses):
-            raise ChainError("give all three contract addresses (token, registry, settlement) or none to deploy")
-        else:
-            self._deploy(to_checksum_address(treasury), min_stake, cooldown_s, supply)
+        self._attach(deployment.token, deployment.registry, deployment.settlement)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> Chain:
-        """Build from a settings object; reads, when present: rpc_url (or chain_rpc_url),
-        deployer_key, settler_key, treasury (or treasury_address), token_address,
-        registry_address, settlement_address, min_stake, cooldown_s."""
+    def from_settings(cls, settings: SettlementSettings) -> Chain:
+        """The settlement service's chain: the configured contracts (LORANET_TOKEN_ADDRESS, ..._REGISTRY_...,
+        ..._SETTLEMENT_ADDRESS), else those the devnet's chain node serves; with neither on the in-process
+        chain (the embedded devnet), fresh contracts deployed with the devnet's keys (devchain)."""
+        addresses = (settings.token_address, settings.registry_address, settings.settlement_address)
+        if any(addresses) and not all(addresses):
+            raise ChainError("give all three contract addresses (token, registry, settlement) or none")
+        if all(addresses):
+            transport = Transport(settings.rpc_url)
+            deployer_key = settings.deployer_key
+            if not deployer_key:  # the devnet's (compose's init deploys with it unless told otherwise)
+                from services.settlement.devchain import DEV_DEPLOYER_KEY
 
-        def get(*names: str, default: Any = None) -> Any:
-            for name in names:
-                value = getattr(settings, name, None)
-                if value not in (None, ""):
-                    return value
-            return default
+                deployer_key = DEV_DEPLOYER_KEY
+            return cls(transport, Deployment(*addresses, transport.chain_id), deployer_key=deployer_key,
+                       settler_key=settings.settler_key or None)
+        # No contracts configured: the embedded devnet (in process) or the devnet's chain node (it serves
+        # its deployment); anywhere else DevChain.open would deploy, so refuse.
+        from services.settlement.devchain import DevChain
 
-        kwargs: dict[str, Any] = {
-            "deployer_key": get("deployer_key", default=DEV_DEPLOYER_KEY),
-            "settler_key": get("settler_key"),
-            "treasury": get("treasury", "treasury_address", default=DEV_TREASURY),
-            "token_address": get("token_address", default=""),
-            "registry_address": get("registry_address", default=""),
-            "settlement_address": get("settlement_address", default=""),
-            "min_stake": int(get("min_stake", default=DEFAULT_MIN_STAKE)),
-            "cooldown_s": int(get("cooldown_s", "unbonding_s", default=DEFAULT_COOLDOWN_S)),
-        }
-        return cls(get("rpc_url", "chain_rpc_url", default=""), **kwargs)
+        if settings.rpc_url and served_deployment(Transport(settings.rpc_url)) is None:
+            raise ChainError(f"no contracts known on {settings.rpc_url}: deploy them (deploy/init.py) and set "
+                             "LORANET_TOKEN_ADDRESS, LORANET_REGISTRY_ADDRESS and LORANET_SETTLEMENT_ADDRESS")
+        return DevChain.open(settings.rpc_url, settler_key=settings.settler_key or None,
+                             **({"deployer_key": settings.deployer_key} if settings.deployer_key else {}),
+                             **({"treasury": settings.treasury} if settings.treasury else {}))
 
     # ------------------------------------------------------------------ setup
 
-    def _contract(self, name: str, address: str):
+    @property
+    def w3(self) -> Any:
+        return self.transport.w3
+
+    @property
+    def chain_id(self) -> int:
+        return int(self.transport.chain_id)
+
+    @property
+    def in_process(self) -> bool:
+        return self.transport.in_process
+
+    def _contract(self, name: str, address: str) -> Any:
         return self.w3.eth.contract(address=to_checksum_address(address), abi=compile_contract(name).abi)
 
     def _attach(self, token: str, registry: str, settlement: str) -> None:
@@ -228,33 +133,6 @@ class Chain:
         self.registry = self._contract("Registry", registry)
         self.settlement = self._contract("Settlement", settlement)
 
-    def deploy_contract(self, name: str, *args: Any, key: str | bytes | None = None):
-        """Deploy contract `name` (see services.settlement.contracts.CONTRACTS) and return it."""
-        compiled = compile_contract(name)
-        factory = self.w3.eth.contract(abi=compiled.abi, bytecode=compiled.bytecode)
-        receipt = self._send(key or self.deployer_key, factory.constructor(*args), f"deploy {name}")
-        return self._contract(name, receipt["contractAddress"])
-
-    def _deploy(self, treasury: str, min_stake: int, cooldown_s: int, supply: int) -> None:
-        self.token = self.deploy_contract("OpenToken", supply)
-        self.registry = self.deploy_contract("Registry", self.token.address, treasury, min_stake, cooldown_s)
-        self.settlement = self.deploy_contract("Settlement", self.token.address, treasury, self.settler)
-        self._send(self.deployer_key, self.registry.functions.set_slasher(self.deployer, True), "set_slasher")
-        self._send(self.deployer_key, self.registry.functions.set_registrar(self.deployer, True), "set_registrar")
-
-    def served_deployment(self) -> Deployment | None:
-        """The contracts a chain_node deployed at its start (`loranet_deployment`), or None on other chains."""
-        try:
-            answer = self.w3.provider.make_request("loranet_deployment", [])
-        except Exception:
-            return None
-        result = answer.get("result") if isinstance(answer, dict) else None
-        if not result:
-            return None
-        chain_id = result["chain_id"]
-        return Deployment(result["token"], result["registry"], result["settlement"],
-                          int(chain_id, 0) if isinstance(chain_id, str) else int(chain_id))
-
     @property
     def deployment(self) -> Deployment:
         return Deployment(self.token.address, self.registry.address, self.settlement.address, self.chain_id)
@@ -262,130 +140,26 @@ class Chain:
     # ----------------------------------------------------------- transactions
 
     def _send(self, key: str | bytes, call: Any, what: str, dry_run: bool = True) -> dict:
-        """Sign and send one contract call or deployment; wait for its receipt."""
-        with self._lock:
-            tx_hash = self.submit(key, call, what, dry_run)
-            return self.wait(tx_hash, what, call if not dry_run else None, key)
+        return self.transport.send(key, call, what, dry_run)
 
     def submit(self, key: str | bytes, call: Any, what: str, dry_run: bool = True) -> bytes:
-        """Sign and send one call; returns the transaction hash without waiting for it.
-
-        With a fixed gas limit (py-evm) a dry run first gives the revert reason
-        before anything is sent; `dry_run=False` skips it (the settler's hot
-        path: the dry run costs as much as the transaction) and `wait` asks for
-        the reason only if the transaction failed."""
-        key = _key_hex(key)
-        sender = address_of(key)
-        with self._lock:
-            nonce = self._nonces.get(sender)
-            if nonce is None:
-                nonce = self.w3.eth.get_transaction_count(sender, "pending")
-            params = {"from": sender, "nonce": nonce, "chainId": self.chain_id}
-            try:
-                if self.fixed_gas:
-                    tx = call.build_transaction({**params, "gas": _IN_PROCESS_GAS, **self._fixed_fees()})
-                    if dry_run:
-                        self.w3.eth.call({k: tx[k] for k in ("from", "to", "data", "value", "gas") if k in tx})
-                else:
-                    tx = call.build_transaction(params)
-                    # Headroom over the estimate: warm/cold access and refunds can differ at inclusion.
-                    tx["gas"] = int(tx["gas"] * 1.25) + 20_000
-            except _REVERTS as exc:
-                raise ChainError(f"{what} reverted: {_reason(exc)}") from None
-            signed = Account.sign_transaction(tx, key)
-            try:
-                tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
-            except _REVERTS as exc:
-                self._nonces.pop(sender, None)
-                raise ChainError(f"{what} reverted: {_reason(exc)}") from None
-            except Exception:
-                self._nonces.pop(sender, None)
-                raise
-            self._nonces[sender] = nonce + 1
-            return bytes(tx_hash)
+        return self.transport.submit(key, call, what, dry_run)
 
     def wait(self, tx_hash: bytes, what: str, call: Any = None, key: str | bytes | None = None) -> dict:
-        """The receipt of a sent transaction; ChainError if it failed (with the reason when `call` is given)."""
-        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.timeout_s)
-        if receipt["status"] != 1:
-            reason = ""
-            if call is not None:
-                try:  # replay at the latest state for the revert reason
-                    call.call({"from": address_of(key or self.settler_key)})
-                except _REVERTS as exc:
-                    reason = f": {_reason(exc)}"
-                except Exception:
-                    pass
-            raise ChainError(f"{what} reverted{reason} (failed in block {receipt['blockNumber']}, "
-                             f"tx 0x{bytes(tx_hash).hex()})")
-        return receipt
+        return self.transport.wait(tx_hash, what, call, key or self.settler_key)
 
-    def _fixed_fees(self) -> dict[str, int]:
-        # Over JSON-RPC one block read instead of web3's eth_feeHistory + eth_maxPriorityFeePerGas.
-        return {} if self.in_process else self._fees()
+    def _info(self, receipt: dict) -> TxInfo:
+        return self.transport.info(receipt)
+
+    def _call(self, fn: Any) -> Any:
+        return self.transport.call(fn, self.settler)
 
     def transact(self, key: str | bytes, call: Any, what: str = "transaction") -> dict:
         """Send any contract call (e.g. `chain.token.functions.transferFrom(...)`) signed by `key`;
         returns the receipt. Raises ChainError with the revert reason."""
         return self._send(key, call, what)
 
-    def _info(self, receipt: dict) -> TxInfo:
-        return TxInfo("0x" + bytes(receipt["transactionHash"]).hex(), receipt["blockNumber"], receipt["gasUsed"])
-
-    def _call(self, fn: Any) -> Any:
-        with self._lock:
-            try:
-                return fn.call({"from": self.settler})
-            except _REVERTS as exc:
-                raise ChainError(f"call reverted: {_reason(exc)}") from None
-
-    # ------------------------------------------------------- accounts, faucet
-
-    def fund_eth(self, address: str, wei: int) -> None:
-        """Give `address` gas money: from the tester's funded account in process, else
-        anvil_setBalance, else a transfer from the deployer."""
-        address = to_checksum_address(address)
-        with self._lock:
-            if self.in_process:
-                source = self.w3.eth.accounts[0]
-                tx_hash = self.w3.eth.send_transaction({"from": source, "to": address, "value": wei})
-                self.w3.eth.wait_for_transaction_receipt(tx_hash)
-                return
-            try:
-                balance = self.w3.eth.get_balance(address)
-                self.w3.provider.make_request("anvil_setBalance", [address, hex(balance + wei)])
-                if self.w3.eth.get_balance(address) >= balance + wei:
-                    return
-            except Exception:  # not anvil: fall back to a plain transfer
-                pass
-            if address == self.deployer:
-                raise ChainError(f"the deployer {address} has no ETH for gas on {self.rpc_url}; fund it")
-            tx = {"to": address, "value": wei, "from": self.deployer, "chainId": self.chain_id,
-                  "nonce": self.w3.eth.get_transaction_count(self.deployer, "pending"), "gas": 21_000}
-            tx.update(self._fees())
-            self._nonces.pop(self.deployer, None)
-            signed = Account.sign_transaction(tx, self.deployer_key)
-            self.w3.eth.wait_for_transaction_receipt(self.w3.eth.send_raw_transaction(signed.raw_transaction))
-
-    def _fees(self) -> dict[str, int]:
-        base = self.w3.eth.get_block("latest").get("baseFeePerGas", 0)
-        tip = 10**9
-        return {"maxFeePerGas": 2 * base + tip, "maxPriorityFeePerGas": tip}
-
-    def new_account(self, eth: int = _DEV_ETH, open_tokens: int = 0) -> DevAccount:
-        """A fresh key with gas money and, optionally, OPEN from the deployer."""
-        account = Account.create()
-        dev = DevAccount("0x" + bytes(account.key).hex(), account.address)
-        if eth:
-            self.fund_eth(dev.address, eth)
-        if open_tokens:
-            self.fund(dev.address, open_tokens)
-        return dev
-
-    def fund(self, address: str, amount: int) -> TxInfo:
-        """Faucet: transfer `amount` OPEN wei from the deployer to `address`."""
-        call = self.token.functions.transfer(to_checksum_address(address), amount)
-        return self._info(self._send(self.deployer_key, call, "fund"))
+    # ------------------------------------------------------------ contracts
 
     def transfer(self, key: str | bytes, to: str, amount: int) -> TxInfo:
         return self._info(self._send(key, self.token.functions.transfer(to_checksum_address(to), amount), "transfer"))
@@ -407,7 +181,7 @@ class Chain:
 
     def deposit_with_permit(self, client_key: str | bytes, amount: int, deadline: int | None = None) -> TxInfo:
         """Deposit in one transaction, approving by an EIP-2612 permit signature."""
-        client_key = _key_hex(client_key)
+        client_key = key_hex(client_key)
         owner = address_of(client_key)
         if deadline is None:
             deadline = self.w3.eth.get_block("latest")["timestamp"] + 3600
@@ -498,7 +272,7 @@ class Chain:
 
     def settle_batch(self, seq: int, jobs: Sequence[SettleJob], key: str | bytes | None = None) -> BatchReceipt:
         """Settle one epoch's jobs as batch `seq` (must be last_seq() + 1) in one transaction."""
-        with self._lock:
+        with self.transport.lock:
             tx_hash = self.send_settle_batch(seq, jobs, key)
             return self.settle_receipt(tx_hash, seq, jobs, key)
 
@@ -630,21 +404,24 @@ class Chain:
         call = self.settlement.functions.set_settler(to_checksum_address(account), enabled)
         return self._info(self._send(self.deployer_key, call, "set_settler"))
 
-    # -------------------------------------------------------------------- time
-
     def now(self) -> int:
         """The latest block's timestamp."""
         return self.w3.eth.get_block("latest")["timestamp"]
 
-    def advance_time(self, seconds: int) -> None:
-        """Move chain time forward (development chains only) and mine a block."""
-        with self._lock:
-            if self.in_process:
-                self.tester.time_travel(self.now() + seconds)
-                self.tester.mine_blocks(1)
-            else:
-                self.w3.provider.make_request("evm_increaseTime", [seconds])
-                self.w3.provider.make_request("evm_mine", [])
+
+def served_deployment(transport: Transport) -> Deployment | None:
+    """The contracts the devnet's chain node deployed at its start (`loranet_deployment`), or None on other chains."""
+
+    try:
+        answer = transport.w3.provider.make_request("loranet_deployment", [])
+    except Exception:
+        return None
+    result = answer.get("result") if isinstance(answer, dict) else None
+    if not result:
+        return None
+    chain_id = result["chain_id"]
+    return Deployment(result["token"], result["registry"], result["settlement"],
+                      int(chain_id, 0) if isinstance(chain_id, str) else int(chain_id))
 
 
 def _bytes32(value: bytes | str) -> bytes:
@@ -655,20 +432,3 @@ def _bytes32(value: bytes | str) -> bytes:
     return value
 
 
-def _reason(exc: Exception) -> str:
-    message = str(getattr(exc, "message", None) or exc)
-    return message.removeprefix("execution reverted: ")
-
-
-def wait_for_rpc(rpc_url: str, timeout_s: float = 10.0) -> None:
-    """Block until a JSON-RPC endpoint answers (for freshly started anvil)."""
-    deadline = time.monotonic() + timeout_s
-    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 2}))
-    while time.monotonic() < deadline:
-        try:
-            if w3.is_connected():
-                return
-        except Exception:
-            pass
-        time.sleep(0.1)
-    raise ChainError(f"{rpc_url} did not answer within {timeout_s} s")

@@ -171,12 +171,17 @@ class SettlementService:
         return receipt
 
     async def faucet(self, req: p.Faucet) -> p.Balance:
+        from .devchain import DevChain  # the faucet is the devnet's: only a development chain has one
+
         if req.escrow > req.amount:
             raise ServiceError("invalid", "escrow cannot exceed amount", "escrow")
+        chain = self.chain
+        if not isinstance(chain, DevChain):
+            raise ServiceError("forbidden", "this chain has no faucet (a devnet's only)")
 
         def give() -> None:
             if req.amount - req.escrow:
-                self.chain.fund(req.address, req.amount - req.escrow)
+                chain.fund(req.address, req.amount - req.escrow)
             if req.escrow:
                 self.chain.approve(self.chain.deployer_key, self.chain.settlement.address, req.escrow)
                 self.chain.deposit_for(self.chain.deployer_key, req.address, req.escrow)

@@ -53,19 +53,3 @@ class SettlementSettings(CommonSettings):
         if value not in FAULT_POINTS:
             raise ValueError(f"expected one of {', '.join(repr(f) for f in FAULT_POINTS)}")
         return value
-
-
-class ChainNodeSettings(CommonSettings):
-    """python -m services.settlement.chain_node: the devnet's EVM process."""
-
-    chain_host: str = "127.0.0.1"
-    chain_port: int = 8545
-    # Where to write the deployed contract addresses (JSON); "" = nowhere.
-    chain_deployment_file: str = ""
-    # The chain's durable state: an append-only journal of the chain database's writes, fsynced
-    # before each state-changing request is answered and read back at start, so a restarted
-    # chain node (kill -9 included) serves the same chain; "" = in memory only (lost on exit).
-    chain_journal: str = ""
-    deployer_key: str = ""
-    settler_key: str = ""
-    treasury: str = ""

@@ -116,11 +116,11 @@ async def _wait_recorded(client: Client, job_id: str, status: str, timeout: floa
 
 
 async def test_a_cheaters_result_is_rerun_on_an_honest_node_and_paid_once(devnet, node_model):
-    from services.settlement.chain import Chain
+    from services.settlement.devchain import DevChain
 
     config, state = devnet
     model, adapter_names = node_model
-    chain = Chain(state["rpc_url"])
+    chain = DevChain.open(state["rpc_url"])
     cheater = HonestNode("a-cheater", model, adapter_names)
     async with await Client.connect(config.url_for("client"), Identity.generate()) as client:
         # The cheater is a staked node (its Ed25519 key bound in the Registry): slashable. Its OPEN comes

@@ -9,7 +9,7 @@ import time
 from loranet import codec, protocol as p
 from loranet.runtime import Runtime
 from loranet.signing import Identity, sign
-from services.settlement.chain import Chain
+from services.settlement.devchain import DevChain
 from services.settlement.handlers import SettlementService
 from services.settlement.settings import SettlementSettings
 from tests import factories
@@ -37,7 +37,7 @@ async def stream_count(js, stream: str, subject: str) -> int:
 
 
 async def test_a_job_resulted_by_two_nodes_is_paid_once(nats_server):
-    chain = await asyncio.to_thread(Chain)
+    chain = await asyncio.to_thread(DevChain.open)
     client = chain.new_account()
     node_a, node_b = chain.new_account().address, chain.new_account().address
     settings = SettlementSettings(nats_url=nats_server.url, epoch_max_s=0.3, epoch_max_jobs=8)

@@ -6,20 +6,20 @@ import os
 
 import pytest
 
-from services.settlement.chain import Chain, DevAccount
+from services.settlement.devchain import DevAccount, DevChain
 from services.settlement.packing import SettleJob
 
 OPEN = 10**18
 
 
 @pytest.fixture(scope="session")
-def chain() -> Chain:
+def chain() -> DevChain:
     # Short cooldown and a small minimum stake keep the staking tests readable.
-    return Chain(min_stake=100 * OPEN, cooldown_s=3600)
+    return DevChain.open(min_stake=100 * OPEN, cooldown_s=3600)
 
 
 @pytest.fixture
-def client(chain: Chain) -> DevAccount:
+def client(chain: DevChain) -> DevAccount:
     """A client with 1000 OPEN in escrow and 1000 more in its wallet."""
     account = chain.new_account(open_tokens=2000 * OPEN)
     chain.deposit(account.key, 1000 * OPEN)
@@ -27,7 +27,7 @@ def client(chain: Chain) -> DevAccount:
 
 
 @pytest.fixture
-def parties(chain: Chain) -> dict[str, str]:
+def parties(chain: DevChain) -> dict[str, str]:
     names = ["node", "developer", "verifier", "verifier2", "c1", "c2", "c3"]
     return {name: chain.new_account().address for name in names}
 
@@ -49,18 +49,18 @@ def make_job(client: str, p: dict[str, str], fee: int = 10 * OPEN, max_fee: int 
 
 @pytest.fixture(scope="session")
 def chain_node_url(tmp_path_factory):
-    """`python -m services.settlement.chain_node` on a free port: the devnet's chain process."""
+    """`python -m loranet_ops.chain_node` on a free port: the devnet's chain process."""
     import subprocess
     import sys
 
     from loranet_ops.servers import free_port
-    from services.settlement.chain import wait_for_rpc
+    from services.settlement.transport import wait_for_rpc
 
     port = free_port()
     log = tmp_path_factory.mktemp("chain") / "chain.log"
     env = dict(os.environ, LORANET_CHAIN_PORT=str(port))
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "services.settlement.chain_node"], env=env, stdout=out,
+        proc = subprocess.Popen([sys.executable, "-m", "loranet_ops.chain_node"], env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from services.settlement.chain import Chain, wait_for_rpc
+from services.settlement.devchain import DevChain
+from services.settlement.transport import wait_for_rpc
 from services.settlement.merkle import merkle_root
 
 from .conftest import OPEN, make_job
@@ -71,7 +72,7 @@ def anvil_url() -> Iterator[str]:
 
 
 def test_settle_round_trip_on_anvil(anvil_url: str):
-    chain = Chain(anvil_url, min_stake=OPEN, cooldown_s=60)
+    chain = DevChain.open(anvil_url, min_stake=OPEN, cooldown_s=60)
     client = chain.new_account(open_tokens=100 * OPEN)
     chain.deposit_with_permit(client.key, 60 * OPEN)
     parties = {name: chain.new_account().address for name in ("node", "developer", "verifier", "verifier2", "c1", "c2", "c3")}
@@ -83,7 +84,7 @@ def test_settle_round_trip_on_anvil(anvil_url: str):
 
     # attach a second Chain object to the same contracts, as a restarted service would
     d = chain.deployment
-    again = Chain(anvil_url, token_address=d.token, registry_address=d.registry, settlement_address=d.settlement)
+    again = DevChain.open(anvil_url, token_address=d.token, registry_address=d.registry, settlement_address=d.settlement)
     assert again.last_seq() == receipt.seq
 
     node = chain.new_account(open_tokens=10 * OPEN)

@@ -1,6 +1,6 @@
 """The chain process's journal: kill -9 the chain node, start it again on the same journal, same chain.
 
-Real processes throughout (`python -m services.settlement.chain_node`), reached through
+Real processes throughout (`python -m loranet_ops.chain_node`), reached through
 services/settlement/chain.py over JSON-RPC, as settlement reaches it.
 """
 
@@ -16,8 +16,9 @@ import pytest
 import requests
 
 from loranet_ops.servers import free_port
-from services.settlement.chain import Chain, wait_for_rpc
-from services.settlement.chain_node import JournalError, read_journal
+from services.settlement.devchain import DevChain
+from services.settlement.transport import wait_for_rpc
+from loranet_ops.chain_node import JournalError, read_journal
 from services.settlement.packing import Reservation
 
 from .conftest import OPEN, make_job
@@ -33,7 +34,7 @@ class ChainProc:
                    LORANET_CHAIN_DEPLOYMENT_FILE=str(journal.parent / "chain.json"))
         self.log = log
         with open(log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "services.settlement.chain_node"], env=env,
+            self.proc = subprocess.Popen([sys.executable, "-m", "loranet_ops.chain_node"], env=env,
                                          stdout=out, stderr=subprocess.STDOUT)
 
     def wait(self) -> ChainProc:
@@ -68,7 +69,7 @@ def _start(procs: list, journal: Path) -> ChainProc:
     return proc.wait()
 
 
-def _latest(chain: Chain) -> tuple[int, str, int]:
+def _latest(chain: DevChain) -> tuple[int, str, int]:
     block = chain.w3.eth.get_block("latest")
     return block["number"], bytes(block["hash"]).hex(), block["timestamp"]
 
@@ -76,7 +77,7 @@ def _latest(chain: Chain) -> tuple[int, str, int]:
 def test_kill9_and_restart_keeps_the_chain(tmp_path, procs):
     journal = tmp_path / "chain.journal"
     node = _start(procs, journal)
-    chain = Chain(node.url)
+    chain = DevChain.open(node.url)
     deployment = requests.post(node.url, json={"jsonrpc": "2.0", "id": 1, "method": "loranet_deployment"},
                                timeout=10).json()["result"]
     client = chain.new_account(open_tokens=100 * OPEN)
@@ -112,7 +113,7 @@ def test_kill9_and_restart_keeps_the_chain(tmp_path, procs):
     answer = requests.post(again.url, json={"jsonrpc": "2.0", "id": 1, "method": "loranet_deployment"},
                            timeout=10).json()["result"]
     assert answer == deployment
-    restored = Chain(again.url)  # no addresses: attaches to the served deployment, deploys nothing
+    restored = DevChain.open(again.url)  # no addresses: attaches to the served deployment, deploys nothing
     assert restored.deployment == chain.deployment
     after = {
         "balances": [restored.balance_of(a) for a in (client.address, other.address, staker.address,
@@ -139,7 +140,7 @@ def test_kill9_and_restart_keeps_the_chain(tmp_path, procs):
 
     # And a second crash keeps those too (records appended after a restore chain on).
     again.kill9()
-    third = Chain(_start(procs, journal).url)
+    third = DevChain.open(_start(procs, journal).url)
     assert third.job_state(pending.job_id) == "settled"
     assert third.balance_of(other.address) == before["balances"][1] + OPEN
     assert third.w3.eth.get_transaction_count(client.address) == before["nonces"][0] + 1
@@ -147,14 +148,14 @@ def test_kill9_and_restart_keeps_the_chain(tmp_path, procs):
 
 def _run_to_exit(journal: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, LORANET_CHAIN_PORT=str(free_port()), LORANET_CHAIN_JOURNAL=str(journal))
-    return subprocess.run([sys.executable, "-m", "services.settlement.chain_node"], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "loranet_ops.chain_node"], env=env, capture_output=True,
                           text=True, timeout=120)
 
 
 def test_a_tampered_journal_refuses_to_start(tmp_path, procs):
     journal = tmp_path / "chain.journal"
     node = _start(procs, journal)
-    chain = Chain(node.url)
+    chain = DevChain.open(node.url)
     account = chain.new_account(open_tokens=10 * OPEN)
     chain.transfer(account.key, chain.deployer, OPEN)
     node.kill9()
@@ -183,7 +184,7 @@ def test_a_tampered_journal_refuses_to_start(tmp_path, procs):
 def test_an_unacknowledged_last_write_is_dropped(tmp_path, procs):
     journal = tmp_path / "chain.journal"
     node = _start(procs, journal)
-    chain = Chain(node.url)
+    chain = DevChain.open(node.url)
     account = chain.new_account(open_tokens=10 * OPEN)
     latest = _latest(chain)
     size = journal.stat().st_size
@@ -197,14 +198,14 @@ def test_an_unacknowledged_last_write_is_dropped(tmp_path, procs):
     again = _start(procs, journal)
     assert '"dropped_bytes":' in again.log.read_text()
     assert journal.stat().st_size == size  # cut back to the last whole record
-    restored = Chain(again.url)
+    restored = DevChain.open(again.url)
     assert _latest(restored) == latest
     assert restored.balance_of(account.address) == 10 * OPEN
     # The client resends with the same nonce (its transaction never made it) and it goes through.
     restored.transfer(account.key, restored.deployer, 4 * OPEN)
     assert restored.balance_of(account.address) == 6 * OPEN
     again.kill9()
-    assert Chain(_start(procs, journal).url).balance_of(account.address) == 6 * OPEN
+    assert DevChain.open(_start(procs, journal).url).balance_of(account.address) == 6 * OPEN
 
 
 def test_the_journal_keeps_the_configured_keys(tmp_path, procs):
@@ -212,7 +213,7 @@ def test_the_journal_keeps_the_configured_keys(tmp_path, procs):
     _start(procs, journal).kill9()
     env = dict(os.environ, LORANET_CHAIN_PORT=str(free_port()), LORANET_CHAIN_JOURNAL=str(journal),
                LORANET_TREASURY="0x" + "22" * 20)
-    done = subprocess.run([sys.executable, "-m", "services.settlement.chain_node"], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "loranet_ops.chain_node"], env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode != 0 and "treasury" in done.stderr, done.stderr
 

@@ -7,16 +7,17 @@ import os
 import pytest
 import requests
 
-from services.settlement.chain import Chain, ChainError
+from services.settlement.devchain import DevChain
+from services.settlement.transport import ChainError
 from services.settlement.merkle import merkle_root
 
 from .conftest import OPEN, make_job
 
 
 def test_chain_node_serves_the_chain_api(chain_node_url):
-    chain = Chain(chain_node_url)
-    assert chain.fixed_gas and not chain.in_process
-    again = Chain(chain_node_url)  # a restarted settlement attaches to the same contracts
+    chain = DevChain.open(chain_node_url)
+    assert chain.transport.fixed_gas and not chain.in_process
+    again = DevChain.open(chain_node_url)  # a restarted settlement attaches to the same contracts
     assert again.deployment == chain.deployment
     client = chain.new_account(open_tokens=100 * OPEN)
     chain.deposit_with_permit(client.key, 60 * OPEN)

@@ -1,6 +1,6 @@
 """Crash safety: settlement killed (os._exit(137), as kill -9) at each point of a commit, then restarted.
 
-Real nats-server, the chain process (services.settlement.chain_node), and
+Real nats-server, the chain process (loranet_ops.chain_node), and
 `python -m services.settlement` as a subprocess with LORANET_FAULT_POINT set
 on its first run. After the restart every job ends exactly once: settled if
 its verdict accepted it, refunded if not; one receipt and one terminal event
@@ -22,7 +22,7 @@ import pytest
 
 from loranet import codec, protocol as p, topology
 from loranet.signing import sign
-from services.settlement.chain import Chain
+from services.settlement.devchain import DevChain
 from services.settlement.packing import Reservation
 from tests import factories
 
@@ -96,7 +96,7 @@ def _verdicts(client: str, accepted: int, rejected: int) -> list[p.Verdict]:
     ("after_send", 0, 4),  # a refund-only commit
 ])
 async def test_kill_at_each_point_then_restart(nats_server, chain_node_url, tmp_path, fault, accepted, rejected):
-    chain = Chain(chain_node_url)
+    chain = DevChain.open(chain_node_url)
     client = chain.new_account(open_tokens=ESCROW)
     chain.deposit(client.key, ESCROW)
     parties = [factories.ADDR, chain.treasury()]
@@ -163,7 +163,7 @@ async def test_kill_at_each_point_then_restart(nats_server, chain_node_url, tmp_
 
 async def test_kill_mid_stream_after_some_epochs(nats_server, chain_node_url, tmp_path):
     """40 jobs in epochs of 8; killed at the third commit's receipt; the restart finishes the rest."""
-    chain = Chain(chain_node_url)
+    chain = DevChain.open(chain_node_url)
     client = chain.new_account(open_tokens=ESCROW)
     chain.deposit(client.key, ESCROW)
     seq_before = chain.last_seq()
@@ -204,7 +204,7 @@ async def test_kill_between_recording_a_rerun_and_publishing_it(nats_server, cha
     """The re-run is recorded (attempts.<job_id>) and settlement dies before publishing it: the
     restarted settlement gets the verdict again and publishes the re-run, once; nothing is refunded
     and the reservation stays held."""
-    chain = Chain(chain_node_url)
+    chain = DevChain.open(chain_node_url)
     client = chain.new_account(open_tokens=ESCROW)
     chain.deposit(client.key, ESCROW)
     job = factories.job(adapter_id="", client_address=client.address, max_fee=10**15)

@@ -6,19 +6,20 @@ import os
 
 import pytest
 
-from services.settlement.chain import Chain, ChainError
+from services.settlement.devchain import DevChain
+from services.settlement.transport import ChainError
 
 from .conftest import OPEN
 
 
-def _node(chain: Chain, stake: int = 200 * OPEN):
+def _node(chain: DevChain, stake: int = 200 * OPEN):
     node = chain.new_account(open_tokens=1000 * OPEN)
     key = os.urandom(32)
     chain.stake(node.key, stake, key)
     return node, key
 
 
-def test_stake_binds_key_and_payout(chain: Chain):
+def test_stake_binds_key_and_payout(chain: DevChain):
     node, key = _node(chain)
     record = chain.node(node.address)
     assert record.ed25519_key == key and record.payout == node.address and record.stake == 200 * OPEN
@@ -34,13 +35,13 @@ def test_stake_binds_key_and_payout(chain: Chain):
         chain.stake(other.key, 200 * OPEN, key)
 
 
-def test_stake_below_minimum_refused(chain: Chain):
+def test_stake_below_minimum_refused(chain: DevChain):
     node = chain.new_account(open_tokens=1000 * OPEN)
     with pytest.raises(ChainError, match="below minimum"):
         chain.stake(node.key, 99 * OPEN, os.urandom(32))
 
 
-def test_unstake_waits_for_cooldown(chain: Chain):
+def test_unstake_waits_for_cooldown(chain: DevChain):
     node, _ = _node(chain)
     chain.request_unstake(node.key, 150 * OPEN)
     record = chain.node(node.address)
@@ -57,7 +58,7 @@ def test_unstake_waits_for_cooldown(chain: Chain):
         chain.request_unstake(node.key, 51 * OPEN)
 
 
-def test_slash_by_slasher_only_goes_to_treasury(chain: Chain):
+def test_slash_by_slasher_only_goes_to_treasury(chain: DevChain):
     node, _ = _node(chain)
     treasury = chain.registry.functions.treasury().call()
     before = chain.balance_of(treasury)
@@ -76,7 +77,7 @@ def test_slash_by_slasher_only_goes_to_treasury(chain: Chain):
     assert chain.node(node.address).stake == 150 * OPEN
 
 
-def test_unbonding_stake_stays_slashable(chain: Chain):
+def test_unbonding_stake_stays_slashable(chain: DevChain):
     node, _ = _node(chain)
     chain.request_unstake(node.key, 200 * OPEN)
     # asks for more than there is: takes everything, stake first then unbonding
@@ -89,7 +90,7 @@ def test_unbonding_stake_stays_slashable(chain: Chain):
         chain.withdraw_stake(node.key)
 
 
-def test_roles_are_set_by_owner_only(chain: Chain):
+def test_roles_are_set_by_owner_only(chain: DevChain):
     stranger = chain.new_account()
     with pytest.raises(ChainError, match="not owner"):
         chain.transact(stranger.key, chain.registry.functions.set_slasher(stranger.address, True))
@@ -99,7 +100,7 @@ def test_roles_are_set_by_owner_only(chain: Chain):
         chain.transact(stranger.key, chain.settlement.functions.set_settler(stranger.address, True))
 
 
-def test_adapters_map_to_developers(chain: Chain):
+def test_adapters_map_to_developers(chain: DevChain):
     dev = chain.new_account()
     other = chain.new_account()
     adapter_id = os.urandom(32)
@@ -118,7 +119,7 @@ def test_adapters_map_to_developers(chain: Chain):
     assert chain.developer_of(second) == other.address
 
 
-def test_contributor_ids_are_compact_and_idempotent(chain: Chain):
+def test_contributor_ids_are_compact_and_idempotent(chain: DevChain):
     a, b = chain.new_account(eth=0).address, chain.new_account(eth=0).address
     ia = chain.register_contributor(a)
     ib = chain.register_contributor(b)

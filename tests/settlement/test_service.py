@@ -11,7 +11,7 @@ import pytest
 from loranet import codec, protocol as p
 from loranet.runtime import Runtime
 from loranet.signing import Identity, sign
-from services.settlement.chain import Chain
+from services.settlement.devchain import DevChain
 from services.settlement.handlers import SettlementService
 from services.settlement.journal import Journal
 from services.settlement.settings import SettlementSettings
@@ -40,7 +40,7 @@ async def _wait_stage(js, job_id: str, stage: str, timeout: float = 30) -> p.Job
 
 @pytest.fixture(scope="module")
 def chain():
-    return Chain()
+    return DevChain.open()
 
 
 async def test_verdicts_settle_once_refund_and_forgeries(nats_server, chain):

@@ -1,4 +1,4 @@
-"""Settlement.vy through Chain: escrow, settle_batch guards, split, refunds, audit root."""
+"""Settlement.vy through DevChain: escrow, settle_batch guards, split, refunds, audit root."""
 
 from __future__ import annotations
 
@@ -9,18 +9,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loranet.split import split_fee
-from services.settlement.chain import Chain, ChainError
+from services.settlement.devchain import DevChain
+from services.settlement.transport import ChainError
 from services.settlement.merkle import merkle_root
 from services.settlement.packing import Reservation, SettleJob, decode_batch, encode_batch
 
 from .conftest import OPEN, make_job
 
 
-def _next(chain: Chain) -> int:
+def _next(chain: DevChain) -> int:
     return chain.last_seq() + 1
 
 
-def test_escrow_deposit_and_withdraw(chain: Chain):
+def test_escrow_deposit_and_withdraw(chain: DevChain):
     c = chain.new_account(open_tokens=100 * OPEN)
     chain.deposit(c.key, 60 * OPEN)
     assert chain.escrow_of(c.address) == 60 * OPEN
@@ -36,7 +37,7 @@ def test_escrow_deposit_and_withdraw(chain: Chain):
     assert chain.escrow_of(c.address) == 45 * OPEN
 
 
-def test_settle_pays_split_and_charges_client(chain: Chain, client, parties):
+def test_settle_pays_split_and_charges_client(chain: DevChain, client, parties):
     jobs = [make_job(client.address, parties, fee=10 * OPEN + 7), make_job(client.address, parties, fee=3 * OPEN + 1)]
     treasury = chain.treasury()
     credits_before = {a: chain.credit_of(a) for a in [*parties.values(), treasury]}
@@ -54,14 +55,14 @@ def test_settle_pays_split_and_charges_client(chain: Chain, client, parties):
     assert chain.job_state(jobs[0].job_id) == "settled"
 
 
-def test_merkle_root_event_matches_python(chain: Chain, client, parties):
+def test_merkle_root_event_matches_python(chain: DevChain, client, parties):
     for n in (1, 2, 3, 5, 8, 13):
         jobs = [make_job(client.address, parties, fee=OPEN) for _ in range(n)]
         receipt = chain.settle_batch(_next(chain), jobs)
         assert receipt.merkle_root == merkle_root([j.job_id for j in jobs]), n
 
 
-def test_sequence_guard(chain: Chain, client, parties):
+def test_sequence_guard(chain: DevChain, client, parties):
     seq = _next(chain)
     chain.settle_batch(seq, [make_job(client.address, parties)])
     with pytest.raises(ChainError, match="sequence"):
@@ -73,7 +74,7 @@ def test_sequence_guard(chain: Chain, client, parties):
     assert chain.last_seq() == seq
 
 
-def test_job_is_never_paid_twice(chain: Chain, client, parties):
+def test_job_is_never_paid_twice(chain: DevChain, client, parties):
     job = make_job(client.address, parties)
     chain.settle_batch(_next(chain), [job])
     escrow = chain.escrow_of(client.address)
@@ -86,7 +87,7 @@ def test_job_is_never_paid_twice(chain: Chain, client, parties):
     assert chain.escrow_of(client.address) == escrow
 
 
-def test_fee_above_max_fee_reverts(chain: Chain, client, parties):
+def test_fee_above_max_fee_reverts(chain: DevChain, client, parties):
     job = make_job(client.address, parties, fee=OPEN)
     # SettleJob refuses it in Python; the contract refuses raw calldata too.
     with pytest.raises(ValueError, match="max_fee"):
@@ -98,7 +99,7 @@ def test_fee_above_max_fee_reverts(chain: Chain, client, parties):
         chain.transact(chain.settler_key, call)
 
 
-def test_fee_above_escrow_reverts(chain: Chain, parties):
+def test_fee_above_escrow_reverts(chain: DevChain, parties):
     poor = chain.new_account(open_tokens=5 * OPEN)
     chain.deposit(poor.key, 5 * OPEN)
     jobs = [make_job(poor.address, parties, fee=3 * OPEN), make_job(poor.address, parties, fee=3 * OPEN)]
@@ -109,7 +110,7 @@ def test_fee_above_escrow_reverts(chain: Chain, parties):
     assert chain.escrow_of(poor.address) == 2 * OPEN
 
 
-def test_only_settler_settles(chain: Chain, client, parties):
+def test_only_settler_settles(chain: DevChain, client, parties):
     stranger = chain.new_account()
     with pytest.raises(ChainError, match="not settler"):
         chain.settle_batch(_next(chain), [make_job(client.address, parties)], key=stranger.key)
@@ -119,7 +120,7 @@ def test_only_settler_settles(chain: Chain, client, parties):
         chain.reserve([Reservation(os.urandom(16), client.address, OPEN)], key=stranger.key)
 
 
-def test_bad_contributor_weights_revert(chain: Chain, client, parties):
+def test_bad_contributor_weights_revert(chain: DevChain, client, parties):
     job = make_job(client.address, parties)
     parties_list, words = encode_batch([job])
     words[2] += 1 << 160  # third contributor's weight 2000 -> 2001
@@ -130,7 +131,7 @@ def test_bad_contributor_weights_revert(chain: Chain, client, parties):
         chain.transact(chain.settler_key, chain.settlement.functions.settle_batch(_next(chain), parties_list, words[:2]))
 
 
-def test_pull_withdrawals(chain: Chain, client, parties):
+def test_pull_withdrawals(chain: DevChain, client, parties):
     keyed = chain.new_account()
     p = dict(parties, node=keyed.address)
     chain.settle_batch(_next(chain), [make_job(client.address, p, fee=100 * OPEN)])
@@ -142,7 +143,7 @@ def test_pull_withdrawals(chain: Chain, client, parties):
         chain.withdraw(keyed.key)
 
 
-def test_reserve_settle_and_refund(chain: Chain, client, parties):
+def test_reserve_settle_and_refund(chain: DevChain, client, parties):
     settled, rejected, unknown = (make_job(client.address, parties, fee=4 * OPEN, max_fee=6 * OPEN) for _ in range(3))
     chain.reserve([Reservation(j.job_id, j.client, j.max_fee) for j in (settled, rejected)])
     assert chain.reserved_of(client.address) == 12 * OPEN
@@ -170,19 +171,19 @@ def test_reserve_settle_and_refund(chain: Chain, client, parties):
         chain.refund([settled.job_id])
 
 
-def test_reservation_must_match_the_job(chain: Chain, client, parties):
+def test_reservation_must_match_the_job(chain: DevChain, client, parties):
     job = make_job(client.address, parties, fee=OPEN, max_fee=2 * OPEN)
     chain.reserve([Reservation(job.job_id, client.address, 3 * OPEN)])
     with pytest.raises(ChainError, match="differs from its reservation"):
         chain.settle_batch(_next(chain), [job])
 
 
-def test_reserve_beyond_escrow_reverts(chain: Chain, client):
+def test_reserve_beyond_escrow_reverts(chain: DevChain, client):
     with pytest.raises(ChainError, match="escrow below reserved"):
         chain.reserve([Reservation(os.urandom(16), client.address, 600 * OPEN) for _ in range(2)])
 
 
-def test_calldata_decodes_back_to_the_jobs(chain: Chain, client, parties):
+def test_calldata_decodes_back_to_the_jobs(chain: DevChain, client, parties):
     jobs = [
         make_job(client.address, parties),
         make_job(client.address, parties, verifiers=(), contributors=()),
@@ -195,7 +196,7 @@ def test_calldata_decodes_back_to_the_jobs(chain: Chain, client, parties):
     assert decode_batch(args["parties"], args["jobs"]) == jobs
 
 
-def test_settlement_holds_exactly_escrow_plus_credits(chain: Chain, client, parties):
+def test_settlement_holds_exactly_escrow_plus_credits(chain: DevChain, client, parties):
     # Every token the contract holds is owed to someone: conservation after a batch.
     job = make_job(client.address, parties, fee=7 * OPEN + 3)
     before = chain.balance_of(chain.settlement.address)
@@ -240,7 +241,7 @@ def _batch(draw):
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batch=_batch())
-def test_credits_equal_fees_and_python_split(chain: Chain, client, batch):
+def test_credits_equal_fees_and_python_split(chain: DevChain, client, batch):
     jobs = [SettleJob(job_id=os.urandom(16), client=client.address, **spec) for spec in batch]
     treasury = chain.treasury()
     expected: dict[str, int] = {}

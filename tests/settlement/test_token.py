@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 from eth_account import Account
 
-from services.settlement.chain import Chain, ChainError
+from services.settlement.devchain import DevChain
+from services.settlement.transport import ChainError
 
 from .conftest import OPEN
 
 ZERO = "0x" + "00" * 20
 
 
-def test_metadata_and_fixed_supply(chain: Chain):
+def test_metadata_and_fixed_supply(chain: DevChain):
     t = chain.token.functions
     assert t.name().call() == "Open"
     assert t.symbol().call() == "OPEN"
@@ -22,7 +23,7 @@ def test_metadata_and_fixed_supply(chain: Chain):
     assert not any(item.get("name", "").lower().startswith("mint") for item in chain.token.abi)
 
 
-def test_transfer_moves_balance_and_logs(chain: Chain):
+def test_transfer_moves_balance_and_logs(chain: DevChain):
     a = chain.new_account(open_tokens=50 * OPEN)
     b = chain.new_account(eth=0)
     receipt = chain.transact(a.key, chain.token.functions.transfer(b.address, 20 * OPEN))
@@ -32,7 +33,7 @@ def test_transfer_moves_balance_and_logs(chain: Chain):
     assert (event.args.sender, event.args.receiver, event.args.value) == (a.address, b.address, 20 * OPEN)
 
 
-def test_transfer_failures(chain: Chain):
+def test_transfer_failures(chain: DevChain):
     a = chain.new_account(open_tokens=5 * OPEN)
     b = chain.new_account(eth=0)
     with pytest.raises(ChainError, match="insufficient balance"):
@@ -44,7 +45,7 @@ def test_transfer_failures(chain: Chain):
     chain.transfer(a.key, b.address, 0)
 
 
-def test_approve_and_transfer_from(chain: Chain):
+def test_approve_and_transfer_from(chain: DevChain):
     owner = chain.new_account(open_tokens=100 * OPEN)
     spender = chain.new_account()
     target = chain.new_account(eth=0)
@@ -68,7 +69,7 @@ def test_approve_and_transfer_from(chain: Chain):
         chain.transact(owner.key, chain.token.functions.approve(ZERO, 1))
 
 
-def test_transfer_from_needs_balance_even_with_allowance(chain: Chain):
+def test_transfer_from_needs_balance_even_with_allowance(chain: DevChain):
     owner = chain.new_account(open_tokens=1 * OPEN)
     spender = chain.new_account()
     chain.approve(owner.key, spender.address, 10 * OPEN)
@@ -76,7 +77,7 @@ def test_transfer_from_needs_balance_even_with_allowance(chain: Chain):
         chain.transact(spender.key, chain.token.functions.transferFrom(owner.address, spender.address, 2 * OPEN))
 
 
-def test_unlimited_allowance_is_not_decremented(chain: Chain):
+def test_unlimited_allowance_is_not_decremented(chain: DevChain):
     owner = chain.new_account(open_tokens=10 * OPEN)
     spender = chain.new_account()
     chain.approve(owner.key, spender.address, 2**256 - 1)
@@ -84,7 +85,7 @@ def test_unlimited_allowance_is_not_decremented(chain: Chain):
     assert chain.token.functions.allowance(owner.address, spender.address).call() == 2**256 - 1
 
 
-def test_permit_sets_allowance_once(chain: Chain):
+def test_permit_sets_allowance_once(chain: DevChain):
     owner = chain.new_account(open_tokens=10 * OPEN)
     spender = chain.new_account()
     before = chain.escrow_of(owner.address)
@@ -119,7 +120,7 @@ def test_permit_sets_allowance_once(chain: Chain):
         chain.transact(spender.key, call)
 
 
-def _sign_permit(chain: Chain, key, owner: str, spender: str, value: int, nonce: int, deadline: int):
+def _sign_permit(chain: DevChain, key, owner: str, spender: str, value: int, nonce: int, deadline: int):
     return Account.sign_typed_data(
         key,
         {"name": "Open", "version": "1", "chainId": chain.chain_id, "verifyingContract": chain.token.address},

@@ -1,4 +1,4 @@
-"""python -m services.settlement.chain_node: the devnet's EVM as a process of its own.
+"""python -m loranet_ops.chain_node: the devnet's EVM as a process of its own.
 
 The embedded chain (py-evm through eth-tester) used to live inside the
 settlement process, so a crash of settlement took every balance with it. Here
@@ -51,8 +51,24 @@ from hexbytes import HexBytes
 
 from loranet.observability import EventLog
 
-from .settings import ChainNodeSettings
 from loranet.errors import LoranetError
+from loranet.settings import CommonSettings
+
+
+class ChainNodeSettings(CommonSettings):
+    """python -m loranet_ops.chain_node: the devnet's EVM process."""
+
+    chain_host: str = "127.0.0.1"
+    chain_port: int = 8545
+    # Where to write the deployed contract addresses (JSON); "" = nowhere.
+    chain_deployment_file: str = ""
+    # The chain's durable state: an append-only journal of the chain database's writes, fsynced
+    # before each state-changing request is answered and read back at start, so a restarted
+    # chain node (kill -9 included) serves the same chain; "" = in memory only (lost on exit).
+    chain_journal: str = ""
+    deployer_key: str = ""
+    settler_key: str = ""
+    treasury: str = ""
 
 _ERROR_SELECTOR = bytes.fromhex("08c379a0")  # Error(string)
 
@@ -213,7 +229,8 @@ class ChainNode:
         from web3.providers.eth_tester import EthereumTesterProvider
         from web3.providers.eth_tester.middleware import ethereum_tester_middleware
 
-        from .chain import DEV_DEPLOYER_KEY, DEV_TREASURY, Chain, address_of
+        from services.settlement.devchain import DEV_DEPLOYER_KEY, DEV_TREASURY, DevChain
+        from services.settlement.transport import address_of
 
         deployer_key = settings.deployer_key or DEV_DEPLOYER_KEY
         treasury = settings.treasury or DEV_TREASURY
@@ -254,7 +271,7 @@ class ChainNode:
             recorded = self.restored.meta["deployment"]
             attach = {"token_address": recorded["token"], "registry_address": recorded["registry"],
                       "settlement_address": recorded["settlement"]}
-        self.chain = Chain(deployer_key=deployer_key, settler_key=settings.settler_key or None,
+        self.chain = DevChain.open(deployer_key=deployer_key, settler_key=settings.settler_key or None,
                            treasury=treasury, tester=self.tester, **attach)
         d = self.chain.deployment
         self.deployment = {"token": d.token, "registry": d.registry, "settlement": d.settlement,
