@@ -98,8 +98,9 @@ def chat_ids(tok: Tokenizer, text: str) -> list[int]:
     return tok.encode(tok.apply_chat_template([{"role": "user", "content": text}]))
 
 
-def workload(tok: Tokenizer, n_jobs: int, quick: bool, seed: int = 0
-             ) -> tuple[list[list[int]], list[int], str, list[str]]:
+def workload(
+    tok: Tokenizer, n_jobs: int, quick: bool, seed: int = 0
+) -> tuple[list[list[int]], list[int], str, list[str]]:
     """(prompt ids, output lengths, description, user texts) of the chat-trace mix."""
     rng = random.Random(seed)
     sentences = _sentences()
@@ -108,9 +109,11 @@ def workload(tok: Tokenizer, n_jobs: int, quick: bool, seed: int = 0
     texts = [user_text(tok, rng, p, sentences) for p, _ in lengths]
     prompts = [chat_ids(tok, t) for t in texts]
     outs = [o for _, o in lengths]
-    desc = (f"chat mix: {n_jobs} jobs, user turns of log-uniform 16-{p_hi} tokens through the chat template "
-            f"(mean {sum(map(len, prompts)) / n_jobs:.0f} tokens with the template), outputs log-uniform 8-{o_hi} "
-            f"(mean {sum(outs) / n_jobs:.0f})")
+    desc = (
+        f"chat mix: {n_jobs} jobs, user turns of log-uniform 16-{p_hi} tokens through the chat template "
+        f"(mean {sum(map(len, prompts)) / n_jobs:.0f} tokens with the template), outputs log-uniform 8-{o_hi} "
+        f"(mean {sum(outs) / n_jobs:.0f})"
+    )
     return prompts, outs, desc, texts
 
 
@@ -150,34 +153,61 @@ def weight_bytes_per_step(base_path: Path, adapters, which: list[int | None], ma
     return {"base_bytes": base, "adapter_bytes": lora, "adapters_over_base": lora / base}
 
 
-def run_engine(engine_args, adapters, jobs_prompts, which: list[int | None], max_tokens: list[int], slots: int,
-               max_running: int, dtype: str, eos: bool = False) -> dict:
+def run_engine(
+    engine_args,
+    adapters,
+    jobs_prompts,
+    which: list[int | None],
+    max_tokens: list[int],
+    slots: int,
+    max_running: int,
+    dtype: str,
+    eos: bool = False,
+) -> dict:
     """which[i] = adapter index of job i, or None for the base model; max_tokens[i] its output length
     (exact unless `eos`: then the job also stops at end of turn)."""
     path, model_id, cache = engine_args
-    engine = Engine(path, model_id, DEVICE, cache,
-                    config=EngineConfig(adapter_slots=slots, max_running=max_running, host_adapters=max(len(adapters), 1),
-                                        dtype=dtype, kv_blocks=max_running * (1024 // 16)))
+    engine = Engine(
+        path,
+        model_id,
+        DEVICE,
+        cache,
+        config=EngineConfig(
+            adapter_slots=slots,
+            max_running=max_running,
+            host_adapters=max(len(adapters), 1),
+            dtype=dtype,
+            kv_blocks=max_running * (1024 // 16),
+        ),
+    )
     for k in sorted({w for w in which if w is not None}):
         engine.install_adapter(adapters[k][2], *adapter_to_blobs(adapters[k][1]))
     # Warm up (allocator, first-touch) on a couple of jobs, not timed.
     for i in range(2):
-        engine.submit(GenRequest(f"w{i}", jobs_prompts[i], "" if which[i] is None else adapters[which[i]][2], 4,
-                                 GREEDY, 0))
+        engine.submit(
+            GenRequest(f"w{i}", jobs_prompts[i], "" if which[i] is None else adapters[which[i]][2], 4, GREEDY, 0)
+        )
     engine.run_until_idle()
-    reqs = [GenRequest(f"j{i}", p, "" if w is None else adapters[w][2], n, GREEDY, 0, ignore_eos=not eos)
-            for i, (p, w, n) in enumerate(zip(jobs_prompts, which, max_tokens))]
+    reqs = [
+        GenRequest(f"j{i}", p, "" if w is None else adapters[w][2], n, GREEDY, 0, ignore_eos=not eos)
+        for i, (p, w, n) in enumerate(zip(jobs_prompts, which, max_tokens))
+    ]
     t0, c0 = time.perf_counter(), time.process_time()
     futs = [engine.submit(r) for r in reqs]
     engine.run_until_idle()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     gens = [f.result(0) for f in futs]
     tokens = sum(len(g.output_tokens) for g in gens)
-    full = [len(c) for g in gens for c in g.chunks[1:1 + len(g.output_tokens) // 32]]
-    return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall, "tokens_per_cpu_s": tokens / cpu,
-            "steps": engine.steps,
-            "fingerprint_bytes_per_32_tokens": sum(full) / len(full) if full else None,
-            "outputs": [g.output_tokens for g in gens]}
+    full = [len(c) for g in gens for c in g.chunks[1 : 1 + len(g.output_tokens) // 32]]
+    return {
+        "tokens": tokens,
+        "wall_s": wall,
+        "tokens_per_s": tokens / wall,
+        "tokens_per_cpu_s": tokens / cpu,
+        "steps": engine.steps,
+        "fingerprint_bytes_per_32_tokens": sum(full) / len(full) if full else None,
+        "outputs": [g.output_tokens for g in gens],
+    }
 
 
 def _padded(jobs_prompts: list[list[int]], idx: list[int], pad: int) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -186,8 +216,8 @@ def _padded(jobs_prompts: list[list[int]], idx: list[int], pad: int) -> tuple[to
     mask = torch.zeros((len(idx), width), dtype=torch.long)
     for r, i in enumerate(idx):
         p = jobs_prompts[i]
-        ids[r, width - len(p):] = torch.tensor(p)
-        mask[r, width - len(p):] = 1
+        ids[r, width - len(p) :] = torch.tensor(p)
+        mask[r, width - len(p) :] = 1
     return ids.to(DEVICE), mask.to(DEVICE), width
 
 
@@ -201,8 +231,7 @@ def _useful(row: list[int], limit: int, stops: frozenset[int] | None) -> list[in
     return row
 
 
-def run_hf(model, groups: dict, jobs_prompts, max_tokens: list[int], tok: Tokenizer, eos: bool,
-           select=None) -> dict:
+def run_hf(model, groups: dict, jobs_prompts, max_tokens: list[int], tok: Tokenizer, eos: bool, select=None) -> dict:
     """HF generate, one left-padded batch per group (`select(key)` switches the adapter first)."""
     outputs: list[list[int]] = [[] for _ in jobs_prompts]
     t0, c0 = time.perf_counter(), time.process_time()
@@ -212,15 +241,26 @@ def run_hf(model, groups: dict, jobs_prompts, max_tokens: list[int], tok: Tokeni
                 select(key)
             ids, mask, width = _padded(jobs_prompts, idx, tok.pad_token_id)
             longest = max(max_tokens[i] for i in idx)
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=longest,
-                                 min_new_tokens=None if eos else longest, do_sample=False,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=sorted(tok.stop_ids) if eos else None)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=longest,
+                min_new_tokens=None if eos else longest,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=sorted(tok.stop_ids) if eos else None,
+            )
             for r, i in enumerate(idx):
                 outputs[i] = _useful(out[r, width:].tolist(), max_tokens[i], tok.stop_ids if eos else None)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     tokens = sum(len(o) for o in outputs)  # useful tokens: what the jobs asked for, not the padding's
-    return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall, "tokens_per_cpu_s": tokens / cpu,
-            "outputs": outputs}
+    return {
+        "tokens": tokens,
+        "wall_s": wall,
+        "tokens_per_s": tokens / wall,
+        "tokens_per_cpu_s": tokens / cpu,
+        "outputs": outputs,
+    }
 
 
 def load_hf(base_path: str, dtype: str):
@@ -234,8 +274,9 @@ def run_hf_generate(base_path: str, jobs_prompts, max_tokens: list[int], tok: To
     return run_hf(load_hf(base_path, dtype), {0: list(range(len(jobs_prompts)))}, jobs_prompts, max_tokens, tok, eos)
 
 
-def run_peft(base_path: str, adapters, jobs_prompts, which: list[int], max_tokens: list[int], tok: Tokenizer,
-             dtype: str) -> dict:
+def run_peft(
+    base_path: str, adapters, jobs_prompts, which: list[int], max_tokens: list[int], tok: Tokenizer, dtype: str
+) -> dict:
     """PEFT + HF generate, one left-padded batch per adapter."""
     from peft import PeftModel
 
@@ -278,12 +319,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per engine variant, best kept")
     ap.add_argument("--cache", default="", help="adapter cache (default: a temp dir)")
-    ap.add_argument("--shape", choices=sorted(SHAPES), default="smollm2",
-                    help="base model: SmolLM2-135M-Instruct, the seeded tiny test Llama, or TinyLlama-1.1B's "
-                         "layer shapes (seeded weights)")
+    ap.add_argument(
+        "--shape",
+        choices=sorted(SHAPES),
+        default="smollm2",
+        help="base model: SmolLM2-135M-Instruct, the seeded tiny test Llama, or TinyLlama-1.1B's "
+        "layer shapes (seeded weights)",
+    )
     ap.add_argument("--layers", type=int, default=8, help="decoder layers of --shape tinyllama (22 in TinyLlama-1.1B)")
-    ap.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                    help="weights and activations (default: bfloat16 on CUDA, float32 on CPU)")
+    ap.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default=None,
+        help="weights and activations (default: bfloat16 on CUDA, float32 on CPU)",
+    )
     args = ap.parse_args()
     dtype = args.dtype or ("bfloat16" if DEVICE == "cuda" else "float32")
     if args.threads:
@@ -300,20 +349,25 @@ def main() -> None:
     adapters = build_demo_adapters(path, big, seed=0, out_dir=Path(cache) / "adapters", expected_model_id=model_id)
     prompts, lengths, desc, _ = workload(tok, n_jobs, args.quick)
     eq_prompts = equal_workload(tok, min(n_jobs, 32), eq_tokens)
-    log(f"# {'QUICK: ' if args.quick else ''}model {args.shape}{f' ({args.layers} layers)' if args.shape == 'tinyllama' else ''}, "
+    log(
+        f"# {'QUICK: ' if args.quick else ''}model "
+        f"{args.shape}{f' ({args.layers} layers)' if args.shape == 'tinyllama' else ''}, "
         f"vocab {tok.vocab_size}, device {device_name()} {dtype}, torch threads {torch.get_num_threads()}, "
         f"{slots} adapter slots, max_running {args.max_running}; built in {time.perf_counter() - t:.0f}s\n"
-        f"# workload: {desc}; equal lengths: {len(eq_prompts)} jobs, 48-token user turns, {eq_tokens} output tokens")
+        f"# workload: {desc}; equal lengths: {len(eq_prompts)} jobs, 48-token user turns, {eq_tokens} output tokens"
+    )
     eargs = (str(path), model_id, cache)
     rows: dict[str, dict] = {}
     byte_ratio: dict[str, float] = {}
 
     def record(name, res):
         rows[name] = res
-        log(f"{name:24s} {res['tokens_per_s']:8.1f} tok/s  {res['tokens_per_cpu_s']:8.1f} tok/cpu-s  "
+        log(
+            f"{name:24s} {res['tokens_per_s']:8.1f} tok/s  {res['tokens_per_cpu_s']:8.1f} tok/cpu-s  "
             f"{res['tokens']:6d} tokens  {res['wall_s']:7.2f} s"
             + (f"  {res['steps']} steps" if "steps" in res else "")
-            + (f"  adapter/base bytes {byte_ratio[name]:.2f}" if name in byte_ratio else ""))
+            + (f"  adapter/base bytes {byte_ratio[name]:.2f}" if name in byte_ratio else "")
+        )
 
     def best_of(name, fn):
         best = None
@@ -325,30 +379,52 @@ def main() -> None:
 
     caps = [max(lengths)] * n_jobs  # stop at end of turn, at most the trace's longest output
     eq = [eq_tokens] * len(eq_prompts)
-    best_of("engine-base-eos", lambda: run_engine(eargs, adapters, prompts, [None] * n_jobs, caps, slots,
-                                                  args.max_running, dtype, eos=True))
+    best_of(
+        "engine-base-eos",
+        lambda: run_engine(eargs, adapters, prompts, [None] * n_jobs, caps, slots, args.max_running, dtype, eos=True),
+    )
     record("hf-generate-eos", run_hf_generate(str(path), prompts, caps, tok, dtype, eos=True))
-    best_of("engine-base-equal", lambda: run_engine(eargs, adapters, eq_prompts, [None] * len(eq), eq, slots,
-                                                    args.max_running, dtype))
+    best_of(
+        "engine-base-equal",
+        lambda: run_engine(eargs, adapters, eq_prompts, [None] * len(eq), eq, slots, args.max_running, dtype),
+    )
     record("hf-generate-equal", run_hf_generate(str(path), eq_prompts, eq, tok, dtype, eos=False))
-    variants = [("single", [0] * n_jobs), ("mixed1-uniform", assignment(n_jobs, 1, "uniform")),
-                ("mixed64-uniform", assignment(n_jobs, 64, "uniform")), ("mixed64-zipf", assignment(n_jobs, 64, "zipf")),
-                (f"mixed{big}-uniform", assignment(n_jobs, big, "uniform"))]
-    byte_ratio.update({name: weight_bytes_per_step(path, adapters, which, args.max_running, dtype)["adapters_over_base"]
-                       for name, which in variants})
+    variants = [
+        ("single", [0] * n_jobs),
+        ("mixed1-uniform", assignment(n_jobs, 1, "uniform")),
+        ("mixed64-uniform", assignment(n_jobs, 64, "uniform")),
+        ("mixed64-zipf", assignment(n_jobs, 64, "zipf")),
+        (f"mixed{big}-uniform", assignment(n_jobs, big, "uniform")),
+    ]
+    byte_ratio.update(
+        {
+            name: weight_bytes_per_step(path, adapters, which, args.max_running, dtype)["adapters_over_base"]
+            for name, which in variants
+        }
+    )
     for name, which in variants:
-        best_of(name, lambda which=which: run_engine(eargs, adapters, prompts, which, lengths, slots,
-                                                     args.max_running, dtype))
+        best_of(
+            name,
+            lambda which=which: run_engine(eargs, adapters, prompts, which, lengths, slots, args.max_running, dtype),
+        )
     record("peft-64", run_peft(str(path), adapters, prompts, assignment(n_jobs, 64, "uniform"), lengths, tok, dtype))
     single = rows["single"]["tokens_per_s"]
     out = {
-        "quick": args.quick, "device": device_name(), "dtype": dtype, "model_shape": args.shape,
-        "vocab_size": tok.vocab_size, "workload": desc, "jobs": n_jobs, "slots": slots, "repeat": args.repeat,
-        "max_running": args.max_running, "torch_threads": torch.get_num_threads(),
+        "quick": args.quick,
+        "device": device_name(),
+        "dtype": dtype,
+        "model_shape": args.shape,
+        "vocab_size": tok.vocab_size,
+        "workload": desc,
+        "jobs": n_jobs,
+        "slots": slots,
+        "repeat": args.repeat,
+        "max_running": args.max_running,
+        "torch_threads": torch.get_num_threads(),
         **{f"tokens_per_s_{k.replace('-', '_')}": v["tokens_per_s"] for k, v in rows.items()},
         "engine_over_hf_generate": rows["engine-base-eos"]["tokens_per_s"] / rows["hf-generate-eos"]["tokens_per_s"],
-        "engine_over_hf_generate_equal_lengths":
-            rows["engine-base-equal"]["tokens_per_s"] / rows["hf-generate-equal"]["tokens_per_s"],
+        "engine_over_hf_generate_equal_lengths": rows["engine-base-equal"]["tokens_per_s"]
+        / rows["hf-generate-equal"]["tokens_per_s"],
         "mixed64_over_single": rows["mixed64-uniform"]["tokens_per_s"] / single,
         "mixed64_zipf_over_single": rows["mixed64-zipf"]["tokens_per_s"] / single,
         "mixed256_over_single": rows[f"mixed{big}-uniform"]["tokens_per_s"] / single,
@@ -364,10 +440,15 @@ def main() -> None:
         # Correctness beside speed (greedy, float32: identical expected; bf16 rounding may diverge late).
         "engine_vs_hf_generate": agreement(rows["engine-base-eos"]["outputs"], rows["hf-generate-eos"]["outputs"]),
         "mixed64_vs_peft": agreement(rows["mixed64-uniform"]["outputs"], rows["peft-64"]["outputs"]),
-        "targets": {"engine_over_hf_generate_ge": 1.3, "mixed64_over_single_ge": 0.9, "mixed256_over_single_ge": 0.8,
-                    "speedup_vs_peft_ge": 3.0},
+        "targets": {
+            "engine_over_hf_generate_ge": 1.3,
+            "mixed64_over_single_ge": 0.9,
+            "mixed256_over_single_ge": 0.8,
+            "speedup_vs_peft_ge": 3.0,
+        },
     }
-    log(f"engine / HF generate (one padded batch, chat mix, stop at end of turn) = {out['engine_over_hf_generate']:.2f}"
+    log(
+        f"engine / HF generate (one padded batch, chat mix, stop at end of turn) = {out['engine_over_hf_generate']:.2f}"
         f"   at equal lengths = {out['engine_over_hf_generate_equal_lengths']:.2f}\n"
         f"mixed-64 / single = {out['mixed64_over_single']:.2f}   mixed-{big} ({slots} slots) / single = "
         f"{out['mixed256_over_single']:.2f}   mixed-64 vs PEFT per-adapter batching = {out['speedup_vs_peft']:.2f}x   "
@@ -377,7 +458,8 @@ def main() -> None:
         f"mixed-64 {out['adapter_bytes_over_base_mixed64']:.2f}\n"
         f"outputs: engine vs HF generate {out['engine_vs_hf_generate']['identical_jobs']:.0%} of jobs identical; "
         f"mixed-64 vs PEFT {out['mixed64_vs_peft']['identical_jobs']:.0%} "
-        f"(mean shared prefix {out['mixed64_vs_peft']['mean_shared_prefix']:.0%})")
+        f"(mean shared prefix {out['mixed64_vs_peft']['mean_shared_prefix']:.0%})"
+    )
     if args.json:
         print(json.dumps(out))
 

@@ -39,12 +39,19 @@ def main() -> None:
     jp = eb.equal_workload(eb.load_tokenizer(path), 64, 0)
     cuda = eb.DEVICE == "cuda"
     for name, which in (("single", [0] * 64), ("mixed64", list(range(64)))):
-        engine = eb.Engine(str(path), mid, eb.DEVICE, cache,
-                           config=eb.EngineConfig(adapter_slots=64, max_running=64, host_adapters=64, dtype=dtype))
+        engine = eb.Engine(
+            str(path),
+            mid,
+            eb.DEVICE,
+            cache,
+            config=eb.EngineConfig(adapter_slots=64, max_running=64, host_adapters=64, dtype=dtype),
+        )
         for k in sorted(set(which)):
             engine.install_adapter(adapters[k][2], *eb.adapter_to_blobs(adapters[k][1]))
-        reqs = [eb.GenRequest(f"{name}{i}", p, adapters[w][2], 400, eb.GREEDY, 0, ignore_eos=True)
-                for i, (p, w) in enumerate(zip(jp, which))]
+        reqs = [
+            eb.GenRequest(f"{name}{i}", p, adapters[w][2], 400, eb.GREEDY, 0, ignore_eos=True)
+            for i, (p, w) in enumerate(zip(jp, which))
+        ]
         for r in reqs:
             engine.submit(r)
         for _ in range(5):  # admission, prefill, slot loads, first decodes: not profiled
@@ -62,8 +69,10 @@ def main() -> None:
         events = prof.key_averages()
         dev_us = sum(e.self_device_time_total for e in events) if cuda else 0.0
         launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx"))
-        print(f"\n== {name}: {wall * 1e3:.2f} ms/step wall, device busy {dev_us / 1e3 / args.steps:.2f} ms/step, "
-              f"{launches / args.steps:.0f} kernel launches/step")
+        print(
+            f"\n== {name}: {wall * 1e3:.2f} ms/step wall, device busy {dev_us / 1e3 / args.steps:.2f} ms/step, "
+            f"{launches / args.steps:.0f} kernel launches/step"
+        )
         print(events.table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=48))
         engine.close() if hasattr(engine, "close") else None
 

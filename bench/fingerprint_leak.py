@@ -60,7 +60,8 @@ import time
 import numpy as np
 import torch
 
-from loranet import codec, confidential, protocol as p
+from loranet import codec, confidential
+from loranet import protocol as p
 from loranet.fingerprint import CHUNK_TOKENS, TOP_K, chunk_spans, decode_chunk, fingerprint_chunks
 from loranet.model import ensure_tiny_model
 from loranet.model.generate import ReferenceModel
@@ -71,26 +72,65 @@ from services.inference.domain import build_result
 CLIENT, NODE, VERIFIER, OUTSIDER = (Identity.generate() for _ in range(4))
 
 
-def job_request(model_id: str, prompt: str, max_tokens: int, sealed: bool, temperature: float, seed: int) -> p.JobRequest:
+def job_request(
+    model_id: str, prompt: str, max_tokens: int, sealed: bool, temperature: float, seed: int
+) -> p.JobRequest:
     now = time.time()
-    job = p.JobRequest(job_id=p.new_job_id(), client_key=CLIENT.public, client_address=devnet_address("client"),
-                       model_id=model_id, adapter_id="", prompt=prompt, max_tokens=max_tokens, max_fee=10**18,
-                       sampling=p.SamplingParams(temperature=temperature, seed=seed), created_at=now, expires_at=now + 600)
+    job = p.JobRequest(
+        job_id=p.new_job_id(),
+        client_key=CLIENT.public,
+        client_address=devnet_address("client"),
+        model_id=model_id,
+        adapter_id="",
+        prompt=prompt,
+        max_tokens=max_tokens,
+        max_fee=10**18,
+        sampling=p.SamplingParams(temperature=temperature, seed=seed),
+        created_at=now,
+        expires_at=now + 600,
+    )
     if sealed:
-        job = job.model_copy(update={"prompt": "", "node_id": "node-0", "sealed_prompt": confidential.seal_prompt(
-            job.job_id, CLIENT.public, prompt, NODE.public, [VERIFIER.public])})
+        job = job.model_copy(
+            update={
+                "prompt": "",
+                "node_id": "node-0",
+                "sealed_prompt": confidential.seal_prompt(
+                    job.job_id, CLIENT.public, prompt, NODE.public, [VERIFIER.public]
+                ),
+            }
+        )
     return sign(p.JobRequest.model_validate(job.model_dump()), CLIENT)
 
 
-def on_the_wire(model: ReferenceModel, prompt: str, max_tokens: int, gen, chunks: list[bytes], sealed: bool,
-                temperature: float, seed: int) -> bytes:
+def on_the_wire(
+    model: ReferenceModel,
+    prompt: str,
+    max_tokens: int,
+    gen,
+    chunks: list[bytes],
+    sealed: bool,
+    temperature: float,
+    seed: int,
+) -> bytes:
     """The encoded, signed result as the node publishes it on results.<node_id>."""
     tok, model_id = model.tokenizer, model.model_id
     job = job_request(model_id, prompt, max_tokens, sealed, temperature, seed)
-    result = build_result(job=job, node_id="node-0", node_key=NODE.public, node_address=devnet_address("node-0"),
-                          node_seq=1, model_id=model_id, tokenizer_id=tok.tokenizer_id, prompt_tokens=tok.encode(prompt),
-                          output_tokens=gen.output_ids, output_text=tok.decode(gen.output_ids),
-                          finish_reason="length", chunks=chunks, started_at=time.time(), finished_at=time.time())
+    result = build_result(
+        job=job,
+        node_id="node-0",
+        node_key=NODE.public,
+        node_address=devnet_address("node-0"),
+        node_seq=1,
+        model_id=model_id,
+        tokenizer_id=tok.tokenizer_id,
+        prompt_tokens=tok.encode(prompt),
+        output_tokens=gen.output_ids,
+        output_text=tok.decode(gen.output_ids),
+        finish_reason="length",
+        chunks=chunks,
+        started_at=time.time(),
+        finished_at=time.time(),
+    )
     if sealed:
         result = confidential.seal_result(result)
     return codec.encode(sign(result, NODE))
@@ -116,7 +156,9 @@ class Outsider:
     def last_states(self, prefix: list[int], candidates: list[int]) -> torch.Tensor:
         """[len(candidates), H]: the final-norm state after reading prefix + [t], for each candidate t."""
         ids = torch.tensor([[*prefix, t] for t in candidates])
-        return self.model.base(input_ids=ids, use_cache=False, output_hidden_states=True).hidden_states[-1][:, -1].float()
+        return (
+            self.model.base(input_ids=ids, use_cache=False, output_hidden_states=True).hidden_states[-1][:, -1].float()
+        )
 
     def blind(self, p_len: int, n: int, chunks: list[bytes]) -> dict[int, int]:
         """{output position: guessed token} from the chunks alone."""
@@ -219,8 +261,12 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy jobs; > 0: sampled (seeded)")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     ap.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
-    ap.add_argument("--candidates", type=int, default=-1,
-                    help="tokens the prompt-known attacker tests per step (0 = all; default all on tiny, 64 on smollm2)")
+    ap.add_argument(
+        "--candidates",
+        type=int,
+        default=-1,
+        help="tokens the prompt-known attacker tests per step (0 = all; default all on tiny, 64 on smollm2)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1 if args.model == "tiny" else torch.get_num_threads())
     t0 = time.perf_counter()
@@ -250,32 +296,48 @@ def main() -> None:
         total += len(gen.output_ids)
         baseline += argmax_baseline(model, ids, gen.output_ids)
         for kind in ("plain", "confidential"):
-            wire = on_the_wire(model, prompt, args.max_tokens, gen, chunks, kind == "confidential", args.temperature, seed)
+            wire = on_the_wire(
+                model, prompt, args.max_tokens, gen, chunks, kind == "confidential", args.temperature, seed
+            )
             chunks_on_wire[kind] += sum(chunk in wire for chunk in chunks)
             got = outsider_recovers(wire, outsider, gen.output_ids)
             for k in keys:
                 found[kind][k] += int(got[k])
             found[kind]["one_row"] += got["one_row"]
     width, vocab = outsider.width, outsider.head.shape[0]
-    print(f"model {args.model} H={width}, vocab {vocab} (prompt-known attacker tests "
-          f"{candidates or vocab} candidates per step), {args.jobs} jobs at temperature {args.temperature:g}, {total} output tokens, "
-          f"{committed} committed chunks (chance {1 / vocab:.1%} per token); public model's argmax on the true "
-          f"prefix, no fingerprint: {baseline}/{total} ({baseline / total:.0%})")
+    print(
+        f"model {args.model} H={width}, vocab {vocab} (prompt-known attacker tests "
+        f"{candidates or vocab} candidates per step), {args.jobs} jobs at temperature {args.temperature:g}, "
+        f"{total} output tokens, "
+        f"{committed} committed chunks (chance {1 / vocab:.1%} per token); public model's argmax on the true "
+        f"prefix, no fingerprint: {baseline}/{total} ({baseline / total:.0%})"
+    )
     for kind, f in found.items():
-        print(f"  {kind:12s}: chunks only: {f['blind']}/{total} output tokens ({f['blind'] / total:.0%}) recovered "
-              f"(one-row chunks, every entry committed, exact {sum(f['one_row'])}/{len(f['one_row'])}); "
-              f"with the clear prompt: {f['prompt_named']}/{total} ({f['prompt_named'] / total:.0%}), "
-              f"{f['confirmed']} confirmed by P ({f['confirmed_right']} right); committed chunks found in the wire "
-              f"bytes {chunks_on_wire[kind]}/{committed}; sealed outputs the outsider opened {f['opened']}")
+        print(
+            f"  {kind:12s}: chunks only: {f['blind']}/{total} output tokens ({f['blind'] / total:.0%}) recovered "
+            f"(one-row chunks, every entry committed, exact {sum(f['one_row'])}/{len(f['one_row'])}); "
+            f"with the clear prompt: {f['prompt_named']}/{total} ({f['prompt_named'] / total:.0%}), "
+            f"{f['confirmed']} confirmed by P ({f['confirmed_right']} right); committed chunks found in the wire "
+            f"bytes {chunks_on_wire[kind]}/{committed}; sealed outputs the outsider opened {f['opened']}"
+        )
     print(f"({time.perf_counter() - t0:.0f}s)")
     if args.json:
-        print(json.dumps({"jobs": args.jobs, "temperature": args.temperature, "output_tokens": total,
-                          "committed_chunks": committed, "argmax_baseline": baseline,
-                          **{f"{k}_recovered": v["blind"] for k, v in found.items()},
-                          **{f"{k}_recovered_share": round(v["blind"] / total, 4) for k, v in found.items()},
-                          **{f"{k}_prompt_known_recovered": v["prompt_named"] for k, v in found.items()},
-                          **{f"{k}_confirmed_by_p": v["confirmed"] for k, v in found.items()},
-                          **{f"{k}_chunks_on_wire": v for k, v in chunks_on_wire.items()}}))
+        print(
+            json.dumps(
+                {
+                    "jobs": args.jobs,
+                    "temperature": args.temperature,
+                    "output_tokens": total,
+                    "committed_chunks": committed,
+                    "argmax_baseline": baseline,
+                    **{f"{k}_recovered": v["blind"] for k, v in found.items()},
+                    **{f"{k}_recovered_share": round(v["blind"] / total, 4) for k, v in found.items()},
+                    **{f"{k}_prompt_known_recovered": v["prompt_named"] for k, v in found.items()},
+                    **{f"{k}_confirmed_by_p": v["confirmed"] for k, v in found.items()},
+                    **{f"{k}_chunks_on_wire": v for k, v in chunks_on_wire.items()},
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

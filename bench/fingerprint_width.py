@@ -39,8 +39,13 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    spec = TinyLlamaSpec(num_hidden_layers=args.layers, hidden_size=args.hidden, intermediate_size=args.hidden * 11 // 4,
-                         num_attention_heads=args.hidden // 64, num_key_value_heads=max(args.hidden // 512, 1))
+    spec = TinyLlamaSpec(
+        num_hidden_layers=args.layers,
+        hidden_size=args.hidden,
+        intermediate_size=args.hidden * 11 // 4,
+        num_attention_heads=args.hidden // 64,
+        num_key_value_heads=max(args.hidden // 512, 1),
+    )
     tmp = Path(tempfile.mkdtemp(prefix="fp-width-"))
     model_id = build_base_checkpoint(tmp / "m", spec=spec)
     ref = ReferenceModel.from_path(tmp / "m", model_id)
@@ -63,10 +68,21 @@ def main() -> None:
             scores = compare_chunks(chunks, hidden, len(ids), len(gen.output_ids))
             compare_ms = (time.perf_counter() - t0) / len(chunks) * 1e3
             figs = [(s.index_overlap, *domain.fingerprint_ok(s)) for s in scores]
-            rows.append({"node": name, "bytes": [len(c) for c in chunks], "encode_ms": encode_ms, "compare_ms": compare_ms,
-                         "chunks": [{"overlap": o, "ok": ok, "mean_excess": m, "max_excess": x} for o, ok, m, x in figs]})
-            print(f"{name:17s} bytes {rows[-1]['bytes']} encode {encode_ms:.1f} ms/chunk compare {compare_ms:.1f} ms/chunk | "
-                  + "  ".join(f"{o:.3f}/{m:.1e}/{x:.1e}/{'ok' if ok else 'rejected'}" for o, ok, m, x in figs), flush=True)
+            rows.append(
+                {
+                    "node": name,
+                    "bytes": [len(c) for c in chunks],
+                    "encode_ms": encode_ms,
+                    "compare_ms": compare_ms,
+                    "chunks": [{"overlap": o, "ok": ok, "mean_excess": m, "max_excess": x} for o, ok, m, x in figs],
+                }
+            )
+            print(
+                f"{name:17s} bytes {rows[-1]['bytes']} encode {encode_ms:.1f} ms/chunk compare {compare_ms:.1f} "
+                "ms/chunk | "
+                + "  ".join(f"{o:.3f}/{m:.1e}/{x:.1e}/{'ok' if ok else 'rejected'}" for o, ok, m, x in figs),
+                flush=True,
+            )
     if args.json:
         print(json.dumps({"hidden": args.hidden, "layers": args.layers, "rows": rows}))
 

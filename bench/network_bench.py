@@ -34,16 +34,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import engine_bench as eb  # noqa: E402
 
-from loranet_ops import devnet as dn  # noqa: E402
 from loranet.client import Client  # noqa: E402
-from loranet_ops.demo import TRAINED, TRAINED_DIR  # noqa: E402
 from loranet.model.adapters import adapter_to_blobs  # noqa: E402
 from loranet.model.catalog import resolve_model  # noqa: E402
 from loranet.model.content import adapter_content_id  # noqa: E402
 from loranet.model.tokenizers import load_tokenizer  # noqa: E402
 from loranet.sampling import GREEDY  # noqa: E402
-from loranet_ops.servers import free_port  # noqa: E402
 from loranet.signing import Identity  # noqa: E402
+from loranet_ops import devnet as dn  # noqa: E402
+from loranet_ops.demo import TRAINED, TRAINED_DIR  # noqa: E402
+from loranet_ops.servers import free_port  # noqa: E402
 from services.inference.engine import Engine, EngineConfig, GenRequest  # noqa: E402
 
 
@@ -71,25 +71,31 @@ def plan(n_jobs: int, quick: bool, max_tokens: int, model_path: Path):
 
 
 def run_engine_alone(model, jobs) -> dict:
-    engine = Engine(str(model.path), model.model_id, "cpu", tempfile.mkdtemp(prefix="netbench-engine-"),
-                    config=EngineConfig())
+    engine = Engine(
+        str(model.path), model.model_id, "cpu", tempfile.mkdtemp(prefix="netbench-engine-"), config=EngineConfig()
+    )
     ids = {name: adapter_content_id(TRAINED_DIR / name) for name in TRAINED}
     for name, aid in ids.items():
         engine.install_adapter(aid, *adapter_to_blobs(TRAINED_DIR / name))
     engine.submit(GenRequest("warm", jobs[0][2], "", 4, GREEDY, 0))
     engine.run_until_idle()
     t0 = time.perf_counter()
-    futs = [engine.submit(GenRequest(f"j{i}", p, ids.get(a, ""), n, GREEDY, 0))
-            for i, (a, _, p, n) in enumerate(jobs)]
+    futs = [engine.submit(GenRequest(f"j{i}", p, ids.get(a, ""), n, GREEDY, 0)) for i, (a, _, p, n) in enumerate(jobs)]
     engine.run_until_idle()
     wall = time.perf_counter() - t0
     gens = [f.result(0) for f in futs]
     firsts, done = [g.first_token_s for g in gens], [g.latency_s for g in gens]
     tokens = sum(len(g.output_tokens) for g in gens)
-    return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
-            "ttft_p50_s": pct(firsts, 0.5), "ttft_p95_s": pct(firsts, 0.95),
-            "latency_p50_s": pct(done, 0.5), "latency_p95_s": pct(done, 0.95),
-            "outputs": [g.output_tokens for g in gens]}
+    return {
+        "tokens": tokens,
+        "wall_s": wall,
+        "tokens_per_s": tokens / wall,
+        "ttft_p50_s": pct(firsts, 0.5),
+        "ttft_p95_s": pct(firsts, 0.95),
+        "latency_p50_s": pct(done, 0.5),
+        "latency_p95_s": pct(done, 0.95),
+        "outputs": [g.output_tokens for g in gens],
+    }
 
 
 async def run_network(config: dn.DevnetConfig, model, jobs) -> dict:
@@ -124,9 +130,17 @@ async def run_network(config: dn.DevnetConfig, model, jobs) -> dict:
             if o.status == "settled":
                 tokens += n
         lat = [ends[j] - s for j, s in sent]
-        return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall, "jobs": len(jobs),
-                "settled": len(settled), "audited": sum(bool(o.verdict.get("audited")) for o in settled),
-                "latency_p50_s": pct(lat, 0.5), "latency_p95_s": pct(lat, 0.95), "outputs": outputs}
+        return {
+            "tokens": tokens,
+            "wall_s": wall,
+            "tokens_per_s": tokens / wall,
+            "jobs": len(jobs),
+            "settled": len(settled),
+            "audited": sum(bool(o.verdict.get("audited")) for o in settled),
+            "latency_p50_s": pct(lat, 0.5),
+            "latency_p95_s": pct(lat, 0.95),
+            "outputs": outputs,
+        }
 
 
 def main() -> None:
@@ -142,16 +156,27 @@ def main() -> None:
     max_tokens = args.max_tokens or (32 if args.quick else 96)
     model = resolve_model(args.model)
     jobs, desc = plan(n_jobs, args.quick, max_tokens, model.path)
-    log(f"# model {model.name}, {n_jobs} jobs over the base model and {len(TRAINED)} adapters; {desc}; "
-        f"outputs stop at end of turn, at most {max_tokens} tokens")
+    log(
+        f"# model {model.name}, {n_jobs} jobs over the base model and {len(TRAINED)} adapters; {desc}; "
+        f"outputs stop at end of turn, at most {max_tokens} tokens"
+    )
     engine = run_engine_alone(model, jobs)
-    log(f"engine alone   {engine['tokens_per_s']:7.1f} tok/s  {engine['tokens']} tokens in {engine['wall_s']:.1f}s  "
+    log(
+        f"engine alone   {engine['tokens_per_s']:7.1f} tok/s  {engine['tokens']} tokens in {engine['wall_s']:.1f}s  "
         f"TTFT p50/p95 {engine['ttft_p50_s']:.2f}/{engine['ttft_p95_s']:.2f}s  "
-        f"latency p50/p95 {engine['latency_p50_s']:.2f}/{engine['latency_p95_s']:.2f}s")
+        f"latency p50/p95 {engine['latency_p50_s']:.2f}/{engine['latency_p95_s']:.2f}s"
+    )
     root = Path(tempfile.mkdtemp(prefix="netbench-"))
-    config = dn.DevnetConfig(state_dir=str(root / "state"), nats_port=free_port(), redis_port=free_port(),
-                             inference_nodes=1, verifiers=1, demo_adapters=len(TRAINED), model=model.name,
-                             epoch_max_s=0.5)
+    config = dn.DevnetConfig(
+        state_dir=str(root / "state"),
+        nats_port=free_port(),
+        redis_port=free_port(),
+        inference_nodes=1,
+        verifiers=1,
+        demo_adapters=len(TRAINED),
+        model=model.name,
+        epoch_max_s=0.5,
+    )
     t = time.perf_counter()
     dn.start_detached(config, timeout=600)
     log(f"devnet up in {time.perf_counter() - t:.0f}s")
@@ -163,23 +188,37 @@ def main() -> None:
         dn.stop(config.state_dir)
     same = sum(a == b for a, b in zip(engine["outputs"], net["outputs"])) / len(jobs)
     out = {
-        "quick": args.quick, "model": model.name, "workload": desc, "jobs": n_jobs, "max_tokens": max_tokens,
-        "engine_tokens_per_s": engine["tokens_per_s"], "network_tokens_per_s": net["tokens_per_s"],
+        "quick": args.quick,
+        "model": model.name,
+        "workload": desc,
+        "jobs": n_jobs,
+        "max_tokens": max_tokens,
+        "engine_tokens_per_s": engine["tokens_per_s"],
+        "network_tokens_per_s": net["tokens_per_s"],
         "network_over_engine": net["tokens_per_s"] / engine["tokens_per_s"],
-        "settled": net["settled"], "audited": net["audited"],
-        "engine_ttft_p50_s": engine["ttft_p50_s"], "engine_ttft_p95_s": engine["ttft_p95_s"],
-        "engine_latency_p50_s": engine["latency_p50_s"], "engine_latency_p95_s": engine["latency_p95_s"],
-        "network_ttft_p50_s": net["latency_p50_s"], "network_ttft_p95_s": net["latency_p95_s"],
-        "network_latency_p50_s": net["latency_p50_s"], "network_latency_p95_s": net["latency_p95_s"],
-        "rss_mb_node": rss.get("node-0"), "rss_mb_verifier": rss.get("verifier-0"),
-        "rss_mb": rss, "network_outputs_equal_engine": same,
+        "settled": net["settled"],
+        "audited": net["audited"],
+        "engine_ttft_p50_s": engine["ttft_p50_s"],
+        "engine_ttft_p95_s": engine["ttft_p95_s"],
+        "engine_latency_p50_s": engine["latency_p50_s"],
+        "engine_latency_p95_s": engine["latency_p95_s"],
+        "network_ttft_p50_s": net["latency_p50_s"],
+        "network_ttft_p95_s": net["latency_p95_s"],
+        "network_latency_p50_s": net["latency_p50_s"],
+        "network_latency_p95_s": net["latency_p95_s"],
+        "rss_mb_node": rss.get("node-0"),
+        "rss_mb_verifier": rss.get("verifier-0"),
+        "rss_mb": rss,
+        "network_outputs_equal_engine": same,
         "targets": {"network_over_engine_ge": 0.8},
     }
-    log(f"network        {net['tokens_per_s']:7.1f} tok/s  {net['tokens']} tokens in {net['wall_s']:.1f}s  "
+    log(
+        f"network        {net['tokens_per_s']:7.1f} tok/s  {net['tokens']} tokens in {net['wall_s']:.1f}s  "
         f"{net['settled']}/{n_jobs} settled ({net['audited']} audited)  latency p50/p95 "
         f"{net['latency_p50_s']:.2f}/{net['latency_p95_s']:.2f}s (= time to first token: whole results)\n"
         f"network / engine = {out['network_over_engine']:.2f}   resident memory: node {out['rss_mb_node']:.0f} MB, "
-        f"verifier {out['rss_mb_verifier']:.0f} MB   outputs identical to the engine's: {same:.0%}")
+        f"verifier {out['rss_mb_verifier']:.0f} MB   outputs identical to the engine's: {same:.0%}"
+    )
     if args.json:
         print(json.dumps(out))
 

@@ -47,7 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
-from loranet import codec, protocol as p
+from loranet import codec
+from loranet import protocol as p
 from loranet.signing import Identity, sign
 from services.scheduler import domain
 
@@ -109,8 +110,7 @@ class SimNode:
         return len(self.finishing)
 
 
-def make_workload(n_jobs: int, n_adapters: int, zipf_s: float, n_clients: int, rate: float,
-                  seed: int) -> list[SimJob]:
+def make_workload(n_jobs: int, n_adapters: int, zipf_s: float, n_clients: int, rate: float, seed: int) -> list[SimJob]:
     rng = np.random.default_rng(seed)
     weights = 1.0 / np.arange(1, n_adapters + 1) ** zipf_s
     weights /= weights.sum()
@@ -119,8 +119,10 @@ def make_workload(n_jobs: int, n_adapters: int, zipf_s: float, n_clients: int, r
     arrivals = np.cumsum(rng.exponential(1.0 / rate, size=n_jobs))
     tokens = rng.integers(16, 257, size=n_jobs)
     clients = rng.integers(0, n_clients, size=n_jobs)
-    return [SimJob(i, f"client-{clients[i]}", adapter_id(int(perm[adapters[i]])), int(tokens[i]), float(arrivals[i]))
-            for i in range(n_jobs)]
+    return [
+        SimJob(i, f"client-{clients[i]}", adapter_id(int(perm[adapters[i]])), int(tokens[i]), float(arrivals[i]))
+        for i in range(n_jobs)
+    ]
 
 
 def run_policies(args, policies: list[str]) -> tuple[float, dict[str, dict]]:
@@ -135,7 +137,9 @@ def simulate(policy: str, jobs: list[SimJob], args) -> dict:
     nodes = [SimNode(f"n{i}", args.adapter_slots) for i in range(args.nodes)]
     load_s, s_tok, window = args.load_ms / 1000, args.ms_per_token / 1000, args.window_ms / 1000
     rng = random.Random(7)
-    queue = domain.RoutingQueue(max_batch_jobs=args.max_batch_jobs, aging_s=args.aging_s, cold_penalty=args.cold_penalty)
+    queue = domain.RoutingQueue(
+        max_batch_jobs=args.max_batch_jobs, aging_s=args.aging_s, cold_penalty=args.cold_penalty
+    )
     affinity = domain.AffinityMap(args.adapter_slots)
     rr = 0
     next_hb = 0.0
@@ -155,13 +159,28 @@ def simulate(policy: str, jobs: list[SimJob], args) -> dict:
                     affinity.heartbeat(n.node_id, list(n.lru), t)
                 next_hb = t + args.heartbeat_s
             for job in arrived:
-                queue.push(domain.Ticket(job_id=str(job.idx), client=job.client, model_id=MODEL,
-                                         adapter_id=job.adapter, cost=job.tokens, admitted_at=job.arrival,
-                                         payload=job))
-            views = [domain.NodeView(node_id=n.node_id, model_ids=frozenset((MODEL,)), capacity=args.node_capacity,
-                                     outstanding=n.outstanding(t), adapters_hot=affinity.hot(n.node_id),
-                                     evict_at=affinity.evict_at(n.node_id))
-                     for n in nodes]
+                queue.push(
+                    domain.Ticket(
+                        job_id=str(job.idx),
+                        client=job.client,
+                        model_id=MODEL,
+                        adapter_id=job.adapter,
+                        cost=job.tokens,
+                        admitted_at=job.arrival,
+                        payload=job,
+                    )
+                )
+            views = [
+                domain.NodeView(
+                    node_id=n.node_id,
+                    model_ids=frozenset((MODEL,)),
+                    capacity=args.node_capacity,
+                    outstanding=n.outstanding(t),
+                    adapters_hot=affinity.hot(n.node_id),
+                    evict_at=affinity.evict_at(n.node_id),
+                )
+                for n in nodes
+            ]
             started = time.perf_counter()
             plan = queue.plan(views, t)
             plan_s += time.perf_counter() - started
@@ -212,9 +231,18 @@ def signed_jobs(n: int, n_adapters: int, n_clients: int, seed: int) -> list[byte
     out = []
     for k in range(n):
         who = clients[k % n_clients]
-        job = p.JobRequest(job_id=p.new_job_id(), client_key=who.public, client_address="0x" + f"{k % n_clients:040x}",
-                           model_id=MODEL, adapter_id=adapter_id(int(adapters[k])), prompt="Tell me about LoRA " * 4,
-                           max_tokens=64, max_fee=10**18, created_at=now, expires_at=now + 3600)
+        job = p.JobRequest(
+            job_id=p.new_job_id(),
+            client_key=who.public,
+            client_address="0x" + f"{k % n_clients:040x}",
+            model_id=MODEL,
+            adapter_id=adapter_id(int(adapters[k])),
+            prompt="Tell me about LoRA " * 4,
+            max_tokens=64,
+            max_fee=10**18,
+            created_at=now,
+            expires_at=now + 3600,
+        )
         out.append(codec.encode(sign(job, who)))
     return out
 
@@ -232,14 +260,17 @@ def admission(raw: list[bytes], nodes: int, per_window: int, assemble: bool, clo
         domain.check_timing(job, now, 300.0)
         queue.push(domain.Ticket.of(job, now))
         if (k + 1) % per_window == 0 or k + 1 == len(raw):
-            views = [domain.NodeView(node_id=n, model_ids=frozenset((MODEL,)), capacity=10**6,
-                                     adapters_hot=affinity.hot(n)) for n in views_base]
+            views = [
+                domain.NodeView(node_id=n, model_ids=frozenset((MODEL,)), capacity=10**6, adapters_hot=affinity.hot(n))
+                for n in views_base
+            ]
             for a in queue.plan(views, now):
                 for tk in a.tickets:
                     affinity.routed(a.node_id, tk.adapter_id, now)
                 if assemble:
-                    batch = domain.assemble_batch(a.node_id, a.model_id, [tk.payload for tk in a.tickets],
-                                                  p.new_job_id(), "bench", now)
+                    batch = domain.assemble_batch(
+                        a.node_id, a.model_id, [tk.payload for tk in a.tickets], p.new_job_id(), "bench", now
+                    )
                     codec.encode(batch)
     return len(raw) / (clock() - started)
 
@@ -261,8 +292,14 @@ async def dispatch_overhead(n_jobs: int, window_ms: float) -> dict:
         server = NatsServer(free_port(), Path(tmp) / "nats")
         server.start()
         try:
-            settings = SchedulerSettings(nats_url=server.url, require_escrow=False, reserve_escrow=False, batch_window_ms=window_ms,
-                                         log_level="ERROR", drain_timeout_s=1)
+            settings = SchedulerSettings(
+                nats_url=server.url,
+                require_escrow=False,
+                reserve_escrow=False,
+                batch_window_ms=window_ms,
+                log_level="ERROR",
+                drain_timeout_s=1,
+            )
             async with Runtime("scheduler", settings) as rt:
                 sched = SchedulerService(rt, settings)
                 fetched: dict[str, float] = {}
@@ -285,21 +322,45 @@ async def dispatch_overhead(n_jobs: int, window_ms: float) -> dict:
                                 acked[job.job_id] = t
 
                 rt.publish = timed_publish  # type: ignore[method-assign]
-                hb = sign(p.NodeHeartbeat(node_id="bench-node", node_key=node_key.public, payout_address="0x" + "1" * 40,
-                                          model_ids=[MODEL], device="cpu", memory_free=0, adapters_hot=[],
-                                          slots_total=10_000, slots_free=10_000, queue_depth=0, tokens_per_s=0,
-                                          at=time.time() + 3600), node_key)
+                hb = sign(
+                    p.NodeHeartbeat(
+                        node_id="bench-node",
+                        node_key=node_key.public,
+                        payout_address="0x" + "1" * 40,
+                        model_ids=[MODEL],
+                        device="cpu",
+                        memory_free=0,
+                        adapters_hot=[],
+                        slots_total=10_000,
+                        slots_free=10_000,
+                        queue_depth=0,
+                        tokens_per_s=0,
+                        at=time.time() + 3600,
+                    ),
+                    node_key,
+                )
                 kv = await rt.js.key_value(p.NODES_BUCKET)
                 await kv.put("bench-node", codec.encode(hb))
                 await sched.start()
                 await rt.mount(sched.routes())
                 js = rt.js
                 now = time.time()
-                for k in range(n_jobs):  # paced: one job every 2 ms, as a steady stream
-                    job = sign(p.JobRequest(job_id=p.new_job_id(), client_key=client.public,
-                                            client_address="0x" + "2" * 40, model_id=MODEL, adapter_id="",
-                                            prompt="hi", max_tokens=8, max_fee=1, created_at=now,
-                                            expires_at=now + 600), client)
+                for _k in range(n_jobs):  # paced: one job every 2 ms, as a steady stream
+                    job = sign(
+                        p.JobRequest(
+                            job_id=p.new_job_id(),
+                            client_key=client.public,
+                            client_address="0x" + "2" * 40,
+                            model_id=MODEL,
+                            adapter_id="",
+                            prompt="hi",
+                            max_tokens=8,
+                            max_fee=1,
+                            created_at=now,
+                            expires_at=now + 600,
+                        ),
+                        client,
+                    )
                     await js.publish(p.JOBS_SUBMIT.pattern, codec.encode(job), headers={"Nats-Msg-Id": job.job_id})
                     await asyncio.sleep(0.002)
                 deadline = time.monotonic() + 30
@@ -308,8 +369,11 @@ async def dispatch_overhead(n_jobs: int, window_ms: float) -> dict:
                 lat = sorted((acked[j] - fetched[j]) * 1000 for j in acked if j in fetched)
         finally:
             server.stop()
-    return {"jobs": len(lat), "p50_ms": statistics.median(lat) if lat else float("nan"),
-            "p90_ms": lat[int(0.9 * (len(lat) - 1))] if lat else float("nan")}
+    return {
+        "jobs": len(lat),
+        "p50_ms": statistics.median(lat) if lat else float("nan"),
+        "p90_ms": lat[int(0.9 * (len(lat) - 1))] if lat else float("nan"),
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -332,7 +396,9 @@ def main() -> None:
     ap.add_argument("--window-ms", type=float, default=20.0)
     ap.add_argument("--max-batch-jobs", type=int, default=64)
     ap.add_argument("--aging-s", type=float, default=1.0)
-    ap.add_argument("--cold-penalty", type=float, default=0.25, help="load fraction a hot node may exceed a cold one by")
+    ap.add_argument(
+        "--cold-penalty", type=float, default=0.25, help="load fraction a hot node may exceed a cold one by"
+    )
     ap.add_argument("--heartbeat-s", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
@@ -344,9 +410,14 @@ def main() -> None:
         for load in (0.5, 0.7):
             sub = argparse.Namespace(**{**vars(args), "adapter_slots": slots, "load": load})
             _, res = run_policies(sub, ["loranet", "round-robin"])
-            sweep.append({"adapter_slots": slots, "offered_load": load,
-                          "loads_per_1k": {k: v["adapter_loads_per_1k_jobs"] for k, v in res.items()},
-                          "p99_queue_ms": {k: v["p99_queue_ms"] for k, v in res.items()}})
+            sweep.append(
+                {
+                    "adapter_slots": slots,
+                    "offered_load": load,
+                    "loads_per_1k": {k: v["adapter_loads_per_1k_jobs"] for k, v in res.items()},
+                    "p99_queue_ms": {k: v["p99_queue_ms"] for k, v in res.items()},
+                }
+            )
 
     n_adm = 3_000 if args.quick else 10_000
     raw = signed_jobs(n_adm, args.adapters, args.clients, args.seed)
@@ -362,9 +433,18 @@ def main() -> None:
     overhead20 = asyncio.run(dispatch_overhead(n_disp, 20.0))
 
     result = {
-        "workload": {"jobs": args.jobs, "adapters": args.adapters, "zipf_s": args.zipf, "clients": args.clients,
-                     "nodes": args.nodes, "adapter_slots": args.adapter_slots, "load_ms": args.load_ms,
-                     "ms_per_token": args.ms_per_token, "offered_load": args.load, "arrival_rate_per_s": rate},
+        "workload": {
+            "jobs": args.jobs,
+            "adapters": args.adapters,
+            "zipf_s": args.zipf,
+            "clients": args.clients,
+            "nodes": args.nodes,
+            "adapter_slots": args.adapter_slots,
+            "load_ms": args.load_ms,
+            "ms_per_token": args.ms_per_token,
+            "offered_load": args.load,
+            "arrival_rate_per_s": rate,
+        },
         "admitted_jobs_per_s": admitted,
         "admitted_jobs_per_s_with_batch_encode": admitted_asm,
         "admitted_jobs_per_s_wall_clock": admitted_wall,
@@ -377,7 +457,8 @@ def main() -> None:
         "dispatch_overhead_ms_p90": overhead0["p90_ms"],
         "dispatch_latency_ms_p50_window_20ms": overhead20["p50_ms"],
         "dispatch_jobs_measured": overhead0["jobs"],
-        "loads_ratio_round_robin_over_loranet": sims["round-robin"]["adapter_loads"] / max(sims["loranet"]["adapter_loads"], 1),
+        "loads_ratio_round_robin_over_loranet": sims["round-robin"]["adapter_loads"]
+        / max(sims["loranet"]["adapter_loads"], 1),
         "loads_ratio_random_over_loranet": sims["random"]["adapter_loads"] / max(sims["loranet"]["adapter_loads"], 1),
         "plan_ms_per_tick": sims["loranet"]["plan_ms_per_tick"],
         "sweep": sweep,
@@ -387,35 +468,56 @@ def main() -> None:
         print(json.dumps(result, indent=1))
         return
     w = result["workload"]
-    print(f"{w['jobs']} jobs, {w['adapters']} adapters (zipf s={w['zipf_s']}), {w['clients']} clients, "
-          f"{w['nodes']} nodes x {w['adapter_slots']} adapter slots; load {w['load_ms']:.0f} ms/adapter, "
-          f"{w['ms_per_token']} ms/token; arrivals {w['arrival_rate_per_s']:.0f}/s ({w['offered_load']:.0%} of token capacity)")
+    print(
+        f"{w['jobs']} jobs, {w['adapters']} adapters (zipf s={w['zipf_s']}), {w['clients']} clients, "
+        f"{w['nodes']} nodes x {w['adapter_slots']} adapter slots; load {w['load_ms']:.0f} ms/adapter, "
+        f"{w['ms_per_token']} ms/token; arrivals {w['arrival_rate_per_s']:.0f}/s ({w['offered_load']:.0%} of "
+        "token capacity)"
+    )
     print()
     base = sims["loranet"]
-    print(f"{'policy':<12} {'loads/1k':>9} {'vs loranet':>10} {'p50 queue':>10} {'p99 queue':>10} {'p99 vs loranet':>14} "
-          f"{'util':>6} {'makespan':>9}")
+    print(
+        f"{'policy':<12} {'loads/1k':>9} {'vs loranet':>10} {'p50 queue':>10} {'p99 queue':>10} {'p99 vs loranet':>14} "
+        f"{'util':>6} {'makespan':>9}"
+    )
     for pol in policies:
         s = sims[pol]
-        print(f"{pol:<12} {s['adapter_loads_per_1k_jobs']:>9.1f} {s['adapter_loads'] / max(base['adapter_loads'], 1):>9.1f}x "
-              f"{s['p50_queue_ms']:>8.1f}ms {s['p99_queue_ms']:>8.1f}ms {s['p99_queue_ms'] / max(base['p99_queue_ms'], 1e-9):>13.1f}x "
-              f"{s['utilization']:>6.2f} {s['makespan_s']:>8.1f}s")
+        print(
+            f"{pol:<12} {s['adapter_loads_per_1k_jobs']:>9.1f} "
+            f"{s['adapter_loads'] / max(base['adapter_loads'], 1):>9.1f}x "
+            f"{s['p50_queue_ms']:>8.1f}ms {s['p99_queue_ms']:>8.1f}ms "
+            f"{s['p99_queue_ms'] / max(base['p99_queue_ms'], 1e-9):>13.1f}x "
+            f"{s['utilization']:>6.2f} {s['makespan_s']:>8.1f}s"
+        )
     print()
     print()
     print("sweep (loranet vs round-robin):")
-    print(f"{'slots':>5} {'load':>5} {'loads/1k lora':>13} {'loads/1k rr':>11} {'fewer loads':>11} {'p99 lora':>9} {'p99 rr':>9} {'p99 rr/lora':>11}")
+    print(
+        f"{'slots':>5} {'load':>5} {'loads/1k lora':>13} {'loads/1k rr':>11} {'fewer loads':>11} "
+        f"{'p99 lora':>9} {'p99 rr':>9} {'p99 rr/lora':>11}"
+    )
     for row in sweep:
         lo, rr = row["loads_per_1k"], row["p99_queue_ms"]
-        print(f"{row['adapter_slots']:>5} {row['offered_load']:>5.1f} {lo['loranet']:>13.1f} {lo['round-robin']:>11.1f} "
-              f"{lo['round-robin'] / max(lo['loranet'], 1e-9):>10.1f}x {rr['loranet']:>7.0f}ms {rr['round-robin']:>7.0f}ms "
-              f"{rr['round-robin'] / max(rr['loranet'], 1e-9):>10.2f}x")
+        print(
+            f"{row['adapter_slots']:>5} {row['offered_load']:>5.1f} {lo['loranet']:>13.1f} {lo['round-robin']:>11.1f} "
+            f"{lo['round-robin'] / max(lo['loranet'], 1e-9):>10.1f}x {rr['loranet']:>7.0f}ms "
+            f"{rr['round-robin']:>7.0f}ms "
+            f"{rr['round-robin'] / max(rr['loranet'], 1e-9):>10.2f}x"
+        )
     print()
-    print(f"admission, one core, in-process: {admitted:,.0f} jobs per CPU-second (decode + signature + timing + routing); "
-          f"{admitted_asm:,.0f} with work-batch assembly + encode  [target >= 5,000]; wall-clock {admitted_wall:,.0f} jobs/s "
-          f"(load average {result['load_average_1m']:.1f} on this machine)")
+    print(
+        f"admission, one core, in-process: {admitted:,.0f} jobs per CPU-second (decode + signature + timing + "
+        "routing); "
+        f"{admitted_asm:,.0f} with work-batch assembly + encode  [target >= 5,000]; wall-clock "
+        f"{admitted_wall:,.0f} jobs/s "
+        f"(load average {result['load_average_1m']:.1f} on this machine)"
+    )
     print(f"routing plan: {base['plan_ms_per_tick']:.2f} ms per 20 ms tick in the simulation")
-    print(f"dispatch overhead on loopback nats-server (handler entry -> work batch acked), {overhead0['jobs']} jobs: "
-          f"p50 {overhead0['p50_ms']:.2f} ms, p90 {overhead0['p90_ms']:.2f} ms with window 0 [target p50 <= 2 ms]; "
-          f"p50 {overhead20['p50_ms']:.2f} ms with the default 20 ms window")
+    print(
+        f"dispatch overhead on loopback nats-server (handler entry -> work batch acked), {overhead0['jobs']} jobs: "
+        f"p50 {overhead0['p50_ms']:.2f} ms, p90 {overhead0['p90_ms']:.2f} ms with window 0 [target p50 <= 2 ms]; "
+        f"p50 {overhead20['p50_ms']:.2f} ms with the default 20 ms window"
+    )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ One in-process chain (py-evm), one run, side by side:
                  reserved: its max fee was reserved at admission by
                  Settlement.reserve, whose gas is shown separately)
   naive push    one transaction per job that pushes 7 ERC-20 transfers
-                (services/settlement/contracts/bench/NaivePush.vy)
+                (bench/contracts/NaivePush.vy)
   7 transfers   7 separate ERC-20 transfer transactions per job
 
 Every job pays 7 recipients: node, developer, one verifier, three data
@@ -46,12 +46,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loranet import codec, protocol as p, topology  # noqa: E402
-from loranet_ops.servers import NatsServer, free_port  # noqa: E402
+from loranet import codec, topology  # noqa: E402
+from loranet import protocol as p
 from loranet.signing import Identity, sign  # noqa: E402
+from loranet_ops.servers import NatsServer, free_port  # noqa: E402
 from services.settlement.devchain import DevChain  # noqa: E402
-from services.settlement.transport import wait_for_rpc  # noqa: E402
 from services.settlement.packing import Reservation, SettleJob  # noqa: E402
+from services.settlement.transport import wait_for_rpc  # noqa: E402
 
 OPEN = 10**18
 N_CLIENTS, N_NODES, N_ADAPTERS, N_CONTRIBUTORS, N_VERIFIERS = 16, 8, 16, 32, 4
@@ -120,7 +121,12 @@ def warm_token_balances(chain: DevChain, pop: Population) -> None:
 
 
 def measure_naive(chain: DevChain, pop: Population, n_jobs: int) -> float:
-    naive = chain.deploy_contract("NaivePush", chain.token.address, chain.treasury(), key=chain.settler_key)
+    naive = chain.deploy_contract(
+        Path(__file__).resolve().parent / "contracts" / "NaivePush.vy",
+        chain.token.address,
+        chain.treasury(),
+        key=chain.settler_key,
+    )
     for client in pop.clients:
         chain.approve(client.key, naive.address, 10**4 * OPEN)
         chain.transact(client.key, naive.functions.deposit(10**4 * OPEN))
@@ -128,8 +134,15 @@ def measure_naive(chain: DevChain, pop: Population, n_jobs: int) -> float:
     for _ in range(n_jobs):
         job = pop.job()
         call = naive.functions.settle_job(
-            job.job_id, job.client, job.fee, job.max_fee, job.node, job.developer,
-            list(job.verifiers), [a for a, _ in job.contributors], [w for _, w in job.contributors],
+            job.job_id,
+            job.client,
+            job.fee,
+            job.max_fee,
+            job.node,
+            job.developer,
+            list(job.verifiers),
+            [a for a, _ in job.contributors],
+            [w for _, w in job.contributors],
         )
         total += chain.transact(chain.settler_key, call, "naive settle_job")["gasUsed"]
     return total / n_jobs
@@ -154,22 +167,58 @@ def _verdicts(pop: Population, n: int, adapter_ids: list[str]) -> list[bytes]:
     for _ in range(n):
         k = pop.rng.randrange(len(adapter_ids))
         now = time.time()
-        request = sign(p.JobRequest(
-            job_id=p.new_job_id(), client_key=_CLIENT.public, client_address=pop.rng.choice(pop.clients).address,
-            model_id="a" * 64, adapter_id=adapter_ids[k], prompt="hello", max_tokens=64, max_fee=2 * OPEN,
-            created_at=now, expires_at=now + 600), _CLIENT)
-        result = sign(p.InferenceResult(
-            job_id=request.job_id, node_id="node-0", node_key=_NODE.public, node_address=pop.rng.choice(pop.nodes),
-            node_seq=1, request=request, request_hash=request.request_hash(),
-            model_id=request.model_id, adapter_id=request.adapter_id, tokenizer_id="c" * 64,
-            prompt_tokens=list(range(256, 288)), output_tokens=list(range(300, 364)), output_text="x" * 64,
-            finish_reason="eos", fingerprint=p.Fingerprint(chunks=[b"\x01" * 40] * 3), started_at=now,
-            finished_at=now), _NODE)
-        verdict = sign(p.Verdict(
-            job_id=request.job_id, verifier_id="verifier-0", verifier_key=_VERIFIER.public,
-            verifier_address=pop.rng.choice(pop.verifiers), result_hash=result.result_hash(),
-            accepted=True, audited=True, checks=[p.Check(name="fingerprint", ok=True)], result=result,
-            decided_at=now), _VERIFIER)
+        request = sign(
+            p.JobRequest(
+                job_id=p.new_job_id(),
+                client_key=_CLIENT.public,
+                client_address=pop.rng.choice(pop.clients).address,
+                model_id="a" * 64,
+                adapter_id=adapter_ids[k],
+                prompt="hello",
+                max_tokens=64,
+                max_fee=2 * OPEN,
+                created_at=now,
+                expires_at=now + 600,
+            ),
+            _CLIENT,
+        )
+        result = sign(
+            p.InferenceResult(
+                job_id=request.job_id,
+                node_id="node-0",
+                node_key=_NODE.public,
+                node_address=pop.rng.choice(pop.nodes),
+                node_seq=1,
+                request=request,
+                request_hash=request.request_hash(),
+                model_id=request.model_id,
+                adapter_id=request.adapter_id,
+                tokenizer_id="c" * 64,
+                prompt_tokens=list(range(256, 288)),
+                output_tokens=list(range(300, 364)),
+                output_text="x" * 64,
+                finish_reason="eos",
+                fingerprint=p.Fingerprint(chunks=[b"\x01" * 40] * 3),
+                started_at=now,
+                finished_at=now,
+            ),
+            _NODE,
+        )
+        verdict = sign(
+            p.Verdict(
+                job_id=request.job_id,
+                verifier_id="verifier-0",
+                verifier_key=_VERIFIER.public,
+                verifier_address=pop.rng.choice(pop.verifiers),
+                result_hash=result.result_hash(),
+                accepted=True,
+                audited=True,
+                checks=[p.Check(name="fingerprint", ok=True)],
+                result=result,
+                decided_at=now,
+            ),
+            _VERIFIER,
+        )
         out.append(codec.encode(verdict))
     return out
 
@@ -179,16 +228,24 @@ def _manifests(pop: Population) -> dict[str, bytes]:
     for i, (developer, contributors) in enumerate(pop.adapters):
         adapter_id = f"{i + 1:064x}"
         manifest = p.AdapterManifest(
-            adapter_id=adapter_id, name=f"bench-{i}", base_model_id="a" * 64, owner_address=developer,
-            contributors=[p.Contributor(contributor_id=f"c{k}", address=a, weight_bps=w)
-                          for k, (a, w) in enumerate(zip(contributors, (3333, 3333, 3334)))],
-            rank=8, target_modules=["q_proj"])
+            adapter_id=adapter_id,
+            name=f"bench-{i}",
+            base_model_id="a" * 64,
+            owner_address=developer,
+            contributors=[
+                p.Contributor(contributor_id=f"c{k}", address=a, weight_bps=w)
+                for k, (a, w) in enumerate(zip(contributors, (3333, 3333, 3334)))
+            ],
+            rank=8,
+            target_modules=["q_proj"],
+        )
         out[adapter_id] = codec.encode(manifest)
     return out
 
 
-async def _through_service(nats_url: str, verdicts: list[bytes], manifests: dict[str, bytes],
-                           warmup: list[bytes]) -> float:
+async def _through_service(
+    nats_url: str, verdicts: list[bytes], manifests: dict[str, bytes], warmup: list[bytes]
+) -> float:
     import nats
 
     nc = await nats.connect(nats_url)
@@ -216,8 +273,9 @@ async def _through_service(nats_url: str, verdicts: list[bytes], manifests: dict
         wanted[0] = len(seen) + len(batch)
         t0 = time.perf_counter()
         for start in range(0, len(batch), 256):
-            await asyncio.gather(*(js.publish(p.verdicts(codec.decode(p.Verdict, v).job_id), v)
-                                   for v in batch[start:start + 256]))
+            await asyncio.gather(
+                *(js.publish(p.verdicts(codec.decode(p.Verdict, v).job_id), v) for v in batch[start : start + 256])
+            )
         await asyncio.wait_for(target.wait(), timeout=600)
         return time.perf_counter() - t0
 
@@ -240,20 +298,37 @@ def measure_service(n_jobs: int, epoch_sizes: list[int], rounds: int = 1) -> dic
             rpc_url = f"http://127.0.0.1:{port}"
             env = dict(os.environ, LORANET_CHAIN_PORT=str(port))
             log = open(Path(tmp) / "chain.log", "wb")
-            procs.append(subprocess.Popen([sys.executable, "-m", "loranet_ops.chain_node"], env=env, cwd=ROOT,
-                                          stdout=log, stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "loranet_ops.chain_node"],
+                    env=env,
+                    cwd=ROOT,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
             wait_for_rpc(rpc_url, timeout_s=120)
             chain = DevChain.open(rpc_url)
             pop = Population(chain)
             manifests = _manifests(pop)
             adapter_ids = list(manifests)
             for size in [n for _ in range(rounds) for n in epoch_sizes]:
-                env = dict(os.environ, LORANET_NATS_URL=nats_server.url, LORANET_RPC_URL=rpc_url,
-                           LORANET_EPOCH_MAX_JOBS=str(size), LORANET_EPOCH_MAX_S="0.5",
-                           LORANET_INSTANCE=f"settlement-bench-{size}")
+                env = dict(
+                    os.environ,
+                    LORANET_NATS_URL=nats_server.url,
+                    LORANET_RPC_URL=rpc_url,
+                    LORANET_EPOCH_MAX_JOBS=str(size),
+                    LORANET_EPOCH_MAX_S="0.5",
+                    LORANET_INSTANCE=f"settlement-bench-{size}",
+                )
                 log = open(Path(tmp) / f"settlement-{size}.log", "wb")
-                settlement = subprocess.Popen([sys.executable, "-m", "services.settlement"], env=env, cwd=ROOT,
-                                              stdout=log, stderr=subprocess.STDOUT)
+                settlement = subprocess.Popen(
+                    [sys.executable, "-m", "services.settlement"],
+                    env=env,
+                    cwd=ROOT,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
                 procs.append(settlement)
                 verdicts = _verdicts(pop, n_jobs, adapter_ids)
                 warmup = _verdicts(pop, size, adapter_ids)
@@ -279,8 +354,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=0, help="jobs per service measurement (default 2048, quick 1024)")
     parser.add_argument("--epoch-sizes", default="64,256", help="epoch sizes for the service measurement")
     parser.add_argument("--service-only", action="store_true", help="only settled_jobs_per_s through the service")
-    parser.add_argument("--rounds", type=int, default=0, help="service rounds per epoch size, best kept "
-                        "(default 2, quick 1)")
+    parser.add_argument(
+        "--rounds", type=int, default=0, help="service rounds per epoch size, best kept (default 2, quick 1)"
+    )
     args = parser.parse_args()
     n_jobs = args.jobs or (1024 if args.quick else 2048)
     sizes = [int(x) for x in args.epoch_sizes.split(",")]
@@ -318,11 +394,14 @@ def main() -> None:
         rows.append((f"  + reserve {n:3d} jobs at admission", result[f"reserve_gas_per_job_batch{n}"]))
     for name, gas in rows:
         print(f"{name:38} {gas:10.0f} {naive / gas:13.2f}x {transfers / gas:14.2f}x")
-    print(f"raw settle_batch throughput on this in-process chain: {result['chain_jobs_per_s']:.0f} jobs/s "
-          f"(256-job batch)")
+    print(
+        f"raw settle_batch throughput on this in-process chain: {result['chain_jobs_per_s']:.0f} jobs/s (256-job batch)"
+    )
     service = ", ".join(f"{result[f'settled_jobs_per_s_epoch{n}']:.0f} jobs/s at {n}-job epochs" for n in sizes)
-    print(f"through the service (verdicts on NATS -> receipts; nats-server, chain process, settlement "
-          f"process; {n_jobs} jobs): {service}; elapsed {result['elapsed_s']} s")
+    print(
+        f"through the service (verdicts on NATS -> receipts; nats-server, chain process, settlement "
+        f"process; {n_jobs} jobs): {service}; elapsed {result['elapsed_s']} s"
+    )
 
 
 if __name__ == "__main__":

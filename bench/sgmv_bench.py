@@ -36,9 +36,16 @@ def build_model(layers: int, vocab: int, device, dtype):
     import transformers
 
     cfg = transformers.LlamaConfig(
-        vocab_size=vocab, hidden_size=2048, intermediate_size=5632, num_hidden_layers=layers,
-        num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        vocab_size=vocab,
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=layers,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     torch.manual_seed(0)
     with torch.device(device):
@@ -59,6 +66,7 @@ def build_peft(base, n_adapters: int):
 
 def build_sgmv(base, peft_model, n_adapters: int, backend):
     import peft
+
     import sgmv
 
     model = copy.deepcopy(base)
@@ -95,8 +103,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--layers", type=int, default=None, help="decoder layers (default: 1 quick, 2 full; 4 on CUDA)")
     ap.add_argument("--vocab", type=int, default=320)
     ap.add_argument("--reps", type=int, default=None)
-    ap.add_argument("--backend", choices=["torch", "triton"], default=None,
-                    help="sgmv backend (default: triton on CUDA, torch on CPU)")
+    ap.add_argument(
+        "--backend",
+        choices=["torch", "triton"],
+        default=None,
+        help="sgmv backend (default: triton on CUDA, torch on CPU)",
+    )
     args = ap.parse_args(argv)
 
     import sgmv
@@ -118,8 +130,10 @@ def main(argv=None) -> dict:
     base = build_model(layers, args.vocab, device, dtype)
     peft_model = build_peft(copy.deepcopy(base), n_max)
     ours, bank = build_sgmv(base, peft_model, n_max, args.backend)
-    log(f"device={device} dtype={dtype} backend={backend} layers={layers} vocab={args.vocab} "
-        f"threads={torch.get_num_threads()} setup={time.perf_counter() - t_start:.1f}s")
+    log(
+        f"device={device} dtype={dtype} backend={backend} layers={layers} vocab={args.vocab} "
+        f"threads={torch.get_num_threads()} setup={time.perf_counter() - t_start:.1f}s"
+    )
 
     shapes = {"decode": (64, 1), "prefill": (8, 128)}
     results: dict[str, dict[str, float]] = {}
@@ -137,6 +151,7 @@ def main(argv=None) -> dict:
             def f():
                 with sgmv.lora_context(ours, slots):
                     ours(input_ids=ids, logits_to_keep=keep)
+
             return f
 
         def run_peft_mixed(n):
@@ -156,6 +171,7 @@ def main(argv=None) -> dict:
                 for slot, rows in groups.items():
                     with sgmv.lora_context(ours, [slot] * len(rows)):
                         ours(input_ids=ids[rows], logits_to_keep=keep)
+
             return f
 
         variants = {"base": run_base, "single": run_ours([0] * batch)}
@@ -175,7 +191,8 @@ def main(argv=None) -> dict:
     # Bytes a decode step must read: every base weight (embedding rows aside) + the adapters in use.
     base_bytes = sum(p.numel() * p.element_size() for n, p in base.named_parameters() if "embed_tokens" not in n)
     adapter_bytes = sum(
-        (p.spec.in_features * RANK * p.num_slices + RANK * p.out_features) * bank.projections[name].lora_a.element_size()
+        (p.spec.in_features * RANK * p.num_slices + RANK * p.out_features)
+        * bank.projections[name].lora_a.element_size()
         for name, p in bank.projections.items()
     )
     floor = (base_bytes + 64 * adapter_bytes) / (base_bytes + adapter_bytes)
@@ -191,7 +208,8 @@ def main(argv=None) -> dict:
         "prefill_speedup_vs_peft_mixed32": round(p["peft_mixed32"] / p["mixed32"], 4),
         "decode_speedup_vs_loop32": round(d["loop32"] / d["mixed32"], 4),
         "peft_decode_mixed32_over_base": round(d["peft_mixed32"] / d["base"], 4),
-        "device": f"{device.type}:{torch.cuda.get_device_name() if cuda else 'cpu'} ({torch.get_num_threads()} threads)",
+        "device": f"{device.type}:{torch.cuda.get_device_name() if cuda else 'cpu'} ({torch.get_num_threads()} "
+        "threads)",
         "backend": backend,
         "dtype": str(dtype).replace("torch.", ""),
         "layers": layers,

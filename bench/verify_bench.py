@@ -40,8 +40,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "verifier"))
 
 import torch  # noqa: E402
+from attacks import ATTACKS, build_kit, judge_once, local_verifier, random_job, run_attack  # noqa: E402
+from verifier_nodes import PROMPTS, Client, Generated, HonestNode  # noqa: E402
 
-from loranet import protocol as p, thresholds  # noqa: E402
+from loranet import protocol as p  # noqa: E402
+from loranet import thresholds
 from loranet.fingerprint import CHUNK_TOKENS, chunk_spans, compare_chunk, fingerprint_chunks  # noqa: E402
 from loranet.model import build_base_checkpoint, ensure_tiny_model  # noqa: E402
 from loranet.model.adapters import build_demo_adapters  # noqa: E402
@@ -49,9 +52,6 @@ from loranet.model.generate import ReferenceModel  # noqa: E402
 from loranet.sampling import GREEDY  # noqa: E402
 from services.verifier import domain  # noqa: E402
 from services.verifier.engine import AuditEngine, prefill_batch  # noqa: E402
-
-from attacks import ATTACKS, build_kit, judge_once, local_verifier, random_job, run_attack  # noqa: E402
-from verifier_nodes import PROMPTS, Client, Generated, HonestNode  # noqa: E402
 
 
 def log(*a) -> None:
@@ -62,9 +62,9 @@ class Setup:
     def __init__(self, cache: Path, model: str = "tiny") -> None:
         other = cache / "other"
         if model == "smollm2":
-            from loranet_ops.demo import TRAINED_DIR
             from loranet.model.catalog import resolve_model
             from loranet.model.content import adapter_content_id
+            from loranet_ops.demo import TRAINED_DIR
             from tests.realmodel.test_attacks_real import ADAPTERS, truncated_copy
 
             m = resolve_model("smollm2-135m-instruct")
@@ -73,8 +73,9 @@ class Setup:
             truncated_copy(m.path, other, 8)
         else:
             self.base_path, self.model_id = ensure_tiny_model(str(cache))
-            self.adapters = build_demo_adapters(self.base_path, 3, seed=0, out_dir=cache / "demo",
-                                                expected_model_id=self.model_id)
+            self.adapters = build_demo_adapters(
+                self.base_path, 3, seed=0, out_dir=cache / "demo", expected_model_id=self.model_id
+            )
             build_base_checkpoint(other, seed=1)
         self.cache = cache
         self.engine = AuditEngine(str(self.base_path), self.model_id, "cpu", str(cache), 8)
@@ -86,7 +87,9 @@ class Setup:
             self.node_model.add_adapter(name, path, aid)
         self.client = Client()
         self.node = HonestNode("node-bench", self.node_model, {aid: name for name, _, aid in self.adapters})
-        self.kit = build_kit(self.node, self.client, self.model_id, self.adapters, str(other), str(self.base_path), seed=7)
+        self.kit = build_kit(
+            self.node, self.client, self.model_id, self.adapters, str(other), str(self.base_path), seed=7
+        )
         self.verifier = local_verifier(self.engine, [self.node])
 
 
@@ -139,17 +142,27 @@ def timings(s: Setup, lengths: list[int], reps: int) -> dict:
             assert all(c.ok for c in checks)
         batch = [fixed_length_result(s, n, adapter_id)[0] for _ in range(8)]
         t0 = time.perf_counter()
-        pairs = s.engine.prefill_many([[*r.prompt_tokens, *r.output_tokens] for r in batch], adapter_id, s.tok.pad_token_id)
+        pairs = s.engine.prefill_many(
+            [[*r.prompt_tokens, *r.output_tokens] for r in batch], adapter_id, s.tok.pad_token_id
+        )
         oks = [all(c.ok for c in domain.audit_checks(r, h, lg)) for r, (h, lg) in zip(batch, pairs)]
         batched.append((time.perf_counter() - t0) / len(batch))
         assert all(oks)
         g, a = statistics.median(gens), statistics.median(audits)
-        out[n] = {"generate_s": g, "cheap_s": statistics.median(cheap), "audit_s": a,
-                  "audit_batched_s": statistics.median(batched), "audit_over_generate": a / g,
-                  "audit_batched_over_generate": statistics.median(batched) / g}
-        log(f"  {n:4d} tokens: generate {g * 1e3:8.1f} ms | cheap {out[n]['cheap_s'] * 1e3:6.2f} ms | "
-            f"audit {a * 1e3:7.1f} ms (1/{g / a:5.1f}) | batched audit {out[n]['audit_batched_s'] * 1e3:7.1f} ms/result "
-            f"(1/{g / out[n]['audit_batched_s']:5.1f})")
+        out[n] = {
+            "generate_s": g,
+            "cheap_s": statistics.median(cheap),
+            "audit_s": a,
+            "audit_batched_s": statistics.median(batched),
+            "audit_over_generate": a / g,
+            "audit_batched_over_generate": statistics.median(batched) / g,
+        }
+        log(
+            f"  {n:4d} tokens: generate {g * 1e3:8.1f} ms | cheap {out[n]['cheap_s'] * 1e3:6.2f} ms | "
+            f"audit {a * 1e3:7.1f} ms (1/{g / a:5.1f}) | batched audit {out[n]['audit_batched_s'] * 1e3:7.1f} "
+            "ms/result "
+            f"(1/{g / out[n]['audit_batched_s']:5.1f})"
+        )
     return out
 
 
@@ -205,8 +218,12 @@ def window_overlaps(result: p.InferenceResult, hidden: torch.Tensor) -> list[flo
     out = []
     for w in WINDOWS:
         try:
-            out.append(min(compare_chunk(c, hidden[a:b], match_rel=w).index_overlap
-                           for c, (a, b) in zip(result.fingerprint.chunks, spans)))
+            out.append(
+                min(
+                    compare_chunk(c, hidden[a:b], match_rel=w).index_overlap
+                    for c, (a, b) in zip(result.fingerprint.chunks, spans)
+                )
+            )
         except ValueError:
             out.append(0.0)
     return out
@@ -216,7 +233,9 @@ def calibrate(s: Setup, per_variant: int) -> dict:
     node_variants = [(t, a) for t in (1, 2) for a in ("eager", "sdpa")]
     verifier_variants = ["single", "padded_batch", "merged_lora", "threads_2", "sdpa"]
     merged_cache: dict = {}
-    worst = {v: [1.0, 0.0, 0.0, float("inf"), 0, 0] for v in verifier_variants}  # overlap, mean, max, margin, n, rejected
+    worst = {
+        v: [1.0, 0.0, 0.0, float("inf"), 0, 0] for v in verifier_variants
+    }  # overlap, mean, max, margin, n, rejected
     honest_win = [1.0] * len(WINDOWS)
     raw: dict[str, float] = {}
     for threads, attn in node_variants:
@@ -227,14 +246,15 @@ def calibrate(s: Setup, per_variant: int) -> dict:
         _set_attn(s.node_model, "eager")
         for r in results:
             ids = [*r.prompt_tokens, *r.output_tokens]
-            name = s.node.adapter_names.get(r.adapter_id)
+            s.node.adapter_names.get(r.adapter_id)
             for v in verifier_variants:
                 if v == "single":
                     h, lg = s.engine.prefill(ids, r.adapter_id)
                 elif v == "padded_batch":
                     others = [s.tok.encode(random_job(s.kit).prompt) * 2 for _ in range(3)]
-                    h, lg = prefill_batch(s.engine.model, [ids, *others], s.engine._loaded.get(r.adapter_id),
-                                          s.tok.pad_token_id)[0]
+                    h, lg = prefill_batch(
+                        s.engine.model, [ids, *others], s.engine._loaded.get(r.adapter_id), s.tok.pad_token_id
+                    )[0]
                 elif v == "merged_lora":
                     if not r.adapter_id:
                         h, lg = s.engine.prefill(ids, "")
@@ -259,14 +279,30 @@ def calibrate(s: Setup, per_variant: int) -> dict:
                 w[4] += 1
                 w[5] += int(not all(c.ok for c in domain.audit_checks(r, h, lg)))
     for v, w in worst.items():
-        log(f"  honest vs verifier[{v:12s}]: n={w[4]:4d} rejected={w[5]} min overlap {w[0]:.3f} "
+        log(
+            f"  honest vs verifier[{v:12s}]: n={w[4]:4d} rejected={w[5]} min overlap {w[0]:.3f} "
             f"max mean excess {w[1]:.2e} max excess {w[2]:.2e} (max |error|/hi {raw.get(v, 0.0):.2e}) "
-            f"min replay margin {w[3]:+.3e}")
-    log("  honest worst-chunk overlap per candidate FP_MATCH_REL (all variations): "
-        + "  ".join(f"{w:g}: {o:.3f}" for w, o in zip(WINDOWS, honest_win)))
-    return {**{v: {"n": w[4], "rejected": w[5], "min_overlap": w[0], "max_mean_excess": w[1], "max_excess": w[2],
-                      "max_abs_err_over_hi": raw.get(v, 0.0), "min_replay_margin": w[3]} for v, w in worst.items()},
-            "honest_window_overlap_min": dict(zip(map(str, WINDOWS), honest_win))}
+            f"min replay margin {w[3]:+.3e}"
+        )
+    log(
+        "  honest worst-chunk overlap per candidate FP_MATCH_REL (all variations): "
+        + "  ".join(f"{w:g}: {o:.3f}" for w, o in zip(WINDOWS, honest_win))
+    )
+    return {
+        **{
+            v: {
+                "n": w[4],
+                "rejected": w[5],
+                "min_overlap": w[0],
+                "max_mean_excess": w[1],
+                "max_excess": w[2],
+                "max_abs_err_over_hi": raw.get(v, 0.0),
+                "min_replay_margin": w[3],
+            }
+            for v, w in worst.items()
+        },
+        "honest_window_overlap_min": dict(zip(map(str, WINDOWS), honest_win)),
+    }
 
 
 def calibrate_engine(s: Setup, n_jobs: int) -> dict:
@@ -276,27 +312,43 @@ def calibrate_engine(s: Setup, n_jobs: int) -> dict:
     alone: each job by itself; batched: the jobs together with 16 filler jobs over the adapters (other
     batch composition, other padding of the LoRA bmm); threads_1 / threads_2: torch CPU threads;
     bf16: a node running bfloat16 weights (the verifier must reject it: it is lower_precision_bf16)."""
-    from services.inference.engine import Engine, EngineConfig, GenRequest
-    from services.inference.domain import sampler_params
-    from loranet.model.adapters import adapter_to_blobs
     from verifier_nodes import Generated as NodeGen
+
+    from loranet.model.adapters import adapter_to_blobs
+    from services.inference.domain import sampler_params
+    from services.inference.engine import Engine, EngineConfig, GenRequest
 
     jobs = [random_job(s.kit, max_tokens=s.kit.rng.randint(8, 48)) for _ in range(n_jobs)]
     fillers = [random_job(s.kit, max_tokens=24) for _ in range(16)]
-    variants = {"alone_threads_2": ("float32", 2, False), "batched_threads_2": ("float32", 2, True),
-                "batched_threads_1": ("float32", 1, True), "alone_threads_1": ("float32", 1, False),
-                "batched_bf16": ("bfloat16", 2, True)}
+    variants = {
+        "alone_threads_2": ("float32", 2, False),
+        "batched_threads_2": ("float32", 2, True),
+        "batched_threads_1": ("float32", 1, True),
+        "alone_threads_1": ("float32", 1, False),
+        "batched_bf16": ("bfloat16", 2, True),
+    }
     out = {}
     for name, (dtype, threads, batched) in variants.items():
         torch.set_num_threads(threads)
-        eng = Engine(str(s.base_path), s.model_id, "cpu", str(s.cache / f"engine-{name}"),
-                     config=EngineConfig(adapter_slots=4, max_running=32, kv_blocks=256, dtype=dtype))
+        eng = Engine(
+            str(s.base_path),
+            s.model_id,
+            "cpu",
+            str(s.cache / f"engine-{name}"),
+            config=EngineConfig(adapter_slots=4, max_running=32, kv_blocks=256, dtype=dtype),
+        )
         for _, path, aid in s.adapters:
             eng.install_adapter(aid, *adapter_to_blobs(path))
 
         def req(j, tag):
-            return GenRequest(f"{tag}{j.job_id}", s.tok.encode(j.prompt), j.adapter_id, j.max_tokens,
-                              sampler_params(j), j.sampling.seed)
+            return GenRequest(
+                f"{tag}{j.job_id}",
+                s.tok.encode(j.prompt),
+                j.adapter_id,
+                j.max_tokens,
+                sampler_params(j),
+                j.sampling.seed,
+            )
 
         if batched:
             futs = [eng.submit(req(j, "")) for j in jobs] + [eng.submit(req(j, "f")) for j in fillers]
@@ -318,11 +370,20 @@ def calibrate_engine(s: Setup, n_jobs: int) -> dict:
             bad = [c.name for c in domain.audit_checks(r, h, lg) if not c.ok]
             rejected += bool(bad)
             failed.update(bad)
-        out[name] = {"n": len(jobs), "rejected": rejected, "failed_checks": sorted(failed), "min_overlap": worst[0],
-                     "max_mean_excess": worst[1], "max_excess": worst[2], "min_replay_margin": worst[3]}
-        log(f"  engine[{name:18s}] vs verifier[single]: n={len(jobs)} rejected={rejected} {sorted(failed)} "
+        out[name] = {
+            "n": len(jobs),
+            "rejected": rejected,
+            "failed_checks": sorted(failed),
+            "min_overlap": worst[0],
+            "max_mean_excess": worst[1],
+            "max_excess": worst[2],
+            "min_replay_margin": worst[3],
+        }
+        log(
+            f"  engine[{name:18s}] vs verifier[single]: n={len(jobs)} rejected={rejected} {sorted(failed)} "
             f"min overlap {worst[0]:.3f} max mean excess {worst[1]:.2e} max excess {worst[2]:.2e} "
-            f"min replay margin {worst[3]:+.3e}")
+            f"min replay margin {worst[3]:+.3e}"
+        )
     return out
 
 
@@ -341,9 +402,14 @@ def attack_closeness(s: Setup, name: str, trials: int) -> dict:
             continue
         best = [max(best[0], ov), min(best[1], mx), min(best[2], xx), max(best[3], mg)]
         win_lo, win_hi = [min(a, b) for a, b in zip(win_lo, wo)], [max(a, b) for a, b in zip(win_hi, wo)]
-    return {"max_overlap": best[0], "min_mean_excess": best[1], "min_max_excess": best[2], "max_min_margin": best[3],
-            "window_overlap_min": dict(zip(map(str, WINDOWS), win_lo)),
-            "window_overlap_max": dict(zip(map(str, WINDOWS), win_hi))}
+    return {
+        "max_overlap": best[0],
+        "min_mean_excess": best[1],
+        "min_max_excess": best[2],
+        "max_min_margin": best[3],
+        "window_overlap_min": dict(zip(map(str, WINDOWS), win_lo)),
+        "window_overlap_max": dict(zip(map(str, WINDOWS), win_hi)),
+    }
 
 
 CLOSEST = ("adapter_scaled_0.5", "lower_precision_bf16", "wrong_adapter", "no_adapter", "wrong_base_model")
@@ -351,12 +417,18 @@ CLOSEST = ("adapter_scaled_0.5", "lower_precision_bf16", "wrong_adapter", "no_ad
 
 def print_closeness(closeness: dict) -> None:
     for n, c in closeness.items():
-        log(f"  closest {n:28s} overlap {c['max_overlap']:.3f} mean excess {c['min_mean_excess']:.2e} "
-            f"max excess {c['min_max_excess']:.2e}")
+        log(
+            f"  closest {n:28s} overlap {c['max_overlap']:.3f} mean excess {c['min_mean_excess']:.2e} "
+            f"max excess {c['min_max_excess']:.2e}"
+        )
     log("  worst-chunk overlap per candidate FP_MATCH_REL, min..max over trials:")
     for n, c in closeness.items():
-        log(f"    {n:28s} " + "  ".join(f"{w:g}: {c['window_overlap_min'][str(w)]:.3f}..{c['window_overlap_max'][str(w)]:.3f}"
-                                        for w in WINDOWS))
+        log(
+            f"    {n:28s} "
+            + "  ".join(
+                f"{w:g}: {c['window_overlap_min'][str(w)]:.3f}..{c['window_overlap_max'][str(w)]:.3f}" for w in WINDOWS
+            )
+        )
 
 
 def calibrate_only(per_variant: int, attack_trials: int, as_json: bool, model: str = "tiny") -> None:
@@ -371,9 +443,11 @@ def calibrate_only(per_variant: int, attack_trials: int, as_json: bool, model: s
         log(f"closest attacks ({attack_trials} trials each):")
         closeness = {n: attack_closeness(s, n, attack_trials) for n in CLOSEST}
         print_closeness(closeness)
-    log(f"thresholds now: match window {thresholds.FP_MATCH_REL} x hi, overlap >= {thresholds.FP_MIN_INDEX_OVERLAP}, "
+    log(
+        f"thresholds now: match window {thresholds.FP_MATCH_REL} x hi, overlap >= {thresholds.FP_MIN_INDEX_OVERLAP}, "
         f"mean excess <= {thresholds.FP_MAX_MEAN_EXCESS_REL}, max excess <= {thresholds.FP_MAX_EXCESS_REL}; "
-        f"{time.perf_counter() - t0:.0f}s")
+        f"{time.perf_counter() - t0:.0f}s"
+    )
     if as_json:
         print(json.dumps({"calibration": cal, "attack_closeness": closeness}, indent=2, default=float))
 
@@ -386,10 +460,17 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--full", action="store_true")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--calibrate", action="store_true",
-                    help="only the threshold calibration: honest variations and the closest attacks (no timings, no suite)")
-    ap.add_argument("--model", choices=["tiny", "smollm2"], default="tiny",
-                    help="tiny: the seeded test model; smollm2: SmolLM2-135M-Instruct with two trained adapters")
+    ap.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="only the threshold calibration: honest variations and the closest attacks (no timings, no suite)",
+    )
+    ap.add_argument(
+        "--model",
+        choices=["tiny", "smollm2"],
+        default="tiny",
+        help="tiny: the seeded test model; smollm2: SmolLM2-135M-Instruct with two trained adapters",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     trials, honest_n, reps, calib, lengths = (20, 100, 3, 6, [32, 128, 512])
@@ -399,8 +480,12 @@ def main() -> None:
         trials, honest_n, reps, calib = 300, 1000, 5, 50
     started = time.perf_counter()
     if args.calibrate:
-        calibrate_only(calib if args.quick or args.full else 10, 3 if args.quick else (50 if args.full else 20), args.json,
-                       args.model)
+        calibrate_only(
+            calib if args.quick or args.full else 10,
+            3 if args.quick else (50 if args.full else 20),
+            args.json,
+            args.model,
+        )
         return
     with tempfile.TemporaryDirectory(prefix="verify-bench-") as tmp:
         s = Setup(Path(tmp), args.model)
@@ -410,8 +495,11 @@ def main() -> None:
         log(f"  cheap checks: {rate:,.0f} results/s (128-token results, one core)")
         log("calibration (honest jobs under node and verifier variations):")
         cal = calibrate(s, calib)
-        log(f"thresholds: overlap >= {thresholds.FP_MIN_INDEX_OVERLAP}, mean excess <= {thresholds.FP_MAX_MEAN_EXCESS_REL}, "
-            f"max excess <= {thresholds.FP_MAX_EXCESS_REL}, replay margin >= -{thresholds.REPLAY_MARGIN}")
+        log(
+            f"thresholds: overlap >= {thresholds.FP_MIN_INDEX_OVERLAP}, mean excess <= "
+            f"{thresholds.FP_MAX_MEAN_EXCESS_REL}, "
+            f"max excess <= {thresholds.FP_MAX_EXCESS_REL}, replay margin >= -{thresholds.REPLAY_MARGIN}"
+        )
         log(f"honest jobs ({honest_n}) and attacks ({trials} trials each):")
         false_pos = 0
         for _ in range(honest_n):
@@ -439,16 +527,25 @@ def main() -> None:
         "attacks": table,
         "calibration": cal,
         "attack_closeness": closeness,
-        "targets": {"audit_over_generate_128_le": 0.1, "audit_over_generate_512_le": 0.04, "cheap_checks_per_s_ge": 2000},
+        "targets": {
+            "audit_over_generate_128_le": 0.1,
+            "audit_over_generate_512_le": 0.04,
+            "cheap_checks_per_s_ge": 2000,
+        },
         "elapsed_s": time.perf_counter() - started,
     }
     if args.json:
         print(json.dumps(report, indent=2, default=float))
     else:
-        print(f"audit/generate: 32 tok {report['audit_over_generate_32']:.3f}, 128 tok {report['audit_over_generate_128']:.3f} "
-              f"(target <= 0.100), 512 tok {report['audit_over_generate_512']:.3f} (target <= 0.040)")
-        print(f"cheap checks: {rate:,.0f}/s (target >= 2,000); false positives {false_pos}/{honest_n}; "
-              f"attacks detected {report['attacks_detected']}/{report['attacks_total']}; {report['elapsed_s']:.0f}s")
+        print(
+            f"audit/generate: 32 tok {report['audit_over_generate_32']:.3f}, 128 tok "
+            f"{report['audit_over_generate_128']:.3f} "
+            f"(target <= 0.100), 512 tok {report['audit_over_generate_512']:.3f} (target <= 0.040)"
+        )
+        print(
+            f"cheap checks: {rate:,.0f}/s (target >= 2,000); false positives {false_pos}/{honest_n}; "
+            f"attacks detected {report['attacks_detected']}/{report['attacks_total']}; {report['elapsed_s']:.0f}s"
+        )
 
 
 if __name__ == "__main__":

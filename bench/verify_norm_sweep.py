@@ -35,8 +35,16 @@ from services.inference.domain import build_result  # noqa: E402
 from services.verifier.domain import audit_checks  # noqa: E402
 from tests import factories  # noqa: E402
 
-PROMPTS = ["The quick brown fox", "Verification by one prefill", "Adapters over one base model", "Hello, loranet!",
-           "Settlement in OPEN tokens", "Multi-LoRA serving", "A node claims one adapter", "and runs another"]
+PROMPTS = [
+    "The quick brown fox",
+    "Verification by one prefill",
+    "Adapters over one base model",
+    "Hello, loranet!",
+    "Settlement in OPEN tokens",
+    "Multi-LoRA serving",
+    "A node claims one adapter",
+    "and runs another",
+]
 SCALES = [1.0, 0.5, 0.25, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001, 0.0005, 0.0002, 0.0001]
 
 
@@ -61,7 +69,9 @@ def sweep(prompts: list[str], scales: list[float], max_tokens: int) -> list[dict
     cache = Path(tempfile.mkdtemp(prefix="loranet-norm-"))
     path, model_id = ensure_tiny_model(str(cache))
     # demo-3 adapts all seven projections.
-    name, adapter_path, adapter_id = build_demo_adapters(path, 4, out_dir=cache / "adapters", expected_model_id=model_id)[3]
+    name, adapter_path, adapter_id = build_demo_adapters(
+        path, 4, out_dir=cache / "adapters", expected_model_id=model_id
+    )[3]
     model = ReferenceModel.from_path(path, model_id)
     model.add_adapter("a", adapter_path, adapter_id)
     originals = {m: m.lora_B["a"].weight.detach().clone() for m in lora_modules(model, "a")}
@@ -82,23 +92,41 @@ def sweep(prompts: list[str], scales: list[float], max_tokens: int) -> list[dict
             changed += honest.output_ids != cheat.output_ids
             job = factories.job(prompt=prompt, max_tokens=max_tokens, model_id=model_id, adapter_id=adapter_id)
             result = build_result(
-                job=job, node_id="cheater", node_key=factories.NODE.public, node_address=factories.ADDR, node_seq=1,
-                model_id=model_id, tokenizer_id=TOKENIZER_ID, prompt_tokens=ids, output_tokens=cheat.output_ids,
+                job=job,
+                node_id="cheater",
+                node_key=factories.NODE.public,
+                node_address=factories.ADDR,
+                node_seq=1,
+                model_id=model_id,
+                tokenizer_id=TOKENIZER_ID,
+                prompt_tokens=ids,
+                output_tokens=cheat.output_ids,
                 output_text=tokenizer.decode(cheat.output_ids),
                 finish_reason="eos" if cheat.finish_reason == "stop" else "length",
                 chunks=fingerprint_chunks(cheat.hidden, len(ids), n_generated=len(cheat.output_ids)),
-                started_at=time.time(), finished_at=time.time())
+                started_at=time.time(),
+                finished_at=time.time(),
+            )
             hidden, logits = model.prefill_hidden(ids + cheat.output_ids, "a")
             checks = audit_checks(result, hidden, logits)
             detected += not all(c.ok for c in checks)
             for c in checks:
                 if c.name == "fingerprint" and "worst overlap" in c.detail:
                     try:
-                        worst_overlap = min(worst_overlap, float(c.detail.split("worst overlap/mean/max excess ")[1].split("/")[0]))
+                        worst_overlap = min(
+                            worst_overlap, float(c.detail.split("worst overlap/mean/max excess ")[1].split("/")[0])
+                        )
                     except (IndexError, ValueError):
                         pass
-        rows.append({"scale": s, "relative_update_norm": base_norm * s, "outputs_changed": changed / len(prompts),
-                     "detected": detected / len(prompts), "worst_overlap": worst_overlap})
+        rows.append(
+            {
+                "scale": s,
+                "relative_update_norm": base_norm * s,
+                "outputs_changed": changed / len(prompts),
+                "detected": detected / len(prompts),
+                "worst_overlap": worst_overlap,
+            }
+        )
     return rows
 
 
@@ -115,8 +143,10 @@ def main() -> None:
     print("claimed adapter scaled by s; the cheater runs the base model alone")
     print(f"{'s':>6} {'‖ΔW‖/‖W‖':>10} {'outputs changed':>16} {'detected':>9} {'worst overlap':>14}")
     for r in rows:
-        print(f"{r['scale']:6g} {r['relative_update_norm']:10.4f} {100 * r['outputs_changed']:15.0f}% "
-              f"{100 * r['detected']:8.0f}% {r['worst_overlap']:14.3f}")
+        print(
+            f"{r['scale']:6g} {r['relative_update_norm']:10.4f} {100 * r['outputs_changed']:15.0f}% "
+            f"{100 * r['detected']:8.0f}% {r['worst_overlap']:14.3f}"
+        )
     print(f"elapsed {time.time() - started:.1f}s")
 
 

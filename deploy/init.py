@@ -26,12 +26,14 @@ if __package__ in (None, ""):  # run as a script from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import nats
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NotFoundError
 
-from loranet import protocol as p, topology
-from loranet.settings import CommonSettings
+from loranet import protocol as p
+from loranet import topology
 from loranet.observability import EventLog
+from loranet.settings import CommonSettings
 
 ADDRESS_KEYS = ("LORANET_TOKEN_ADDRESS", "LORANET_REGISTRY_ADDRESS", "LORANET_SETTLEMENT_ADDRESS")
 
@@ -54,9 +56,11 @@ class InitSettings(CommonSettings):
 
 def format_deployment(token: str, registry: str, settlement: str, chain_id: int) -> str:
     """The env file settlement sources (`set -a; . chain.env`): one KEY=value per line."""
-    return (f"# written by deploy/init.py; chain id {chain_id}\n"
-            f"LORANET_TOKEN_ADDRESS={token}\nLORANET_REGISTRY_ADDRESS={registry}\n"
-            f"LORANET_SETTLEMENT_ADDRESS={settlement}\nLORANET_CHAIN_ID={chain_id}\n")
+    return (
+        f"# written by deploy/init.py; chain id {chain_id}\n"
+        f"LORANET_TOKEN_ADDRESS={token}\nLORANET_REGISTRY_ADDRESS={registry}\n"
+        f"LORANET_SETTLEMENT_ADDRESS={settlement}\nLORANET_CHAIN_ID={chain_id}\n"
+    )
 
 
 def parse_deployment(text: str) -> dict[str, str]:
@@ -75,8 +79,15 @@ def deploy_contracts(settings: InitSettings, log: EventLog) -> dict[str, str]:
     from services.settlement.transport import ChainError
 
     path = Path(settings.deployment_file)
-    keys = {k: v for k, v in {"deployer_key": settings.deployer_key, "settler_key": settings.settler_key,
-                              "treasury": settings.treasury}.items() if v}
+    keys = {
+        k: v
+        for k, v in {
+            "deployer_key": settings.deployer_key,
+            "settler_key": settings.settler_key,
+            "treasury": settings.treasury,
+        }.items()
+        if v
+    }
     deadline = time.monotonic() + settings.wait_s
     while True:
         try:
@@ -84,9 +95,13 @@ def deploy_contracts(settings: InitSettings, log: EventLog) -> dict[str, str]:
                 known = parse_deployment(path.read_text())
                 if all(known.get(k) for k in ADDRESS_KEYS):
                     try:
-                        chain = DevChain.open(settings.rpc_url, token_address=known["LORANET_TOKEN_ADDRESS"],
-                                      registry_address=known["LORANET_REGISTRY_ADDRESS"],
-                                      settlement_address=known["LORANET_SETTLEMENT_ADDRESS"], **keys)
+                        chain = DevChain.open(
+                            settings.rpc_url,
+                            token_address=known["LORANET_TOKEN_ADDRESS"],
+                            registry_address=known["LORANET_REGISTRY_ADDRESS"],
+                            settlement_address=known["LORANET_SETTLEMENT_ADDRESS"],
+                            **keys,
+                        )
                         log.info("chain.attached", **{k.lower(): known[k] for k in ADDRESS_KEYS})
                         return known
                     except ChainError as exc:  # the chain was reset: deploy again
@@ -103,8 +118,14 @@ def deploy_contracts(settings: InitSettings, log: EventLog) -> dict[str, str]:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(format_deployment(d.token, d.registry, d.settlement, d.chain_id))
     tmp.replace(path)
-    log.info("chain.deployed", token=d.token, registry=d.registry, settlement=d.settlement, chain_id=d.chain_id,
-             file=str(path))
+    log.info(
+        "chain.deployed",
+        token=d.token,
+        registry=d.registry,
+        settlement=d.settlement,
+        chain_id=d.chain_id,
+        file=str(path),
+    )
     return parse_deployment(path.read_text())
 
 
@@ -136,11 +157,12 @@ async def register(nc, settings: InitSettings, log: EventLog) -> None:
     deadline = time.monotonic() + settings.wait_s
     while True:
         try:
-            model_id, names = await register_catalogue(nc, settings.model_path, settings.demo_adapters,
-                                                     settings.cache_dir or None)
+            model_id, names = await register_catalogue(
+                nc, settings.model_path, settings.demo_adapters, settings.cache_dir or None
+            )
             log.info("catalogue.registered", model_id=model_id, adapters=names)
             return
-        except (NoRespondersError, NatsTimeoutError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, NoRespondersError, NatsTimeoutError) as exc:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the datastore did not answer within {settings.wait_s:.0f}s") from exc
             log.info("datastore.waiting", error=repr(exc)[:200])
@@ -150,8 +172,9 @@ async def register(nc, settings: InitSettings, log: EventLog) -> None:
 async def main(settings: InitSettings | None = None) -> int:
     settings = settings or InitSettings.from_env()
     log = EventLog("init", settings.instance or "init", settings.log_level)
-    nc = await nats.connect(settings.nats_url, name="loranet-init", connect_timeout=5,
-                            max_reconnect_attempts=-1, reconnect_time_wait=1)
+    nc = await nats.connect(
+        settings.nats_url, name="loranet-init", connect_timeout=5, max_reconnect_attempts=-1, reconnect_time_wait=1
+    )
     try:
         await ensure_streams_and_consumers(nc.jetstream(), settings, log)
         if settings.rpc_url:

@@ -49,9 +49,8 @@ from eth.db.backends.memory import MemoryDB
 from eth_abi import encode as abi_encode
 from hexbytes import HexBytes
 
-from loranet.observability import EventLog
-
 from loranet.errors import LoranetError
+from loranet.observability import EventLog
 from loranet.settings import CommonSettings
 
 
@@ -69,6 +68,7 @@ class ChainNodeSettings(CommonSettings):
     deployer_key: str = ""
     settler_key: str = ""
     treasury: str = ""
+
 
 _ERROR_SELECTOR = bytes.fromhex("08c379a0")  # Error(string)
 
@@ -132,17 +132,21 @@ def read_journal(path: str | Path) -> JournalState:
         if magic != _MAGIC or check != _length_check(length):
             if not data[offset:].strip(b"\0"):
                 break  # a zero-filled tail (a file system's view of an interrupted append)
-            raise JournalError(f"chain journal {path}: record {state.records} at offset {offset} has a damaged "
-                               "header; refusing to start a chain that differs from the one served")
+            raise JournalError(
+                f"chain journal {path}: record {state.records} at offset {offset} has a damaged "
+                "header; refusing to start a chain that differs from the one served"
+            )
         end = offset + _HEADER.size + length
         if end > len(data):
             break  # the payload cut short: a crash mid-write, never acknowledged
-        payload = data[offset + _HEADER.size:end]
+        payload = data[offset + _HEADER.size : end]
         digest = hashlib.sha256(state.digest + payload).digest()
         if digest != recorded:
-            raise JournalError(f"chain journal {path}: record {state.records} at offset {offset} fails its "
-                               "checksum (damaged or edited); refusing to start a chain that differs from the "
-                               "one served. Move the file away to start a new chain.")
+            raise JournalError(
+                f"chain journal {path}: record {state.records} at offset {offset} fails its "
+                "checksum (damaged or edited); refusing to start a chain that differs from the "
+                "one served. Move the file away to start a new chain."
+            )
         record = msgpack.unpackb(payload, raw=False)
         for key, value in record.get("set", ()):
             state.kv[key] = value
@@ -234,8 +238,11 @@ class ChainNode:
 
         deployer_key = settings.deployer_key or DEV_DEPLOYER_KEY
         treasury = settings.treasury or DEV_TREASURY
-        keys = {"deployer": address_of(deployer_key),
-                "settler": address_of(settings.settler_key or deployer_key), "treasury": treasury.lower()}
+        keys = {
+            "deployer": address_of(deployer_key),
+            "settler": address_of(settings.settler_key or deployer_key),
+            "treasury": treasury.lower(),
+        }
         self.journal: Journal | None = None
         self._db: _RecordingDB | None = None
         self.restored: JournalState | None = None
@@ -250,8 +257,10 @@ class ChainNode:
                 self._check_head(backend.chain, saved, path)
                 for name, value in keys.items():
                     if saved.meta.get(name) != value:
-                        raise JournalError(f"chain journal {path} holds a chain whose {name} is "
-                                           f"{saved.meta.get(name)}, not {value} as configured")
+                        raise JournalError(
+                            f"chain journal {path} holds a chain whose {name} is "
+                            f"{saved.meta.get(name)}, not {value} as configured"
+                        )
                 self.restored = saved
             else:  # a new chain: genesis and the deployment make the first record
                 saved = None
@@ -264,18 +273,26 @@ class ChainNode:
         self.w3 = Web3(self.provider)
         # The tester middleware turns JSON-RPC's hex params into eth-tester's Python values
         # (web3's other default, filling `from`, is left out: clients send complete requests).
-        self._request = combine_middleware(middleware=(ethereum_tester_middleware,), w3=self.w3,
-                                           provider_request_fn=self.provider.make_request)
+        self._request = combine_middleware(
+            middleware=(ethereum_tester_middleware,), w3=self.w3, provider_request_fn=self.provider.make_request
+        )
         attach = {}
         if self.restored is not None:  # the contracts of the journal's chain, not new ones
             recorded = self.restored.meta["deployment"]
-            attach = {"token_address": recorded["token"], "registry_address": recorded["registry"],
-                      "settlement_address": recorded["settlement"]}
-        self.chain = DevChain.open(deployer_key=deployer_key, settler_key=settings.settler_key or None,
-                           treasury=treasury, tester=self.tester, **attach)
+            attach = {
+                "token_address": recorded["token"],
+                "registry_address": recorded["registry"],
+                "settlement_address": recorded["settlement"],
+            }
+        self.chain = DevChain.open(
+            deployer_key=deployer_key,
+            settler_key=settings.settler_key or None,
+            treasury=treasury,
+            tester=self.tester,
+            **attach,
+        )
         d = self.chain.deployment
-        self.deployment = {"token": d.token, "registry": d.registry, "settlement": d.settlement,
-                           "chain_id": d.chain_id}
+        self.deployment = {"token": d.token, "registry": d.registry, "settlement": d.settlement, "chain_id": d.chain_id}
         self.flush({"deployment": self.deployment, **keys} if self.restored is None else None)
         self._funder = self.w3.eth.accounts[0]
         self._custom = {
@@ -295,21 +312,27 @@ class ChainNode:
     def _check_head(self, chain: Any, saved: JournalState, path: Path) -> None:
         have = self._head(chain)
         if have != saved.head:
-            raise JournalError(f"chain journal {path}: the rebuilt chain's head (block {have[0]}, 0x{have[1].hex()}) "
-                               f"is not the recorded one (block {saved.head[0]}, 0x{bytes(saved.head[1]).hex()}); "
-                               "refusing to start a forked chain")
+            raise JournalError(
+                f"chain journal {path}: the rebuilt chain's head (block {have[0]}, 0x{have[1].hex()}) "
+                f"is not the recorded one (block {saved.head[0]}, 0x{bytes(saved.head[1]).hex()}); "
+                "refusing to start a forked chain"
+            )
         if have[2] not in saved.kv:
-            raise JournalError(f"chain journal {path}: the state root 0x{have[2].hex()} of block {have[0]} "
-                               "is missing; refusing to start")
+            raise JournalError(
+                f"chain journal {path}: the state root 0x{have[2].hex()} of block {have[0]} "
+                "is missing; refusing to start"
+            )
 
     def flush(self, meta: dict | None = None) -> None:
         """Append what the last requests wrote to the journal and fsync it (no-op without changes)."""
         if self.journal is None or self._db is None or not (self._db.dirty or meta):
             return
         dirty = self._db.dirty
-        record: dict[str, Any] = {"set": [[k, v] for k, v in dirty.items() if v is not None],
-                                  "del": [k for k, v in dirty.items() if v is None],
-                                  "head": self._head(self.tester.backend.chain)}
+        record: dict[str, Any] = {
+            "set": [[k, v] for k, v in dirty.items() if v is not None],
+            "del": [k for k, v in dirty.items() if v is None],
+            "head": self._head(self.tester.backend.chain),
+        }
         if meta:
             record["meta"] = meta
         self.journal.append(record)
@@ -350,8 +373,11 @@ class ChainNode:
         except TransactionFailed as exc:
             reason = str(exc.args[0] if exc.args else exc).removeprefix("execution reverted: ")
             data = "0x" + (_ERROR_SELECTOR + abi_encode(["string"], [reason])).hex()
-            return {"jsonrpc": "2.0", "id": rid,
-                    "error": {"code": 3, "message": f"execution reverted: {reason}", "data": data}}
+            return {
+                "jsonrpc": "2.0",
+                "id": rid,
+                "error": {"code": 3, "message": f"execution reverted: {reason}", "data": data},
+            }
         except Exception as exc:  # a bad request must not take the chain down
             return {"jsonrpc": "2.0", "id": rid, "error": {"code": -32000, "message": f"{type(exc).__name__}: {exc}"}}
         out: dict[str, Any] = {"jsonrpc": "2.0", "id": rid}
@@ -377,7 +403,9 @@ class ChainNode:
         try:
             body = json.loads(await request.read())
         except ValueError:
-            return web.json_response({"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "parse error"}})
+            return web.json_response(
+                {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "parse error"}}
+            )
         return web.json_response(self.answer(body))
 
 
@@ -400,8 +428,14 @@ def main(settings: ChainNodeSettings | None = None) -> None:
         raise SystemExit(f"chain node: {exc}") from None
     if node.restored is not None:
         r = node.restored
-        log.info("chain.restored", journal=settings.chain_journal, records=r.records, block=r.head[0],
-                 timestamp=r.head[3], dropped_bytes=r.dropped)
+        log.info(
+            "chain.restored",
+            journal=settings.chain_journal,
+            records=r.records,
+            block=r.head[0],
+            timestamp=r.head[3],
+            dropped_bytes=r.dropped,
+        )
     rpc_url = f"http://{settings.chain_host}:{settings.chain_port}"
     if settings.chain_deployment_file:
         write_deployment(settings.chain_deployment_file, node.deployment, rpc_url)

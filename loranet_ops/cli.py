@@ -51,8 +51,11 @@ async def _client(args: argparse.Namespace):
         return await Client.connect(_nats_url(args), _identity(args))
     except Exception as exc:
         where = _nats_url(args).split("@")[-1]
-        raise SystemExit(_fail(f"cannot reach NATS at {where}: {exc}. Is the devnet up? (loranet devnet up --detach)",
-                               EXIT_UNAVAILABLE))
+        raise SystemExit(
+            _fail(
+                f"cannot reach NATS at {where}: {exc}. Is the devnet up? (loranet devnet up --detach)", EXIT_UNAVAILABLE
+            )
+        ) from None
 
 
 def _one_line(exc: Exception) -> str:
@@ -103,31 +106,46 @@ async def _run_job(args: argparse.Namespace, prompt: str, chat: bool) -> int:
     client = await _client(args)
     async with client:
         try:
-            sampling = p.SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                        seed=args.seed, stop=args.stop or [])
+            sampling = p.SamplingParams(
+                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop or []
+            )
         except ValueError as exc:
             return _fail(f"invalid sampling options: {_one_line(exc)}", EXIT_USAGE)
         if args.deposit:
             await client.faucet(args.deposit, args.deposit)
         try:
-            job_id = await client.submit(args.adapter, prompt, args.max_tokens, sampling=sampling, model=_model(args),
-                                         max_fee=args.max_fee, confidential=args.confidential, chat=chat)
+            job_id = await client.submit(
+                args.adapter,
+                prompt,
+                args.max_tokens,
+                sampling=sampling,
+                model=_model(args),
+                max_fee=args.max_fee,
+                confidential=args.confidential,
+                chat=chat,
+            )
         except ValueError as exc:
             return _fail(f"invalid job: {_one_line(exc)}", EXIT_USAGE)
         except JobFailed as exc:
             return _fail(str(exc), EXIT_UNAVAILABLE)
         except RemoteError as exc:
-            return _fail(f"{exc.code}: {exc.message}", EXIT_USAGE if exc.code in ("not_found", "invalid") else EXIT_FAILED)
+            return _fail(
+                f"{exc.code}: {exc.message}", EXIT_USAGE if exc.code in ("not_found", "invalid") else EXIT_FAILED
+            )
         if not args.wait:
-            _print({"job_id": job_id, "status": "submitted"}, args.json,
-                    lambda: print(f"submitted {job_id}; follow it with: loranet job {job_id}"))
+            _print(
+                {"job_id": job_id, "status": "submitted"},
+                args.json,
+                lambda: print(f"submitted {job_id}; follow it with: loranet job {job_id}"),
+            )
             return EXIT_OK
         if args.json:
             outcome = await client.wait(job_id, args.timeout)
         else:
             with console.status(f"job {job_id[:12]}… submitted") as status:
-                outcome = await client.wait(job_id, args.timeout,
-                                            on_event=lambda e: status.update(f"job {job_id[:12]}… {e.stage}"))
+                outcome = await client.wait(
+                    job_id, args.timeout, on_event=lambda e: status.update(f"job {job_id[:12]}… {e.stage}")
+                )
         result = outcome.as_dict()
         _print(result, args.json, lambda: _show_outcome(result))
         return EXIT_OK if outcome.status == "settled" else EXIT_FAILED
@@ -169,8 +187,17 @@ async def cmd_adapters(args: argparse.Namespace) -> int:
     client = await _client(args)
     async with client:
         adapters = await client.adapters()
-    rows = [{"name": a.name, "adapter_id": a.adapter_id, "rank": a.rank, "targets": a.target_modules,
-             "owner": a.owner_address, "contributors": len(a.contributors)} for a in adapters]
+    rows = [
+        {
+            "name": a.name,
+            "adapter_id": a.adapter_id,
+            "rank": a.rank,
+            "targets": a.target_modules,
+            "owner": a.owner_address,
+            "contributors": len(a.contributors),
+        }
+        for a in adapters
+    ]
 
     def table() -> None:
         from rich.console import Console
@@ -202,9 +229,15 @@ async def cmd_adapter_register(args: argparse.Namespace) -> int:
             return _fail(f"invalid adapter or manifest: {exc}", EXIT_USAGE)
         except RemoteError as exc:
             return _fail(f"{exc.code}: {exc.message}" + (f" (field {exc.field})" if exc.field else ""))
-    row = {"name": stored.name, "adapter_id": stored.adapter_id, "base_model_id": stored.base_model_id,
-           "rank": stored.rank, "targets": stored.target_modules, "owner": stored.owner_address,
-           "contributors": [c.to_wire() for c in stored.contributors]}
+    row = {
+        "name": stored.name,
+        "adapter_id": stored.adapter_id,
+        "base_model_id": stored.base_model_id,
+        "rank": stored.rank,
+        "targets": stored.target_modules,
+        "owner": stored.owner_address,
+        "contributors": [c.to_wire() for c in stored.contributors],
+    }
     _print(row, args.json, lambda: print(f"registered {stored.name}: {stored.adapter_id}"))
     return EXIT_OK
 
@@ -223,8 +256,14 @@ async def cmd_models(args: argparse.Namespace) -> int:
         for model_id, node_ids in sorted(served.items()):
             try:
                 m = await client.model(model_id)
-                rec = {"name": m.name, "model_id": m.model_id, "architecture": m.architecture,
-                       "tokenizer_id": m.tokenizer_id, "vocab_size": m.vocab_size, "chat": bool(m.chat_template)}
+                rec = {
+                    "name": m.name,
+                    "model_id": m.model_id,
+                    "architecture": m.architecture,
+                    "tokenizer_id": m.tokenizer_id,
+                    "vocab_size": m.vocab_size,
+                    "chat": bool(m.chat_template),
+                }
             except RemoteError:
                 rec = {"name": "(unregistered)", "model_id": model_id}
             rows.append({**rec, "nodes": sorted(node_ids)})
@@ -235,8 +274,14 @@ async def cmd_models(args: argparse.Namespace) -> int:
 
         t = Table("name", "model_id", "tokenizer_id", "vocab", "chat", "nodes")
         for r in rows:
-            t.add_row(r["name"], r["model_id"][:16] + "…", str(r.get("tokenizer_id", ""))[:16] + "…",
-                      str(r.get("vocab_size", "")), str(r.get("chat", "")), ",".join(r["nodes"]))
+            t.add_row(
+                r["name"],
+                r["model_id"][:16] + "…",
+                str(r.get("tokenizer_id", ""))[:16] + "…",
+                str(r.get("vocab_size", "")),
+                str(r.get("chat", "")),
+                ",".join(r["nodes"]),
+            )
         Console().print(t)
 
     _print(rows, args.json, table)
@@ -251,15 +296,22 @@ async def cmd_model_register(args: argparse.Namespace) -> int:
         model, tok = await asyncio.to_thread(register_checkpoint, args.path, args.name)
     except (ModelRefused, TokenizerError) as exc:
         return _fail(str(exc), EXIT_USAGE)
-    row = {"name": model.name, "model_id": model.model_id, "tokenizer_id": tok.tokenizer_id,
-           "vocab_size": tok.vocab_size, "path": str(model.path), "registered": False}
+    row = {
+        "name": model.name,
+        "model_id": model.model_id,
+        "tokenizer_id": tok.tokenizer_id,
+        "vocab_size": tok.vocab_size,
+        "path": str(model.path),
+        "registered": False,
+    }
     if not args.offline:
         import nats
 
         from loranet import protocol as p
-        from .demo import model_manifest
-        from loranet.runtime import request
         from loranet.errors import RemoteError
+        from loranet.runtime import request
+
+        from .demo import model_manifest
 
         state = dn.read_state(args.state_dir)
         if not state:
@@ -267,8 +319,7 @@ async def cmd_model_register(args: argparse.Namespace) -> int:
         try:
             nc = await nats.connect(dn.role_url(args.state_dir, "init", state["nats_url"]))
             try:
-                await request(nc, p.DATASTORE_MODEL_PUT, p.ModelPut(manifest=model_manifest(model)),
-                              timeout=30)
+                await request(nc, p.DATASTORE_MODEL_PUT, p.ModelPut(manifest=model_manifest(model)), timeout=30)
             finally:
                 await nc.close()
         except RemoteError as exc:
@@ -276,9 +327,14 @@ async def cmd_model_register(args: argparse.Namespace) -> int:
         except Exception as exc:
             return _fail(f"cannot register with the devnet: {exc}", EXIT_UNAVAILABLE)
         row["registered"] = True
-    _print(row, args.json, lambda: print(
-        f"registered {model.name}: model {model.model_id}, tokenizer {tok.tokenizer_id} ({tok.vocab_size} tokens)\n"
-        f"serve it with: loranet devnet up --model {model.name}"))
+    _print(
+        row,
+        args.json,
+        lambda: print(
+            f"registered {model.name}: model {model.model_id}, tokenizer {tok.tokenizer_id} ({tok.vocab_size} tokens)\n"
+            f"serve it with: loranet devnet up --model {model.name}"
+        ),
+    )
     return EXIT_OK
 
 
@@ -288,23 +344,54 @@ def cmd_adapter_train(args: argparse.Namespace) -> int:
     from loranet.model.catalog import ModelRefused, resolve_model
     from loranet.model.train import TrainingRefused, TrainOptions, train_adapter
 
-    options = TrainOptions(rank=args.rank, alpha=args.alpha, targets=tuple(t for t in args.targets.split(",") if t),
-                           epochs=args.epochs, lr=args.lr, seed=args.seed)
+    options = TrainOptions(
+        rank=args.rank,
+        alpha=args.alpha,
+        targets=tuple(t for t in args.targets.split(",") if t),
+        epochs=args.epochs,
+        lr=args.lr,
+        seed=args.seed,
+    )
     try:
         base = resolve_model(args.base)
-        with Progress(TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-                      TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), disable=args.json) as bar:
+        with Progress(
+            TextColumn("training"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} steps"),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeRemainingColumn(),
+            disable=args.json,
+        ) as bar:
             task = bar.add_task("train", total=None, loss="-")
-            report = train_adapter(base.path, args.data, args.out, options, name=args.name,
-                                   progress=lambda i, n, loss: bar.update(task, completed=i, total=n, loss=f"{loss:.3f}"))
+            report = train_adapter(
+                base.path,
+                args.data,
+                args.out,
+                options,
+                name=args.name,
+                progress=lambda i, n, loss: bar.update(task, completed=i, total=n, loss=f"{loss:.3f}"),
+            )
     except (ModelRefused, TrainingRefused, ValueError) as exc:
         return _fail(str(exc).splitlines()[0], EXIT_USAGE)
-    row = {"out": str(report.out_dir), "adapter_id": report.adapter_id, "base_model_id": base.model_id,
-           "examples": report.examples, "steps": report.steps, "first_loss": round(report.first_loss, 4),
-           "last_loss": round(report.last_loss, 4)}
-    _print(row, args.json, lambda: print(
-        f"trained {report.out_dir}: adapter {report.adapter_id}, loss {report.first_loss:.3f} -> {report.last_loss:.3f}\n"
-        f"register it with: loranet adapter register {report.out_dir} --manifest {report.out_dir}/manifest.draft.json"))
+    row = {
+        "out": str(report.out_dir),
+        "adapter_id": report.adapter_id,
+        "base_model_id": base.model_id,
+        "examples": report.examples,
+        "steps": report.steps,
+        "first_loss": round(report.first_loss, 4),
+        "last_loss": round(report.last_loss, 4),
+    }
+    _print(
+        row,
+        args.json,
+        lambda: print(
+            f"trained {report.out_dir}: adapter {report.adapter_id}, loss {report.first_loss:.3f} -> "
+            f"{report.last_loss:.3f}\n"
+            f"register it with: loranet adapter register {report.out_dir} --manifest "
+            f"{report.out_dir}/manifest.draft.json"
+        ),
+    )
     return EXIT_OK
 
 
@@ -315,10 +402,21 @@ async def cmd_nodes(args: argparse.Namespace) -> int:
     async with client:
         nodes = await client.nodes()
     now = time.time()
-    rows = [{"node_id": n.node_id, "device": n.device, "region": n.region, "slots_free": n.slots_free,
-             "slots_total": n.slots_total, "queue_depth": n.queue_depth, "tokens_per_s": round(n.tokens_per_s, 1),
-             "adapters_hot": len(n.adapters_hot), "payout_address": n.payout_address,
-             "heartbeat_age_s": round(now - n.at, 1)} for n in sorted(nodes, key=lambda n: n.node_id)]
+    rows = [
+        {
+            "node_id": n.node_id,
+            "device": n.device,
+            "region": n.region,
+            "slots_free": n.slots_free,
+            "slots_total": n.slots_total,
+            "queue_depth": n.queue_depth,
+            "tokens_per_s": round(n.tokens_per_s, 1),
+            "adapters_hot": len(n.adapters_hot),
+            "payout_address": n.payout_address,
+            "heartbeat_age_s": round(now - n.at, 1),
+        }
+        for n in sorted(nodes, key=lambda n: n.node_id)
+    ]
 
     def table() -> None:
         from rich.console import Console
@@ -326,8 +424,16 @@ async def cmd_nodes(args: argparse.Namespace) -> int:
 
         t = Table("node", "device", "region", "slots free", "queue", "tokens/s", "adapters hot", "heartbeat")
         for r in rows:
-            t.add_row(r["node_id"], r["device"], r["region"] or "-", f"{r['slots_free']}/{r['slots_total']}",
-                      str(r["queue_depth"]), str(r["tokens_per_s"]), str(r["adapters_hot"]), f"{r['heartbeat_age_s']}s ago")
+            t.add_row(
+                r["node_id"],
+                r["device"],
+                r["region"] or "-",
+                f"{r['slots_free']}/{r['slots_total']}",
+                str(r["queue_depth"]),
+                str(r["tokens_per_s"]),
+                str(r["adapters_hot"]),
+                f"{r['heartbeat_age_s']}s ago",
+            )
         Console().print(t)
 
     _print(rows, args.json, table)
@@ -344,9 +450,10 @@ async def cmd_balance(args: argparse.Namespace) -> int:
 
 
 async def cmd_stake(args: argparse.Namespace) -> int:
-    from loranet import codec, protocol as p
-    from loranet.runtime import request
+    from loranet import codec
+    from loranet import protocol as p
     from loranet.errors import RemoteError
+    from loranet.runtime import request
     from loranet.signing import devnet_address
 
     client = await _client(args)
@@ -365,8 +472,11 @@ async def cmd_stake(args: argparse.Namespace) -> int:
             stake = await request(client.nc, p.SETTLEMENT_STAKE, p.StakeGet(address=address))
         except RemoteError as exc:
             return _fail(f"{exc.code}: {exc.message}")
-    row = {k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v
-           for k, v in stake.to_wire().items() if k != "v"}
+    row = {
+        k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+        for k, v in stake.to_wire().items()
+        if k != "v"
+    }
     if args.node:
         row["node_id"] = args.node
     _print(row, args.json, lambda: print("\n".join(f"{k:16} {v}" for k, v in row.items())))
@@ -374,13 +484,20 @@ async def cmd_stake(args: argparse.Namespace) -> int:
 
 
 def cmd_devnet(args: argparse.Namespace) -> int:
-    config = dn.DevnetConfig(state_dir=args.state_dir, inference_nodes=args.nodes, verifiers=args.verifiers,
-                             demo_adapters=args.adapters, model=args.model)
+    config = dn.DevnetConfig(
+        state_dir=args.state_dir,
+        inference_nodes=args.nodes,
+        verifiers=args.verifiers,
+        demo_adapters=args.adapters,
+        model=args.model,
+    )
     if args.action == "up":
         existing = dn.running_supervisor(args.state_dir)
         if existing:
-            print(f"devnet already running (supervisor pid {existing['supervisor_pid']}, NATS {existing['nats_url']}); "
-                  "reusing it. Stop it with: loranet devnet down")
+            print(
+                f"devnet already running (supervisor pid {existing['supervisor_pid']}, NATS {existing['nats_url']}); "
+                "reusing it. Stop it with: loranet devnet down"
+            )
             return EXIT_OK
         if not args.detach:
             return dn.Supervisor(config).run()
@@ -417,16 +534,22 @@ def _devnet_up_detached(config: dn.DevnetConfig) -> int:
     from rich.console import Console
 
     console = Console()
-    labels = {"servers": "starting nats-server and redis-server", "services": "starting the chain process, datastore and settlement",
-              "catalogue": "building the seeded model and demo adapters, registering them",
-              "nodes": "starting scheduler, verifiers and inference nodes", "ready": "ready"}
+    labels = {
+        "servers": "starting nats-server and redis-server",
+        "services": "starting the chain process, datastore and settlement",
+        "catalogue": "building the seeded model and demo adapters, registering them",
+        "nodes": "starting scheduler, verifiers and inference nodes",
+        "ready": "ready",
+    }
     try:
         with console.status("starting the devnet") as status:
             state = dn.start_detached(config, progress=lambda phase: status.update(labels.get(phase, phase)))
     except Exception as exc:
         return _fail(str(exc))
-    console.print(f"devnet up: NATS {state['nats_url']}, Redis {state['redis_url']}, "
-                  f"{len(state['services'])} services (state in {state['state_dir']})")
+    console.print(
+        f"devnet up: NATS {state['nats_url']}, Redis {state['redis_url']}, "
+        f"{len(state['services'])} services (state in {state['state_dir']})"
+    )
     return EXIT_OK
 
 
@@ -443,7 +566,9 @@ def _show_status(state: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="loranet", description="A verifiable, decentralized multi-LoRA inference network.")
+    parser = argparse.ArgumentParser(
+        prog="loranet", description="A verifiable, decentralized multi-LoRA inference network."
+    )
     parser.add_argument("--nats", help="NATS URL (default: the running devnet's, or LORANET_NATS_URL)")
     parser.add_argument("--state-dir", default=dn.DEFAULT_STATE_DIR, help="devnet state directory (default .devnet)")
     parser.add_argument("--key", help="client key file (default <state-dir>/client.key)")
@@ -459,11 +584,18 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--stop", action="append", help="stop string (repeatable, at most 4)")
         s.add_argument("--max-fee", type=int, default=10**18, help="most the job may cost, in OPEN wei")
-        s.add_argument("--deposit", type=int, default=10**19,
-                       help="devnet faucet: OPEN wei to receive and deposit into escrow first (0 = none)")
-        s.add_argument("--confidential", action="store_true",
-                       help="seal the prompt to one live node and the verifier committee; the output comes back "
-                            "sealed to this identity (scheduler, NATS, Redis see ciphertext)")
+        s.add_argument(
+            "--deposit",
+            type=int,
+            default=10**19,
+            help="devnet faucet: OPEN wei to receive and deposit into escrow first (0 = none)",
+        )
+        s.add_argument(
+            "--confidential",
+            action="store_true",
+            help="seal the prompt to one live node and the verifier committee; the output comes back "
+            "sealed to this identity (scheduler, NATS, Redis see ciphertext)",
+        )
         s.add_argument("--timeout", type=float, default=300)
         s.add_argument("--json", action="store_true")
 
@@ -483,8 +615,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_models)
 
     mr = sub.add_parser("model", help="model commands").add_subparsers(dest="model_command", required=True)
-    mreg = mr.add_parser("register", help="check a Llama-family HF checkpoint directory, copy it into the model "
-                                          "cache and register it (serve it with: loranet devnet up --model NAME)")
+    mreg = mr.add_parser(
+        "register",
+        help="check a Llama-family HF checkpoint directory, copy it into the model "
+        "cache and register it (serve it with: loranet devnet up --model NAME)",
+    )
     mreg.add_argument("path", help="directory with config.json, *.safetensors and tokenizer files")
     mreg.add_argument("--name", default="", help="registered name (default: the directory's name, lower case)")
     mreg.add_argument("--offline", action="store_true", help="only check and copy into the cache; no datastore")
@@ -503,9 +638,12 @@ def build_parser() -> argparse.ArgumentParser:
     ar = sub.add_parser("adapter", help="adapter commands").add_subparsers(dest="adapter_command", required=True)
     reg = ar.add_parser("register", help="register a PEFT adapter directory with its attribution manifest")
     reg.add_argument("path", help="directory with adapter_config.json and adapter_model.safetensors")
-    reg.add_argument("--manifest", required=True,
-                     help='JSON: {"name", "base_model" (id or name), "owner_address", "license", '
-                          '"contributors": [{"contributor_id", "address", "weight_bps"}] (weights sum to 10000)}')
+    reg.add_argument(
+        "--manifest",
+        required=True,
+        help='JSON: {"name", "base_model" (id or name), "owner_address", "license", '
+        '"contributors": [{"contributor_id", "address", "weight_bps"}] (weights sum to 10000)}',
+    )
     reg.add_argument("--json", action="store_true")
     reg.set_defaults(func=cmd_adapter_register)
     tr = ar.add_parser("train", help="fine-tune a LoRA adapter on the CPU from a chat JSONL dataset")
@@ -544,8 +682,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--verifiers", type=int, default=1)
     d.add_argument("--adapters", type=int, default=4, help="demo adapters to build and register")
     d.add_argument("--jobs", type=int, default=6, help="with demo on a model without a chat template: jobs to submit")
-    d.add_argument("--model", default="", help="base model the nodes serve: a name or checkpoint directory "
-                                               "(default smollm2-135m-instruct; loranet-tiny-llama = the test model)")
+    d.add_argument(
+        "--model",
+        default="",
+        help="base model the nodes serve: a name or checkpoint directory "
+        "(default smollm2-135m-instruct; loranet-tiny-llama = the test model)",
+    )
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_devnet)
 

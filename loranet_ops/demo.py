@@ -31,13 +31,15 @@ TRAINED_DIR = Path(__file__).resolve().parents[1] / "adapters" / "demo"
 TRAINED = ("pirate", "french", "json", "terse")
 
 
-def build_catalogue(model: str, n_adapters: int, cache_dir: str | None = None
-                    ) -> tuple[ResolvedModel, list[tuple[str, Path, str, list[p.Contributor]]]]:
+def build_catalogue(
+    model: str, n_adapters: int, cache_dir: str | None = None
+) -> tuple[ResolvedModel, list[tuple[str, Path, str, list[p.Contributor]]]]:
     """The model and its demo adapters: (model, [(name, path, adapter id, contributors)])."""
     resolved = resolve_model(model, cache_dir)
     if resolved.name == TINY_MODEL_NAME:
-        built = build_demo_adapters(resolved.path, n_adapters, out_dir=cache_root(cache_dir) / "adapters",
-                                    expected_model_id=resolved.model_id)
+        built = build_demo_adapters(
+            resolved.path, n_adapters, out_dir=cache_root(cache_dir) / "adapters", expected_model_id=resolved.model_id
+        )
         return resolved, [(name, path, adapter_id, seeded_contributors(name)) for name, path, adapter_id in built]
     adapters = []
     for name in TRAINED[:n_adapters]:
@@ -50,29 +52,46 @@ def build_catalogue(model: str, n_adapters: int, cache_dir: str | None = None
 
 
 def seeded_contributors(name: str) -> list[p.Contributor]:
-    return [p.Contributor(contributor_id=f"{name}-data-{i}", address=devnet_address(f"contributor:{name}:{i}"),
-                          weight_bps=w) for i, w in enumerate(DEMO_WEIGHTS)]
+    return [
+        p.Contributor(
+            contributor_id=f"{name}-data-{i}", address=devnet_address(f"contributor:{name}:{i}"), weight_bps=w
+        )
+        for i, w in enumerate(DEMO_WEIGHTS)
+    ]
 
 
-def demo_manifest(name: str, adapter_id: str, model_id: str, config: dict,
-                  contributors: list[p.Contributor] | None = None) -> p.AdapterManifest:
+def demo_manifest(
+    name: str, adapter_id: str, model_id: str, config: dict, contributors: list[p.Contributor] | None = None
+) -> p.AdapterManifest:
     return p.AdapterManifest(
-        adapter_id=adapter_id, name=name, base_model_id=model_id, owner_address=devnet_address(f"developer:{name}"),
-        contributors=contributors or seeded_contributors(name), rank=int(config.get("r", 8)),
-        target_modules=sorted(config.get("target_modules", [])), registered_at=time.time(),
+        adapter_id=adapter_id,
+        name=name,
+        base_model_id=model_id,
+        owner_address=devnet_address(f"developer:{name}"),
+        contributors=contributors or seeded_contributors(name),
+        rank=int(config.get("r", 8)),
+        target_modules=sorted(config.get("target_modules", [])),
+        registered_at=time.time(),
     )
 
 
 def model_manifest(model: ResolvedModel) -> p.ModelManifest:
     """The registry record of a model: content id, tokenizer id, chat template, vocabulary."""
     tok = load_tokenizer(model.path)
-    return p.ModelManifest(model_id=model.model_id, name=model.name, architecture="LlamaForCausalLM",
-                           tokenizer_id=tok.tokenizer_id, chat_template=tok.chat_template,
-                           vocab_size=tok.vocab_size, registered_at=time.time())
+    return p.ModelManifest(
+        model_id=model.model_id,
+        name=model.name,
+        architecture="LlamaForCausalLM",
+        tokenizer_id=tok.tokenizer_id,
+        chat_template=tok.chat_template,
+        vocab_size=tok.vocab_size,
+        registered_at=time.time(),
+    )
 
 
-async def register_catalogue(nc: NATS, model: str, n_adapters: int, cache_dir: str | None = None
-                             ) -> tuple[str, list[str]]:
+async def register_catalogue(
+    nc: NATS, model: str, n_adapters: int, cache_dir: str | None = None
+) -> tuple[str, list[str]]:
     """Register the model and its demo adapters; idempotent. Returns (model_id, adapter names)."""
     import asyncio
 
@@ -83,6 +102,11 @@ async def register_catalogue(nc: NATS, model: str, n_adapters: int, cache_dir: s
     for name, path, adapter_id, contributors in adapters:
         config_bytes, weights = adapter_to_blobs(path)
         manifest = demo_manifest(name, adapter_id, resolved.model_id, json.loads(config_bytes), contributors)
-        await request(nc, p.DATASTORE_ADAPTER_PUT, p.AdapterPut(manifest=manifest, config=config_bytes, weights=weights), timeout=30)
+        await request(
+            nc,
+            p.DATASTORE_ADAPTER_PUT,
+            p.AdapterPut(manifest=manifest, config=config_bytes, weights=weights),
+            timeout=30,
+        )
         names.append(name)
     return resolved.model_id, names

@@ -43,30 +43,49 @@ async def run_demo(nats_url: str, identity: Identity, n_jobs: int = 6, max_token
         if chat:
             plan = [("", QUESTION)] + [(a, QUESTION) for a in adapters]
         else:
-            plan = [(adapters[i % len(adapters)] if i % 5 != 4 else "", PROMPTS[i % len(PROMPTS)]) for i in range(n_jobs)]
-        jobs = [(await client.submit(a, prompt, max_tokens, model=base.model_id, chat=chat), a or "(base)")
-                for a, prompt in plan]
+            plan = [
+                (adapters[i % len(adapters)] if i % 5 != 4 else "", PROMPTS[i % len(PROMPTS)]) for i in range(n_jobs)
+            ]
+        jobs = [
+            (await client.submit(a, prompt, max_tokens, model=base.model_id, chat=chat), a or "(base)")
+            for a, prompt in plan
+        ]
         title = f"loranet devnet demo: {QUESTION!r}" if chat else "loranet devnet demo"
         with console.status(f"{len(jobs)} jobs submitted over {len({a for _, a in jobs})} adapters; waiting"):
             outcomes = await asyncio.gather(*(client.wait(job_id, 600) for job_id, _ in jobs))
-        table = Table("adapter", "answer", "node", "verdict", "status", "fee (OPEN)", "node/dev/data/verif/treas %",
-                      title=title, show_lines=True)
+        table = Table(
+            "adapter",
+            "answer",
+            "node",
+            "verdict",
+            "status",
+            "fee (OPEN)",
+            "node/dev/data/verif/treas %",
+            title=title,
+            show_lines=True,
+        )
         ok = True
-        for (job_id, adapter), out in zip(jobs, outcomes):
+        for (_job_id, adapter), out in zip(jobs, outcomes):
             ok &= out.status == "settled" and sum(out.payouts.values()) == out.fee
             pay = out.payouts
             data = sum(v for k, v in pay.items() if k.startswith("contributor:"))
             verif = sum(v for k, v in pay.items() if k.startswith("verifier:"))
             fee = max(out.fee, 1)
-            split = "/".join(f"{100 * x / fee:.0f}" for x in (pay.get("node", 0), pay.get("developer", 0), data, verif,
-                                                             pay.get("treasury", 0)))
+            split = "/".join(
+                f"{100 * x / fee:.0f}"
+                for x in (pay.get("node", 0), pay.get("developer", 0), data, verif, pay.get("treasury", 0))
+            )
             verdict = "accepted" if out.verdict.get("accepted") else (out.verdict and "rejected") or "-"
             answer = out.output if chat else repr(out.output)
             table.add_row(adapter, answer.strip(), out.node_id, verdict, out.status, f"{out.fee / 1e18:.6f}", split)
         console.print(table)
-        console.print("every job verified and settled; payouts sum to each fee" if ok else "[red]some jobs did not settle[/]")
+        console.print(
+            "every job verified and settled; payouts sum to each fee" if ok else "[red]some jobs did not settle[/]"
+        )
         first = adapters[min(1, len(adapters) - 1)]
-        console.print(f"\nAsk your own:     .venv/bin/loranet chat --adapter {first} 'What is the largest ocean?'\n"
-                      "Read a record:    .venv/bin/loranet job <job_id> --json\n"
-                      "Status / stop:    .venv/bin/loranet devnet status  |  .venv/bin/loranet devnet down")
+        console.print(
+            f"\nAsk your own:     .venv/bin/loranet chat --adapter {first} 'What is the largest ocean?'\n"
+            "Read a record:    .venv/bin/loranet job <job_id> --json\n"
+            "Status / stop:    .venv/bin/loranet devnet status  |  .venv/bin/loranet devnet down"
+        )
         return 0 if ok else 1

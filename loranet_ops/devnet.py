@@ -180,9 +180,14 @@ class Supervisor:
         (self.dir / PASSWORDS_FILE).unlink(missing_ok=True)
         self.auth = config.auth and AUTH_CONF.exists()
         passwords = _passwords(self.dir) if self.auth else None
-        self.nats = NatsServer(config.nats_port, self.dir / "nats", self.dir / "logs" / "nats.log",
-                               auth_conf=AUTH_CONF if self.auth else None, passwords=passwords,
-                               extra_env=_auth_keys(self.dir) if self.auth else None)
+        self.nats = NatsServer(
+            config.nats_port,
+            self.dir / "nats",
+            self.dir / "logs" / "nats.log",
+            auth_conf=AUTH_CONF if self.auth else None,
+            passwords=passwords,
+            extra_env=_auth_keys(self.dir) if self.auth else None,
+        )
         self.redis = RedisServer(config.redis_port, self.dir / "redis", self.dir / "logs" / "redis.log")
         self.services: list[ServiceProc] = []
         self.chain_port = config.chain_port or free_port()
@@ -193,12 +198,14 @@ class Supervisor:
 
     def _env(self, name: str, index: int, extra: dict[str, str], role: str = "") -> dict[str, str]:
         env = dict(os.environ)
-        env.update({
-            "LORANET_NATS_URL": self.config.url_for(role) if role else self.config.nats_url,
-            "LORANET_INSTANCE": name,
-            "LORANET_STATE_DIR": str(self.dir / "state"),
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "LORANET_NATS_URL": self.config.url_for(role) if role else self.config.nats_url,
+                "LORANET_INSTANCE": name,
+                "LORANET_STATE_DIR": str(self.dir / "state"),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         from loranet.model.catalog import default_model_name  # (torch is imported only when services are planned)
 
         env["LORANET_MODEL"] = self.config.model or default_model_name()
@@ -218,23 +225,48 @@ class Supervisor:
         def svc(name: str, module: str, role: str = "", **extra: str) -> ServiceProc:
             nonlocal i
             i += 1
-            return ServiceProc(name, module, self._env(name, i, extra, role), log=str(self.dir / "logs" / f"{name}.log"))
+            return ServiceProc(
+                name, module, self._env(name, i, extra, role), log=str(self.dir / "logs" / f"{name}.log")
+            )
 
-        first = [svc("auth", "services.auth", LORANET_AUTH_ISSUER_SEED_FILE=str(self.dir / AUTH_ISSUER_SEED_FILE),
-                     LORANET_AUTH_NKEY_SEED_FILE=str(self.dir / AUTH_NKEY_SEED_FILE))] if self.auth else []
+        first = (
+            [
+                svc(
+                    "auth",
+                    "services.auth",
+                    LORANET_AUTH_ISSUER_SEED_FILE=str(self.dir / AUTH_ISSUER_SEED_FILE),
+                    LORANET_AUTH_NKEY_SEED_FILE=str(self.dir / AUTH_NKEY_SEED_FILE),
+                )
+            ]
+            if self.auth
+            else []
+        )
         first += [
-            svc("chain", "loranet_ops.chain_node", LORANET_CHAIN_PORT=str(self.chain_port),
+            svc(
+                "chain",
+                "loranet_ops.chain_node",
+                LORANET_CHAIN_PORT=str(self.chain_port),
                 LORANET_CHAIN_DEPLOYMENT_FILE=str(self.dir / "chain.json"),
-                LORANET_CHAIN_JOURNAL=str(self.dir / CHAIN_JOURNAL_FILE)),
+                LORANET_CHAIN_JOURNAL=str(self.dir / CHAIN_JOURNAL_FILE),
+            ),
             svc("datastore", "services.datastore", "datastore", LORANET_REDIS_URL=self.config.redis_url),
-            svc("settlement", "services.settlement", "settlement", LORANET_EPOCH_MAX_S=str(self.config.epoch_max_s),
-                LORANET_RPC_URL=self.rpc_url),
+            svc(
+                "settlement",
+                "services.settlement",
+                "settlement",
+                LORANET_EPOCH_MAX_S=str(self.config.epoch_max_s),
+                LORANET_RPC_URL=self.rpc_url,
+            ),
         ]
         second = [svc("scheduler", "services.scheduler", "scheduler")]
-        second += [svc(f"verifier-{k}", "services.verifier", "verifier", LORANET_VERIFIER_ID=f"verifier-{k}")
-                   for k in range(self.config.verifiers)]
-        second += [svc(f"node-{k}", "services.inference", "inference", LORANET_NODE_ID=f"node-{k}")
-                   for k in range(self.config.inference_nodes)]
+        second += [
+            svc(f"verifier-{k}", "services.verifier", "verifier", LORANET_VERIFIER_ID=f"verifier-{k}")
+            for k in range(self.config.verifiers)
+        ]
+        second += [
+            svc(f"node-{k}", "services.inference", "inference", LORANET_NODE_ID=f"node-{k}")
+            for k in range(self.config.inference_nodes)
+        ]
         return first, second
 
     @property
@@ -244,8 +276,13 @@ class Supervisor:
     def start_service(self, svc: ServiceProc) -> None:
         log = open(svc.log, "ab")
         svc.log_from = log.tell()  # after `devnet down` / `up` the log holds the last run's start too
-        svc.proc = subprocess.Popen([sys.executable, "-m", svc.module], env=svc.env, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+        svc.proc = subprocess.Popen(
+            [sys.executable, "-m", svc.module],
+            env=svc.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         svc.pid, svc.state, svc.started_at = svc.proc.pid, "starting", time.time()
 
@@ -264,13 +301,16 @@ class Supervisor:
         self.write_state()
 
     def register_catalogue(self) -> None:
-        from .demo import register_catalogue
         import nats
+
+        from .demo import register_catalogue
 
         async def go() -> None:
             nc = await nats.connect(self.config.url_for("init"))
             try:
-                await register_catalogue(nc, self.config.model, self.config.demo_adapters, self.config.cache_dir or None)
+                await register_catalogue(
+                    nc, self.config.model, self.config.demo_adapters, self.config.cache_dir or None
+                )
             finally:
                 await nc.close()
 
@@ -289,13 +329,21 @@ class Supervisor:
             "state_dir": str(self.dir),
             "config": asdict(self.config),
             "servers": {
-                "nats": {"pid": self.nats.proc.pid if self.nats.proc else 0, "state": "running" if self.nats.running else "stopped",
-                         "log": str(self.nats.log_path)},
-                "redis": {"pid": self.redis.proc.pid if self.redis.proc else 0, "state": "running" if self.redis.running else "stopped",
-                          "log": str(self.redis.log_path)},
+                "nats": {
+                    "pid": self.nats.proc.pid if self.nats.proc else 0,
+                    "state": "running" if self.nats.running else "stopped",
+                    "log": str(self.nats.log_path),
+                },
+                "redis": {
+                    "pid": self.redis.proc.pid if self.redis.proc else 0,
+                    "state": "running" if self.redis.running else "stopped",
+                    "log": str(self.redis.log_path),
+                },
             },
-            "services": {s.name: {"pid": s.pid, "state": s.state, "restarts": s.restarts, "log": s.log,
-                                  "module": s.module} for s in self.services},
+            "services": {
+                s.name: {"pid": s.pid, "state": s.state, "restarts": s.restarts, "log": s.log, "module": s.module}
+                for s in self.services
+            },
         }
         tmp = state_path(self.dir).with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
@@ -364,7 +412,12 @@ class Supervisor:
                     server.start()
                     changed = True
             for svc in self.services:
-                if svc.state == "starting" and svc.proc and svc.proc.poll() is None and time.time() - svc.started_at > 1:
+                if (
+                    svc.state == "starting"
+                    and svc.proc
+                    and svc.proc.poll() is None
+                    and time.time() - svc.started_at > 1
+                ):
                     text = svc.log_text()
                     if text.rfind('"event":"service.started"') > text.rfind('"event":"service.stopped"'):
                         svc.state = "running"
@@ -428,7 +481,9 @@ def start_detached(config: DevnetConfig, timeout: float = 600.0, progress=None) 
             if state.get("phase") == "failed":
                 raise RuntimeError(f"devnet failed to start: {state.get('error')} (logs in {config.state_dir}/logs)")
         if proc.poll() is not None:
-            raise RuntimeError(f"devnet supervisor exited with code {proc.returncode}; see {config.state_dir}/supervisor.log")
+            raise RuntimeError(
+                f"devnet supervisor exited with code {proc.returncode}; see {config.state_dir}/supervisor.log"
+            )
         time.sleep(0.3)
     raise TimeoutError(f"devnet not ready after {timeout:.0f}s; see {config.state_dir}/logs")
 
@@ -455,7 +510,7 @@ def status(state_dir: str | Path) -> dict:
         return {"running": False, "services": {}}
     running = pid_alive(int(state.get("supervisor_pid", 0)))
     for group in ("servers", "services"):
-        for name, info in state.get(group, {}).items():
+        for _name, info in state.get(group, {}).items():
             if not running or not pid_alive(int(info.get("pid", 0))):
                 info["state"] = "stopped" if not running else "down"
     state["running"] = running

@@ -72,7 +72,9 @@ class _Process:
     def start(self, timeout: float = 15.0) -> None:
         log = open(self.log_path, "ab")
         env = {**os.environ, **self.env} if self.env else None
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        self.proc = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
         log.close()
         wait_for_port(self.port, timeout, self.proc)
 
@@ -102,9 +104,16 @@ class _Process:
 class NatsServer(_Process):
     """nats-server with JetStream (file storage) on a loopback port."""
 
-    def __init__(self, port: int, data_dir: Path, log_path: Path | None = None, sync_always: bool = False,
-                 auth_conf: Path | None = None, passwords: dict[str, str] | None = None,
-                 extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        port: int,
+        data_dir: Path,
+        log_path: Path | None = None,
+        sync_always: bool = False,
+        auth_conf: Path | None = None,
+        passwords: dict[str, str] | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         """`auth_conf`: a users/permissions file (deploy/nats/auth.conf) whose `$LORANET_NATS_PASSWORD_<ROLE>`
         variables are filled from `passwords` (role -> password) through the server's environment, and
         its auth callout keys (`LORANET_NATS_AUTH_ISSUER`, `LORANET_NATS_AUTH_NKEY`) from `extra_env`."""
@@ -129,8 +138,7 @@ class NatsServer(_Process):
         self.config_path.write_text(
             f"listen: 127.0.0.1:{self.port}\n"
             "max_payload: 8MB\n"
-            f"jetstream {{\n  store_dir: \"{self.data_dir / 'js'}\"{sync}\n}}\n"
-            + include
+            f'jetstream {{\n  store_dir: "{self.data_dir / "js"}"{sync}\n}}\n' + include
         )
         return [nats_server_binary(), "-c", str(self.config_path)]
 
@@ -147,8 +155,21 @@ class RedisServer(_Process):
 
     def command(self) -> list[str]:
         return [
-            redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-            "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--protected-mode", "no",
+            redis_server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--protected-mode",
+            "no",
         ]
 
 

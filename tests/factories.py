@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from loranet import codec, protocol as p
+from loranet import codec
+from loranet import protocol as p
 from loranet.signing import Identity, sign
 
 CLIENT = Identity.from_seed(b"c" * 32)
@@ -17,9 +18,18 @@ ADAPTER = "b" * 64
 
 def job(**overrides) -> p.JobRequest:
     now = time.time()
-    fields = dict(job_id=p.new_job_id(), client_key=CLIENT.public, client_address=ADDR, model_id=MODEL,
-                  adapter_id=ADAPTER, prompt="hello", max_tokens=8, max_fee=10**20, created_at=now,
-                  expires_at=now + 60)
+    fields = dict(
+        job_id=p.new_job_id(),
+        client_key=CLIENT.public,
+        client_address=ADDR,
+        model_id=MODEL,
+        adapter_id=ADAPTER,
+        prompt="hello",
+        max_tokens=8,
+        max_fee=10**20,
+        created_at=now,
+        expires_at=now + 60,
+    )
     fields.update(overrides)
     return sign(p.JobRequest(**fields), CLIENT)
 
@@ -27,26 +37,54 @@ def job(**overrides) -> p.JobRequest:
 def result(request: p.JobRequest | None = None) -> p.InferenceResult:
     request = request or job()
     r = p.InferenceResult(
-        job_id=request.job_id, node_id="node-0", node_key=NODE.public, node_address=ADDR, node_seq=1, request=request,
-        request_hash=request.request_hash(), model_id=request.model_id,
-        adapter_id=request.adapter_id, tokenizer_id="c" * 64, prompt_tokens=[256, 104, 105], output_tokens=[1, 2, 257],
-        output_text="\x01\x02", finish_reason="eos", fingerprint=p.Fingerprint(chunks=[b"\x01" * 40, b"\x02" * 40]),
-        started_at=time.time(), finished_at=time.time())
+        job_id=request.job_id,
+        node_id="node-0",
+        node_key=NODE.public,
+        node_address=ADDR,
+        node_seq=1,
+        request=request,
+        request_hash=request.request_hash(),
+        model_id=request.model_id,
+        adapter_id=request.adapter_id,
+        tokenizer_id="c" * 64,
+        prompt_tokens=[256, 104, 105],
+        output_tokens=[1, 2, 257],
+        output_text="\x01\x02",
+        finish_reason="eos",
+        fingerprint=p.Fingerprint(chunks=[b"\x01" * 40, b"\x02" * 40]),
+        started_at=time.time(),
+        finished_at=time.time(),
+    )
     return sign(r, NODE)
 
 
 def verdict(res: p.InferenceResult | None = None) -> p.Verdict:
     res = res or result()
-    v = p.Verdict(job_id=res.job_id, verifier_id="verifier-0", verifier_key=VERIFIER.public, verifier_address=ADDR,
-                  result_hash=res.result_hash(), accepted=True, audited=True,
-                  checks=[p.Check(name="signature", ok=True)], result=res, decided_at=time.time())
+    v = p.Verdict(
+        job_id=res.job_id,
+        verifier_id="verifier-0",
+        verifier_key=VERIFIER.public,
+        verifier_address=ADDR,
+        result_hash=res.result_hash(),
+        accepted=True,
+        audited=True,
+        checks=[p.Check(name="signature", ok=True)],
+        result=res,
+        decided_at=time.time(),
+    )
     return sign(v, VERIFIER)
 
 
 def manifest() -> p.AdapterManifest:
-    return p.AdapterManifest(adapter_id=ADAPTER, name="demo-x", base_model_id=MODEL, owner_address=ADDR,
-                             contributors=[p.Contributor(contributor_id="d0", address=ADDR, weight_bps=10_000)],
-                             rank=8, target_modules=["q_proj", "v_proj"])
+    return p.AdapterManifest(
+        adapter_id=ADAPTER,
+        name="demo-x",
+        base_model_id=MODEL,
+        owner_address=ADDR,
+        contributors=[p.Contributor(contributor_id="d0", address=ADDR, weight_bps=10_000)],
+        rank=8,
+        target_modules=["q_proj", "v_proj"],
+    )
 
 
 def model_manifest() -> p.ModelManifest:
@@ -59,20 +97,35 @@ def examples() -> dict[str, p.Wire]:
     r = result(j)
     return {
         p.JOBS_SUBMIT.pattern: j,
-        p.JOBS_RERUN.pattern: p.RerunRequest(job_id=j.job_id, attempt=1, request=j, exclude=["node-0"], reason="rejected",
-                                     at=time.time()),
-        p.WORK_ALL.pattern: p.WorkBatch(batch_id=p.new_job_id(), node_id="node-0", model_id=MODEL,
-                                segments=[p.WorkSegment(adapter_id=ADAPTER, jobs=[j])], dispatched_at=time.time(),
-                                scheduler_id="scheduler"),
+        p.JOBS_RERUN.pattern: p.RerunRequest(
+            job_id=j.job_id, attempt=1, request=j, exclude=["node-0"], reason="rejected", at=time.time()
+        ),
+        p.WORK_ALL.pattern: p.WorkBatch(
+            batch_id=p.new_job_id(),
+            node_id="node-0",
+            model_id=MODEL,
+            segments=[p.WorkSegment(adapter_id=ADAPTER, jobs=[j])],
+            dispatched_at=time.time(),
+            scheduler_id="scheduler",
+        ),
         p.RESULTS_ALL.pattern: r,
         p.VERDICTS_ALL.pattern: verdict(r),
-        p.RECEIPTS_ALL.pattern: p.Receipt(job_id=j.job_id, status="settled", fee=10**20,
-                                  payouts=[p.Payout(party="node", address=ADDR, amount=10**20)], epoch=1,
-                                  tx_hash="0x" + "0" * 64, block=3, settled_at=time.time()),
-        p.JOB_EVENTS_ALL.pattern: p.JobEvent(job_id=j.job_id, stage="admitted", service="scheduler", body=codec.encode(j),
-                                     at=time.time()),
-        p.DEAD_LETTER_ALL.pattern: p.DeadLetter(subject="jobs.submit", service="scheduler", reason="x", data=b"\x00",
-                                        at=time.time()),
+        p.RECEIPTS_ALL.pattern: p.Receipt(
+            job_id=j.job_id,
+            status="settled",
+            fee=10**20,
+            payouts=[p.Payout(party="node", address=ADDR, amount=10**20)],
+            epoch=1,
+            tx_hash="0x" + "0" * 64,
+            block=3,
+            settled_at=time.time(),
+        ),
+        p.JOB_EVENTS_ALL.pattern: p.JobEvent(
+            job_id=j.job_id, stage="admitted", service="scheduler", body=codec.encode(j), at=time.time()
+        ),
+        p.DEAD_LETTER_ALL.pattern: p.DeadLetter(
+            subject="jobs.submit", service="scheduler", reason="x", data=b"\x00", at=time.time()
+        ),
         p.DATASTORE_MODEL_PUT.pattern: p.ModelPut(manifest=model_manifest()),
         p.DATASTORE_MODEL_GET.pattern: p.ModelGet(model="m"),
         p.DATASTORE_ADAPTER_PUT.pattern: p.AdapterPut(manifest=manifest(), config=b"{}", weights=b"\x00" * 16),

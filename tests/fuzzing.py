@@ -12,13 +12,26 @@ from collections.abc import Iterator
 
 import msgpack
 
-from loranet import codec, protocol as p
+from loranet import codec
+from loranet import protocol as p
 from loranet.signing import Identity, sign
-
 from tests import factories
 
-KINDS = ("bytes", "truncate", "bitflip", "wrong_type", "huge_field", "deep", "version", "extra_field",
-         "missing_field", "forged", "unsigned", "replay", "not_a_map")
+KINDS = (
+    "bytes",
+    "truncate",
+    "bitflip",
+    "wrong_type",
+    "huge_field",
+    "deep",
+    "version",
+    "extra_field",
+    "missing_field",
+    "forged",
+    "unsigned",
+    "replay",
+    "not_a_map",
+)
 _STRANGER = Identity.from_seed(b"x" * 32)
 
 

@@ -23,13 +23,13 @@ from nats.aio.client import Client as NATS
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.nuid import NUID
 
-from . import codec, confidential, natsauth, protocol as p
+from . import codec, confidential, natsauth
+from . import protocol as p
+from .errors import LoranetError, RemoteError
 from .model.catalog import default_model_name
 from .model.tokenizers import render_chat
 from .runtime import request
-from .errors import RemoteError
 from .signing import Identity, SignatureInvalid, devnet_address, sign
-from .errors import LoranetError
 
 M = TypeVar("M", bound=p.Wire)
 R = TypeVar("R", bound=p.Wire)
@@ -62,9 +62,17 @@ class Outcome:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "job_id": self.job_id, "status": self.status, "reason": self.reason, "output": self.output,
-            "finish_reason": self.finish_reason, "node_id": self.node_id, "verdict": self.verdict, "fee": str(self.fee),
-            "payouts": {k: str(v) for k, v in self.payouts.items()}, "tx_hash": self.tx_hash, "epoch": self.epoch,
+            "job_id": self.job_id,
+            "status": self.status,
+            "reason": self.reason,
+            "output": self.output,
+            "finish_reason": self.finish_reason,
+            "node_id": self.node_id,
+            "verdict": self.verdict,
+            "fee": str(self.fee),
+            "payouts": {k: str(v) for k, v in self.payouts.items()},
+            "tx_hash": self.tx_hash,
+            "epoch": self.epoch,
             "stages": self.stages,
         }
 
@@ -80,8 +88,13 @@ def payout_table(receipt: p.Receipt) -> dict[str, int]:
 
 def outcome_of(record: p.JobRecord, identity: Identity | None = None) -> Outcome:
     """The outcome of a job record; `identity` (the client's) opens a confidential job's sealed output."""
-    out = Outcome(job_id=record.job_id, status=record.status, reason=record.reason, node_id=record.node_id,
-                  stages=list(record.stages))
+    out = Outcome(
+        job_id=record.job_id,
+        status=record.status,
+        reason=record.reason,
+        node_id=record.node_id,
+        stages=list(record.stages),
+    )
     if record.result is not None:
         out.output = record.result.output_text
         out.finish_reason = p.OPENAI_FINISH_REASONS.get(record.result.finish_reason, "stop")
@@ -92,8 +105,13 @@ def outcome_of(record: p.JobRecord, identity: Identity | None = None) -> Outcome
                 out.reason = (out.reason + "; " if out.reason else "") + f"sealed output does not open: {exc}"
     if record.verdicts:
         v = record.verdicts[-1]
-        out.verdict = {"accepted": v.accepted, "audited": v.audited, "verifier": v.verifier_id,
-                       "failed_checks": [c.name for c in v.checks if not c.ok], "verdicts": len(record.verdicts)}
+        out.verdict = {
+            "accepted": v.accepted,
+            "audited": v.audited,
+            "verifier": v.verifier_id,
+            "failed_checks": [c.name for c in v.checks if not c.ok],
+            "verdicts": len(record.verdicts),
+        }
     if record.receipt is not None:
         out.fee = record.receipt.fee
         out.payouts = payout_table(record.receipt)
@@ -117,20 +135,21 @@ class Client:
         self.timeout_s = timeout_s
 
     @classmethod
-    async def connect(cls, url: str, identity: Identity, address: str | None = None, **options: Any) -> "Client":
+    async def connect(cls, url: str, identity: Identity, address: str | None = None, **options: Any) -> Client:
         """Connect as this identity: its Ed25519 key is the NATS NKEY the server's auth callout checks
         (loranet.natsauth), with its own inbox prefix.  A URL that carries a user and password (an
         operator's, a test's) connects as that user instead."""
         auth = {} if _has_credentials(url) else natsauth.connect_options(identity)
-        nc = await nats.connect(url, name="loranet-client", connect_timeout=5, max_reconnect_attempts=3,
-                                **auth, **options)
+        nc = await nats.connect(
+            url, name="loranet-client", connect_timeout=5, max_reconnect_attempts=3, **auth, **options
+        )
         return cls(nc, identity, address)
 
     @property
     def client_id(self) -> str:
         return p.client_id(self.identity.public)
 
-    async def __aenter__(self) -> "Client":
+    async def __aenter__(self) -> Client:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -156,9 +175,7 @@ class Client:
         target modules come from its adapter_config.json, the id from its content."""
         import json
 
-        from .model.adapters import adapter_id_of_blobs, adapter_to_blobs
-
-        from .model.adapters import check_adapter_targets
+        from .model.adapters import adapter_id_of_blobs, adapter_to_blobs, check_adapter_targets
 
         config_bytes, weights = adapter_to_blobs(path)
         config = json.loads(config_bytes)
@@ -166,36 +183,68 @@ class Client:
         check_adapter_targets({}, config.get("target_modules"), f"{path}/adapter_config.json")
         trained_for = str(config.get("base_model_name_or_path") or "")
         if len(trained_for) == 64 and trained_for != base:
-            raise ValueError(f"{path}/adapter_config.json: the adapter was trained for base model {trained_for[:12]}…, "
-                             f"not {base[:12]}…")
+            raise ValueError(
+                f"{path}/adapter_config.json: the adapter was trained for base model {trained_for[:12]}…, "
+                f"not {base[:12]}…"
+            )
         record = p.AdapterManifest(
-            adapter_id=adapter_id_of_blobs(config_bytes, weights), name=manifest["name"], base_model_id=base,
-            owner_address=manifest.get("owner_address") or self.address, license=manifest.get("license", "apache-2.0"),
-            contributors=[p.Contributor(**c) for c in manifest["contributors"]], rank=int(config.get("r", 8)),
-            target_modules=sorted(config.get("target_modules") or []), registered_at=time.time(),
+            adapter_id=adapter_id_of_blobs(config_bytes, weights),
+            name=manifest["name"],
+            base_model_id=base,
+            owner_address=manifest.get("owner_address") or self.address,
+            license=manifest.get("license", "apache-2.0"),
+            contributors=[p.Contributor(**c) for c in manifest["contributors"]],
+            rank=int(config.get("r", 8)),
+            target_modules=sorted(config.get("target_modules") or []),
+            registered_at=time.time(),
         )
-        return await self._request(p.DATASTORE_ADAPTER_PUT, p.AdapterPut(manifest=record, config=config_bytes,
-                                                                         weights=weights), timeout=60)
+        return await self._request(
+            p.DATASTORE_ADAPTER_PUT, p.AdapterPut(manifest=record, config=config_bytes, weights=weights), timeout=60
+        )
 
     async def balance(self, address: str | None = None) -> p.Balance:
         return await self._request(p.SETTLEMENT_BALANCE, p.BalanceGet(address=address or self.address))
 
     async def faucet(self, amount: int, escrow: int) -> p.Balance:
-        return await self._request(p.SETTLEMENT_FAUCET, p.Faucet(address=self.address, amount=amount, escrow=escrow), timeout=60)
+        return await self._request(
+            p.SETTLEMENT_FAUCET, p.Faucet(address=self.address, amount=amount, escrow=escrow), timeout=60
+        )
 
     async def job(self, job_id: str) -> p.JobRecord:
         """The record of one of this client's jobs (the datastore answers no other client's)."""
-        return await self._request(p.DATASTORE_JOB_GET, p.JobGet(job_id=job_id), to=p.datastore_job_get(self.identity.public))
+        return await self._request(
+            p.DATASTORE_JOB_GET, p.JobGet(job_id=job_id), to=p.datastore_job_get(self.identity.public)
+        )
 
-    def build(self, *, model_id: str, adapter_id: str, prompt: str, max_tokens: int,
-              sampling: p.SamplingParams | None = None, max_fee: int = DEFAULT_MAX_FEE, ttl_s: float = 600.0,
-              region: str = "", job_id: str | None = None, tokenizer_id: str = "") -> p.JobRequest:
+    def build(
+        self,
+        *,
+        model_id: str,
+        adapter_id: str,
+        prompt: str,
+        max_tokens: int,
+        sampling: p.SamplingParams | None = None,
+        max_fee: int = DEFAULT_MAX_FEE,
+        ttl_s: float = 600.0,
+        region: str = "",
+        job_id: str | None = None,
+        tokenizer_id: str = "",
+    ) -> p.JobRequest:
         now = time.time()
         job = p.JobRequest(
-            job_id=job_id or p.new_job_id(), client_key=self.identity.public, client_address=self.address,
-            model_id=model_id, adapter_id=adapter_id, prompt=prompt, max_tokens=max_tokens,
-            sampling=sampling or p.SamplingParams(), max_fee=max_fee, created_at=now, expires_at=now + ttl_s,
-            region=region, tokenizer_id=tokenizer_id,
+            job_id=job_id or p.new_job_id(),
+            client_key=self.identity.public,
+            client_address=self.address,
+            model_id=model_id,
+            adapter_id=adapter_id,
+            prompt=prompt,
+            max_tokens=max_tokens,
+            sampling=sampling or p.SamplingParams(),
+            max_fee=max_fee,
+            created_at=now,
+            expires_at=now + ttl_s,
+            region=region,
+            tokenizer_id=tokenizer_id,
         )
         return sign(job, self.identity)
 
@@ -235,7 +284,8 @@ class Client:
         return out
 
     async def verifiers(self, model_id: str = "") -> list[p.VerifierAnnouncement]:
-        """Verifiers that announced their key recently (signed), for `model_id` if given: a confidential job's committee."""
+        """Verifiers that announced their key recently (signed), for `model_id` if given: a confidential job's
+        committee."""
         out, now = [], time.time()
         for value in await self._registry(p.VERIFIERS_BUCKET):
             try:
@@ -256,19 +306,42 @@ class Client:
         if node_id:
             nodes = [hb for hb in nodes if hb.node_id == node_id]
         if not nodes:
-            raise JobFailed(f"no live node{' ' + node_id if node_id else ''} serves model {job.model_id[:12]}… to seal a confidential job to")
-        node = min(nodes, key=lambda hb: (bool(job.adapter_id) and job.adapter_id not in hb.adapters_hot,
-                                          -hb.slots_free, hb.queue_depth, hb.node_id))
+            raise JobFailed(
+                f"no live node{' ' + node_id if node_id else ''} serves model {job.model_id[:12]}… to seal a "
+                "confidential job to"
+            )
+        node = min(
+            nodes,
+            key=lambda hb: (
+                bool(job.adapter_id) and job.adapter_id not in hb.adapters_hot,
+                -hb.slots_free,
+                hb.queue_depth,
+                hb.node_id,
+            ),
+        )
         committee = [v.verifier_key for v in await self.verifiers(job.model_id)]
         if not committee:
-            raise JobFailed(f"no verifier has announced a key for model {job.model_id[:12]}… (KV {p.VERIFIERS_BUCKET!r})")
+            raise JobFailed(
+                f"no verifier has announced a key for model {job.model_id[:12]}… (KV {p.VERIFIERS_BUCKET!r})"
+            )
         sealed = confidential.seal_prompt(job.job_id, job.client_key, job.prompt, node.node_key, committee)
         job = job.model_copy(update={"prompt": "", "sealed_prompt": sealed, "node_id": node.node_id, "signature": b""})
         return sign(p.JobRequest.model_validate(job.model_dump()), self.identity)
 
-    async def submit(self, adapter: str, prompt: str, max_tokens: int = 32, *, model: str = "",
-                     sampling: p.SamplingParams | None = None, max_fee: int = DEFAULT_MAX_FEE, region: str = "",
-                     confidential: bool = False, node_id: str = "", chat: bool = False) -> str:
+    async def submit(
+        self,
+        adapter: str,
+        prompt: str,
+        max_tokens: int = 32,
+        *,
+        model: str = "",
+        sampling: p.SamplingParams | None = None,
+        max_fee: int = DEFAULT_MAX_FEE,
+        region: str = "",
+        confidential: bool = False,
+        node_id: str = "",
+        chat: bool = False,
+    ) -> str:
         """Resolve `adapter` (id, registered name, or "" for the base model), sign and submit; returns the job id.
 
         `chat`: `prompt` is one user turn, rendered through the base model's chat template (from its registry
@@ -287,15 +360,24 @@ class Client:
             if not base.chat_template:
                 raise JobFailed(f"model {base.name} has no chat template in its registry record")
             prompt = render_chat(base.chat_template, [{"role": "user", "content": prompt}])
-        job = self.build(model_id=base.model_id, adapter_id=adapter_id, prompt=prompt, max_tokens=max_tokens,
-                         sampling=sampling, max_fee=max_fee, region=region, tokenizer_id=base.tokenizer_id)
+        job = self.build(
+            model_id=base.model_id,
+            adapter_id=adapter_id,
+            prompt=prompt,
+            max_tokens=max_tokens,
+            sampling=sampling,
+            max_fee=max_fee,
+            region=region,
+            tokenizer_id=base.tokenizer_id,
+        )
         if confidential:
             job = await self.seal_for(job, node_id)
         await self.publish(job)
         return job.job_id
 
-    async def wait(self, job_id: str, timeout: float = 300.0,
-                   on_event: Callable[[p.JobEvent], None] | None = None) -> Outcome:
+    async def wait(
+        self, job_id: str, timeout: float = 300.0, on_event: Callable[[p.JobEvent], None] | None = None
+    ) -> Outcome:
         """Follow jobs.events.<client_id>.<job_id> to a terminal stage, then read the full record.
 
         The consumer is named, so nats-py creates it through the filtered API subject
@@ -315,8 +397,14 @@ class Client:
                 done.set()
 
         config = ConsumerConfig(name=f"wait-{NUID().next().decode()}", inactive_threshold=30.0)
-        sub = await self.js.subscribe(p.job_events(self.identity.public, job_id), stream="EVENTS", ordered_consumer=True,
-                                      deliver_policy=DeliverPolicy.ALL, cb=on_msg, config=config)
+        sub = await self.js.subscribe(
+            p.job_events(self.identity.public, job_id),
+            stream="EVENTS",
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+            cb=on_msg,
+            config=config,
+        )
         give_up = time.monotonic() + timeout
         try:
             while not done.is_set():
@@ -325,7 +413,7 @@ class Client:
                     raise JobFailed(f"job {job_id} did not finish within {timeout:.0f}s")
                 try:
                     await asyncio.wait_for(done.wait(), min(left, WAIT_RECHECK_S))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     # Quiet for a while: if the consumer was lost (an ordered consumer re-created after
                     # a reconnect cannot reuse its name), the record still says how the job ended.
                     try:

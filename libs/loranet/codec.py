@@ -13,6 +13,7 @@ from typing import Any, ClassVar, TypeVar
 
 import msgpack
 from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer
+
 from .errors import Invalid
 
 # Hard ceilings for any message; a subject may set a lower one.
@@ -117,7 +118,9 @@ def _depth(obj: Any, depth: int = 0) -> int:
 def decode(schema: type[M], data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> M:
     """Decode and validate `data` as `schema`, or raise DecodeError."""
     if len(data) > max_bytes:
-        raise DecodeError("too_large", f"message of {len(data)} bytes exceeds the {max_bytes}-byte limit for {schema.__name__}")
+        raise DecodeError(
+            "too_large", f"message of {len(data)} bytes exceeds the {max_bytes}-byte limit for {schema.__name__}"
+        )
     try:
         obj = msgpack.unpackb(
             data,
@@ -133,7 +136,9 @@ def decode(schema: type[M], data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> 
     version = obj.get("v")
     expected = schema.model_fields["v"].default if "v" in schema.model_fields else None
     if expected is not None and version != expected:
-        raise DecodeError("unsupported_version", f"{schema.__name__} version {version!r} is not supported (expected {expected})", "v")
+        raise DecodeError(
+            "unsupported_version", f"{schema.__name__} version {version!r} is not supported (expected {expected})", "v"
+        )
     try:
         return schema.model_validate(obj)
     except ValidationError as exc:

@@ -49,8 +49,8 @@ from nacl.secret import SecretBox
 from nacl.signing import VerifyKey
 
 from . import protocol as p
-from .signing import Identity
 from .errors import Invalid
+from .signing import Identity
 
 DATA_KEY_BYTES = SecretBox.KEY_SIZE  # 32
 SLOT_BYTES = 32 + 16 + DATA_KEY_BYTES  # ephemeral public key + MAC + sealed data key
@@ -212,14 +212,25 @@ def seal_result(result: p.InferenceResult) -> p.InferenceResult:
 
     The counts stay in the clear for the fee (`prompt_token_count`, `output_token_count`), and the
     fingerprint's public parameters (`chunk_tokens`, `top_k`) with an empty chunk list."""
-    payload = _pack(DOMAIN_SEALED_OUTPUT, result.job_id, list(result.prompt_tokens), list(result.output_tokens),
-                    result.output_text, [bytes(c) for c in result.fingerprint.chunks])
-    return result.model_copy(update={
-        "sealed_output": seal(payload, output_recipients(result)),
-        "prompt_token_count": len(result.prompt_tokens), "output_token_count": len(result.output_tokens),
-        "prompt_tokens": [], "output_tokens": [], "output_text": "",
-        "fingerprint": result.fingerprint.model_copy(update={"chunks": []}),
-    })
+    payload = _pack(
+        DOMAIN_SEALED_OUTPUT,
+        result.job_id,
+        list(result.prompt_tokens),
+        list(result.output_tokens),
+        result.output_text,
+        [bytes(c) for c in result.fingerprint.chunks],
+    )
+    return result.model_copy(
+        update={
+            "sealed_output": seal(payload, output_recipients(result)),
+            "prompt_token_count": len(result.prompt_tokens),
+            "output_token_count": len(result.output_tokens),
+            "prompt_tokens": [],
+            "output_tokens": [],
+            "output_text": "",
+            "fingerprint": result.fingerprint.model_copy(update={"chunks": []}),
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -236,14 +247,26 @@ class Output:
 def open_output(result: p.InferenceResult, identity: Identity) -> Output:
     """Open `sealed_output` (NotARecipient, Tampered)."""
     if result.sealed_output is None:
-        return Output(list(result.prompt_tokens), list(result.output_tokens), result.output_text, b"",
-                      list(result.fingerprint.chunks))
+        return Output(
+            list(result.prompt_tokens),
+            list(result.output_tokens),
+            result.output_text,
+            b"",
+            list(result.fingerprint.chunks),
+        )
     key = data_key(result.sealed_output, identity)
-    _, job_id, prompt_tokens, output_tokens, text, chunks = _unpack(open_with_key(result.sealed_output, key),
-                                                                     DOMAIN_SEALED_OUTPUT, 6)
-    ok = (job_id == result.job_id and isinstance(text, str) and isinstance(prompt_tokens, list)
-          and isinstance(output_tokens, list) and all(type(t) is int for t in [*prompt_tokens, *output_tokens])
-          and isinstance(chunks, list) and all(type(c) is bytes for c in chunks))
+    _, job_id, prompt_tokens, output_tokens, text, chunks = _unpack(
+        open_with_key(result.sealed_output, key), DOMAIN_SEALED_OUTPUT, 6
+    )
+    ok = (
+        job_id == result.job_id
+        and isinstance(text, str)
+        and isinstance(prompt_tokens, list)
+        and isinstance(output_tokens, list)
+        and all(type(t) is int for t in [*prompt_tokens, *output_tokens])
+        and isinstance(chunks, list)
+        and all(type(c) is bytes for c in chunks)
+    )
     if not ok:
         raise Tampered("the sealed output belongs to another job or is malformed")
     try:  # the schema's bounds on what the clear fields would have held
@@ -257,10 +280,14 @@ def view_of(result: p.InferenceResult, out: Output) -> p.InferenceResult:
     """`result` with the opened token ids, text and fingerprint chunks put back in their clear fields.
 
     For checking only (a committee member runs the cheap checks and the audit on it); never published."""
-    return result.model_copy(update={
-        "prompt_tokens": out.prompt_tokens, "output_tokens": out.output_tokens, "output_text": out.output_text,
-        "fingerprint": result.fingerprint.model_copy(update={"chunks": out.fingerprint_chunks}),
-    })
+    return result.model_copy(
+        update={
+            "prompt_tokens": out.prompt_tokens,
+            "output_tokens": out.output_tokens,
+            "output_text": out.output_text,
+            "fingerprint": result.fingerprint.model_copy(update={"chunks": out.fingerprint_chunks}),
+        }
+    )
 
 
 def plaintext_view(result: p.InferenceResult, identity: Identity) -> tuple[p.InferenceResult, str, Output]:
@@ -289,8 +316,10 @@ def sealing_problems(result: p.InferenceResult, out: Output) -> list[str]:
     if result.fingerprint.chunks:
         problems.append(f"{len(result.fingerprint.chunks)} fingerprint chunks in the clear beside the sealed output")
     if (result.prompt_token_count, result.output_token_count) != (len(out.prompt_tokens), len(out.output_tokens)):
-        problems.append(f"counts {result.prompt_token_count}/{result.output_token_count} != sealed "
-                        f"{len(out.prompt_tokens)}/{len(out.output_tokens)}")
+        problems.append(
+            f"counts {result.prompt_token_count}/{result.output_token_count} != sealed "
+            f"{len(out.prompt_tokens)}/{len(out.output_tokens)}"
+        )
     want = output_recipients(result)
     got = recipients(result.sealed_output)
     if sorted(got) != sorted(set(want)):

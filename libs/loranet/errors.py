@@ -56,7 +56,6 @@ class LoranetError(Exception):
         self.field = field
 
 
-
 class Invalid(LoranetError, ValueError):
     code: str = "invalid"
 

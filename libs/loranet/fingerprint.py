@@ -155,7 +155,9 @@ class ChunkScore:
 def chunk_spans(prompt_len: int, n_generated: int, chunk: int = CHUNK_TOKENS) -> list[tuple[int, int]]:
     """Row ranges [start, end) of the hidden-state matrix for each chunk (see module docstring)."""
     if prompt_len < 1 or n_generated < 0 or chunk < 1:
-        raise ValueError(f"need prompt_len >= 1, n_generated >= 0, chunk >= 1; got {prompt_len}, {n_generated}, {chunk}")
+        raise ValueError(
+            f"need prompt_len >= 1, n_generated >= 0, chunk >= 1; got {prompt_len}, {n_generated}, {chunk}"
+        )
     spans = [(0, prompt_len)]
     for j in range(0, n_generated, chunk):
         spans.append((prompt_len - 1 + j, prompt_len - 1 + min(j + chunk, n_generated)))
@@ -289,8 +291,14 @@ def encode_chunk(hidden_chunk: torch.Tensor, k: int = TOP_K) -> bytes:
     else:  # 256 salts all colliding: probability far below 2^-700 at k = 128
         raise ValueError("fingerprint: no salt gives distinct field points")
     coeffs = _interpolate(x, _quantize(vals, lo, hi))
-    return (bytes([VERSION]) + _varint(k) + _varint(numel) + bytes([salt]) + struct.pack("<ff", lo, hi)
-            + coeffs.astype("<u2").tobytes())
+    return (
+        bytes([VERSION])
+        + _varint(k)
+        + _varint(numel)
+        + bytes([salt])
+        + struct.pack("<ff", lo, hi)
+        + coeffs.astype("<u2").tobytes()
+    )
 
 
 def decode_chunk(data: bytes) -> ChunkFingerprint:
@@ -336,8 +344,10 @@ def fingerprint_chunks(
         n_generated = max(hidden.shape[0] - prompt_len + 1, 0)
     spans = chunk_spans(prompt_len, n_generated, chunk)
     if spans[-1][1] > hidden.shape[0] or prompt_len > hidden.shape[0]:
-        raise ValueError(f"hidden has {hidden.shape[0]} rows; prompt {prompt_len} + {n_generated} generated needs "
-                         f"{max(prompt_len, spans[-1][1])}")
+        raise ValueError(
+            f"hidden has {hidden.shape[0]} rows; prompt {prompt_len} + {n_generated} generated needs "
+            f"{max(prompt_len, spans[-1][1])}"
+        )
     return [encode_chunk(hidden[a:b], k) for a, b in spans]
 
 
@@ -346,8 +356,12 @@ def fingerprint_chunks(
 # ---------------------------------------------------------------------------
 
 
-def compare_chunk(committed: bytes | ChunkFingerprint, recomputed_hidden_chunk: torch.Tensor, k: int = TOP_K,
-                  match_rel: float | None = None) -> ChunkScore:
+def compare_chunk(
+    committed: bytes | ChunkFingerprint,
+    recomputed_hidden_chunk: torch.Tensor,
+    k: int = TOP_K,
+    match_rel: float | None = None,
+) -> ChunkScore:
     """Score a recomputed chunk (same rows as committed, see `chunk_spans`) against the commitment.
 
     P is evaluated at the verifier's own top-k indices (see the module
@@ -379,18 +393,29 @@ def compare_chunk(committed: bytes | ChunkFingerprint, recomputed_hidden_chunk: 
         return ChunkScore(True, 0.0, inf, inf, inf, inf, fp.quant_step, fp.hi)
     err = abs_err[matched]
     rel = err / np.maximum(np.abs(decoded[matched]), 1e-12)
-    return ChunkScore(True, n / idx.size, float(err.mean()), float(err.max()), float(rel.mean()), float(rel.max()),
-                      fp.quant_step, fp.hi)
+    return ChunkScore(
+        True,
+        n / idx.size,
+        float(err.mean()),
+        float(err.max()),
+        float(rel.mean()),
+        float(rel.max()),
+        fp.quant_step,
+        fp.hi,
+    )
 
 
-def compare_chunks(committed: list[bytes], hidden: torch.Tensor, prompt_len: int, n_generated: int,
-                   chunk: int = CHUNK_TOKENS) -> list[ChunkScore]:
+def compare_chunks(
+    committed: list[bytes], hidden: torch.Tensor, prompt_len: int, n_generated: int, chunk: int = CHUNK_TOKENS
+) -> list[ChunkScore]:
     """Score every committed chunk against a verifier's prefill `hidden` over prompt + output.
 
     A count of commitments that does not match the chunk layout is an error
     (the result's proof is malformed)."""
     spans = chunk_spans(prompt_len, n_generated, chunk)
     if len(committed) != len(spans):
-        raise ValueError(f"fingerprint has {len(committed)} chunks; prompt {prompt_len} + {n_generated} generated "
-                         f"tokens make {len(spans)}")
+        raise ValueError(
+            f"fingerprint has {len(committed)} chunks; prompt {prompt_len} + {n_generated} generated "
+            f"tokens make {len(spans)}"
+        )
     return [compare_chunk(c, hidden[a:b]) for c, (a, b) in zip(committed, spans)]

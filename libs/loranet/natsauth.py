@@ -40,8 +40,8 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from . import protocol as p
-from .signing import Identity
 from .errors import Invalid
+from .signing import Identity
 
 PREFIX_ACCOUNT = nkeys.PREFIX_BYTE_ACCOUNT
 PREFIX_USER = nkeys.PREFIX_BYTE_USER
@@ -122,8 +122,11 @@ def encode_jwt(claims: dict[str, Any], issuer: SigningKey, issuer_prefix: int = 
     body.pop("jti", None)
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).digest()
     body["jti"] = base64.b32encode(digest).decode().rstrip("=")
-    signing_input = _b64(json.dumps(_HEADER, separators=(",", ":")).encode()) + "." + \
-        _b64(json.dumps(body, separators=(",", ":")).encode())
+    signing_input = (
+        _b64(json.dumps(_HEADER, separators=(",", ":")).encode())
+        + "."
+        + _b64(json.dumps(body, separators=(",", ":")).encode())
+    )
     return signing_input + "." + _b64(issuer.sign(signing_input.encode()).signature)
 
 
@@ -168,5 +171,7 @@ def issuer_from_seed(seed: str) -> SigningKey:
 if __name__ == "__main__":  # python -m loranet.natsauth: fresh keys for a deployment, as environment lines
     issuer_public, issuer_seed = new_issuer()
     service = Identity(SigningKey.generate())
-    print(f"LORANET_NATS_AUTH_ISSUER={issuer_public}\nLORANET_AUTH_ISSUER_SEED={issuer_seed}\n"
-          f"LORANET_NATS_AUTH_NKEY={public_of(service)}\nLORANET_AUTH_NKEY_SEED={seed_of(service)}")
+    print(
+        f"LORANET_NATS_AUTH_ISSUER={issuer_public}\nLORANET_AUTH_ISSUER_SEED={issuer_seed}\n"
+        f"LORANET_NATS_AUTH_NKEY={public_of(service)}\nLORANET_AUTH_NKEY_SEED={seed_of(service)}"
+    )

@@ -44,7 +44,12 @@ class EventLog:
     def _emit(self, level: int, event: str, fields: dict[str, Any]) -> None:
         if not self._logger.isEnabledFor(level):
             return
-        record = {"ts": round(time.time(), 3), "level": logging.getLevelName(level), "service": self.service, "event": event}
+        record = {
+            "ts": round(time.time(), 3),
+            "level": logging.getLevelName(level),
+            "service": self.service,
+            "event": event,
+        }
         if self.instance:
             record["instance"] = self.instance
         for key, value in fields.items():

@@ -12,8 +12,9 @@ from collections.abc import Callable, Hashable
 
 
 class RateLimiter:
-    def __init__(self, rate: float, burst: int, max_clients: int = 100_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, rate: float, burst: int, max_clients: int = 100_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if rate <= 0 or burst < 1:
             raise ValueError("rate must be > 0 and burst >= 1")
         self.rate = rate

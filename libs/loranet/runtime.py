@@ -32,7 +32,8 @@ import nats
 import nats.micro
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError, NoRespondersError, TimeoutError as NatsTimeoutError
+from nats.errors import ConnectionClosedError, NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.client import JetStreamContext
 from nats.js.errors import FetchTimeoutError
 from nats.micro.request import Request as MicroRequest
@@ -41,8 +42,8 @@ from . import codec, protocol
 from .codec import DecodeError, Wire
 from .errors import STATUS, LoranetError, Refused, RemoteError, ServiceError, Unavailable, code_of
 from .observability import DEAD_LETTERS, HANDLER_SECONDS, MESSAGES, EventLog, serve_metrics
-from .settings import CommonSettings
 from .protocol import Consumer, Request, Subject
+from .settings import CommonSettings
 from .topology import consumer_config, ensure_topology
 
 M = TypeVar("M", bound=Wire)
@@ -101,8 +102,14 @@ class _Stats:
 class Runtime:
     """Connection, topology, routes and shutdown for one service process."""
 
-    def __init__(self, service: str, settings: CommonSettings, version: str = "0.1.0", topology: bool = True,
-                 connect_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        service: str,
+        settings: CommonSettings,
+        version: str = "0.1.0",
+        topology: bool = True,
+        connect_options: dict[str, Any] | None = None,
+    ) -> None:
         """`topology`: create the streams at start (False: connect only, for a service without JetStream
         rights, like auth and the gateway); `connect_options`: extra nats.connect arguments (an NKEY seed,
         an inbox prefix)."""
@@ -126,7 +133,7 @@ class Runtime:
 
     # -- lifecycle ---------------------------------------------------------
 
-    async def __aenter__(self) -> "Runtime":
+    async def __aenter__(self) -> Runtime:
         await self.start()
         return self
 
@@ -141,7 +148,10 @@ class Runtime:
             self.log.warning("nats.disconnected")
 
         async def on_reconnected() -> None:
-            self.log.info("nats.reconnected", server=str(self.nc.connected_url.netloc if self.nc and self.nc.connected_url else ""))
+            self.log.info(
+                "nats.reconnected",
+                server=str(self.nc.connected_url.netloc if self.nc and self.nc.connected_url else ""),
+            )
 
         self.nc = await nats.connect(
             self.settings.nats_url,
@@ -158,7 +168,9 @@ class Runtime:
         if self.topology:
             await ensure_topology(self.js, self.settings.js_replicas, self.settings.node_ttl_s)
         serve_metrics(self.settings.metrics_port)
-        self.log.info("service.started", nats=self.settings.nats_url.split("@")[-1], metrics_port=self.settings.metrics_port)
+        self.log.info(
+            "service.started", nats=self.settings.nats_url.split("@")[-1], metrics_port=self.settings.metrics_port
+        )
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT set `stopping` (in the main thread only: a service run by a test in a thread is
@@ -244,7 +256,10 @@ class Runtime:
             self._micro = await nats.micro.add_service(self.nc, name=self.service, version=self.version)
             for ep in endpoints:
                 await self._micro.add_endpoint(
-                    name=ep.name, subject=ep.subject.pattern, handler=self._endpoint_handler(ep), queue_group=self.service
+                    name=ep.name,
+                    subject=ep.subject.pattern,
+                    handler=self._endpoint_handler(ep),
+                    queue_group=self.service,
                 )
         for route in routes:
             if isinstance(route, Pull):
@@ -287,7 +302,9 @@ class Runtime:
     async def _respond_error(self, req: MicroRequest, err: ServiceError) -> None:
         body = codec.encode(protocol.ErrorReply(code=err.code, message=err.message[:1024], field=err.field[:128]))
         try:
-            await req.respond_error(STATUS.get(err.code, "500"), err.message[:200].replace("\r", " ").replace("\n", " "), data=body)
+            await req.respond_error(
+                STATUS.get(err.code, "500"), err.message[:200].replace("\r", " ").replace("\n", " "), data=body
+            )
         except Exception as exc:
             self.log.warning("endpoint.reply_failed", error=repr(exc))
 
@@ -298,12 +315,12 @@ class Runtime:
                 stats.slot_free.clear()
                 try:
                     await asyncio.wait_for(stats.slot_free.wait(), timeout=1.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 continue
             try:
                 msgs = await sub.fetch(batch=free, timeout=1.0)
-            except (FetchTimeoutError, NatsTimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, FetchTimeoutError, NatsTimeoutError):
                 continue
             except asyncio.CancelledError:
                 raise
@@ -348,13 +365,20 @@ class Runtime:
                 outcome = "error"
                 transient = is_transient(exc)
                 outcome = "retry" if transient else "error"
-                self.log.error("handler.failed", route=route.name, subject=msg.subject, deliveries=deliveries,
-                               transient=transient, error=repr(exc))
+                self.log.error(
+                    "handler.failed",
+                    route=route.name,
+                    subject=msg.subject,
+                    deliveries=deliveries,
+                    transient=transient,
+                    error=repr(exc),
+                )
                 limit = route.consumer.max_deliver_transient - 1 if transient else route.consumer.max_deliver
                 if deliveries >= limit:
                     kind = "transient failures" if transient else "failures"
-                    await self.dead_letter(route.name, msg, f"gave up after {deliveries} {kind}; last error: {exc!r}",
-                                           deliveries)
+                    await self.dead_letter(
+                        route.name, msg, f"gave up after {deliveries} {kind}; last error: {exc!r}", deliveries
+                    )
                 else:
                     await msg.nak(delay=min(2.0 * deliveries, 30.0))
                 settled = True
@@ -395,7 +419,11 @@ class Runtime:
             reason = f"{reason} [message of {len(data)} bytes, sha256 {digest}, first {DEAD_LETTER_KEEP_BYTES} kept]"
             data = data[:DEAD_LETTER_KEEP_BYTES]
         record = protocol.DeadLetter(
-            subject=msg.subject[:256], service=self.service, reason=reason[:1024], data=data, deliveries=deliveries,
+            subject=msg.subject[:256],
+            service=self.service,
+            reason=reason[:1024],
+            data=data,
+            deliveries=deliveries,
             at=time.time(),
         )
         for attempt in range(4):
@@ -421,8 +449,17 @@ class Runtime:
         headers = {"Nats-Msg-Id": msg_id} if msg_id else None
         await self.js.publish(subject, codec.encode(message), headers=headers)
 
-    async def emit(self, job_id: str, stage: protocol.Stage, body: Wire | None = None, reason: str = "", node_id: str = "",
-                   dedup: str = "", client_key: bytes | None = None, attempt: int = 0) -> None:
+    async def emit(
+        self,
+        job_id: str,
+        stage: protocol.Stage,
+        body: Wire | None = None,
+        reason: str = "",
+        node_id: str = "",
+        dedup: str = "",
+        client_key: bytes | None = None,
+        attempt: int = 0,
+    ) -> None:
         """Record a job transition on jobs.events.<client_id>.<job_id> (de-duplicated per job, stage, `dedup`
         and, for a re-run, `attempt`).
 
@@ -434,8 +471,14 @@ class Runtime:
                 raise ValueError(f"job {job_id} {stage}: no client key for its events subject")
             client_key = request.client_key
         event = protocol.JobEvent(
-            job_id=job_id, stage=stage, service=self.service, reason=reason[:1024], node_id=node_id,
-            body=codec.encode(body) if body is not None else b"", at=time.time(), attempt=attempt,
+            job_id=job_id,
+            stage=stage,
+            service=self.service,
+            reason=reason[:1024],
+            node_id=node_id,
+            body=codec.encode(body) if body is not None else b"",
+            at=time.time(),
+            attempt=attempt,
         )
         msg_id = f"{job_id}:{stage}:{dedup}" + (f":{attempt}" if attempt else "")
         await self.publish(protocol.job_events(client_key, job_id), event, msg_id=msg_id)
@@ -457,8 +500,17 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, RemoteError):
         return exc.code == "unavailable"
-    return isinstance(exc, (NatsTimeoutError, NoRespondersError, ConnectionClosedError, asyncio.TimeoutError,
-                            TimeoutError, ConnectionError))
+    return isinstance(
+        exc,
+        (
+            NatsTimeoutError,
+            NoRespondersError,
+            ConnectionClosedError,
+            asyncio.TimeoutError,
+            TimeoutError,
+            ConnectionError,
+        ),
+    )
 
 
 async def request(nc: NATS, subject: Request[M, R], message: M, timeout: float = 10.0, to: str = "") -> R:

@@ -11,6 +11,7 @@ import os
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+
 from .errors import Invalid
 
 ENV_PREFIX = "LORANET_"

@@ -33,17 +33,17 @@ class Identity:
     signing_key: SigningKey
 
     @classmethod
-    def generate(cls) -> "Identity":
+    def generate(cls) -> Identity:
         return cls(SigningKey.generate())
 
     @classmethod
-    def from_seed(cls, seed: bytes) -> "Identity":
+    def from_seed(cls, seed: bytes) -> Identity:
         if len(seed) != 32:
             raise ValueError(f"an Ed25519 seed is 32 bytes, got {len(seed)}")
         return cls(SigningKey(seed))
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> "Identity":
+    def from_file(cls, path: str | os.PathLike[str]) -> Identity:
         """Load a hex seed from `path`; refuse files readable by group/others."""
         return cls.from_seed(bytes.fromhex(read_secret_file(path).strip()))
 
@@ -114,7 +114,9 @@ def verify(message: Wire, public_key: bytes) -> None:
     try:
         VerifyKey(public_key).verify(canonical_bytes(message, domain), signature)
     except BadSignatureError:
-        raise SignatureInvalid(f"{type(message).__name__} signature does not verify for key {public_key.hex()[:16]}") from None
+        raise SignatureInvalid(
+            f"{type(message).__name__} signature does not verify for key {public_key.hex()[:16]}"
+        ) from None
 
 
 def devnet_address(name: str) -> str:

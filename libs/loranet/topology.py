@@ -62,7 +62,9 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1, node_ttl_s: f
     except BucketNotFoundError:
         try:
             await js.create_key_value(
-                KeyValueConfig(bucket=p.NODES_BUCKET, ttl=node_ttl_s, history=1, storage=StorageType.FILE, replicas=replicas)
+                KeyValueConfig(
+                    bucket=p.NODES_BUCKET, ttl=node_ttl_s, history=1, storage=StorageType.FILE, replicas=replicas
+                )
             )
         except BadRequestError:
             pass

@@ -30,7 +30,6 @@ from loranet.natsauth import (
     inbox_prefix,
 )
 
-
 # ---------------------------------------------------------------------------
 # A client's permissions
 # ---------------------------------------------------------------------------
@@ -53,16 +52,26 @@ def client_permissions(client_id: str) -> dict[str, dict[str, list[str]]]:
                 f"$JS.API.CONSUMER.CREATE.EVENTS.*.{own_events}",
                 "$JS.FC.EVENTS.>",
                 p.datastore_job_get(client_id),
-                p.DATASTORE_MODEL_GET.pattern, p.DATASTORE_ADAPTER_GET.pattern, p.DATASTORE_ADAPTER_LIST.pattern,
+                p.DATASTORE_MODEL_GET.pattern,
+                p.DATASTORE_ADAPTER_GET.pattern,
+                p.DATASTORE_ADAPTER_LIST.pattern,
                 p.DATASTORE_ADAPTER_PUT.pattern,  # adapter developers register their adapters
-                p.SETTLEMENT_BALANCE.pattern, p.SETTLEMENT_FAUCET.pattern, p.SETTLEMENT_STAKE.pattern,
+                p.SETTLEMENT_BALANCE.pattern,
+                p.SETTLEMENT_FAUCET.pattern,
+                p.SETTLEMENT_STAKE.pattern,
                 # confidential jobs: watch the node registry and the verifiers' keys, read-only
-                "$JS.API.STREAM.INFO.KV_nodes", "$JS.API.CONSUMER.CREATE.KV_nodes",
-                "$JS.API.CONSUMER.CREATE.KV_nodes.>", "$JS.API.CONSUMER.INFO.KV_nodes.*",
-                "$JS.API.CONSUMER.DELETE.KV_nodes.>", "$JS.FC.KV_nodes.>",
-                "$JS.API.STREAM.INFO.KV_verifiers", "$JS.API.CONSUMER.CREATE.KV_verifiers",
-                "$JS.API.CONSUMER.CREATE.KV_verifiers.>", "$JS.API.CONSUMER.INFO.KV_verifiers.*",
-                "$JS.API.CONSUMER.DELETE.KV_verifiers.>", "$JS.FC.KV_verifiers.>",
+                "$JS.API.STREAM.INFO.KV_nodes",
+                "$JS.API.CONSUMER.CREATE.KV_nodes",
+                "$JS.API.CONSUMER.CREATE.KV_nodes.>",
+                "$JS.API.CONSUMER.INFO.KV_nodes.*",
+                "$JS.API.CONSUMER.DELETE.KV_nodes.>",
+                "$JS.FC.KV_nodes.>",
+                "$JS.API.STREAM.INFO.KV_verifiers",
+                "$JS.API.CONSUMER.CREATE.KV_verifiers",
+                "$JS.API.CONSUMER.CREATE.KV_verifiers.>",
+                "$JS.API.CONSUMER.INFO.KV_verifiers.*",
+                "$JS.API.CONSUMER.DELETE.KV_verifiers.>",
+                "$JS.FC.KV_verifiers.>",
             ],
             "deny": [f"$JS.API.CONSUMER.CREATE.EVENTS.{name}.>" for name in SERVICE_EVENT_DURABLES],
         },
@@ -130,8 +139,11 @@ def authorize(request_jwt: str, issuer: SigningKey, user_ttl_s: float = 0.0) -> 
     The response is always for the server and user key the request names (nats-server ignores
     any other); a request that is not the server's own gets no answer (AuthError)."""
     nats_claims, server_id, user_nkey = check_request(request_jwt)
-    response: dict[str, Any] = {"sub": user_nkey, "aud": server_id,
-                                "nats": {"type": "authorization_response", "version": 2}}
+    response: dict[str, Any] = {
+        "sub": user_nkey,
+        "aud": server_id,
+        "nats": {"type": "authorization_response", "version": 2},
+    }
     try:
         client_id = p.client_id(client_key_of(nats_claims))
     except AuthError as exc:
@@ -139,13 +151,20 @@ def authorize(request_jwt: str, issuer: SigningKey, user_ttl_s: float = 0.0) -> 
         return Decision(encode_jwt(response, issuer), error=str(exc))
     perms = client_permissions(client_id)
     user: dict[str, Any] = {
-        "sub": user_nkey, "aud": GLOBAL_ACCOUNT, "name": f"client-{client_id[:16]}",
-        "nats": {"pub": perms["pub"], "sub": perms["sub"], "subs": -1, "data": -1, "payload": -1,
-                 "type": "user", "version": 2},
+        "sub": user_nkey,
+        "aud": GLOBAL_ACCOUNT,
+        "name": f"client-{client_id[:16]}",
+        "nats": {
+            "pub": perms["pub"],
+            "sub": perms["sub"],
+            "subs": -1,
+            "data": -1,
+            "payload": -1,
+            "type": "user",
+            "version": 2,
+        },
     }
     if user_ttl_s > 0:
         user["exp"] = int(time.time() + user_ttl_s)
     response["nats"]["jwt"] = encode_jwt(user, issuer)
     return Decision(encode_jwt(response, issuer), client_id=client_id)
-
-

@@ -7,9 +7,9 @@ from typing import Any
 from nacl.signing import SigningKey
 
 from loranet import natsauth
+from loranet.observability import EventLog
 
 from . import domain
-from loranet.observability import EventLog
 
 
 class AuthService:

@@ -16,8 +16,9 @@ from .settings import AuthSettings
 async def main(settings: AuthSettings | None = None) -> None:
     settings = settings or AuthSettings.from_env()
     issuer = natsauth.issuer_from_seed(settings.issuer_seed())
-    async with Runtime("auth", settings, topology=False,
-                       connect_options={"nkeys_seed_str": settings.nkey_seed()}) as rt:
+    async with Runtime(
+        "auth", settings, topology=False, connect_options={"nkeys_seed_str": settings.nkey_seed()}
+    ) as rt:
         service = AuthService(issuer, rt.log, settings.auth_user_ttl_s)
         await rt.subscribe(natsauth.AUTH_CALLOUT_SUBJECT, service.on_request, queue="auth")
         await rt.serve_forever()

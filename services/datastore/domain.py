@@ -30,10 +30,11 @@ import json
 import re
 from collections.abc import Mapping
 
-from loranet import codec, protocol as p
+from loranet import codec
+from loranet import protocol as p
 from loranet.codec import DecodeError, Wire
-from loranet.model.adapters import adapter_id_of_blobs
 from loranet.errors import Refused, ServiceError
+from loranet.model.adapters import adapter_id_of_blobs
 
 # Where each stage stands in a job's life; the stages that end the work (p.Stage.ends_work) rank above
 # every work stage of every attempt.
@@ -129,13 +130,17 @@ def manifest_digest(manifest: p.ModelManifest | p.AdapterManifest) -> str:
 def _check_name(name: str) -> None:
     # Lookups take "id or name": a name that looks like an id would be ambiguous.
     if is_content_id(name):
-        raise ServiceError("invalid", "a name must not look like a 64-hex content id; choose a readable name", "manifest.name")
+        raise ServiceError(
+            "invalid", "a name must not look like a 64-hex content id; choose a readable name", "manifest.name"
+        )
 
 
 def check_model_manifest(manifest: p.ModelManifest) -> None:
     _check_name(manifest.name)
     if not manifest.architecture:
-        raise ServiceError("invalid", "architecture is empty; give the HF architecture, e.g. LlamaForCausalLM", "manifest.architecture")
+        raise ServiceError(
+            "invalid", "architecture is empty; give the HF architecture, e.g. LlamaForCausalLM", "manifest.architecture"
+        )
 
 
 def check_adapter_upload(manifest: p.AdapterManifest, config: bytes, weights: bytes) -> None:
@@ -144,7 +149,9 @@ def check_adapter_upload(manifest: p.AdapterManifest, config: bytes, weights: by
     seen: set[str] = set()
     for i, c in enumerate(manifest.contributors):
         if c.contributor_id in seen:
-            raise ServiceError("invalid", f"contributor {c.contributor_id!r} is listed twice", f"manifest.contributors.{i}")
+            raise ServiceError(
+                "invalid", f"contributor {c.contributor_id!r} is listed twice", f"manifest.contributors.{i}"
+            )
         seen.add(c.contributor_id)
     try:
         found = adapter_id_of_blobs(config, weights)
@@ -153,23 +160,28 @@ def check_adapter_upload(manifest: p.AdapterManifest, config: bytes, weights: by
     if found != manifest.adapter_id:
         raise ServiceError(
             "hash_mismatch",
-            f"config + weights hash to adapter_id {found}, not {manifest.adapter_id}; re-read the adapter directory or correct the id",
+            f"config + weights hash to adapter_id {found}, not {manifest.adapter_id}; re-read the adapter "
+            "directory or correct the id",
             "manifest.adapter_id",
         )
     peft = json.loads(config)
     if peft.get("r") != manifest.rank:
-        raise ServiceError("invalid", f"manifest rank {manifest.rank} differs from the config's r={peft.get('r')}", "manifest.rank")
+        raise ServiceError(
+            "invalid", f"manifest rank {manifest.rank} differs from the config's r={peft.get('r')}", "manifest.rank"
+        )
     targets = peft.get("target_modules")
     if isinstance(targets, list) and sorted(targets) != sorted(manifest.target_modules):
         raise ServiceError(
-            "invalid", f"manifest target_modules {sorted(manifest.target_modules)} differ from the config's {sorted(targets)}",
+            "invalid",
+            f"manifest target_modules {sorted(manifest.target_modules)} differ from the config's {sorted(targets)}",
             "manifest.target_modules",
         )
     base = peft.get("base_model_name_or_path")
     # A config that names its base by content id binds the adapter to that base.
     if isinstance(base, str) and is_content_id(base) and base != manifest.base_model_id:
         raise ServiceError(
-            "invalid", f"the adapter config was built for base model {base}, the manifest says {manifest.base_model_id}",
+            "invalid",
+            f"the adapter config was built for base model {base}, the manifest says {manifest.base_model_id}",
             "manifest.base_model_id",
         )
 
@@ -211,13 +223,18 @@ def check_event(event: p.JobEvent, subject: str) -> Wire | None:
         raise Refused(f"body is for job {body.job_id}, the event for {event.job_id}")
     if isinstance(body, p.Receipt) and body.status != event.stage:
         raise Refused(f"receipt status {body.status!r} in a {event.stage!r} event")
-    attempt = body.attempt if isinstance(body, (p.InferenceResult, p.RerunRequest)) else (
-        body.result.attempt if isinstance(body, p.Verdict) else event.attempt)
+    attempt = (
+        body.attempt
+        if isinstance(body, (p.InferenceResult, p.RerunRequest))
+        else (body.result.attempt if isinstance(body, p.Verdict) else event.attempt)
+    )
     if attempt != event.attempt:
         raise Refused(f"body is attempt {attempt} of the job, the event says {event.attempt}")
     request = p.request_of(body)
     if request is not None and p.client_id(request.client_key) != client:
-        raise Refused(f"body is a job of client {p.client_id(request.client_key)[:16]}…, the subject names {client[:16]}…")
+        raise Refused(
+            f"body is a job of client {p.client_id(request.client_key)[:16]}…, the subject names {client[:16]}…"
+        )
     return body
 
 
@@ -269,13 +286,16 @@ def assemble_record(job_id: str, fields: Mapping[str, bytes]) -> p.JobRecord:
     request = next((r for r in (p.request_of(b) for _, b in events) if r is not None), None)
     # The latest attempt's result (and node): the one that was settled, or is still being judged.
     result = next((b for _, b in reversed(events) if isinstance(b, p.InferenceResult)), None)
-    verdicts = sorted((b for e, b in events if isinstance(b, p.Verdict)),
-                      key=lambda v: (v.result.attempt, v.decided_at, v.verifier_id))
+    verdicts = sorted(
+        (b for e, b in events if isinstance(b, p.Verdict)),
+        key=lambda v: (v.result.attempt, v.decided_at, v.verifier_id),
+    )
     receipt = next((b for _, b in events if isinstance(b, p.Receipt)), None)
     node_id = result.node_id if isinstance(result, p.InferenceResult) and result.attempt == attempt else ""
     if not node_id:
-        node_id = next((e.node_id for e, _ in reversed(events) if e.node_id and e.attempt == attempt
-                        and e.stage != "rerun"), "") or next((e.node_id for e, _ in events if e.node_id), "")
+        node_id = next(
+            (e.node_id for e, _ in reversed(events) if e.node_id and e.attempt == attempt and e.stage != "rerun"), ""
+        ) or next((e.node_id for e, _ in events if e.node_id), "")
     reason = first.reason or next((e.reason for e, _ in reversed(events) if e.reason), "")
     return p.JobRecord(
         job_id=job_id,

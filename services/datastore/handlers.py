@@ -5,18 +5,22 @@ from __future__ import annotations
 import asyncio
 import time
 
-from loranet import codec, protocol as p
+from loranet import codec
+from loranet import protocol as p
+from loranet.errors import ServiceError
 from loranet.model.adapters import adapter_id_of_blobs
 from loranet.observability import EventLog
 from loranet.runtime import Delivery, Endpoint, Pull
-from loranet.errors import ServiceError
 
 from . import domain
 from .settings import DatastoreSettings
 from .store import BlobCorrupted, RegistryStore
 
+
 class DatastoreService:
-    def __init__(self, store: RegistryStore, settings: DatastoreSettings, log: EventLog, stopping: asyncio.Event | None = None) -> None:
+    def __init__(
+        self, store: RegistryStore, settings: DatastoreSettings, log: EventLog, stopping: asyncio.Event | None = None
+    ) -> None:
         self.store = store
         self.settings = settings
         self.log = log
@@ -57,12 +61,15 @@ class DatastoreService:
         domain.check_adapter_upload(manifest, req.config, req.weights)
         if await self.store.get_model(manifest.base_model_id) is None:
             raise ServiceError(
-                "not_found", f"base model {manifest.base_model_id} is not registered; register it first (datastore.model.put)",
+                "not_found",
+                f"base model {manifest.base_model_id} is not registered; register it first (datastore.model.put)",
                 "manifest.base_model_id",
             )
         created, stored = await self.store.put_adapter(manifest, req.config, req.weights)
         if created:
-            self.log.info("adapter.registered", adapter_id=stored.adapter_id, name=stored.name, base_model_id=stored.base_model_id)
+            self.log.info(
+                "adapter.registered", adapter_id=stored.adapter_id, name=stored.name, base_model_id=stored.base_model_id
+            )
         return stored
 
     async def _resolve_adapter(self, adapter: str) -> str:
@@ -94,7 +101,8 @@ class DatastoreService:
             # Loud: stored bytes changed under us.  Re-uploading the adapter heals it.
             self.log.error("blob.hash_mismatch", adapter_id=adapter_id, detail=str(exc))
             raise ServiceError(
-                "hash_mismatch", f"stored blobs of adapter {adapter_id} failed their hash check ({exc}); refusing to serve them",
+                "hash_mismatch",
+                f"stored blobs of adapter {adapter_id} failed their hash check ({exc}); refusing to serve them",
                 "adapter",
             ) from None
         return p.AdapterBlob(adapter_id=adapter_id, config=config, weights=weights)
@@ -106,8 +114,12 @@ class DatastoreService:
         the only one a client's NATS identity may publish) must be the key that signed the job."""
         fields = await self.store.job_fields(req.job_id)
         if not fields or domain.client_of(req.job_id, fields) != subject.rsplit(".", 1)[-1]:
-            raise ServiceError("not_found", f"no record of job {req.job_id} for this client (unknown, another "
-                                            "client's, or older than the retention)", "job_id")
+            raise ServiceError(
+                "not_found",
+                f"no record of job {req.job_id} for this client (unknown, another "
+                "client's, or older than the retention)",
+                "job_id",
+            )
         return domain.assemble_record(req.job_id, fields)
 
     async def list_jobs(self, req: p.JobList) -> p.JobListReply:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from loranet.runtime import Runtime
 from loranet.errors import ServiceError
+from loranet.runtime import Runtime
 
 from .handlers import DatastoreService
 from .settings import DatastoreSettings

@@ -19,12 +19,12 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from loranet import codec, protocol as p
-from loranet.errors import ServiceError
+from loranet import codec
+from loranet import protocol as p
+from loranet.errors import HashMismatch, ServiceError
 
 from . import domain
 from .settings import DatastoreSettings
-from loranet.errors import HashMismatch
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -45,7 +45,9 @@ def _guarded(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         try:
             return await method(*args, **kwargs)
         except (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError) as exc:
-            raise ServiceError("unavailable", f"the registry's Redis is unreachable ({type(exc).__name__}); retry shortly") from None
+            raise ServiceError(
+                "unavailable", f"the registry's Redis is unreachable ({type(exc).__name__}); retry shortly"
+            ) from None
 
     return call
 
@@ -76,7 +78,7 @@ class RegistryStore:
         self._register = client.register_script(_REGISTER)
 
     @classmethod
-    def from_settings(cls, settings: DatastoreSettings) -> "RegistryStore":
+    def from_settings(cls, settings: DatastoreSettings) -> RegistryStore:
         client = aioredis.Redis.from_url(
             settings.redis_url,
             socket_timeout=settings.redis_timeout_s,
@@ -109,9 +111,13 @@ class RegistryStore:
             [domain.model_key(manifest.model_id), domain.model_name_key(manifest.name)], manifest.model_id, manifest, []
         )
         if outcome == "conflict_id":
-            raise ServiceError("conflict", f"model {manifest.model_id} is registered with a different manifest", "manifest")
+            raise ServiceError(
+                "conflict", f"model {manifest.model_id} is registered with a different manifest", "manifest"
+            )
         if outcome == "conflict_name":
-            raise ServiceError("conflict", f"model name {manifest.name!r} belongs to model {value.decode()}", "manifest.name")
+            raise ServiceError(
+                "conflict", f"model name {manifest.name!r} belongs to model {value.decode()}", "manifest.name"
+            )
         return outcome == "created", codec.decode(p.ModelManifest, value)
 
     @_guarded
@@ -125,12 +131,16 @@ class RegistryStore:
         return raw.decode() if raw else ""
 
     @_guarded
-    async def put_adapter(self, manifest: p.AdapterManifest, config: bytes, weights: bytes) -> tuple[bool, p.AdapterManifest]:
+    async def put_adapter(
+        self, manifest: p.AdapterManifest, config: bytes, weights: bytes
+    ) -> tuple[bool, p.AdapterManifest]:
         """Store the blobs (content-addressed, so rewriting heals a damaged copy), then register."""
         stored = await self.redis.hget(domain.adapter_key(manifest.adapter_id), "digest")
         if stored is not None and stored.decode() != domain.manifest_digest(manifest):
             # Refuse before writing any blob.
-            raise ServiceError("conflict", f"adapter {manifest.adapter_id} is registered with a different manifest", "manifest")
+            raise ServiceError(
+                "conflict", f"adapter {manifest.adapter_id} is registered with a different manifest", "manifest"
+            )
         config_sha = await self._put_blob(config)
         weights_sha = await self._put_blob(weights)
         keys = [
@@ -144,15 +154,21 @@ class RegistryStore:
             keys, manifest.adapter_id, manifest, ["config_sha", config_sha, "weights_sha", weights_sha]
         )
         if outcome == "conflict_id":
-            raise ServiceError("conflict", f"adapter {manifest.adapter_id} is registered with a different manifest", "manifest")
+            raise ServiceError(
+                "conflict", f"adapter {manifest.adapter_id} is registered with a different manifest", "manifest"
+            )
         if outcome == "conflict_name":
-            raise ServiceError("conflict", f"adapter name {manifest.name!r} belongs to adapter {value.decode()}", "manifest.name")
+            raise ServiceError(
+                "conflict", f"adapter name {manifest.name!r} belongs to adapter {value.decode()}", "manifest.name"
+            )
         return outcome == "created", codec.decode(p.AdapterManifest, value)
 
     @_guarded
     async def resolve_adapter(self, adapter: str) -> str:
         """The adapter_id for an id or a registered name ("" if unknown)."""
-        adapter_id = adapter if domain.is_content_id(adapter) else await self._name_to_id(domain.adapter_name_key(adapter))
+        adapter_id = (
+            adapter if domain.is_content_id(adapter) else await self._name_to_id(domain.adapter_name_key(adapter))
+        )
         if adapter_id and await self.redis.exists(domain.adapter_key(adapter_id)):
             return adapter_id
         return ""
@@ -214,8 +230,9 @@ class RegistryStore:
     # -- job records -------------------------------------------------------
 
     @_guarded
-    async def record_event(self, job_id: str, field: str, event: bytes, request: p.JobRequest | None,
-                           client_id: str = "") -> bool:
+    async def record_event(
+        self, job_id: str, field: str, event: bytes, request: p.JobRequest | None, client_id: str = ""
+    ) -> bool:
         """Record one event under `field` unless already there; True if new.  Refreshes retention.
         `client_id` (from the event's subject) is kept once, as the job's `client` field."""
         retention = self.settings.job_retention_s

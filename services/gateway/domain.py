@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loranet import protocol as p
-from loranet.model.tokenizers import render_chat, visible_text
 from loranet.errors import LoranetError
+from loranet.model.tokenizers import render_chat, visible_text
 
 ADAPTER_SEPARATOR = ":"
 OPENAI_MAX_TEMPERATURE = 2.0
@@ -27,8 +27,15 @@ CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assist
 class ApiError(LoranetError):
     """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, loranet: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        loranet: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -38,7 +45,12 @@ class ApiError(LoranetError):
         self.loranet = loranet
 
     def body(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"message": self.message, "type": self.type, "param": self.param, "code": self.openai_code}
+        error: dict[str, Any] = {
+            "message": self.message,
+            "type": self.type,
+            "param": self.param,
+            "code": self.openai_code,
+        }
         if self.loranet is not None:
             error["loranet"] = self.loranet
         return {"error": error}
@@ -49,25 +61,46 @@ def invalid(message: str, param: str | None = None) -> ApiError:
 
 
 def bad_key() -> ApiError:
-    return ApiError(401, "Incorrect API key provided. Send it as 'Authorization: Bearer <key>'.",
-                    "invalid_request_error", None, "invalid_api_key")
+    return ApiError(
+        401,
+        "Incorrect API key provided. Send it as 'Authorization: Bearer <key>'.",
+        "invalid_request_error",
+        None,
+        "invalid_api_key",
+    )
 
 
 def rate_limited(retry_after_s: float) -> ApiError:
-    return ApiError(429, f"Rate limit reached for this API key; retry in {retry_after_s:.1f}s.", "rate_limit_error",
-                    None, "rate_limit_exceeded")
+    return ApiError(
+        429,
+        f"Rate limit reached for this API key; retry in {retry_after_s:.1f}s.",
+        "rate_limit_error",
+        None,
+        "rate_limit_exceeded",
+    )
 
 
 def unknown_model(model: str, known: list[str]) -> ApiError:
     shown = ", ".join(known[:20]) + (" …" if len(known) > 20 else "")
-    return ApiError(404, f"The model '{model}' does not exist. Known models: {shown}. "
-                         f"Use '<base>' or '<base>{ADAPTER_SEPARATOR}<adapter>' (GET /v1/models).",
-                    "invalid_request_error", "model", "model_not_found")
+    return ApiError(
+        404,
+        f"The model '{model}' does not exist. Known models: {shown}. "
+        f"Use '<base>' or '<base>{ADAPTER_SEPARATOR}<adapter>' (GET /v1/models).",
+        "invalid_request_error",
+        "model",
+        "model_not_found",
+    )
 
 
 def insufficient_escrow(escrow: int, needed: int, address: str) -> ApiError:
-    return ApiError(402, f"Escrow {escrow} wei of {address} does not cover the job's max fee {needed} wei: "
-                         "deposit more OPEN into escrow.", "insufficient_quota", None, "insufficient_quota")
+    return ApiError(
+        402,
+        f"Escrow {escrow} wei of {address} does not cover the job's max fee {needed} wei: "
+        "deposit more OPEN into escrow.",
+        "insufficient_quota",
+        None,
+        "insufficient_quota",
+    )
 
 
 # -- API keys → client identities -------------------------------------------------
@@ -118,16 +151,24 @@ class Catalogue:
     entries: dict[str, ModelEntry] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, bases: list[p.ModelManifest], adapters: list[p.AdapterManifest]) -> "Catalogue":
+    def build(cls, bases: list[p.ModelManifest], adapters: list[p.AdapterManifest]) -> Catalogue:
         entries: dict[str, ModelEntry] = {}
         for base in bases:
-            entries[base.name] = ModelEntry(base.name, base.model_id, "", "loranet", int(base.registered_at),
-                                            base.tokenizer_id, base.chat_template)
+            entries[base.name] = ModelEntry(
+                base.name, base.model_id, "", "loranet", int(base.registered_at), base.tokenizer_id, base.chat_template
+            )
             for adapter in adapters:
                 if adapter.base_model_id == base.model_id:
                     name = f"{base.name}{ADAPTER_SEPARATOR}{adapter.name}"
-                    entries[name] = ModelEntry(name, base.model_id, adapter.adapter_id, adapter.owner_address,
-                                               int(adapter.registered_at), base.tokenizer_id, base.chat_template)
+                    entries[name] = ModelEntry(
+                        name,
+                        base.model_id,
+                        adapter.adapter_id,
+                        adapter.owner_address,
+                        int(adapter.registered_at),
+                        base.tokenizer_id,
+                        base.chat_template,
+                    )
         return cls(entries)
 
     def names(self) -> list[str]:
@@ -144,8 +185,13 @@ class Catalogue:
     def listing(self) -> dict[str, Any]:
         data = []
         for e in self.entries.values():
-            item = {"id": e.name, "object": "model", "created": e.created, "owned_by": e.owned_by,
-                    "loranet": {"model_id": e.model_id, "adapter_id": e.adapter_id}}
+            item = {
+                "id": e.name,
+                "object": "model",
+                "created": e.created,
+                "owned_by": e.owned_by,
+                "loranet": {"model_id": e.model_id, "adapter_id": e.adapter_id},
+            }
             if e.adapter_id:
                 item["parent"] = e.name.split(ADAPTER_SEPARATOR, 1)[0]
             data.append(item)
@@ -172,8 +218,16 @@ class JobSpec:
     echo_model: str
 
 
-def _number(body: Mapping[str, Any], name: str, default: float | None, lo: float, hi: float, *,
-            integer: bool = False, lo_open: bool = False) -> Any:
+def _number(
+    body: Mapping[str, Any],
+    name: str,
+    default: float | None,
+    lo: float,
+    hi: float,
+    *,
+    integer: bool = False,
+    lo_open: bool = False,
+) -> Any:
     value = body.get(name, default)
     if value is None:
         return default
@@ -225,8 +279,9 @@ def _common(body: Any, catalogue: Catalogue, prompt_of, default_max_tokens: int)
     prompt = prompt_of(body)
     if len(prompt) > p.MAX_PROMPT_CHARS:
         raise invalid(f"the prompt has {len(prompt)} characters; at most {p.MAX_PROMPT_CHARS}", "prompt")
-    sampling = p.SamplingParams(temperature=float(temperature), top_p=float(top_p), top_k=max(int(top_k), 0),
-                                seed=int(seed), stop=_stop(body))
+    sampling = p.SamplingParams(
+        temperature=float(temperature), top_p=float(top_p), top_k=max(int(top_k), 0), seed=int(seed), stop=_stop(body)
+    )
     return JobSpec(entry, prompt, int(max_tokens), sampling, stream, bool(options.get("include_usage")), entry.name)
 
 
@@ -258,8 +313,10 @@ def chat_messages(messages: Any) -> list[dict[str, str]]:
             raise invalid(f"messages[{i}] must be an object with 'role' and 'content'", f"messages[{i}]")
         role = CHAT_ROLES.get(message.get("role"))
         if role is None:
-            raise invalid(f"messages[{i}].role {message.get('role')!r} is not supported "
-                          f"(one of {', '.join(CHAT_ROLES)})", f"messages[{i}].role")
+            raise invalid(
+                f"messages[{i}].role {message.get('role')!r} is not supported (one of {', '.join(CHAT_ROLES)})",
+                f"messages[{i}].role",
+            )
         content = message.get("content")
         if isinstance(content, list):  # content parts: text only
             texts = []
@@ -298,9 +355,15 @@ def chat_request(body: Any, catalogue: Catalogue, default_max_tokens: int = 256)
 def receipt_view(receipt: p.Receipt | None) -> dict[str, Any] | None:
     if receipt is None:
         return None
-    return {"status": receipt.status, "fee": str(receipt.fee), "epoch": receipt.epoch, "tx_hash": receipt.tx_hash,
-            "block": receipt.block, "settled_at": receipt.settled_at,
-            "payouts": [{"party": x.party, "address": x.address, "amount": str(x.amount)} for x in receipt.payouts]}
+    return {
+        "status": receipt.status,
+        "fee": str(receipt.fee),
+        "epoch": receipt.epoch,
+        "tx_hash": receipt.tx_hash,
+        "block": receipt.block,
+        "settled_at": receipt.settled_at,
+        "payouts": [{"party": x.party, "address": x.address, "amount": str(x.amount)} for x in receipt.payouts],
+    }
 
 
 def loranet_extension(record: p.JobRecord) -> dict[str, Any]:
@@ -308,10 +371,22 @@ def loranet_extension(record: p.JobRecord) -> dict[str, Any]:
     verdict = None
     if record.verdicts:
         v = record.verdicts[-1]
-        verdict = {"accepted": v.accepted, "audited": v.audited, "verifier_id": v.verifier_id,
-                   "failed_checks": [c.name for c in v.checks if not c.ok], "verdicts": len(record.verdicts)}
-    return {"job_id": record.job_id, "status": record.status, "reason": record.reason, "node_id": record.node_id,
-            "verdict": verdict, "receipt": receipt_view(record.receipt), "stages": list(record.stages)}
+        verdict = {
+            "accepted": v.accepted,
+            "audited": v.audited,
+            "verifier_id": v.verifier_id,
+            "failed_checks": [c.name for c in v.checks if not c.ok],
+            "verdicts": len(record.verdicts),
+        }
+    return {
+        "job_id": record.job_id,
+        "status": record.status,
+        "reason": record.reason,
+        "node_id": record.node_id,
+        "verdict": verdict,
+        "receipt": receipt_view(record.receipt),
+        "stages": list(record.stages),
+    }
 
 
 def outcome_error(record: p.JobRecord) -> ApiError | None:
@@ -324,16 +399,25 @@ def outcome_error(record: p.JobRecord) -> ApiError | None:
             return ApiError(402, f"job refused: {record.reason}", "insufficient_quota", None, "insufficient_quota", ext)
         return ApiError(400, f"job refused: {record.reason}", "invalid_request_error", None, "job_rejected", ext)
     if record.status == "refunded":
-        return ApiError(502, f"the result failed verification and the job was refunded: {record.reason}",
-                        "verification_failed", None, "result_rejected", ext)
+        return ApiError(
+            502,
+            f"the result failed verification and the job was refunded: {record.reason}",
+            "verification_failed",
+            None,
+            "result_rejected",
+            ext,
+        )
     return ApiError(502, f"the job ended as {record.status}: {record.reason}", "server_error", None, None, ext)
 
 
 def usage(record: p.JobRecord) -> dict[str, int]:
     prompt_tokens = len(record.result.prompt_tokens) if record.result else 0
     completion_tokens = len(record.result.output_tokens) if record.result else 0
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def finish_reason(record: p.JobRecord) -> str:
@@ -351,38 +435,65 @@ def output_text(record: p.JobRecord) -> str:
 
 
 def completion_body(spec: JobSpec, record: p.JobRecord, created: int) -> dict[str, Any]:
-    return {"id": f"cmpl-{record.job_id}", "object": "text_completion", "created": created, "model": spec.echo_model,
-            "choices": [{"index": 0, "text": output_text(record), "logprobs": None,
-                         "finish_reason": finish_reason(record)}],
-            "usage": usage(record), "loranet": loranet_extension(record)}
+    return {
+        "id": f"cmpl-{record.job_id}",
+        "object": "text_completion",
+        "created": created,
+        "model": spec.echo_model,
+        "choices": [
+            {"index": 0, "text": output_text(record), "logprobs": None, "finish_reason": finish_reason(record)}
+        ],
+        "usage": usage(record),
+        "loranet": loranet_extension(record),
+    }
 
 
 def chat_body(spec: JobSpec, record: p.JobRecord, created: int) -> dict[str, Any]:
-    return {"id": f"chatcmpl-{record.job_id}", "object": "chat.completion", "created": created,
-            "model": spec.echo_model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": output_text(record)},
-                         "logprobs": None, "finish_reason": finish_reason(record)}],
-            "usage": usage(record), "loranet": loranet_extension(record)}
+    return {
+        "id": f"chatcmpl-{record.job_id}",
+        "object": "chat.completion",
+        "created": created,
+        "model": spec.echo_model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": output_text(record)},
+                "logprobs": None,
+                "finish_reason": finish_reason(record),
+            }
+        ],
+        "usage": usage(record),
+        "loranet": loranet_extension(record),
+    }
 
 
 def chunks_of(text: str, size: int) -> list[str]:
-    return [text[i:i + size] for i in range(0, len(text), size)] or [""]
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
 
 
 def stream_events(spec: JobSpec, record: p.JobRecord, created: int, chat: bool, chunk_chars: int) -> Iterator[dict]:
     """The chunks of a streamed response, sent once the job has settled: the text in pieces,
     then a last chunk with finish_reason and the loranet extension (and usage, if asked)."""
-    base = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{record.job_id}",
-            "object": "chat.completion.chunk" if chat else "text_completion", "created": created,
-            "model": spec.echo_model}
+    base = {
+        "id": f"{'chatcmpl' if chat else 'cmpl'}-{record.job_id}",
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": created,
+        "model": spec.echo_model,
+    }
     if chat:
         yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
     for piece in chunks_of(output_text(record), chunk_chars):
-        choice = ({"index": 0, "delta": {"content": piece}, "finish_reason": None} if chat
-                  else {"index": 0, "text": piece, "logprobs": None, "finish_reason": None})
+        choice = (
+            {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+            if chat
+            else {"index": 0, "text": piece, "logprobs": None, "finish_reason": None}
+        )
         yield {**base, "choices": [choice]}
-    last = ({"index": 0, "delta": {}, "finish_reason": finish_reason(record)} if chat
-            else {"index": 0, "text": "", "logprobs": None, "finish_reason": finish_reason(record)})
+    last = (
+        {"index": 0, "delta": {}, "finish_reason": finish_reason(record)}
+        if chat
+        else {"index": 0, "text": "", "logprobs": None, "finish_reason": finish_reason(record)}
+    )
     yield {**base, "choices": [last], "loranet": loranet_extension(record)}
     if spec.include_usage:
         yield {**base, "choices": [], "usage": usage(record)}

@@ -25,14 +25,15 @@ from typing import Any
 
 from aiohttp import web
 from nats.aio.client import Client as NATS
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 
 from loranet import protocol as p
 from loranet.client import Client, JobFailed
+from loranet.errors import RemoteError
 from loranet.observability import HANDLER_SECONDS, MESSAGES, EventLog
 from loranet.ratelimit import RateLimiter
 from loranet.runtime import request
-from loranet.errors import RemoteError
 from loranet.signing import Identity
 
 from . import domain
@@ -83,8 +84,9 @@ class GatewayService:
                 if name not in self.funded:
                     await self._call(client.faucet(self.settings.faucet_amount, self.settings.faucet_escrow))
                     self.funded.add(name)
-                    self.log.info("client.funded", client=name, address=client.address,
-                                  escrow=str(self.settings.faucet_escrow))
+                    self.log.info(
+                        "client.funded", client=name, address=client.address, escrow=str(self.settings.faucet_escrow)
+                    )
             balance = await self._call(client.balance())
         if balance.escrow < needed:
             raise domain.insufficient_escrow(balance.escrow, needed, client.address)
@@ -98,12 +100,17 @@ class GatewayService:
         bases = []
         for name in self.settings.gateway_models:
             try:
-                bases.append(await self._call(request(self.nc, p.DATASTORE_MODEL_GET, p.ModelGet(model=name), self.settings.request_timeout_s)))
+                bases.append(
+                    await self._call(
+                        request(self.nc, p.DATASTORE_MODEL_GET, p.ModelGet(model=name), self.settings.request_timeout_s)
+                    )
+                )
             except ApiError as exc:
                 if exc.code != "not_found":
                     raise
-        reply = await self._call(request(self.nc, p.DATASTORE_ADAPTER_LIST, p.AdapterList(),
-                                         self.settings.request_timeout_s))
+        reply = await self._call(
+            request(self.nc, p.DATASTORE_ADAPTER_LIST, p.AdapterList(), self.settings.request_timeout_s)
+        )
         self._catalogue, self._catalogue_at = domain.Catalogue.build(bases, reply.adapters), now
         return self._catalogue
 
@@ -127,28 +134,46 @@ class GatewayService:
             return await awaitable
         except RemoteError as exc:
             status = {"not_found": 404, "invalid": 400, "forbidden": 403, "unavailable": 503}.get(exc.code, 502)
-            raise ApiError(status, f"{exc.code}: {exc.message}", "server_error" if status >= 500 else
-                           "invalid_request_error", exc.field or None, exc.code) from None
-        except (NoRespondersError, NatsTimeoutError, asyncio.TimeoutError) as exc:
-            raise ApiError(503, f"the loranet network did not answer ({type(exc).__name__}); try again",
-                           "server_error", None, "unavailable") from None
+            raise ApiError(
+                status,
+                f"{exc.code}: {exc.message}",
+                "server_error" if status >= 500 else "invalid_request_error",
+                exc.field or None,
+                exc.code,
+            ) from None
+        except (TimeoutError, NoRespondersError, NatsTimeoutError) as exc:
+            raise ApiError(
+                503,
+                f"the loranet network did not answer ({type(exc).__name__}); try again",
+                "server_error",
+                None,
+                "unavailable",
+            ) from None
 
     # -- jobs -------------------------------------------------------------------------
 
-    async def run_job(self, client: Client, spec: domain.JobSpec,
-                      on_stage: Callable[[str], None] | None = None) -> p.JobRecord:
-        job = client.build(model_id=spec.entry.model_id, adapter_id=spec.entry.adapter_id, prompt=spec.prompt,
-                           tokenizer_id=spec.entry.tokenizer_id,
-                           max_tokens=spec.max_tokens, sampling=spec.sampling, max_fee=self.settings.max_fee,
-                           ttl_s=self.settings.job_ttl_s)
+    async def run_job(
+        self, client: Client, spec: domain.JobSpec, on_stage: Callable[[str], None] | None = None
+    ) -> p.JobRecord:
+        job = client.build(
+            model_id=spec.entry.model_id,
+            adapter_id=spec.entry.adapter_id,
+            prompt=spec.prompt,
+            tokenizer_id=spec.entry.tokenizer_id,
+            max_tokens=spec.max_tokens,
+            sampling=spec.sampling,
+            max_fee=self.settings.max_fee,
+            ttl_s=self.settings.job_ttl_s,
+        )
         try:
             await client.publish(job)
         except JobFailed as exc:
             raise ApiError(409, str(exc), "invalid_request_error", None, "duplicate_job") from None
         self.log.info("job.submitted", job_id=job.job_id, model=spec.echo_model, client=client.address)
         try:
-            await client.wait(job.job_id, self.settings.job_timeout_s,
-                              on_event=(lambda e: on_stage(e.stage)) if on_stage else None)
+            await client.wait(
+                job.job_id, self.settings.job_timeout_s, on_event=(lambda e: on_stage(e.stage)) if on_stage else None
+            )
         except JobFailed as exc:
             raise ApiError(504, str(exc), "server_error", None, "job_timeout", {"job_id": job.job_id}) from None
         return await self._call(client.job(job.job_id))
@@ -195,14 +220,17 @@ class GatewayService:
             error = domain.outcome_error(record)
             if error is not None:
                 raise error
-            return web.json_response(domain.chat_body(spec, record, created) if chat
-                                     else domain.completion_body(spec, record, created))
+            return web.json_response(
+                domain.chat_body(spec, record, created) if chat else domain.completion_body(spec, record, created)
+            )
         return await self._stream(req, client, spec, chat, created)
 
-    async def _stream(self, req: web.Request, client: Client, spec: domain.JobSpec, chat: bool,
-                      created: int) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                               "X-Accel-Buffering": "no"})
+    async def _stream(
+        self, req: web.Request, client: Client, spec: domain.JobSpec, chat: bool, created: int
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
         await response.prepare(req)
         stages: asyncio.Queue[str] = asyncio.Queue()
         job = asyncio.ensure_future(self.run_job(client, spec, on_stage=stages.put_nowait))
@@ -250,12 +278,14 @@ def error_middleware(log: EventLog):
         except web.HTTPException as exc:
             status = exc.status
             kind = "invalid_request_error" if exc.status < 500 else "server_error"
-            return web.json_response(ApiError(exc.status, f"{req.method} {req.path}: {exc.reason}", kind).body(),
-                                     status=exc.status)
+            return web.json_response(
+                ApiError(exc.status, f"{req.method} {req.path}: {exc.reason}", kind).body(), status=exc.status
+            )
         except Exception as exc:
             log.error("request.crashed", path=req.path, error=repr(exc))
-            return web.json_response(ApiError(500, f"internal error: {type(exc).__name__}", "server_error").body(),
-                                     status=500)
+            return web.json_response(
+                ApiError(500, f"internal error: {type(exc).__name__}", "server_error").body(), status=500
+            )
         finally:
             MESSAGES.labels("gateway", route, str(status)).inc()
             HANDLER_SECONDS.labels("gateway", route).observe(time.perf_counter() - started)
@@ -265,11 +295,13 @@ def error_middleware(log: EventLog):
 
 def build_app(gateway: GatewayService) -> web.Application:
     app = web.Application(middlewares=[error_middleware(gateway.log)], client_max_size=4 * p.MAX_PROMPT_CHARS + 65_536)
-    app.add_routes([
-        web.get("/healthz", gateway.healthz),
-        web.get("/v1/models", gateway.list_models),
-        web.get("/v1/models/{model}", gateway.get_model),
-        web.post("/v1/completions", gateway.completions),
-        web.post("/v1/chat/completions", gateway.chat_completions),
-    ])
+    app.add_routes(
+        [
+            web.get("/healthz", gateway.healthz),
+            web.get("/v1/models", gateway.list_models),
+            web.get("/v1/models/{model}", gateway.get_model),
+            web.post("/v1/completions", gateway.completions),
+            web.post("/v1/chat/completions", gateway.chat_completions),
+        ]
+    )
     return app

@@ -22,15 +22,22 @@ from .settings import GatewaySettings
 GATEWAY_INBOX_PREFIX = "_INBOX_gateway"  # the only inbox its NATS user may subscribe to
 
 
-async def main(settings: GatewaySettings | None = None, stop: asyncio.Event | None = None,
-               ready: Callable[[int], None] | None = None) -> None:
+async def main(
+    settings: GatewaySettings | None = None,
+    stop: asyncio.Event | None = None,
+    ready: Callable[[int], None] | None = None,
+) -> None:
     """Serve until SIGTERM/SIGINT (or `stop` is set); `ready(port)` is called once listening."""
     settings = settings or GatewaySettings.from_env()
     settings.api_keys()  # refuse to start without keys, before connecting
-    async with Runtime("gateway", settings, topology=False,
-                       connect_options={"inbox_prefix": GATEWAY_INBOX_PREFIX}) as rt:
-        runner = web.AppRunner(build_app(GatewayService(rt.nc, settings, rt.log)), access_log=None,
-                               shutdown_timeout=settings.drain_timeout_s)
+    async with Runtime(
+        "gateway", settings, topology=False, connect_options={"inbox_prefix": GATEWAY_INBOX_PREFIX}
+    ) as rt:
+        runner = web.AppRunner(
+            build_app(GatewayService(rt.nc, settings, rt.log)),
+            access_log=None,
+            shutdown_timeout=settings.drain_timeout_s,
+        )
         await runner.setup()
         # Stop accepting and let in-flight requests finish (up to the shutdown timeout) before NATS drains.
         rt.on_close(runner.cleanup)

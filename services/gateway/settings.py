@@ -50,7 +50,9 @@ class GatewaySettings(CommonSettings):
             except (OSError, json.JSONDecodeError) as exc:
                 raise SettingsError(f"LORANET_GATEWAY_KEYS_FILE: cannot read {path}: {exc}") from None
             if not isinstance(raw, dict):
-                raise SettingsError(f"LORANET_GATEWAY_KEYS_FILE: {path} must hold a JSON object (API key → client name)")
+                raise SettingsError(
+                    f"LORANET_GATEWAY_KEYS_FILE: {path} must hold a JSON object (API key → client name)"
+                )
             try:
                 keys.update(parse_keys(raw, str(path)))
             except ValueError as exc:

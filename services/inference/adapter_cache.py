@@ -27,12 +27,11 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
+from loranet.errors import Refused
+from loranet.model.adapters import adapter_from_blobs, load_adapter
 from sgmv import AdapterBank, PackedAdapter, adapter_from_peft_state
 
-from loranet.model.adapters import adapter_from_blobs, load_adapter
-
 from . import metrics
-from loranet.errors import Refused
 
 BAD_ADAPTER_TTL_S = 60.0
 
@@ -121,8 +120,10 @@ class AdapterCache:
     def close(self) -> None:
         """Finish the read in flight, drop queued ones; a restarted engine gets a fresh loader (threads start
         only when it is used)."""
-        old, self._loader = self._loader, concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="adapter-load")
+        old, self._loader = (
+            self._loader,
+            concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapter-load"),
+        )
         old.shutdown(wait=True, cancel_futures=True)
 
     def bad_reason(self, adapter_id: str) -> str | None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from loranet import protocol as p
+from loranet.errors import Refused
 from loranet.fingerprint import CHUNK_TOKENS, TOP_K
 from loranet.sampling import SamplerParams
-from loranet.errors import Refused
 
 
 class JobRefused(Refused):
@@ -30,16 +30,42 @@ def check_prompt(prompt_tokens: list[int], max_prompt_tokens: int) -> None:
         raise JobRefused(f"prompt is {len(prompt_tokens)} tokens; this node takes at most {max_prompt_tokens}")
 
 
-def build_result(*, job: p.JobRequest, node_id: str, node_key: bytes, node_address: str, node_seq: int,
-                 model_id: str, tokenizer_id: str, prompt_tokens: list[int], output_tokens: list[int],
-                 output_text: str, finish_reason: str, chunks: list[bytes], started_at: float,
-                 finished_at: float, attempt: int = 0) -> p.InferenceResult:
+def build_result(
+    *,
+    job: p.JobRequest,
+    node_id: str,
+    node_key: bytes,
+    node_address: str,
+    node_seq: int,
+    model_id: str,
+    tokenizer_id: str,
+    prompt_tokens: list[int],
+    output_tokens: list[int],
+    output_text: str,
+    finish_reason: str,
+    chunks: list[bytes],
+    started_at: float,
+    finished_at: float,
+    attempt: int = 0,
+) -> p.InferenceResult:
     """The unsigned result binding job, model, adapter, tokens and fingerprint."""
     return p.InferenceResult(
-        job_id=job.job_id, node_id=node_id, node_key=node_key, node_address=node_address, node_seq=node_seq,
-        request=job, request_hash=job.request_hash(), model_id=model_id, adapter_id=job.adapter_id,
-        tokenizer_id=tokenizer_id, prompt_tokens=prompt_tokens, output_tokens=output_tokens,
-        output_text=output_text, finish_reason=finish_reason,
+        job_id=job.job_id,
+        node_id=node_id,
+        node_key=node_key,
+        node_address=node_address,
+        node_seq=node_seq,
+        request=job,
+        request_hash=job.request_hash(),
+        model_id=model_id,
+        adapter_id=job.adapter_id,
+        tokenizer_id=tokenizer_id,
+        prompt_tokens=prompt_tokens,
+        output_tokens=output_tokens,
+        output_text=output_text,
+        finish_reason=finish_reason,
         fingerprint=p.Fingerprint(chunk_tokens=CHUNK_TOKENS, top_k=TOP_K, chunks=chunks),
-        started_at=started_at, finished_at=finished_at, attempt=attempt,
+        started_at=started_at,
+        finished_at=finished_at,
+        attempt=attempt,
     )

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from sgmv import bank_for_model
 
 from loranet.fingerprint import fingerprint_chunks
 from loranet.model.catalog import resolve_model
@@ -41,11 +40,12 @@ from loranet.model.checkpoint import cache_root, load_base_model
 from loranet.model.content import ContentHashMismatch
 from loranet.model.tokenizers import Tokenizer, load_tokenizer
 from loranet.sampling import SamplerParams, sample_many
+from sgmv import bank_for_model
 
 from . import metrics
 from .adapter_cache import AdapterCache, AdapterRefused
-from .forward import KVPool, PackedBatch, PackedLlama
 from .domain import JobRefused
+from .forward import KVPool, PackedBatch, PackedLlama
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -106,8 +106,15 @@ class EngineConfig:
 
 
 class Engine:
-    def __init__(self, model_path: str = "", model_id: str = "", device: str = "cpu", cache_dir: str = "",
-                 adapter_slots: int = 16, config: EngineConfig | None = None) -> None:
+    def __init__(
+        self,
+        model_path: str = "",
+        model_id: str = "",
+        device: str = "cpu",
+        cache_dir: str = "",
+        adapter_slots: int = 16,
+        config: EngineConfig | None = None,
+    ) -> None:
         cfg = config or EngineConfig(adapter_slots=adapter_slots)
         self.config = cfg
         root = cache_root(cache_dir or None)
@@ -124,8 +131,15 @@ class Engine:
         self.model = model
         self.llama = PackedLlama(model, self.bank, cfg.lora_backend)
         blocks = cfg.kv_blocks or cfg.max_running * (512 // cfg.block_size)
-        self.pool = KVPool(len(self.llama.layers), blocks, cfg.block_size, self.llama.kv_heads, self.llama.head_dim,
-                           self.llama.dtype, self.device)
+        self.pool = KVPool(
+            len(self.llama.layers),
+            blocks,
+            cfg.block_size,
+            self.llama.kv_heads,
+            self.llama.head_dim,
+            self.llama.dtype,
+            self.device,
+        )
         self.adapters = AdapterCache(self.bank, root / "node-adapters", cfg.host_adapters)
         self.keep_hidden = False
         self._committer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fingerprint")
@@ -188,9 +202,12 @@ class Engine:
             return fut
         need = self.pool.blocks_for(len(req.prompt_tokens) + req.max_tokens - 1)
         if need > self.pool.num_blocks:
-            fut.set_exception(JobRefused(
-                f"prompt {len(req.prompt_tokens)} + max_tokens {req.max_tokens} tokens exceed this node's KV cache "
-                f"({self.pool.num_blocks * self.pool.block_size} positions)"))
+            fut.set_exception(
+                JobRefused(
+                    f"prompt {len(req.prompt_tokens)} + max_tokens {req.max_tokens} tokens exceed this node's KV cache "
+                    f"({self.pool.num_blocks * self.pool.block_size} positions)"
+                )
+            )
             return fut
         if req.adapter_id:
             bad = self.adapters.bad_reason(req.adapter_id)
@@ -348,7 +365,7 @@ class Engine:
             metrics.QUEUE_SECONDS.observe(time.monotonic() - seq.submitted)
         with self._lock:
             # Jobs submitted while we scanned stay queued behind the ones we kept.
-            fresh = list(self._waiting)[len(waiting):]
+            fresh = list(self._waiting)[len(waiting) :]
             self._waiting = deque(keep + fresh)
             metrics.WAITING.set(len(self._waiting))
         return admitted
@@ -386,21 +403,32 @@ class Engine:
                 pos = seq.cached
                 ids.append(seq.output[-1])
                 positions.append(pos)
-                write.append(seq.index[pos: pos + 1])
+                write.append(seq.index[pos : pos + 1])
                 slots.append(seq.slot)
                 lens.append(pos + 1)
             L = max(lens)
-            dec_index = torch.stack([s.index[:L] if s.index.numel() >= L else
-                                     torch.cat([s.index, s.index.new_zeros(L - s.index.numel())])
-                                     for s in decoding])
+            dec_index = torch.stack(
+                [
+                    s.index[:L]
+                    if s.index.numel() >= L
+                    else torch.cat([s.index, s.index.new_zeros(L - s.index.numel())])
+                    for s in decoding
+                ]
+            )
             lens_t = torch.tensor(lens)
             dec_mask = (torch.arange(L)[None, :] < lens_t[:, None])[:, None, None, :]
             dec_rows = torch.arange(first, first + len(decoding))
             logit_rows.extend(range(first, first + len(decoding)))
         batch = PackedBatch(
-            input_ids=torch.tensor(ids), positions=torch.tensor(positions), write_index=torch.cat(write),
-            token_slots=torch.tensor(slots), prefill_spans=spans, decode_rows=dec_rows, decode_index=dec_index,
-            decode_mask=dec_mask, logit_rows=torch.tensor(logit_rows),
+            input_ids=torch.tensor(ids),
+            positions=torch.tensor(positions),
+            write_index=torch.cat(write),
+            token_slots=torch.tensor(slots),
+            prefill_spans=spans,
+            decode_rows=dec_rows,
+            decode_index=dec_index,
+            decode_mask=dec_mask,
+            logit_rows=torch.tensor(logit_rows),
         )
         hidden, logits = self.llama.forward(batch, self.pool)
         hidden = hidden.float().cpu()
@@ -409,15 +437,16 @@ class Engine:
         generated = 0
         finished: list[tuple[_Sequence, str]] = []
         now_wall = time.time()
-        tokens = sample_many(logits, [s.req.params for s in seqs], [s.req.seed for s in seqs],
-                             [len(s.output) for s in seqs])
+        tokens = sample_many(
+            logits, [s.req.params for s in seqs], [s.req.seed for s in seqs], [len(s.output) for s in seqs]
+        )
         for i, seq in enumerate(seqs):
             if i < len(fresh):
                 a, b = spans[i]
                 seq.rows.append(hidden[a:b])
                 seq.cached = b - a
             else:
-                seq.rows.append(hidden[dec_rows[i - len(fresh)]: dec_rows[i - len(fresh)] + 1])
+                seq.rows.append(hidden[dec_rows[i - len(fresh)] : dec_rows[i - len(fresh)] + 1])
                 seq.cached += 1
             token = tokens[i]
             seq.output.append(token)
@@ -472,9 +501,16 @@ class Engine:
         try:
             hidden = torch.cat(seq.rows)
             chunks = fingerprint_chunks(hidden, len(seq.req.prompt_tokens), n_generated=len(seq.output))
-            gen = Generated(seq.req.prompt_tokens, seq.output, self.tokenizer.decode(seq.output), reason, chunks,
-                            hidden=hidden if self.keep_hidden else None,
-                            first_token_s=seq.first_token_at - seq.submitted, latency_s=seq.finished_at - seq.submitted)
+            gen = Generated(
+                seq.req.prompt_tokens,
+                seq.output,
+                self.tokenizer.decode(seq.output),
+                reason,
+                chunks,
+                hidden=hidden if self.keep_hidden else None,
+                first_token_s=seq.first_token_at - seq.submitted,
+                latency_s=seq.finished_at - seq.submitted,
+            )
         except Exception as exc:
             if not seq.future.done():
                 seq.future.set_exception(exc)

@@ -26,15 +26,24 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from sgmv import AdapterBank, apply_lora, build_metadata
 from transformers.models.llama.modeling_llama import rotate_half
+
+from sgmv import AdapterBank, apply_lora, build_metadata
 
 
 class KVPool:
     """Paged K/V storage for every layer: `[layers, num_blocks * block_size, kv_heads, head_dim]`."""
 
-    def __init__(self, num_layers: int, num_blocks: int, block_size: int, kv_heads: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(
+        self,
+        num_layers: int,
+        num_blocks: int,
+        block_size: int,
+        kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
         self.block_size, self.num_blocks = block_size, num_blocks
         shape = (num_layers, num_blocks * block_size, kv_heads, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
@@ -101,7 +110,7 @@ class PackedLlama:
         self.num_heads = cfg.num_attention_heads
         self.kv_heads = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.scaling = self.head_dim ** -0.5
+        self.scaling = self.head_dim**-0.5
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.lora_backend = lora_backend  # None: sgmv picks (Triton on CUDA, torch on CPU)
@@ -109,13 +118,23 @@ class PackedLlama:
         self.projections = []
         for i in range(len(self.layers)):
             pre = f"model.layers.{i}"
-            self.projections.append({k: bank.projections.get(f"{pre}.{name}") for k, name in (
-                ("qkv", "self_attn.qkv_proj"), ("o", "self_attn.o_proj"), ("gate_up", "mlp.gate_up_proj"),
-                ("down", "mlp.down_proj"))})
+            self.projections.append(
+                {
+                    k: bank.projections.get(f"{pre}.{name}")
+                    for k, name in (
+                        ("qkv", "self_attn.qkv_proj"),
+                        ("o", "self_attn.o_proj"),
+                        ("gate_up", "mlp.gate_up_proj"),
+                        ("down", "mlp.down_proj"),
+                    )
+                }
+            )
 
         # q/k/v and gate/up as one Linear each; the modules' weights become views of the fused ones (no copy kept).
-        self.fused = [(_fuse(layer.self_attn, ("q_proj", "k_proj", "v_proj")), _fuse(layer.mlp, ("gate_proj", "up_proj")))
-                      for layer in self.layers]
+        self.fused = [
+            (_fuse(layer.self_attn, ("q_proj", "k_proj", "v_proj")), _fuse(layer.mlp, ("gate_proj", "up_proj")))
+            for layer in self.layers
+        ]
         widths = [self.num_heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim]
         if any(qkv[2] != widths for qkv, _ in self.fused):
             raise ValueError(f"q/k/v widths {self.fused[0][0][2]} are not heads x head_dim {widths}")
@@ -156,15 +175,20 @@ class PackedLlama:
             qk = qkv[:, : (nh + kvh) * d].view(T, nh + kvh, d)
             qk = qk * cos + rotate_half(qk) * sin
             q, k = qk[:, :nh], qk[:, nh:]
-            v = qkv[:, (nh + kvh) * d:].view(T, kvh, d)
+            v = qkv[:, (nh + kvh) * d :].view(T, kvh, d)
             pool.k[li].index_copy_(0, write, k)
             pool.v[li].index_copy_(0, write, v)
             out = None if decode_only else torch.empty(T, nh, d, dtype=q.dtype, device=q.device)
             for a, b in batch.prefill_spans:
                 # A fresh prefill attends only to itself: causal over its own new K/V.
                 o = F.scaled_dot_product_attention(
-                    q[a:b].transpose(0, 1)[None], k[a:b].transpose(0, 1)[None], v[a:b].transpose(0, 1)[None],
-                    is_causal=True, scale=self.scaling, enable_gqa=True)
+                    q[a:b].transpose(0, 1)[None],
+                    k[a:b].transpose(0, 1)[None],
+                    v[a:b].transpose(0, 1)[None],
+                    is_causal=True,
+                    scale=self.scaling,
+                    enable_gqa=True,
+                )
                 out[a:b] = o[0].transpose(0, 1)
             if dec_rows is not None:
                 # index_select, not advanced indexing: the latter is several times slower on CPU.
@@ -172,8 +196,7 @@ class PackedLlama:
                 kk = pool.k[li].index_select(0, flat).view(shape).transpose(1, 2)  # [B, kvh, L, d]
                 vv = pool.v[li].index_select(0, flat).view(shape).transpose(1, 2)
                 qq = (q if decode_only else q.index_select(0, dec_rows))[:, :, None, :]  # [B, nh, 1, d]
-                o = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=dec_mask, scale=self.scaling,
-                                                   enable_gqa=True)
+                o = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=dec_mask, scale=self.scaling, enable_gqa=True)
                 if decode_only:
                     out = o[:, :, 0, :]
                 else:
@@ -207,8 +230,8 @@ def _fuse(parent: torch.nn.Module, names: tuple[str, ...]):
         row = 0
         for lin in linears:
             n = lin.out_features
-            lin.weight = torch.nn.Parameter(weight[row: row + n], requires_grad=False)
+            lin.weight = torch.nn.Parameter(weight[row : row + n], requires_grad=False)
             if bias is not None:
-                lin.bias = torch.nn.Parameter(bias[row: row + n], requires_grad=False)
+                lin.bias = torch.nn.Parameter(bias[row : row + n], requires_grad=False)
             row += n
     return weight, bias, [lin.out_features for lin in linears]

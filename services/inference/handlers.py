@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 
-from loranet import codec, confidential, protocol as p
+from loranet import codec, confidential
+from loranet import protocol as p
+from loranet.errors import RemoteError
 from loranet.model.content import ContentHashMismatch
 from loranet.runtime import Delivery, Pull, Runtime
-from loranet.errors import RemoteError
 from loranet.signing import Identity, devnet_address, sign
 
 from . import domain, metrics
@@ -64,12 +65,19 @@ class InferenceService:
         metrics.TOKENS_PER_S.set(tps)
         total = self.settings.max_running
         hb = p.NodeHeartbeat(
-            node_id=self.settings.node_id, node_key=self.identity.public, payout_address=self.address,
-            model_ids=[self.engine.model_id], device=self.settings.device,
+            node_id=self.settings.node_id,
+            node_key=self.identity.public,
+            payout_address=self.address,
+            model_ids=[self.engine.model_id],
+            device=self.settings.device,
             memory_free=torch.cuda.mem_get_info()[0] if self.engine.device.type == "cuda" else 0,
-            adapters_hot=self.engine.adapters_hot[:4096], slots_total=total,
-            slots_free=max(total - depth, 0), queue_depth=depth,
-            tokens_per_s=tps, region=self.settings.region, at=time.time(),
+            adapters_hot=self.engine.adapters_hot[:4096],
+            slots_total=total,
+            slots_free=max(total - depth, 0),
+            queue_depth=depth,
+            tokens_per_s=tps,
+            region=self.settings.region,
+            at=time.time(),
         )
         return sign(hb, self.identity)
 
@@ -101,8 +109,15 @@ class InferenceService:
         self.rt.log.info("adapter.loaded", adapter_id=adapter_id)
 
     async def fail(self, job: p.JobRequest, reason: str, attempt: int = 0) -> None:
-        await self.rt.emit(job.job_id, p.Stage.FAILED, reason=reason, node_id=self.settings.node_id,
-                           dedup=self.settings.node_id, client_key=job.client_key, attempt=attempt)
+        await self.rt.emit(
+            job.job_id,
+            p.Stage.FAILED,
+            reason=reason,
+            node_id=self.settings.node_id,
+            dedup=self.settings.node_id,
+            client_key=job.client_key,
+            attempt=attempt,
+        )
 
     async def on_batch(self, batch: p.WorkBatch, delivery: Delivery) -> None:
         try:
@@ -118,8 +133,9 @@ class InferenceService:
             raise
 
     async def run_segment(self, segment: p.WorkSegment, model_id: str, batch: p.WorkBatch | None = None) -> None:
-        await asyncio.gather(*(self.run_job(job, model_id, batch.attempt_of(job.job_id) if batch else 0)
-                               for job in segment.jobs))
+        await asyncio.gather(
+            *(self.run_job(job, model_id, batch.attempt_of(job.job_id) if batch else 0) for job in segment.jobs)
+        )
 
     async def adapter_problem(self, adapter_id: str) -> str | None:
         """None when the adapter is ready on this node (fetched now if needed), else why it is not."""
@@ -157,9 +173,16 @@ class InferenceService:
         except (domain.JobRefused, confidential.ConfidentialError) as exc:
             await self.fail(job, str(exc), attempt)
             return
-        req = GenRequest(job_id=job.job_id, prompt_tokens=prompt_tokens, adapter_id=job.adapter_id,
-                         max_tokens=job.max_tokens, params=params, seed=job.sampling.seed,
-                         stop=tuple(job.sampling.stop), deadline=job.expires_at)
+        req = GenRequest(
+            job_id=job.job_id,
+            prompt_tokens=prompt_tokens,
+            adapter_id=job.adapter_id,
+            max_tokens=job.max_tokens,
+            params=params,
+            seed=job.sampling.seed,
+            stop=tuple(job.sampling.stop),
+            deadline=job.expires_at,
+        )
         fut = self.engine.submit(req)
         try:
             gen = await asyncio.wrap_future(fut)
@@ -175,10 +198,20 @@ class InferenceService:
             return
         self._seq += 1
         result = domain.build_result(
-            job=job, node_id=self.settings.node_id, node_key=self.identity.public, node_address=self.address,
-            node_seq=self._seq, model_id=self.engine.model_id, tokenizer_id=self.engine.tokenizer.tokenizer_id,
-            prompt_tokens=gen.prompt_tokens, output_tokens=gen.output_tokens, output_text=gen.output_text,
-            finish_reason=gen.finish_reason, chunks=gen.chunks, started_at=started, finished_at=time.time(),
+            job=job,
+            node_id=self.settings.node_id,
+            node_key=self.identity.public,
+            node_address=self.address,
+            node_seq=self._seq,
+            model_id=self.engine.model_id,
+            tokenizer_id=self.engine.tokenizer.tokenizer_id,
+            prompt_tokens=gen.prompt_tokens,
+            output_tokens=gen.output_tokens,
+            output_text=gen.output_text,
+            finish_reason=gen.finish_reason,
+            chunks=gen.chunks,
+            started_at=started,
+            finished_at=time.time(),
             attempt=attempt,
         )
         if job.confidential:  # token ids, text and fingerprint only inside sealed_output, to client + committee
@@ -191,7 +224,14 @@ class InferenceService:
 
     async def publish_result(self, result: p.InferenceResult) -> None:
         suffix = f":{result.attempt}" if result.attempt else ""
-        await self.rt.publish(p.results(self.settings.node_id), result,
-                              msg_id=f"{result.job_id}:{self.settings.node_id}{suffix}")
-        await self.rt.emit(result.job_id, p.Stage.RESULT, body=result, node_id=self.settings.node_id,
-                           dedup=self.settings.node_id, attempt=result.attempt)
+        await self.rt.publish(
+            p.results(self.settings.node_id), result, msg_id=f"{result.job_id}:{self.settings.node_id}{suffix}"
+        )
+        await self.rt.emit(
+            result.job_id,
+            p.Stage.RESULT,
+            body=result,
+            node_id=self.settings.node_id,
+            dedup=self.settings.node_id,
+            attempt=result.attempt,
+        )

@@ -38,6 +38,13 @@ class InferenceSettings(CommonSettings):
     def engine_config(self):
         from .engine import EngineConfig
 
-        return EngineConfig(adapter_slots=self.adapter_slots, host_adapters=self.host_adapters,
-                            max_running=self.max_running, kv_blocks=self.kv_blocks, block_size=self.kv_block_size,
-                            max_prefill_tokens=self.max_prefill_tokens, max_rank=self.max_lora_rank, dtype=self.dtype)
+        return EngineConfig(
+            adapter_slots=self.adapter_slots,
+            host_adapters=self.host_adapters,
+            max_running=self.max_running,
+            kv_blocks=self.kv_blocks,
+            block_size=self.kv_block_size,
+            max_prefill_tokens=self.max_prefill_tokens,
+            max_rank=self.max_lora_rank,
+            dtype=self.dtype,
+        )

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from loranet import protocol as p
-from loranet.signing import SignatureInvalid
 from loranet.errors import Refused
+from loranet.signing import SignatureInvalid
 
 
 class AdmissionRefused(Refused):
@@ -58,7 +58,9 @@ def check_adapter(job: p.JobRequest, manifest: p.AdapterManifest | None) -> None
     if manifest is None:
         raise AdmissionRefused(f"unknown adapter {job.adapter_id}: register it with the datastore first")
     if manifest.base_model_id != job.model_id:
-        raise AdmissionRefused(f"adapter {manifest.name} targets base model {manifest.base_model_id[:12]}…, not {job.model_id[:12]}…")
+        raise AdmissionRefused(
+            f"adapter {manifest.name} targets base model {manifest.base_model_id[:12]}…, not {job.model_id[:12]}…"
+        )
 
 
 def check_tokenizer(job: p.JobRequest, model: p.ModelManifest | None) -> None:
@@ -69,7 +71,9 @@ def check_tokenizer(job: p.JobRequest, model: p.ModelManifest | None) -> None:
 
 def check_escrow(job: p.JobRequest, escrow: int) -> None:
     if escrow < job.max_fee:
-        raise AdmissionRefused(f"escrow {escrow} of {job.client_address} does not cover max_fee {job.max_fee}: deposit more OPEN")
+        raise AdmissionRefused(
+            f"escrow {escrow} of {job.client_address} does not cover max_fee {job.max_fee}: deposit more OPEN"
+        )
 
 
 def live_nodes(heartbeats: Iterable[p.NodeHeartbeat], now: float, ttl_s: float) -> list[p.NodeHeartbeat]:
@@ -121,15 +125,25 @@ class Ticket:
     avoid: frozenset[str] = frozenset()
 
     @classmethod
-    def of(cls, job: p.JobRequest, now: float, origin: str = "", attempt: int = 0,
-           avoid: Iterable[str] = ()) -> "Ticket":
-        return cls(job_id=job.job_id, client=job.client_address.lower(), model_id=job.model_id,
-                   adapter_id=job.adapter_id, region=job.region, cost=job_cost(job), admitted_at=now,
-                   expires_at=job.expires_at, origin=origin, payload=job, node_id=job.node_id,
-                   attempt=attempt, avoid=frozenset(avoid))
+    def of(cls, job: p.JobRequest, now: float, origin: str = "", attempt: int = 0, avoid: Iterable[str] = ()) -> Ticket:
+        return cls(
+            job_id=job.job_id,
+            client=job.client_address.lower(),
+            model_id=job.model_id,
+            adapter_id=job.adapter_id,
+            region=job.region,
+            cost=job_cost(job),
+            admitted_at=now,
+            expires_at=job.expires_at,
+            origin=origin,
+            payload=job,
+            node_id=job.node_id,
+            attempt=attempt,
+            avoid=frozenset(avoid),
+        )
 
     @property
-    def group(self) -> "GroupKey":
+    def group(self) -> GroupKey:
         return (self.model_id, self.adapter_id, self.region, self.node_id, self.avoid)
 
 
@@ -156,11 +170,16 @@ class NodeView:
         return self.capacity - self.outstanding
 
 
-def node_view(hb: p.NodeHeartbeat, outstanding: int, affinity: "AffinityMap", jobs_per_slot: int) -> NodeView:
+def node_view(hb: p.NodeHeartbeat, outstanding: int, affinity: AffinityMap, jobs_per_slot: int) -> NodeView:
     """A NodeView from a heartbeat, the jobs dispatched to it and not answered, and its predicted-hot adapters."""
     return NodeView(
-        node_id=hb.node_id, model_ids=frozenset(hb.model_ids), capacity=max(hb.slots_total, 1) * jobs_per_slot,
-        outstanding=outstanding, adapters_hot=affinity.hot(hb.node_id), region=hb.region, device=hb.device,
+        node_id=hb.node_id,
+        model_ids=frozenset(hb.model_ids),
+        capacity=max(hb.slots_total, 1) * jobs_per_slot,
+        outstanding=outstanding,
+        adapters_hot=affinity.hot(hb.node_id),
+        region=hb.region,
+        device=hb.device,
         memory_free=hb.memory_free if hb.device.startswith("cuda") else None,
         evict_at=affinity.evict_at(hb.node_id),
     )
@@ -193,9 +212,14 @@ def capable(node: NodeView, req: Requirements, hot: bool) -> bool:
     return True
 
 
-def choose_node(req: Requirements, nodes: Sequence[NodeView], rooms: dict[str, int] | None = None,
-                loads: dict[str, int] | None = None, extra_hot: dict[str, set[str]] | None = None,
-                cold_penalty: float = math.inf) -> NodeView | None:
+def choose_node(
+    req: Requirements,
+    nodes: Sequence[NodeView],
+    rooms: dict[str, int] | None = None,
+    loads: dict[str, int] | None = None,
+    extra_hot: dict[str, set[str]] | None = None,
+    cold_penalty: float = math.inf,
+) -> NodeView | None:
     """The node for a group: one with the adapter hot and room, else the least-loaded capable node with room.
 
     A hot node wins unless its load (outstanding / capacity) exceeds a cold
@@ -212,8 +236,11 @@ def choose_node(req: Requirements, nodes: Sequence[NodeView], rooms: dict[str, i
         room = rooms.get(node.node_id, 0) if rooms is not None else node.room
         if room <= 0:
             continue
-        hot = (not req.adapter_id or req.adapter_id in node.adapters_hot
-               or (extra_hot is not None and req.adapter_id in extra_hot.get(node.node_id, ())))
+        hot = (
+            not req.adapter_id
+            or req.adapter_id in node.adapters_hot
+            or (extra_hot is not None and req.adapter_id in extra_hot.get(node.node_id, ()))
+        )
         if not capable(node, req, hot):
             continue
         load = loads.get(node.node_id, node.outstanding) if loads is not None else node.outstanding
@@ -310,8 +337,14 @@ class RoutingQueue:
     is preferred until it is `cold_penalty` fuller than a cold one).
     """
 
-    def __init__(self, max_batch_jobs: int = 64, aging_s: float = 1.0, adapter_bytes: int = 0,
-                 devices: Sequence[str] = (), cold_penalty: float = 0.25) -> None:
+    def __init__(
+        self,
+        max_batch_jobs: int = 64,
+        aging_s: float = 1.0,
+        adapter_bytes: int = 0,
+        devices: Sequence[str] = (),
+        cold_penalty: float = 0.25,
+    ) -> None:
         self.max_batch_jobs = max_batch_jobs
         self.aging_s = aging_s
         self.cold_penalty = cold_penalty
@@ -398,8 +431,15 @@ class RoutingQueue:
 
     def _requirements(self, key: GroupKey) -> Requirements:
         model_id, adapter_id, region, node_id, avoid = key
-        return Requirements(model_id=model_id, adapter_id=adapter_id, region=region, node_id=node_id, avoid=avoid,
-                            adapter_bytes=self.adapter_bytes if adapter_id else 0, devices=self.devices)
+        return Requirements(
+            model_id=model_id,
+            adapter_id=adapter_id,
+            region=region,
+            node_id=node_id,
+            avoid=avoid,
+            adapter_bytes=self.adapter_bytes if adapter_id else 0,
+            devices=self.devices,
+        )
 
     def plan(self, nodes: Sequence[NodeView], now: float) -> list[Assignment]:
         """Take tickets out of the queue and assign them to nodes with room.
@@ -437,8 +477,11 @@ class RoutingQueue:
             if batch is None or len(batch.tickets) >= self.max_batch_jobs:
                 batch = open_batch[(node.node_id, key[0])] = Assignment(node.node_id, key[0])
                 out.append(batch)
-            take = min(rooms[node.node_id], self.max_batch_jobs - len(batch.tickets),
-                       self._share(node, req, nodes, rooms, loads, extra_hot))
+            take = min(
+                rooms[node.node_id],
+                self.max_batch_jobs - len(batch.tickets),
+                self._share(node, req, nodes, rooms, loads, extra_hot),
+            )
             taken = self._take(self._groups[key], take)
             batch.tickets.extend(taken)
             rooms[node.node_id] -= len(taken)
@@ -449,8 +492,15 @@ class RoutingQueue:
                 extra_hot.setdefault(node.node_id, set()).add(key[1])
         return out
 
-    def _share(self, node: NodeView, req: Requirements, nodes: Sequence[NodeView], rooms: dict[str, int],
-               loads: dict[str, int], extra_hot: dict[str, set[str]]) -> int:
+    def _share(
+        self,
+        node: NodeView,
+        req: Requirements,
+        nodes: Sequence[NodeView],
+        rooms: dict[str, int],
+        loads: dict[str, int],
+        extra_hot: dict[str, set[str]],
+    ) -> int:
         """How many of a group's tickets `node` takes before the next-best node would win them.
 
         With the adapter hot there once it has the first ticket, it keeps taking
@@ -458,13 +508,17 @@ class RoutingQueue:
         if the runner-up is cold): a group hot everywhere (the base model) is
         spread, a cold one is not split across several loads.
         """
-        alt = choose_node(replace(req, avoid=req.avoid | {node.node_id}), nodes, rooms, loads, extra_hot,
-                          self.cold_penalty)
+        alt = choose_node(
+            replace(req, avoid=req.avoid | {node.node_id}), nodes, rooms, loads, extra_hot, self.cold_penalty
+        )
         if alt is None:
             return self.max_batch_jobs
-        alt_hot = (not req.adapter_id or req.adapter_id in alt.adapters_hot
-                   or req.adapter_id in extra_hot.get(alt.node_id, ()))
-        alt_score = loads.get(alt.node_id, alt.outstanding) / max(alt.capacity, 1) + (0.0 if alt_hot else self.cold_penalty)
+        alt_hot = (
+            not req.adapter_id or req.adapter_id in alt.adapters_hot or req.adapter_id in extra_hot.get(alt.node_id, ())
+        )
+        alt_score = loads.get(alt.node_id, alt.outstanding) / max(alt.capacity, 1) + (
+            0.0 if alt_hot else self.cold_penalty
+        )
         if math.isinf(alt_score):
             return self.max_batch_jobs
         return max(1, math.floor(alt_score * node.capacity - loads.get(node.node_id, node.outstanding) + 1e-9))
@@ -496,8 +550,15 @@ class RoutingQueue:
 # ---------------------------------------------------------------------------
 
 
-def assemble_batch(node_id: str, model_id: str, jobs: Sequence[p.JobRequest], batch_id: str, scheduler_id: str,
-                   now: float, attempts: dict[str, tuple[int, Iterable[str]]] | None = None) -> p.WorkBatch:
+def assemble_batch(
+    node_id: str,
+    model_id: str,
+    jobs: Sequence[p.JobRequest],
+    batch_id: str,
+    scheduler_id: str,
+    now: float,
+    attempts: dict[str, tuple[int, Iterable[str]]] | None = None,
+) -> p.WorkBatch:
     """One work batch: jobs grouped into segments by adapter, in arrival order; `attempts` names the
     re-runs among them (job id → (attempt, nodes that failed it))."""
     by_adapter: dict[str, list[p.JobRequest]] = {}
@@ -505,8 +566,15 @@ def assemble_batch(node_id: str, model_id: str, jobs: Sequence[p.JobRequest], ba
         by_adapter.setdefault(job.adapter_id, []).append(job)
     segments = [p.WorkSegment(adapter_id=a, jobs=js) for a, js in by_adapter.items()]
     reruns = [p.JobAttempt(job_id=j, attempt=a, exclude=sorted(x)) for j, (a, x) in (attempts or {}).items() if a]
-    return p.WorkBatch(batch_id=batch_id, node_id=node_id, model_id=model_id, segments=segments,
-                       dispatched_at=now, scheduler_id=scheduler_id, attempts=reruns)
+    return p.WorkBatch(
+        batch_id=batch_id,
+        node_id=node_id,
+        model_id=model_id,
+        segments=segments,
+        dispatched_at=now,
+        scheduler_id=scheduler_id,
+        attempts=reruns,
+    )
 
 
 # A job whose latest event is one of these still needs a node.
@@ -522,7 +590,7 @@ def needs_node(stages: Iterable[str]) -> bool:
     """
     seen = list(stages)
     if "rerun" in seen:
-        seen = seen[len(seen) - seen[::-1].index("rerun"):]
+        seen = seen[len(seen) - seen[::-1].index("rerun") :]
     return all(stage in UNFINISHED_STAGES for stage in seen)
 
 
@@ -578,7 +646,7 @@ class Outstanding:
             self._node_of.pop(job_id, None)
 
     def prune(self, now: float) -> None:
-        for node_id, jobs in self._by_node.items():
+        for _node_id, jobs in self._by_node.items():
             for job_id in [j for j, at in jobs.items() if now - at > self.horizon_s]:
                 del jobs[job_id]
                 self._node_of.pop(job_id, None)

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import FetchTimeoutError, NotFoundError
 
-from loranet import protocol as p, topology
+from loranet import protocol as p
+from loranet import topology
 from loranet.codec import DecodeError
 
 from . import domain
@@ -30,7 +31,9 @@ REDISPATCH_DURABLE = "redispatch-"
 
 def redispatch_consumer(node_id: str) -> p.Consumer:
     """The durable through which scheduler replicas share a dead node's leftover batches."""
-    return p.Consumer(p.WORK_ALL, f"{REDISPATCH_DURABLE}{node_id}", ack_wait_s=30, max_deliver=5, filter=p.work(node_id))
+    return p.Consumer(
+        p.WORK_ALL, f"{REDISPATCH_DURABLE}{node_id}", ack_wait_s=30, max_deliver=5, filter=p.work(node_id)
+    )
 
 
 class Failover:
@@ -69,7 +72,7 @@ class Failover:
         grace_over = time.time() - self.service.started_at > self.settings.node_ttl_s
         for name, info in consumers.items():
             if name.startswith(NODE_DURABLE):
-                node_id = name[len(NODE_DURABLE):]
+                node_id = name[len(NODE_DURABLE) :]
                 if info.num_pending + info.num_ack_pending == 0:
                     # Reconcile the load view with the durable: results missed on core NATS don't leak.
                     self.service.outstanding.node_idle(node_id, time.time() - self.settings.idle_reconcile_s)
@@ -78,7 +81,7 @@ class Failover:
                 if info.num_pending + info.num_ack_pending == 0:
                     continue
             elif name.startswith(REDISPATCH_DURABLE):
-                node_id = name[len(REDISPATCH_DURABLE):]  # left by a replica that stopped mid-drain
+                node_id = name[len(REDISPATCH_DURABLE) :]  # left by a replica that stopped mid-drain
                 if node_id in self._draining:
                     continue
             else:
@@ -120,22 +123,24 @@ class Failover:
         except NotFoundError:
             pass
         spec = redispatch_consumer(node_id)
-        sub = await js.pull_subscribe(spec.filter_subject, durable=spec.durable, stream=spec.stream,
-                                      config=topology.consumer_config(spec))
+        sub = await js.pull_subscribe(
+            spec.filter_subject, durable=spec.durable, stream=spec.stream, config=topology.consumer_config(spec)
+        )
         came_back = False
         # Batches are re-dispatched side by side: one whose job can only run on this node (sealed
         # to it) waits for it or for its expiry without holding up the others.
         batches: set[asyncio.Task[bool]] = set()
         try:
             while not self.rt.stopping.is_set():
-                if await self._live(node_id) or any(t.done() and not t.cancelled() and t.exception() is None
-                                                    and not t.result() for t in batches):
+                if await self._live(node_id) or any(
+                    t.done() and not t.cancelled() and t.exception() is None and not t.result() for t in batches
+                ):
                     came_back = True
                     break
                 batches = {t for t in batches if not t.done()}
                 try:
                     msgs = await sub.fetch(8, timeout=1.0)
-                except (FetchTimeoutError, NatsTimeoutError, asyncio.TimeoutError):
+                except (TimeoutError, FetchTimeoutError, NatsTimeoutError):
                     info = await js.consumer_info(spec.stream, spec.durable)
                     if not batches and info.num_pending == 0 and info.num_ack_pending == 0:
                         break
@@ -172,9 +177,20 @@ class Failover:
         stages = await asyncio.gather(*(self.service.stages(job, [] if job.job_id in reruns else None) for job in jobs))
         todo = [job for job, seen in zip(jobs, stages) if domain.needs_node(seen)]
         now = time.time()
-        routes = [asyncio.ensure_future(self.service.route(domain.Ticket.of(
-            job, now, origin=node_id, attempt=reruns[job.job_id].attempt if job.job_id in reruns else 0,
-            avoid=reruns[job.job_id].exclude if job.job_id in reruns else ()))) for job in todo]
+        routes = [
+            asyncio.ensure_future(
+                self.service.route(
+                    domain.Ticket.of(
+                        job,
+                        now,
+                        origin=node_id,
+                        attempt=reruns[job.job_id].attempt if job.job_id in reruns else 0,
+                        avoid=reruns[job.job_id].exclude if job.job_id in reruns else (),
+                    )
+                )
+            )
+            for job in todo
+        ]
         keep_alive = asyncio.ensure_future(self._keep_alive(msg))
         try:
             while routes and not all(r.done() for r in routes):
@@ -194,8 +210,13 @@ class Failover:
                 await self.rt.emit(job.job_id, p.Stage.REJECTED, reason=reason, client_key=job.client_key)
                 await self.service.release(job.job_id, reason, job.client_key)
         self.redispatched += sum(1 for n in nodes if n)
-        self.rt.log.info("batch.redispatched", node_id=node_id, batch_id=batch.batch_id, jobs=len(todo),
-                         done_already=len(jobs) - len(todo))
+        self.rt.log.info(
+            "batch.redispatched",
+            node_id=node_id,
+            batch_id=batch.batch_id,
+            jobs=len(todo),
+            done_already=len(jobs) - len(todo),
+        )
         await msg.ack()
         return True
 

@@ -21,16 +21,18 @@ from typing import Any
 import msgpack
 from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 
-from loranet import codec, protocol as p
+from loranet import codec
+from loranet import protocol as p
 from loranet.codec import DecodeError
+from loranet.errors import Refused, RemoteError
 from loranet.ratelimit import RateLimiter
 from loranet.runtime import Delivery, Pull, Runtime
-from loranet.errors import Refused, RemoteError
 from loranet.signing import SignatureInvalid
 
 from . import domain
 from .failover import Failover
 from .settings import SchedulerSettings
+
 
 class NodeRegistryView:
     """The live nodes as last read from the `nodes` KV bucket (heartbeats with TTL)."""
@@ -73,8 +75,13 @@ class SchedulerService:
         self.settings = settings
         self.registry = NodeRegistryView(rt, settings.registry_refresh_s, settings.node_ttl_s)
         self.limiter = RateLimiter(settings.client_rate_per_s, settings.client_burst)
-        self.queue = domain.RoutingQueue(settings.max_batch_jobs, settings.aging_s, settings.adapter_bytes,
-                                         settings.node_devices, settings.cold_penalty)
+        self.queue = domain.RoutingQueue(
+            settings.max_batch_jobs,
+            settings.aging_s,
+            settings.adapter_bytes,
+            settings.node_devices,
+            settings.cold_penalty,
+        )
         self.affinity = domain.AffinityMap(settings.node_adapter_slots)
         self.outstanding = domain.Outstanding()
         self._waiting: dict[domain.Ticket, asyncio.Future[str | None]] = {}
@@ -100,8 +107,9 @@ class SchedulerService:
 
     # -- look-ups -----------------------------------------------------------
 
-    async def _registry_get(self, cache: dict[str, tuple[float, Any]], key: str, subject: p.Request[Any, Any],
-                            message: p.Wire) -> Any:
+    async def _registry_get(
+        self, cache: dict[str, tuple[float, Any]], key: str, subject: p.Request[Any, Any], message: p.Wire
+    ) -> Any:
         """A registry record from the datastore (None when unknown), cached for adapter_cache_s."""
         now = time.time()
         cached = cache.get(key)
@@ -117,8 +125,9 @@ class SchedulerService:
         return record
 
     async def adapter(self, adapter_id: str) -> p.AdapterManifest | None:
-        return await self._registry_get(self._adapters, adapter_id, p.DATASTORE_ADAPTER_GET,
-                                        p.AdapterGet(adapter=adapter_id))
+        return await self._registry_get(
+            self._adapters, adapter_id, p.DATASTORE_ADAPTER_GET, p.AdapterGet(adapter=adapter_id)
+        )
 
     async def model(self, model_id: str) -> p.ModelManifest | None:
         return await self._registry_get(self._models, model_id, p.DATASTORE_MODEL_GET, p.ModelGet(model=model_id))
@@ -135,8 +144,10 @@ class SchedulerService:
             reply = await self.rt.request(p.SETTLEMENT_RESERVE, reserve, timeout=30)
         except RemoteError as exc:
             if exc.code == "conflict":
-                raise domain.AdmissionRefused(f"escrow of {job.client_address} cannot cover max_fee {job.max_fee}: "
-                                     f"deposit more OPEN ({exc.message})") from None
+                raise domain.AdmissionRefused(
+                    f"escrow of {job.client_address} cannot cover max_fee {job.max_fee}: "
+                    f"deposit more OPEN ({exc.message})"
+                ) from None
             raise
         return reply.state
 
@@ -145,8 +156,9 @@ class SchedulerService:
         if not self.settings.reserve_escrow:
             return
         try:
-            await self.rt.request(p.SETTLEMENT_RELEASE, p.Release(job_id=job_id, reason=reason[:1024], client_key=client_key),
-                                  timeout=60)
+            await self.rt.request(
+                p.SETTLEMENT_RELEASE, p.Release(job_id=job_id, reason=reason[:1024], client_key=client_key), timeout=60
+            )
         except Exception as exc:  # another replica released it, or settlement is down: the job stays reserved
             self.rt.log.warning("job.release_failed", job_id=job_id, error=repr(exc))
 
@@ -157,8 +169,9 @@ class SchedulerService:
         seq = 1
         while True:
             try:
-                msg = await self.rt.js.get_msg("EVENTS", seq=seq, subject=p.job_events(job.client_key, job.job_id),
-                                               next=True)
+                msg = await self.rt.js.get_msg(
+                    "EVENTS", seq=seq, subject=p.job_events(job.client_key, job.job_id), next=True
+                )
             except NotFoundError:
                 return out
             try:
@@ -181,8 +194,10 @@ class SchedulerService:
             if hb.at > self._heartbeat_at.get(hb.node_id, 0.0):
                 self._heartbeat_at[hb.node_id] = hb.at
                 self.affinity.heartbeat(hb.node_id, hb.adapters_hot, hb.at)
-        return [domain.node_view(hb, self.outstanding.count(hb.node_id), self.affinity, self.settings.node_jobs_per_slot)
-                for hb in heartbeats]
+        return [
+            domain.node_view(hb, self.outstanding.count(hb.node_id), self.affinity, self.settings.node_jobs_per_slot)
+            for hb in heartbeats
+        ]
 
     # -- admission ------------------------------------------------------------
 
@@ -197,9 +212,17 @@ class SchedulerService:
             self.rt.log.info("job.redelivered_done", job_id=job.job_id, stages=sorted(past))
             return
         if not self.limiter.allow(job.client_key):
-            await self.rt.emit(job.job_id, p.Stage.REJECTED, client_key=job.client_key, reason=(
-                f"rate limit: client {job.client_key.hex()[:16]} may submit {self.settings.client_rate_per_s:g} jobs/s "
-                f"(bursts of {self.settings.client_burst}); retry in {self.limiter.retry_after(job.client_key):.1f}s"))
+            await self.rt.emit(
+                job.job_id,
+                p.Stage.REJECTED,
+                client_key=job.client_key,
+                reason=(
+                    f"rate limit: client {job.client_key.hex()[:16]} may submit "
+                    f"{self.settings.client_rate_per_s:g} jobs/s "
+                    f"(bursts of {self.settings.client_burst}); retry in "
+                    f"{self.limiter.retry_after(job.client_key):.1f}s"
+                ),
+            )
             return
         try:
             domain.check_timing(job, time.time(), self.settings.max_clock_skew_s)
@@ -228,8 +251,10 @@ class SchedulerService:
             reason = "expired before any node could take it"
             if job.node_id:  # a confidential job can only run on the node its prompt is sealed to
                 live = any(hb.node_id == job.node_id for hb in await self.registry.nodes())
-                reason = (f"expired before node {job.node_id}, the one it names, could take it "
-                          f"({'busy or not serving it' if live else 'unknown or dead'})")
+                reason = (
+                    f"expired before node {job.node_id}, the one it names, could take it "
+                    f"({'busy or not serving it' if live else 'unknown or dead'})"
+                )
             await self.rt.emit(job.job_id, p.Stage.REJECTED, reason=reason, client_key=job.client_key)
             await self.release(job.job_id, reason, job.client_key)
 
@@ -247,15 +272,18 @@ class SchedulerService:
         attempts: list[int] = []
         seen = await self.stages(job, attempts)
         if any(s in p.TERMINAL_STAGES for s in seen) or any(
-                s in ("dispatched", "result", "verdict", "failed") and a >= rerun.attempt for s, a in zip(seen, attempts)):
+            s in ("dispatched", "result", "verdict", "failed") and a >= rerun.attempt for s, a in zip(seen, attempts)
+        ):
             self.rt.log.info("job.rerun_done_already", job_id=job.job_id, attempt=rerun.attempt)
             return  # a redelivery, or a re-published re-run already under way or final
         avoid = frozenset(rerun.exclude)
         reason = ""
         if job.node_id:
             reason = f"the job is sealed to node {job.node_id}, which failed it: it cannot run elsewhere"
-        elif not any(job.model_id in hb.model_ids and hb.node_id not in avoid and (not job.region or hb.region == job.region)
-                     for hb in await self.registry.nodes()):
+        elif not any(
+            job.model_id in hb.model_ids and hb.node_id not in avoid and (not job.region or hb.region == job.region)
+            for hb in await self.registry.nodes()
+        ):
             reason = f"no live node serves it besides {', '.join(sorted(avoid))}, which failed it"
         elif job.expires_at <= time.time():
             reason = "the job expired"
@@ -287,7 +315,7 @@ class SchedulerService:
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.settings.no_node_retry_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wake.clear()
             if not len(self.queue):
@@ -315,8 +343,9 @@ class SchedulerService:
         jobs = [t.payload for t in assignment.tickets]
         batch_id = p.new_job_id()
         attempts = {t.job_id: (t.attempt, t.avoid) for t in assignment.tickets if t.attempt}
-        batch = domain.assemble_batch(node_id, assignment.model_id, jobs, batch_id, self.settings.scheduler_id,
-                                      time.time(), attempts)
+        batch = domain.assemble_batch(
+            node_id, assignment.model_id, jobs, batch_id, self.settings.scheduler_id, time.time(), attempts
+        )
         try:
             await self.rt.publish(p.work(node_id), batch, msg_id=batch_id)
         except Exception as exc:
@@ -336,11 +365,19 @@ class SchedulerService:
     async def _emit_dispatched(self, ticket: domain.Ticket, node_id: str) -> None:
         reason = f"re-dispatched from node {ticket.origin}" if ticket.origin else ""
         if ticket.attempt:
-            reason = (f"re-run (attempt {ticket.attempt}), not on {', '.join(sorted(ticket.avoid))}"
-                      + (f"; {reason}" if reason else ""))
+            reason = f"re-run (attempt {ticket.attempt}), not on {', '.join(sorted(ticket.avoid))}" + (
+                f"; {reason}" if reason else ""
+            )
         try:
-            await self.rt.emit(ticket.job_id, p.Stage.DISPATCHED, node_id=node_id, dedup=node_id, reason=reason,
-                               client_key=ticket.payload.client_key, attempt=ticket.attempt)
+            await self.rt.emit(
+                ticket.job_id,
+                p.Stage.DISPATCHED,
+                node_id=node_id,
+                dedup=node_id,
+                reason=reason,
+                client_key=ticket.payload.client_key,
+                attempt=ticket.attempt,
+            )
         except Exception as exc:  # the work is out; a missing event must not hold it back
             self.rt.log.warning("dispatch.event_failed", job_id=ticket.job_id, node_id=node_id, error=repr(exc))
 
@@ -368,7 +405,9 @@ class SchedulerService:
                 client_key = bytes.fromhex(p.parse_job_events(msg.subject)[0])
             except ValueError:
                 return
-            self.rt.spawn(self.release(job_id, f"failed on node {node_id}: {event.get('reason', '')}"[:1024],
-                                       client_key), name="release")
+            self.rt.spawn(
+                self.release(job_id, f"failed on node {node_id}: {event.get('reason', '')}"[:1024], client_key),
+                name="release",
+            )
         if stage not in domain.UNFINISHED_STAGES and len(self.queue):
             self._wake.set()  # room freed on a node

@@ -71,8 +71,14 @@ class Chain:
     `deployer_key` holds the admin roles (registrar, slasher; the devnet's faucet); `settler_key` settles
     epochs and refunds (defaults to the deployer's)."""
 
-    def __init__(self, transport: Transport, deployment: Deployment, *, deployer_key: str | bytes,
-                 settler_key: str | bytes | None = None) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        deployment: Deployment,
+        *,
+        deployer_key: str | bytes,
+        settler_key: str | bytes | None = None,
+    ) -> None:
         self.transport = transport
         self.deployer_key = key_hex(deployer_key)
         self.settler_key = key_hex(settler_key) if settler_key else self.deployer_key
@@ -95,18 +101,27 @@ class Chain:
                 from services.settlement.devchain import DEV_DEPLOYER_KEY
 
                 deployer_key = DEV_DEPLOYER_KEY
-            return cls(transport, Deployment(*addresses, transport.chain_id), deployer_key=deployer_key,
-                       settler_key=settings.settler_key or None)
+            return cls(
+                transport,
+                Deployment(*addresses, transport.chain_id),
+                deployer_key=deployer_key,
+                settler_key=settings.settler_key or None,
+            )
         # No contracts configured: the embedded devnet (in process) or the devnet's chain node (it serves
         # its deployment); anywhere else DevChain.open would deploy, so refuse.
         from services.settlement.devchain import DevChain
 
         if settings.rpc_url and served_deployment(Transport(settings.rpc_url)) is None:
-            raise ChainError(f"no contracts known on {settings.rpc_url}: deploy them (deploy/init.py) and set "
-                             "LORANET_TOKEN_ADDRESS, LORANET_REGISTRY_ADDRESS and LORANET_SETTLEMENT_ADDRESS")
-        return DevChain.open(settings.rpc_url, settler_key=settings.settler_key or None,
-                             **({"deployer_key": settings.deployer_key} if settings.deployer_key else {}),
-                             **({"treasury": settings.treasury} if settings.treasury else {}))
+            raise ChainError(
+                f"no contracts known on {settings.rpc_url}: deploy them (deploy/init.py) and set "
+                "LORANET_TOKEN_ADDRESS, LORANET_REGISTRY_ADDRESS and LORANET_SETTLEMENT_ADDRESS"
+            )
+        return DevChain.open(
+            settings.rpc_url,
+            settler_key=settings.settler_key or None,
+            **({"deployer_key": settings.deployer_key} if settings.deployer_key else {}),
+            **({"treasury": settings.treasury} if settings.treasury else {}),
+        )
 
     # ------------------------------------------------------------------ setup
 
@@ -284,8 +299,9 @@ class Chain:
         """Send batch `seq` without waiting (no dry run: a revert shows in `settle_receipt`)."""
         return self.submit(key or self.settler_key, self._settle_call(seq, jobs), f"settle_batch {seq}", dry_run=False)
 
-    def settle_receipt(self, tx_hash: bytes, seq: int, jobs: Sequence[SettleJob],
-                       key: str | bytes | None = None) -> BatchReceipt:
+    def settle_receipt(
+        self, tx_hash: bytes, seq: int, jobs: Sequence[SettleJob], key: str | bytes | None = None
+    ) -> BatchReceipt:
         """Wait for a sent batch; ChainError (with the reason) if it reverted."""
         receipt = self.wait(tx_hash, f"settle_batch {seq}", self._settle_call(seq, jobs), key or self.settler_key)
         events = self.settlement.events.BatchSettled().process_receipt(receipt)
@@ -317,8 +333,9 @@ class Chain:
 
     def find_refund(self, job_id: bytes | str) -> TxInfo | None:
         """The transaction that refunded `job_id`, if any."""
-        logs = self.settlement.events.JobRefunded().get_logs(argument_filters={"job_id": job_id_bytes(job_id)},
-                                                             from_block=0)
+        logs = self.settlement.events.JobRefunded().get_logs(
+            argument_filters={"job_id": job_id_bytes(job_id)}, from_block=0
+        )
         if not logs:
             return None
         return self._info(self.w3.eth.get_transaction_receipt(logs[0]["transactionHash"]))
@@ -390,7 +407,9 @@ class Chain:
         existing = self._call(self.registry.functions.contributor_id(address))
         if existing:
             return existing
-        self._send(key or self.deployer_key, self.registry.functions.register_contributor(address), "register_contributor")
+        self._send(
+            key or self.deployer_key, self.registry.functions.register_contributor(address), "register_contributor"
+        )
         return self._call(self.registry.functions.contributor_id(address))
 
     def contributor_of(self, contributor_id: int) -> str:
@@ -420,8 +439,12 @@ def served_deployment(transport: Transport) -> Deployment | None:
     if not result:
         return None
     chain_id = result["chain_id"]
-    return Deployment(result["token"], result["registry"], result["settlement"],
-                      int(chain_id, 0) if isinstance(chain_id, str) else int(chain_id))
+    return Deployment(
+        result["token"],
+        result["registry"],
+        result["settlement"],
+        int(chain_id, 0) if isinstance(chain_id, str) else int(chain_id),
+    )
 
 
 def _bytes32(value: bytes | str) -> bytes:
@@ -430,5 +453,3 @@ def _bytes32(value: bytes | str) -> bytes:
     if len(value) != 32:
         raise ValueError(f"expected 32 bytes, got {len(value)}")
     return value
-
-

@@ -10,13 +10,14 @@ serves settlement.faucet. The keys below derive from public strings: never hold 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from eth_account import Account
 from eth_utils import keccak, to_checksum_address
 
 from services.settlement.chain import Chain, Deployment, served_deployment
-from services.settlement.contracts import compile_contract
+from services.settlement.contracts import compile_contract, compile_source
 from services.settlement.transport import ChainError, Transport, TxInfo, address_of, key_hex
 
 DEV_DEPLOYER_KEY = "0x" + keccak(b"loranet devnet deployer").hex()
@@ -66,20 +67,27 @@ class DevChain(Chain):
         addresses = (token_address, registry_address, settlement_address)
         if any(addresses) and not all(addresses):
             raise ChainError("give all three contract addresses (token, registry, settlement) or none to deploy")
-        deployment = Deployment(*addresses, transport.chain_id) if all(addresses) else (
-            None if transport.in_process else served_deployment(transport))
+        deployment = (
+            Deployment(*addresses, transport.chain_id)
+            if all(addresses)
+            else (None if transport.in_process else served_deployment(transport))
+        )
         if deployment is None:
-            deployment = _deploy(transport, deployer, address_of(settler), to_checksum_address(treasury), min_stake,
-                                 cooldown_s, supply)
+            deployment = _deploy(
+                transport, deployer, address_of(settler), to_checksum_address(treasury), min_stake, cooldown_s, supply
+            )
         return cls(transport, deployment, deployer_key=deployer, settler_key=settler)
 
     @property
     def tester(self) -> Any:
         return self.transport.tester
 
-    def deploy_contract(self, name: str, *args: Any, key: str | bytes | None = None) -> Any:
-        """Deploy contract `name` (see services.settlement.contracts.CONTRACTS) and return it."""
-        return self._contract(name, _deploy_contract(self.transport, key or self.deployer_key, name, *args))
+    def deploy_contract(self, source: Path, *args: Any, key: str | bytes | None = None) -> Any:
+        """Deploy the Vyper contract at `source` (a benchmark's or a test's own) and return it."""
+        compiled = compile_source(source)
+        factory = self.w3.eth.contract(abi=compiled.abi, bytecode=compiled.bytecode)
+        address = self.transport.send(key or self.deployer_key, factory.constructor(*args), f"deploy {compiled.name}")
+        return self.w3.eth.contract(address=address["contractAddress"], abi=compiled.abi)
 
     def fund_eth(self, address: str, wei: int) -> None:
         """Give `address` gas money: from the tester's funded account in process, else anvil_setBalance, else a
@@ -118,8 +126,9 @@ def _deploy_contract(transport: Transport, key: str, name: str, *args: Any) -> s
     return str(transport.send(key, factory.constructor(*args), f"deploy {name}")["contractAddress"])
 
 
-def _deploy(transport: Transport, deployer_key: str, settler: str, treasury: str, min_stake: int, cooldown_s: int,
-            supply: int) -> Deployment:
+def _deploy(
+    transport: Transport, deployer_key: str, settler: str, treasury: str, min_stake: int, cooldown_s: int, supply: int
+) -> Deployment:
     token = _deploy_contract(transport, deployer_key, "OpenToken", supply)
     registry = _deploy_contract(transport, deployer_key, "Registry", token, treasury, min_stake, cooldown_s)
     settlement = _deploy_contract(transport, deployer_key, "Settlement", token, treasury, settler)
@@ -148,10 +157,15 @@ def _fund_eth(transport: Transport, address: str, wei: int, deployer_key: str) -
             pass
         if address == address_of(deployer_key):
             raise ChainError(f"the deployer {address} has no ETH for gas on {transport.rpc_url}; fund it")
-        tx = {"to": address, "value": wei, "from": address_of(deployer_key), "chainId": transport.chain_id,
-              "nonce": transport.w3.eth.get_transaction_count(address_of(deployer_key), "pending"), "gas": 21_000}
+        tx = {
+            "to": address,
+            "value": wei,
+            "from": address_of(deployer_key),
+            "chainId": transport.chain_id,
+            "nonce": transport.w3.eth.get_transaction_count(address_of(deployer_key), "pending"),
+            "gas": 21_000,
+        }
         tx.update(transport.fees())
         transport.forget_nonce(address_of(deployer_key))
         signed = Account.sign_transaction(tx, deployer_key)
         transport.w3.eth.wait_for_transaction_receipt(transport.w3.eth.send_raw_transaction(signed.raw_transaction))
-

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from loranet import protocol as p
+from loranet.errors import Refused
 from loranet.signing import SignatureInvalid
 from loranet.split import Price, job_fee, split_shares
 
 from .packing import SettleJob
-from loranet.errors import Refused
 
 
 class VerdictRefused(Refused):
@@ -86,9 +86,13 @@ def settle_job(verdicts: list[p.Verdict], manifest: p.AdapterManifest | None, tr
 def payouts(job: SettleJob, treasury: str) -> list[p.Payout]:
     """Each party's amount for one job, labelled by role."""
     shares = split_shares(job.fee, [w for _, w in job.contributors], len(job.verifiers))
-    out = [p.Payout(party="node", address=job.node, amount=shares.node),
-           p.Payout(party="developer", address=job.developer, amount=shares.developer)]
-    out += [p.Payout(party="contributor", address=a, amount=x) for (a, _), x in zip(job.contributors, shares.contributors)]
+    out = [
+        p.Payout(party="node", address=job.node, amount=shares.node),
+        p.Payout(party="developer", address=job.developer, amount=shares.developer),
+    ]
+    out += [
+        p.Payout(party="contributor", address=a, amount=x) for (a, _), x in zip(job.contributors, shares.contributors)
+    ]
     out += [p.Payout(party="verifier", address=a, amount=x) for a, x in zip(job.verifiers, shares.verifiers)]
     out.append(p.Payout(party="treasury", address=treasury, amount=shares.treasury))
     return out
@@ -114,8 +118,9 @@ def slash_amount(stake: int, unbonding: int, slash_bps: int) -> int:
 FINAL_STATES = ("settled", "refunded")
 
 
-def plan_epoch(decisions: list[Decision], states: list[str], available: dict[str, int]
-               ) -> tuple[list[SettleJob], list[tuple[str, str]], list[Decision]]:
+def plan_epoch(
+    decisions: list[Decision], states: list[str], available: dict[str, int]
+) -> tuple[list[SettleJob], list[tuple[str, str]], list[Decision]]:
     """Split an epoch by the chain's view of it: (jobs to settle, (job_id, reason) to refund,
     decisions already final on chain). `states` are the jobs' on-chain states in order;
     `available` each client's unreserved escrow. A job whose client cannot cover it after the

@@ -25,10 +25,11 @@ from collections.abc import Sequence
 
 from nats.js.errors import NotFoundError
 
-from loranet import codec, protocol as p, topology
+from loranet import codec, topology
+from loranet import protocol as p
 from loranet.batching import WindowBatcher
-from loranet.runtime import Delivery, Endpoint, Pull, Runtime
 from loranet.errors import Refused, RemoteError, ServiceError
+from loranet.runtime import Delivery, Endpoint, Pull, Runtime
 from loranet.split import Price
 
 from . import domain
@@ -50,7 +51,8 @@ class SettlementService:
         self.treasury = chain.treasury_address
         self.price = Price(settings.price_per_prompt_token, settings.price_per_output_token, settings.price_per_job)
         self.epochs: WindowBatcher[str, domain.Decision, p.Receipt | None] = WindowBatcher(
-            self._settle_epoch, settings.epoch_max_s, settings.epoch_max_jobs)
+            self._settle_epoch, settings.epoch_max_s, settings.epoch_max_jobs
+        )
         self._quorums: OrderedDict[str, domain.Quorum] = OrderedDict()
         self._deciding: set[str] = set()  # jobs whose settle/refund is under way in this process
         self._final: OrderedDict[str, None] = OrderedDict()  # jobs this process saw to the end
@@ -62,7 +64,8 @@ class SettlementService:
         # Whether _attempts holds every record of the journal bucket (else a miss is read from it).
         self._attempts_complete = False
         self.reservations: WindowBatcher[str, Reservation, str | None] = WindowBatcher(
-            self._reserve_batch, settings.reserve_window_s, MAX_JOBS)
+            self._reserve_batch, settings.reserve_window_s, MAX_JOBS
+        )
 
     @classmethod
     async def open(cls, rt: Runtime, settings: SettlementSettings, chain: Chain) -> SettlementService:
@@ -85,8 +88,10 @@ class SettlementService:
             Endpoint("stake", p.SETTLEMENT_STAKE, self.stake),
         ]
         if self.settings.reservations:
-            routes += [Endpoint("reserve", p.SETTLEMENT_RESERVE, self.reserve),
-                       Endpoint("release", p.SETTLEMENT_RELEASE, self.release)]
+            routes += [
+                Endpoint("reserve", p.SETTLEMENT_RESERVE, self.reserve),
+                Endpoint("release", p.SETTLEMENT_RELEASE, self.release),
+            ]
         if self.settings.faucet:
             routes.append(Endpoint("faucet", p.SETTLEMENT_FAUCET, self.faucet))
         return routes
@@ -96,9 +101,14 @@ class SettlementService:
     async def balance(self, req: p.BalanceGet) -> p.Balance:
         def read() -> p.Balance:
             node = self.chain.node(req.address)
-            return p.Balance(address=req.address, token=self.chain.balance_of(req.address),
-                             escrow=self.chain.available_of(req.address), credit=self.chain.credit_of(req.address),
-                             stake=node.stake)
+            return p.Balance(
+                address=req.address,
+                token=self.chain.balance_of(req.address),
+                escrow=self.chain.available_of(req.address),
+                credit=self.chain.credit_of(req.address),
+                stake=node.stake,
+            )
+
         try:
             return await asyncio.to_thread(read)
         except ChainError as exc:
@@ -107,10 +117,17 @@ class SettlementService:
     async def stake(self, req: p.StakeGet) -> p.Stake:
         def read() -> p.Stake:
             node = self.chain.node(req.address)
-            return p.Stake(address=req.address, stake=node.stake, unbonding=node.unbonding,
-                           unbonding_until=node.unbonding_until, active=self.chain.is_active(req.address),
-                           payout=node.payout, ed25519_key=node.ed25519_key.hex() if any(node.ed25519_key) else "",
-                           min_stake=self.chain.min_stake())
+            return p.Stake(
+                address=req.address,
+                stake=node.stake,
+                unbonding=node.unbonding,
+                unbonding_until=node.unbonding_until,
+                active=self.chain.is_active(req.address),
+                payout=node.payout,
+                ed25519_key=node.ed25519_key.hex() if any(node.ed25519_key) else "",
+                min_stake=self.chain.min_stake(),
+            )
+
         try:
             return await asyncio.to_thread(read)
         except ChainError as exc:
@@ -120,12 +137,14 @@ class SettlementService:
         """Lock the job's max fee at admission (batched into one `reserve` transaction per window).
         Idempotent: asking again for a job already reserved answers as the first time did."""
         try:
-            refused = await self.reservations.add("reserve", Reservation(bytes.fromhex(req.job_id), req.client_address,
-                                                                           req.max_fee))
+            refused = await self.reservations.add(
+                "reserve", Reservation(bytes.fromhex(req.job_id), req.client_address, req.max_fee)
+            )
         except ChainError as exc:
             raise ServiceError("unavailable", str(exc)) from None
         state, available = await asyncio.to_thread(
-            lambda: (self.chain.job_state(req.job_id), self.chain.available_of(req.client_address)))
+            lambda: (self.chain.job_state(req.job_id), self.chain.available_of(req.client_address))
+        )
         if refused and state == "unknown":
             raise ServiceError("conflict", f"reservation refused: {refused}", "max_fee")
         if state == "unknown":
@@ -185,6 +204,7 @@ class SettlementService:
             if req.escrow:
                 self.chain.approve(self.chain.deployer_key, self.chain.settlement.address, req.escrow)
                 self.chain.deposit_for(self.chain.deployer_key, req.address, req.escrow)
+
         try:
             await asyncio.to_thread(give)
         except ChainError as exc:
@@ -205,15 +225,26 @@ class SettlementService:
             return  # decided here already; if its commit fails, its own message is retried
         runs = await self._attempts_of(job_id)
         if attempt != runs.attempt or verdict.result.node_id in runs.failed:
-            if (delivery.deliveries > 1 and not verdict.accepted and attempt + 1 == runs.attempt
-                    and runs.failed and verdict.result.node_id == runs.failed[-1]):
+            if (
+                delivery.deliveries > 1
+                and not verdict.accepted
+                and attempt + 1 == runs.attempt
+                and runs.failed
+                and verdict.result.node_id == runs.failed[-1]
+            ):
                 # A redelivery of the verdict that decided this re-run: a crash may have come between
                 # recording the re-run and publishing it, so publish again (de-duplicated by msg id; the
                 # scheduler also skips a re-run already dispatched).
                 await self._publish_rerun(verdict, runs, "")
             else:
-                self.rt.log.info("verdict.stale", job_id=job_id, attempt=attempt, current=runs.attempt,
-                                 node_id=verdict.result.node_id, verifier=verdict.verifier_id)
+                self.rt.log.info(
+                    "verdict.stale",
+                    job_id=job_id,
+                    attempt=attempt,
+                    current=runs.attempt,
+                    node_id=verdict.result.node_id,
+                    verifier=verdict.verifier_id,
+                )
             return
         key = job_id if attempt == 0 else f"{job_id}.{attempt}"  # quorum per run of the job
         needed = self.settings.verdict_quorum
@@ -238,10 +269,13 @@ class SettlementService:
                         await self.journal.clear_votes(key)
                     return
                 if attempt:
-                    reason = (f"{reason} (attempt {attempt}; every attempt rejected, nodes "
-                              f"{', '.join([*runs.failed, verdict.result.node_id])})")[:1000]
-                item = domain.Decision(job_id, None, reason, node_key=verdict.result.node_key,
-                                       evidence=bytes.fromhex(verdict.result_hash))
+                    reason = (
+                        f"{reason} (attempt {attempt}; every attempt rejected, nodes "
+                        f"{', '.join([*runs.failed, verdict.result.node_id])})"
+                    )[:1000]
+                item = domain.Decision(
+                    job_id, None, reason, node_key=verdict.result.node_key, evidence=bytes.fromhex(verdict.result_hash)
+                )
             else:
                 item = domain.Decision(job_id, await self._settle_job(quorum.agreed))
             await self.epochs.add("epoch", item)
@@ -282,26 +316,43 @@ class SettlementService:
             return False  # a late verdict of a job settled or refunded before: its receipt path answers
         slashed = ""
         if self.settings.slash_bps:
-            slashed = await self._slash(domain.Decision(job_id, None, reason, node_key=verdict.result.node_key,
-                                                        evidence=bytes.fromhex(verdict.result_hash)))
+            slashed = await self._slash(
+                domain.Decision(
+                    job_id, None, reason, node_key=verdict.result.node_key, evidence=bytes.fromhex(verdict.result_hash)
+                )
+            )
         failed = tuple(dict.fromkeys([*runs.failed, verdict.result.node_id]))
         nxt = Attempts(attempt=verdict.result.attempt + 1, failed=failed)
         await self.journal.put_attempts(job_id, nxt)  # decided before anything is published
         self._remember_attempts(job_id, nxt)
         self._fault("before_rerun_publish")
-        why = (f"attempt {verdict.result.attempt} on node {verdict.result.node_id} rejected ({reason})"
-               + (f"; {slashed}" if slashed else "") + f"; re-run as attempt {nxt.attempt}")
+        why = (
+            f"attempt {verdict.result.attempt} on node {verdict.result.node_id} rejected ({reason})"
+            + (f"; {slashed}" if slashed else "")
+            + f"; re-run as attempt {nxt.attempt}"
+        )
         await self._publish_rerun(verdict, nxt, why)
         return True
 
     async def _publish_rerun(self, verdict: p.Verdict, runs: Attempts, why: str) -> None:
         job_id = verdict.job_id
-        why = why or f"attempt {verdict.result.attempt} on node {verdict.result.node_id} rejected; re-run as attempt {runs.attempt}"
-        rerun = p.RerunRequest(job_id=job_id, attempt=runs.attempt, request=verdict.result.request,
-                               exclude=list(runs.failed), reason=why[:1024], at=time.time())
+        why = (
+            why
+            or f"attempt {verdict.result.attempt} on node {verdict.result.node_id} rejected; re-run as attempt "
+            f"{runs.attempt}"
+        )
+        rerun = p.RerunRequest(
+            job_id=job_id,
+            attempt=runs.attempt,
+            request=verdict.result.request,
+            exclude=list(runs.failed),
+            reason=why[:1024],
+            at=time.time(),
+        )
         # The event first: a scheduler that dispatches the re-run then finds `rerun` before its `dispatched`.
-        await self.rt.emit(job_id, p.Stage.RERUN, body=rerun, node_id=verdict.result.node_id, reason=why,
-                           attempt=runs.attempt)
+        await self.rt.emit(
+            job_id, p.Stage.RERUN, body=rerun, node_id=verdict.result.node_id, reason=why, attempt=runs.attempt
+        )
         await self.rt.publish(p.JOBS_RERUN.pattern, rerun, msg_id=f"{job_id}:rerun:{runs.attempt}")
         self.rt.log.warning("job.rerun", job_id=job_id, attempt=runs.attempt, exclude=list(runs.failed))
 
@@ -328,7 +379,9 @@ class SettlementService:
         ids = [d.job_id for d in decisions]
         states = await asyncio.to_thread(self.chain.job_states, ids)
         clients = sorted({d.settle.client for d in decisions if d.settle is not None})
-        available = dict(zip(clients, await asyncio.to_thread(self.chain.available_of_many, clients))) if clients else {}
+        available = (
+            dict(zip(clients, await asyncio.to_thread(self.chain.available_of_many, clients))) if clients else {}
+        )
         settles, refunds, final = domain.plan_epoch(decisions, states, available)
         if self.settings.slash_bps:
             slashed = {}
@@ -375,6 +428,7 @@ class SettlementService:
     async def _slash(self, decision: domain.Decision) -> str:
         """Slash the staked node that signed a rejected result, once per result (before its refund:
         a crash in between redoes it, and the Registry refuses the same evidence twice)."""
+
         def slash() -> str:
             node = self.chain.node_of_key(decision.node_key)
             if node is None:
@@ -386,9 +440,16 @@ class SettlementService:
             if amount == 0:
                 return ""
             info = self.chain.slash(node, amount, decision.evidence)
-            self.rt.log.warning("node.slashed", job_id=decision.job_id, node=node, amount=str(amount),
-                                evidence=decision.evidence.hex(), tx=info.tx_hash)
+            self.rt.log.warning(
+                "node.slashed",
+                job_id=decision.job_id,
+                node=node,
+                amount=str(amount),
+                evidence=decision.evidence.hex(),
+                tx=info.tx_hash,
+            )
             return f"node {node} slashed {amount} wei (evidence 0x{decision.evidence.hex()}, tx {info.tx_hash})"
+
         try:
             return await asyncio.to_thread(slash)
         except ChainError as exc:  # e.g. this settler lacks the slasher role: the refund still goes ahead
@@ -405,8 +466,9 @@ class SettlementService:
 
     async def _commit_settles(self, jobs: list[SettleJob], seq: int = 0) -> dict[str, p.Receipt]:
         seq = seq or await asyncio.to_thread(self.chain.last_seq) + 1
-        await self.journal.put(PendingCommit(seq=seq, settles=tuple(jobs),
-                                             clients=self._clients_of([j.job_id.hex() for j in jobs])))
+        await self.journal.put(
+            PendingCommit(seq=seq, settles=tuple(jobs), clients=self._clients_of([j.job_id.hex() for j in jobs]))
+        )
         self._fault("before_send")
         try:
             tx_hash = await asyncio.to_thread(self.chain.send_settle_batch, seq, jobs)
@@ -423,8 +485,9 @@ class SettlementService:
         return out
 
     async def _commit_refunds(self, refunds: list[tuple[str, str]]) -> dict[str, p.Receipt]:
-        await self.journal.put(PendingCommit(refunds=tuple(refunds),
-                                             clients=self._clients_of([job_id for job_id, _ in refunds])))
+        await self.journal.put(
+            PendingCommit(refunds=tuple(refunds), clients=self._clients_of([job_id for job_id, _ in refunds]))
+        )
         self._fault("before_send")
         try:
             info = await asyncio.to_thread(self.chain.refund, [job_id for job_id, _ in refunds])
@@ -476,26 +539,56 @@ class SettlementService:
             if existing is not None:
                 return existing
         # The event first: a receipt on the stream then implies its event was recorded too.
-        await self.rt.emit(receipt.job_id, p.Stage(receipt.status), body=receipt, reason=reason,
-                           client_key=await self._client_key(receipt.job_id))
+        await self.rt.emit(
+            receipt.job_id,
+            p.Stage(receipt.status),
+            body=receipt,
+            reason=reason,
+            client_key=await self._client_key(receipt.job_id),
+        )
         await self.rt.publish(p.receipts(receipt.job_id), receipt, msg_id=f"{receipt.job_id}:receipt")
         return receipt
 
-    async def _publish_settled(self, batch: BatchReceipt, jobs: Sequence[SettleJob],
-                               skip_existing: bool = False) -> dict[str, p.Receipt]:
+    async def _publish_settled(
+        self, batch: BatchReceipt, jobs: Sequence[SettleJob], skip_existing: bool = False
+    ) -> dict[str, p.Receipt]:
         now = time.time()
-        receipts = [p.Receipt(job_id=job.job_id.hex(), status="settled", fee=job.fee,
-                              payouts=domain.payouts(job, self.treasury), epoch=batch.seq,
-                              tx_hash=batch.tx_hash.lower(), block=batch.block_number, settled_at=now) for job in jobs]
+        receipts = [
+            p.Receipt(
+                job_id=job.job_id.hex(),
+                status="settled",
+                fee=job.fee,
+                payouts=domain.payouts(job, self.treasury),
+                epoch=batch.seq,
+                tx_hash=batch.tx_hash.lower(),
+                block=batch.block_number,
+                settled_at=now,
+            )
+            for job in jobs
+        ]
         published = await asyncio.gather(*(self._publish(r, skip_existing=skip_existing) for r in receipts))
         return {r.job_id: r for r in published}
 
-    async def _publish_refunded(self, refunds: Sequence[tuple[str, str, TxInfo]],
-                                skip_existing: bool = False) -> dict[str, p.Receipt]:
+    async def _publish_refunded(
+        self, refunds: Sequence[tuple[str, str, TxInfo]], skip_existing: bool = False
+    ) -> dict[str, p.Receipt]:
         now = time.time()
-        receipts = [(p.Receipt(job_id=job_id, status="refunded", fee=0, payouts=[], epoch=0,
-                               tx_hash=info.tx_hash.lower(), block=info.block_number, settled_at=now), reason)
-                    for job_id, reason, info in refunds]
+        receipts = [
+            (
+                p.Receipt(
+                    job_id=job_id,
+                    status="refunded",
+                    fee=0,
+                    payouts=[],
+                    epoch=0,
+                    tx_hash=info.tx_hash.lower(),
+                    block=info.block_number,
+                    settled_at=now,
+                ),
+                reason,
+            )
+            for job_id, reason, info in refunds
+        ]
         published = await asyncio.gather(*(self._publish(r, reason, skip_existing) for r, reason in receipts))
         return {r.job_id: r for r in published}
 
@@ -520,8 +613,9 @@ class SettlementService:
         pending = await self.journal.get()
         if pending is None:
             return
-        self.rt.log.warning("journal.recovering", seq=pending.seq, settles=len(pending.settles),
-                            refunds=len(pending.refunds))
+        self.rt.log.warning(
+            "journal.recovering", seq=pending.seq, settles=len(pending.settles), refunds=len(pending.refunds)
+        )
         for job_id, client_id in pending.clients.items():
             self._remember_client(job_id, bytes.fromhex(client_id))
         if pending.settles:
@@ -548,7 +642,9 @@ class SettlementService:
         # Not mined: send the same batch again, under the same seq when it is still next.
         self.rt.log.info("journal.batch_resent", epoch=pending.seq, jobs=len(todo))
         try:
-            await self._commit_settles(todo, seq=pending.seq if last + 1 == pending.seq and len(todo) == len(jobs) else 0)
+            await self._commit_settles(
+                todo, seq=pending.seq if last + 1 == pending.seq and len(todo) == len(jobs) else 0
+            )
         except ChainError as exc:
             # Left to the verdicts' redelivery, which decides these jobs afresh.
             self.rt.log.warning("journal.resend_refused", epoch=pending.seq, error=str(exc)[:300])

@@ -35,7 +35,9 @@ class Attempts:
     failed: tuple[str, ...] = ()
 
     def encode(self) -> bytes:
-        return json.dumps({"v": 1, "attempt": self.attempt, "failed": list(self.failed)}, separators=(",", ":")).encode()
+        return json.dumps(
+            {"v": 1, "attempt": self.attempt, "failed": list(self.failed)}, separators=(",", ":")
+        ).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> Attempts:
@@ -57,34 +59,57 @@ class PendingCommit:
     clients: dict[str, str] = field(default_factory=dict)
 
     def encode(self) -> bytes:
-        return json.dumps({
-            "v": 1, "seq": self.seq, "created_at": self.created_at,
-            "settles": [_job_to_json(j) for j in self.settles],
-            "refunds": [list(r) for r in self.refunds],
-            "clients": self.clients,
-        }, separators=(",", ":")).encode()
+        return json.dumps(
+            {
+                "v": 1,
+                "seq": self.seq,
+                "created_at": self.created_at,
+                "settles": [_job_to_json(j) for j in self.settles],
+                "refunds": [list(r) for r in self.refunds],
+                "clients": self.clients,
+            },
+            separators=(",", ":"),
+        ).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> PendingCommit:
         raw = json.loads(data)
         if raw.get("v") != 1:
             raise ValueError(f"unknown journal record version {raw.get('v')!r}")
-        return cls(seq=int(raw["seq"]), settles=tuple(_job_from_json(j) for j in raw["settles"]),
-                   refunds=tuple((str(a), str(b)) for a, b in raw["refunds"]), created_at=float(raw["created_at"]),
-                   clients={str(k): str(v) for k, v in raw.get("clients", {}).items()})
+        return cls(
+            seq=int(raw["seq"]),
+            settles=tuple(_job_from_json(j) for j in raw["settles"]),
+            refunds=tuple((str(a), str(b)) for a, b in raw["refunds"]),
+            created_at=float(raw["created_at"]),
+            clients={str(k): str(v) for k, v in raw.get("clients", {}).items()},
+        )
 
 
 def _job_to_json(job: SettleJob) -> dict:
     # Amounts as decimal strings, like on the wire.
-    return {"job_id": job.job_id.hex(), "client": job.client, "fee": str(job.fee), "max_fee": str(job.max_fee),
-            "node": job.node, "developer": job.developer, "verifiers": list(job.verifiers),
-            "contributors": [[a, w] for a, w in job.contributors]}
+    return {
+        "job_id": job.job_id.hex(),
+        "client": job.client,
+        "fee": str(job.fee),
+        "max_fee": str(job.max_fee),
+        "node": job.node,
+        "developer": job.developer,
+        "verifiers": list(job.verifiers),
+        "contributors": [[a, w] for a, w in job.contributors],
+    }
 
 
 def _job_from_json(raw: dict) -> SettleJob:
-    return SettleJob(job_id=bytes.fromhex(raw["job_id"]), client=raw["client"], fee=int(raw["fee"]),
-                     max_fee=int(raw["max_fee"]), node=raw["node"], developer=raw["developer"],
-                     verifiers=tuple(raw["verifiers"]), contributors=tuple((a, int(w)) for a, w in raw["contributors"]))
+    return SettleJob(
+        job_id=bytes.fromhex(raw["job_id"]),
+        client=raw["client"],
+        fee=int(raw["fee"]),
+        max_fee=int(raw["max_fee"]),
+        node=raw["node"],
+        developer=raw["developer"],
+        verifiers=tuple(raw["verifiers"]),
+        contributors=tuple((a, int(w)) for a, w in raw["contributors"]),
+    )
 
 
 class Journal:
@@ -130,7 +155,7 @@ class Journal:
         out = {}
         for key in keys:
             if key.startswith(ATTEMPTS_PREFIX):
-                out[key[len(ATTEMPTS_PREFIX):]] = await self.attempts(key[len(ATTEMPTS_PREFIX):])
+                out[key[len(ATTEMPTS_PREFIX) :]] = await self.attempts(key[len(ATTEMPTS_PREFIX) :])
         return out
 
     async def put_attempts(self, job_id: str, attempts: Attempts) -> None:

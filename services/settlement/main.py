@@ -15,8 +15,12 @@ async def main(settings: SettlementSettings | None = None) -> None:
     settings = settings or SettlementSettings.from_env()
     chain = await asyncio.to_thread(Chain.from_settings, settings)
     async with Runtime("settlement", settings) as rt:
-        rt.log.info("chain.ready", in_process=chain.in_process, rpc_url=settings.rpc_url,
-                    **{k: v for k, v in vars(chain.deployment).items()})
+        rt.log.info(
+            "chain.ready",
+            in_process=chain.in_process,
+            rpc_url=settings.rpc_url,
+            **{k: v for k, v in vars(chain.deployment).items()},
+        )
         # The journal is reconciled with the chain before any verdict is taken.
         service = await SettlementService.open(rt, settings, chain)
         await rt.mount(service.routes())

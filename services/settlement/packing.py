@@ -86,7 +86,9 @@ class SettleJob:
         if len(self.verifiers) > MAX_VERIFIERS:
             raise ValueError(f"job {self.job_id.hex()}: {len(self.verifiers)} verifiers, at most {MAX_VERIFIERS}")
         if len(self.contributors) > MAX_CONTRIBUTORS:
-            raise ValueError(f"job {self.job_id.hex()}: {len(self.contributors)} contributors, at most {MAX_CONTRIBUTORS}")
+            raise ValueError(
+                f"job {self.job_id.hex()}: {len(self.contributors)} contributors, at most {MAX_CONTRIBUTORS}"
+            )
         check_weights(w for _, w in self.contributors)
 
     def payouts(self, treasury: str) -> dict[str, int]:
@@ -189,4 +191,3 @@ def encode_reservations(reservations: Iterable[Reservation]) -> tuple[list[str],
     if len(words) > MAX_JOBS:
         raise ValueError(f"{len(words)} reservations in one call; at most {MAX_JOBS}")
     return party.addresses, words
-

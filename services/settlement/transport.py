@@ -141,8 +141,9 @@ class Transport:
                     reason = f": {revert_reason(exc)}"
                 except Exception:
                     pass
-            raise ChainError(f"{what} reverted{reason} (failed in block {receipt['blockNumber']}, "
-                             f"tx 0x{bytes(tx_hash).hex()})")
+            raise ChainError(
+                f"{what} reverted{reason} (failed in block {receipt['blockNumber']}, tx 0x{bytes(tx_hash).hex()})"
+            )
         return receipt
 
     def _fixed_fees(self) -> dict[str, int]:

@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from loranet import protocol as p, thresholds
+from loranet import protocol as p
+from loranet import thresholds
+from loranet.errors import Refused
 from loranet.fingerprint import CHUNK_TOKENS, TOP_K, ChunkScore, chunk_spans, compare_chunk, decode_chunk
 from loranet.model.tokenizers import Tokenizer
 from loranet.sampling import SamplerParams, replay_margin
 from loranet.signing import Identity, SignatureInvalid, devnet_address, sign, verify  # noqa: F401 (devnet_address re-exported)
-from loranet.errors import Refused
 
 MAX_DETAIL = 1000
 
@@ -65,12 +66,18 @@ def heartbeat_key(hb: p.NodeHeartbeat, node_id: str) -> bytes:
 def authenticate(result: p.InferenceResult, subject: str, registered_key: bytes | None) -> None:
     """Raise ResultForged unless `result` arrived on its node's subject and is signed by the node's registered key."""
     if subject != p.results(result.node_id):
-        raise ResultForged(f"result of node {result.node_id} arrived on {subject!r}, expected {p.results(result.node_id)!r}")
+        raise ResultForged(
+            f"result of node {result.node_id} arrived on {subject!r}, expected {p.results(result.node_id)!r}"
+        )
     if registered_key is None:
-        raise ResultForged(f"node {result.node_id} is unknown: no heartbeat in KV bucket {p.NODES_BUCKET!r} and none seen before")
+        raise ResultForged(
+            f"node {result.node_id} is unknown: no heartbeat in KV bucket {p.NODES_BUCKET!r} and none seen before"
+        )
     if registered_key != result.node_key:
-        raise ResultForged(f"node_key {result.node_key.hex()[:16]} is not node {result.node_id}'s registered key "
-                     f"{registered_key.hex()[:16]}")
+        raise ResultForged(
+            f"node_key {result.node_key.hex()[:16]} is not node {result.node_id}'s registered key "
+            f"{registered_key.hex()[:16]}"
+        )
     try:
         result.verify()
     except SignatureInvalid as exc:
@@ -88,8 +95,9 @@ def served_model(result: p.InferenceResult, model_id: str) -> None:
 # ---------------------------------------------------------------------------
 
 
-def cheap_checks(result: p.InferenceResult, model_id: str, tok: Tokenizer, node_address: str | None = None,
-                 prompt: str | None = None) -> list[p.Check]:
+def cheap_checks(
+    result: p.InferenceResult, model_id: str, tok: Tokenizer, node_address: str | None = None, prompt: str | None = None
+) -> list[p.Check]:
     """Structure, bindings and token/text consistency of an authenticated result.
 
     `prompt`: the opened prompt of a confidential job (`result` is then its plaintext view)."""
@@ -101,25 +109,64 @@ def cheap_checks(result: p.InferenceResult, model_id: str, tok: Tokenizer, node_
     except SignatureInvalid as exc:
         out.append(check("request_signature", False, str(exc)))
     rh = req.request_hash()
-    out.append(check("request_hash", result.request_hash == rh, "" if result.request_hash == rh else f"claimed {result.request_hash}, recomputed {rh}"))
-    out.append(check("job_id", result.job_id == req.job_id, "" if result.job_id == req.job_id else f"result {result.job_id} != request {req.job_id}"))
+    out.append(
+        check(
+            "request_hash",
+            result.request_hash == rh,
+            "" if result.request_hash == rh else f"claimed {result.request_hash}, recomputed {rh}",
+        )
+    )
+    out.append(
+        check(
+            "job_id",
+            result.job_id == req.job_id,
+            "" if result.job_id == req.job_id else f"result {result.job_id} != request {req.job_id}",
+        )
+    )
     ok = result.model_id == req.model_id == model_id
-    out.append(check("model_id", ok, "" if ok else f"result {result.model_id}, request {req.model_id}, served {model_id}"))
+    out.append(
+        check("model_id", ok, "" if ok else f"result {result.model_id}, request {req.model_id}, served {model_id}")
+    )
     ok = result.adapter_id == req.adapter_id
     out.append(check("adapter_id", ok, "" if ok else f"result {result.adapter_id!r}, request {req.adapter_id!r}"))
     ok = result.tokenizer_id == tok.tokenizer_id and not req.tokenizer_problem(tok.tokenizer_id)
-    out.append(check("tokenizer_id", ok, "" if ok else (f"result {result.tokenizer_id}, request "
-                                                        f"{req.tokenizer_id or '(any)'}, model's {tok.tokenizer_id}")))
+    out.append(
+        check(
+            "tokenizer_id",
+            ok,
+            ""
+            if ok
+            else (f"result {result.tokenizer_id}, request {req.tokenizer_id or '(any)'}, model's {tok.tokenizer_id}"),
+        )
+    )
     if node_address is not None:
         ok = result.node_address.lower() == node_address.lower()
-        out.append(check("node_address", ok, "" if ok else f"result pays {result.node_address}, heartbeat registers {node_address}"))
+        out.append(
+            check(
+                "node_address",
+                ok,
+                "" if ok else f"result pays {result.node_address}, heartbeat registers {node_address}",
+            )
+        )
     expected_prompt = tok.encode(req.prompt if prompt is None else prompt)
     ok = result.prompt_tokens == expected_prompt
-    out.append(check("prompt_tokens", ok, "" if ok else f"{len(result.prompt_tokens)} tokens differ from encode(prompt) ({len(expected_prompt)})"))
+    out.append(
+        check(
+            "prompt_tokens",
+            ok,
+            "" if ok else f"{len(result.prompt_tokens)} tokens differ from encode(prompt) ({len(expected_prompt)})",
+        )
+    )
     toks = result.output_tokens
     in_vocab = all(t < tok.vocab_size for t in toks)
     ok = in_vocab and result.output_text == tok.decode(toks)
-    out.append(check("output_text", ok, "" if ok else ("token outside the vocabulary" if not in_vocab else "output_text != decode(output_tokens)")))
+    out.append(
+        check(
+            "output_text",
+            ok,
+            "" if ok else ("token outside the vocabulary" if not in_vocab else "output_text != decode(output_tokens)"),
+        )
+    )
     n, max_tokens = len(toks), req.max_tokens
     ok = (1 <= n <= max_tokens) or (n == 0 and result.finish_reason == "deadline")
     out.append(check("max_tokens", ok, f"{n} of {max_tokens}"))
@@ -150,8 +197,7 @@ def finish_check(result: p.InferenceResult, tok: Tokenizer) -> p.Check:
         stops = result.request.sampling.stop
         prefix = tok.decode(toks[:-1])
         # A token may carry text past the stop string (BPE): the stop must appear with the last token.
-        ok = (not eos_at and any(s in result.output_text for s in stops)
-              and not any(s in prefix for s in stops))
+        ok = not eos_at and any(s in result.output_text for s in stops) and not any(s in prefix for s in stops)
         why = f"stop strings {len(stops)}, text ends with one: {ok}"
     else:  # deadline: the node gave up early; the tokens it did produce are still checked
         ok = len(toks) < max_tokens and not eos_at
@@ -162,7 +208,11 @@ def finish_check(result: p.InferenceResult, tok: Tokenizer) -> p.Check:
 def proof_structure(result: p.InferenceResult) -> p.Check:
     fp = result.fingerprint
     if fp.chunk_tokens != CHUNK_TOKENS or fp.top_k != TOP_K:
-        return check("proof_structure", False, f"chunk_tokens {fp.chunk_tokens}/top_k {fp.top_k}, protocol {CHUNK_TOKENS}/{TOP_K}")
+        return check(
+            "proof_structure",
+            False,
+            f"chunk_tokens {fp.chunk_tokens}/top_k {fp.top_k}, protocol {CHUNK_TOKENS}/{TOP_K}",
+        )
     if not result.prompt_tokens:
         return check("proof_structure", False, "no prompt tokens")
     spans = chunk_spans(len(result.prompt_tokens), len(result.output_tokens), CHUNK_TOKENS)
@@ -191,7 +241,10 @@ def proof_structure(result: p.InferenceResult) -> p.Check:
 def evidence_check(result: p.InferenceResult) -> p.Check:
     """TEE / zk evidence is not verifiable here: reported as absent or unverified, never as verified."""
     kinds = {e.kind for e in result.evidence}
-    parts = [f"{k}: {'present, unverified (no verifier for this evidence type)' if k in kinds else 'absent'}" for k in ("tee", "zk")]
+    parts = [
+        f"{k}: {'present, unverified (no verifier for this evidence type)' if k in kinds else 'absent'}"
+        for k in ("tee", "zk")
+    ]
     return check("evidence_absent", True, "; ".join(parts) + " - not counted toward acceptance")
 
 
@@ -209,13 +262,17 @@ def fingerprint_ok(score: ChunkScore) -> tuple[bool, float, float]:
     scale = max(score.hi, 1e-12)
     mean_x = max(score.mean_abs_err - half, 0.0) / scale
     max_x = max(score.max_abs_err - half, 0.0) / scale
-    ok = (score.index_overlap >= thresholds.FP_MIN_INDEX_OVERLAP and mean_x <= thresholds.FP_MAX_MEAN_EXCESS_REL
-          and max_x <= thresholds.FP_MAX_EXCESS_REL)
+    ok = (
+        score.index_overlap >= thresholds.FP_MIN_INDEX_OVERLAP
+        and mean_x <= thresholds.FP_MAX_MEAN_EXCESS_REL
+        and max_x <= thresholds.FP_MAX_EXCESS_REL
+    )
     return ok, mean_x, max_x
 
 
 def fingerprint_figures(result: p.InferenceResult, hidden: torch.Tensor) -> list[tuple[bool, float, float, float]]:
-    """Per committed chunk: (ok, index overlap, mean excess, max excess); an undecodable chunk is (False, 0, inf, inf)."""
+    """Per committed chunk: (ok, index overlap, mean excess, max excess); an undecodable chunk is (False,
+    0, inf, inf)."""
     spans = chunk_spans(len(result.prompt_tokens), len(result.output_tokens), CHUNK_TOKENS)
     out = []
     for blob, (a, b) in zip(result.fingerprint.chunks, spans):
@@ -235,8 +292,10 @@ def fingerprint_check(result: p.InferenceResult, hidden: torch.Tensor) -> p.Chec
     bad = [i for i, f in enumerate(figures) if not f[0]]
     parts = [f"{i}:{ov:.3f}/{mx:.1e}/{xx:.1e}" for i, (_, ov, mx, xx) in enumerate(figures)]
     worst = (min(f[1] for f in figures), max(f[2] for f in figures), max(f[3] for f in figures))
-    head = (f"chunks {len(figures)} bad {bad[:32]} worst overlap/mean/max excess "
-            f"{worst[0]:.3f}/{worst[1]:.1e}/{worst[2]:.1e}; per chunk ")
+    head = (
+        f"chunks {len(figures)} bad {bad[:32]} worst overlap/mean/max excess "
+        f"{worst[0]:.3f}/{worst[1]:.1e}/{worst[2]:.1e}; per chunk "
+    )
     body = " ".join(parts)
     if len(head) + len(body) > MAX_DETAIL:  # keep the failing chunks' figures when it does not fit
         body = " ".join(parts[i] for i in (bad or range(len(parts)))[:20]) + " ..."
@@ -271,10 +330,15 @@ def replay_check(result: p.InferenceResult, logits: torch.Tensor) -> p.Check:
     failed = np.nonzero(margins < -tol)[0]
     near = np.nonzero((margins < 0) & (margins >= -tol))[0]
     ok = failed.size == 0 and near.size <= thresholds.MAX_NEAR_TIE_TOKENS
-    kind = ("greedy" if params.greedy else
-            f"T={params.temperature} k={params.top_k} p={params.top_p} seed={result.request.sampling.seed}")
-    detail = (f"{kind}: {len(toks)} tokens, {failed.size} mismatched (first {failed[:8].tolist()}), "
-              f"{near.size} near-ties, min margin {float(margins.min()):.3e}")
+    kind = (
+        "greedy"
+        if params.greedy
+        else f"T={params.temperature} k={params.top_k} p={params.top_p} seed={result.request.sampling.seed}"
+    )
+    detail = (
+        f"{kind}: {len(toks)} tokens, {failed.size} mismatched (first {failed[:8].tolist()}), "
+        f"{near.size} near-ties, min margin {float(margins.min()):.3e}"
+    )
     return check("sampling_replay", ok, detail)
 
 
@@ -320,13 +384,26 @@ def audit_checks(result: p.InferenceResult, hidden: torch.Tensor, logits: torch.
 # ---------------------------------------------------------------------------
 
 
-def build_verdict(result: p.InferenceResult, checks: list[p.Check], audited: bool, verifier_id: str,
-                  identity: Identity, verifier_address: str, decided_at: float | None = None) -> p.Verdict:
+def build_verdict(
+    result: p.InferenceResult,
+    checks: list[p.Check],
+    audited: bool,
+    verifier_id: str,
+    identity: Identity,
+    verifier_address: str,
+    decided_at: float | None = None,
+) -> p.Verdict:
     """The signed verdict: accepted iff every check passed."""
     verdict = p.Verdict(
-        job_id=result.job_id, verifier_id=verifier_id, verifier_key=identity.public,
-        verifier_address=verifier_address, result_hash=result.result_hash(),
-        accepted=all(c.ok for c in checks), audited=audited, checks=checks[:64], result=result,
+        job_id=result.job_id,
+        verifier_id=verifier_id,
+        verifier_key=identity.public,
+        verifier_address=verifier_address,
+        result_hash=result.result_hash(),
+        accepted=all(c.ok for c in checks),
+        audited=audited,
+        checks=checks[:64],
+        result=result,
         decided_at=time.time() if decided_at is None else decided_at,
     )
     return sign(verdict, identity)
@@ -410,8 +487,9 @@ def should_audit(record: NodeRecord, job_id: str, policy: AuditPolicy, attempt: 
     return frac < policy.clean_rate, f"sampled: fraction {frac:.4f} vs rate {policy.clean_rate}"
 
 
-def record_outcome(record: NodeRecord, audited: bool, accepted: bool, checks: list[p.Check], policy: AuditPolicy,
-                   now: float) -> None:
+def record_outcome(
+    record: NodeRecord, audited: bool, accepted: bool, checks: list[p.Check], policy: AuditPolicy, now: float
+) -> None:
     """Update a node's record after a verdict."""
     record.results += 1
     record.accepted += int(accepted)

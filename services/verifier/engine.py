@@ -19,8 +19,15 @@ from loranet.model.tokenizers import Tokenizer
 class AuditEngine:
     """ONE forward over prompt + output with the claimed adapter; thread-safe (one audit at a time)."""
 
-    def __init__(self, model_path: str, model_id: str, device: str, cache_dir: str, adapter_slots: int,
-                 attn_implementation: str | None = None) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        model_id: str,
+        device: str,
+        cache_dir: str,
+        adapter_slots: int,
+        attn_implementation: str | None = None,
+    ) -> None:
         resolved = resolve_model(model_path, cache_dir or None)
         self.model = ReferenceModel.from_path(resolved.path, model_id or resolved.known_id or None, device=device)
         self.tokenizer: Tokenizer = self.model.tokenizer
@@ -65,7 +72,9 @@ class AuditEngine:
                 self._loaded.move_to_end(adapter_id)
             return self.model.prefill_hidden(ids, name)
 
-    def prefill_many(self, seqs: Sequence[Sequence[int]], adapter_id: str, pad_id: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def prefill_many(
+        self, seqs: Sequence[Sequence[int]], adapter_id: str, pad_id: int
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Batched audit: one padded forward for several results of the same adapter."""
         with self._lock:
             name = self._loaded.get(adapter_id) if adapter_id else None
@@ -74,8 +83,9 @@ class AuditEngine:
             return prefill_batch(self.model, seqs, name, pad_id)
 
 
-def prefill_batch(model: ReferenceModel, seqs: Sequence[Sequence[int]], adapter_name: str | None,
-                  pad_id: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def prefill_batch(
+    model: ReferenceModel, seqs: Sequence[Sequence[int]], adapter_name: str | None, pad_id: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """ONE right-padded forward over several sequences (same adapter); per sequence ([T, H] hidden, [T, V] logits).
 
     Right padding keeps every real token's positions and causal context unchanged, so each row equals

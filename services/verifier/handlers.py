@@ -14,11 +14,12 @@ from pathlib import Path
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundError
 
-from loranet import codec, confidential, protocol as p
+from loranet import codec, confidential
+from loranet import protocol as p
 from loranet.codec import DecodeError
+from loranet.errors import LoranetError, Refused, RemoteError
 from loranet.model.content import ContentHashMismatch
 from loranet.runtime import Delivery, Pull, Runtime
-from loranet.errors import LoranetError, Refused, RemoteError
 from loranet.signing import Identity, sign
 
 from . import domain
@@ -88,11 +89,14 @@ class VerifierService:
         self.address = settings.verifier_address or domain.devnet_address(settings.verifier_id)
         self.keys = NodeKeys(rt, settings.node_key_cache)
         self.replay = domain.ReplayGuard(settings.replay_window)
-        self.policy = domain.AuditPolicy(settings.audit_new_node_jobs, settings.audit_after_failure_jobs,
-                                         settings.audit_clean_rate)
+        self.policy = domain.AuditPolicy(
+            settings.audit_new_node_jobs, settings.audit_after_failure_jobs, settings.audit_clean_rate
+        )
         self.records: dict[str, domain.NodeRecord] = {}
         self._adapter_locks: dict[str, asyncio.Lock] = {}
-        self._inflight: set[tuple[str, int]] = set()  # runs (job id, attempt) being judged: a duplicate delivered meanwhile is skipped
+        self._inflight: set[tuple[str, int]] = (
+            set()
+        )  # runs (job id, attempt) being judged: a duplicate delivered meanwhile is skipped
 
     def routes(self) -> Sequence[Pull]:
         return [Pull("results", p.VERIFIER_RESULTS, self.on_result, slots=self.settings.slots)]
@@ -119,8 +123,9 @@ class VerifierService:
             raise Refused(f"forged result: {exc}") from None
         run = domain.run_key(result)
         if self.replay.seen_job(*run) or run in self._inflight:
-            self.rt.log.info("result.replayed", job_id=result.job_id, node_id=result.node_id, subject=subject,
-                             attempt=result.attempt)
+            self.rt.log.info(
+                "result.replayed", job_id=result.job_id, node_id=result.node_id, subject=subject, attempt=result.attempt
+            )
             return None
         self._inflight.add(run)  # released by on_result (or by the caller of judge) when done
         try:
@@ -141,8 +146,11 @@ class VerifierService:
         if sealing is not None:
             checks.append(sealing)
         other = self.replay.seq_reused(result)
-        checks.append(domain.check("node_seq", other is None,
-                                   f"seq {result.node_seq}" + (f" already used by job {other}" if other else "")))
+        checks.append(
+            domain.check(
+                "node_seq", other is None, f"seq {result.node_seq}" + (f" already used by job {other}" if other else "")
+            )
+        )
         record = self.records.setdefault(result.node_id, domain.NodeRecord(result.node_id))
         audit, why = domain.should_audit(record, result.job_id, self.policy, result.attempt)
         cheap_ok = all(c.ok for c in checks)
@@ -161,8 +169,13 @@ class VerifierService:
                 hidden, logits = await asyncio.to_thread(self.engine.prefill, ids, result.adapter_id)
                 checks.extend(domain.audit_checks(result, hidden, logits))
                 audited = True
-        checks.append(domain.check("audit_policy", True, f"audited={audited}: {why}"
-                                   + ("" if cheap_ok or not audit else "; skipped, cheap checks failed")))
+        checks.append(
+            domain.check(
+                "audit_policy",
+                True,
+                f"audited={audited}: {why}" + ("" if cheap_ok or not audit else "; skipped, cheap checks failed"),
+            )
+        )
         return checks, audited
 
     def unseal(self, result: p.InferenceResult) -> tuple[p.InferenceResult, str | None, p.Check | None]:
@@ -171,12 +184,16 @@ class VerifierService:
         if not job.confidential:
             return result, None, None
         if self.identity.public not in confidential.committee(job, result.node_key):
-            raise NotInCommittee(f"confidential job {result.job_id}: verifier {self.verifier_id} (key "
-                                 f"{self.identity.key_id}) is not in the committee its client sealed it to")
+            raise NotInCommittee(
+                f"confidential job {result.job_id}: verifier {self.verifier_id} (key "
+                f"{self.identity.key_id}) is not in the committee its client sealed it to"
+            )
         try:
             prompt = confidential.open_prompt(job, self.identity)
         except confidential.ConfidentialError as exc:  # the client's doing, not the node's: no verdict
-            raise Refused(f"confidential job {result.job_id}: the sealed prompt does not open for this verifier: {exc}") from None
+            raise Refused(
+                f"confidential job {result.job_id}: the sealed prompt does not open for this verifier: {exc}"
+            ) from None
         try:
             out = confidential.open_output(result, self.identity)
         except confidential.ConfidentialError as exc:
@@ -184,8 +201,13 @@ class VerifierService:
         view = confidential.view_of(result, out)  # token ids, text and the fingerprint chunks, opened
         problems = confidential.sealing_problems(result, out)
         members = len(confidential.committee(job, result.node_key))
-        return view, prompt, domain.check("sealing", not problems,
-                                          "; ".join(problems) or f"output sealed to the client and {members} verifiers")
+        return (
+            view,
+            prompt,
+            domain.check(
+                "sealing", not problems, "; ".join(problems) or f"output sealed to the client and {members} verifiers"
+            ),
+        )
 
     def settle(self, result: p.InferenceResult, checks: list[p.Check], audited: bool, accepted: bool) -> None:
         """Bookkeeping after a verdict: node record, replay memory, in-flight release."""
@@ -208,9 +230,15 @@ class VerifierService:
         verdict = domain.build_verdict(result, checks, audited, self.verifier_id, self.identity, self.address)
         suffix = f":{result.attempt}" if result.attempt else ""  # a re-run is verdicted again by the same verifier
         await self.rt.publish(p.verdicts(result.job_id), verdict, msg_id=f"{result.job_id}:{self.verifier_id}{suffix}")
-        await self.rt.emit(result.job_id, p.Stage.VERDICT, body=verdict, node_id=result.node_id, dedup=self.verifier_id,
-                           reason="" if verdict.accepted else "failed: " + ",".join(c.name for c in checks if not c.ok),
-                           attempt=result.attempt)
+        await self.rt.emit(
+            result.job_id,
+            p.Stage.VERDICT,
+            body=verdict,
+            node_id=result.node_id,
+            dedup=self.verifier_id,
+            reason="" if verdict.accepted else "failed: " + ",".join(c.name for c in checks if not c.ok),
+            attempt=result.attempt,
+        )
         self.settle(result, checks, audited, verdict.accepted)
 
     async def stats_loop(self) -> None:
@@ -219,9 +247,14 @@ class VerifierService:
             kv = await self.rt.js.key_value(self.settings.stats_bucket)
         except BucketNotFoundError:
             try:
-                kv = await self.rt.js.create_key_value(KeyValueConfig(
-                    bucket=self.settings.stats_bucket, history=1, storage=StorageType.FILE,
-                    replicas=self.settings.js_replicas))
+                kv = await self.rt.js.create_key_value(
+                    KeyValueConfig(
+                        bucket=self.settings.stats_bucket,
+                        history=1,
+                        storage=StorageType.FILE,
+                        replicas=self.settings.js_replicas,
+                    )
+                )
             except BadRequestError:
                 kv = await self.rt.js.key_value(self.settings.stats_bucket)
         written: dict[str, int] = {}
@@ -239,9 +272,16 @@ class VerifierService:
 
     def announcement(self) -> p.VerifierAnnouncement:
         model_id = getattr(self.engine, "model_id", None)
-        return sign(p.VerifierAnnouncement(verifier_id=self.verifier_id, verifier_key=self.identity.public,
-                                           verifier_address=self.address, model_ids=[model_id] if model_id else [],
-                                           at=time.time()), self.identity)
+        return sign(
+            p.VerifierAnnouncement(
+                verifier_id=self.verifier_id,
+                verifier_key=self.identity.public,
+                verifier_address=self.address,
+                model_ids=[model_id] if model_id else [],
+                at=time.time(),
+            ),
+            self.identity,
+        )
 
     async def announce_loop(self) -> None:
         """Keep this verifier's signed key in KV `verifiers` (key: its id), where clients find the committee."""
@@ -249,9 +289,15 @@ class VerifierService:
             kv = await self.rt.js.key_value(p.VERIFIERS_BUCKET)
         except BucketNotFoundError:
             try:
-                kv = await self.rt.js.create_key_value(KeyValueConfig(
-                    bucket=p.VERIFIERS_BUCKET, history=1, ttl=self.settings.announce_ttl_s,
-                    storage=StorageType.FILE, replicas=self.settings.js_replicas))
+                kv = await self.rt.js.create_key_value(
+                    KeyValueConfig(
+                        bucket=p.VERIFIERS_BUCKET,
+                        history=1,
+                        ttl=self.settings.announce_ttl_s,
+                        storage=StorageType.FILE,
+                        replicas=self.settings.js_replicas,
+                    )
+                )
             except BadRequestError:
                 kv = await self.rt.js.key_value(p.VERIFIERS_BUCKET)
         key = re.sub(r"[^A-Za-z0-9_-]", "_", self.verifier_id)

@@ -37,7 +37,9 @@ def models(tmp_path_factory) -> Models:
     root = tmp_path_factory.mktemp("datastore-models")
     model_id = build_base_checkpoint(root / "tiny", seed=0)
     adapters = []
-    for name, path, adapter_id in build_demo_adapters(root / "tiny", 3, seed=0, out_dir=root / "adapters", expected_model_id=model_id):
+    for name, path, adapter_id in build_demo_adapters(
+        root / "tiny", 3, seed=0, out_dir=root / "adapters", expected_model_id=model_id
+    ):
         config, weights = adapter_to_blobs(path)
         adapters.append(Adapter(name, adapter_id, config, weights))
     return Models(model_id, "e" * 64, adapters)
@@ -56,8 +58,13 @@ class Service:
 @pytest.fixture
 async def datastore(nats_server, redis_server):
     settings = DatastoreSettings(
-        nats_url=nats_server.url, redis_url=redis_server.url, blob_chunk_bytes=16 * 1024, drain_timeout_s=1,
-        redis_timeout_s=1.0, event_retry_s=30, request_timeout_s=5,
+        nats_url=nats_server.url,
+        redis_url=redis_server.url,
+        blob_chunk_bytes=16 * 1024,
+        drain_timeout_s=1,
+        redis_timeout_s=1.0,
+        event_retry_s=30,
+        request_timeout_s=5,
     )
     store = RegistryStore.from_settings(settings)
     rt = Runtime("datastore", settings)

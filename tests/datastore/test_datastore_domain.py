@@ -6,9 +6,10 @@ import itertools
 import json
 
 import pytest
-
 from ds_helpers import KEY, adapter_manifest, event, inference_result, job_request, lifecycle, receipt, verdict
-from loranet import codec, protocol as p
+
+from loranet import codec
+from loranet import protocol as p
 from loranet.errors import Refused, ServiceError
 from services.datastore import domain
 
@@ -34,7 +35,13 @@ def test_record_is_the_same_whatever_the_order_and_duplicates():
     job_id = p.new_job_id()
     events = lifecycle(job_id)
     expected = domain.assemble_record(job_id, _fields(events))
-    assert expected.status == "settled" and expected.stages == ["admitted", "dispatched", "result", "verdict", "settled"]
+    assert expected.status == "settled" and expected.stages == [
+        "admitted",
+        "dispatched",
+        "result",
+        "verdict",
+        "settled",
+    ]
     # Every order of the first five events, each twice; the settled one is late in half of them.
     for order in itertools.islice(itertools.permutations(events), 0, 720, 7):
         assert domain.assemble_record(job_id, _fields(list(order) + list(order))) == expected
@@ -44,13 +51,15 @@ def test_first_event_of_a_stage_wins_but_every_verifier_counts():
     job_id = p.new_job_id()
     req = job_request(job_id)
     res = inference_result(req)
-    fields = _fields([
-        event(job_id, "dispatched", node_id="first", at=10.0),
-        event(job_id, "dispatched", node_id="second", at=5.0),
-        event(job_id, "verdict", verdict(res, "v1")),
-        event(job_id, "verdict", verdict(res, "v1", accepted=False)),  # redelivered with other content: ignored
-        event(job_id, "verdict", verdict(res, "v2", accepted=False)),
-    ])
+    fields = _fields(
+        [
+            event(job_id, "dispatched", node_id="first", at=10.0),
+            event(job_id, "dispatched", node_id="second", at=5.0),
+            event(job_id, "verdict", verdict(res, "v1")),
+            event(job_id, "verdict", verdict(res, "v1", accepted=False)),  # redelivered with other content: ignored
+            event(job_id, "verdict", verdict(res, "v2", accepted=False)),
+        ]
+    )
     record = domain.assemble_record(job_id, fields)
     assert record.node_id == "first"
     assert [(v.verifier_id, v.accepted) for v in record.verdicts] == [("v1", True), ("v2", False)]
@@ -83,7 +92,9 @@ def test_adapter_upload_checks(models):
     with pytest.raises(ServiceError) as err:
         domain.check_adapter_upload(manifest, a.config, a.weights[:-4] + b"\0\0\0\0")
     assert err.value.code == "hash_mismatch"
-    dup = manifest.model_copy(update={"contributors": [manifest.contributors[0].model_copy(update={"weight_bps": 5000})] * 2})
+    dup = manifest.model_copy(
+        update={"contributors": [manifest.contributors[0].model_copy(update={"weight_bps": 5000})] * 2}
+    )
     with pytest.raises(ServiceError) as err:
         domain.check_adapter_upload(dup, a.config, a.weights)
     assert err.value.code == "invalid" and err.value.field == "manifest.contributors.1"
@@ -93,7 +104,12 @@ def test_adapter_upload_checks(models):
     assert err.value.field == "manifest.target_modules"
     assert json.loads(a.config)["base_model_name_or_path"] == models.model_id
     with pytest.raises(ValueError, match="10000"):
-        p.AdapterManifest.model_validate({**manifest.model_dump(), "contributors": [{"contributor_id": "x", "address": "0x" + "1" * 40, "weight_bps": 9999}]})
+        p.AdapterManifest.model_validate(
+            {
+                **manifest.model_dump(),
+                "contributors": [{"contributor_id": "x", "address": "0x" + "1" * 40, "weight_bps": 9999}],
+            }
+        )
 
 
 def test_manifest_digest_ignores_registration_time(models):
@@ -108,13 +124,18 @@ def test_a_rerun_is_recorded_per_attempt_and_the_status_follows_the_latest_attem
     bad = inference_result(req, node_id="cheat")
     good = inference_result(req, node_id="honest").model_copy(update={"attempt": 1})
     rerun = p.RerunRequest(job_id=job_id, attempt=1, request=req, exclude=["cheat"], reason="fingerprint", at=3.0)
-    first = [event(job_id, "admitted", req, at=1.0), event(job_id, "dispatched", node_id="cheat", at=1.1),
-             event(job_id, "result", bad, node_id="cheat", at=1.2),
-             event(job_id, "verdict", verdict(bad, "v1", accepted=False), at=1.3),
-             event(job_id, "rerun", rerun, node_id="cheat", at=1.4, attempt=1, reason="attempt 0 rejected")]
-    second = [event(job_id, "dispatched", node_id="honest", at=1.5, attempt=1),
-              event(job_id, "result", good, node_id="honest", at=1.6, attempt=1),
-              event(job_id, "verdict", verdict(good, "v1"), at=1.7, attempt=1)]
+    first = [
+        event(job_id, "admitted", req, at=1.0),
+        event(job_id, "dispatched", node_id="cheat", at=1.1),
+        event(job_id, "result", bad, node_id="cheat", at=1.2),
+        event(job_id, "verdict", verdict(bad, "v1", accepted=False), at=1.3),
+        event(job_id, "rerun", rerun, node_id="cheat", at=1.4, attempt=1, reason="attempt 0 rejected"),
+    ]
+    second = [
+        event(job_id, "dispatched", node_id="honest", at=1.5, attempt=1),
+        event(job_id, "result", good, node_id="honest", at=1.6, attempt=1),
+        event(job_id, "verdict", verdict(good, "v1"), at=1.7, attempt=1),
+    ]
     mid = domain.assemble_record(job_id, _fields(first))
     assert mid.status == "rerun" and mid.attempt == 1 and mid.reason == "attempt 0 rejected"
     # The re-run's dispatch moves the status on from the first attempt's verdict (in any arrival order).

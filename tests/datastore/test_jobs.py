@@ -7,11 +7,12 @@ import random
 import time
 
 import pytest
-
 from ds_helpers import CLIENT, KEY, event, inference_result, job_request, lifecycle
-from loranet import codec, protocol as p
-from loranet.runtime import request
+
+from loranet import codec
+from loranet import protocol as p
 from loranet.errors import RemoteError
+from loranet.runtime import request
 from services.datastore import domain
 
 
@@ -78,7 +79,9 @@ async def test_a_record_is_answered_to_its_own_client_only(datastore):
     assert record.result is not None and record.result.output_text
     for other in ("ef" * 32, "00" * 32):
         with pytest.raises(RemoteError) as err:
-            await request(ds.nc, p.DATASTORE_JOB_GET, p.JobGet(job_id=job_id), timeout=10, to=p.datastore_job_get(other))
+            await request(
+                ds.nc, p.DATASTORE_JOB_GET, p.JobGet(job_id=job_id), timeout=10, to=p.datastore_job_get(other)
+            )
         assert err.value.code == "not_found" and "this client" in err.value.message
 
 

@@ -6,11 +6,12 @@ import asyncio
 import time
 
 import pytest
-
 from ds_helpers import KEY, event, job_request, model_manifest
-from loranet import codec, protocol as p
-from loranet.runtime import request
+
+from loranet import codec
+from loranet import protocol as p
 from loranet.errors import RemoteError
+from loranet.runtime import request
 
 
 async def test_redis_down_unavailable_then_recovers(datastore, redis_server, models):
@@ -39,7 +40,9 @@ async def test_redis_down_unavailable_then_recovers(datastore, redis_server, mod
     deadline = time.monotonic() + 15
     while True:
         try:
-            record = await request(ds.nc, p.DATASTORE_JOB_GET, p.JobGet(job_id=job_id), timeout=10, to=p.datastore_job_get(KEY))
+            record = await request(
+                ds.nc, p.DATASTORE_JOB_GET, p.JobGet(job_id=job_id), timeout=10, to=p.datastore_job_get(KEY)
+            )
             break
         except RemoteError as exc:
             assert exc.code in ("not_found", "unavailable") and time.monotonic() < deadline

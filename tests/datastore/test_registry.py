@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import msgpack
 import pytest
-
 from ds_helpers import OTHER_OWNER, OWNER, adapter_manifest, adapter_put, model_manifest
-from loranet import codec, protocol as p
-from loranet.runtime import request
+
+from loranet import codec
+from loranet import protocol as p
 from loranet.errors import RemoteError
+from loranet.runtime import request
 from services.datastore import domain
 
 
@@ -72,8 +73,13 @@ async def test_adapter_register_get_list_blob(datastore, models):
         blob = await call(ds, p.DATASTORE_ADAPTER_BLOB, p.AdapterGet(adapter=a.name))
         assert (blob.adapter_id, blob.config, blob.weights) == (a.adapter_id, a.config, a.weights)
     import hashlib
+
     sha = hashlib.sha256(models.adapters[2].weights).hexdigest()
-    assert int(await ds.redis.hget(domain.blob_meta_key(sha), "chunks")) == -(-len(models.adapters[2].weights) // (16 * 1024)) > 1
+    assert (
+        int(await ds.redis.hget(domain.blob_meta_key(sha), "chunks"))
+        == -(-len(models.adapters[2].weights) // (16 * 1024))
+        > 1
+    )
     await expect_error(ds, p.DATASTORE_ADAPTER_BLOB, p.AdapterGet(adapter="missing"), "not_found")
 
 
@@ -83,7 +89,9 @@ async def test_adapter_list_filters(datastore, models):
     a0, a1, a2 = models.adapters
     await call(ds, p.DATASTORE_ADAPTER_PUT, adapter_put(a0, models.model_id))
     await call(ds, p.DATASTORE_ADAPTER_PUT, adapter_put(a1, models.model_id, owner=OTHER_OWNER))
-    await call(ds, p.DATASTORE_ADAPTER_PUT, adapter_put(a2, models.model_id, owner=OTHER_OWNER.upper().replace("0X", "0x")))
+    await call(
+        ds, p.DATASTORE_ADAPTER_PUT, adapter_put(a2, models.model_id, owner=OTHER_OWNER.upper().replace("0X", "0x"))
+    )
 
     async def names(**kw):
         reply = await call(ds, p.DATASTORE_ADAPTER_LIST, p.AdapterList(**kw))
@@ -102,7 +110,9 @@ async def test_adapter_refusals(datastore, models):
     ds = datastore
     a0, a1, _ = models.adapters
     # Base model not registered yet.
-    await expect_error(ds, p.DATASTORE_ADAPTER_PUT, adapter_put(a0, models.model_id), "not_found", "manifest.base_model_id")
+    await expect_error(
+        ds, p.DATASTORE_ADAPTER_PUT, adapter_put(a0, models.model_id), "not_found", "manifest.base_model_id"
+    )
     await register(ds, models, n=1)
     # Weights that do not hash to the claimed id.
     tampered = bytearray(a1.weights)
@@ -116,16 +126,22 @@ async def test_adapter_refusals(datastore, models):
     junk = p.AdapterPut(manifest=adapter_manifest(a1, models.model_id), config=b"{}", weights=b"")
     await expect_error(ds, p.DATASTORE_ADAPTER_PUT, junk, "invalid", "config")
     # Name taken by another adapter.
-    await expect_error(ds, p.DATASTORE_ADAPTER_PUT, adapter_put(a1, models.model_id, name=a0.name), "conflict", "manifest.name")
+    await expect_error(
+        ds, p.DATASTORE_ADAPTER_PUT, adapter_put(a1, models.model_id, name=a0.name), "conflict", "manifest.name"
+    )
     # Same id, different manifest.
-    await expect_error(ds, p.DATASTORE_ADAPTER_PUT, adapter_put(a0, models.model_id, weights=(5000, 5000)), "conflict", "manifest")
+    await expect_error(
+        ds, p.DATASTORE_ADAPTER_PUT, adapter_put(a0, models.model_id, weights=(5000, 5000)), "conflict", "manifest"
+    )
     # Manifest that misdescribes the config.
     wrong_rank = adapter_put(a1, models.model_id)
     wrong_rank = wrong_rank.model_copy(update={"manifest": wrong_rank.manifest.model_copy(update={"rank": 999})})
     await expect_error(ds, p.DATASTORE_ADAPTER_PUT, wrong_rank, "invalid", "manifest.rank")
     # Bound to the wrong base (the demo config names its base by model id).
     await call(ds, p.DATASTORE_MODEL_PUT, p.ModelPut(manifest=model_manifest(models.other_model_id, "other")))
-    await expect_error(ds, p.DATASTORE_ADAPTER_PUT, adapter_put(a1, models.other_model_id), "invalid", "manifest.base_model_id")
+    await expect_error(
+        ds, p.DATASTORE_ADAPTER_PUT, adapter_put(a1, models.other_model_id), "invalid", "manifest.base_model_id"
+    )
     # Contributor weights not summing to 10000: the schema refuses it on both ends.
     with pytest.raises(ValueError, match="sum to 10000"):
         adapter_manifest(a1, models.model_id, weights=(6000, 3000))
@@ -143,6 +159,7 @@ async def test_corrupted_blob_is_never_served_and_reupload_heals(datastore, mode
     await register(ds, models)
     a2 = models.adapters[2]
     import hashlib
+
     sha = hashlib.sha256(a2.weights).hexdigest()
     chunk = bytearray(await ds.redis.get(domain.blob_chunk_key(sha, 1)))
     chunk[100] ^= 0xFF
@@ -162,8 +179,9 @@ async def test_corrupted_blob_is_never_served_and_reupload_heals(datastore, mode
     assert blob.weights == a2.weights
 
 
-@pytest.mark.parametrize("declared", [s for s in p.SUBJECTS if s.pattern.startswith("datastore.")],
-                         ids=lambda s: s.pattern)
+@pytest.mark.parametrize(
+    "declared", [s for s in p.SUBJECTS if s.pattern.startswith("datastore.")], ids=lambda s: s.pattern
+)
 async def test_bad_input_gets_invalid_and_service_keeps_serving(datastore, models, declared):
     ds = datastore
     subject = p.datastore_job_get("01" * 32) if declared is p.DATASTORE_JOB_GET else declared.pattern
@@ -171,8 +189,9 @@ async def test_bad_input_gets_invalid_and_service_keeps_serving(datastore, model
     cases = {
         "not msgpack": b"\xc1\xc1\xc1",
         "not a map": msgpack.packb([1, 2, 3]),
-        "wrong types": msgpack.packb({"v": 1, "model": 5, "adapter": 5, "job_id": 5, "manifest": "x",
-                                      "client_address": 5, "base_model_id": 7}),
+        "wrong types": msgpack.packb(
+            {"v": 1, "model": 5, "adapter": 5, "job_id": 5, "manifest": "x", "client_address": 5, "base_model_id": 7}
+        ),
         "unknown version": msgpack.packb({"v": 99}),
         "oversized": msgpack.packb({"v": 1, "pad": b"x" * (limit + 1)}),
         "unknown field": msgpack.packb({"v": 1, "surprise": True}),

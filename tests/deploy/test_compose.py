@@ -45,9 +45,15 @@ def test_valid_against_the_compose_spec(path):
         pytest.skip(f"compose spec schema not found at {SCHEMA}")
     jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is needed to validate against the compose spec")
     schema = json.loads(SCHEMA.read_text())
-    cls = jsonschema.Draft7Validator if "draft-07" in schema.get("$schema", "") else jsonschema.validators.validator_for(schema)
+    cls = (
+        jsonschema.Draft7Validator
+        if "draft-07" in schema.get("$schema", "")
+        else jsonschema.validators.validator_for(schema)
+    )
     validator = cls(schema)
-    errors = [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in validator.iter_errors(load(path))]
+    errors = [
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in validator.iter_errors(load(path))
+    ]
     assert not errors, "\n".join(errors)
 
 
@@ -61,8 +67,9 @@ def test_every_command_runs_code_that_exists(compose):
             assert modules or scripts, f"{name}: command {command!r} runs no python module or script"
             for module in modules:
                 path = ROOT.joinpath(*module.split("."))
-                assert (path / "__main__.py").exists() or path.with_suffix(".py").exists(), \
+                assert (path / "__main__.py").exists() or path.with_suffix(".py").exists(), (
                     f"{name}: `python -m {module}` but {path.relative_to(ROOT)}/__main__.py does not exist"
+                )
                 seen.add(module)
             for script in scripts:
                 assert (ROOT / script).exists(), f"{name}: runs {script}, which does not exist"
@@ -75,7 +82,9 @@ def test_images_are_pinned(compose):
             image = service.get("image")
             assert image, f"{path.name}: {name} has no image"
             repo, _, tag = image.rpartition(":")
-            assert repo and "/" not in tag and tag and tag != "latest", f"{path.name}: {name} image {image!r} is not pinned to a tag"
+            assert repo and "/" not in tag and tag and tag != "latest", (
+                f"{path.name}: {name} image {image!r} is not pinned to a tag"
+            )
             assert re.search(r"\d", tag), f"{path.name}: {name} image {image!r}: pin a version, not a moving tag"
     base = re.findall(r"^FROM\s+(\S+)", DOCKERFILE.read_text(), re.M)
     assert base and all(re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", b) for b in base), base
@@ -101,8 +110,9 @@ def test_scaled_services_have_no_container_name_or_fixed_host_port(compose):
                 spec = port if isinstance(port, str) else f"{port.get('published', '')}:{port.get('target')}"
                 parts = spec.split(":")
                 published = parts[-2] if len(parts) >= 2 else ""
-                assert published == "" or "-" in published, \
+                assert published == "" or "-" in published, (
                     f"{path.name}: {name} publishes fixed host port {published} ({spec}); --scale would collide"
+                )
 
 
 def test_start_order_and_health(compose):
@@ -145,7 +155,9 @@ def test_every_service_connects_as_its_own_nats_user(compose):
         user, password_var = m.groups()
         assert user == name, f"{name} connects as {user}"
         assert user in users
-        assert re.search(rf"user:\s*{user}\s+password:\s*\${password_var}\b", auth), f"{user}'s password is not {password_var}"
+        assert re.search(rf"user:\s*{user}\s+password:\s*\${password_var}\b", auth), (
+            f"{user}'s password is not {password_var}"
+        )
         for node in NATS_NODES:
             assert password_var in services[node]["environment"], f"{node} lacks {password_var}"
 
@@ -159,23 +171,32 @@ def test_settlement_attaches_to_the_contracts_init_deployed(compose):
     services = compose["services"]
     path = services["init"]["environment"]["LORANET_DEPLOYMENT_FILE"]
     assert f". {path}" in command_of(services["settlement"])
-    assert services["settlement"]["environment"]["LORANET_RPC_URL"] == services["init"]["environment"]["LORANET_RPC_URL"]
+    assert (
+        services["settlement"]["environment"]["LORANET_RPC_URL"] == services["init"]["environment"]["LORANET_RPC_URL"]
+    )
     written = init.format_deployment("0x" + "1" * 40, "0x" + "2" * 40, "0x" + "3" * 40, 31337)
     values = init.parse_deployment(written)
     # Exactly the settings settlement reads (LORANET_<FIELD>).
     from services.settlement.settings import SettlementSettings
 
     settings = SettlementSettings.from_env({k: v for k, v in values.items()})
-    assert (settings.token_address, settings.registry_address, settings.settlement_address) == \
-        ("0x" + "1" * 40, "0x" + "2" * 40, "0x" + "3" * 40)
+    assert (settings.token_address, settings.registry_address, settings.settlement_address) == (
+        "0x" + "1" * 40,
+        "0x" + "2" * 40,
+        "0x" + "3" * 40,
+    )
     for line in written.splitlines():
         assert line.startswith("#") or re.fullmatch(r"LORANET_[A-Z_]+=[0-9a-zA-Zx]+", line), line
 
 
 def test_scaled_replicas_name_themselves(compose):
     services = compose["services"]
-    assert "LORANET_NODE_ID=$${LORANET_NODE_ID:-node-$$(hostname)}" in command_of(services["inference"]).replace("'", "")
-    assert "LORANET_VERIFIER_ID=$${LORANET_VERIFIER_ID:-verifier-$$(hostname)}" in command_of(services["verifier"]).replace("'", "")
+    assert "LORANET_NODE_ID=$${LORANET_NODE_ID:-node-$$(hostname)}" in command_of(services["inference"]).replace(
+        "'", ""
+    )
+    assert "LORANET_VERIFIER_ID=$${LORANET_VERIFIER_ID:-verifier-$$(hostname)}" in command_of(
+        services["verifier"]
+    ).replace("'", "")
 
 
 def test_gpu_override_reserves_a_gpu_for_inference_only():
@@ -215,7 +236,12 @@ def test_clients_get_their_identity_from_the_auth_service(compose):
     for node in NATS_NODES:
         node_env = services[node]["environment"]
         assert default(node_env["LORANET_NATS_AUTH_ISSUER"]) == natsauth.encode_public(
-            bytes(issuer.verify_key), natsauth.PREFIX_ACCOUNT)
+            bytes(issuer.verify_key), natsauth.PREFIX_ACCOUNT
+        )
         import nkeys
-        assert default(node_env["LORANET_NATS_AUTH_NKEY"]) == nkeys.from_seed(bytearray(service_seed.encode())).public_key.decode()
+
+        assert (
+            default(node_env["LORANET_NATS_AUTH_NKEY"])
+            == nkeys.from_seed(bytearray(service_seed.encode())).public_key.decode()
+        )
         assert "LORANET_NATS_PASSWORD_CLIENT" not in node_env

@@ -44,16 +44,29 @@ def test_contracts_are_deployed_once_and_a_stale_file_is_replaced(tmp_path):
 
 
 async def test_init_script_creates_the_topology_and_registers_the_catalogue(nats_server, redis_server, tmp_path):
-    env = dict(os.environ, LORANET_NATS_URL=nats_server.url, LORANET_REDIS_URL=redis_server.url,
-               LORANET_CACHE=str(tmp_path / "cache"), LORANET_DEMO_ADAPTERS="1", LORANET_WAIT_S="120",
-               LORANET_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        LORANET_NATS_URL=nats_server.url,
+        LORANET_REDIS_URL=redis_server.url,
+        LORANET_CACHE=str(tmp_path / "cache"),
+        LORANET_DEMO_ADAPTERS="1",
+        LORANET_WAIT_S="120",
+        LORANET_LOG_LEVEL="INFO",
+        PYTHONUNBUFFERED="1",
+    )
     env.pop("LORANET_RPC_URL", None)  # no chain to deploy to: settlement would run its in-process EVM
-    datastore = subprocess.Popen([sys.executable, "-m", "services.datastore"], env=env, cwd=ROOT,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    datastore = subprocess.Popen(
+        [sys.executable, "-m", "services.datastore"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         # Exactly the compose command: python deploy/init.py, from the repository root.
-        done = subprocess.run([sys.executable, "deploy/init.py"], env=env, cwd=ROOT, capture_output=True, text=True,
-                              timeout=240)
+        done = subprocess.run(
+            [sys.executable, "deploy/init.py"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=240
+        )
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         assert '"event":"init.done"' in done.stdout + done.stderr
         nc = await nats.connect(nats_server.url)

@@ -22,7 +22,8 @@ from pathlib import Path
 import nats
 import pytest
 
-from loranet import natsauth, protocol as p
+from loranet import natsauth
+from loranet import protocol as p
 from loranet.signing import Identity
 from loranet_ops.servers import free_port, nats_server_binary, wait_for_port
 
@@ -48,21 +49,34 @@ def cluster(tmp_path_factory):
     routes = {n: ports[n]["cluster"] for n in NODES}
     source = (NATS_DIR / "server.conf").read_text()
     issuer_public, _ = natsauth.new_issuer()
-    env = dict(os.environ, LORANET_NATS_PASSWORD_INIT="pw-init", LORANET_NATS_AUTH_ISSUER=issuer_public,
-               LORANET_NATS_AUTH_NKEY=natsauth.public_of(Identity.generate()),
-               **{f"LORANET_NATS_PASSWORD_{r}": "x" for r in
-                  ("SCHEDULER", "INFERENCE", "VERIFIER", "SETTLEMENT", "DATASTORE", "GATEWAY", "ADMIN")})
+    env = dict(
+        os.environ,
+        LORANET_NATS_PASSWORD_INIT="pw-init",
+        LORANET_NATS_AUTH_ISSUER=issuer_public,
+        LORANET_NATS_AUTH_NKEY=natsauth.public_of(Identity.generate()),
+        **{
+            f"LORANET_NATS_PASSWORD_{r}": "x"
+            for r in ("SCHEDULER", "INFERENCE", "VERIFIER", "SETTLEMENT", "DATASTORE", "GATEWAY", "ADMIN")
+        },
+    )
     procs = []
     for name in NODES:
         d = root / name
         d.mkdir()
         shutil.copy(NATS_DIR / "auth.conf", d / "auth.conf")
-        (d / "server.conf").write_text(local_config(source, ports[name]["client"], ports[name]["http"],
-                                                    ports[name]["cluster"], routes, d / "js"))
+        (d / "server.conf").write_text(
+            local_config(source, ports[name]["client"], ports[name]["http"], ports[name]["cluster"], routes, d / "js")
+        )
         log = open(d / "nats.log", "ab")
-        procs.append(subprocess.Popen([nats_server_binary(), "-c", str(d / "server.conf")],
-                                      env=dict(env, NATS_SERVER_NAME=name), stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                [nats_server_binary(), "-c", str(d / "server.conf")],
+                env=dict(env, NATS_SERVER_NAME=name),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
         log.close()
     try:
         for name, proc in zip(NODES, procs):
@@ -110,8 +124,9 @@ async def test_three_nodes_form_a_cluster_and_hold_every_stream_three_times(clus
     await nc.drain()
     # A job acknowledged through one node (as the gateway: init may not submit jobs; clients need the
     # auth service) is there through another.
-    client = await nats.connect(f"nats://gateway:x@127.0.0.1:{cluster['nats-1']['client']}",
-                                inbox_prefix="_INBOX_gateway")
+    client = await nats.connect(
+        f"nats://gateway:x@127.0.0.1:{cluster['nats-1']['client']}", inbox_prefix="_INBOX_gateway"
+    )
     ack = await client.jetstream().publish(p.JOBS_SUBMIT.pattern, b"x")
     await client.drain()
     other = await nats.connect(f"nats://init:pw-init@127.0.0.1:{cluster['nats-3']['client']}")

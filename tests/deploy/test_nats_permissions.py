@@ -24,15 +24,14 @@ import nats
 import pytest
 from nats.js.api import KeyValueConfig, StorageType
 
-from loranet import codec, natsauth, protocol as p, topology
+from loranet import codec, natsauth, topology
+from loranet import protocol as p
 from loranet.client import Client
-from loranet.runtime import Endpoint, Pull, Runtime
 from loranet.errors import ServiceError
-from loranet_ops.servers import free_port, nats_server_binary, wait_for_port
+from loranet.runtime import Endpoint, Pull, Runtime
 from loranet.settings import CommonSettings
 from loranet.signing import Identity
-
-from tests import factories
+from loranet_ops.servers import free_port, nats_server_binary, wait_for_port
 from services.gateway.main import GATEWAY_INBOX_PREFIX
 from services.scheduler.failover import REDISPATCH_DURABLE
 from services.scheduler.handlers import SchedulerService
@@ -40,6 +39,7 @@ from services.scheduler.settings import SchedulerSettings
 from services.verifier.domain import NodeRecord
 from services.verifier.handlers import VerifierService
 from services.verifier.settings import VerifierSettings
+from tests import factories
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTH = ROOT / "deploy" / "nats" / "auth.conf"
@@ -47,7 +47,7 @@ ROLES = ("init", "scheduler", "inference", "verifier", "settlement", "datastore"
 NODE, OTHER_NODE = "node-a", "node-b"
 JOB = "ab" * 16
 CLIENT = "cd" * 32  # a client id (the hex of an Ed25519 key) for subjects services publish on
-OTHER = "ef" * 32   # some other client's id
+OTHER = "ef" * 32  # some other client's id
 PERMISSION = "permissions violation"  # nats-py lower-cases the server's -ERR text
 
 
@@ -69,24 +69,44 @@ def nats_auth(tmp_path_factory):
     port = free_port()
     (root / "server.conf").write_text(
         f"listen: 127.0.0.1:{port}\nmax_payload: 8MB\n"
-        f"jetstream {{\n  store_dir: \"{root / 'js'}\"\n}}\ninclude auth.conf\n")
+        f'jetstream {{\n  store_dir: "{root / "js"}"\n}}\ninclude auth.conf\n'
+    )
     issuer_public, issuer_seed = natsauth.new_issuer()
     service = Identity.generate()
     write_secret_file(root / "issuer.seed", issuer_seed)
     write_secret_file(root / "nkey.seed", natsauth.seed_of(service))
-    env = dict(os.environ, LORANET_NATS_AUTH_ISSUER=issuer_public, LORANET_NATS_AUTH_NKEY=natsauth.public_of(service),
-               **{f"LORANET_NATS_PASSWORD_{r.upper()}": f"pw-{r}" for r in ROLES})
+    env = dict(
+        os.environ,
+        LORANET_NATS_AUTH_ISSUER=issuer_public,
+        LORANET_NATS_AUTH_NKEY=natsauth.public_of(service),
+        **{f"LORANET_NATS_PASSWORD_{r.upper()}": f"pw-{r}" for r in ROLES},
+    )
     log = open(root / "nats.log", "ab")
-    proc = subprocess.Popen([nats_server_binary(), "-c", str(root / "server.conf")], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [nats_server_binary(), "-c", str(root / "server.conf")],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     log.close()
     wait_for_port(port, 15, proc)
-    auth_env = dict(os.environ, LORANET_NATS_URL=f"nats://127.0.0.1:{port}", LORANET_INSTANCE="auth-test",
-                    LORANET_AUTH_ISSUER_SEED_FILE=str(root / "issuer.seed"),
-                    LORANET_AUTH_NKEY_SEED_FILE=str(root / "nkey.seed"))
+    auth_env = dict(
+        os.environ,
+        LORANET_NATS_URL=f"nats://127.0.0.1:{port}",
+        LORANET_INSTANCE="auth-test",
+        LORANET_AUTH_ISSUER_SEED_FILE=str(root / "issuer.seed"),
+        LORANET_AUTH_NKEY_SEED_FILE=str(root / "nkey.seed"),
+    )
     auth_log = open(root / "auth.log", "ab")
-    auth = subprocess.Popen([sys.executable, "-m", "services.auth"], env=auth_env, cwd=ROOT, stdout=auth_log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    auth = subprocess.Popen(
+        [sys.executable, "-m", "services.auth"],
+        env=auth_env,
+        cwd=ROOT,
+        stdout=auth_log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     auth_log.close()
     deadline = time.monotonic() + 60
     while '"event":"service.started"' not in (root / "auth.log").read_text():
@@ -167,8 +187,16 @@ class Services:
             if isinstance(message, p.Reserve):
                 raise ServiceError("conflict", "no escrow to reserve from", "max_fee")
             if isinstance(message, p.Release):
-                return p.Receipt(job_id=message.job_id, status="refunded", fee=0, payouts=[], epoch=0, tx_hash="",
-                                 block=0, settled_at=0.0)
+                return p.Receipt(
+                    job_id=message.job_id,
+                    status="refunded",
+                    fee=0,
+                    payouts=[],
+                    epoch=0,
+                    tx_hash="",
+                    block=0,
+                    settled_at=0.0,
+                )
             if isinstance(message, (p.ModelGet, p.ModelPut)):
                 return factories.model_manifest()
             if isinstance(message, p.AdapterList):
@@ -182,15 +210,21 @@ class Services:
 
         # The scheduler and the verifier run their real handlers and background loops
         # (they need no model); the others run their real route shapes over stub handlers.
-        sched_settings = SchedulerSettings(nats_url=self.urls["scheduler"], instance="scheduler-test",
-                                           log_level="WARNING", node_ttl_s=1.0)
+        sched_settings = SchedulerSettings(
+            nats_url=self.urls["scheduler"], instance="scheduler-test", log_level="WARNING", node_ttl_s=1.0
+        )
         rt = await self._runtime("scheduler", sched_settings)
         self.scheduler = SchedulerService(rt, sched_settings)
         await self.scheduler.start()
         await rt.mount(self.scheduler.routes())
 
-        ver_settings = VerifierSettings(nats_url=self.urls["verifier"], instance="verifier-test", log_level="WARNING",
-                                        verifier_id="verifier-test", stats_interval_s=0.1)
+        ver_settings = VerifierSettings(
+            nats_url=self.urls["verifier"],
+            instance="verifier-test",
+            log_level="WARNING",
+            verifier_id="verifier-test",
+            stats_interval_s=0.1,
+        )
         rt = await self._runtime("verifier", ver_settings)
         self.verifier = VerifierService(rt, ver_settings, None, Identity.generate())
         self.verifier.records[NODE] = NodeRecord(NODE, results=1)
@@ -199,19 +233,28 @@ class Services:
 
         stubs = {
             "inference": [Pull("work", p.node_work(NODE), record)],
-            "settlement": [Pull("verdicts", p.SETTLEMENT_VERDICTS, record),
-                           Endpoint("balance", p.SETTLEMENT_BALANCE, reply),
-                           Endpoint("faucet", p.SETTLEMENT_FAUCET, reply),
-                           Endpoint("reserve", p.SETTLEMENT_RESERVE, reply),
-                           Endpoint("release", p.SETTLEMENT_RELEASE, reply)],
+            "settlement": [
+                Pull("verdicts", p.SETTLEMENT_VERDICTS, record),
+                Endpoint("balance", p.SETTLEMENT_BALANCE, reply),
+                Endpoint("faucet", p.SETTLEMENT_FAUCET, reply),
+                Endpoint("reserve", p.SETTLEMENT_RESERVE, reply),
+                Endpoint("release", p.SETTLEMENT_RELEASE, reply),
+            ],
             "datastore": [Pull("job-events", p.DATASTORE_EVENTS, record)]
-                         + [Endpoint(s.pattern.replace(".", "-").replace("*", "client"), s,
-                                     blob if s is p.DATASTORE_ADAPTER_BLOB else reply)
-                            for s in p.SUBJECTS if isinstance(s, p.Request) and s.pattern.startswith("datastore.")],
+            + [
+                Endpoint(
+                    s.pattern.replace(".", "-").replace("*", "client"),
+                    s,
+                    blob if s is p.DATASTORE_ADAPTER_BLOB else reply,
+                )
+                for s in p.SUBJECTS
+                if isinstance(s, p.Request) and s.pattern.startswith("datastore.")
+            ],
         }
         for role, routes in stubs.items():
-            rt = await self._runtime(role, CommonSettings(nats_url=self.urls[role], instance=f"{role}-test",
-                                                          log_level="WARNING"))
+            rt = await self._runtime(
+                role, CommonSettings(nats_url=self.urls[role], instance=f"{role}-test", log_level="WARNING")
+            )
             await rt.mount(routes)
 
     async def _runtime(self, role: str, settings: CommonSettings) -> Runtime:
@@ -226,6 +269,7 @@ class Services:
     def _collector(errors: list[str]):
         async def on_error(exc: Exception) -> None:
             errors.append(str(exc))
+
         return on_error
 
     async def close(self) -> None:
@@ -281,10 +325,16 @@ async def test_every_role_consumes_its_subject_and_dead_letters_what_it_cannot_r
     publishers = {role: await connect(nats_auth[role]) for role in {f[0] for f in flows}}
     for i, (publisher, subject, consumer, route) in enumerate(flows):
         before = services.dead_lettered(consumer, route)
-        ack = await publishers[publisher].nc.jetstream().publish(subject, b"\x00not msgpack", headers={"Nats-Msg-Id": f"t{i}"})
+        ack = (
+            await publishers[publisher]
+            .nc.jetstream()
+            .publish(subject, b"\x00not msgpack", headers={"Nats-Msg-Id": f"t{i}"})
+        )
         assert ack.seq > 0, f"{publisher} could not publish {subject}"
         # The consumer fetched it (CONSUMER.MSG.NEXT), put it on dlq.<subject> and terminated it ($JS.ACK).
-        await wait_for(lambda: services.dead_lettered(consumer, route) > before, what=f"{consumer} dead-lettering {subject}")
+        await wait_for(
+            lambda: services.dead_lettered(consumer, route) > before, what=f"{consumer} dead-lettering {subject}"
+        )
     await settle(*publishers.values())
     for role, conn in publishers.items():
         assert not conn.errors, (role, conn.errors)
@@ -294,20 +344,36 @@ async def test_every_role_consumes_its_subject_and_dead_letters_what_it_cannot_r
 
 async def test_each_role_publishes_and_requests_what_its_code_does(nats_auth, services):
     uses = {
-        "scheduler": dict(js=[p.work(NODE), p.job_events(CLIENT, JOB), p.dead_letter(p.JOBS_SUBMIT.pattern)],
-                          req=[(p.DATASTORE_ADAPTER_GET.pattern, p.AdapterGet(adapter="demo-0")),
-                               (p.SETTLEMENT_BALANCE.pattern, p.BalanceGet(address="0x" + "1" * 40))]),
-        "inference": dict(js=[p.results(NODE), p.job_events(CLIENT, JOB), p.dead_letter(p.work(NODE))],
-                          req=[(p.DATASTORE_ADAPTER_BLOB.pattern, p.AdapterGet(adapter="demo-0"))]),
-        "verifier": dict(js=[p.verdicts(JOB), p.job_events(CLIENT, JOB), p.dead_letter(p.results(NODE))],
-                         req=[(p.DATASTORE_ADAPTER_BLOB.pattern, p.AdapterGet(adapter="demo-0"))]),
-        "settlement": dict(js=[p.receipts(JOB), p.job_events(CLIENT, JOB), p.dead_letter(p.verdicts(JOB))],
-                           req=[(p.DATASTORE_ADAPTER_GET.pattern, p.AdapterGet(adapter="demo-0"))]),
+        "scheduler": dict(
+            js=[p.work(NODE), p.job_events(CLIENT, JOB), p.dead_letter(p.JOBS_SUBMIT.pattern)],
+            req=[
+                (p.DATASTORE_ADAPTER_GET.pattern, p.AdapterGet(adapter="demo-0")),
+                (p.SETTLEMENT_BALANCE.pattern, p.BalanceGet(address="0x" + "1" * 40)),
+            ],
+        ),
+        "inference": dict(
+            js=[p.results(NODE), p.job_events(CLIENT, JOB), p.dead_letter(p.work(NODE))],
+            req=[(p.DATASTORE_ADAPTER_BLOB.pattern, p.AdapterGet(adapter="demo-0"))],
+        ),
+        "verifier": dict(
+            js=[p.verdicts(JOB), p.job_events(CLIENT, JOB), p.dead_letter(p.results(NODE))],
+            req=[(p.DATASTORE_ADAPTER_BLOB.pattern, p.AdapterGet(adapter="demo-0"))],
+        ),
+        "settlement": dict(
+            js=[p.receipts(JOB), p.job_events(CLIENT, JOB), p.dead_letter(p.verdicts(JOB))],
+            req=[(p.DATASTORE_ADAPTER_GET.pattern, p.AdapterGet(adapter="demo-0"))],
+        ),
         "datastore": dict(js=[p.dead_letter(p.job_events(CLIENT, JOB))], req=[]),
-        "gateway": dict(js=[p.JOBS_SUBMIT.pattern],
-                        req=[(p.DATASTORE_MODEL_GET.pattern, p.ModelGet(model="m")), (p.DATASTORE_ADAPTER_GET.pattern, p.AdapterGet(adapter="a")),
-                             (p.DATASTORE_ADAPTER_LIST.pattern, p.AdapterList()), (p.SETTLEMENT_BALANCE.pattern, p.BalanceGet(address="0x" + "1" * 40)),
-                             (p.SETTLEMENT_FAUCET.pattern, p.Faucet(address="0x" + "1" * 40, amount=1))]),
+        "gateway": dict(
+            js=[p.JOBS_SUBMIT.pattern],
+            req=[
+                (p.DATASTORE_MODEL_GET.pattern, p.ModelGet(model="m")),
+                (p.DATASTORE_ADAPTER_GET.pattern, p.AdapterGet(adapter="a")),
+                (p.DATASTORE_ADAPTER_LIST.pattern, p.AdapterList()),
+                (p.SETTLEMENT_BALANCE.pattern, p.BalanceGet(address="0x" + "1" * 40)),
+                (p.SETTLEMENT_FAUCET.pattern, p.Faucet(address="0x" + "1" * 40, amount=1)),
+            ],
+        ),
     }
     uses["client"] = uses["gateway"]
     for role, use in uses.items():
@@ -370,8 +436,11 @@ async def test_scheduler_drains_a_dead_nodes_work_under_its_user(nats_auth, serv
         return {ci.name for ci in await js.consumers_info("WORK")}
 
     deadline = time.monotonic() + 20
-    while f"node-{dead}" in await names() or f"{REDISPATCH_DURABLE}{dead}" in await names() \
-            or services.dead_lettered("scheduler", "redispatch") == before:
+    while (
+        f"node-{dead}" in await names()
+        or f"{REDISPATCH_DURABLE}{dead}" in await names()
+        or services.dead_lettered("scheduler", "redispatch") == before
+    ):
         assert time.monotonic() < deadline, await names()
         await services.scheduler.failover.once()  # lists WORK durables, deletes, drains, dead-letters
         await asyncio.sleep(0.3)
@@ -421,36 +490,36 @@ async def test_verifier_publishes_its_statistics(nats_auth, services):
 
 # What each role must NOT do: (role, "pub" | "sub", subject).
 FORBIDDEN = [
-    ("inference", "pub", p.verdicts(JOB)),          # a node cannot publish verdicts
+    ("inference", "pub", p.verdicts(JOB)),  # a node cannot publish verdicts
     ("inference", "pub", p.receipts(JOB)),
     ("inference", "pub", p.JOBS_SUBMIT.pattern),
     ("inference", "pub", p.work(OTHER_NODE)),
     ("inference", "pub", p.SETTLEMENT_FAUCET.pattern),
-    ("verifier", "pub", p.results(NODE)),           # a verifier cannot forge results
+    ("verifier", "pub", p.results(NODE)),  # a verifier cannot forge results
     ("verifier", "pub", p.receipts(JOB)),
     ("scheduler", "pub", p.results(NODE)),
     ("scheduler", "pub", p.verdicts(JOB)),
     ("settlement", "pub", p.verdicts(JOB)),
     ("datastore", "pub", p.job_events(CLIENT, JOB)),
     ("datastore", "pub", p.JOBS_SUBMIT.pattern),
-    ("client", "sub", p.results(NODE)),             # a client cannot read results ...
+    ("client", "sub", p.results(NODE)),  # a client cannot read results ...
     ("client", "sub", p.RESULTS_ALL.pattern),
     ("client", "sub", p.VERDICTS_ALL.pattern),
     ("client", "sub", p.RECEIPTS_ALL.pattern),
-    ("client", "sub", p.JOB_EVENTS_ALL.pattern),            # ... nor every job's events
+    ("client", "sub", p.JOB_EVENTS_ALL.pattern),  # ... nor every job's events
     ("client", "sub", "jobs.events.>"),
-    ("client", "sub", p.job_events_of(OTHER)),      # ... nor another client's
+    ("client", "sub", p.job_events_of(OTHER)),  # ... nor another client's
     ("client", "sub", p.WORK_ALL.pattern),
-    ("client", "sub", "_INBOX.>"),                  # nor the services' inboxes
+    ("client", "sub", "_INBOX.>"),  # nor the services' inboxes
     ("client", "sub", natsauth.inbox_prefix(OTHER) + ".>"),  # nor another client's inbox
     ("client", "sub", ">"),
-    ("client", "sub", natsauth.AUTH_CALLOUT_SUBJECT),        # nor the other clients' connection requests
+    ("client", "sub", natsauth.AUTH_CALLOUT_SUBJECT),  # nor the other clients' connection requests
     ("client", "pub", p.results(NODE)),
     ("client", "pub", p.verdicts(JOB)),
     ("client", "pub", p.job_events(OTHER, JOB)),
-    ("client", "pub", p.DATASTORE_JOB_LIST.pattern),        # nor list another address's jobs
+    ("client", "pub", p.DATASTORE_JOB_LIST.pattern),  # nor list another address's jobs
     ("client", "pub", p.datastore_job_get(OTHER)),  # nor read another client's records
-    ("client", "pub", "$JS.API.CONSUMER.CREATE.EVENTS"),     # a consumer on EVENTS only with its filter in the subject
+    ("client", "pub", "$JS.API.CONSUMER.CREATE.EVENTS"),  # a consumer on EVENTS only with its filter in the subject
     ("client", "pub", f"$JS.API.CONSUMER.CREATE.EVENTS.spy.{p.job_events_of(OTHER)}"),
     ("client", "pub", f"$JS.API.CONSUMER.CREATE.EVENTS.spy.{p.job_events(OTHER, JOB)}"),
     ("client", "pub", f"$JS.API.CONSUMER.CREATE.EVENTS.spy.{p.JOB_EVENTS_ALL.pattern}"),
@@ -459,7 +528,7 @@ FORBIDDEN = [
     ("client", "pub", "$JS.API.CONSUMER.DURABLE.CREATE.EVENTS.spy"),
     ("client", "pub", "$JS.API.CONSUMER.MSG.NEXT.EVENTS.datastore"),
     ("client", "pub", "$JS.API.CONSUMER.DELETE.EVENTS.datastore"),
-    ("client", "pub", "$JS.API.STREAM.INFO.EVENTS"),        # its subjects would list every client's job ids
+    ("client", "pub", "$JS.API.STREAM.INFO.EVENTS"),  # its subjects would list every client's job ids
     ("client", "pub", "$JS.API.STREAM.MSG.GET.EVENTS"),
     ("client", "pub", f"$JS.API.CONSUMER.CREATE.RESULTS.spy.{p.RESULTS_ALL.pattern}"),
     ("client", "pub", "$JS.API.CONSUMER.CREATE.VERDICTS"),
@@ -503,10 +572,23 @@ async def test_confidential_jobs_registries_verifiers_announce_clients_read(nats
 
     services.runtimes["verifier"].spawn(services.verifier.announce_loop(), name="announce")
     node_id = Identity.generate()
-    hb = sign(p.NodeHeartbeat(node_id="node-sealed", node_key=node_id.public, payout_address="0x" + "3" * 40,
-                              model_ids=["cd" * 32], device="cpu", memory_free=0, adapters_hot=[], slots_total=1,
-                              slots_free=1, queue_depth=0, tokens_per_s=0.0, at=time.time()),
-              node_id)
+    hb = sign(
+        p.NodeHeartbeat(
+            node_id="node-sealed",
+            node_key=node_id.public,
+            payout_address="0x" + "3" * 40,
+            model_ids=["cd" * 32],
+            device="cpu",
+            memory_free=0,
+            adapters_hot=[],
+            slots_total=1,
+            slots_free=1,
+            queue_depth=0,
+            tokens_per_s=0.0,
+            at=time.time(),
+        ),
+        node_id,
+    )
     node = await connect(nats_auth["inference"])
     await (await node.nc.jetstream().key_value(p.NODES_BUCKET)).put("node-sealed", codec.encode(hb))
     conn = await connect(nats_auth["client"])
@@ -559,8 +641,12 @@ async def test_a_client_cannot_follow_another_clients_job_events(nats_auth, serv
     # Every way alice could put a consumer on bob's events: the SDK's (named, filtered), the
     # filterless create, a wildcard filter, a legacy durable create: refused by the server.
     attempts = [
-        lambda: js.subscribe(p.job_events(bob_id, bob_job), stream="EVENTS", ordered_consumer=True,
-                             config=__import__("nats").js.api.ConsumerConfig(name="spy-1")),
+        lambda: js.subscribe(
+            p.job_events(bob_id, bob_job),
+            stream="EVENTS",
+            ordered_consumer=True,
+            config=__import__("nats").js.api.ConsumerConfig(name="spy-1"),
+        ),
         lambda: js.add_consumer("EVENTS", name="spy-2", filter_subject=p.job_events_of(bob_id), deliver_subject="x"),
         lambda: js.add_consumer("EVENTS", name="spy-3", filter_subject=p.JOB_EVENTS_ALL.pattern, deliver_subject="x"),
         lambda: js.add_consumer("EVENTS", deliver_subject=natsauth.inbox_prefix(alice_id) + ".spy"),  # filterless
@@ -576,16 +662,23 @@ async def test_a_client_cannot_follow_another_clients_job_events(nats_auth, serv
     # checks that the body's filter is the subject's (so the permission on the subject holds).
     own = f"$JS.API.CONSUMER.CREATE.EVENTS.spy-5.{p.job_events_of(alice_id)}"
     inbox = natsauth.inbox_prefix(alice_id) + ".spy"
-    for config in ({"name": "spy-5", "filter_subject": p.job_events_of(bob_id), "deliver_subject": inbox},
-                   {"name": "spy-5", "filter_subject": "jobs.events.>", "deliver_subject": inbox},
-                   {"name": "spy-5", "filter_subjects": [p.job_events_of(bob_id)], "deliver_subject": inbox},
-                   {"name": "spy-5", "filter_subjects": [p.job_events_of(alice_id), p.job_events_of(bob_id)],
-                    "deliver_subject": inbox}):
+    for config in (
+        {"name": "spy-5", "filter_subject": p.job_events_of(bob_id), "deliver_subject": inbox},
+        {"name": "spy-5", "filter_subject": "jobs.events.>", "deliver_subject": inbox},
+        {"name": "spy-5", "filter_subjects": [p.job_events_of(bob_id)], "deliver_subject": inbox},
+        {
+            "name": "spy-5",
+            "filter_subjects": [p.job_events_of(alice_id), p.job_events_of(bob_id)],
+            "deliver_subject": inbox,
+        },
+    ):
         answer = await _api(alice, own, config)
         # 10131: the body's filter is not the subject's; 10137: several filters need the filterless API
         assert answer.get("error", {}).get("err_code") in (10131, 10137), (config, answer)
     # (the same request with the subject's filter in the body is accepted: the refusals above are the filter's)
-    answer = await _api(alice, own, {"name": "spy-5", "filter_subject": p.job_events_of(alice_id), "deliver_subject": inbox})
+    answer = await _api(
+        alice, own, {"name": "spy-5", "filter_subject": p.job_events_of(alice_id), "deliver_subject": inbox}
+    )
     assert "error" not in answer and answer["config"]["filter_subject"] == p.job_events_of(alice_id), answer
     # nor take over the datastore's durable (an update could narrow the filter it records from)
     datastore = f"$JS.API.CONSUMER.CREATE.EVENTS.datastore.{p.job_events_of(alice_id)}"
@@ -601,8 +694,12 @@ async def test_a_client_cannot_follow_another_clients_job_events(nats_auth, serv
     assert len(alice.violations()) == before + 4, alice.errors
     # What alice may do sees only her own events: a consumer with her own filter.
     own_events = []
-    sub = await js.subscribe(p.job_events_of(alice_id), stream="EVENTS", ordered_consumer=True,
-                             config=__import__("nats").js.api.ConsumerConfig(name="mine"))
+    sub = await js.subscribe(
+        p.job_events_of(alice_id),
+        stream="EVENTS",
+        ordered_consumer=True,
+        config=__import__("nats").js.api.ConsumerConfig(name="mine"),
+    )
     try:
         while True:
             msg = await sub.next_msg(timeout=2)
@@ -649,8 +746,11 @@ async def _raw_connect(url: str, connect_fields) -> str:
     reader, writer = await asyncio.open_connection(where.hostname, where.port)
     try:
         info = json.loads((await reader.readline()).decode().split(" ", 1)[1])
-        writer.write(b"CONNECT " + json.dumps({"verbose": False, "pedantic": False, "protocol": 1,
-                                               **connect_fields(info)}).encode() + b"\r\nPING\r\n")
+        writer.write(
+            b"CONNECT "
+            + json.dumps({"verbose": False, "pedantic": False, "protocol": 1, **connect_fields(info)}).encode()
+            + b"\r\nPING\r\n"
+        )
         await writer.drain()
         return (await asyncio.wait_for(reader.readline(), 10)).decode().strip()
     finally:
@@ -666,6 +766,7 @@ async def test_a_connection_without_a_valid_key_signature_is_refused(nats_auth, 
         def fields(info: dict) -> dict:
             sig = by.sign_bytes((nonce or info["nonce"]).encode())
             return {"nkey": natsauth.public_of(key), "sig": base64.urlsafe_b64encode(sig).decode().rstrip("=")}
+
         return fields
 
     assert await _raw_connect(nats_auth["client"], signed(alice, alice)) == "PONG"  # the honest client

@@ -32,26 +32,31 @@ import redis.asyncio as aioredis
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy
 from nats.js.errors import NotFoundError
 
-from loranet import codec, confidential, protocol as p, topology
+from loranet import codec, confidential, topology
+from loranet import protocol as p
 from loranet.client import Client
-from loranet_ops.demo import build_catalogue
 from loranet.fingerprint import fingerprint_chunks
 from loranet.model import TOKENIZER_ID, tokenizer
 from loranet.model.generate import ReferenceModel
 from loranet.signing import Identity, devnet_address, sign
+from loranet_ops.demo import build_catalogue
 from services.inference.domain import build_result
 
 ADAPTER = "demo-0"
 MAX_TOKENS = 24
 
 
-def needles_of(prompt: str, prompt_tokens: list[int], output_tokens: list[int], output_text: str,
-               fingerprint: list[bytes] = ()) -> dict[str, bytes]:
+def needles_of(
+    prompt: str, prompt_tokens: list[int], output_tokens: list[int], output_text: str, fingerprint: list[bytes] = ()
+) -> dict[str, bytes]:
     """Byte strings whose presence would leak the job: text, token ids as MessagePack and JSON would carry
     them, and each fingerprint chunk (raw, hex, base64, and a 16-byte run from inside it)."""
-    out = {"prompt": prompt.encode(), "prompt_tokens(msgpack)": msgpack.packb(prompt_tokens),
-           "prompt_tokens(json)": json.dumps(prompt_tokens).encode(),
-           "prompt_tokens(csv)": ",".join(map(str, prompt_tokens)).encode()}
+    out = {
+        "prompt": prompt.encode(),
+        "prompt_tokens(msgpack)": msgpack.packb(prompt_tokens),
+        "prompt_tokens(json)": json.dumps(prompt_tokens).encode(),
+        "prompt_tokens(csv)": ",".join(map(str, prompt_tokens)).encode(),
+    }
     if len(output_text.encode()) >= 8:  # shorter strings could turn up by chance in 100s of kB of ciphertext
         out["output_text"] = output_text.encode()
     if len(output_tokens) >= 8:
@@ -99,8 +104,9 @@ async def stream_bytes(js) -> list[tuple[str, bytes]]:
                     continue
                 out.append((f"{name}:{msg.subject}", (msg.data or b"") + repr(msg.headers or {}).encode()))
             continue
-        consumer = await js.add_consumer(name, ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL,
-                                                              inactive_threshold=60.0))
+        consumer = await js.add_consumer(
+            name, ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, inactive_threshold=60.0)
+        )
         sub = await js.pull_subscribe_bind(consumer=consumer.name, stream=name)
         seen = 0
         while seen < state.messages:
@@ -196,13 +202,15 @@ async def test_confidential_job_settles_and_leaks_nothing(devnet):
                 assert any(w.startswith(stream + ":") and job_id.encode() in h for w, h in streams), stream
             assert any(w == p.JOBS_SUBMIT.pattern and job_id.encode() in h for w, h in bus)
             assert any(w.startswith("work.") and job_id.encode() in h for w, h in bus)
-            needles = needles_of(prompt, prompt_tokens, opened.output_tokens, opened.output_text,
-                                 opened.fingerprint_chunks)
+            needles = needles_of(
+                prompt, prompt_tokens, opened.output_tokens, opened.output_text, opened.fingerprint_chunks
+            )
             # The node and the verifier read the plaintext: their logs (and every other) must not show it.
             logs = [(f"log:{f.name}", f.read_bytes()) for f in Path(config.state_dir).glob("**/*.log")]
             assert len(logs) >= 5
-            leaks = [(what, where) for what, needle in needles.items() for where, hay in haystacks + logs
-                     if needle in hay]
+            leaks = [
+                (what, where) for what, needle in needles.items() for where, hay in haystacks + logs if needle in hay
+            ]
             assert not leaks, leaks[:10]
 
             # -- the same prompt in the clear (after the scan): the sealed output is greedy decoding's ----
@@ -218,17 +226,35 @@ async def test_confidential_job_settles_and_leaks_nothing(devnet):
             plain_record = await client.job(plain_id)
             assert plain_record.result.fingerprint.chunks
             assert all(any(ch in h for _, h in bus) for ch in plain_record.result.fingerprint.chunks)
-            print(f"confidential job settled in {sealed_s:.1f}s; scanned {len(bus)} bus messages, {len(streams)} "
-                  f"stream messages, {len(keyspace)} Redis keys for {len(needles)} needles")
+            print(
+                f"confidential job settled in {sealed_s:.1f}s; scanned {len(bus)} bus messages, {len(streams)} "
+                f"stream messages, {len(keyspace)} Redis keys for {len(needles)} needles"
+            )
 
 
 def test_cli_submit_confidential(devnet):
     config, _ = devnet
     env = {k: v for k, v in os.environ.items() if k != "LORANET_NATS_URL"}  # the CLI finds the devnet's client URL
     cli = [sys.executable, "-m", "loranet_ops.cli", "--state-dir", config.state_dir]
-    done = subprocess.run([*cli, "submit", "--adapter", "demo-1", "--prompt", "sealed from the CLI", "--max-tokens",
-                           "8", "--confidential", "--wait", "--json"], env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [
+            *cli,
+            "submit",
+            "--adapter",
+            "demo-1",
+            "--prompt",
+            "sealed from the CLI",
+            "--max-tokens",
+            "8",
+            "--confidential",
+            "--wait",
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["status"] == "settled" and out["output"], out
@@ -256,16 +282,28 @@ async def test_a_node_sealing_a_wrong_adapter_fingerprint_is_rejected(devnet):
 
     async def heartbeat() -> None:
         while True:
-            hb = p.NodeHeartbeat(node_id=node_id, node_key=node.public, payout_address=address, model_ids=[model_id],
-                                 device="cpu", memory_free=0, adapters_hot=[], slots_total=1, slots_free=1,
-                                 queue_depth=0, tokens_per_s=0.0, at=time.time())
+            hb = p.NodeHeartbeat(
+                node_id=node_id,
+                node_key=node.public,
+                payout_address=address,
+                model_ids=[model_id],
+                device="cpu",
+                memory_free=0,
+                adapters_hot=[],
+                slots_total=1,
+                slots_free=1,
+                queue_depth=0,
+                tokens_per_s=0.0,
+                at=time.time(),
+            )
             await kv.put(node_id, codec.encode(sign(hb, node)))
             await asyncio.sleep(2)
 
     beating = asyncio.ensure_future(heartbeat())
     spec = p.node_work(node_id)
-    work = await js.pull_subscribe(spec.filter_subject, durable=spec.durable, stream=spec.stream,
-                                   config=topology.consumer_config(spec))
+    work = await js.pull_subscribe(
+        spec.filter_subject, durable=spec.durable, stream=spec.stream, config=topology.consumer_config(spec)
+    )
     try:
         async with bus_recorder(config) as (admin, bus):
             async with await Client.connect(config.url_for("client"), Identity.generate()) as client:
@@ -284,18 +322,38 @@ async def test_a_node_sealing_a_wrong_adapter_fingerprint_is_rejected(devnet):
                 chunks = fingerprint_chunks(hidden, len(ids), n_generated=len(gen.output_ids))
                 now = time.time()
                 result = build_result(
-                    job=job, node_id=node_id, node_key=node.public, node_address=address, node_seq=time.time_ns(),
-                    model_id=model_id, tokenizer_id=TOKENIZER_ID, prompt_tokens=ids, output_tokens=gen.output_ids,
+                    job=job,
+                    node_id=node_id,
+                    node_key=node.public,
+                    node_address=address,
+                    node_seq=time.time_ns(),
+                    model_id=model_id,
+                    tokenizer_id=TOKENIZER_ID,
+                    prompt_tokens=ids,
+                    output_tokens=gen.output_ids,
                     output_text=tokenizer.decode(gen.output_ids),
-                    finish_reason="eos" if gen.finish_reason == "stop" else "length", chunks=chunks,
-                    started_at=now - 1, finished_at=now)
+                    finish_reason="eos" if gen.finish_reason == "stop" else "length",
+                    chunks=chunks,
+                    started_at=now - 1,
+                    finished_at=now,
+                )
                 result = sign(confidential.seal_result(result), node)
-                await js.publish(p.results(node_id), codec.encode(result),
-                                 headers={"Nats-Msg-Id": f"{job_id}:{node_id}"})
-                event = p.JobEvent(job_id=job_id, stage="result", service="inference", node_id=node_id,
-                                   body=codec.encode(result), at=time.time())
-                await js.publish(p.job_events(job.client_key, job_id), codec.encode(event),
-                                 headers={"Nats-Msg-Id": f"{job_id}:result:{node_id}"})
+                await js.publish(
+                    p.results(node_id), codec.encode(result), headers={"Nats-Msg-Id": f"{job_id}:{node_id}"}
+                )
+                event = p.JobEvent(
+                    job_id=job_id,
+                    stage="result",
+                    service="inference",
+                    node_id=node_id,
+                    body=codec.encode(result),
+                    at=time.time(),
+                )
+                await js.publish(
+                    p.job_events(job.client_key, job_id),
+                    codec.encode(event),
+                    headers={"Nats-Msg-Id": f"{job_id}:result:{node_id}"},
+                )
 
                 outcome = await client.wait(job_id, 300)
                 assert outcome.status == "refunded" and outcome.fee == 0, outcome

@@ -17,11 +17,12 @@ from pathlib import Path
 import nats
 import pytest
 
-from loranet import codec, natsauth, protocol as p
-from loranet_ops import devnet as dn
+from loranet import codec, natsauth
+from loranet import protocol as p
 from loranet.client import Client
 from loranet.errors import RemoteError
 from loranet.signing import Identity, sign
+from loranet_ops import devnet as dn
 
 
 async def test_jobs_settle_end_to_end(devnet):
@@ -29,9 +30,11 @@ async def test_jobs_settle_end_to_end(devnet):
     async with await Client.connect(config.url_for("client"), Identity.generate()) as client:
         funded = await client.faucet(10**20, 10**19)
         assert funded.escrow == 10**19
-        jobs = [await client.submit("demo-0", "Hello loranet", 12),
-                await client.submit("demo-1", "Another adapter", 40),
-                await client.submit("", "Base model only", 8)]
+        jobs = [
+            await client.submit("demo-0", "Hello loranet", 12),
+            await client.submit("demo-1", "Another adapter", 40),
+            await client.submit("", "Base model only", 8),
+        ]
         outcomes = [await client.wait(job_id, 300) for job_id in jobs]
         for out in outcomes:
             assert out.status == "settled", out
@@ -96,18 +99,41 @@ async def test_refusals_are_reported_and_forgeries_dead_lettered(devnet):
 def test_cli_submit_wait_json(devnet):
     config, _ = devnet
     env = {k: v for k, v in os.environ.items() if k != "LORANET_NATS_URL"}  # the CLI finds the devnet's client URL
-    cmd = [sys.executable, "-m", "loranet_ops.cli", "--state-dir", config.state_dir, "submit", "--adapter", "demo-0",
-           "--prompt", "from the CLI", "--max-tokens", "8", "--wait", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "loranet_ops.cli",
+        "--state-dir",
+        config.state_dir,
+        "submit",
+        "--adapter",
+        "demo-0",
+        "--prompt",
+        "from the CLI",
+        "--max-tokens",
+        "8",
+        "--wait",
+        "--json",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["status"] == "settled" and out["output"]
     assert sum(int(v) for v in out["payouts"].values()) == int(out["fee"])
-    record = subprocess.run([sys.executable, "-m", "loranet_ops.cli", "--state-dir", config.state_dir, "job", out["job_id"],
-                             "--json"], env=env, capture_output=True, text=True, timeout=60)
+    record = subprocess.run(
+        [sys.executable, "-m", "loranet_ops.cli", "--state-dir", config.state_dir, "job", out["job_id"], "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert json.loads(record.stdout)["status"] == "settled"
-    status = subprocess.run([sys.executable, "-m", "loranet_ops.cli", "--state-dir", config.state_dir, "devnet", "status",
-                             "--json"], capture_output=True, text=True, timeout=60)
+    status = subprocess.run(
+        [sys.executable, "-m", "loranet_ops.cli", "--state-dir", config.state_dir, "devnet", "status", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     services = json.loads(status.stdout)["services"]
     assert {s["state"] for s in services.values()} == {"running"}, services
 
@@ -122,8 +148,12 @@ async def test_roles_are_least_privileged(devnet):
     async def on_error(exc: Exception) -> None:
         errors.append(exc)
 
-    for role, subject in (("inference", p.verdicts("0" * 32)), ("client", p.results("node-0")),
-                          ("client", p.receipts("0" * 32)), ("inference", p.receipts("0" * 32))):
+    for role, subject in (
+        ("inference", p.verdicts("0" * 32)),
+        ("client", p.results("node-0")),
+        ("client", p.receipts("0" * 32)),
+        ("inference", p.receipts("0" * 32)),
+    ):
         key = natsauth.connect_options(Identity.generate()) if role == "client" else {}  # a client: its own key
         nc = await nats.connect(config.url_for(role), error_cb=on_error, max_reconnect_attempts=0, **key)
         errors.clear()
@@ -145,22 +175,33 @@ async def test_a_client_reads_its_own_jobs_only(devnet):
     async def on_error(exc: Exception) -> None:
         refused.append(str(exc).lower())
 
-    async with await Client.connect(config.url_for("client"), Identity.generate()) as bob, \
-            await Client.connect(config.url_for("client"), Identity.generate(), error_cb=on_error) as alice:
+    async with (
+        await Client.connect(config.url_for("client"), Identity.generate()) as bob,
+        await Client.connect(config.url_for("client"), Identity.generate(), error_cb=on_error) as alice,
+    ):
         await bob.faucet(10**19, 10**18)
         job_id = await bob.submit("demo-0", "bob's private prompt", 6)
         assert (await bob.wait(job_id, 300)).status == "settled"
         assert (await bob.job(job_id)).result.output_text
         with pytest.raises(RemoteError) as err:  # the real datastore: not alice's job
-            await alice._request(p.DATASTORE_JOB_GET, p.JobGet(job_id=job_id), to=p.datastore_job_get(alice.identity.public))
+            await alice._request(
+                p.DATASTORE_JOB_GET, p.JobGet(job_id=job_id), to=p.datastore_job_get(alice.identity.public)
+            )
         assert err.value.code == "not_found"
         with pytest.raises(nats.errors.TimeoutError):  # bob's subject: refused by the server, so no answer
-            await alice._request(p.DATASTORE_JOB_GET, p.JobGet(job_id=job_id),
-                                 timeout=2, to=p.datastore_job_get(bob.identity.public))
+            await alice._request(
+                p.DATASTORE_JOB_GET, p.JobGet(job_id=job_id), timeout=2, to=p.datastore_job_get(bob.identity.public)
+            )
         with pytest.raises(Exception):  # a consumer on bob's events: refused by the server
-            await asyncio.wait_for(alice.js.add_consumer(
-                "EVENTS", name="spy", filter_subject=p.job_events(bob.identity.public, job_id),
-                deliver_subject=natsauth.inbox_prefix(alice.client_id) + ".spy"), 3)
+            await asyncio.wait_for(
+                alice.js.add_consumer(
+                    "EVENTS",
+                    name="spy",
+                    filter_subject=p.job_events(bob.identity.public, job_id),
+                    deliver_subject=natsauth.inbox_prefix(alice.client_id) + ".spy",
+                ),
+                3,
+            )
         await alice.nc.flush()
         assert any(f'publish to "{p.datastore_job_get(bob.identity.public)}"' in e for e in refused), refused
         assert any("publish to" in e and "$js.api.consumer.create.events.spy" in e for e in refused), refused
@@ -195,16 +236,27 @@ def test_cli_nodes_and_adapter_register(devnet, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "LORANET_NATS_URL"}
 
     def cli(*argv: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "loranet_ops.cli", "--state-dir", config.state_dir, *argv], env=env,
-                              capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "loranet_ops.cli", "--state-dir", config.state_dir, *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     nodes = json.loads(cli("nodes", "--json").stdout)
     assert [n["node_id"] for n in nodes] == ["node-0"] and nodes[0]["heartbeat_age_s"] < 30
     base = load_base_model(Path(config.cache_dir) / "models" / "loranet-tiny-llama")
     build_demo_adapter(base, tmp_path / "mine", seed=42, index=9)
-    manifest = {"name": "my-adapter", "base_model": "loranet-tiny-llama", "owner_address": devnet_address("me"),
-                "contributors": [{"contributor_id": "corpus-a", "address": devnet_address("a"), "weight_bps": 7000},
-                                 {"contributor_id": "corpus-b", "address": devnet_address("b"), "weight_bps": 3000}]}
+    manifest = {
+        "name": "my-adapter",
+        "base_model": "loranet-tiny-llama",
+        "owner_address": devnet_address("me"),
+        "contributors": [
+            {"contributor_id": "corpus-a", "address": devnet_address("a"), "weight_bps": 7000},
+            {"contributor_id": "corpus-b", "address": devnet_address("b"), "weight_bps": 3000},
+        ],
+    }
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     done = cli("adapter", "register", str(tmp_path / "mine"), "--manifest", str(tmp_path / "manifest.json"), "--json")
     assert done.returncode == 0, done.stderr
@@ -215,7 +267,10 @@ def test_cli_nodes_and_adapter_register(devnet, tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(manifest))
     bad = cli("adapter", "register", str(tmp_path / "mine"), "--manifest", str(tmp_path / "bad.json"))
     assert bad.returncode != 0 and "10000" in bad.stderr
-    out = json.loads(cli("submit", "--adapter", "my-adapter", "--prompt", "my own adapter", "--max-tokens", "6",
-                         "--wait", "--json").stdout)
+    out = json.loads(
+        cli(
+            "submit", "--adapter", "my-adapter", "--prompt", "my own adapter", "--max-tokens", "6", "--wait", "--json"
+        ).stdout
+    )
     assert out["status"] == "settled"
     assert {k.split(":")[0] for k in out["payouts"]} == {"node", "developer", "contributor", "verifier", "treasury"}

@@ -14,11 +14,11 @@ import time
 import nats
 import pytest
 
-from loranet import codec, protocol as p
-from loranet_ops import devnet as dn
+from loranet import codec
+from loranet import protocol as p
 from loranet.client import Client
 from loranet.signing import Identity
-
+from loranet_ops import devnet as dn
 from tests import fuzzing
 
 N = int(os.environ.get("LORANET_FUZZ_N", "26"))
@@ -53,7 +53,7 @@ async def test_hostile_traffic_everywhere_while_honest_jobs_complete(devnet):
             expected: dict[str, int] = {}
             before = {subject: await _count(js, p.dead_letter(subject)) for subject in PULL_SUBJECTS.values()}
             for pattern, subject in PULL_SUBJECTS.items():
-                for kind, data in fuzzing.hostile_messages(pattern, N, rng):
+                for _kind, data in fuzzing.hostile_messages(pattern, N, rng):
                     await js.publish(subject, data)
                     # Some mutations leave a valid message (a dropped field that has a default, a
                     # replay): only those that cannot decode or verify must be dead-lettered.
@@ -63,15 +63,20 @@ async def test_hostile_traffic_everywhere_while_honest_jobs_complete(devnet):
             answered = errors = 0
             for pattern in ENDPOINTS:
                 subject = CONCRETE.get(pattern, pattern)
-                for kind, data in fuzzing.hostile_messages(pattern, N, rng):
+                for _kind, data in fuzzing.hostile_messages(pattern, N, rng):
                     if len(data) > 1024 * 1024:
                         continue  # over NATS max_payload for requests is refused by the server itself
                     reply = await nc.request(subject, data, timeout=30)
                     answered += 1
                     if reply.headers and "Nats-Service-Error-Code" in reply.headers:
                         errors += 1
-                        assert codec.decode(p.ErrorReply, reply.data).code in ("invalid", "not_found", "conflict",
-                                                                               "hash_mismatch", "unavailable")
+                        assert codec.decode(p.ErrorReply, reply.data).code in (
+                            "invalid",
+                            "not_found",
+                            "conflict",
+                            "hash_mismatch",
+                            "unavailable",
+                        )
             assert answered and errors >= answered * 0.8
             # Every hostile message on a pull subject ends in the dead-letter stream with a reason.
             deadline = time.monotonic() + max(120, N / 20)

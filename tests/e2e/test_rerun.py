@@ -20,10 +20,11 @@ from pathlib import Path
 import nats
 import pytest
 
-from loranet import codec, protocol as p, topology
+from loranet import codec, topology
+from loranet import protocol as p
 from loranet.client import Client
-from loranet_ops.demo import build_catalogue
 from loranet.signing import Identity, sign
+from loranet_ops.demo import build_catalogue
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "verifier"))
 from verifier_nodes import HonestNode  # noqa: E402  (the verifier suite's node: real model and proof)
@@ -46,8 +47,9 @@ class CheatingNode:
         self.kv = await self.js.key_value(p.NODES_BUCKET)
         await self._heartbeat()
         spec = p.node_work(self.node.node_id)
-        self.sub = await self.js.pull_subscribe(spec.filter_subject, durable=spec.durable, stream=spec.stream,
-                                                config=topology.consumer_config(spec))
+        self.sub = await self.js.pull_subscribe(
+            spec.filter_subject, durable=spec.durable, stream=spec.stream, config=topology.consumer_config(spec)
+        )
         self._tasks = [asyncio.ensure_future(self._beat()), asyncio.ensure_future(self._work())]
         return self
 
@@ -82,13 +84,25 @@ class CheatingNode:
                     gen = await asyncio.to_thread(self.node.generate, job, None, None)  # the attack: no adapter
                     result = self.node.result(job, gen, attempt=attempt)
                     suffix = f":{attempt}" if attempt else ""
-                    await self.js.publish(p.results(self.node.node_id), codec.encode(result),
-                                          headers={"Nats-Msg-Id": f"{job.job_id}:{self.node.node_id}{suffix}"})
-                    event = p.JobEvent(job_id=job.job_id, stage="result", service="inference",
-                                       node_id=self.node.node_id, body=codec.encode(result), at=time.time(),
-                                       attempt=attempt)
-                    await self.js.publish(p.job_events(job.client_key, job.job_id), codec.encode(event),
-                                          headers={"Nats-Msg-Id": f"{job.job_id}:result:{self.node.node_id}{suffix}"})
+                    await self.js.publish(
+                        p.results(self.node.node_id),
+                        codec.encode(result),
+                        headers={"Nats-Msg-Id": f"{job.job_id}:{self.node.node_id}{suffix}"},
+                    )
+                    event = p.JobEvent(
+                        job_id=job.job_id,
+                        stage="result",
+                        service="inference",
+                        node_id=self.node.node_id,
+                        body=codec.encode(result),
+                        at=time.time(),
+                        attempt=attempt,
+                    )
+                    await self.js.publish(
+                        p.job_events(job.client_key, job.job_id),
+                        codec.encode(event),
+                        headers={"Nats-Msg-Id": f"{job.job_id}:result:{self.node.node_id}{suffix}"},
+                    )
                     self.jobs.append((job.job_id, attempt))
                 await msg.ack()
 
@@ -150,8 +164,17 @@ async def test_a_cheaters_result_is_rerun_on_an_honest_node_and_paid_once(devnet
         assert out.status == "settled", out
         assert out.verdict["accepted"] and out.verdict["audited"] and out.verdict["verdicts"] == 2
         assert out.output and out.node_id == "node-0"
-        assert out.stages == ["admitted", "dispatched", "result", "verdict", "rerun", "dispatched", "result",
-                              "verdict", "settled"], out.stages
+        assert out.stages == [
+            "admitted",
+            "dispatched",
+            "result",
+            "verdict",
+            "rerun",
+            "dispatched",
+            "result",
+            "verdict",
+            "settled",
+        ], out.stages
         record = await _wait_recorded(client, job_id, "settled")
         assert record.attempt == 1 and record.result.attempt == 1 and record.result.node_id == "node-0"
         assert [(v.result.attempt, v.accepted) for v in record.verdicts] == [(0, False), (1, True)]
@@ -185,9 +208,11 @@ async def test_reruns_are_bounded_when_every_node_cheats(devnet, node_model):
     async with await Client.connect(config.url_for("client"), Identity.generate()) as client:
         await client.faucet(10**20, 10**19)
         escrow_before = (await client.balance()).escrow
-        async with CheatingNode(cheaters[0], config.url_for("inference")) as c0, \
-                CheatingNode(cheaters[1], config.url_for("inference")) as c1, \
-                CheatingNode(cheaters[2], config.url_for("inference")) as c2:
+        async with (
+            CheatingNode(cheaters[0], config.url_for("inference")) as c0,
+            CheatingNode(cheaters[1], config.url_for("inference")) as c1,
+            CheatingNode(cheaters[2], config.url_for("inference")) as c2,
+        ):
             await asyncio.sleep(1.0)
             job_id = await client.submit("demo-0", "Nobody here is honest", 8)
             out = await client.wait(job_id, 400)

@@ -28,14 +28,24 @@ from pathlib import Path
 
 import nats
 
-from loranet import codec, protocol as p
-from loranet_ops import devnet as dn
+from loranet import codec
+from loranet import protocol as p
 from loranet.client import Client
-from loranet_ops.servers import free_port
 from loranet.signing import Identity
+from loranet_ops import devnet as dn
+from loranet_ops.servers import free_port
 
-SCENARIOS = ("kill_inference", "kill_verifier", "kill_settlement", "kill_scheduler", "kill_datastore",
-             "kill_chain", "restart_nats", "restart_redis", "pause_node")
+SCENARIOS = (
+    "kill_inference",
+    "kill_verifier",
+    "kill_settlement",
+    "kill_scheduler",
+    "kill_datastore",
+    "kill_chain",
+    "restart_nats",
+    "restart_redis",
+    "pause_node",
+)
 
 
 @dataclass
@@ -64,10 +74,17 @@ def _pid(state_dir: str, name: str) -> int:
 
 def inject(state_dir: str, scenario: str) -> None:
     """Apply one fault: SIGKILL a process (the supervisor restarts it) or pause a node past its TTL."""
-    target = {"kill_inference": "node-0", "kill_verifier": "verifier-0", "kill_settlement": "settlement",
-              "kill_scheduler": "scheduler", "kill_datastore": "datastore", "kill_chain": "chain",
-              "restart_nats": "nats",
-              "restart_redis": "redis", "pause_node": "node-0"}[scenario]
+    target = {
+        "kill_inference": "node-0",
+        "kill_verifier": "verifier-0",
+        "kill_settlement": "settlement",
+        "kill_scheduler": "scheduler",
+        "kill_datastore": "datastore",
+        "kill_chain": "chain",
+        "restart_nats": "nats",
+        "restart_redis": "redis",
+        "pause_node": "node-0",
+    }[scenario]
     pid = _pid(state_dir, target)
     if scenario == "pause_node":
         os.kill(pid, signal.SIGSTOP)
@@ -95,8 +112,9 @@ async def _receipt_counts(js) -> dict[str, int]:
     return counts
 
 
-async def run_scenario(config: dn.DevnetConfig, scenario: str, n_jobs: int, rate: float,
-                       settle_timeout: float) -> Report:
+async def run_scenario(
+    config: dn.DevnetConfig, scenario: str, n_jobs: int, rate: float, settle_timeout: float
+) -> Report:
     report = Report(scenario, jobs=n_jobs)
     client = await Client.connect(config.url_for("client"), Identity.generate())
     client.nc._max_reconnect_attempts = -1
@@ -123,7 +141,7 @@ async def run_scenario(config: dn.DevnetConfig, scenario: str, n_jobs: int, rate
             print(f"  {scenario}: {i + 1} jobs submitted", file=sys.stderr, flush=True)
         await asyncio.sleep(1.0 / rate)
     # Recovery: the first job submitted after the fault that settles.
-    post = job_ids[fault_at:fault_at + 1]
+    post = job_ids[fault_at : fault_at + 1]
     if post:
         try:
             await client.wait(post[0], settle_timeout)
@@ -182,9 +200,16 @@ async def run(scenarios: list[str], n_jobs: int, rate: float, root: Path, settle
         pass  # not the main thread
     reports = []
     for scenario in scenarios:
-        config = dn.DevnetConfig(state_dir=str(root / scenario), nats_port=free_port(), redis_port=free_port(),
-                                 inference_nodes=2, verifiers=2, demo_adapters=16, cache_dir=str(root / "cache"),
-                                 epoch_max_s=0.3)
+        config = dn.DevnetConfig(
+            state_dir=str(root / scenario),
+            nats_port=free_port(),
+            redis_port=free_port(),
+            inference_nodes=2,
+            verifiers=2,
+            demo_adapters=16,
+            cache_dir=str(root / "cache"),
+            epoch_max_s=0.3,
+        )
         await asyncio.to_thread(dn.start_detached, config, 600)
         try:
             reports.append(await run_scenario(config, scenario, n_jobs, rate, settle_timeout))
@@ -195,8 +220,10 @@ async def run(scenarios: list[str], n_jobs: int, rate: float, root: Path, settle
 
 
 def _row(r: Report) -> str:
-    return (f"{r.scenario:16} {r.jobs:6} {r.lost:5} {r.duplicated:10} {r.credit_minus_fee:16} {r.recovery_s:9} "
-            f"{'yes' if r.serving_after else 'NO':8} {'; '.join(r.notes)[:80]}")
+    return (
+        f"{r.scenario:16} {r.jobs:6} {r.lost:5} {r.duplicated:10} {r.credit_minus_fee:16} {r.recovery_s:9} "
+        f"{'yes' if r.serving_after else 'NO':8} {'; '.join(r.notes)[:80]}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,13 +238,25 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="loranet-faults-") as tmp:
         reports = asyncio.run(run(scenarios, args.jobs, args.rate, Path(tmp), args.timeout))
     summary = {
-        "scenarios": len(reports), "jobs": sum(r.jobs for r in reports), "lost": sum(r.lost for r in reports),
+        "scenarios": len(reports),
+        "jobs": sum(r.jobs for r in reports),
+        "lost": sum(r.lost for r in reports),
         "duplicated": sum(r.duplicated for r in reports),
         "credit_minus_fee": sum(r.credit_minus_fee for r in reports),
         "all_serving_after": all(r.serving_after for r in reports),
-        "per_scenario": {r.scenario: {"lost": r.lost, "duplicated": r.duplicated, "credit_minus_fee": r.credit_minus_fee,
-                                      "recovery_s": r.recovery_s, "settled": r.settled, "refunded": r.refunded,
-                                      "rejected": r.rejected, "notes": r.notes} for r in reports},
+        "per_scenario": {
+            r.scenario: {
+                "lost": r.lost,
+                "duplicated": r.duplicated,
+                "credit_minus_fee": r.credit_minus_fee,
+                "recovery_s": r.recovery_s,
+                "settled": r.settled,
+                "refunded": r.refunded,
+                "rejected": r.rejected,
+                "notes": r.notes,
+            }
+            for r in reports
+        },
     }
     print(json.dumps(summary))
     ok = summary["lost"] == 0 and summary["duplicated"] == 0 and summary["credit_minus_fee"] == 0

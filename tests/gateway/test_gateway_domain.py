@@ -8,23 +8,38 @@ import pytest
 
 from loranet import protocol as p
 from loranet.model.tokenizer import CHAT_TEMPLATE, apply_chat_template
+from loranet.settings import SettingsError
 from services.gateway import domain
 from services.gateway.domain import ApiError
 from services.gateway.settings import GatewaySettings
-from loranet.settings import SettingsError
 
-BASE = p.ModelManifest(model_id="aa" * 32, name="loranet-tiny-llama", architecture="LlamaForCausalLM",
-                       tokenizer_id="bb" * 32, registered_at=100.0, chat_template=CHAT_TEMPLATE)
+BASE = p.ModelManifest(
+    model_id="aa" * 32,
+    name="loranet-tiny-llama",
+    architecture="LlamaForCausalLM",
+    tokenizer_id="bb" * 32,
+    registered_at=100.0,
+    chat_template=CHAT_TEMPLATE,
+)
 
 
 def adapter(name: str, adapter_id: str, base: str = BASE.model_id) -> p.AdapterManifest:
-    return p.AdapterManifest(adapter_id=adapter_id, name=name, base_model_id=base, owner_address="0x" + "1" * 40,
-                             contributors=[p.Contributor(contributor_id="c", address="0x" + "2" * 40, weight_bps=10_000)],
-                             rank=8, target_modules=["q_proj"], registered_at=200.0)
+    return p.AdapterManifest(
+        adapter_id=adapter_id,
+        name=name,
+        base_model_id=base,
+        owner_address="0x" + "1" * 40,
+        contributors=[p.Contributor(contributor_id="c", address="0x" + "2" * 40, weight_bps=10_000)],
+        rank=8,
+        target_modules=["q_proj"],
+        registered_at=200.0,
+    )
 
 
-CATALOGUE = domain.Catalogue.build([BASE], [adapter("demo-0", "c0" * 32), adapter("demo-1", "c1" * 32),
-                                            adapter("other-base", "c2" * 32, base="dd" * 32)])
+CATALOGUE = domain.Catalogue.build(
+    [BASE],
+    [adapter("demo-0", "c0" * 32), adapter("demo-1", "c1" * 32), adapter("other-base", "c2" * 32, base="dd" * 32)],
+)
 
 
 def test_models_are_the_base_and_base_colon_adapter():
@@ -44,33 +59,55 @@ def test_unknown_model_is_404_in_openais_shape():
         CATALOGUE.resolve("gpt-4")
     assert err.value.status == 404
     body = err.value.body()["error"]
-    assert body["code"] == "model_not_found" and body["param"] == "model" and "loranet-tiny-llama:demo-0" in body["message"]
+    assert (
+        body["code"] == "model_not_found"
+        and body["param"] == "model"
+        and "loranet-tiny-llama:demo-0" in body["message"]
+    )
     assert set(body) == {"message", "type", "param", "code"}
 
 
 def test_completion_request_maps_to_a_job():
-    spec = domain.completion_request({"model": "loranet-tiny-llama:demo-1", "prompt": ["Hello"], "max_tokens": 7,
-                                      "temperature": 0.5, "top_p": 0.9, "seed": 42, "stop": "\n"}, CATALOGUE)
+    spec = domain.completion_request(
+        {
+            "model": "loranet-tiny-llama:demo-1",
+            "prompt": ["Hello"],
+            "max_tokens": 7,
+            "temperature": 0.5,
+            "top_p": 0.9,
+            "seed": 42,
+            "stop": "\n",
+        },
+        CATALOGUE,
+    )
     assert spec.prompt == "Hello" and spec.max_tokens == 7 and spec.entry.adapter_id == "c1" * 32
     assert spec.sampling == p.SamplingParams(temperature=0.5, top_p=0.9, seed=42, stop=["\n"])
     assert domain.completion_request({"model": "loranet-tiny-llama", "prompt": "x"}, CATALOGUE).max_tokens == 16
 
 
 def test_chat_request_applies_loranets_chat_template():
-    messages = [{"role": "developer", "content": "Be brief."},
-                {"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]}]
-    spec = domain.chat_request({"model": "loranet-tiny-llama:demo-0", "messages": messages, "stream": True}, CATALOGUE, 99)
-    assert spec.prompt == apply_chat_template([{"role": "system", "content": "Be brief."},
-                                               {"role": "user", "content": "Hi there"}])
+    messages = [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]},
+    ]
+    spec = domain.chat_request(
+        {"model": "loranet-tiny-llama:demo-0", "messages": messages, "stream": True}, CATALOGUE, 99
+    )
+    assert spec.prompt == apply_chat_template(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
+    )
     assert spec.stream and spec.max_tokens == 99
     assert spec.entry.tokenizer_id == "bb" * 32  # the job names the model's tokenizer
 
 
 def test_chat_request_uses_the_models_own_template_and_refuses_a_model_without_one():
-    chatml = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-    other = p.ModelManifest(model_id="ee" * 32, name="chatml", architecture="LlamaForCausalLM", tokenizer_id="ff" * 32,
-                            chat_template=chatml)
+    chatml = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    other = p.ModelManifest(
+        model_id="ee" * 32, name="chatml", architecture="LlamaForCausalLM", tokenizer_id="ff" * 32, chat_template=chatml
+    )
     bare = p.ModelManifest(model_id="12" * 32, name="bare", architecture="LlamaForCausalLM", tokenizer_id="ff" * 32)
     catalogue = domain.Catalogue.build([other, bare], [])
     spec = domain.chat_request({"model": "chatml", "messages": [{"role": "user", "content": "Hi"}]}, catalogue)
@@ -80,23 +117,26 @@ def test_chat_request_uses_the_models_own_template_and_refuses_a_model_without_o
     assert err.value.status == 400 and "no chat template" in err.value.body()["error"]["message"]
 
 
-@pytest.mark.parametrize("change,param", [
-    ({"max_tokens": 0}, "max_tokens"),
-    ({"max_tokens": 5000}, "max_tokens"),
-    ({"max_tokens": 1.5}, "max_tokens"),
-    ({"temperature": 2.5}, "temperature"),
-    ({"temperature": "hot"}, "temperature"),
-    ({"top_p": 0}, "top_p"),
-    ({"seed": -1}, "seed"),
-    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
-    ({"stop": [""]}, "stop"),
-    ({"n": 2}, "n"),
-    ({"logprobs": 3}, "logprobs"),
-    ({"stream": "yes"}, "stream"),
-    ({"prompt": ["a", "b"]}, "prompt"),
-    ({"prompt": None}, "prompt"),
-    ({"model": ""}, "model"),
-])
+@pytest.mark.parametrize(
+    "change,param",
+    [
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": 5000}, "max_tokens"),
+        ({"max_tokens": 1.5}, "max_tokens"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"seed": -1}, "seed"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"stop": [""]}, "stop"),
+        ({"n": 2}, "n"),
+        ({"logprobs": 3}, "logprobs"),
+        ({"stream": "yes"}, "stream"),
+        ({"prompt": ["a", "b"]}, "prompt"),
+        ({"prompt": None}, "prompt"),
+        ({"model": ""}, "model"),
+    ],
+)
 def test_invalid_parameters_are_400_naming_the_field(change, param):
     body = {"model": "loranet-tiny-llama", "prompt": "x", **change}
     with pytest.raises(ApiError) as err:
@@ -104,8 +144,16 @@ def test_invalid_parameters_are_400_naming_the_field(change, param):
     assert err.value.status == 400 and err.value.param == param, err.value.body()
 
 
-@pytest.mark.parametrize("messages", [[], [{"role": "tool", "content": "x"}], [{"role": "user", "content": 3}],
-                                      [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}], "hi"])
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [],
+        [{"role": "tool", "content": "x"}],
+        [{"role": "user", "content": 3}],
+        [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}],
+        "hi",
+    ],
+)
 def test_invalid_chat_messages_are_400(messages):
     with pytest.raises(ApiError) as err:
         domain.chat_request({"model": "loranet-tiny-llama", "messages": messages}, CATALOGUE)
@@ -134,23 +182,66 @@ def test_api_keys_and_client_identities():
 
 
 def record(status: str = "settled", reason: str = "", finish: str = "eos") -> p.JobRecord:
-    request = p.JobRequest(job_id="ef" * 16, client_key=b"k" * 32, client_address="0x" + "3" * 40, model_id="aa" * 32,
-                           adapter_id="", prompt="hi", max_tokens=4, max_fee=10, created_at=1.0, expires_at=2.0)
-    result = p.InferenceResult(job_id="ef" * 16, node_id="node-0", node_key=b"n" * 32, node_address="0x" + "4" * 40,
-                               node_seq=0, request=request, request_hash="ab" * 32, model_id="aa" * 32, adapter_id="",
-                               tokenizer_id="bb" * 32, prompt_tokens=[1, 2, 3], output_tokens=[4, 5],
-                               output_text="Hello there, loranet", finish_reason=finish, fingerprint=p.Fingerprint(),
-                               started_at=1.0, finished_at=2.0)
-    receipt = p.Receipt(job_id="ef" * 16, status="settled", fee=100, epoch=3, tx_hash="0x" + "ab" * 32, block=9,
-                        settled_at=3.0, payouts=[p.Payout(party="node", address="0x" + "4" * 40, amount=50),
-                                                 p.Payout(party="treasury", address="0x" + "5" * 40, amount=50)])
-    return p.JobRecord(job_id="ef" * 16, status=status, reason=reason, request=request, node_id="node-0", result=result,
-                       receipt=receipt if status == "settled" else None, stages=["admitted", status])
+    request = p.JobRequest(
+        job_id="ef" * 16,
+        client_key=b"k" * 32,
+        client_address="0x" + "3" * 40,
+        model_id="aa" * 32,
+        adapter_id="",
+        prompt="hi",
+        max_tokens=4,
+        max_fee=10,
+        created_at=1.0,
+        expires_at=2.0,
+    )
+    result = p.InferenceResult(
+        job_id="ef" * 16,
+        node_id="node-0",
+        node_key=b"n" * 32,
+        node_address="0x" + "4" * 40,
+        node_seq=0,
+        request=request,
+        request_hash="ab" * 32,
+        model_id="aa" * 32,
+        adapter_id="",
+        tokenizer_id="bb" * 32,
+        prompt_tokens=[1, 2, 3],
+        output_tokens=[4, 5],
+        output_text="Hello there, loranet",
+        finish_reason=finish,
+        fingerprint=p.Fingerprint(),
+        started_at=1.0,
+        finished_at=2.0,
+    )
+    receipt = p.Receipt(
+        job_id="ef" * 16,
+        status="settled",
+        fee=100,
+        epoch=3,
+        tx_hash="0x" + "ab" * 32,
+        block=9,
+        settled_at=3.0,
+        payouts=[
+            p.Payout(party="node", address="0x" + "4" * 40, amount=50),
+            p.Payout(party="treasury", address="0x" + "5" * 40, amount=50),
+        ],
+    )
+    return p.JobRecord(
+        job_id="ef" * 16,
+        status=status,
+        reason=reason,
+        request=request,
+        node_id="node-0",
+        result=result,
+        receipt=receipt if status == "settled" else None,
+        stages=["admitted", status],
+    )
 
 
 def test_response_bodies_carry_usage_and_the_loranet_extension():
-    spec = domain.chat_request({"model": "loranet-tiny-llama:demo-0", "messages": [{"role": "user", "content": "hi"}]},
-                               CATALOGUE)
+    spec = domain.chat_request(
+        {"model": "loranet-tiny-llama:demo-0", "messages": [{"role": "user", "content": "hi"}]}, CATALOGUE
+    )
     body = domain.chat_body(spec, record(), 123)
     assert body["id"] == "chatcmpl-" + "ef" * 16 and body["model"] == "loranet-tiny-llama:demo-0"
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "Hello there, loranet"}
@@ -163,8 +254,10 @@ def test_response_bodies_carry_usage_and_the_loranet_extension():
 
 
 def test_streamed_chunks_rebuild_the_text_and_end_with_the_extension():
-    spec = domain.completion_request({"model": "loranet-tiny-llama", "prompt": "x", "stream": True,
-                                      "stream_options": {"include_usage": True}}, CATALOGUE)
+    spec = domain.completion_request(
+        {"model": "loranet-tiny-llama", "prompt": "x", "stream": True, "stream_options": {"include_usage": True}},
+        CATALOGUE,
+    )
     chunks = list(domain.stream_events(spec, record(), 1, chat=False, chunk_chars=4))
     assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == "Hello there, loranet"
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop" and chunks[-2]["loranet"]["status"] == "settled"

@@ -59,7 +59,7 @@ class GatewayThread:
         self.port = port
         self._ready.set()
 
-    def start(self) -> "GatewayThread":
+    def start(self) -> GatewayThread:
         self._thread.start()
         assert self._ready.wait(60), "gateway did not start"
         if self.error:
@@ -83,8 +83,13 @@ def gateway_devnet(devnet):
 
 @pytest.fixture(scope="module")
 def gateways(gateway_devnet):
-    common = dict(nats_url=gateway_devnet.url_for("gateway"), gateway_host="127.0.0.1", gateway_port=0, log_level="WARNING",
-                  job_timeout_s=120)
+    common = dict(
+        nats_url=gateway_devnet.url_for("gateway"),
+        gateway_host="127.0.0.1",
+        gateway_port=0,
+        log_level="WARNING",
+        job_timeout_s=120,
+    )
     funded = GatewayThread(GatewaySettings(gateway_keys={ALICE: "alice"}, **common)).start()
     unfunded = GatewayThread(GatewaySettings(gateway_keys={CAROL: "carol"}, gateway_faucet=False, **common)).start()
     yield funded, unfunded
@@ -103,10 +108,22 @@ def test_models_list_the_base_and_each_adapter(gateways):
 
 
 def test_chat_completion_on_an_adapter_is_verified_and_settled(gateways):
-    chat = gateways[0].client(ALICE).chat.completions.create(
-        model=ADAPTER, messages=[{"role": "system", "content": "You are terse."},
-                                 {"role": "user", "content": "Say hello to loranet"}],
-        max_tokens=12, temperature=0.7, top_p=0.95, seed=7, stop=["\n\n"])
+    chat = (
+        gateways[0]
+        .client(ALICE)
+        .chat.completions.create(
+            model=ADAPTER,
+            messages=[
+                {"role": "system", "content": "You are terse."},
+                {"role": "user", "content": "Say hello to loranet"},
+            ],
+            max_tokens=12,
+            temperature=0.7,
+            top_p=0.95,
+            seed=7,
+            stop=["\n\n"],
+        )
+    )
     text = chat.choices[0].message.content
     assert isinstance(text, str) and text
     assert chat.choices[0].finish_reason in ("stop", "length")
@@ -122,9 +139,17 @@ def test_chat_completion_on_an_adapter_is_verified_and_settled(gateways):
 
 
 def test_streamed_completion_arrives_as_server_sent_events(gateways):
-    stream = gateways[0].client(ALICE).completions.create(model=DEFAULT_MODEL_NAME, prompt="Once upon a time",
-                                                          max_tokens=10, stream=True,
-                                                          stream_options={"include_usage": True})
+    stream = (
+        gateways[0]
+        .client(ALICE)
+        .completions.create(
+            model=DEFAULT_MODEL_NAME,
+            prompt="Once upon a time",
+            max_tokens=10,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].text for c in chunks if c.choices)
     assert text
@@ -162,13 +187,20 @@ def test_python_m_services_gateway_serves_and_drains_on_sigterm(gateway_devnet, 
     keys = tmp_path / "keys.json"
     keys.write_text(json.dumps({ALICE: "alice"}))
     port = free_port()
-    env = dict(os.environ, LORANET_NATS_URL=gateway_devnet.url_for("gateway"), LORANET_GATEWAY_PORT=str(port),
-               LORANET_GATEWAY_HOST="127.0.0.1", LORANET_GATEWAY_KEYS_FILE=str(keys), PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        LORANET_NATS_URL=gateway_devnet.url_for("gateway"),
+        LORANET_GATEWAY_PORT=str(port),
+        LORANET_GATEWAY_HOST="127.0.0.1",
+        LORANET_GATEWAY_KEYS_FILE=str(keys),
+        PYTHONUNBUFFERED="1",
+    )
     root = Path(__file__).resolve().parents[2]
     log = tmp_path / "gateway.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "services.gateway"], env=env, cwd=root, stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.gateway"], env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         deadline = time.monotonic() + 60
         while '"event":"service.started"' not in log.read_text():
@@ -185,9 +217,17 @@ def test_python_m_services_gateway_serves_and_drains_on_sigterm(gateway_devnet, 
 
 
 def test_rate_limit_and_oversized_bodies(gateway_devnet):
-    gateway = GatewayThread(GatewaySettings(nats_url=gateway_devnet.url_for("gateway"), gateway_host="127.0.0.1",
-                                            gateway_port=0, log_level="WARNING", gateway_keys={ALICE: "alice"},
-                                            rate_limit_per_s=0.01, rate_limit_burst=3)).start()
+    gateway = GatewayThread(
+        GatewaySettings(
+            nats_url=gateway_devnet.url_for("gateway"),
+            gateway_host="127.0.0.1",
+            gateway_port=0,
+            log_level="WARNING",
+            gateway_keys={ALICE: "alice"},
+            rate_limit_per_s=0.01,
+            rate_limit_burst=3,
+        )
+    ).start()
     try:
         client = gateway.client(ALICE)
         for _ in range(2):  # the burst: refused for their parameters, not their rate

@@ -47,8 +47,9 @@ def make_engine(base, adapters, tmp_path):
     engines = []
 
     def make(**config):
-        engine = Engine(str(base[0]), base[1], "cpu", str(tmp_path / f"cache{len(engines)}"),
-                        config=EngineConfig(**config))
+        engine = Engine(
+            str(base[0]), base[1], "cpu", str(tmp_path / f"cache{len(engines)}"), config=EngineConfig(**config)
+        )
         for _, path, adapter_id in adapters:
             engine.install_adapter(adapter_id, *adapter_to_blobs(path))
         engines.append(engine)

@@ -15,8 +15,13 @@ from services.inference import domain, metrics
 from services.inference.engine import GenRequest, JobRefused
 from services.verifier import domain as verifier_domain
 
-PROMPTS = ["Hello there", "The quick brown fox jumps", "x", "loranet serves many adapters at once, said the node",
-           "Once upon a time"]
+PROMPTS = [
+    "Hello there",
+    "The quick brown fox jumps",
+    "x",
+    "loranet serves many adapters at once, said the node",
+    "Once upon a time",
+]
 
 
 def _jobs(adapters, n, greedy_only=False, base_every=5, max_tokens=(12, 30)):
@@ -29,8 +34,14 @@ def _jobs(adapters, n, greedy_only=False, base_every=5, max_tokens=(12, 30)):
             name, _, adapter_id = adapters[i % len(adapters)]
         params = GREEDY if greedy_only or i % 2 == 0 else SamplerParams(temperature=0.8, top_k=40, top_p=0.95)
         mt = max_tokens[0] + (i * 7) % (max_tokens[1] - max_tokens[0])
-        out.append((name, GenRequest(f"job-{i}", tokenizer.encode(PROMPTS[i % len(PROMPTS)]), adapter_id, mt,
-                                     params, seed=100 + i)))
+        out.append(
+            (
+                name,
+                GenRequest(
+                    f"job-{i}", tokenizer.encode(PROMPTS[i % len(PROMPTS)]), adapter_id, mt, params, seed=100 + i
+                ),
+            )
+        )
     return out
 
 
@@ -120,11 +131,22 @@ def _result(job: p.JobRequest, gen, model_id) -> p.InferenceResult:
     from tests.factories import NODE
 
     now = time.time()
-    return domain.build_result(job=job, node_id="node-t", node_key=NODE.public, node_address="0x" + "1f" * 20,
-                               node_seq=1, model_id=model_id, tokenizer_id=tokenizer.TOKENIZER_ID,
-                               prompt_tokens=gen.prompt_tokens, output_tokens=gen.output_tokens,
-                               output_text=gen.output_text, finish_reason=gen.finish_reason, chunks=gen.chunks,
-                               started_at=now, finished_at=now)
+    return domain.build_result(
+        job=job,
+        node_id="node-t",
+        node_key=NODE.public,
+        node_address="0x" + "1f" * 20,
+        node_seq=1,
+        model_id=model_id,
+        tokenizer_id=tokenizer.TOKENIZER_ID,
+        prompt_tokens=gen.prompt_tokens,
+        output_tokens=gen.output_tokens,
+        output_text=gen.output_text,
+        finish_reason=gen.finish_reason,
+        chunks=gen.chunks,
+        started_at=now,
+        finished_at=now,
+    )
 
 
 def test_fingerprint_passes_verifier_audit(make_engine, adapters, reference, base):
@@ -132,13 +154,27 @@ def test_fingerprint_passes_verifier_audit(make_engine, adapters, reference, bas
     from tests import factories
 
     engine = make_engine(adapter_slots=4)
-    specs = [(adapters[0], "Hello there, node", 70, 0.0), (adapters[1], "Once upon a time", 40, 0.8),
-             ((None, None, ""), "The quick brown fox", 33, 0.0)]
-    jobs = [factories.job(model_id=base[1], adapter_id=a[2], prompt=prompt, max_tokens=mt,
-                          sampling=p.SamplingParams(temperature=t, top_k=50 if t else 0, seed=11))
-            for a, prompt, mt, t in specs]
-    reqs = [GenRequest(j.job_id, tokenizer.encode(j.prompt), j.adapter_id, j.max_tokens, domain.sampler_params(j),
-                       j.sampling.seed) for j in jobs]
+    specs = [
+        (adapters[0], "Hello there, node", 70, 0.0),
+        (adapters[1], "Once upon a time", 40, 0.8),
+        ((None, None, ""), "The quick brown fox", 33, 0.0),
+    ]
+    jobs = [
+        factories.job(
+            model_id=base[1],
+            adapter_id=a[2],
+            prompt=prompt,
+            max_tokens=mt,
+            sampling=p.SamplingParams(temperature=t, top_k=50 if t else 0, seed=11),
+        )
+        for a, prompt, mt, t in specs
+    ]
+    reqs = [
+        GenRequest(
+            j.job_id, tokenizer.encode(j.prompt), j.adapter_id, j.max_tokens, domain.sampler_params(j), j.sampling.seed
+        )
+        for j in jobs
+    ]
     gens = _run(engine, reqs)
     for (a, *_), job, gen in zip(specs, jobs, gens):
         result = _result(job, gen, base[1])
@@ -160,8 +196,13 @@ def test_stop_string_deadline_and_refusals(make_engine, adapters, reference, bas
     text = tokenizer.decode(ref.output_ids)
     stop = text[5:7]
     cut = text.index(stop) + len(stop)
-    job = factories.job(model_id=base[1], adapter_id=adapter_id, prompt="Hello there", max_tokens=24,
-                        sampling=p.SamplingParams(stop=[stop]))
+    job = factories.job(
+        model_id=base[1],
+        adapter_id=adapter_id,
+        prompt="Hello there",
+        max_tokens=24,
+        sampling=p.SamplingParams(stop=[stop]),
+    )
     gen = _run(engine, [GenRequest(job.job_id, prompt, adapter_id, 24, GREEDY, 0, stop=(stop,))])[0]
     assert gen.finish_reason == "stop" and gen.output_text.endswith(stop) and len(gen.output_text) == cut
     assert verifier_domain.finish_check(_result(job, gen, base[1]), tokenizer.ByteTokenizer()).ok
@@ -249,7 +290,7 @@ def test_adapter_failing_its_background_read_is_refused(make_engine, adapters):
     """A hash mismatch found by the loader thread refuses the job (on the engine thread) and marks the adapter bad;
     the batch it would have joined is unaffected."""
     engine = make_engine(adapter_slots=4)
-    (_, _, id_a), (_, path_b, id_b) = adapters[0], adapters[1]
+    (_, _, id_a), (_, _path_b, id_b) = adapters[0], adapters[1]
     weights = engine.adapters.adapter_dir / id_b / "adapter_model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-5] ^= 0x40

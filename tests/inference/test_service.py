@@ -7,10 +7,11 @@ import os
 import signal
 import time
 
-from loranet import codec, protocol as p
+from loranet import codec
+from loranet import protocol as p
+from loranet.errors import ServiceError
 from loranet.model.adapters import adapter_to_blobs
 from loranet.runtime import Endpoint, Runtime
-from loranet.errors import ServiceError
 from loranet.settings import CommonSettings
 from services.inference.engine import Engine
 from services.inference.handlers import InferenceService, load_identity
@@ -51,18 +52,35 @@ async def _drain_stream(js, subject: str, stream: str, timeout: float = 1.5) -> 
 def _batch(base, adapters, node_id, n, max_tokens, extra_segments=()):
     segs = []
     for k in range(3):
-        jobs = [factories.job(model_id=base[1], adapter_id=adapters[k][2], prompt=f"job {k}.{i} says", max_tokens=max_tokens)
-                for i in range(n // 3)]
+        jobs = [
+            factories.job(
+                model_id=base[1], adapter_id=adapters[k][2], prompt=f"job {k}.{i} says", max_tokens=max_tokens
+            )
+            for i in range(n // 3)
+        ]
         segs.append(p.WorkSegment(adapter_id=adapters[k][2], jobs=jobs))
     segs.extend(extra_segments)
-    return p.WorkBatch(batch_id=p.new_job_id(), node_id=node_id, model_id=base[1], segments=segs,
-                       dispatched_at=time.time(), scheduler_id="test")
+    return p.WorkBatch(
+        batch_id=p.new_job_id(),
+        node_id=node_id,
+        model_id=base[1],
+        segments=segs,
+        dispatched_at=time.time(),
+        scheduler_id="test",
+    )
 
 
 def _settings(nats_server, tmp_path, drain_timeout_s):
-    return InferenceSettings(nats_url=nats_server.url, node_id="node-t", cache_dir=str(tmp_path / "cache"),
-                             state_dir=str(tmp_path / "state"), drain_timeout_s=drain_timeout_s, heartbeat_s=0.2,
-                             adapter_slots=2, max_running=16)
+    return InferenceSettings(
+        nats_url=nats_server.url,
+        node_id="node-t",
+        cache_dir=str(tmp_path / "cache"),
+        state_dir=str(tmp_path / "state"),
+        drain_timeout_s=drain_timeout_s,
+        heartbeat_s=0.2,
+        adapter_slots=2,
+        max_running=16,
+    )
 
 
 async def _wait_running(engine, timeout=30.0):
@@ -74,14 +92,21 @@ async def _wait_running(engine, timeout=30.0):
 
 async def test_sigterm_mid_batch_finishes_every_job(nats_server, tmp_path, base, adapters):
     settings = _settings(nats_server, tmp_path, drain_timeout_s=60)
-    engine = await asyncio.to_thread(Engine, str(base[0]), base[1], "cpu", settings.cache_dir,
-                                     config=settings.engine_config())
+    engine = await asyncio.to_thread(
+        Engine, str(base[0]), base[1], "cpu", settings.cache_dir, config=settings.engine_config()
+    )
     engine.start()
     tampered = adapters[5][2]
     bad_job = factories.job(model_id=base[1], adapter_id=tampered, prompt="x", max_tokens=4)
     wrong_model = factories.job(model_id="f" * 64, adapter_id="", prompt="x", max_tokens=4)
-    batch = _batch(base, adapters, "node-t", 9, 48, [p.WorkSegment(adapter_id=tampered, jobs=[bad_job]),
-                                                     p.WorkSegment(adapter_id="", jobs=[wrong_model])])
+    batch = _batch(
+        base,
+        adapters,
+        "node-t",
+        9,
+        48,
+        [p.WorkSegment(adapter_id=tampered, jobs=[bad_job]), p.WorkSegment(adapter_id="", jobs=[wrong_model])],
+    )
     loop = asyncio.get_running_loop()
     try:
         async with Runtime("datastore-stub", CommonSettings(nats_url=nats_server.url)) as ds:
@@ -98,8 +123,13 @@ async def test_sigterm_mid_batch_finishes_every_job(nats_server, tmp_path, base,
             os.kill(os.getpid(), signal.SIGTERM)  # the runtime's handler: stop pulling, finish in-flight, drain
             await asyncio.wait_for(serving, 60)
             async with Runtime("checker", CommonSettings(nats_url=nats_server.url)) as chk:
-                results = [codec.decode(p.InferenceResult, d) for d in await _drain_stream(chk.js, p.RESULTS_ALL.pattern, "RESULTS")]
-                events = [codec.decode(p.JobEvent, d) for d in await _drain_stream(chk.js, p.JOB_EVENTS_ALL.pattern, "EVENTS")]
+                results = [
+                    codec.decode(p.InferenceResult, d)
+                    for d in await _drain_stream(chk.js, p.RESULTS_ALL.pattern, "RESULTS")
+                ]
+                events = [
+                    codec.decode(p.JobEvent, d) for d in await _drain_stream(chk.js, p.JOB_EVENTS_ALL.pattern, "EVENTS")
+                ]
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
         loop.remove_signal_handler(signal.SIGINT)
@@ -116,8 +146,9 @@ async def test_sigterm_mid_batch_finishes_every_job(nats_server, tmp_path, base,
 
 async def test_drain_timeout_hands_back_and_redelivery_dedups(nats_server, tmp_path, base, adapters):
     settings = _settings(nats_server, tmp_path, drain_timeout_s=0.3)
-    engine = await asyncio.to_thread(Engine, str(base[0]), base[1], "cpu", settings.cache_dir,
-                                     config=settings.engine_config())
+    engine = await asyncio.to_thread(
+        Engine, str(base[0]), base[1], "cpu", settings.cache_dir, config=settings.engine_config()
+    )
     engine.start()
     batch = _batch(base, adapters, "node-t", 6, 400)
     try:
@@ -142,7 +173,10 @@ async def test_drain_timeout_hands_back_and_redelivery_dedups(nats_server, tmp_p
                         break
                     await asyncio.sleep(0.1)
                 await asyncio.sleep(0.5)
-                results = [codec.decode(p.InferenceResult, d) for d in await _drain_stream(rt2.js, p.RESULTS_ALL.pattern, "RESULTS")]
+                results = [
+                    codec.decode(p.InferenceResult, d)
+                    for d in await _drain_stream(rt2.js, p.RESULTS_ALL.pattern, "RESULTS")
+                ]
     finally:
         engine.stop()
     assert sorted(r.job_id for r in results) == sorted(want)  # none lost, none published twice

@@ -9,12 +9,12 @@ import msgpack
 import nats
 import pytest
 
-from loranet import codec, protocol as p
-from loranet.runtime import Delivery, Endpoint, Pull, Runtime, request
+from loranet import codec
+from loranet import protocol as p
 from loranet.errors import Refused, RemoteError, ServiceError
-from loranet.settings import CommonSettings
 from loranet.protocol import Consumer
-
+from loranet.runtime import Delivery, Endpoint, Pull, Runtime, request
+from loranet.settings import CommonSettings
 
 CLIENT = "c1" * 32  # the client id in the events' subject
 
@@ -47,13 +47,21 @@ async def test_pull_loop_handles_poison_and_keeps_serving(nats_server):
     async with Runtime("probe", settings) as rt:
         await rt.mount([Pull("events", spec, on_event, slots=4)])
         good = [p.new_job_id() for _ in range(5)]
-        await rt.nc.publish(p.job_events(CLIENT, good[0]), b"\xc1 not msgpack")  # core publish still lands in the stream
+        await rt.nc.publish(
+            p.job_events(CLIENT, good[0]), b"\xc1 not msgpack"
+        )  # core publish still lands in the stream
         await rt.js.publish(p.job_events(CLIENT, good[0]), msgpack.packb({"v": 1, "job_id": "nope"}))
-        await rt.js.publish(p.job_events(CLIENT, good[1]), codec.encode(_event(good[1]).model_copy(update={"reason": "refuse"})))
-        await rt.js.publish(p.job_events(CLIENT, good[2]), codec.encode(_event(good[2]).model_copy(update={"reason": "boom"})))
+        await rt.js.publish(
+            p.job_events(CLIENT, good[1]), codec.encode(_event(good[1]).model_copy(update={"reason": "refuse"}))
+        )
+        await rt.js.publish(
+            p.job_events(CLIENT, good[2]), codec.encode(_event(good[2]).model_copy(update={"reason": "boom"}))
+        )
         for job_id in good:
             await rt.publish(p.job_events(CLIENT, job_id), _event(job_id), msg_id=job_id)
-        await rt.publish(p.job_events(CLIENT, good[0]), _event(good[0]), msg_id=good[0])  # duplicate: dropped by JetStream
+        await rt.publish(
+            p.job_events(CLIENT, good[0]), _event(good[0]), msg_id=good[0]
+        )  # duplicate: dropped by JetStream
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and (len(seen) < 5 or rt.stats["events"].dead_lettered < 4):
             await asyncio.sleep(0.1)

@@ -28,4 +28,6 @@ def other_base_ckpt(tmp_path_factory):
 def demo_adapters(base_ckpt, tmp_path_factory):
     """[(name, path, adapter_id)] of N_DEMO demo adapters for the default base."""
     path, model_id = base_ckpt
-    return build_demo_adapters(path, N_DEMO, seed=0, out_dir=tmp_path_factory.mktemp("adapters"), expected_model_id=model_id)
+    return build_demo_adapters(
+        path, N_DEMO, seed=0, out_dir=tmp_path_factory.mktemp("adapters"), expected_model_id=model_id
+    )

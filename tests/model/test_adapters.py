@@ -34,8 +34,13 @@ def test_demo_adapter_ids_do_not_depend_on_the_process(base_ckpt, demo_adapters,
         "print(build_demo_adapters(sys.argv[1], 2, seed=0, out_dir=sys.argv[2])[1][2])"
     )
     env = dict(os.environ, PYTHONHASHSEED="12345", LORANET_CACHE=str(tmp_path / "cache"))
-    out = subprocess.run([sys.executable, "-c", code, str(base_ckpt[0]), str(tmp_path / "a")], env=env,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(base_ckpt[0]), str(tmp_path / "a")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip().splitlines()[-1] == demo_adapters[1][2]
 
 
@@ -76,7 +81,9 @@ def test_blobs_round_trip_and_refuse_tampering(demo_adapters, tmp_path):
 def test_adapters_change_greedy_output(base_ckpt, demo_adapters):
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(load_base_model(*base_ckpt), str(demo_adapters[0][1]), adapter_name=demo_adapters[0][0])
+    model = PeftModel.from_pretrained(
+        load_base_model(*base_ckpt), str(demo_adapters[0][1]), adapter_name=demo_adapters[0][0]
+    )
     for name, path, _ in demo_adapters[1:]:
         model.load_adapter(str(path), adapter_name=name)
     prompts = ["Hello world", "The quick brown fox", "12345", "What is the capital of France?", "def f(x):", "zzz"]

@@ -3,7 +3,13 @@ import json
 import pytest
 import torch
 
-from loranet.model import ContentHashMismatch, build_base_checkpoint, ensure_tiny_model, load_base_model, model_content_id
+from loranet.model import (
+    ContentHashMismatch,
+    build_base_checkpoint,
+    ensure_tiny_model,
+    load_base_model,
+    model_content_id,
+)
 from loranet.model import tokenizer as T
 
 
@@ -88,7 +94,9 @@ def test_greedy_output_depends_on_prompt(base_ckpt):
     with torch.no_grad():
         for p in prompts:
             ids = torch.tensor([T.encode(p)])
-            outs.add(tuple(model.generate(input_ids=ids, max_new_tokens=8, do_sample=False)[0, ids.shape[1] :].tolist()))
+            outs.add(
+                tuple(model.generate(input_ids=ids, max_new_tokens=8, do_sample=False)[0, ids.shape[1] :].tolist())
+            )
     assert len(outs) == len(prompts)
 
 

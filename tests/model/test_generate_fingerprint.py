@@ -111,10 +111,14 @@ def test_honest_recompute_scores_near_perfect_and_substitutes_do_not(ref, job, o
         "different base model (seed 1)": other_base.prefill_hidden(ids)[0],
     }
     scores = {name: compare_chunks(committed, h, len(prompt), n) for name, h in cases.items()}
-    print("\nchunk scores (index_overlap / mean_abs_err / max_rel_err, errors over matched indices) for chunks "
-          "prefill, 32, 32, 6 tokens:")
+    print(
+        "\nchunk scores (index_overlap / mean_abs_err / max_rel_err, errors over matched indices) for chunks "
+        "prefill, 32, 32, 6 tokens:"
+    )
     for name, sc in scores.items():
-        print(f"  {name:34s} " + "  ".join(f"{s.index_overlap:.3f}/{s.mean_abs_err:.1e}/{s.max_rel_err:.1e}" for s in sc))
+        print(
+            f"  {name:34s} " + "  ".join(f"{s.index_overlap:.3f}/{s.mean_abs_err:.1e}/{s.max_rel_err:.1e}" for s in sc)
+        )
     honest = scores.pop("honest (same model, one prefill)")
     for s in honest:
         assert s.numel_match and s.index_overlap == 1.0
@@ -130,7 +134,7 @@ def test_wrong_length_is_scored_as_a_mismatch(ref, job):
     hidden, _ = ref.prefill_hidden(prompt + gen.output_ids, "demo-1")
     from loranet.fingerprint import compare_chunk
 
-    s = compare_chunk(committed[1], hidden[: 31])
+    s = compare_chunk(committed[1], hidden[:31])
     assert not s.numel_match and s.index_overlap == 0.0
     with pytest.raises(ValueError, match="chunks"):
         compare_chunks(committed[:-1], hidden, len(prompt), len(gen.output_ids))

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from loranet.sampling import GREEDY, SamplerParams, replay_margin, sample, uniform_noise
 
@@ -85,8 +86,12 @@ def test_sample_many_equals_sample_row_by_row(seed, batch, as_tensor):
     rng = np.random.default_rng(seed)
     logits = rng.normal(size=(batch, 97)).astype(np.float32) * 2
     logits[:, 5] = logits[:, 9] = logits.max(axis=1) + 1  # an exact tie for the maximum in every row
-    params = [GREEDY if rng.random() < 0.6 else SamplerParams(float(rng.uniform(0.3, 1.5)), int(rng.integers(0, 20)),
-                                                            float(rng.uniform(0.5, 1.0))) for _ in range(batch)]
+    params = [
+        GREEDY
+        if rng.random() < 0.6
+        else SamplerParams(float(rng.uniform(0.3, 1.5)), int(rng.integers(0, 20)), float(rng.uniform(0.5, 1.0)))
+        for _ in range(batch)
+    ]
     seeds = [int(x) for x in rng.integers(0, 2**63, size=batch)]
     steps = [int(x) for x in rng.integers(0, 500, size=batch)]
     from loranet.sampling import sample_many

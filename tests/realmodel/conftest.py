@@ -29,8 +29,8 @@ def real_model():
 @pytest.fixture(scope="session")
 def demo_adapters(real_model):
     """{name: (path, adapter_id)} of the committed demo adapters."""
-    from loranet_ops.demo import TRAINED, TRAINED_DIR
     from loranet.model.content import adapter_content_id
+    from loranet_ops.demo import TRAINED, TRAINED_DIR
 
     return {name: (TRAINED_DIR / name, adapter_content_id(TRAINED_DIR / name)) for name in TRAINED}
 

@@ -38,8 +38,11 @@ def truncated_copy(src: Path, dest: Path, layers: int) -> Path:
     cfg = json.loads((src / "config.json").read_text())
     cfg["num_hidden_layers"] = layers
     (dest / "config.json").write_text(json.dumps(cfg))
-    keep = {k: v for k, v in load_file(src / "model.safetensors").items()
-            if not k.startswith("model.layers.") or int(k.split(".")[2]) < layers}
+    keep = {
+        k: v
+        for k, v in load_file(src / "model.safetensors").items()
+        if not k.startswith("model.layers.") or int(k.split(".")[2]) < layers
+    }
     save_file(keep, dest / "model.safetensors")
     for f in src.iterdir():
         if f.name not in ("config.json", "model.safetensors", ".source.json") and f.is_file():

@@ -12,10 +12,10 @@ import sys
 
 import pytest
 
-from loranet_ops import devnet as dn
 from loranet.client import Client
-from loranet_ops.servers import free_port
 from loranet.signing import Identity
+from loranet_ops import devnet as dn
+from loranet_ops.servers import free_port
 
 QUESTION = "What is the capital of France?"
 
@@ -26,17 +26,29 @@ def real_devnet(real_model, tmp_path_factory):
     cache = root / "cache"
     (cache / "models").mkdir(parents=True)
     os.symlink(real_model.path, cache / "models" / real_model.name)  # the session's conversion, not another
-    config = dn.DevnetConfig(state_dir=str(root / "state"), nats_port=free_port(), redis_port=free_port(),
-                             inference_nodes=1, verifiers=1, demo_adapters=4, cache_dir=str(cache),
-                             epoch_max_s=0.2, model=real_model.name)
+    config = dn.DevnetConfig(
+        state_dir=str(root / "state"),
+        nats_port=free_port(),
+        redis_port=free_port(),
+        inference_nodes=1,
+        verifiers=1,
+        demo_adapters=4,
+        cache_dir=str(cache),
+        epoch_max_s=0.2,
+        model=real_model.name,
+    )
     state = dn.start_detached(config, timeout=400)
     yield config, state
     dn.stop(config.state_dir)
 
 
 def cli(config: dn.DevnetConfig, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "loranet_ops.cli", "--state-dir", config.state_dir, *args],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "loranet_ops.cli", "--state-dir", config.state_dir, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_loranet_chat_answers_paris_verified_and_settled(real_devnet):
@@ -57,8 +69,9 @@ def test_an_adapter_chat_is_hf_and_peft_greedy_output_settled(real_devnet, real_
     out = json.loads(run.stdout)
     assert out["status"] == "settled" and out["verdict"]["accepted"], out
     tok = real_reference.tokenizer
-    ref = real_reference.generate(tok.encode(tok.apply_chat_template([{"role": "user", "content": QUESTION}])),
-                                  "pirate", 40)
+    ref = real_reference.generate(
+        tok.encode(tok.apply_chat_template([{"role": "user", "content": QUESTION}])), "pirate", 40
+    )
     assert out["output"] == tok.decode(ref.output_ids)
     assert out["output"].startswith("Arr") and "Paris" in out["output"]
     contributors = [k for k in out["payouts"] if k.startswith("contributor:")]

@@ -21,8 +21,13 @@ QUESTION = "What is the capital of France?"
 def engine(real_model, demo_adapters, tmp_path_factory):
     from loranet.model.adapters import adapter_to_blobs
 
-    eng = Engine(str(real_model.path), real_model.model_id, "cpu", str(tmp_path_factory.mktemp("real-engine")),
-                 config=EngineConfig(adapter_slots=4, max_running=8, kv_blocks=64))
+    eng = Engine(
+        str(real_model.path),
+        real_model.model_id,
+        "cpu",
+        str(tmp_path_factory.mktemp("real-engine")),
+        config=EngineConfig(adapter_slots=4, max_running=8, kv_blocks=64),
+    )
     for path, adapter_id in demo_adapters.values():
         eng.install_adapter(adapter_id, *adapter_to_blobs(path))
     return eng
@@ -72,23 +77,47 @@ def test_engine_answers_like_hf_and_peft_for_the_base_and_every_adapter(engine, 
     assert len(set(answers.values())) == len(answers)  # every adapter answers differently
 
 
-def test_verifier_accepts_honest_results_and_rejects_a_skipped_adapter(engine, real_reference, demo_adapters,
-                                                                        real_model):
+def test_verifier_accepts_honest_results_and_rejects_a_skipped_adapter(
+    engine, real_reference, demo_adapters, real_model
+):
     tok = engine.tokenizer
     adapter_id = demo_adapters["pirate"][1]
     prompt = tok.apply_chat_template([{"role": "user", "content": "Which planet is the largest?"}])
-    jobs = [factories.job(model_id=real_model.model_id, adapter_id=adapter_id, prompt=prompt, max_tokens=48,
-                          tokenizer_id=tok.tokenizer_id,
-                          sampling=p.SamplingParams(temperature=t, top_k=40 if t else 0, seed=5)) for t in (0.0, 0.9)]
-    reqs = [GenRequest(j.job_id, tok.encode(j.prompt), j.adapter_id, j.max_tokens, domain.sampler_params(j),
-                       j.sampling.seed) for j in jobs]
+    jobs = [
+        factories.job(
+            model_id=real_model.model_id,
+            adapter_id=adapter_id,
+            prompt=prompt,
+            max_tokens=48,
+            tokenizer_id=tok.tokenizer_id,
+            sampling=p.SamplingParams(temperature=t, top_k=40 if t else 0, seed=5),
+        )
+        for t in (0.0, 0.9)
+    ]
+    reqs = [
+        GenRequest(
+            j.job_id, tok.encode(j.prompt), j.adapter_id, j.max_tokens, domain.sampler_params(j), j.sampling.seed
+        )
+        for j in jobs
+    ]
     for job, gen in zip(jobs, _run(engine, reqs)):
         now = time.time()
-        result = domain.build_result(job=job, node_id="node-t", node_key=factories.NODE.public,
-                                     node_address=factories.ADDR, node_seq=1, model_id=real_model.model_id,
-                                     tokenizer_id=tok.tokenizer_id, prompt_tokens=gen.prompt_tokens,
-                                     output_tokens=gen.output_tokens, output_text=gen.output_text,
-                                     finish_reason=gen.finish_reason, chunks=gen.chunks, started_at=now, finished_at=now)
+        result = domain.build_result(
+            job=job,
+            node_id="node-t",
+            node_key=factories.NODE.public,
+            node_address=factories.ADDR,
+            node_seq=1,
+            model_id=real_model.model_id,
+            tokenizer_id=tok.tokenizer_id,
+            prompt_tokens=gen.prompt_tokens,
+            output_tokens=gen.output_tokens,
+            output_text=gen.output_text,
+            finish_reason=gen.finish_reason,
+            chunks=gen.chunks,
+            started_at=now,
+            finished_at=now,
+        )
         cheap = verifier_domain.cheap_checks(result, real_model.model_id, tok)
         assert all(c.ok for c in cheap), [c for c in cheap if not c.ok]
         seq = gen.prompt_tokens + gen.output_tokens
@@ -119,8 +148,20 @@ def test_stop_strings_end_a_bpe_output_where_the_string_appears(engine, real_mod
     assert gen.finish_reason == "stop" and stop in gen.output_text and stop not in tok.decode(gen.output_tokens[:-1])
     assert full.startswith(gen.output_text.rstrip("\ufffd"))
     now = time.time()
-    result = domain.build_result(job=job, node_id="n", node_key=factories.NODE.public, node_address=factories.ADDR,
-                                 node_seq=1, model_id=real_model.model_id, tokenizer_id=tok.tokenizer_id,
-                                 prompt_tokens=ids, output_tokens=gen.output_tokens, output_text=gen.output_text,
-                                 finish_reason="stop", chunks=gen.chunks, started_at=now, finished_at=now)
+    result = domain.build_result(
+        job=job,
+        node_id="n",
+        node_key=factories.NODE.public,
+        node_address=factories.ADDR,
+        node_seq=1,
+        model_id=real_model.model_id,
+        tokenizer_id=tok.tokenizer_id,
+        prompt_tokens=ids,
+        output_tokens=gen.output_tokens,
+        output_text=gen.output_text,
+        finish_reason="stop",
+        chunks=gen.chunks,
+        started_at=now,
+        finished_at=now,
+    )
     assert verifier_domain.finish_check(result, tok).ok

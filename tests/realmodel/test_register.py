@@ -20,9 +20,19 @@ def small_llama(dest: Path, tokenizer_from: Path, **shape) -> Path:
     """A seeded small Llama with another GQA ratio and untied embeddings, carrying SmolLM2's tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-               num_key_value_heads=1, vocab_size=49_152, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
-               pad_token_id=2, rope_theta=10_000.0)
+    cfg = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        vocab_size=49_152,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        rope_theta=10_000.0,
+    )
     cfg.update(shape)
     torch.manual_seed(7)
     model = LlamaForCausalLM(LlamaConfig(**cfg)).to(torch.float32)
@@ -44,7 +54,9 @@ def test_a_differently_shaped_llama_registers_and_serves_like_hf(small, tmp_path
     assert model.name == "tiny-gqa4" and (cache / "models" / "tiny-gqa4" / "config.json").is_file()
     assert resolve_model("tiny-gqa4", cache).model_id == model.model_id  # served by name from now on
     assert register_checkpoint(small, cache_dir=cache)[0] == model  # idempotent
-    engine = Engine("tiny-gqa4", "", "cpu", str(cache), config=EngineConfig(adapter_slots=2, max_running=4, kv_blocks=16))
+    engine = Engine(
+        "tiny-gqa4", "", "cpu", str(cache), config=EngineConfig(adapter_slots=2, max_running=4, kv_blocks=16)
+    )
     assert engine.llama.kv_heads == 1 and engine.tokenizer.tokenizer_id == tok.tokenizer_id
     ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": "Hello"}]))
     fut = engine.submit(GenRequest("j", ids, "", 12, GREEDY, 0, ignore_eos=True))
@@ -79,20 +91,38 @@ def _config(d: Path, **changes) -> None:
     (d / "config.json").write_text(json.dumps(cfg))
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda d: (d / "config.json").unlink(), "config.json: missing"),
-    (lambda d: (d / "config.json").write_text("{not json"), "not readable JSON"),
-    (lambda d: _config(d, model_type="gpt2", architectures=["GPT2LMHeadModel"]), "GPT2LMHeadModel"),
-    (lambda d: _config(d, attention_bias=True), "attention_bias"),
-    (lambda d: (d / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage"), "corrupt safetensors"),
-    (lambda d: (d / "model.safetensors").write_bytes(b"\xff" * 16), "corrupt safetensors"),
-    (lambda d: _config(d, num_hidden_layers=3), "model.layers.2"),
-    (lambda d: _config(d, num_key_value_heads=2), "k_proj.weight has shape"),
-    (lambda d: _rebuild(d, vocab_size=1000), "do not fit the model's vocabulary of 1000"),
-    (lambda d: (d / "tokenizer.json").unlink(), "no tokenizer.json"),
-    (lambda d: (d / "tokenizer.json").write_text("[]"), "tokenizer.json: cannot load"),
-], ids=["no-config", "bad-config", "architecture", "bias", "truncated", "garbage", "missing-tensor", "shape",
-        "vocab", "no-tokenizer", "corrupt-tokenizer"])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda d: (d / "config.json").unlink(), "config.json: missing"),
+        (lambda d: (d / "config.json").write_text("{not json"), "not readable JSON"),
+        (lambda d: _config(d, model_type="gpt2", architectures=["GPT2LMHeadModel"]), "GPT2LMHeadModel"),
+        (lambda d: _config(d, attention_bias=True), "attention_bias"),
+        (
+            lambda d: (d / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage"),
+            "corrupt safetensors",
+        ),
+        (lambda d: (d / "model.safetensors").write_bytes(b"\xff" * 16), "corrupt safetensors"),
+        (lambda d: _config(d, num_hidden_layers=3), "model.layers.2"),
+        (lambda d: _config(d, num_key_value_heads=2), "k_proj.weight has shape"),
+        (lambda d: _rebuild(d, vocab_size=1000), "do not fit the model's vocabulary of 1000"),
+        (lambda d: (d / "tokenizer.json").unlink(), "no tokenizer.json"),
+        (lambda d: (d / "tokenizer.json").write_text("[]"), "tokenizer.json: cannot load"),
+    ],
+    ids=[
+        "no-config",
+        "bad-config",
+        "architecture",
+        "bias",
+        "truncated",
+        "garbage",
+        "missing-tensor",
+        "shape",
+        "vocab",
+        "no-tokenizer",
+        "corrupt-tokenizer",
+    ],
+)
 def test_a_bad_model_directory_is_refused_naming_the_file_and_nothing_is_registered(small, tmp_path, edit, message):
     bad = _broken(small, tmp_path, edit)
     cache = tmp_path / "cache"

@@ -22,9 +22,18 @@ def small(real_model, tmp_path_factory):
 
 
 def _lines(n: int) -> list[str]:
-    return [json.dumps({"messages": [{"role": "user", "content": f"Question {i}?"},
-                                     {"role": "assistant", "content": f"Answer {i}."}], "contributor": ADDR})
-            for i in range(n)]
+    return [
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Question {i}?"},
+                    {"role": "assistant", "content": f"Answer {i}."},
+                ],
+                "contributor": ADDR,
+            }
+        )
+        for i in range(n)
+    ]
 
 
 def test_training_is_seeded_and_writes_a_peft_adapter_with_a_manifest_draft(small, tmp_path):
@@ -41,22 +50,40 @@ def test_training_is_seeded_and_writes_a_peft_adapter_with_a_manifest_draft(smal
     weights = load_file(tmp_path / "a" / "adapter_model.safetensors")
     assert all(w.abs().sum() > 0 for k, w in weights.items() if "lora_B" in k)  # B starts at zero: it trained
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
-        "adapter_config.json", "adapter_model.safetensors", "manifest.draft.json"]
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "manifest.draft.json",
+    ]
     draft = json.loads((tmp_path / "a" / "manifest.draft.json").read_text())
     assert draft["contributors"] == [{"contributor_id": "a-data-0", "address": ADDR, "weight_bps": 10_000}]
-    assert train_adapter(small, data, tmp_path / "c", TrainOptions(rank=4, alpha=8, targets=("q_proj", "v_proj"),
-                                                                   epochs=2, batch_size=4, seed=4)).adapter_id != a.adapter_id
+    assert (
+        train_adapter(
+            small,
+            data,
+            tmp_path / "c",
+            TrainOptions(rank=4, alpha=8, targets=("q_proj", "v_proj"), epochs=2, batch_size=4, seed=4),
+        ).adapter_id
+        != a.adapter_id
+    )
 
 
-@pytest.mark.parametrize("lines,message", [
-    (["{not json"] + _lines(8), ":1: not JSON"),
-    (_lines(8) + ['{"messages": [{"role": "user", "content": "q"}], "contributor": "%s"}' % ADDR],
-     ":9: the last message must be a non-empty assistant turn"),
-    (_lines(3) + ['{"messages": [{"role": "wizard", "content": "q"}]}'], ":4: message 0: role 'wizard'"),
-    (_lines(8) + ['{"prompt": "q", "completion": "a", "contributor": "0x12"}'], ":9: 'contributor' must be an address"),
-    (_lines(8) + ['[1, 2]'], ":9: expected an object"),
-    (_lines(3), "3 examples; at least 8"),
-])
+@pytest.mark.parametrize(
+    "lines,message",
+    [
+        (["{not json"] + _lines(8), ":1: not JSON"),
+        (
+            _lines(8) + [f'{{"messages": [{{"role": "user", "content": "q"}}], "contributor": "{ADDR}"}}'],
+            ":9: the last message must be a non-empty assistant turn",
+        ),
+        (_lines(3) + ['{"messages": [{"role": "wizard", "content": "q"}]}'], ":4: message 0: role 'wizard'"),
+        (
+            _lines(8) + ['{"prompt": "q", "completion": "a", "contributor": "0x12"}'],
+            ":9: 'contributor' must be an address",
+        ),
+        (_lines(8) + ["[1, 2]"], ":9: expected an object"),
+        (_lines(3), "3 examples; at least 8"),
+    ],
+)
 def test_a_bad_dataset_is_refused_with_file_and_line_and_nothing_is_written(small, tmp_path, lines, message):
     data = tmp_path / "bad.jsonl"
     data.write_text("\n".join(lines) + "\n")

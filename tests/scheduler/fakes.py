@@ -18,18 +18,30 @@ from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import FetchTimeoutError
 
-from loranet import codec, protocol as p, topology
+from loranet import codec, topology
+from loranet import protocol as p
 from loranet.signing import Identity, devnet_address, sign
 
 MODEL = "ab" * 32
 
 
-def job(client: Identity, adapter_id: str = "", max_tokens: int = 8, ttl_s: float = 300.0,
-        node_id: str = "") -> p.JobRequest:
+def job(
+    client: Identity, adapter_id: str = "", max_tokens: int = 8, ttl_s: float = 300.0, node_id: str = ""
+) -> p.JobRequest:
     now = time.time()
-    req = p.JobRequest(job_id=p.new_job_id(), client_key=client.public, client_address=devnet_address(client.key_id),
-                       model_id=MODEL, adapter_id=adapter_id, prompt="hello", max_tokens=max_tokens, max_fee=10**15,
-                       created_at=now, expires_at=now + ttl_s, node_id=node_id)
+    req = p.JobRequest(
+        job_id=p.new_job_id(),
+        client_key=client.public,
+        client_address=devnet_address(client.key_id),
+        model_id=MODEL,
+        adapter_id=adapter_id,
+        prompt="hello",
+        max_tokens=max_tokens,
+        max_fee=10**15,
+        created_at=now,
+        expires_at=now + ttl_s,
+        node_id=node_id,
+    )
     return sign(req, client)
 
 
@@ -60,15 +72,25 @@ class FakeNode:
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
     def heartbeat(self) -> p.NodeHeartbeat:
-        hb = p.NodeHeartbeat(node_id=self.node_id, node_key=self.identity.public,
-                             payout_address=devnet_address(self.node_id), model_ids=[MODEL], device="cpu",
-                             memory_free=0, adapters_hot=self.adapters_hot, slots_total=self.slots,
-                             slots_free=self.slots, queue_depth=0, tokens_per_s=0.0, at=time.time())
+        hb = p.NodeHeartbeat(
+            node_id=self.node_id,
+            node_key=self.identity.public,
+            payout_address=devnet_address(self.node_id),
+            model_ids=[MODEL],
+            device="cpu",
+            memory_free=0,
+            adapters_hot=self.adapters_hot,
+            slots_total=self.slots,
+            slots_free=self.slots,
+            queue_depth=0,
+            tokens_per_s=0.0,
+            at=time.time(),
+        )
         return sign(hb, self.identity)
 
-    LIVE: ClassVar[list["FakeNode"]] = []
+    LIVE: ClassVar[list[FakeNode]] = []
 
-    async def start(self) -> "FakeNode":
+    async def start(self) -> FakeNode:
         FakeNode.LIVE.append(self)
         js = self.nc.jetstream()
         kv = await js.key_value(p.NODES_BUCKET)
@@ -90,12 +112,13 @@ class FakeNode:
     async def _work(self) -> None:
         js = self.nc.jetstream()
         spec = p.node_work(self.node_id)
-        sub = await js.pull_subscribe(spec.filter_subject, durable=spec.durable, stream=spec.stream,
-                                      config=topology.consumer_config(spec))
+        sub = await js.pull_subscribe(
+            spec.filter_subject, durable=spec.durable, stream=spec.stream, config=topology.consumer_config(spec)
+        )
         while True:
             try:
                 msgs = await sub.fetch(1, timeout=0.5)
-            except (FetchTimeoutError, NatsTimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, FetchTimeoutError, NatsTimeoutError):
                 continue
             except Exception:
                 if self.nc.is_closed:
@@ -121,8 +144,11 @@ class FakeNode:
 
     async def result(self, job_id: str, client_key: bytes) -> None:
         event = p.JobEvent(job_id=job_id, stage="result", service="inference", node_id=self.node_id, at=time.time())
-        await self.nc.jetstream().publish(p.job_events(client_key, job_id), codec.encode(event),
-                                          headers={"Nats-Msg-Id": f"{job_id}:result:{self.node_id}"})
+        await self.nc.jetstream().publish(
+            p.job_events(client_key, job_id),
+            codec.encode(event),
+            headers={"Nats-Msg-Id": f"{job_id}:result:{self.node_id}"},
+        )
         self.done.append(job_id)
 
     async def die(self) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from loranet import codec, protocol as p
+from loranet import codec
+from loranet import protocol as p
 from loranet.runtime import Runtime
 from loranet.signing import Identity, sign
 from services.settlement.devchain import DevChain
@@ -16,8 +17,9 @@ from tests import factories
 
 
 def result_from(job: p.JobRequest, node_id: str, identity: Identity, address: str) -> p.InferenceResult:
-    res = factories.result(job).model_copy(update={"node_id": node_id, "node_key": identity.public,
-                                                   "node_address": address})
+    res = factories.result(job).model_copy(
+        update={"node_id": node_id, "node_key": identity.public, "node_address": address}
+    )
     return sign(res, identity)
 
 
@@ -49,7 +51,10 @@ async def test_a_job_resulted_by_two_nodes_is_paid_once(nats_server):
         late = result_from(job, "node-a", Identity.generate(), node_a)  # the node declared dead
         redone = result_from(job, "node-b", Identity.generate(), node_b)  # the node it was re-dispatched to
         # Two verifier replicas each verdict one of them; both verdicts arrive together, and again.
-        verdicts = [verdict_by(late, "verifier-0", Identity.generate()), verdict_by(redone, "verifier-1", Identity.generate())]
+        verdicts = [
+            verdict_by(late, "verifier-0", Identity.generate()),
+            verdict_by(redone, "verifier-1", Identity.generate()),
+        ]
         for v in verdicts + verdicts:
             await rt.js.publish(p.verdicts(v.job_id), codec.encode(v))
         deadline = time.monotonic() + 30

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import time
 
-from loranet import confidential as c, protocol as p
+from loranet import confidential as c
+from loranet import protocol as p
 from loranet.signing import Identity, sign
 from services.scheduler import domain as d
 
@@ -37,11 +38,23 @@ def test_pinned_tickets_go_to_their_node_only_and_wait_while_it_is_full():
 def test_ticket_of_a_confidential_job_is_pinned_and_costed_by_its_ciphertext():
     client, node_key = Identity.generate(), Identity.generate()
     job_id, now = p.new_job_id(), time.time()
-    job = sign(p.JobRequest(job_id=job_id, client_key=client.public, client_address="0x" + "1" * 40, model_id="ab" * 32,
-                            adapter_id="", prompt="", max_tokens=8, max_fee=1, created_at=now, expires_at=now + 60,
-                            node_id="n2", sealed_prompt=c.seal_prompt(job_id, client.public, "x" * 100,
-                                                                      node_key.public, [])),
-               client)
+    job = sign(
+        p.JobRequest(
+            job_id=job_id,
+            client_key=client.public,
+            client_address="0x" + "1" * 40,
+            model_id="ab" * 32,
+            adapter_id="",
+            prompt="",
+            max_tokens=8,
+            max_fee=1,
+            created_at=now,
+            expires_at=now + 60,
+            node_id="n2",
+            sealed_prompt=c.seal_prompt(job_id, client.public, "x" * 100, node_key.public, []),
+        ),
+        client,
+    )
     t = d.Ticket.of(job, now)
     assert t.node_id == "n2" and t.group[3] == "n2"
     assert t.cost >= 108  # the prompt's length shows through the ciphertext anyway

@@ -30,8 +30,9 @@ def test_a_rerun_avoids_every_node_that_failed_it_and_waits_when_none_is_left():
 
 def test_the_work_batch_names_the_attempt_and_the_excluded_nodes():
     first, rerun = factories.job(adapter_id=""), factories.job(adapter_id="")
-    batch = d.assemble_batch("n3", MODEL, [first, rerun], p.new_job_id(), "scheduler", 0.0,
-                             {rerun.job_id: (1, frozenset({"n1"}))})
+    batch = d.assemble_batch(
+        "n3", MODEL, [first, rerun], p.new_job_id(), "scheduler", 0.0, {rerun.job_id: (1, frozenset({"n1"}))}
+    )
     assert batch.attempt_of(first.job_id) == 0 and batch.attempt_of(rerun.job_id) == 1
     assert batch.attempts == [p.JobAttempt(job_id=rerun.job_id, attempt=1, exclude=["n1"])]
     # A batch of first attempts only is byte for byte what it was before attempts existed.

@@ -14,21 +14,52 @@ def adapter(i: int) -> str:
     return f"{i:064x}"
 
 
-def ticket(client: str = "a", ad: int = 1, at: float = 0.0, region: str = "", cost: int = 10, model: str = MODEL,
-           job: str | None = None, expires: float = math.inf) -> d.Ticket:
+def ticket(
+    client: str = "a",
+    ad: int = 1,
+    at: float = 0.0,
+    region: str = "",
+    cost: int = 10,
+    model: str = MODEL,
+    job: str | None = None,
+    expires: float = math.inf,
+) -> d.Ticket:
     ticket.n += 1
-    return d.Ticket(job_id=job or f"{ticket.n:032x}", client=client, model_id=model, adapter_id=adapter(ad) if ad else "",
-                    region=region, cost=cost, admitted_at=at, expires_at=expires)
+    return d.Ticket(
+        job_id=job or f"{ticket.n:032x}",
+        client=client,
+        model_id=model,
+        adapter_id=adapter(ad) if ad else "",
+        region=region,
+        cost=cost,
+        admitted_at=at,
+        expires_at=expires,
+    )
 
 
 ticket.n = 0
 
 
-def node(node_id: str, capacity: int = 8, outstanding: int = 0, hot: tuple[int, ...] = (), region: str = "",
-         models: tuple[str, ...] = (MODEL,), device: str = "cpu", memory: int | None = None) -> d.NodeView:
-    return d.NodeView(node_id=node_id, model_ids=frozenset(models), capacity=capacity, outstanding=outstanding,
-                      adapters_hot=frozenset(adapter(a) for a in hot), region=region, device=device,
-                      memory_free=memory)
+def node(
+    node_id: str,
+    capacity: int = 8,
+    outstanding: int = 0,
+    hot: tuple[int, ...] = (),
+    region: str = "",
+    models: tuple[str, ...] = (MODEL,),
+    device: str = "cpu",
+    memory: int | None = None,
+) -> d.NodeView:
+    return d.NodeView(
+        node_id=node_id,
+        model_ids=frozenset(models),
+        capacity=capacity,
+        outstanding=outstanding,
+        adapters_hot=frozenset(adapter(a) for a in hot),
+        region=region,
+        device=device,
+        memory_free=memory,
+    )
 
 
 def routed(plan: list[d.Assignment]) -> dict[str, str]:
@@ -123,9 +154,9 @@ def test_one_clients_flood_does_not_starve_others():
     assert all(t.job_id in sent for t in others)
     # Over many rounds each client gets an equal share while it has work.
     q2 = d.RoutingQueue(max_batch_jobs=8)
-    for i in range(400):
+    for _i in range(400):
         q2.push(ticket(client="flood", ad=1, at=0.0))
-    for i in range(40):
+    for _i in range(40):
         q2.push(ticket(client="small", ad=1, at=0.0))
     first = [t.client for a in q2.plan([node("n1", capacity=40)], now=0.0) for t in a.tickets]
     assert first.count("small") == 20 and first.count("flood") == 20

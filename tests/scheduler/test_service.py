@@ -22,8 +22,17 @@ from .fakes import FakeNode, events, job, per_job, submit
 
 @asynccontextmanager
 async def scheduler(url: str, **overrides) -> AsyncIterator[SchedulerService]:
-    fields = dict(nats_url=url, require_escrow=False, reserve_escrow=False, node_ttl_s=1.5, registry_refresh_s=0.1, failover_check_s=0.3,
-                  batch_window_ms=5, drain_timeout_s=1, log_level="WARNING")
+    fields = dict(
+        nats_url=url,
+        require_escrow=False,
+        reserve_escrow=False,
+        node_ttl_s=1.5,
+        registry_refresh_s=0.1,
+        failover_check_s=0.3,
+        batch_window_ms=5,
+        drain_timeout_s=1,
+        log_level="WARNING",
+    )
     fields.update(overrides)
     settings = SchedulerSettings(**fields)
     async with Runtime("scheduler", settings) as rt:
@@ -110,8 +119,10 @@ async def test_a_job_pinned_to_the_dead_node_does_not_hold_up_the_others(nats_se
 
 
 async def test_two_replicas_drain_a_dead_node_once(nats_server, nc):
-    async with scheduler(nats_server.url, instance="sched-1") as s1, \
-            scheduler(nats_server.url, instance="sched-2") as s2:
+    async with (
+        scheduler(nats_server.url, instance="sched-1") as s1,
+        scheduler(nats_server.url, instance="sched-2") as s2,
+    ):
         a = await FakeNode(nc, "node-a", slots=4, crash_after=1).start()
         client = Identity.generate()
         jobs = [job(client) for _ in range(10)]
@@ -150,8 +161,11 @@ async def test_jobs_wait_in_jetstream_while_every_node_is_full(nats_server, nc):
         client = Identity.generate()
         jobs = [job(client) for _ in range(20)]
         await submit(nc, jobs)
-        await until(lambda: sched.outstanding.count("node-busy") == 4 and len(sched.queue) == 8, 10,
-                    "4 jobs dispatched and 8 holding the admission slots")
+        await until(
+            lambda: sched.outstanding.count("node-busy") == 4 and len(sched.queue) == 8,
+            10,
+            "4 jobs dispatched and 8 holding the admission slots",
+        )
         await asyncio.sleep(0.5)
         info = await nc.jetstream().consumer_info("JOBS", "scheduler")
         assert info.num_pending == 8 and len(sched.queue) == 8  # the rest wait in JetStream, not in memory
@@ -172,8 +186,10 @@ async def test_a_redelivered_job_already_dispatched_is_not_dispatched_again(nats
 
 
 async def test_two_replicas_never_double_dispatch(nats_server, nc):
-    async with scheduler(nats_server.url, instance="sched-1", admission_slots=8) as s1, \
-            scheduler(nats_server.url, instance="sched-2", admission_slots=8) as s2:
+    async with (
+        scheduler(nats_server.url, instance="sched-1", admission_slots=8) as s1,
+        scheduler(nats_server.url, instance="sched-2", admission_slots=8) as s2,
+    ):
         node = await FakeNode(nc, "node-x", slots=50).start()
         client = Identity.generate()
         jobs = [job(client) for _ in range(150)]
@@ -206,11 +222,18 @@ async def test_flood_from_one_client_does_not_starve_the_others(nats_server, nc)
 async def test_hot_adapter_routing_and_load_balance(nats_server, nc):
     hot, cold = "11" * 32, "22" * 32
     async with scheduler(nats_server.url) as sched:
+
         async def known(adapter_id: str):
-            return p.AdapterManifest(adapter_id=adapter_id, name="a" + adapter_id[:8], base_model_id="ab" * 32,
-                                     owner_address="0x" + "1" * 40, rank=8, target_modules=["q_proj"],
-                                     contributors=[p.Contributor(contributor_id="c", address="0x" + "2" * 40,
-                                                                 weight_bps=10_000)])
+            return p.AdapterManifest(
+                adapter_id=adapter_id,
+                name="a" + adapter_id[:8],
+                base_model_id="ab" * 32,
+                owner_address="0x" + "1" * 40,
+                rank=8,
+                target_modules=["q_proj"],
+                contributors=[p.Contributor(contributor_id="c", address="0x" + "2" * 40, weight_bps=10_000)],
+            )
+
         sched.adapter = known  # type: ignore[method-assign]
         n1 = await FakeNode(nc, "node-1", slots=4, adapters_hot=[hot]).start()
         n2 = await FakeNode(nc, "node-2", slots=4).start()

@@ -32,7 +32,9 @@ def parties(chain: DevChain) -> dict[str, str]:
     return {name: chain.new_account().address for name in names}
 
 
-def make_job(client: str, p: dict[str, str], fee: int = 10 * OPEN, max_fee: int | None = None, **overrides) -> SettleJob:
+def make_job(
+    client: str, p: dict[str, str], fee: int = 10 * OPEN, max_fee: int | None = None, **overrides
+) -> SettleJob:
     fields = dict(
         job_id=os.urandom(16),
         client=client,
@@ -60,8 +62,9 @@ def chain_node_url(tmp_path_factory):
     log = tmp_path_factory.mktemp("chain") / "chain.log"
     env = dict(os.environ, LORANET_CHAIN_PORT=str(port))
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "loranet_ops.chain_node"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "loranet_ops.chain_node"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_rpc(url, timeout_s=60)

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from services.settlement.devchain import DevChain
-from services.settlement.transport import wait_for_rpc
 from services.settlement.merkle import merkle_root
+from services.settlement.transport import wait_for_rpc
 
 from .conftest import OPEN, make_job
 
@@ -75,7 +75,9 @@ def test_settle_round_trip_on_anvil(anvil_url: str):
     chain = DevChain.open(anvil_url, min_stake=OPEN, cooldown_s=60)
     client = chain.new_account(open_tokens=100 * OPEN)
     chain.deposit_with_permit(client.key, 60 * OPEN)
-    parties = {name: chain.new_account().address for name in ("node", "developer", "verifier", "verifier2", "c1", "c2", "c3")}
+    parties = {
+        name: chain.new_account().address for name in ("node", "developer", "verifier", "verifier2", "c1", "c2", "c3")
+    }
     jobs = [make_job(client.address, parties, fee=(i + 1) * OPEN, max_fee=10 * OPEN) for i in range(5)]
     receipt = chain.settle_batch(chain.last_seq() + 1, jobs)
     assert receipt.merkle_root == merkle_root([j.job_id for j in jobs])
@@ -84,7 +86,9 @@ def test_settle_round_trip_on_anvil(anvil_url: str):
 
     # attach a second Chain object to the same contracts, as a restarted service would
     d = chain.deployment
-    again = DevChain.open(anvil_url, token_address=d.token, registry_address=d.registry, settlement_address=d.settlement)
+    again = DevChain.open(
+        anvil_url, token_address=d.token, registry_address=d.registry, settlement_address=d.settlement
+    )
     assert again.last_seq() == receipt.seq
 
     node = chain.new_account(open_tokens=10 * OPEN)

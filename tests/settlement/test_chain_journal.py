@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import requests
 
+from loranet_ops.chain_node import JournalError, read_journal
 from loranet_ops.servers import free_port
 from services.settlement.devchain import DevChain
-from services.settlement.transport import wait_for_rpc
-from loranet_ops.chain_node import JournalError, read_journal
 from services.settlement.packing import Reservation
+from services.settlement.transport import wait_for_rpc
 
 from .conftest import OPEN, make_job
 
@@ -30,12 +30,17 @@ class ChainProc:
     def __init__(self, journal: Path, log: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, LORANET_CHAIN_PORT=str(self.port), LORANET_CHAIN_JOURNAL=str(journal),
-                   LORANET_CHAIN_DEPLOYMENT_FILE=str(journal.parent / "chain.json"))
+        env = dict(
+            os.environ,
+            LORANET_CHAIN_PORT=str(self.port),
+            LORANET_CHAIN_JOURNAL=str(journal),
+            LORANET_CHAIN_DEPLOYMENT_FILE=str(journal.parent / "chain.json"),
+        )
         self.log = log
         with open(log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "loranet_ops.chain_node"], env=env,
-                                         stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "loranet_ops.chain_node"], env=env, stdout=out, stderr=subprocess.STDOUT
+            )
 
     def wait(self) -> ChainProc:
         wait_for_rpc(self.url, timeout_s=60)
@@ -78,14 +83,16 @@ def test_kill9_and_restart_keeps_the_chain(tmp_path, procs):
     journal = tmp_path / "chain.journal"
     node = _start(procs, journal)
     chain = DevChain.open(node.url)
-    deployment = requests.post(node.url, json={"jsonrpc": "2.0", "id": 1, "method": "loranet_deployment"},
-                               timeout=10).json()["result"]
+    deployment = requests.post(
+        node.url, json={"jsonrpc": "2.0", "id": 1, "method": "loranet_deployment"}, timeout=10
+    ).json()["result"]
     client = chain.new_account(open_tokens=100 * OPEN)
     chain.deposit(client.key, 60 * OPEN)
     other = chain.new_account(open_tokens=5 * OPEN)
     chain.transfer(other.key, client.address, 2 * OPEN)
-    parties = {n: chain.new_account(eth=0).address for n in ("node", "developer", "verifier", "verifier2",
-                                                              "c1", "c2", "c3")}
+    parties = {
+        n: chain.new_account(eth=0).address for n in ("node", "developer", "verifier", "verifier2", "c1", "c2", "c3")
+    }
     settled = [make_job(client.address, parties, fee=(i + 1) * OPEN, max_fee=5 * OPEN) for i in range(3)]
     pending = make_job(client.address, parties, fee=3 * OPEN, max_fee=7 * OPEN)
     chain.reserve([Reservation(j.job_id, j.client, j.max_fee) for j in settled + [pending]])
@@ -98,32 +105,45 @@ def test_kill9_and_restart_keeps_the_chain(tmp_path, procs):
 
     before = {
         "balances": [chain.balance_of(a) for a in (client.address, other.address, staker.address, chain.deployer)],
-        "escrow": chain.escrow_of(client.address), "reserved": chain.reserved_of(client.address),
-        "credit": chain.credit_of(parties["node"]), "stake": chain.node(staker.address),
+        "escrow": chain.escrow_of(client.address),
+        "reserved": chain.reserved_of(client.address),
+        "credit": chain.credit_of(parties["node"]),
+        "stake": chain.node(staker.address),
         "states": chain.job_states([j.job_id for j in settled] + [pending.job_id]),
-        "nonces": [chain.w3.eth.get_transaction_count(a) for a in (client.address, other.address, chain.deployer,
-                                                                  chain.settler)],
-        "eth": chain.w3.eth.get_balance(client.address), "last_seq": chain.last_seq(), "latest": _latest(chain),
+        "nonces": [
+            chain.w3.eth.get_transaction_count(a)
+            for a in (client.address, other.address, chain.deployer, chain.settler)
+        ],
+        "eth": chain.w3.eth.get_balance(client.address),
+        "last_seq": chain.last_seq(),
+        "latest": _latest(chain),
     }
     assert before["states"] == ["settled"] * 3 + ["reserved"] and before["reserved"] == 7 * OPEN
 
     node.kill9()
     again = _start(procs, journal)
     assert "chain.restored" in again.log.read_text()
-    answer = requests.post(again.url, json={"jsonrpc": "2.0", "id": 1, "method": "loranet_deployment"},
-                           timeout=10).json()["result"]
+    answer = requests.post(
+        again.url, json={"jsonrpc": "2.0", "id": 1, "method": "loranet_deployment"}, timeout=10
+    ).json()["result"]
     assert answer == deployment
     restored = DevChain.open(again.url)  # no addresses: attaches to the served deployment, deploys nothing
     assert restored.deployment == chain.deployment
     after = {
-        "balances": [restored.balance_of(a) for a in (client.address, other.address, staker.address,
-                                                      restored.deployer)],
-        "escrow": restored.escrow_of(client.address), "reserved": restored.reserved_of(client.address),
-        "credit": restored.credit_of(parties["node"]), "stake": restored.node(staker.address),
+        "balances": [
+            restored.balance_of(a) for a in (client.address, other.address, staker.address, restored.deployer)
+        ],
+        "escrow": restored.escrow_of(client.address),
+        "reserved": restored.reserved_of(client.address),
+        "credit": restored.credit_of(parties["node"]),
+        "stake": restored.node(staker.address),
         "states": restored.job_states([j.job_id for j in settled] + [pending.job_id]),
-        "nonces": [restored.w3.eth.get_transaction_count(a) for a in (client.address, other.address,
-                                                                     restored.deployer, restored.settler)],
-        "eth": restored.w3.eth.get_balance(client.address), "last_seq": restored.last_seq(),
+        "nonces": [
+            restored.w3.eth.get_transaction_count(a)
+            for a in (client.address, other.address, restored.deployer, restored.settler)
+        ],
+        "eth": restored.w3.eth.get_balance(client.address),
+        "last_seq": restored.last_seq(),
         "latest": _latest(restored),
     }
     assert after == before
@@ -148,8 +168,9 @@ def test_kill9_and_restart_keeps_the_chain(tmp_path, procs):
 
 def _run_to_exit(journal: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, LORANET_CHAIN_PORT=str(free_port()), LORANET_CHAIN_JOURNAL=str(journal))
-    return subprocess.run([sys.executable, "-m", "loranet_ops.chain_node"], env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "loranet_ops.chain_node"], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_a_tampered_journal_refuses_to_start(tmp_path, procs):
@@ -211,12 +232,16 @@ def test_an_unacknowledged_last_write_is_dropped(tmp_path, procs):
 def test_the_journal_keeps_the_configured_keys(tmp_path, procs):
     journal = tmp_path / "chain.journal"
     _start(procs, journal).kill9()
-    env = dict(os.environ, LORANET_CHAIN_PORT=str(free_port()), LORANET_CHAIN_JOURNAL=str(journal),
-               LORANET_TREASURY="0x" + "22" * 20)
-    done = subprocess.run([sys.executable, "-m", "loranet_ops.chain_node"], env=env, capture_output=True,
-                          text=True, timeout=120)
+    env = dict(
+        os.environ,
+        LORANET_CHAIN_PORT=str(free_port()),
+        LORANET_CHAIN_JOURNAL=str(journal),
+        LORANET_TREASURY="0x" + "22" * 20,
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "loranet_ops.chain_node"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode != 0 and "treasury" in done.stderr, done.stderr
-
 
 
 def test_one_chain_node_per_journal(tmp_path, procs):

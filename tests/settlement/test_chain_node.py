@@ -8,8 +8,8 @@ import pytest
 import requests
 
 from services.settlement.devchain import DevChain
-from services.settlement.transport import ChainError
 from services.settlement.merkle import merkle_root
+from services.settlement.transport import ChainError
 
 from .conftest import OPEN, make_job
 
@@ -21,7 +21,9 @@ def test_chain_node_serves_the_chain_api(chain_node_url):
     assert again.deployment == chain.deployment
     client = chain.new_account(open_tokens=100 * OPEN)
     chain.deposit_with_permit(client.key, 60 * OPEN)
-    parties = {n: chain.new_account(eth=0).address for n in ("node", "developer", "verifier", "verifier2", "c1", "c2", "c3")}
+    parties = {
+        n: chain.new_account(eth=0).address for n in ("node", "developer", "verifier", "verifier2", "c1", "c2", "c3")
+    }
     jobs = [make_job(client.address, parties, fee=(i + 1) * OPEN, max_fee=10 * OPEN) for i in range(4)]
     seq = chain.last_seq() + 1
     receipt = chain.settle_batch(seq, jobs)
@@ -49,14 +51,17 @@ def test_chain_node_serves_the_chain_api(chain_node_url):
 
 
 def test_chain_node_answers_batches_and_bad_requests(chain_node_url):
-    batch = [{"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []},
-             {"jsonrpc": "2.0", "id": 2, "method": "eth_blockNumber", "params": []},
-             {"jsonrpc": "2.0", "id": 3, "method": "no_such_method", "params": []}]
+    batch = [
+        {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []},
+        {"jsonrpc": "2.0", "id": 2, "method": "eth_blockNumber", "params": []},
+        {"jsonrpc": "2.0", "id": 3, "method": "no_such_method", "params": []},
+    ]
     answers = requests.post(chain_node_url, json=batch, timeout=10).json()
     assert [a["id"] for a in answers] == [1, 2, 3]
     assert answers[0]["result"].startswith("0x") and answers[1]["result"].startswith("0x")
     assert "error" in answers[2]
     assert "error" in requests.post(chain_node_url, data=b"{not json", timeout=10).json()
-    deployment = requests.post(chain_node_url, json={"jsonrpc": "2.0", "id": 4, "method": "loranet_deployment"},
-                               timeout=10).json()["result"]
+    deployment = requests.post(
+        chain_node_url, json={"jsonrpc": "2.0", "id": 4, "method": "loranet_deployment"}, timeout=10
+    ).json()["result"]
     assert set(deployment) >= {"token", "registry", "settlement", "chain_id"}

@@ -20,7 +20,8 @@ from pathlib import Path
 import nats
 import pytest
 
-from loranet import codec, protocol as p, topology
+from loranet import codec, topology
+from loranet import protocol as p
 from loranet.signing import sign
 from services.settlement.devchain import DevChain
 from services.settlement.packing import Reservation
@@ -30,16 +31,31 @@ ROOT = Path(__file__).resolve().parents[2]
 ESCROW = 10**18
 
 
-def _settlement(nats_url: str, rpc_url: str, log: Path, fault: str = "", fault_after: int = 0,
-                epoch_max_jobs: int = 16, max_reruns: int = 0) -> subprocess.Popen:
-    env = dict(os.environ, LORANET_NATS_URL=nats_url, LORANET_RPC_URL=rpc_url, LORANET_EPOCH_MAX_S="0.3",
-               LORANET_EPOCH_MAX_JOBS=str(epoch_max_jobs), LORANET_FAULT_POINT=fault,
-               LORANET_FAULT_AFTER=str(fault_after), LORANET_INSTANCE="settlement-test",
-               # no scheduler here: a rejected result is refunded, not re-run (unless a test asks)
-               LORANET_MAX_RERUNS=str(max_reruns))
+def _settlement(
+    nats_url: str,
+    rpc_url: str,
+    log: Path,
+    fault: str = "",
+    fault_after: int = 0,
+    epoch_max_jobs: int = 16,
+    max_reruns: int = 0,
+) -> subprocess.Popen:
+    env = dict(
+        os.environ,
+        LORANET_NATS_URL=nats_url,
+        LORANET_RPC_URL=rpc_url,
+        LORANET_EPOCH_MAX_S="0.3",
+        LORANET_EPOCH_MAX_JOBS=str(epoch_max_jobs),
+        LORANET_FAULT_POINT=fault,
+        LORANET_FAULT_AFTER=str(fault_after),
+        LORANET_INSTANCE="settlement-test",
+        # no scheduler here: a rejected result is refunded, not re-run (unless a test asks)
+        LORANET_MAX_RERUNS=str(max_reruns),
+    )
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "services.settlement"], env=env, cwd=ROOT, stdout=out,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.settlement"], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+        )
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -82,19 +98,24 @@ def _verdicts(client: str, accepted: int, rejected: int) -> list[p.Verdict]:
     for k in range(accepted + rejected):
         v = factories.verdict(factories.result(factories.job(adapter_id="", client_address=client, max_fee=10**15)))
         if k >= accepted:
-            v = sign(v.model_copy(update={"accepted": False, "checks": [p.Check(name="fingerprint", ok=False)]}),
-                     factories.VERIFIER)
+            v = sign(
+                v.model_copy(update={"accepted": False, "checks": [p.Check(name="fingerprint", ok=False)]}),
+                factories.VERIFIER,
+            )
         out.append(v)
     return out
 
 
-@pytest.mark.parametrize("fault,accepted,rejected", [
-    ("before_send", 10, 3),
-    ("after_send", 10, 3),
-    ("after_receipt", 10, 3),
-    ("after_publish", 10, 3),
-    ("after_send", 0, 4),  # a refund-only commit
-])
+@pytest.mark.parametrize(
+    "fault,accepted,rejected",
+    [
+        ("before_send", 10, 3),
+        ("after_send", 10, 3),
+        ("after_receipt", 10, 3),
+        ("after_publish", 10, 3),
+        ("after_send", 0, 4),  # a refund-only commit
+    ],
+)
 async def test_kill_at_each_point_then_restart(nats_server, chain_node_url, tmp_path, fault, accepted, rejected):
     chain = DevChain.open(chain_node_url)
     client = chain.new_account(open_tokens=ESCROW)
@@ -116,7 +137,7 @@ async def test_kill_at_each_point_then_restart(nats_server, chain_node_url, tmp_
         assert await asyncio.to_thread(crashed.wait, 120) == 137, log.read_text()[-3000:]
     finally:
         _stop(crashed)
-    assert '"point":"%s"' % fault in log.read_text()
+    assert f'"point":"{fault}"' in log.read_text()
     before_restart = await _receipts(js)
     if fault in ("before_send", "after_send", "after_receipt"):
         assert not before_restart  # the crash came before any receipt
@@ -149,7 +170,10 @@ async def test_kill_at_each_point_then_restart(nats_server, chain_node_url, tmp_
         assert chain.job_state(v.job_id) == receipt.status
     # One terminal event per job.
     for v in verdicts:
-        events = [codec.decode(p.JobEvent, d) for d in await _messages(js, p.job_events(v.result.request.client_key, v.job_id), "EVENTS")]
+        events = [
+            codec.decode(p.JobEvent, d)
+            for d in await _messages(js, p.job_events(v.result.request.client_key, v.job_id), "EVENTS")
+        ]
         assert [e.stage for e in events] == [receipts[v.job_id][0].status]
     fees = sum(r[0].fee for r in receipts.values())
     assert fees == 15 * 10**12 * accepted  # 3 prompt + 3 output tokens at the devnet price
@@ -213,8 +237,9 @@ async def test_kill_between_recording_a_rerun_and_publishing_it(nats_server, cha
     js = nc.jetstream()
     await topology.ensure_topology(js)
     v = factories.verdict(factories.result(job))
-    v = sign(v.model_copy(update={"accepted": False, "checks": [p.Check(name="fingerprint", ok=False)]}),
-             factories.VERIFIER)
+    v = sign(
+        v.model_copy(update={"accepted": False, "checks": [p.Check(name="fingerprint", ok=False)]}), factories.VERIFIER
+    )
     await js.publish(p.verdicts(v.job_id), codec.encode(v))
     log = tmp_path / "settlement.log"
     crashed = _settlement(nats_server.url, chain_node_url, log, "before_rerun_publish", max_reruns=2)
@@ -222,6 +247,7 @@ async def test_kill_between_recording_a_rerun_and_publishing_it(nats_server, cha
         assert await asyncio.to_thread(crashed.wait, 120) == 137, log.read_text()[-3000:]
     finally:
         _stop(crashed)
+
     async def published() -> int:
         info = await js.stream_info("JOBS", subjects_filter=p.JOBS_RERUN.pattern)
         return sum((info.state.subjects or {}).values()) if info.state.subjects else 0
@@ -239,7 +265,9 @@ async def test_kill_between_recording_a_rerun_and_publishing_it(nats_server, cha
     assert len(reruns) == 1, log.read_text()[-3000:]
     rerun = codec.decode(p.RerunRequest, reruns[0])
     assert rerun.attempt == 1 and rerun.exclude == ["node-0"] and rerun.request == job
-    events = [codec.decode(p.JobEvent, d) for d in await _messages(js, p.job_events(job.client_key, job.job_id), "EVENTS")]
+    events = [
+        codec.decode(p.JobEvent, d) for d in await _messages(js, p.job_events(job.client_key, job.job_id), "EVENTS")
+    ]
     assert [e.stage for e in events] == ["rerun"]
     assert chain.job_state(job.job_id) == "reserved"
     await nc.close()

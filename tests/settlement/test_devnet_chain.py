@@ -9,9 +9,9 @@ import signal
 import time
 from pathlib import Path
 
-from loranet_ops import devnet as dn
 from loranet.client import Client
 from loranet.signing import Identity
+from loranet_ops import devnet as dn
 
 
 def _service(state_dir: str, name: str) -> dict:
@@ -59,8 +59,23 @@ def test_cli_stake_of_a_node(devnet):
 
     config, _ = devnet
     env = {k: v for k, v in os.environ.items() if k != "LORANET_NATS_URL"}  # the CLI finds the devnet's client URL
-    done = subprocess.run([sys.executable, "-m", "loranet_ops.cli", "--state-dir", config.state_dir, "stake", "--node",
-                           "node-0", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loranet_ops.cli",
+            "--state-dir",
+            config.state_dir,
+            "stake",
+            "--node",
+            "node-0",
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     # Devnet nodes serve unstaked: the Registry knows no key for them.
@@ -72,9 +87,16 @@ async def test_devnet_down_and_up_keeps_the_chain(tmp_path):
     """The chain process journals to <state_dir>/chain.journal: `devnet down` then `up` serves the same chain."""
     from loranet_ops.servers import free_port
 
-    config = dn.DevnetConfig(state_dir=str(tmp_path / "state"), nats_port=free_port(), redis_port=free_port(),
-                             inference_nodes=1, verifiers=1, demo_adapters=1, cache_dir=str(tmp_path / "cache"),
-                             epoch_max_s=0.2)
+    config = dn.DevnetConfig(
+        state_dir=str(tmp_path / "state"),
+        nats_port=free_port(),
+        redis_port=free_port(),
+        inference_nodes=1,
+        verifiers=1,
+        demo_adapters=1,
+        cache_dir=str(tmp_path / "cache"),
+        epoch_max_s=0.2,
+    )
     identity = Identity.generate()
     state = await asyncio.to_thread(dn.start_detached, config, 400)
     try:
@@ -89,8 +111,9 @@ async def test_devnet_down_and_up_keeps_the_chain(tmp_path):
     state = await asyncio.to_thread(dn.start_detached, config, 400)
     try:
         again = json.loads((Path(state["state_dir"]) / "chain.json").read_text())
-        assert {k: again[k] for k in ("token", "registry", "settlement", "chain_id")} == \
-            {k: deployment[k] for k in ("token", "registry", "settlement", "chain_id")}
+        assert {k: again[k] for k in ("token", "registry", "settlement", "chain_id")} == {
+            k: deployment[k] for k in ("token", "registry", "settlement", "chain_id")
+        }
         assert '"event":"chain.restored"' in Path(state["services"]["chain"]["log"]).read_text()
         async with await Client.connect(config.url_for("client"), identity) as client:
             balance = await client.balance()

@@ -14,8 +14,16 @@ A, B, NODE, DEV = ("0x" + c * 40 for c in "abcd")
 
 
 def job(client: str, fee: int) -> SettleJob:
-    return SettleJob(job_id=os.urandom(16), client=client, fee=fee, max_fee=fee * 2, node=NODE, developer=DEV,
-                     verifiers=(NODE,), contributors=((A, 6000), (B, 4000)))
+    return SettleJob(
+        job_id=os.urandom(16),
+        client=client,
+        fee=fee,
+        max_fee=fee * 2,
+        node=NODE,
+        developer=DEV,
+        verifiers=(NODE,),
+        contributors=((A, 6000), (B, 4000)),
+    )
 
 
 def test_plan_epoch_splits_by_chain_state_and_escrow():

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from loranet import codec, protocol as p
+from loranet import codec
+from loranet import protocol as p
 from loranet.runtime import Runtime
 from loranet.signing import Identity, sign
 from services.settlement.devchain import DevChain
@@ -63,8 +64,9 @@ async def test_verdicts_settle_once_refund_and_forgeries(nats_server, chain):
         assert chain.escrow_of(client.address) == 10**16 - charged
         # A rejecting verdict refunds: nothing charged, the job can never be paid later.
         bad = factories.job(adapter_id="", client_address=client.address, max_fee=10**15)
-        rejected = sign(factories.verdict(factories.result(bad)).model_copy(update={"accepted": False}),
-                        factories.VERIFIER)
+        rejected = sign(
+            factories.verdict(factories.result(bad)).model_copy(update={"accepted": False}), factories.VERIFIER
+        )
         await rt.js.publish(p.verdicts(bad.job_id), codec.encode(rejected))
         await _wait_stage(rt.js, bad.job_id, "refunded")
         assert chain.job_state(bad.job_id) == "refunded"
@@ -89,8 +91,9 @@ async def test_one_unpayable_job_does_not_block_its_epoch(nats_server, chain):
     async with Runtime("settlement", settings) as rt:
         await rt.mount((await SettlementService.open(rt, settings, chain)).routes())
         # The poor client's two jobs each fit its escrow alone, but not together.
-        jobs = [factories.job(adapter_id="", client_address=rich.address, max_fee=10**15)] + \
-               [factories.job(adapter_id="", client_address=poor.address, max_fee=10**15) for _ in range(2)]
+        jobs = [factories.job(adapter_id="", client_address=rich.address, max_fee=10**15)] + [
+            factories.job(adapter_id="", client_address=poor.address, max_fee=10**15) for _ in range(2)
+        ]
         results = []
         for j in jobs:
             r = factories.result(j)
@@ -128,10 +131,21 @@ async def test_stake_endpoint_and_cli(nats_server, chain, tmp_path):
         stake = await rt.request(p.SETTLEMENT_STAKE, p.StakeGet(address=node.address))
         assert stake.stake == 1500 * 10**18 and stake.active and stake.ed25519_key == ed_key.hex()
         assert stake.payout == node.address and stake.min_stake == chain.min_stake()
-        cmd = [sys.executable, "-m", "loranet_ops.cli", "--nats", nats_server.url, "--state-dir", str(tmp_path),
-               "stake", node.address, "--json"]
-        done = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=60,
-                                       env=dict(os.environ))
+        cmd = [
+            sys.executable,
+            "-m",
+            "loranet_ops.cli",
+            "--nats",
+            nats_server.url,
+            "--state-dir",
+            str(tmp_path),
+            "stake",
+            node.address,
+            "--json",
+        ]
+        done = await asyncio.to_thread(
+            subprocess.run, cmd, capture_output=True, text=True, timeout=60, env=dict(os.environ)
+        )
         assert done.returncode == 0, done.stderr
         out = json.loads(done.stdout)
         assert out["stake"] == str(1500 * 10**18) and out["active"] is True and out["address"] == node.address
@@ -151,9 +165,12 @@ async def test_rejected_result_slashes_its_staked_node_once(nats_server, chain):
     async with Runtime("settlement", settings) as rt:
         await rt.mount((await SettlementService.open(rt, settings, chain)).routes())
         bad = factories.job(adapter_id="", client_address=client.address, max_fee=10**15)
-        rejected = sign(factories.verdict(factories.result(bad)).model_copy(
-            update={"accepted": False, "checks": [p.Check(name="fingerprint", ok=False)]}),
-            factories.VERIFIER)
+        rejected = sign(
+            factories.verdict(factories.result(bad)).model_copy(
+                update={"accepted": False, "checks": [p.Check(name="fingerprint", ok=False)]}
+            ),
+            factories.VERIFIER,
+        )
         await rt.js.publish(p.verdicts(bad.job_id), codec.encode(rejected))
         event = await _wait_stage(rt.js, bad.job_id, "refunded")
         assert "fingerprint" in event.reason and "slashed 200000000000000000000 wei" in event.reason
@@ -178,8 +195,10 @@ async def test_reserve_at_admission_then_settle_or_release(nats_server, chain):
         jobs = [factories.job(adapter_id="", client_address=client.address, max_fee=10**15) for _ in range(3)]
 
         async def reserve(job, max_fee=10**15):
-            return await rt.request(p.SETTLEMENT_RESERVE, p.Reserve(job_id=job.job_id, client_address=client.address,
-                                                                    max_fee=max_fee))
+            return await rt.request(
+                p.SETTLEMENT_RESERVE, p.Reserve(job_id=job.job_id, client_address=client.address, max_fee=max_fee)
+            )
+
         # Reservations asked together go on chain together; asking again is harmless.
         first = await asyncio.gather(reserve(jobs[0]), reserve(jobs[1]))
         assert {r.state for r in first} == {"reserved"}
@@ -191,8 +210,9 @@ async def test_reserve_at_admission_then_settle_or_release(nats_server, chain):
         # A verified job releases its reservation and pays its fee; a released one pays nothing.
         await rt.js.publish(p.verdicts(jobs[0].job_id), codec.encode(factories.verdict(factories.result(jobs[0]))))
         settled = codec.decode(p.Receipt, (await _wait_stage(rt.js, jobs[0].job_id, "settled")).body)
-        released = await rt.request(p.SETTLEMENT_RELEASE, p.Release(job_id=jobs[1].job_id, reason="expired",
-                                                                    client_key=jobs[1].client_key))
+        released = await rt.request(
+            p.SETTLEMENT_RELEASE, p.Release(job_id=jobs[1].job_id, reason="expired", client_key=jobs[1].client_key)
+        )
         assert released.status == "refunded" and chain.job_state(jobs[1].job_id) == "refunded"
         assert chain.reserved_of(client.address) == 0
         assert chain.escrow_of(client.address) == 3 * 10**15 - settled.fee
@@ -222,8 +242,12 @@ async def test_quorum_votes_survive_a_restart(nats_server, chain):
     job = factories.job(adapter_id="", client_address=client.address, max_fee=10**15)
     result = factories.result(job)
     first_vote = factories.verdict(result)
-    second_vote = sign(first_vote.model_copy(update={"verifier_id": "verifier-1", "verifier_key": second.public,
-                                                     "verifier_address": "0x" + "2e" * 20}), second)
+    second_vote = sign(
+        first_vote.model_copy(
+            update={"verifier_id": "verifier-1", "verifier_key": second.public, "verifier_address": "0x" + "2e" * 20}
+        ),
+        second,
+    )
     settings = SettlementSettings(nats_url=nats_server.url, epoch_max_s=0.2, verdict_quorum=2)
     async with Runtime("settlement", settings) as rt:
         await rt.mount((await SettlementService.open(rt, settings, chain)).routes())
@@ -244,7 +268,8 @@ async def test_quorum_votes_survive_a_restart(nats_server, chain):
         await rt.js.publish(p.verdicts(job.job_id), codec.encode(second_vote))
         receipt = codec.decode(p.Receipt, (await _wait_stage(rt.js, job.job_id, "settled")).body)
         assert sorted(x.address.lower() for x in receipt.payouts if x.party == "verifier") == sorted(
-            [factories.ADDR, "0x" + "2e" * 20])
+            [factories.ADDR, "0x" + "2e" * 20]
+        )
         journal = Journal(await rt.js.key_value(p.SETTLEMENT_BUCKET))
         deadline = time.monotonic() + 10
         while await journal.votes(job.job_id):  # cleared once the job is final
@@ -256,24 +281,27 @@ async def test_quorum_votes_survive_a_restart(nats_server, chain):
 
 
 def _result_by(node_id: str, identity: Identity, address: str, job: p.JobRequest, attempt: int) -> p.InferenceResult:
-    r = factories.result(job).model_copy(update={"node_id": node_id, "node_key": identity.public,
-                                                 "node_address": address, "attempt": attempt})
+    r = factories.result(job).model_copy(
+        update={"node_id": node_id, "node_key": identity.public, "node_address": address, "attempt": attempt}
+    )
     return sign(r, identity)
 
 
 def _verdict_on(result: p.InferenceResult, accepted: bool, verifier_id: str = "verifier-0") -> p.Verdict:
-    v = factories.verdict(result).model_copy(update={
-        "verifier_id": verifier_id, "accepted": accepted,
-        "checks": [p.Check(name="fingerprint", ok=accepted)]})
+    v = factories.verdict(result).model_copy(
+        update={"verifier_id": verifier_id, "accepted": accepted, "checks": [p.Check(name="fingerprint", ok=accepted)]}
+    )
     return sign(v, factories.VERIFIER)
 
 
 async def _reruns(js, want: int, timeout: float = 20) -> list[p.RerunRequest]:
     """The re-runs settlement asked for, as the scheduler's durable would get them."""
     from loranet import topology
+
     spec = p.SCHEDULER_RERUNS
-    sub = await js.pull_subscribe(spec.filter_subject, durable=spec.durable, stream=spec.stream,
-                                  config=topology.consumer_config(spec))
+    sub = await js.pull_subscribe(
+        spec.filter_subject, durable=spec.durable, stream=spec.stream, config=topology.consumer_config(spec)
+    )
     out: list[p.RerunRequest] = []
     deadline = time.monotonic() + timeout
     try:
@@ -303,8 +331,9 @@ async def _settlement_with_reserved_job(nats_server, chain, **settings):
         await topology.ensure_topology(rt.js)
         await rt.mount((await SettlementService.open(rt, cfg, chain)).routes())
         job = factories.job(adapter_id="", client_address=client.address, max_fee=10**15)
-        await rt.request(p.SETTLEMENT_RESERVE, p.Reserve(job_id=job.job_id, client_address=client.address,
-                                                         max_fee=job.max_fee))
+        await rt.request(
+            p.SETTLEMENT_RESERVE, p.Reserve(job_id=job.job_id, client_address=client.address, max_fee=job.max_fee)
+        )
         yield rt, job, client
 
 

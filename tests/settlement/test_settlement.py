@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from loranet.split import split_fee
 from services.settlement.devchain import DevChain
-from services.settlement.transport import ChainError
 from services.settlement.merkle import merkle_root
 from services.settlement.packing import Reservation, SettleJob, decode_batch, encode_batch
+from services.settlement.transport import ChainError
 
 from .conftest import OPEN, make_job
 
@@ -128,7 +128,9 @@ def test_bad_contributor_weights_revert(chain: DevChain, client, parties):
     with pytest.raises(ChainError, match="sum to 10000"):
         chain.transact(chain.settler_key, call)
     with pytest.raises(ChainError, match="truncated"):
-        chain.transact(chain.settler_key, chain.settlement.functions.settle_batch(_next(chain), parties_list, words[:2]))
+        chain.transact(
+            chain.settler_key, chain.settlement.functions.settle_batch(_next(chain), parties_list, words[:2])
+        )
 
 
 def test_pull_withdrawals(chain: DevChain, client, parties):
@@ -187,8 +189,12 @@ def test_calldata_decodes_back_to_the_jobs(chain: DevChain, client, parties):
     jobs = [
         make_job(client.address, parties),
         make_job(client.address, parties, verifiers=(), contributors=()),
-        make_job(client.address, parties, verifiers=(parties["verifier"], parties["verifier2"]),
-                 contributors=tuple((chain.new_account(eth=0).address, 625) for _ in range(16))),
+        make_job(
+            client.address,
+            parties,
+            verifiers=(parties["verifier"], parties["verifier2"]),
+            contributors=tuple((chain.new_account(eth=0).address, 625) for _ in range(16)),
+        ),
     ]
     receipt = chain.settle_batch(_next(chain), jobs)
     tx = chain.w3.eth.get_transaction(receipt.tx_hash)
@@ -228,14 +234,16 @@ def _batch(draw):
         max_fee = draw(st.sampled_from([0, 1, 9_999, 10**6 + 3, 10**18 + 7, 2**96 - 1]) | st.integers(0, 2**96 - 1))
         # fees up to 10**22 (10k OPEN) keep the faucet able to top up the client's escrow
         fee = draw(st.integers(min_value=0, max_value=min(max_fee, 10**22)))
-        jobs.append(dict(
-            fee=fee,
-            max_fee=max_fee,
-            node=draw(st.sampled_from(pool)),
-            developer=draw(st.sampled_from(pool)),
-            verifiers=tuple(draw(st.lists(st.sampled_from(pool), max_size=4))),
-            contributors=tuple((draw(st.sampled_from(pool)), w) for w in weights),
-        ))
+        jobs.append(
+            dict(
+                fee=fee,
+                max_fee=max_fee,
+                node=draw(st.sampled_from(pool)),
+                developer=draw(st.sampled_from(pool)),
+                verifiers=tuple(draw(st.lists(st.sampled_from(pool), max_size=4))),
+                contributors=tuple((draw(st.sampled_from(pool)), w) for w in weights),
+            )
+        )
     return jobs
 
 

@@ -106,7 +106,9 @@ def test_codec_round_trip(n):
             node=A[3 + i % 2],
             developer=A[5],
             verifiers=tuple(A[6 : 6 + i % 9]),
-            contributors=tuple((A[i % 19], 10_000 // (i % 5 + 1) + (10_000 % (i % 5 + 1) if k == 0 else 0)) for k in range(i % 5 + 1)),
+            contributors=tuple(
+                (A[i % 19], 10_000 // (i % 5 + 1) + (10_000 % (i % 5 + 1) if k == 0 else 0)) for k in range(i % 5 + 1)
+            ),
         )
         for i in range(n)
     ]
@@ -121,6 +123,8 @@ def test_settle_job_validates():
     with pytest.raises(ValueError, match="zero address"):
         SettleJob(job_id=os.urandom(16), client="0x" + "00" * 20, fee=1, max_fee=1, node=A[1], developer=A[2])
     with pytest.raises(ValueError, match="sum to 10000"):
-        SettleJob(job_id=os.urandom(16), client=A[0], fee=1, max_fee=1, node=A[1], developer=A[2], contributors=((A[3], 1),))
+        SettleJob(
+            job_id=os.urandom(16), client=A[0], fee=1, max_fee=1, node=A[1], developer=A[2], contributors=((A[3], 1),)
+        )
     job = SettleJob(job_id=os.urandom(16).hex(), client=A[0].lower(), fee=1, max_fee=1, node=A[1], developer=A[2])
     assert len(job.job_id) == 16

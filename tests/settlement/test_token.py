@@ -96,24 +96,45 @@ def test_permit_sets_allowance_once(chain: DevChain):
     # a signature from someone else than `owner` is refused
     stranger = Account.create()
     signed = _sign_permit(chain, stranger.key, owner.address, spender.address, OPEN, 1, chain.now() + 100)
-    call = chain.token.functions.permit(owner.address, spender.address, OPEN, chain.now() + 100, signed.v,
-                                        signed.r.to_bytes(32, "big"), signed.s.to_bytes(32, "big"))
+    call = chain.token.functions.permit(
+        owner.address,
+        spender.address,
+        OPEN,
+        chain.now() + 100,
+        signed.v,
+        signed.r.to_bytes(32, "big"),
+        signed.s.to_bytes(32, "big"),
+    )
     with pytest.raises(ChainError, match="signature invalid"):
         chain.transact(spender.key, call)
 
     # an expired permit is refused
     deadline = chain.now() - 1
     signed = _sign_permit(chain, owner.key, owner.address, spender.address, OPEN, 1, deadline)
-    call = chain.token.functions.permit(owner.address, spender.address, OPEN, deadline, signed.v,
-                                        signed.r.to_bytes(32, "big"), signed.s.to_bytes(32, "big"))
+    call = chain.token.functions.permit(
+        owner.address,
+        spender.address,
+        OPEN,
+        deadline,
+        signed.v,
+        signed.r.to_bytes(32, "big"),
+        signed.s.to_bytes(32, "big"),
+    )
     with pytest.raises(ChainError, match="expired"):
         chain.transact(spender.key, call)
 
     # a valid one works once; replaying it fails (the nonce moved)
     deadline = chain.now() + 1000
     signed = _sign_permit(chain, owner.key, owner.address, spender.address, OPEN, 1, deadline)
-    call = chain.token.functions.permit(owner.address, spender.address, OPEN, deadline, signed.v,
-                                        signed.r.to_bytes(32, "big"), signed.s.to_bytes(32, "big"))
+    call = chain.token.functions.permit(
+        owner.address,
+        spender.address,
+        OPEN,
+        deadline,
+        signed.v,
+        signed.r.to_bytes(32, "big"),
+        signed.s.to_bytes(32, "big"),
+    )
     chain.transact(spender.key, call)
     assert chain.token.functions.allowance(owner.address, spender.address).call() == OPEN
     with pytest.raises(ChainError, match="signature invalid"):
@@ -124,8 +145,17 @@ def _sign_permit(chain: DevChain, key, owner: str, spender: str, value: int, non
     return Account.sign_typed_data(
         key,
         {"name": "Open", "version": "1", "chainId": chain.chain_id, "verifyingContract": chain.token.address},
-        {"Permit": [{"name": n, "type": t} for n, t in (("owner", "address"), ("spender", "address"),
-                                                       ("value", "uint256"), ("nonce", "uint256"),
-                                                       ("deadline", "uint256"))]},
+        {
+            "Permit": [
+                {"name": n, "type": t}
+                for n, t in (
+                    ("owner", "address"),
+                    ("spender", "address"),
+                    ("value", "uint256"),
+                    ("nonce", "uint256"),
+                    ("deadline", "uint256"),
+                )
+            ]
+        },
         {"owner": owner, "spender": spender, "value": value, "nonce": nonce, "deadline": deadline},
     )

@@ -9,7 +9,9 @@ import msgpack
 import pytest
 from nacl.public import SealedBox
 
-from loranet import codec, confidential as c, protocol as p
+from loranet import codec
+from loranet import confidential as c
+from loranet import protocol as p
 from loranet.signing import Identity, sign, verify
 
 CLIENT, NODE, V1, V2, EVE = (Identity.generate() for _ in range(5))
@@ -80,15 +82,33 @@ def test_keys_derive_from_ed25519_identities():
         c.seal(b"x", [])
 
 
-def _job(prompt: str = "", *, sealed: bool = True, client: Identity = CLIENT, job_id: str | None = None,
-         committee=(V1.public, V2.public)) -> p.JobRequest:
+def _job(
+    prompt: str = "",
+    *,
+    sealed: bool = True,
+    client: Identity = CLIENT,
+    job_id: str | None = None,
+    committee=(V1.public, V2.public),
+) -> p.JobRequest:
     job_id = job_id or p.new_job_id()
     now = time.time()
-    fields = dict(job_id=job_id, client_key=client.public, client_address="0x" + "1" * 40, model_id="ab" * 32,
-                  adapter_id="", max_tokens=4, max_fee=10**15, created_at=now, expires_at=now + 60)
+    fields = dict(
+        job_id=job_id,
+        client_key=client.public,
+        client_address="0x" + "1" * 40,
+        model_id="ab" * 32,
+        adapter_id="",
+        max_tokens=4,
+        max_fee=10**15,
+        created_at=now,
+        expires_at=now + 60,
+    )
     if sealed:
-        fields.update(prompt="", node_id="node-0",
-                      sealed_prompt=c.seal_prompt(job_id, client.public, prompt, NODE.public, list(committee)))
+        fields.update(
+            prompt="",
+            node_id="node-0",
+            sealed_prompt=c.seal_prompt(job_id, client.public, prompt, NODE.public, list(committee)),
+        )
     else:
         fields.update(prompt=prompt)
     return sign(p.JobRequest(**fields), client)
@@ -126,10 +146,24 @@ def test_job_request_shape_and_unchanged_plain_messages():
 
 def _result(job: p.JobRequest, prompt_tokens=(1, 2, 3), output_tokens=(7, 8), text="ab") -> p.InferenceResult:
     return p.InferenceResult(
-        job_id=job.job_id, node_id="node-0", node_key=NODE.public, node_address="0x" + "2" * 40, node_seq=1,
-        request=job, request_hash="cd" * 32, model_id=job.model_id, adapter_id="", tokenizer_id="ef" * 32,
-        prompt_tokens=list(prompt_tokens), output_tokens=list(output_tokens), output_text=text,
-        finish_reason="length", fingerprint=p.Fingerprint(chunks=list(CHUNKS)), started_at=1.0, finished_at=2.0)
+        job_id=job.job_id,
+        node_id="node-0",
+        node_key=NODE.public,
+        node_address="0x" + "2" * 40,
+        node_seq=1,
+        request=job,
+        request_hash="cd" * 32,
+        model_id=job.model_id,
+        adapter_id="",
+        tokenizer_id="ef" * 32,
+        prompt_tokens=list(prompt_tokens),
+        output_tokens=list(output_tokens),
+        output_text=text,
+        finish_reason="length",
+        fingerprint=p.Fingerprint(chunks=list(CHUNKS)),
+        started_at=1.0,
+        finished_at=2.0,
+    )
 
 
 def test_sealed_result_opens_for_client_and_committee_only():
@@ -168,16 +202,21 @@ def test_sealing_problems_catch_a_cheating_node():
     # The fingerprint left in the clear beside the sealed copy (it gives output tokens away).
     leaky_proof = honest.model_copy(update={"fingerprint": p.Fingerprint(chunks=list(CHUNKS))})
     assert [x for x in c.sealing_problems(leaky_proof, out) if "fingerprint" in x] == [
-        "3 fingerprint chunks in the clear beside the sealed output"]
+        "3 fingerprint chunks in the clear beside the sealed output"
+    ]
     # Output sealed to the committee only: the client could never read what was verified.
     key = out.key
-    no_client = honest.model_copy(update={"sealed_output": honest.sealed_output.model_copy(
-        update={"keys": honest.sealed_output.keys[1:]})})
+    no_client = honest.model_copy(
+        update={"sealed_output": honest.sealed_output.model_copy(update={"keys": honest.sealed_output.keys[1:]})}
+    )
     assert any("sealed to" in x for x in c.sealing_problems(no_client, c.open_output(no_client, V1)))
     # The client's slot replaced by a valid box of a different key.
     decoy = c.seal(b"", [CLIENT.public]).keys[0]
-    garbled = honest.model_copy(update={"sealed_output": honest.sealed_output.model_copy(
-        update={"keys": [decoy, *honest.sealed_output.keys[1:]]})})
+    garbled = honest.model_copy(
+        update={
+            "sealed_output": honest.sealed_output.model_copy(update={"keys": [decoy, *honest.sealed_output.keys[1:]]})
+        }
+    )
     problems = c.sealing_problems(garbled, c.open_output(garbled, V1))
     assert any("do not hold" in x and CLIENT.public.hex()[:16] in x for x in problems)
     assert key
@@ -212,8 +251,9 @@ def test_a_client_cannot_show_the_node_and_the_committee_different_prompts():
 def _seal_payload(job: p.JobRequest, *fields) -> p.InferenceResult:
     """A result whose sealed output holds `fields` as its record (to the client and the committee)."""
     honest = c.seal_result(_result(job))
-    return honest.model_copy(update={"sealed_output": c.seal(msgpack.packb(list(fields), use_bin_type=True),
-                                                             c.output_recipients(honest))})
+    return honest.model_copy(
+        update={"sealed_output": c.seal(msgpack.packb(list(fields), use_bin_type=True), c.output_recipients(honest))}
+    )
 
 
 def test_sealed_output_records_are_v2_with_the_fingerprint_inside():
@@ -245,8 +285,9 @@ def test_a_real_fingerprint_travels_sealed_and_opens_intact():
     chunks = fingerprint_chunks(hidden, prompt_len, n_generated=n_out)
     assert len(chunks) == 3  # prompt, 32 outputs, one one-row chunk (its whole hidden state)
     job = _job("prompt")
-    res = _result(job, prompt_tokens=range(1, 1 + prompt_len), output_tokens=range(10, 10 + n_out),
-                  text="x" * n_out).model_copy(update={"fingerprint": p.Fingerprint(chunks=chunks)})
+    res = _result(
+        job, prompt_tokens=range(1, 1 + prompt_len), output_tokens=range(10, 10 + n_out), text="x" * n_out
+    ).model_copy(update={"fingerprint": p.Fingerprint(chunks=chunks)})
     wire = codec.encode(sign(c.seal_result(res), NODE))
     assert not [i for i, chunk in enumerate(chunks) if chunk in wire]
     # Not even a 16-byte run from inside the one-row chunk (the chunk that gives its token away exactly).

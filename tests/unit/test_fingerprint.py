@@ -112,29 +112,39 @@ def test_non_finite_or_empty_chunks_are_refused():
         F.encode_chunk(torch.zeros(0, 4))
 
 
-def _blob(k: int = 128, numel: int = 4096, salt: int = 0, lo: float = 0.5, hi: float = 2.0,
-          coeffs: bytes | None = None, version: int = 2) -> bytes:
+def _blob(
+    k: int = 128,
+    numel: int = 4096,
+    salt: int = 0,
+    lo: float = 0.5,
+    hi: float = 2.0,
+    coeffs: bytes | None = None,
+    version: int = 2,
+) -> bytes:
     body = bytes(2 * k) if coeffs is None else coeffs
     return bytes([version]) + F._varint(k) + F._varint(numel) + bytes([salt]) + struct.pack("<ff", lo, hi) + body
 
 
-@pytest.mark.parametrize("blob, message", [
-    (b"", "unknown version None"),
-    (_blob(version=1), "unknown version 1"),
-    (b"\x02", "truncated or overlong varint"),
-    (b"\x02\x80", "truncated or overlong varint"),
-    (b"\x02" + b"\xff" * 12, "truncated or overlong varint"),
-    (_blob(k=0), "bad header"),
-    (_blob(k=129, numel=128), "bad header"),
-    (_blob()[:8], "truncated header"),
-    (_blob(lo=2.0, hi=1.0), "bad magnitude range"),
-    (_blob(lo=-1.0), "bad magnitude range"),
-    (_blob(lo=float("nan")), "bad magnitude range"),
-    (_blob(hi=float("inf")), "bad magnitude range"),
-    (_blob()[:-1], "255 bytes of coefficients"),
-    (_blob() + b"\x00\x00", "258 bytes of coefficients"),
-    (_blob(coeffs=bytes(254) + struct.pack("<H", F.FIELD_P)), "not below p"),
-])
+@pytest.mark.parametrize(
+    "blob, message",
+    [
+        (b"", "unknown version None"),
+        (_blob(version=1), "unknown version 1"),
+        (b"\x02", "truncated or overlong varint"),
+        (b"\x02\x80", "truncated or overlong varint"),
+        (b"\x02" + b"\xff" * 12, "truncated or overlong varint"),
+        (_blob(k=0), "bad header"),
+        (_blob(k=129, numel=128), "bad header"),
+        (_blob()[:8], "truncated header"),
+        (_blob(lo=2.0, hi=1.0), "bad magnitude range"),
+        (_blob(lo=-1.0), "bad magnitude range"),
+        (_blob(lo=float("nan")), "bad magnitude range"),
+        (_blob(hi=float("inf")), "bad magnitude range"),
+        (_blob()[:-1], "255 bytes of coefficients"),
+        (_blob() + b"\x00\x00", "258 bytes of coefficients"),
+        (_blob(coeffs=bytes(254) + struct.pack("<H", F.FIELD_P)), "not below p"),
+    ],
+)
 def test_malformed_blobs_are_value_errors(blob, message):
     with pytest.raises(ValueError, match=message):
         F.decode_chunk(blob)
@@ -224,7 +234,7 @@ def test_a_top_k_boundary_flip_does_not_reject_an_honest_chunk():
     fp = F.decode_chunk(blob)
     flat = h.reshape(-1).numpy().astype(np.float64)
     order = np.argsort(-np.abs(flat), kind="stable")
-    committed, outside = order[: F.TOP_K], order[F.TOP_K: F.TOP_K + 4000]
+    committed, outside = order[: F.TOP_K], order[F.TOP_K : F.TOP_K + 4000]
     kth = np.abs(flat[committed]).min()
     # An index just outside the top-k whose garbage is the worst case: matched, yet beyond the max-error bound.
     garbage = fp.values_at(np.sort(outside))

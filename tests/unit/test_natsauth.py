@@ -1,4 +1,5 @@
-"""loranet.natsauth: the auth callout's encodings and decisions (the server side is tests/deploy/test_nats_permissions.py)."""
+"""loranet.natsauth: the auth callout's encodings and decisions (the server side is
+tests/deploy/test_nats_permissions.py)."""
 
 from __future__ import annotations
 
@@ -9,17 +10,27 @@ import nkeys
 import pytest
 from nacl.signing import SigningKey
 
-from loranet import natsauth, protocol as p
-from services.auth import domain as auth_domain
+from loranet import natsauth
+from loranet import protocol as p
 from loranet.signing import Identity
+from services.auth import domain as auth_domain
 
 
 def _request(server: SigningKey, user_nkey: str, opts: dict, nonce: str = "n0nce-from-srv") -> str:
     server_id = natsauth.encode_public(bytes(server.verify_key), natsauth.PREFIX_SERVER)
-    claims = {"sub": "A-issuer", "aud": "nats-authorization-request", "exp": int(time.time()) + 2,
-              "nats": {"server_id": {"id": server_id, "name": "s", "host": "127.0.0.1"}, "user_nkey": user_nkey,
-                       "client_info": {"nonce": nonce} if opts.get("sig") else {}, "connect_opts": opts,
-                       "type": "authorization_request", "version": 2}}
+    claims = {
+        "sub": "A-issuer",
+        "aud": "nats-authorization-request",
+        "exp": int(time.time()) + 2,
+        "nats": {
+            "server_id": {"id": server_id, "name": "s", "host": "127.0.0.1"},
+            "user_nkey": user_nkey,
+            "client_info": {"nonce": nonce} if opts.get("sig") else {},
+            "connect_opts": opts,
+            "type": "authorization_request",
+            "version": 2,
+        },
+    }
     return natsauth.encode_jwt(claims, server, natsauth.PREFIX_SERVER)
 
 
@@ -65,10 +76,12 @@ def test_a_client_that_does_not_prove_its_key_is_refused(case):
     _, issuer_seed = natsauth.new_issuer()
     issuer, server = natsauth.issuer_from_seed(issuer_seed), SigningKey.generate()
     alice, mallory = Identity.generate(), Identity.generate()
-    opts = {"no key": {"user": "client", "pass": "x"},
-            "wrong signer": _signed_opts(alice, mallory),
-            "other nonce": _signed_opts(alice, alice, nonce="another-nonce"),
-            "garbled signature": {"nkey": natsauth.public_of(alice), "sig": "!!"}}[case]
+    opts = {
+        "no key": {"user": "client", "pass": "x"},
+        "wrong signer": _signed_opts(alice, mallory),
+        "other nonce": _signed_opts(alice, alice, nonce="another-nonce"),
+        "garbled signature": {"nkey": natsauth.public_of(alice), "sig": "!!"},
+    }[case]
     user_nkey = natsauth.public_of(Identity.generate())
     decision = auth_domain.authorize(_request(server, user_nkey, opts), issuer)
     assert decision.client_id == "" and decision.error
@@ -81,7 +94,9 @@ def test_a_request_not_signed_by_the_server_it_names_gets_no_answer():
     issuer, server, client = natsauth.issuer_from_seed(issuer_seed), SigningKey.generate(), Identity.generate()
     token = _request(server, natsauth.public_of(Identity.generate()), _signed_opts(client, client))
     head, body, sig = token.split(".")
-    forged_sig = base64.urlsafe_b64encode(SigningKey.generate().sign(f"{head}.{body}".encode()).signature).decode().rstrip("=")
+    forged_sig = (
+        base64.urlsafe_b64encode(SigningKey.generate().sign(f"{head}.{body}".encode()).signature).decode().rstrip("=")
+    )
     with pytest.raises(natsauth.AuthError):
         auth_domain.authorize(f"{head}.{body}.{forged_sig}", issuer)
     with pytest.raises(natsauth.AuthError):

@@ -6,14 +6,17 @@ import msgpack
 import pytest
 from pydantic import ValidationError
 
-from loranet import codec, protocol as p
+from loranet import codec
+from loranet import protocol as p
 from loranet.signing import Identity, SignatureInvalid, sign
-
 from tests import factories
 
 EXAMPLES = factories.examples()
-SIGNERS = {p.JOBS_SUBMIT.pattern: factories.CLIENT, p.RESULTS_ALL.pattern: factories.NODE,
-           p.VERDICTS_ALL.pattern: factories.VERIFIER}
+SIGNERS = {
+    p.JOBS_SUBMIT.pattern: factories.CLIENT,
+    p.RESULTS_ALL.pattern: factories.NODE,
+    p.VERDICTS_ALL.pattern: factories.VERIFIER,
+}
 PATTERNS = sorted(s.pattern for s in p.SUBJECTS)
 
 
@@ -93,8 +96,11 @@ def test_signatures_bind_every_field(subject):
     for name, value in message.to_wire().items():
         if name in ("signature", "v") or not isinstance(value, (str, int, float)) or isinstance(value, bool):
             continue
-        tampered = codec.decode(type(message), msgpack.packb({**message.to_wire(), name: _tweak(value)}, use_bin_type=True)) \
-            if _decodes(message, name) else None
+        tampered = (
+            codec.decode(type(message), msgpack.packb({**message.to_wire(), name: _tweak(value)}, use_bin_type=True))
+            if _decodes(message, name)
+            else None
+        )
         if tampered is not None:
             with pytest.raises(SignatureInvalid):
                 tampered.verify()
@@ -110,8 +116,10 @@ def _tweak(value):
 
 def _decodes(message, name):
     try:
-        codec.decode(type(message), msgpack.packb({**message.to_wire(), name: _tweak(message.to_wire()[name])},
-                                                  use_bin_type=True))
+        codec.decode(
+            type(message),
+            msgpack.packb({**message.to_wire(), name: _tweak(message.to_wire()[name])}, use_bin_type=True),
+        )
         return True
     except codec.DecodeError:
         return False
@@ -119,8 +127,10 @@ def _decodes(message, name):
 
 def test_manifest_weights_must_sum_to_10000():
     m = factories.manifest().to_wire()
-    m["contributors"] = [{"contributor_id": "a", "address": factories.ADDR, "weight_bps": 6000},
-                         {"contributor_id": "b", "address": factories.ADDR, "weight_bps": 3000}]
+    m["contributors"] = [
+        {"contributor_id": "a", "address": factories.ADDR, "weight_bps": 6000},
+        {"contributor_id": "b", "address": factories.ADDR, "weight_bps": 3000},
+    ]
     with pytest.raises(codec.DecodeError) as err:
         codec.decode(p.AdapterManifest, msgpack.packb(m, use_bin_type=True))
     assert "10000" in str(err.value)
@@ -154,7 +164,8 @@ def test_every_stream_subject_is_kept_and_every_consumer_reads_a_kept_subject():
         assert (subject.stream is None) == isinstance(subject, p.Request), subject.pattern
     assert {c.stream for c in p.CONSUMERS} <= {s.name for s in p.STREAMS}
     assert sorted(pat for s in p.STREAMS for pat in s.subjects) == sorted(
-        s.pattern for s in p.SUBJECTS if s.stream is not None)
+        s.pattern for s in p.SUBJECTS if s.stream is not None
+    )
 
 
 def test_error_replies_carry_the_codes_of_the_one_exception_tree():

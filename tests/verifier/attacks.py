@@ -15,18 +15,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from verifier_nodes import PROMPTS, Client, Generated, HonestNode
 
 from loranet import protocol as p
+from loranet.errors import Refused
 from loranet.fingerprint import fingerprint_chunks
 from loranet.model.generate import ReferenceModel
 from loranet.observability import EventLog
-from loranet.errors import Refused
 from loranet.signing import sign
 from services.verifier.engine import AuditEngine
 from services.verifier.handlers import VerifierService
 from services.verifier.settings import VerifierSettings
-from verifier_nodes import PROMPTS, Client, Generated, HonestNode
-
 
 # ---------------------------------------------------------------------------
 # In-process harness
@@ -112,17 +111,25 @@ class Kit:
     rng: random.Random
 
 
-def random_job(kit: Kit, sampled: bool | None = None, adapter: bool | None = None, max_tokens: int | None = None,
-               min_tokens: int = 8) -> p.JobRequest:
+def random_job(
+    kit: Kit,
+    sampled: bool | None = None,
+    adapter: bool | None = None,
+    max_tokens: int | None = None,
+    min_tokens: int = 8,
+) -> p.JobRequest:
     r = kit.rng
     sampled = r.random() < 0.5 if sampled is None else sampled
     adapter = r.random() < 0.75 if adapter is None else adapter
     prompt = r.choice(PROMPTS) + " " + "".join(r.choice("abcdefghij klmnop") for _ in range(r.randint(0, 12)))
     return kit.client.job(
-        kit.model_id, r.choice(kit.adapter_ids) if adapter else "", prompt,
+        kit.model_id,
+        r.choice(kit.adapter_ids) if adapter else "",
+        prompt,
         max_tokens or r.randint(min_tokens, 40),
         temperature=r.choice([0.7, 1.0, 1.3]) if sampled else 0.0,
-        top_k=r.choice([0, 0, 40]) if sampled else 0, top_p=r.choice([1.0, 0.95]) if sampled else 1.0,
+        top_k=r.choice([0, 0, 40]) if sampled else 0,
+        top_p=r.choice([1.0, 0.95]) if sampled else 1.0,
         seed=r.randrange(2**40),
     )
 
@@ -156,8 +163,13 @@ def moved_to_another_job(kit: Kit) -> p.InferenceResult:
     if kit.rng.random() < 0.5:
         moved = r.model_copy(update={"job_id": other.job_id})
     else:  # the other job's request pasted in, work of the first job kept
-        moved = r.model_copy(update={"job_id": other.job_id, "request": other,
-                                     "request_hash": r.request_hash if kit.rng.random() < 0.5 else other.request_hash()})
+        moved = r.model_copy(
+            update={
+                "job_id": other.job_id,
+                "request": other,
+                "request_hash": r.request_hash if kit.rng.random() < 0.5 else other.request_hash(),
+            }
+        )
     return sign(moved, kit.node.identity)
 
 
@@ -309,8 +321,9 @@ def run_attack(verifier: VerifierService, kit: Kit, name: str) -> Outcome:
     return judge_once(verifier, result)
 
 
-def build_kit(node: HonestNode, client: Client, model_id: str, adapters, other_base_path: str, base_path: str,
-              seed: int = 0) -> Kit:
+def build_kit(
+    node: HonestNode, client: Client, model_id: str, adapters, other_base_path: str, base_path: str, seed: int = 0
+) -> Kit:
     """Cheater models: a different base, the right base in bf16, the right base with adapters scaled by 0.5."""
 
     def with_adapters(model: ReferenceModel) -> ReferenceModel:

@@ -8,12 +8,11 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 
 import pytest
+from verifier_nodes import Client, HonestNode
 
 from loranet.model import build_base_checkpoint
 from loranet.model.generate import ReferenceModel
 from services.verifier.engine import AuditEngine
-
-from verifier_nodes import Client, HonestNode
 
 N_ADAPTERS = 3
 

@@ -11,7 +11,6 @@ import os
 from collections import Counter
 
 import pytest
-
 from attacks import ATTACKS, judge_once, local_verifier, random_job, run_attack
 
 TRIALS = int(os.environ.get("LORANET_ATTACK_TRIALS", "20"))
@@ -43,7 +42,9 @@ def _attack_runs(verifier, kit, name, n):
             missed.append(out.how)
         else:
             caught[out.how[:60]] += 1
-    print(f"{name}: {n} trials, {n - len(missed)} detected, {len(missed)} missed; caught by {dict(caught.most_common(6))}")
+    print(
+        f"{name}: {n} trials, {n - len(missed)} detected, {len(missed)} missed; caught by {dict(caught.most_common(6))}"
+    )
     return missed
 
 

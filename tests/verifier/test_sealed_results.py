@@ -4,9 +4,11 @@ runs every check and the audit on the plaintext view, and its verdict carries on
 from __future__ import annotations
 
 import pytest
-
 from attacks import judge_once, local_verifier
-from loranet import codec, confidential as c, protocol as p
+
+from loranet import codec
+from loranet import confidential as c
+from loranet import protocol as p
 from loranet.model import tokenizer
 from loranet.signing import Identity, sign
 from services.verifier import domain
@@ -15,13 +17,20 @@ from services.verifier.handlers import NotInCommittee
 PROMPT = "confidential: qz7Rk2mWvX9pLs4T"
 
 
-def _sealed_job(client, model_id: str, adapter_id: str, node, committee: list[bytes], prompt: str = PROMPT,
-                max_tokens: int = 12) -> tuple[p.JobRequest, p.JobRequest]:
+def _sealed_job(
+    client, model_id: str, adapter_id: str, node, committee: list[bytes], prompt: str = PROMPT, max_tokens: int = 12
+) -> tuple[p.JobRequest, p.JobRequest]:
     """(the plaintext job the node generates from, the sealed job as signed and published)."""
     plain = client.job(model_id, adapter_id, prompt, max_tokens)
-    sealed = p.JobRequest(**{**plain.model_dump(), "prompt": "", "node_id": node.node_id, "signature": b"",
-                             "sealed_prompt": c.seal_prompt(plain.job_id, plain.client_key, prompt,
-                                                            node.identity.public, committee)})
+    sealed = p.JobRequest(
+        **{
+            **plain.model_dump(),
+            "prompt": "",
+            "node_id": node.node_id,
+            "signature": b"",
+            "sealed_prompt": c.seal_prompt(plain.job_id, plain.client_key, prompt, node.identity.public, committee),
+        }
+    )
     return plain, sign(sealed, client.identity)
 
 
@@ -52,7 +61,10 @@ def test_honest_confidential_result_is_accepted_after_a_full_audit(setup, honest
     wire = codec.encode(verdict)
     text = c.open_output(result, client.identity).output_text
     assert PROMPT.encode() not in wire and (len(text) < 4 or text.encode() not in wire)
-    assert result.token_counts() == (len(c.open_output(result, verifier.identity).prompt_tokens), result.output_token_count)
+    assert result.token_counts() == (
+        len(c.open_output(result, verifier.identity).prompt_tokens),
+        result.output_token_count,
+    )
 
 
 def test_a_verifier_outside_the_committee_hands_the_result_back(engine, honest, client, adapters):
@@ -77,16 +89,18 @@ def test_cheating_inside_the_seal_is_caught(setup, honest, client, engine):
     # Lying about the clear counts (the fee) is caught by the sealing check.
     plain, sealed = _sealed_job(client, engine.model_id, adapter_id, honest, committee)
     honest_one = c.seal_result(honest.result(sealed, honest.generate(plain), sign_it=False))
-    padded = sign(honest_one.model_copy(update={"output_token_count": honest_one.output_token_count + 50}),
-                  honest.identity)
+    padded = sign(
+        honest_one.model_copy(update={"output_token_count": honest_one.output_token_count + 50}), honest.identity
+    )
     out = judge_once(verifier, padded)
     assert out.detected and "sealing" in out.how, out
     # The client's slot garbled (the client could not read what was verified): rejected.
     plain, sealed = _sealed_job(client, engine.model_id, adapter_id, honest, committee)
     good = c.seal_result(honest.result(sealed, honest.generate(plain), sign_it=False))
     decoy = c.seal(b"", [client.identity.public]).keys[0]
-    garbled = good.model_copy(update={"sealed_output": good.sealed_output.model_copy(
-        update={"keys": [decoy, *good.sealed_output.keys[1:]]})})
+    garbled = good.model_copy(
+        update={"sealed_output": good.sealed_output.model_copy(update={"keys": [decoy, *good.sealed_output.keys[1:]]})}
+    )
     out = judge_once(verifier, sign(garbled, honest.identity))
     assert out.detected and out.how == "rejected:sealing", out
 
@@ -98,8 +112,9 @@ def test_a_client_framing_the_node_gets_no_verdict(setup, honest, client, engine
     plain, sealed = _sealed_job(client, engine.model_id, adapter_id, honest, committee)
     other = c.seal_prompt(plain.job_id, plain.client_key, "another prompt", honest.identity.public, committee)
     mixed = sealed.sealed_prompt.model_copy(update={"keys": [sealed.sealed_prompt.keys[0], *other.keys[1:]]})
-    framed = sign(p.JobRequest(**{**sealed.model_dump(), "sealed_prompt": mixed.model_dump(), "signature": b""}),
-                  client.identity)
+    framed = sign(
+        p.JobRequest(**{**sealed.model_dump(), "sealed_prompt": mixed.model_dump(), "signature": b""}), client.identity
+    )
     result = _confidential_result(honest, plain, framed)
     out = judge_once(verifier, result)
     assert out.how.startswith("dead_letter:") and "sealed prompt" in out.how, out

@@ -6,10 +6,11 @@ import asyncio
 import json
 import time
 
-from loranet import codec, protocol as p
+from loranet import codec
+from loranet import protocol as p
+from loranet.errors import ServiceError
 from loranet.model.adapters import adapter_to_blobs
 from loranet.runtime import Endpoint, Runtime
-from loranet.errors import ServiceError
 from loranet.settings import CommonSettings
 from loranet.signing import Identity, sign
 from services.verifier.engine import AuditEngine
@@ -47,8 +48,13 @@ def _blob_endpoint(adapters) -> Endpoint:
 
 
 async def test_verifier_service_end_to_end(nats_server, tmp_path, base, adapters, honest, client):
-    settings = VerifierSettings(nats_url=nats_server.url, cache_dir=str(tmp_path / "cache"),
-                                state_dir=str(tmp_path / "state"), drain_timeout_s=5, stats_interval_s=0.2)
+    settings = VerifierSettings(
+        nats_url=nats_server.url,
+        cache_dir=str(tmp_path / "cache"),
+        state_dir=str(tmp_path / "state"),
+        drain_timeout_s=5,
+        stats_interval_s=0.2,
+    )
     engine = await asyncio.to_thread(AuditEngine, "", "", "cpu", settings.cache_dir, 4)
     assert engine.model_id == base[1]
     adapter_id = adapters[1][2]
@@ -62,14 +68,18 @@ async def test_verifier_service_end_to_end(nats_server, tmp_path, base, adapters
     edited = [*t.output_tokens]
     edited[3] = (edited[3] + 1) % 256
     from loranet.model import tokenizer
-    results["tampered"] = sign(t.model_copy(update={"output_tokens": edited, "output_text": tokenizer.decode(edited)}),
-                               honest.identity)
+
+    results["tampered"] = sign(
+        t.model_copy(update={"output_tokens": edited, "output_text": tokenizer.decode(edited)}), honest.identity
+    )
     forged = results["honest_base"].model_copy(update={"job_id": p.new_job_id()})  # moved without re-signing
     unknown = Identity.generate()
     stranger = sign(results["honest_base"].model_copy(update={"node_key": unknown.public}), unknown)
 
-    async with Runtime("datastore-stub", CommonSettings(nats_url=nats_server.url)) as ds, \
-            Runtime("verifier", settings) as rt:
+    async with (
+        Runtime("datastore-stub", CommonSettings(nats_url=nats_server.url)) as ds,
+        Runtime("verifier", settings) as rt,
+    ):
         await ds.mount([_blob_endpoint(adapters)])
         kv = await rt.js.key_value(p.NODES_BUCKET)
         await kv.put(honest.node_id, codec.encode(honest.heartbeat()))
@@ -85,8 +95,12 @@ async def test_verifier_service_end_to_end(nats_server, tmp_path, base, adapters
         events = [codec.decode(p.JobEvent, d) for d in await _collect(rt.js, p.JOB_EVENTS_ALL.pattern, "EVENTS", 3, 20)]
         await asyncio.sleep(1.0)  # the replay is skipped, not verdicted twice
         extra = await _collect(rt.js, p.VERDICTS_ALL.pattern, "VERDICTS", len(results) + 1, 2)
-        stats = json.loads((await (await rt.js.key_value(settings.stats_bucket)).get(f"verifier-0.{honest.node_id}")).value)
-    assert stats["results"] == 3 and stats["audited"] == 3 and stats["rejected"] == 1 and stats["forced_audits_left"] > 0
+        stats = json.loads(
+            (await (await rt.js.key_value(settings.stats_bucket)).get(f"verifier-0.{honest.node_id}")).value
+        )
+    assert (
+        stats["results"] == 3 and stats["audited"] == 3 and stats["rejected"] == 1 and stats["forced_audits_left"] > 0
+    )
     assert len(extra) == len(results)
     assert set(verdicts) == {j.job_id for j in jobs.values()}
     for name, job in jobs.items():

@@ -57,8 +57,11 @@ def test_evidence_is_reported_absent_never_verified(honest, client, base):
 def test_authenticate_and_verdict(honest, client, base):
     r = honest.run(client.job(base[1], "", "Hi", 4))
     domain.authenticate(r, p.results(r.node_id), honest.identity.public)
-    for subject, key in [(p.results("other"), honest.identity.public), (p.results(r.node_id), None),
-                         (p.results(r.node_id), Identity.generate().public)]:
+    for subject, key in [
+        (p.results("other"), honest.identity.public),
+        (p.results(r.node_id), None),
+        (p.results(r.node_id), Identity.generate().public),
+    ]:
         with pytest.raises(domain.ResultForged):
             domain.authenticate(r, subject, key)
     with pytest.raises(domain.NotOurs):
@@ -86,7 +89,8 @@ def _eos_case(honest, client, base, temperature: float, seed: int, d: float):
 
     job = client.job(base[1], "", "Hi", 8, temperature=temperature, seed=seed)
     r = honest.run(client.job(base[1], "", "Hi", 2)).model_copy(
-        update={"request": job, "output_tokens": [65, 66, EOS_ID], "finish_reason": "eos"})
+        update={"request": job, "output_tokens": [65, 66, EOS_ID], "finish_reason": "eos"}
+    )
     logits = torch.zeros(len(r.prompt_tokens) + 3, 259, dtype=torch.float64)
     logits[len(r.prompt_tokens) - 1 + 2, EOS_ID] = d * (temperature or 1.0)
     return r, logits
@@ -161,8 +165,9 @@ def test_proof_structure_parses_every_fingerprint_chunk(honest, client, base):
     }
     for name, bad in cases.items():
         i = 0 if name == "rows not a multiple" else 1
-        broken = r.model_copy(update={"fingerprint": r.fingerprint.model_copy(
-            update={"chunks": [*chunks[:i], bad, *chunks[i + 1:]]})})
+        broken = r.model_copy(
+            update={"fingerprint": r.fingerprint.model_copy(update={"chunks": [*chunks[:i], bad, *chunks[i + 1 :]]})}
+        )
         c = domain.proof_structure(broken)
         assert not c.ok and f"malformed chunks [{i}]" in c.detail, (name, c.detail)
         hidden = torch.zeros(len(r.prompt_tokens) + len(r.output_tokens), 128)

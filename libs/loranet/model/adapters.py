@@ -117,8 +117,10 @@ def check_adapter_targets(model_config: dict[str, Any], targets: Any, where: str
         raise ValueError(f"{where}: target_modules must be a non-empty list of module names")
     unknown = sorted(set(map(str, targets)) - set(ALL_TARGETS))
     if unknown:
-        raise ValueError(f"{where}: target modules {unknown} do not exist in a {model_config.get('model_type', 'llama')} "
-                         f"model (one of {', '.join(ALL_TARGETS)})")
+        raise ValueError(
+            f"{where}: target modules {unknown} do not exist in a {model_config.get('model_type', 'llama')} "
+            f"model (one of {', '.join(ALL_TARGETS)})"
+        )
 
 
 def canonical_adapter_config(config: dict[str, Any], base_model_id: str | None = None) -> bytes:
@@ -136,12 +138,12 @@ def canonical_adapter_config(config: dict[str, Any], base_model_id: str | None =
 def build_demo_adapter(base_model, dest_dir: str | os.PathLike, seed: int, index: int) -> str:
     """Build demo adapter `index` for the loaded `base_model` into `dest_dir`; return its adapter_id."""
     # get_peft_model injects layers into the model it is given: work on a copy.
-    return _build_demo_adapter_in_place(copy.deepcopy(base_model), dest_dir, seed, index,
-                                        getattr(base_model, "loranet_model_id", None))
+    return _build_demo_adapter_in_place(
+        copy.deepcopy(base_model), dest_dir, seed, index, getattr(base_model, "loranet_model_id", None)
+    )
 
 
-def _build_demo_adapter_in_place(model, dest_dir: str | os.PathLike, seed: int, index: int,
-                                 base_id: str | None) -> str:
+def _build_demo_adapter_in_place(model, dest_dir: str | os.PathLike, seed: int, index: int, base_id: str | None) -> str:
     """As `build_demo_adapter`, injecting the LoRA layers into `model` itself and removing them
     afterwards (PEFT's `unload`), so one loaded model serves many adapters without a copy each."""
     from peft import LoraConfig, get_peft_model

@@ -25,11 +25,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import Invalid
 from . import smollm2
 from .checkpoint import TINY_MODEL_NAME, cache_root, ensure_tiny_model
 from .content import InvalidSafetensors, model_content_id, safetensors_shapes
 from .tokenizers import Tokenizer, TokenizerError, load_tokenizer
-from ..errors import Invalid
 
 DEFAULT_MODEL_NAME = smollm2.NAME
 MODEL_ENV = "LORANET_MODEL"
@@ -76,8 +76,10 @@ def resolve_model(spec: str = "", cache_dir: str | os.PathLike | None = None) ->
     for path in candidates:
         if (path / "config.json").is_file():
             return ResolvedModel(path.name, path)
-    raise ModelRefused(f"model {spec!r}: not a built-in model ({smollm2.NAME}, {TINY_MODEL_NAME}), a checkpoint "
-                       f"directory, or a model registered in {cache_root(cache_dir) / 'models'}")
+    raise ModelRefused(
+        f"model {spec!r}: not a built-in model ({smollm2.NAME}, {TINY_MODEL_NAME}), a checkpoint "
+        f"directory, or a model registered in {cache_root(cache_dir) / 'models'}"
+    )
 
 
 def _expected_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
@@ -90,17 +92,19 @@ def _expected_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
         shapes["lm_head.weight"] = (vocab, h)
     for i in range(layers):
         pre = f"model.layers.{i}."
-        shapes.update({
-            pre + "self_attn.q_proj.weight": (heads * head_dim, h),
-            pre + "self_attn.k_proj.weight": (kv * head_dim, h),
-            pre + "self_attn.v_proj.weight": (kv * head_dim, h),
-            pre + "self_attn.o_proj.weight": (h, heads * head_dim),
-            pre + "mlp.gate_proj.weight": (inter, h),
-            pre + "mlp.up_proj.weight": (inter, h),
-            pre + "mlp.down_proj.weight": (h, inter),
-            pre + "input_layernorm.weight": (h,),
-            pre + "post_attention_layernorm.weight": (h,),
-        })
+        shapes.update(
+            {
+                pre + "self_attn.q_proj.weight": (heads * head_dim, h),
+                pre + "self_attn.k_proj.weight": (kv * head_dim, h),
+                pre + "self_attn.v_proj.weight": (kv * head_dim, h),
+                pre + "self_attn.o_proj.weight": (h, heads * head_dim),
+                pre + "mlp.gate_proj.weight": (inter, h),
+                pre + "mlp.up_proj.weight": (inter, h),
+                pre + "mlp.down_proj.weight": (h, inter),
+                pre + "input_layernorm.weight": (h,),
+                pre + "post_attention_layernorm.weight": (h,),
+            }
+        )
     return shapes
 
 
@@ -120,8 +124,10 @@ def check_checkpoint(path: str | os.PathLike) -> tuple[dict, Tokenizer]:
         raise ModelRefused(f"{cfg_path}: expected a JSON object")
     archs = cfg.get("architectures") or []
     if cfg.get("model_type") not in SUPPORTED_MODEL_TYPES or not set(archs) <= set(SUPPORTED_ARCHITECTURES):
-        raise ModelRefused(f"{cfg_path}: architecture {archs or cfg.get('model_type')!r} is not supported "
-                           f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+        raise ModelRefused(
+            f"{cfg_path}: architecture {archs or cfg.get('model_type')!r} is not supported "
+            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
     for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
         if not isinstance(cfg.get(key), int) or cfg[key] <= 0:
             raise ModelRefused(f"{cfg_path}: {key} must be a positive integer, got {cfg.get(key)!r}")
@@ -151,15 +157,17 @@ def check_checkpoint(path: str | os.PathLike) -> tuple[dict, Tokenizer]:
     return cfg, tok
 
 
-def register_checkpoint(src: str | os.PathLike, name: str = "",
-                        cache_dir: str | os.PathLike | None = None) -> tuple[ResolvedModel, Tokenizer]:
+def register_checkpoint(
+    src: str | os.PathLike, name: str = "", cache_dir: str | os.PathLike | None = None
+) -> tuple[ResolvedModel, Tokenizer]:
     """Check `src` and copy it into the cache as `name` (default: the directory's name); nothing is written
     when a check fails. Returns the registered model and its tokenizer."""
     src = Path(src)
     name = name or src.name.lower()
     if not NAME_RE.match(name) or name in (smollm2.NAME, TINY_MODEL_NAME):
-        raise ModelRefused(f"model name {name!r}: use lowercase letters, digits, '.', '_' and '-' "
-                           f"(and not a built-in model's name)")
+        raise ModelRefused(
+            f"model name {name!r}: use lowercase letters, digits, '.', '_' and '-' (and not a built-in model's name)"
+        )
     check_checkpoint(src)
     dest = cache_root(cache_dir) / "models" / name
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -101,7 +101,9 @@ def _init_weights(model: torch.nn.Module, seed: int) -> None:
                 raise ValueError(f"no init rule for parameter {name} of shape {tuple(p.shape)}")
 
 
-def build_base_checkpoint(dest_dir: str | os.PathLike, seed: int = DEFAULT_SEED, spec: TinyLlamaSpec = TinyLlamaSpec()) -> str:
+def build_base_checkpoint(
+    dest_dir: str | os.PathLike, seed: int = DEFAULT_SEED, spec: TinyLlamaSpec = TinyLlamaSpec()
+) -> str:
     """Build the seeded tiny Llama and save it as a HF checkpoint in `dest_dir`; return its model_id.
 
     Deterministic: the same (seed, spec) and library versions give

@@ -23,6 +23,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
 from ..errors import HashMismatch, Invalid
 
 MODEL_DOMAIN = b"loranet/model/v1\x00"
@@ -33,8 +34,21 @@ VOLATILE_CONFIG_KEYS = frozenset({"transformers_version", "_name_or_path", "_com
 
 # Bytes per element, safetensors dtype spelling.
 _DTYPE_SIZES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-    "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U64": 8,
+    "U32": 4,
+    "U16": 2,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
 }
 
 
@@ -62,12 +76,14 @@ def canonical_config(config: dict[str, Any]) -> bytes:
     return json.dumps(clean, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def _field(h: "hashlib._Hash", data: bytes | memoryview) -> None:
+def _field(h: hashlib._Hash, data: bytes | memoryview) -> None:
     h.update(struct.pack("<Q", len(data)))
     h.update(data)
 
 
-def safetensors_entries(buf: bytes | memoryview | mmap.mmap, where: str = "<blob>") -> Iterator[tuple[str, str, list[int], memoryview]]:
+def safetensors_entries(
+    buf: bytes | memoryview | mmap.mmap, where: str = "<blob>"
+) -> Iterator[tuple[str, str, list[int], memoryview]]:
     """(name, dtype, shape, raw bytes) of each tensor of a safetensors blob, sorted by name.
 
     Validates the header: known dtypes, byte size = prod(shape)*itemsize,
@@ -124,13 +140,19 @@ def safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
         numel = 1
         for d in shape:
             numel *= d
-        if dtype not in _DTYPE_SIZES or not (0 <= start <= end <= data_len) or end - start != numel * _DTYPE_SIZES[dtype]:
+        if (
+            dtype not in _DTYPE_SIZES
+            or not (0 <= start <= end <= data_len)
+            or end - start != numel * _DTYPE_SIZES[dtype]
+        ):
             raise InvalidSafetensors(f"{path}: tensor {name!r} offsets {start}..{end} do not fit dtype/shape/data")
         out[name] = tuple(shape)
     return out
 
 
-def content_id(domain: bytes, config: dict[str, Any], weight_blobs: Iterable[tuple[str, bytes | memoryview | mmap.mmap]]) -> str:
+def content_id(
+    domain: bytes, config: dict[str, Any], weight_blobs: Iterable[tuple[str, bytes | memoryview | mmap.mmap]]
+) -> str:
     """sha256 hex of domain + canonical config + every tensor of every blob, sorted by name.
 
     `weight_blobs` are (label for errors, safetensors bytes); a tensor name

@@ -60,8 +60,13 @@ class ReferenceModel:
         self.adapter_ids: dict[str, str] = {}
 
     @classmethod
-    def from_path(cls, path: str | os.PathLike, expected_model_id: str | None = None,
-                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "ReferenceModel":
+    def from_path(
+        cls,
+        path: str | os.PathLike,
+        expected_model_id: str | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> ReferenceModel:
         """Load a checkpoint directory (hash-checked, see `load_base_model`)."""
         return cls(load_base_model(path, expected_model_id, device=device, dtype=dtype), load_tokenizer(path))
 
@@ -139,8 +144,12 @@ class ReferenceModel:
                     break
                 if step == max_tokens - 1:
                     break
-                out = model(input_ids=self._ids([token]), past_key_values=out.past_key_values,
-                            use_cache=True, output_hidden_states=True)
+                out = model(
+                    input_ids=self._ids([token]),
+                    past_key_values=out.past_key_values,
+                    use_cache=True,
+                    output_hidden_states=True,
+                )
                 rows.append(out.hidden_states[-1][0].float())
         return Generation(
             output_ids=output,

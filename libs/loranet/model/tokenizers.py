@@ -33,8 +33,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import tokenizer as byte_tokenizer
 from ..errors import Invalid
+from . import tokenizer as byte_tokenizer
 
 # The files that make a tokenizer; the id hashes the ones present.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
@@ -104,8 +104,9 @@ def _jinja_env() -> Any:
         return _ENV
 
 
-def render_chat(template: str, messages: Any, add_generation_prompt: bool = True,
-                special_tokens: Mapping[str, str] | None = None) -> str:
+def render_chat(
+    template: str, messages: Any, add_generation_prompt: bool = True, special_tokens: Mapping[str, str] | None = None
+) -> str:
     """Render `messages` through a Jinja chat template (sandboxed); ValueError on bad messages or template."""
     from jinja2 import TemplateError
 
@@ -166,8 +167,9 @@ def _json(path: Path) -> dict[str, Any]:
 class HFTokenizer:
     """A checkpoint's Hugging Face fast tokenizer, with the model's stop ids and chat template."""
 
-    def __init__(self, model_dir: str | os.PathLike, model_vocab_size: int | None = None,
-                 tokenizer_id: str = "") -> None:
+    def __init__(
+        self, model_dir: str | os.PathLike, model_vocab_size: int | None = None, tokenizer_id: str = ""
+    ) -> None:
         from transformers import PreTrainedTokenizerFast
 
         d = Path(model_dir)
@@ -182,8 +184,10 @@ class HFTokenizer:
         config, gen = _json(d / "config.json"), _json(d / "generation_config.json")
         model_vocab = model_vocab_size or config.get("vocab_size")
         if isinstance(model_vocab, int) and self.vocab_size > model_vocab:
-            raise TokenizerError(f"{d / 'tokenizer.json'}: {self.vocab_size} tokens do not fit the model's "
-                                 f"vocabulary of {model_vocab} (config.json)")
+            raise TokenizerError(
+                f"{d / 'tokenizer.json'}: {self.vocab_size} tokens do not fit the model's "
+                f"vocabulary of {model_vocab} (config.json)"
+            )
         stops = _ids(config.get("eos_token_id")) | _ids(gen.get("eos_token_id"))
         if self._tok.eos_token_id is not None:
             stops.add(int(self._tok.eos_token_id))
@@ -195,8 +199,11 @@ class HFTokenizer:
         self.pad_token_id = int(pad if pad is not None else min(self.stop_ids))
         template = self._tok.chat_template
         self.chat_template = template if isinstance(template, str) else ""
-        self._specials = {k: v for k, v in (("bos_token", self._tok.bos_token), ("eos_token", self._tok.eos_token))
-                          if isinstance(v, str)}
+        self._specials = {
+            k: v
+            for k, v in (("bos_token", self._tok.bos_token), ("eos_token", self._tok.eos_token))
+            if isinstance(v, str)
+        }
 
     def encode(self, text: str) -> list[int]:
         """Ids of `text`; special tokens written in the text (a rendered chat template's) are their own ids."""

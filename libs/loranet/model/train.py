@@ -31,8 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .tokenizers import Tokenizer, chat_messages
 from ..errors import Invalid
+from .tokenizers import Tokenizer, chat_messages
 
 ADDRESS_RE = re.compile(r"^0x[0-9a-fA-F]{40}$")
 MIN_EXAMPLES = 8
@@ -115,7 +115,7 @@ def read_dataset(path: str | os.PathLike, tok: Tokenizer) -> list[Example]:
             raise TrainingRefused(f"{where}: {len(full)} tokens; at most {MAX_EXAMPLE_TOKENS} per example")
         # Loss on the reply and its end-of-turn token; the template's trailing newline after it is not learned.
         end = next((i + 1 for i in range(len(prefix), len(full)) if full[i] in tok.stop_ids), len(full))
-        labels = [-100] * len(prefix) + full[len(prefix):end] + [-100] * (len(full) - end)
+        labels = [-100] * len(prefix) + full[len(prefix) : end] + [-100] * (len(full) - end)
         out.append(Example(full, labels, contributor.lower()))
     if len(out) < MIN_EXAMPLES:
         raise TrainingRefused(f"{path}: {len(out)} examples; at least {MIN_EXAMPLES} are needed to train on")
@@ -132,9 +132,14 @@ def contributor_weights(examples: list[Example]) -> list[tuple[str, int]]:
     return [(a, b) for a, b in bps if b > 0]
 
 
-def train_adapter(base_dir: str | os.PathLike, data: str | os.PathLike, out_dir: str | os.PathLike,
-                  options: TrainOptions = TrainOptions(), name: str = "",
-                  progress: Callable[[int, int, float], None] | None = None) -> TrainReport:
+def train_adapter(
+    base_dir: str | os.PathLike,
+    data: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    options: TrainOptions = TrainOptions(),
+    name: str = "",
+    progress: Callable[[int, int, float], None] | None = None,
+) -> TrainReport:
     """Train a LoRA on `data` over the checkpoint at `base_dir`; write it (and a manifest draft) to `out_dir`."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -157,8 +162,14 @@ def train_adapter(base_dir: str | os.PathLike, data: str | os.PathLike, out_dir:
 
     torch.manual_seed(options.seed)
     model = LlamaForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32, local_files_only=True)
-    lora = LoraConfig(r=options.rank, lora_alpha=options.alpha, target_modules=list(options.targets),
-                      lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=options.rank,
+        lora_alpha=options.alpha,
+        target_modules=list(options.targets),
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(model, lora)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -173,7 +184,7 @@ def train_adapter(base_dir: str | os.PathLike, data: str | os.PathLike, out_dir:
         order = list(range(len(examples)))
         rng.shuffle(order)
         for b in range(per_epoch):
-            batch = [examples[i] for i in order[b * options.batch_size:(b + 1) * options.batch_size]]
+            batch = [examples[i] for i in order[b * options.batch_size : (b + 1) * options.batch_size]]
             width = max(len(e.ids) for e in batch)
             ids = torch.full((len(batch), width), pad, dtype=torch.long)
             labels = torch.full((len(batch), width), -100, dtype=torch.long)
@@ -204,13 +215,26 @@ def train_adapter(base_dir: str | os.PathLike, data: str | os.PathLike, out_dir:
         (tmp / "adapter_config.json").write_bytes(canonical_adapter_config(conf, base_id))
         adapter_id = adapter_content_id(tmp)
         draft = {
-            "name": name or out.name, "base_model": base_id, "license": "apache-2.0",
-            "contributors": [{"contributor_id": f"{name or out.name}-data-{i}", "address": a, "weight_bps": w}
-                             for i, (a, w) in enumerate(contributor_weights(examples))],
-            "training": {"data": Path(data).name, "examples": len(examples), "rank": options.rank,
-                         "alpha": options.alpha, "targets": list(options.targets), "epochs": options.epochs,
-                         "lr": options.lr, "batch_size": options.batch_size, "seed": options.seed,
-                         "first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4)},
+            "name": name or out.name,
+            "base_model": base_id,
+            "license": "apache-2.0",
+            "contributors": [
+                {"contributor_id": f"{name or out.name}-data-{i}", "address": a, "weight_bps": w}
+                for i, (a, w) in enumerate(contributor_weights(examples))
+            ],
+            "training": {
+                "data": Path(data).name,
+                "examples": len(examples),
+                "rank": options.rank,
+                "alpha": options.alpha,
+                "targets": list(options.targets),
+                "epochs": options.epochs,
+                "lr": options.lr,
+                "batch_size": options.batch_size,
+                "seed": options.seed,
+                "first_loss": round(losses[0], 4),
+                "last_loss": round(losses[-1], 4),
+            },
         }
         (tmp / "manifest.draft.json").write_text(json.dumps(draft, indent=2) + "\n")
         if out.exists():

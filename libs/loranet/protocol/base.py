@@ -55,8 +55,8 @@ def new_job_id() -> str:
 class Signed:
     """A signed message: it knows its signature domain and which of its fields holds the signer's key.
 
-        job = job.signed_by(client)   # a copy with `signature` set
-        job.verify()                  # SignatureInvalid unless it verifies under job.client_key
+    job = job.signed_by(client)   # a copy with `signature` set
+    job.verify()                  # SignatureInvalid unless it verifies under job.client_key
     """
 
     SIGNING_DOMAIN: ClassVar[str]
@@ -96,7 +96,6 @@ class DeadLetter(Wire):
     data: Annotated[bytes, Field(max_length=8 * 1024 * 1024)]
     deliveries: Annotated[int, Field(ge=0)] = 0
     at: Timestamp
-
 
 
 # A name token inside a subject: no dots, no wildcards.

@@ -27,8 +27,10 @@ def table() -> str:
     for c in s.CONSUMERS:
         readers.setdefault(c.subject.pattern, []).append(f"`{c.durable}`")
     readers.setdefault(s.WORK_ALL.pattern, []).append("`node-<node_id>`")
-    rows = ["| subject | kept by | message → reply | max size | durable consumers | what |",
-            "| --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| subject | kept by | message → reply | max size | durable consumers | what |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for subject in s.SUBJECTS:
         if isinstance(subject, s.Request):
             kept, message = "request-reply", f"`{subject.schema.__name__}` → `{subject.reply.__name__}`"
@@ -36,8 +38,10 @@ def table() -> str:
             assert subject.stream is not None
             kind = "work queue" if subject.stream.work_queue else "limits"
             kept, message = f"{subject.stream.name} ({kind})", f"`{subject.schema.__name__}`"
-        rows.append(f"| `{subject.pattern}` | {kept} | {message} | {_size(subject.max_bytes)} | "
-                    f"{', '.join(readers.get(subject.pattern, [])) or '—'} | {subject.doc} |")
+        rows.append(
+            f"| `{subject.pattern}` | {kept} | {message} | {_size(subject.max_bytes)} | "
+            f"{', '.join(readers.get(subject.pattern, [])) or '—'} | {subject.doc} |"
+        )
     rows += ["", "| KV bucket | holds |", "| --- | --- |"]
     rows += [f"| `{name}` | {what} |" for name, what in s.BUCKETS.items()]
     return "\n".join(rows)
@@ -51,7 +55,7 @@ def current(doc: str) -> str:
     """The generated section as it stands in `doc` ("" when missing)."""
     if BEGIN not in doc or END not in doc:
         return ""
-    return doc[doc.index(BEGIN): doc.index(END) + len(END)]
+    return doc[doc.index(BEGIN) : doc.index(END) + len(END)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -91,7 +91,7 @@ class JobRequest(AdditiveWire, Signed):
     SIGNER_FIELD: ClassVar[str] = "client_key"
 
     @model_validator(mode="after")
-    def _sealed_shape(self) -> "JobRequest":
+    def _sealed_shape(self) -> JobRequest:
         if self.sealed_prompt is not None and (self.prompt or not self.node_id):
             raise ValueError("a sealed prompt needs an empty `prompt` and the `node_id` it was sealed to")
         return self
@@ -108,8 +108,10 @@ class JobRequest(AdditiveWire, Signed):
         """Why this job cannot run on a model whose tokenizer is `model_tokenizer_id` ("" = it can)."""
         if not self.tokenizer_id or self.tokenizer_id == model_tokenizer_id:
             return ""
-        return (f"job names tokenizer {self.tokenizer_id[:12]}…, but model {self.model_id[:12]}… uses "
-                f"tokenizer {model_tokenizer_id[:12]}…")
+        return (
+            f"job names tokenizer {self.tokenizer_id[:12]}…, but model {self.model_id[:12]}… uses "
+            f"tokenizer {model_tokenizer_id[:12]}…"
+        )
 
 
 class WorkSegment(Wire):
@@ -264,10 +266,10 @@ class Receipt(Wire):
     settled_at: Timestamp
 
 
-
 # A result's finish_reason in OpenAI's terms: "stop" (end of turn or a stop string), "length" (max_tokens, or
 # the job's deadline cut it short).
 OPENAI_FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "deadline": "length"}
+
 
 class Stage(StrEnum):
     """The stages of a job's life, as its events name them (a string on the wire)."""
@@ -331,7 +333,6 @@ class RerunRequest(Wire):
     exclude: Annotated[list[NodeId], Field(min_length=1, max_length=MAX_ATTEMPT)]
     reason: ShortText = ""
     at: Timestamp
-
 
 
 def request_of(body: object) -> JobRequest | None:

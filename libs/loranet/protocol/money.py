@@ -9,6 +9,7 @@ from pydantic import Field, StringConstraints
 from ..codec import AdditiveWire, Wire
 from .base import Address, JobId, ShortText, Wei
 
+
 class BalanceGet(Wire):
     v: Literal[1] = 1
     address: Address

@@ -10,7 +10,6 @@ from ..codec import Wire
 from .base import Address, ContentId, Name, NodeId, PublicKey, Signature, Signed, Timestamp
 
 
-
 class NodeHeartbeat(Wire, Signed):
     """A node's signed liveness and capacity report (KV bucket `nodes`, key = node_id)."""
 
@@ -49,4 +48,3 @@ class VerifierAnnouncement(Wire, Signed):
 
     SIGNING_DOMAIN: ClassVar[str] = "loranet/verifier-announcement/v1"
     SIGNER_FIELD: ClassVar[str] = "verifier_key"
-

@@ -11,7 +11,6 @@ from .base import MAX_BLOB_BYTES, Address, Bps, ContentId, JobId, Name, OptConte
 from .jobs import MAX_ATTEMPT, InferenceResult, JobRequest, Receipt, Stage, Verdict
 
 
-
 class Contributor(Wire):
     contributor_id: Name
     address: Address
@@ -33,7 +32,7 @@ class AdapterManifest(Wire):
     registered_at: Timestamp = 0.0
 
     @model_validator(mode="after")
-    def _weights_sum(self) -> "AdapterManifest":
+    def _weights_sum(self) -> AdapterManifest:
         total = sum(c.weight_bps for c in self.contributors)
         if total != 10_000:
             raise ValueError(f"contributor weights must sum to 10000 bps, got {total}")
@@ -57,7 +56,6 @@ class ModelManifest(AdditiveWire):
     vocab_size: Annotated[int, Field(ge=0, le=1 << 24)] = 0
 
     _additive = ("chat_template", "vocab_size")
-
 
 
 class ModelPut(Wire):

@@ -134,51 +134,110 @@ DEADLETTER = Stream("DEADLETTER", work_queue=False, max_age_s=_MONTH_S, doc="mes
 # ---------------------------------------------------------------------------
 
 JOBS_SUBMIT = Subject("jobs.submit", JobRequest, 256 * 1024, "client → scheduler: a signed job", JOBS)
-JOBS_RERUN = Subject("jobs.rerun", RerunRequest, 512 * 1024,
-                     "settlement → scheduler: run a job again after its result was finally rejected", JOBS)
+JOBS_RERUN = Subject(
+    "jobs.rerun",
+    RerunRequest,
+    512 * 1024,
+    "settlement → scheduler: run a job again after its result was finally rejected",
+    JOBS,
+)
 WORK_ALL = Subject("work.*", WorkBatch, 4 * 1024 * 1024, "scheduler → node: work.<node_id>, a batch of jobs", WORK)
-RESULTS_ALL = Subject("results.*", InferenceResult, 1024 * 1024,
-                      "node → verifiers: results.<node_id>, a signed result with its proof", RESULTS)
-VERDICTS_ALL = Subject("verdicts.*", Verdict, 1024 * 1024,
-                       "verifier → settlement: verdicts.<job_id>, a signed verdict", VERDICTS)
-RECEIPTS_ALL = Subject("settlement.receipts.*", Receipt, 64 * 1024,
-                       "settlement → client: settlement.receipts.<job_id>", RECEIPTS)
+RESULTS_ALL = Subject(
+    "results.*",
+    InferenceResult,
+    1024 * 1024,
+    "node → verifiers: results.<node_id>, a signed result with its proof",
+    RESULTS,
+)
+VERDICTS_ALL = Subject(
+    "verdicts.*", Verdict, 1024 * 1024, "verifier → settlement: verdicts.<job_id>, a signed verdict", VERDICTS
+)
+RECEIPTS_ALL = Subject(
+    "settlement.receipts.*", Receipt, 64 * 1024, "settlement → client: settlement.receipts.<job_id>", RECEIPTS
+)
 # Keyed by client, so NATS permissions can give each client its own events.
-JOB_EVENTS_ALL = Subject("jobs.events.*.*", JobEvent, 2 * 1024 * 1024 + 4096,
-                         "every service → datastore, client: jobs.events.<client_id>.<job_id>", EVENTS)
-DEAD_LETTER_ALL = Subject("dlq.>", DeadLetter, codec.MAX_MESSAGE_BYTES,
-                          "runtime → operators: dlq.<subject>, a message with why it was refused", DEADLETTER)
+JOB_EVENTS_ALL = Subject(
+    "jobs.events.*.*",
+    JobEvent,
+    2 * 1024 * 1024 + 4096,
+    "every service → datastore, client: jobs.events.<client_id>.<job_id>",
+    EVENTS,
+)
+DEAD_LETTER_ALL = Subject(
+    "dlq.>",
+    DeadLetter,
+    codec.MAX_MESSAGE_BYTES,
+    "runtime → operators: dlq.<subject>, a message with why it was refused",
+    DEADLETTER,
+)
 
 # ---------------------------------------------------------------------------
 # Request-reply subjects
 # ---------------------------------------------------------------------------
 
-DATASTORE_MODEL_PUT = Request("datastore.model.put", ModelPut, SMALL_REQUEST_BYTES, "register a base model",
-                              reply=ModelManifest)
-DATASTORE_MODEL_GET = Request("datastore.model.get", ModelGet, SMALL_REQUEST_BYTES, "a model by id or name",
-                              reply=ModelManifest)
-DATASTORE_ADAPTER_PUT = Request("datastore.adapter.put", AdapterPut, MAX_BLOB_BYTES + 128 * 1024,
-                                "register an adapter with its files", reply=AdapterManifest)
-DATASTORE_ADAPTER_GET = Request("datastore.adapter.get", AdapterGet, SMALL_REQUEST_BYTES,
-                                "an adapter's manifest by id or name", reply=AdapterManifest)
-DATASTORE_ADAPTER_LIST = Request("datastore.adapter.list", AdapterList, SMALL_REQUEST_BYTES,
-                                 "adapters of a base model or an owner", reply=AdapterListReply)
-DATASTORE_ADAPTER_BLOB = Request("datastore.adapter.blob", AdapterGet, SMALL_REQUEST_BYTES,
-                                 "an adapter's files, hash-checked", reply=AdapterBlob)
-DATASTORE_JOB_GET = Request("datastore.job.get.*", JobGet, SMALL_REQUEST_BYTES,
-                            "datastore.job.get.<client_id>: a client reads its own job's record", reply=JobRecord)
-DATASTORE_JOB_LIST = Request("datastore.job.list", JobList, SMALL_REQUEST_BYTES, "a client's recent jobs",
-                             reply=JobListReply)
-SETTLEMENT_BALANCE = Request("settlement.balance", BalanceGet, SMALL_REQUEST_BYTES,
-                             "wallet, escrow, credit and stake of an address", reply=Balance)
-SETTLEMENT_FAUCET = Request("settlement.faucet", Faucet, SMALL_REQUEST_BYTES, "devnet only: OPEN for an address",
-                            reply=Balance)
-SETTLEMENT_STAKE = Request("settlement.stake", StakeGet, SMALL_REQUEST_BYTES, "a node's stake in the Registry",
-                           reply=Stake)
-SETTLEMENT_RESERVE = Request("settlement.reserve", Reserve, SMALL_REQUEST_BYTES,
-                             "scheduler: lock a job's max fee in escrow", reply=Reservation)
-SETTLEMENT_RELEASE = Request("settlement.release", Release, SMALL_REQUEST_BYTES,
-                             "scheduler: refund a reserved job that will never be verified", reply=Receipt)
+DATASTORE_MODEL_PUT = Request(
+    "datastore.model.put", ModelPut, SMALL_REQUEST_BYTES, "register a base model", reply=ModelManifest
+)
+DATASTORE_MODEL_GET = Request(
+    "datastore.model.get", ModelGet, SMALL_REQUEST_BYTES, "a model by id or name", reply=ModelManifest
+)
+DATASTORE_ADAPTER_PUT = Request(
+    "datastore.adapter.put",
+    AdapterPut,
+    MAX_BLOB_BYTES + 128 * 1024,
+    "register an adapter with its files",
+    reply=AdapterManifest,
+)
+DATASTORE_ADAPTER_GET = Request(
+    "datastore.adapter.get",
+    AdapterGet,
+    SMALL_REQUEST_BYTES,
+    "an adapter's manifest by id or name",
+    reply=AdapterManifest,
+)
+DATASTORE_ADAPTER_LIST = Request(
+    "datastore.adapter.list",
+    AdapterList,
+    SMALL_REQUEST_BYTES,
+    "adapters of a base model or an owner",
+    reply=AdapterListReply,
+)
+DATASTORE_ADAPTER_BLOB = Request(
+    "datastore.adapter.blob", AdapterGet, SMALL_REQUEST_BYTES, "an adapter's files, hash-checked", reply=AdapterBlob
+)
+DATASTORE_JOB_GET = Request(
+    "datastore.job.get.*",
+    JobGet,
+    SMALL_REQUEST_BYTES,
+    "datastore.job.get.<client_id>: a client reads its own job's record",
+    reply=JobRecord,
+)
+DATASTORE_JOB_LIST = Request(
+    "datastore.job.list", JobList, SMALL_REQUEST_BYTES, "a client's recent jobs", reply=JobListReply
+)
+SETTLEMENT_BALANCE = Request(
+    "settlement.balance",
+    BalanceGet,
+    SMALL_REQUEST_BYTES,
+    "wallet, escrow, credit and stake of an address",
+    reply=Balance,
+)
+SETTLEMENT_FAUCET = Request(
+    "settlement.faucet", Faucet, SMALL_REQUEST_BYTES, "devnet only: OPEN for an address", reply=Balance
+)
+SETTLEMENT_STAKE = Request(
+    "settlement.stake", StakeGet, SMALL_REQUEST_BYTES, "a node's stake in the Registry", reply=Stake
+)
+SETTLEMENT_RESERVE = Request(
+    "settlement.reserve", Reserve, SMALL_REQUEST_BYTES, "scheduler: lock a job's max fee in escrow", reply=Reservation
+)
+SETTLEMENT_RELEASE = Request(
+    "settlement.release",
+    Release,
+    SMALL_REQUEST_BYTES,
+    "scheduler: refund a reserved job that will never be verified",
+    reply=Receipt,
+)
 
 SUBJECTS: tuple[Subject[Any], ...] = tuple(v for v in list(globals().values()) if isinstance(v, Subject))
 STREAMS: tuple[Stream, ...] = tuple(v for v in list(globals().values()) if isinstance(v, Stream))
@@ -189,6 +248,7 @@ def declared(pattern: str) -> Subject[Any]:
     """The declaration of the subject `pattern` (KeyError for a pattern nobody declared)."""
     return _BY_PATTERN[pattern]
 
+
 # ---------------------------------------------------------------------------
 # Durable consumers, one per role
 # ---------------------------------------------------------------------------
@@ -198,8 +258,13 @@ SCHEDULER_RERUNS = Consumer(JOBS_RERUN, "scheduler-rerun", ack_wait_s=10, max_de
 VERIFIER_RESULTS = Consumer(RESULTS_ALL, "verifier", ack_wait_s=10, max_deliver=5)
 SETTLEMENT_VERDICTS = Consumer(VERDICTS_ALL, "settlement", ack_wait_s=15, max_deliver=10)
 DATASTORE_EVENTS = Consumer(JOB_EVENTS_ALL, "datastore", ack_wait_s=10, max_deliver=10)
-CONSUMERS: tuple[Consumer, ...] = (SCHEDULER_JOBS, SCHEDULER_RERUNS, VERIFIER_RESULTS, SETTLEMENT_VERDICTS,
-                                   DATASTORE_EVENTS)
+CONSUMERS: tuple[Consumer, ...] = (
+    SCHEDULER_JOBS,
+    SCHEDULER_RERUNS,
+    VERIFIER_RESULTS,
+    SETTLEMENT_VERDICTS,
+    DATASTORE_EVENTS,
+)
 
 
 def node_work(node_id: str) -> Consumer:

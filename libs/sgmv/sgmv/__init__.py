@@ -11,10 +11,18 @@ Quick start::
 """
 
 from .bank import AdapterBank, PackedAdapter
-from .packed import PackedLoraWeights, ProjectionSpec, SlotWeights
-from .llama import LLAMA_TARGETS, bank_for_model, SGMVLinear, llama_projection_specs, lora_context, set_token_slots, wrap_llama
+from .llama import (
+    LLAMA_TARGETS,
+    SGMVLinear,
+    bank_for_model,
+    llama_projection_specs,
+    lora_context,
+    set_token_slots,
+    wrap_llama,
+)
 from .metadata import SGMVMetadata, build_metadata
 from .ops import apply_lora, select_backend
+from .packed import PackedLoraWeights, ProjectionSpec, SlotWeights
 from .peft_loader import LoraAdapter, LoraModuleWeights, adapter_from_peft_state, load_peft_adapter, lora_scale
 
 __all__ = [

@@ -13,15 +13,27 @@ import triton.language as tl
 
 @triton.jit
 def sgmv_shrink_kernel(
-    x_ptr, a_ptr, v_ptr,
-    sorted_tokens_ptr, seg_counts_ptr, seg_starts_ptr, total_ranks_ptr,
+    x_ptr,
+    a_ptr,
+    v_ptr,
+    sorted_tokens_ptr,
+    seg_counts_ptr,
+    seg_starts_ptr,
+    total_ranks_ptr,
     K,
-    stride_xm, stride_xk,
-    stride_as, stride_ar, stride_ak,
-    stride_vm, stride_vn,
+    stride_xm,
+    stride_xk,
+    stride_as,
+    stride_ar,
+    stride_ak,
+    stride_vm,
+    stride_vn,
     num_n_tiles,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     pid_mn = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -47,11 +59,13 @@ def sgmv_shrink_kernel(
         k_mask = offs_k < K
         xt = tl.load(
             x_ptr + tokens[:, None].to(tl.int64) * stride_xm + offs_k[None, :] * stride_xk,
-            mask=m_mask[:, None] & k_mask[None, :], other=0.0,
+            mask=m_mask[:, None] & k_mask[None, :],
+            other=0.0,
         )
         at = tl.load(
             a_base + offs_n[None, :] * stride_ar + offs_k[:, None] * stride_ak,
-            mask=n_mask[None, :] & k_mask[:, None], other=0.0,
+            mask=n_mask[None, :] & k_mask[:, None],
+            other=0.0,
         )
         if DOT_PRECISION == "ieee":
             acc += tl.dot(xt.to(tl.float32), at.to(tl.float32), input_precision="ieee")
@@ -67,16 +81,27 @@ def sgmv_shrink_kernel(
 
 @triton.jit
 def sgmv_expand_kernel(
-    v_ptr, b_ptr, y_ptr,
-    sorted_tokens_ptr, seg_counts_ptr, seg_starts_ptr,
-    ranks_ptr, rank_offsets_ptr, slice_table_ptr,
-    slice_base, num_slices,
-    stride_vm, stride_vn,
+    v_ptr,
+    b_ptr,
+    y_ptr,
+    sorted_tokens_ptr,
+    seg_counts_ptr,
+    seg_starts_ptr,
+    ranks_ptr,
+    rank_offsets_ptr,
+    slice_table_ptr,
+    slice_base,
+    num_slices,
+    stride_vm,
+    stride_vn,
     stride_bs,
-    stride_ym, stride_yn,
+    stride_ym,
+    stride_yn,
     y_col_base,
     num_n_tiles,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     pid_mn = tl.program_id(0)
@@ -109,11 +134,13 @@ def sgmv_expand_kernel(
         k_mask = offs_k < rank
         vt = tl.load(
             v_ptr + (start + offs_m)[:, None].to(tl.int64) * stride_vm + (r_off + offs_k)[None, :] * stride_vn,
-            mask=m_mask[:, None] & k_mask[None, :], other=0.0,
+            mask=m_mask[:, None] & k_mask[None, :],
+            other=0.0,
         )
         bt = tl.load(
             b_base + offs_k[:, None] * width + offs_n[None, :],
-            mask=k_mask[:, None] & n_mask[None, :], other=0.0,
+            mask=k_mask[:, None] & n_mask[None, :],
+            other=0.0,
         )
         acc += tl.dot(vt, bt.to(tl.float32), input_precision=DOT_PRECISION)
     # Each (token, column) belongs to exactly one program: a plain read-add-write.

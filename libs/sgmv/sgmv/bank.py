@@ -12,9 +12,9 @@ sgmv.llama.bank_for_model sizes a bank for a transformers Llama model.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
@@ -83,8 +83,9 @@ class AdapterBank:
         for module, mw in adapter.modules.items():
             proj, s = self.module_index[module]
             per_projection[proj][s] = mw
-        return PackedAdapter(adapter.name, {name_: self.projections[name_].pack(slices)
-                                            for name_, slices in per_projection.items()})
+        return PackedAdapter(
+            adapter.name, {name_: self.projections[name_].pack(slices) for name_, slices in per_projection.items()}
+        )
 
     def load(self, slot: int, adapter: PackedAdapter | LoraAdapter | str | Path, name: str | None = None) -> None:
         """Load an adapter into ``slot`` (packed by :meth:`pack`, or a PEFT directory or :class:`LoraAdapter`,
@@ -115,5 +116,6 @@ class AdapterBank:
 
     def nbytes_per_slot(self) -> int:
         """Bytes one slot occupies (at max_rank) across all projections."""
-        return sum((p.lora_a[0].numel() + p.lora_b[0].numel()) * p.lora_a.element_size()
-                   for p in self.projections.values())
+        return sum(
+            (p.lora_a[0].numel() + p.lora_b[0].numel()) * p.lora_a.element_size() for p in self.projections.values()
+        )

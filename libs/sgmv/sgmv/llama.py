@@ -19,16 +19,16 @@ bit-identical to the unwrapped model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import contextmanager
-from typing import Sequence
 
 import torch
 from torch import nn
 
 from .bank import AdapterBank
-from .packed import PackedLoraWeights, ProjectionSpec
 from .metadata import SGMVMetadata, build_metadata
 from .ops import apply_lora
+from .packed import PackedLoraWeights, ProjectionSpec
 
 __all__ = [
     "LLAMA_TARGETS",
@@ -73,12 +73,14 @@ def llama_projection_specs(model: nn.Module, target_modules: Sequence[str] | Non
             if not all(isinstance(lin, nn.Linear) for lin in linears):
                 raise TypeError(f"{layer_path}.{parent_attr}: {members} must be nn.Linear modules")
             prefix = f"{layer_path}.{parent_attr}" if layer_path else parent_attr
-            specs.append(ProjectionSpec(
-                name=f"{prefix}.{packed}",
-                in_features=linears[0].in_features,
-                slice_modules=tuple(f"{prefix}.{m}" for m in members),
-                slice_widths=tuple(lin.out_features for lin in linears),
-            ))
+            specs.append(
+                ProjectionSpec(
+                    name=f"{prefix}.{packed}",
+                    in_features=linears[0].in_features,
+                    slice_modules=tuple(f"{prefix}.{m}" for m in members),
+                    slice_widths=tuple(lin.out_features for lin in linears),
+                )
+            )
     if not specs:
         raise ValueError("no Llama-style decoder layers (modules with .self_attn and .mlp) found in the model")
     return specs

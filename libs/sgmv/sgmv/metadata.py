@@ -106,9 +106,7 @@ def build_metadata(
     num_lora = int(counts.sum())
     max_seg = max(counts_l) if counts_l else 0
     sorted_l = sorted_tokens.tolist()
-    segment_rows = tuple(
-        sorted_l[a] if sorted_l[b - 1] - sorted_l[a] == b - 1 - a else -1 for _, a, b in segments
-    )
+    segment_rows = tuple(sorted_l[a] if sorted_l[b - 1] - sorted_l[a] == b - 1 - a else -1 for _, a, b in segments)
     nb = device.type != "cpu"
     return SGMVMetadata(
         token_slots=host.to(device, non_blocking=nb),

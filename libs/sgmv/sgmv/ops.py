@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from types import ModuleType
-from typing import Sequence
 
 import torch
 
 from . import torch_ops
-from .packed import PackedLoraWeights
 from .metadata import SGMVMetadata
+from .packed import PackedLoraWeights
 
 __all__ = ["select_backend", "apply_lora"]
 

@@ -20,8 +20,8 @@ The bank (bank.py) loads adapters into these slots; the kernels (ops.py) read th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -83,7 +83,8 @@ class PackedLoraWeights:
         # Per slice: (width, b_offset, y_offset) for the Triton expand.
         self.slice_table = torch.tensor(
             [[w, bo, yo] for w, bo, yo in zip(self.slice_widths, self.b_offsets, self.y_offsets)],
-            dtype=torch.int64, device=device,
+            dtype=torch.int64,
+            device=device,
         )
 
     @property
@@ -98,7 +99,7 @@ class PackedLoraWeights:
     def b_slice(self, s: int) -> torch.Tensor:
         """View ``[num_slots, R, w_s]`` of slice ``s``'s B blocks."""
         w = self.slice_widths[s]
-        return self.lora_b[:, self.b_offsets[s]: self.b_offsets[s] + self.max_rank * w].view(
+        return self.lora_b[:, self.b_offsets[s] : self.b_offsets[s] + self.max_rank * w].view(
             self.num_slots, self.max_rank, w
         )
 
@@ -106,7 +107,7 @@ class PackedLoraWeights:
         """Zero the slot's weights and ranks (writes the empty share: every slice without LoRA)."""
         self.write_slot(slot, self.pack([None] * self.num_slices))
 
-    def pack(self, slices: Sequence[LoraModuleWeights | None]) -> "SlotWeights":
+    def pack(self, slices: Sequence[LoraModuleWeights | None]) -> SlotWeights:
         """One adapter's share of this projection (per slice the module's factors, or None: no LoRA there),
         ready for :meth:`write_slot`. Host work only; safe on any thread."""
         if len(slices) != self.num_slices:
@@ -139,7 +140,7 @@ class PackedLoraWeights:
             a, meta = (a.pin_memory() if a is not None else None), meta.pin_memory()
         return SlotWeights(a, tuple(bs), tuple(ranks), tuple(offsets), row, meta)
 
-    def write_slot(self, slot: int, w: "SlotWeights") -> None:
+    def write_slot(self, slot: int, w: SlotWeights) -> None:
         """Copy a packed share into ``slot``; every row past its ranks is zeroed, so nothing of a previous
         adapter remains."""
         n = self.num_slices
@@ -147,7 +148,7 @@ class PackedLoraWeights:
             raise ValueError(f"projection {self.spec.name!r}: packed for {len(w.ranks)} slices, not {n}")
         if w.total:
             self.lora_a[slot, : w.total].copy_(w.a, non_blocking=True)
-        self.lora_a[slot, w.total:].zero_()
+        self.lora_a[slot, w.total :].zero_()
         self.lora_b[slot].zero_()
         for s, b in enumerate(w.b):
             if b is not None:
@@ -155,7 +156,7 @@ class PackedLoraWeights:
         self.ranks_host[slot], self.rank_offsets_host[slot] = list(w.ranks), list(w.offsets)
         self.total_ranks_host[slot] = w.total
         self.ranks[slot].copy_(w.meta[:n], non_blocking=True)
-        self.rank_offsets[slot].copy_(w.meta[n: 2 * n], non_blocking=True)
+        self.rank_offsets[slot].copy_(w.meta[n : 2 * n], non_blocking=True)
         self.total_ranks[slot].copy_(w.meta[2 * n], non_blocking=True)
         self.generation += 1
 

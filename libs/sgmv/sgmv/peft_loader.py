@@ -78,7 +78,7 @@ def adapter_from_peft_state(state: dict[str, torch.Tensor], config: dict, name: 
     use_rslora = bool(config.get("use_rslora", False))
     factors: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in state.items():
-        module_key = key[len(_PEFT_PREFIX):] if key.startswith(_PEFT_PREFIX) else key
+        module_key = key[len(_PEFT_PREFIX) :] if key.startswith(_PEFT_PREFIX) else key
         m = _KEY_RE.match(module_key)
         if m is None:
             raise ValueError(

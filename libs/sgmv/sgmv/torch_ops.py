@@ -24,13 +24,13 @@ time a sequence finishes (a chat mix's common case).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
-from .packed import PackedLoraWeights
 from .metadata import SGMVMetadata
+from .packed import PackedLoraWeights
 
 __all__ = ["sgmv_shrink", "sgmv_expand", "sgmv_apply"]
 
@@ -46,7 +46,7 @@ def _batched_weights(stacked: torch.Tensor, meta: SGMVMetadata, rows: slice) -> 
     """``stacked[active_slots][:, rows]`` as a view when the slots are contiguous, else a bounded gather."""
     first, last = meta.segments[0][0], meta.segments[-1][0]
     if last - first + 1 == len(meta.segments):
-        return stacked[first: last + 1, rows]
+        return stacked[first : last + 1, rows]
     if meta.num_lora_tokens <= BATCHED_GATHER_MAX_TOKENS:
         return stacked.index_select(0, meta.active_slots)[:, rows]
     return None
@@ -101,7 +101,7 @@ def sgmv_shrink(
         if r == 0:
             continue
         # A contiguous run of the batch is read in place; others were gathered.
-        seg = x[row: row + end - start] if row >= 0 else xs[start:end]
+        seg = x[row : row + end - start] if row >= 0 else xs[start:end]
         v[start:end, :r] = torch.mm(seg, lora.lora_a[slot, :r].t())
     return v
 
@@ -135,7 +135,7 @@ def sgmv_expand(
             off = _common(lora.rank_offsets_host[slot][s] for slot, _, _ in meta.segments)
             b = _batched_weights(b_all, meta, slice(0, r)) if r and off is not None else None
             if b is not None:
-                vs = v[:n].view(nseg, n // nseg, -1)[:, :, off: off + r]
+                vs = v[:n].view(nseg, n // nseg, -1)[:, :, off : off + r]
                 delta = torch.bmm(vs.to(b.dtype), b).reshape(n, -1)
                 ys_out.index_add_(0, idx, delta.to(ys_out.dtype))
                 continue
@@ -146,12 +146,12 @@ def sgmv_expand(
                 continue
             off = lora.rank_offsets_host[slot][s]
             b = b_all[slot, :r]
-            vs = v[start:end, off: off + r]
+            vs = v[start:end, off : off + r]
             if vs.dtype != b.dtype:
                 vs = vs.to(b.dtype)
             if row >= 0 and b.dtype == ys_out.dtype:
                 # A contiguous run of the batch: accumulate in place, no scatter.
-                ys_out[row: row + end - start].addmm_(vs, b)
+                ys_out[row : row + end - start].addmm_(vs, b)
                 continue
             if delta is None:
                 delta = torch.zeros(n, lora.slice_widths[s], dtype=ys_out.dtype, device=ys_out.device)
@@ -200,10 +200,17 @@ class _PaddedPlan:
             pos = {slot: i for i, slot in enumerate(self.slots)}
             rows = [(j, pos[s]) for j, s in enumerate(group_slots) if s in pos]
             dev = self.tokens.device
-            self._layouts[group_slots] = None if not rows else (
-                tuple(r for _, r in rows), torch.tensor([r for _, r in rows], dtype=torch.long, device=dev),
-                None if len(rows) == len(group_slots) else torch.tensor([j for j, _ in rows], dtype=torch.long,
-                                                                         device=dev))
+            self._layouts[group_slots] = (
+                None
+                if not rows
+                else (
+                    tuple(r for _, r in rows),
+                    torch.tensor([r for _, r in rows], dtype=torch.long, device=dev),
+                    None
+                    if len(rows) == len(group_slots)
+                    else torch.tensor([j for j, _ in rows], dtype=torch.long, device=dev),
+                )
+            )
         return self._layouts[group_slots]
 
     def rows_of(self, key: tuple[int, ...], rows: torch.Tensor):
@@ -232,8 +239,11 @@ def _padded_plan(meta: SGMVMetadata) -> _PaddedPlan:
     rows = meta.segment_rows or (-1,) * len(meta.segments)
     long = [(seg, row) for seg, row in zip(meta.segments, rows) if seg[2] - seg[1] > PAD_SEGMENT_MAX]
     # Same tokens and sorted order, fewer segments: sgmv_shrink/sgmv_expand then visit only these.
-    long_meta = dataclasses.replace(meta, segments=tuple(seg for seg, _ in long),
-                                    segment_rows=tuple(row for _, row in long)) if long else None
+    long_meta = (
+        dataclasses.replace(meta, segments=tuple(seg for seg, _ in long), segment_rows=tuple(row for _, row in long))
+        if long
+        else None
+    )
     S = max((b - a for _, a, b in short), default=0)
     if short:
         pos = torch.tensor([a for _, a, _ in short])[:, None] + torch.arange(S)[None, :]
@@ -244,8 +254,9 @@ def _padded_plan(meta: SGMVMetadata) -> _PaddedPlan:
         tokens = torch.zeros(0, 0, dtype=torch.long)
         valid_flat = torch.zeros(0, dtype=torch.bool)
     dev = meta.sorted_tokens.device
-    plan = _PaddedPlan(tuple(s for s, _, _ in short), tokens.to(dev), valid_flat.to(dev), bool(valid_flat.all()),
-                       long_meta)
+    plan = _PaddedPlan(
+        tuple(s for s, _, _ in short), tokens.to(dev), valid_flat.to(dev), bool(valid_flat.all()), long_meta
+    )
     object.__setattr__(meta, "_padded_plan", plan)  # the metadata is frozen; the plan is derived from it
     return plan
 
@@ -284,7 +295,7 @@ def _gathered(lora: PackedLoraWeights, p: _PaddedPlan) -> list[tuple[tuple[int, 
             cols = (offs[:, None] + torch.arange(rs, device=dev)[None, :]).clamp_(max=R - 1)
             b = lora.b_slice(s)[:, :rs].index_select(0, slots_t)  # [G, rs, w]
             w, y0 = lora.slice_widths[s], lora.y_offsets[s]
-            b_all[:, :, y0: y0 + w].scatter_add_(1, cols[:, :, None].expand(G, rs, w), b)
+            b_all[:, :, y0 : y0 + w].scatter_add_(1, cols[:, :, None].expand(G, rs, w), b)
         value.append((tuple(slots), a, b_all))
     lora._torch_gathered = ((p.slots, lora.generation), value)
     return value
@@ -293,7 +304,7 @@ def _gathered(lora: PackedLoraWeights, p: _PaddedPlan) -> list[tuple[tuple[int, 
 def _add_delta(ys: list[torch.Tensor], lora: PackedLoraWeights, rows: torch.Tensor, delta: torch.Tensor) -> None:
     for s, out in enumerate(ys):
         y0, w = lora.y_offsets[s], lora.slice_widths[s]
-        out.index_add_(0, rows, delta[:, y0: y0 + w].to(out.dtype))
+        out.index_add_(0, rows, delta[:, y0 : y0 + w].to(out.dtype))
 
 
 def sgmv_apply(

@@ -9,12 +9,12 @@ nothing here waits on the device.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-from .packed import PackedLoraWeights
 from .metadata import SGMVMetadata
+from .packed import PackedLoraWeights
 
 __all__ = ["sgmv_shrink", "sgmv_expand", "triton_available"]
 
@@ -74,15 +74,27 @@ def sgmv_shrink(
     grid = (m_tiles * n_tiles, split_k, lora.num_slots)
     a = lora.lora_a
     k.sgmv_shrink_kernel[grid](
-        x, a, v,
-        meta.sorted_tokens, meta.seg_counts, meta.seg_starts, lora.total_ranks,
+        x,
+        a,
+        v,
+        meta.sorted_tokens,
+        meta.seg_counts,
+        meta.seg_starts,
+        lora.total_ranks,
         K,
-        x.stride(0), x.stride(1),
-        a.stride(0), a.stride(1), a.stride(2),
-        v.stride(0), v.stride(1),
+        x.stride(0),
+        x.stride(1),
+        a.stride(0),
+        a.stride(1),
+        a.stride(2),
+        v.stride(0),
+        v.stride(1),
         n_tiles,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        SPLIT_K=split_k, DOT_PRECISION=_precision(x.dtype),
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        SPLIT_K=split_k,
+        DOT_PRECISION=_precision(x.dtype),
     )
     return v
 
@@ -115,20 +127,30 @@ def sgmv_expand(
             raise ValueError(f"y must be {lora.num_slices} tensors of widths {lora.slice_widths}")
         launches = [(t, s, 1, lora.y_offsets[s]) for s, t in enumerate(ys)]
     for out, slice_base, n_launch, y_col_base in launches:
-        max_w = max(lora.slice_widths[slice_base: slice_base + n_launch])
+        max_w = max(lora.slice_widths[slice_base : slice_base + n_launch])
         n_tiles = _cdiv(max_w, block_n)
         grid = (m_tiles * n_tiles, n_launch, lora.num_slots)
         k.sgmv_expand_kernel[grid](
-            v, lora.lora_b, out,
-            meta.sorted_tokens, meta.seg_counts, meta.seg_starts,
-            lora.ranks, lora.rank_offsets, lora.slice_table,
-            slice_base, lora.num_slices,
-            v.stride(0), v.stride(1),
+            v,
+            lora.lora_b,
+            out,
+            meta.sorted_tokens,
+            meta.seg_counts,
+            meta.seg_starts,
+            lora.ranks,
+            lora.rank_offsets,
+            lora.slice_table,
+            slice_base,
+            lora.num_slices,
+            v.stride(0),
+            v.stride(1),
             lora.lora_b.stride(0),
-            out.stride(0), out.stride(1),
+            out.stride(0),
+            out.stride(1),
             y_col_base,
             n_tiles,
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            BLOCK_K=block_k,
             DOT_PRECISION=_precision(torch.float32),
         )
-

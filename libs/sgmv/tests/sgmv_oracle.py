@@ -55,7 +55,9 @@ def slot_pattern(pattern: str, num_tokens: int, num_slots: int, seed: int, base_
     return torch.where(base, torch.full_like(slots, -1), slots)
 
 
-def oracle(x: torch.Tensor, spec: ProjectionSpec, adapters: dict[int, LoraAdapter], slots: torch.Tensor) -> torch.Tensor:
+def oracle(
+    x: torch.Tensor, spec: ProjectionSpec, adapters: dict[int, LoraAdapter], slots: torch.Tensor
+) -> torch.Tensor:
     """float64 ``sum_s scale*(x A^T) B^T`` per token's adapter, slices side by side."""
     out = torch.zeros(x.shape[0], sum(spec.slice_widths), dtype=torch.float64)
     xd = x.double()
@@ -67,7 +69,7 @@ def oracle(x: torch.Tensor, spec: ProjectionSpec, adapters: dict[int, LoraAdapte
         for module, w in zip(spec.slice_modules, spec.slice_widths):
             mw = adapter.modules.get(module)
             if mw is not None:
-                out[rows, col: col + w] = (xd[rows] @ mw.lora_a.double().t()) @ mw.lora_b.double().t() * mw.scale
+                out[rows, col : col + w] = (xd[rows] @ mw.lora_a.double().t()) @ mw.lora_b.double().t() * mw.scale
             col += w
     return out
 

@@ -9,11 +9,11 @@ path.  Run with ``pytest libs/sgmv/tests -m gpu`` on a machine with CUDA.
 
 import pytest
 import torch
-
-from sgmv import build_metadata, torch_ops
 from sgmv_oracle import PATTERNS, make_case, oracle, slot_pattern
 from test_oracle import TORCH_CASES
 from triton_interp_cases import TRITON_CASES, llama_logits_through_backends
+
+from sgmv import build_metadata, torch_ops
 
 pytestmark = [
     pytest.mark.gpu,
@@ -53,13 +53,16 @@ def _run(ops, x, bank, meta, packed):
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 3e-2)], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("case", TORCH_CASES + TRITON_CASES, ids=lambda c: f"in{c[0]}-{len(c[1])}sl-{c[2]}slots-T{c[5]}")
+@pytest.mark.parametrize(
+    "case", TORCH_CASES + TRITON_CASES, ids=lambda c: f"in{c[0]}-{len(c[1])}sl-{c[2]}slots-T{c[5]}"
+)
 @pytest.mark.parametrize("pattern", PATTERNS)
 def test_triton_cuda_matches_oracle(case, pattern, dtype, tol):
     ops = _triton()
     in_f, widths, num_slots, max_rank, ranks, T = case
-    spec, bank, adapters = make_case(in_f, widths, num_slots, max_rank, ranks, seed=11 + num_slots, dtype=dtype,
-                                     device=CUDA)
+    spec, bank, adapters = make_case(
+        in_f, widths, num_slots, max_rank, ranks, seed=11 + num_slots, dtype=dtype, device=CUDA
+    )
     slots = slot_pattern(pattern, T, num_slots, seed=T + 3)
     x = torch.randn(T, in_f, generator=torch.Generator().manual_seed(T)).to(dtype)
     ref = oracle(x.float(), spec, adapters, slots)  # bf16: the inputs as rounded, the weights unrounded

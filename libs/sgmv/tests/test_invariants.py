@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from sgmv_oracle import make_case, random_adapter, slot_pattern
 
 from sgmv import AdapterBank, LoraAdapter, LoraModuleWeights, build_metadata, torch_ops
-from sgmv_oracle import make_case, random_adapter, slot_pattern
 
 
 def _apply(bank, x, slots):
@@ -66,13 +66,17 @@ def test_base_rows_of_a_mixed_batch_are_bit_identical(case):
 def test_zero_padding_a_rank_changes_nothing():
     spec, bank, _ = make_case(150, (64, 16), 2, 32, [4], seed=1)
     adapter = random_adapter(spec, [5, 3], seed=4)
-    padded = LoraAdapter("padded", {
-        m: LoraModuleWeights(
-            torch.cat([mw.lora_a, torch.zeros(7, mw.lora_a.shape[1])]),
-            torch.cat([mw.lora_b, torch.zeros(mw.lora_b.shape[0], 7)], dim=1),
-            mw.scale,
-        ) for m, mw in adapter.modules.items()
-    })
+    padded = LoraAdapter(
+        "padded",
+        {
+            m: LoraModuleWeights(
+                torch.cat([mw.lora_a, torch.zeros(7, mw.lora_a.shape[1])]),
+                torch.cat([mw.lora_b, torch.zeros(mw.lora_b.shape[0], 7)], dim=1),
+                mw.scale,
+            )
+            for m, mw in adapter.modules.items()
+        },
+    )
     bank.load(0, adapter)
     bank.load(1, padded)
     x = torch.randn(30, 150)
@@ -109,7 +113,8 @@ def test_packed_adapter_loads_the_same_slot_and_can_be_packed_on_another_thread(
     with ThreadPoolExecutor(1) as pool:
         packed = pool.submit(bank.pack, small).result()
     assert isinstance(packed, PackedAdapter) and packed.nbytes == sum(
-        mw.lora_a.numel() * 4 + mw.lora_b.numel() * 4 for mw in small.modules.values())
+        mw.lora_a.numel() * 4 + mw.lora_b.numel() * 4 for mw in small.modules.values()
+    )
     bank.load(1, packed, name="small")
     direct = AdapterBank([spec], num_slots=3, max_rank=32)
     direct.load(1, small)

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from sgmv_oracle import PATTERNS, make_case, oracle, slot_pattern
 
 from sgmv import build_metadata, torch_ops
-from sgmv_oracle import PATTERNS, make_case, oracle, slot_pattern
 
 
 def _run(ops, x, bank, meta, packed=True):

@@ -12,10 +12,19 @@ from sgmv import bank_for_model, load_peft_adapter, lora_context, set_token_slot
 
 ADAPTERS = {
     "alpha": dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
-    "beta": dict(r=8, lora_alpha=16, use_rslora=True,
-                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
-    "gamma": dict(r=16, lora_alpha=8, target_modules=["o_proj", "gate_proj", "up_proj", "down_proj"],
-                  rank_pattern={"down_proj": 2}, alpha_pattern={"gate_proj": 32}),
+    "beta": dict(
+        r=8,
+        lora_alpha=16,
+        use_rslora=True,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    ),
+    "gamma": dict(
+        r=16,
+        lora_alpha=8,
+        target_modules=["o_proj", "gate_proj", "up_proj", "down_proj"],
+        rank_pattern={"down_proj": 2},
+        alpha_pattern={"gate_proj": 32},
+    ),
     "delta": dict(r=2, lora_alpha=4, target_modules=["k_proj", "up_proj"]),
 }
 NAMES = ["alpha", "beta", "__base__", "gamma", "delta", "beta"]
@@ -23,9 +32,16 @@ NAMES = ["alpha", "beta", "__base__", "gamma", "delta", "beta"]
 
 def tiny_llama(seed: int = 0):
     cfg = transformers.LlamaConfig(
-        vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     torch.manual_seed(seed)
     return transformers.LlamaForCausalLM(cfg).eval()
@@ -64,7 +80,7 @@ def _inputs(batch=len(NAMES), seq=10, seed=0):
 def test_loader_scales(setup):
     *_, dirs = setup
     beta = load_peft_adapter(dirs["beta"])
-    assert beta.modules["model.layers.0.self_attn.q_proj"].scale == pytest.approx(16 / 8 ** 0.5)
+    assert beta.modules["model.layers.0.self_attn.q_proj"].scale == pytest.approx(16 / 8**0.5)
     gamma = load_peft_adapter(dirs["gamma"])
     assert gamma.modules["model.layers.1.mlp.down_proj"].rank == 2
     assert gamma.modules["model.layers.1.mlp.down_proj"].scale == pytest.approx(8 / 2)
@@ -124,7 +140,7 @@ def test_prefill_then_decode_with_cache_matches_full_forward(setup):
     cache, steps = out.past_key_values, [out.logits[:, -1]]
     set_token_slots(ours, slots)  # one token per sequence from here on
     for t in range(6, 9):
-        out = ours(input_ids=ids[:, t: t + 1], past_key_values=cache, use_cache=True)
+        out = ours(input_ids=ids[:, t : t + 1], past_key_values=cache, use_cache=True)
         cache = out.past_key_values
         steps.append(out.logits[:, -1])
     set_token_slots(ours, None)

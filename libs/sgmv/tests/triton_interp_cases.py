@@ -2,11 +2,10 @@
 
 import pytest
 import torch
-
-from sgmv import bank_for_model, build_metadata, torch_ops
 from sgmv_oracle import PATTERNS, make_case, oracle, slot_pattern
 from test_oracle import _check, _run
 
+from sgmv import bank_for_model, build_metadata, torch_ops
 
 TRITON_CASES = [
     (67, (67,), 1, 16, [16], 20),
@@ -49,9 +48,10 @@ def llama_logits_through_backends(triton_ops_module, device="cpu"):
     kernels (interpreted on CPU, compiled on CUDA), and of the base model alone."""
     import copy
 
-    from sgmv import LoraAdapter, lora_context, wrap_llama
     from sgmv_oracle import random_adapter
     from test_peft_parity import tiny_llama
+
+    from sgmv import LoraAdapter, lora_context, wrap_llama
 
     base = tiny_llama().to(device)
     models = {}

@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 SOURCES = Path(__file__).resolve().parent
@@ -23,7 +23,6 @@ CONTRACTS = {
     "OpenToken": "OpenToken.vy",
     "Registry": "Registry.vy",
     "Settlement": "Settlement.vy",
-    "NaivePush": "bench/NaivePush.vy",
 }
 EVM_VERSION = "prague"
 
@@ -56,18 +55,27 @@ def cache_dir() -> Path:
     raise RuntimeError("no writable cache directory for compiled contracts; set LORANET_CACHE_DIR")
 
 
-@lru_cache(maxsize=None)
 def compile_contract(name: str) -> Compiled:
     """ABI and deploy bytecode of contract `name` (a key of CONTRACTS), compiled once per source."""
-    import vyper
-    from vyper.compiler.settings import Settings
-
     try:
         relative = CONTRACTS[name]
     except KeyError:
         raise ValueError(f"unknown contract {name!r}; known: {', '.join(CONTRACTS)}") from None
-    source = (SOURCES / relative).read_text()
-    key = hashlib.sha256(f"{vyper.__version__}\0{EVM_VERSION}\0{os.environ.get('LORANET_VENOM')}\0{source}".encode()).hexdigest()
+    return compile_source(SOURCES / relative)
+
+
+@cache
+def compile_source(source_path: Path) -> Compiled:
+    """ABI and deploy bytecode of the Vyper file `source_path` (named by its stem), compiled once per source
+    (the benchmarks' own contracts live outside this package: bench/contracts)."""
+    import vyper
+    from vyper.compiler.settings import Settings
+
+    name = source_path.stem
+    source = source_path.read_text()
+    key = hashlib.sha256(
+        f"{vyper.__version__}\0{EVM_VERSION}\0{os.environ.get('LORANET_VENOM')}\0{source}".encode()
+    ).hexdigest()
     path = cache_dir() / f"{name}-{key[:24]}.json"
     if path.exists():
         try:
@@ -77,7 +85,7 @@ def compile_contract(name: str) -> Compiled:
             pass  # a torn or foreign file: compile again and overwrite it
     out = vyper.compile_code(
         source,
-        contract_path=str(SOURCES / relative),
+        contract_path=str(source_path),
         output_formats=["abi", "bytecode"],
         settings=Settings(evm_version=EVM_VERSION, experimental_codegen=os.environ.get("LORANET_VENOM") == "1"),
     )
