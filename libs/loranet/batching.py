@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Hashable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
@@ -21,7 +21,9 @@ class WindowBatcher(Generic[K, T, R]):
     """`flush(key, items)` returns one result per item, in order (an Exception instance as a
     result fails just that item's caller); an exception raised by `flush` fails them all."""
 
-    def __init__(self, flush: Callable[[K, list[T]], Awaitable[Sequence[R]]], window_s: float, max_items: int) -> None:
+    def __init__(
+        self, flush: Callable[[K, list[T]], Awaitable[Sequence[R | BaseException]]], window_s: float, max_items: int
+    ) -> None:
         self._flush_fn = flush
         self.window_s = window_s
         self.max_items = max_items
@@ -45,7 +47,7 @@ class WindowBatcher(Generic[K, T, R]):
             await self._flush(key, group)
         return await fut
 
-    async def _flush_later(self, key: K, group: list) -> None:
+    async def _flush_later(self, key: K, group: list[Any]) -> None:
         await asyncio.sleep(self.window_s)
         await self._flush(key, group)
 
@@ -71,7 +73,7 @@ class WindowBatcher(Generic[K, T, R]):
                 for (_, fut), result in zip(group, results):
                     if fut.done():
                         continue
-                    if isinstance(result, Exception):
+                    if isinstance(result, BaseException):
                         fut.set_exception(result)
                     else:
                         fut.set_result(result)

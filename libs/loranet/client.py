@@ -267,7 +267,7 @@ class Client:
                     break
                 values.append(entry.value or b"")
         finally:
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
         return values
 
     async def nodes(self, model_id: str = "") -> list[p.NodeHeartbeat]:

@@ -54,7 +54,8 @@ class Wire(BaseModel):
 
     def canonical(self) -> list[Any]:
         """Field values in declaration order (nested schemas likewise), signature excluded."""
-        return _canonical(self.model_dump(mode="python", exclude=set(self._unsigned_fields)))
+        canonical: list[Any] = _canonical(self.model_dump(mode="python", exclude=set(self._unsigned_fields)))
+        return canonical
 
 
 class AdditiveWire(Wire):
@@ -90,7 +91,8 @@ def _canonical(value: Any) -> Any:
 
 def canonical_bytes(message: Wire, domain: str) -> bytes:
     """Domain-tagged canonical bytes of `message` (signature fields excluded)."""
-    return msgpack.packb([domain, message.canonical()], use_bin_type=True)
+    packed: bytes = msgpack.packb([domain, message.canonical()], use_bin_type=True)
+    return packed
 
 
 def content_id(message: Wire, domain: str) -> str:
@@ -99,7 +101,8 @@ def content_id(message: Wire, domain: str) -> str:
 
 
 def encode(message: Wire) -> bytes:
-    return msgpack.packb(message.to_wire(), use_bin_type=True)
+    packed: bytes = msgpack.packb(message.to_wire(), use_bin_type=True)
+    return packed
 
 
 M = TypeVar("M", bound=Wire)

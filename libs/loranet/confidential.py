@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 import nacl.bindings
@@ -159,10 +160,11 @@ def slot_matches(sealed: p.Sealed, key: bytes, recipient: bytes) -> bool:
 
 
 def _pack(*fields: object) -> bytes:
-    return msgpack.packb(list(fields), use_bin_type=True)
+    packed: bytes = msgpack.packb(list(fields), use_bin_type=True)
+    return packed
 
 
-def _unpack(data: bytes, domain: str, n: int) -> list:
+def _unpack(data: bytes, domain: str, n: int) -> list[Any]:
     try:
         fields = msgpack.unpackb(data, raw=False)
     except Exception:

@@ -225,7 +225,8 @@ def _quantize(vals: np.ndarray, lo: float, hi: float) -> np.ndarray:
         level = np.clip(np.rint((np.abs(vals) - lo) / span * LEVELS), 0, LEVELS).astype(np.int64)
     else:
         level = np.zeros(vals.shape, dtype=np.int64)
-    return np.where(vals < 0, _HALF + level, level)
+    quantised: np.ndarray = np.where(vals < 0, _HALF + level, level)
+    return quantised
 
 
 def _dequantize(codes: np.ndarray, lo: float, step: float) -> np.ndarray:

@@ -84,7 +84,7 @@ def decode_public(key: str, prefix: int) -> bytes:
 
 def seed_of(identity: Identity, prefix: int = PREFIX_USER) -> str:
     """The NKEY seed ('SU…' for a user) of a loranet identity: the same Ed25519 key, NATS-encoded."""
-    return nkeys.encode_seed(bytes(identity.signing_key), prefix).decode()
+    return str(nkeys.encode_seed(bytes(identity.signing_key), prefix).decode())
 
 
 def public_of(identity: Identity, prefix: int = PREFIX_USER) -> str:

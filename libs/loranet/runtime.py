@@ -120,8 +120,8 @@ class Runtime:
         self.version = version
         self.instance = settings.instance or f"{service}-{os.getpid()}"
         self.log = EventLog(service, self.instance, settings.log_level)
-        self.nc: NATS | None = None
-        self.js: JetStreamContext | None = None
+        self._nc: NATS | None = None
+        self._js: JetStreamContext | None = None
         self.stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[Any]] = []
@@ -130,6 +130,20 @@ class Runtime:
         self._micro: nats.micro.Service | None = None
         self._on_close: list[Callable[[], Awaitable[Any]]] = []
         self.stats: dict[str, _Stats] = {}
+
+    @property
+    def nc(self) -> NATS:
+        """The NATS connection (RuntimeError before start or after close)."""
+        if self._nc is None:
+            raise RuntimeError(f"{self.service}: not connected (start the runtime first)")
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        """The JetStream context of the connection."""
+        if self._js is None:
+            raise RuntimeError(f"{self.service}: not connected (start the runtime first)")
+        return self._js
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -150,10 +164,10 @@ class Runtime:
         async def on_reconnected() -> None:
             self.log.info(
                 "nats.reconnected",
-                server=str(self.nc.connected_url.netloc if self.nc and self.nc.connected_url else ""),
+                server=str(self._nc.connected_url.netloc if self._nc and self._nc.connected_url else ""),
             )
 
-        self.nc = await nats.connect(
+        self._nc = await nats.connect(
             self.settings.nats_url,
             name=self.instance,
             error_cb=on_error,
@@ -164,7 +178,7 @@ class Runtime:
             connect_timeout=5,
             **self.connect_options,
         )
-        self.js = self.nc.jetstream()
+        self._js = self._nc.jetstream()
         if self.topology:
             await ensure_topology(self.js, self.settings.js_replicas, self.settings.node_ttl_s)
         serve_metrics(self.settings.metrics_port)
@@ -200,7 +214,7 @@ class Runtime:
 
     async def close(self) -> None:
         """Stop fetching, let in-flight handlers finish (or hand them back), drain."""
-        if self.nc is None:
+        if self._nc is None:
             return
         self.stopping.set()
         for step in self._on_close:
@@ -228,7 +242,7 @@ class Runtime:
                 await self._micro.stop()
             except Exception:
                 pass
-        nc, self.nc = self.nc, None
+        nc, self._nc = self._nc, None
         try:
             await asyncio.wait_for(nc.drain(), timeout=5)
         except Exception:
@@ -300,7 +314,10 @@ class Runtime:
         return handle
 
     async def _respond_error(self, req: MicroRequest, err: ServiceError) -> None:
-        body = codec.encode(protocol.ErrorReply(code=err.code, message=err.message[:1024], field=err.field[:128]))
+        reply = protocol.ErrorReply.model_validate(
+            {"code": err.code, "message": err.message[:1024], "field": err.field[:128]}
+        )
+        body = codec.encode(reply)
         try:
             await req.respond_error(
                 STATUS.get(err.code, "500"), err.message[:200].replace("\r", " ").replace("\n", " "), data=body

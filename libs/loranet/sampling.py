@@ -20,6 +20,7 @@ Greedy (temperature == 0) is argmax of the logits, lowest index on ties.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -66,7 +67,8 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
         x = x + _GOLDEN
         x = (x ^ (x >> np.uint64(30))) * _M1
         x = (x ^ (x >> np.uint64(27))) * _M2
-        return x ^ (x >> np.uint64(31))
+        mixed: np.ndarray = x ^ (x >> np.uint64(31))
+        return mixed
 
 
 def uniform_noise(seed: int, step: int, n: int) -> np.ndarray:
@@ -82,10 +84,11 @@ def uniform_noise(seed: int, step: int, n: int) -> np.ndarray:
 
 def gumbel_noise(seed: int, step: int, n: int) -> np.ndarray:
     """Standard Gumbel noise g[i] = -log(-log(u[i])) for tokens 0..n-1."""
-    return -np.log(-np.log(uniform_noise(seed, step, n)))
+    noise: np.ndarray = -np.log(-np.log(uniform_noise(seed, step, n)))
+    return noise
 
 
-def _as_f64(logits) -> np.ndarray:
+def _as_f64(logits: Any) -> np.ndarray:
     if hasattr(logits, "detach"):  # torch tensor on any device, any float dtype
         logits = logits.detach().to("cpu").double().numpy()
     arr = np.asarray(logits, dtype=np.float64)
@@ -116,7 +119,7 @@ def _kept_mask(z: np.ndarray, params: SamplerParams) -> np.ndarray:
     return mask
 
 
-def perturbed_scores(logits, params: SamplerParams, seed: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+def perturbed_scores(logits: Any, params: SamplerParams, seed: int, step: int) -> tuple[np.ndarray, np.ndarray]:
     """(scores, kept mask): the race each token runs; `sample` is argmax of scores over kept.
 
     Greedy: scores are the logits themselves, all tokens kept."""
@@ -128,7 +131,7 @@ def perturbed_scores(logits, params: SamplerParams, seed: int, step: int) -> tup
     return z + gumbel_noise(seed, step, z.size), mask
 
 
-def sample(logits, params: SamplerParams, seed: int, step: int) -> int:
+def sample(logits: Any, params: SamplerParams, seed: int, step: int) -> int:
     """The token chosen at decode `step` (0 = first generated token) of the job with `seed`.
 
     `logits` is the 1-D vector of the position that predicts this token
@@ -137,7 +140,7 @@ def sample(logits, params: SamplerParams, seed: int, step: int) -> int:
     return int(np.argmax(np.where(mask, scores, -np.inf)))
 
 
-def sample_many(logits, params: list[SamplerParams], seeds: list[int], steps: list[int]) -> list[int]:
+def sample_many(logits: Any, params: list[SamplerParams], seeds: list[int], steps: list[int]) -> list[int]:
     """`sample` for each row of a [B, V] logits matrix (a serving batch): the same tokens, with the
     greedy rows decided by one argmax over the batch instead of one float64 copy per row.
 
@@ -152,8 +155,11 @@ def sample_many(logits, params: list[SamplerParams], seeds: list[int], steps: li
     greedy = [i for i, p in enumerate(params) if p.greedy]
     if greedy:
         rows = logits[greedy] if len(greedy) < len(params) else logits
+        nan: list[Any]
+        best: list[Any]
         if isinstance(rows, np.ndarray):
-            nan, best = np.isnan(rows).any(axis=1).tolist(), rows.argmax(axis=1).tolist()
+            nan = np.isnan(rows).any(axis=1).tolist()  # type: ignore[assignment]  # a list for a 2-D array
+            best = rows.argmax(axis=1).tolist()
         else:
             nan, best = rows.isnan().any(dim=1).tolist(), rows.argmax(dim=1).tolist()
         for i, token, bad in zip(greedy, best, nan):
@@ -161,7 +167,7 @@ def sample_many(logits, params: list[SamplerParams], seeds: list[int], steps: li
     return [t if t is not None else sample(logits[i], params[i], seeds[i], steps[i]) for i, t in enumerate(out)]
 
 
-def replay_margin(logits, params: SamplerParams, seed: int, step: int, chosen: int) -> float:
+def replay_margin(logits: Any, params: SamplerParams, seed: int, step: int, chosen: int) -> float:
     """How decisively `chosen` wins the race on these logits; >= 0 iff `sample` picks it
     (up to exact ties, where the lower index wins and the margin is 0).
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -35,7 +36,7 @@ class CommonSettings(BaseModel):
     instance: str = ""  # replica name in logs; defaults to the host's pid
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any):
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for name, field in cls.model_fields.items():
@@ -55,8 +56,8 @@ class CommonSettings(BaseModel):
             return cls.model_validate(values)
         except ValidationError as exc:
             err = exc.errors()[0]
-            field = str(err["loc"][0]) if err.get("loc") else "?"
-            raise SettingsError(f"{ENV_PREFIX}{field.upper()}: {err['msg']}") from None
+            where = str(err["loc"][0]) if err.get("loc") else "?"
+            raise SettingsError(f"{ENV_PREFIX}{where.upper()}: {err['msg']}") from None
 
 
 S = TypeVar("S", bound=CommonSettings)

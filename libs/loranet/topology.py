@@ -18,6 +18,7 @@ from nats.js.api import (
 )
 from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
 
 from . import protocol as p
 from .protocol import Consumer
@@ -70,7 +71,7 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1, node_ttl_s: f
             pass
 
 
-async def ensure_bucket(js: JetStreamContext, bucket: str, replicas: int = 1, history: int = 1):
+async def ensure_bucket(js: JetStreamContext, bucket: str, replicas: int = 1, history: int = 1) -> KeyValue:
     """The KV bucket `bucket` (file storage, no TTL), created if missing; idempotent."""
     try:
         return await js.key_value(bucket)

@@ -219,8 +219,9 @@ def check_event(event: p.JobEvent, subject: str) -> Wire | None:
         body = codec.decode(schema, event.body, len(event.body))
     except DecodeError as exc:
         raise Refused(f"body of stage {event.stage!r}: {exc}") from None
-    if body.job_id != event.job_id:
-        raise Refused(f"body is for job {body.job_id}, the event for {event.job_id}")
+    body_job = getattr(body, "job_id", None)  # every stage's body names its job
+    if body_job != event.job_id:
+        raise Refused(f"body is for job {body_job}, the event for {event.job_id}")
     if isinstance(body, p.Receipt) and body.status != event.stage:
         raise Refused(f"receipt status {body.status!r} in a {event.stage!r} event")
     attempt = (
@@ -306,7 +307,7 @@ def assemble_record(job_id: str, fields: Mapping[str, bytes]) -> p.JobRecord:
         result=result,
         verdicts=verdicts,
         receipt=receipt,
-        stages=stages,
+        stages=[p.Stage(s) for s in stages],
         updated_at=max(e.at for e, _ in events),
         attempt=attempt,
     )

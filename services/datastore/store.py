@@ -73,7 +73,7 @@ return {'created', ARGV[3]}
 
 class RegistryStore:
     def __init__(self, client: aioredis.Redis, settings: DatastoreSettings) -> None:
-        self.redis = client
+        self.redis: Any = client  # bytes in, bytes out (decode_responses=False): redis-py types it as bytes | str
         self.settings = settings
         self._register = client.register_script(_REGISTER)
 

@@ -311,7 +311,7 @@ def chat_messages(messages: Any) -> list[dict[str, str]]:
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise invalid(f"messages[{i}] must be an object with 'role' and 'content'", f"messages[{i}]")
-        role = CHAT_ROLES.get(message.get("role"))
+        role = CHAT_ROLES.get(str(message.get("role")))
         if role is None:
             raise invalid(
                 f"messages[{i}].role {message.get('role')!r} is not supported (one of {', '.join(CHAT_ROLES)})",

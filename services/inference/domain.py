@@ -63,7 +63,7 @@ def build_result(
         prompt_tokens=prompt_tokens,
         output_tokens=output_tokens,
         output_text=output_text,
-        finish_reason=finish_reason,
+        finish_reason=finish_reason,  # type: ignore[arg-type]  # the engine's reasons are the protocol's
         fingerprint=p.Fingerprint(chunk_tokens=CHUNK_TOKENS, top_k=TOP_K, chunks=chunks),
         started_at=started_at,
         finished_at=finished_at,

@@ -31,6 +31,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -83,7 +84,7 @@ class _Sequence:
     submitted: float
     slot: int = -1
     blocks: list[int] = field(default_factory=list)
-    index: torch.Tensor | None = None  # pool row of each position
+    index: Any = None  # pool row of each position: a tensor once the sequence holds KV blocks
     cached: int = 0  # positions in the KV cache
     output: list[int] = field(default_factory=list)
     rows: list[torch.Tensor] = field(default_factory=list)
@@ -395,7 +396,9 @@ class Engine:
             slots.extend([seq.slot] * P)
             spans.append((a, a + P))
             logit_rows.append(a + P - 1)
-        dec_rows = dec_index = dec_mask = None
+        dec_rows: Any = None
+        dec_index: Any = None
+        dec_mask: Any = None
         if decoding:
             first = len(ids)
             lens = []

@@ -23,6 +23,7 @@ reallocated per job.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -102,14 +103,15 @@ class PackedBatch:
 class PackedLlama:
     """Runs a transformers Llama plus an sgmv `AdapterBank` over a `PackedBatch` with a `KVPool`."""
 
-    def __init__(self, model: torch.nn.Module, bank: AdapterBank, lora_backend: str | None = None) -> None:
-        self.model = model
+    def __init__(self, model: Any, bank: AdapterBank, lora_backend: str | None = None) -> None:
+        # `model` is a transformers LlamaForCausalLM: its submodules are reached by attribute (Any).
+        self.model: Any = model
         self.bank = bank
-        cfg = model.config
-        self.layers = list(model.model.layers)
-        self.num_heads = cfg.num_attention_heads
-        self.kv_heads = cfg.num_key_value_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        cfg: Any = model.config
+        self.layers: list[Any] = list(model.model.layers)
+        self.num_heads: int = cfg.num_attention_heads
+        self.kv_heads: int = cfg.num_key_value_heads
+        self.head_dim: int = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.scaling = self.head_dim**-0.5
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
@@ -158,8 +160,11 @@ class PackedLlama:
         meta = None
         if bool((batch.token_slots >= 0).any()):
             meta = build_metadata(batch.token_slots, self.bank.num_slots, device=dev)
-        dec_rows = dec_index = dec_mask = None
+        dec_rows: Any = None
+        dec_index: Any = None
+        dec_mask: Any = None
         if batch.decode_rows is not None:
+            assert batch.decode_index is not None and batch.decode_mask is not None  # set together
             dec_rows = batch.decode_rows.to(dev, non_blocking=True)
             dec_index = batch.decode_index.to(dev, non_blocking=True)
             dec_mask = batch.decode_mask.to(dev, non_blocking=True)
@@ -178,7 +183,7 @@ class PackedLlama:
             v = qkv[:, (nh + kvh) * d :].view(T, kvh, d)
             pool.k[li].index_copy_(0, write, k)
             pool.v[li].index_copy_(0, write, v)
-            out = None if decode_only else torch.empty(T, nh, d, dtype=q.dtype, device=q.device)
+            out: Any = None if decode_only else torch.empty(T, nh, d, dtype=q.dtype, device=q.device)
             for a, b in batch.prefill_spans:
                 # A fresh prefill attends only to itself: causal over its own new K/V.
                 o = F.scaled_dot_product_attention(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -386,7 +386,7 @@ class RoutingQueue:
         """Remove a waiting ticket (its handler was cancelled); False if it is not here."""
         group = self._groups.get(ticket.group)
         queue = group.by_client.get(ticket.client) if group else None
-        if not queue:
+        if group is None or not queue:
             return False
         try:
             queue.remove(ticket)
@@ -557,7 +557,7 @@ def assemble_batch(
     batch_id: str,
     scheduler_id: str,
     now: float,
-    attempts: dict[str, tuple[int, Iterable[str]]] | None = None,
+    attempts: Mapping[str, tuple[int, Iterable[str]]] | None = None,
 ) -> p.WorkBatch:
     """One work batch: jobs grouped into segments by adapter, in arrival order; `attempts` names the
     re-runs among them (job id → (attempt, nodes that failed it))."""

@@ -73,12 +73,12 @@ class Failover:
         for name, info in consumers.items():
             if name.startswith(NODE_DURABLE):
                 node_id = name[len(NODE_DURABLE) :]
-                if info.num_pending + info.num_ack_pending == 0:
+                if (info.num_pending or 0) + (info.num_ack_pending or 0) == 0:
                     # Reconcile the load view with the durable: results missed on core NATS don't leak.
                     self.service.outstanding.node_idle(node_id, time.time() - self.settings.idle_reconcile_s)
                 if node_id in live or node_id in self._draining or not grace_over:
                     continue
-                if info.num_pending + info.num_ack_pending == 0:
+                if (info.num_pending or 0) + (info.num_ack_pending or 0) == 0:
                     continue
             elif name.startswith(REDISPATCH_DURABLE):
                 node_id = name[len(REDISPATCH_DURABLE) :]  # left by a replica that stopped mid-drain

@@ -109,7 +109,7 @@ class Chain:
             )
         # No contracts configured: the embedded devnet (in process) or the devnet's chain node (it serves
         # its deployment); anywhere else DevChain.open would deploy, so refuse.
-        from services.settlement.devchain import DevChain
+        from services.settlement.devchain import DEV_DEPLOYER_KEY, DEV_TREASURY, DevChain
 
         if settings.rpc_url and served_deployment(Transport(settings.rpc_url)) is None:
             raise ChainError(
@@ -118,9 +118,9 @@ class Chain:
             )
         return DevChain.open(
             settings.rpc_url,
+            deployer_key=settings.deployer_key or DEV_DEPLOYER_KEY,
             settler_key=settings.settler_key or None,
-            **({"deployer_key": settings.deployer_key} if settings.deployer_key else {}),
-            **({"treasury": settings.treasury} if settings.treasury else {}),
+            treasury=settings.treasury or DEV_TREASURY,
         )
 
     # ------------------------------------------------------------------ setup

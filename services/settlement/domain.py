@@ -66,6 +66,7 @@ def settle_job(verdicts: list[p.Verdict], manifest: p.AdapterManifest | None, tr
     """The on-chain job for accepted `verdicts` (all on one result)."""
     result = verdicts[0].result
     request = result.request
+    contributors: tuple[tuple[str, int], ...]
     if manifest is None:  # base model only: developer and data shares go to the treasury
         developer, contributors = treasury, ()
     else:

@@ -67,6 +67,13 @@ class SettlementService:
             self._reserve_batch, settings.reserve_window_s, MAX_JOBS
         )
 
+    @property
+    def committed(self) -> Journal:
+        """The journal of commits (SettlementService.open gives the service one)."""
+        if self.journal is None:
+            raise RuntimeError("settlement has no journal: build it with SettlementService.open")
+        return self.journal
+
     @classmethod
     async def open(cls, rt: Runtime, settings: SettlementSettings, chain: Chain) -> SettlementService:
         """The service with its journal, after reconciling whatever a previous run left pending."""
@@ -75,7 +82,7 @@ class SettlementService:
         await service.recover()
         # Jobs being re-run: known from here on without a read per verdict (one settler per key).
         try:
-            service._attempts.update(await service.journal.all_attempts())
+            service._attempts.update(await service.committed.all_attempts())
             service._attempts_complete = len(service._attempts) <= _RECENT
         except Exception as exc:  # e.g. no right to list the bucket: read each job's record when needed
             rt.log.warning("attempts.list_failed", error=repr(exc)[:300])
@@ -149,7 +156,7 @@ class SettlementService:
             raise ServiceError("conflict", f"reservation refused: {refused}", "max_fee")
         if state == "unknown":
             raise ServiceError("unavailable", "reservation not on chain; try again")
-        return p.Reservation(job_id=req.job_id, state=state, available=available)
+        return p.Reservation.model_validate({"job_id": req.job_id, "state": state, "available": available})
 
     async def _reserve_batch(self, key: str, items: list[Reservation]) -> list[str | None]:
         """One reserve transaction; if it reverts, each reservation alone (None = done, else why not)."""
@@ -248,7 +255,7 @@ class SettlementService:
             return
         key = job_id if attempt == 0 else f"{job_id}.{attempt}"  # quorum per run of the job
         needed = self.settings.verdict_quorum
-        restored = await self.journal.votes(key) if needed > 1 and key not in self._quorums else []
+        restored = await self.committed.votes(key) if needed > 1 and key not in self._quorums else []
         quorum = self._quorums.setdefault(key, domain.Quorum(needed))
         while len(self._quorums) > _RECENT:
             self._quorums.popitem(last=False)
@@ -257,7 +264,7 @@ class SettlementService:
         decision = quorum.add(verdict)
         if decision is None:
             if needed > 1:  # this verdict is acknowledged now: keep its vote
-                await self.journal.put_votes(key, [codec.encode(v) for v in quorum.votes()])
+                await self.committed.put_votes(key, [codec.encode(v) for v in quorum.votes()])
             return
         self._deciding.add(job_id)
         try:
@@ -266,7 +273,7 @@ class SettlementService:
                 if attempt < self.settings.max_reruns and await self._rerun(verdict, runs, reason):
                     self._quorums.pop(key, None)
                     if needed > 1:
-                        await self.journal.clear_votes(key)
+                        await self.committed.clear_votes(key)
                     return
                 if attempt:
                     reason = (
@@ -281,7 +288,7 @@ class SettlementService:
             await self.epochs.add("epoch", item)
             self._quorums.pop(key, None)
             if needed > 1:
-                await self.journal.clear_votes(key)
+                await self.committed.clear_votes(key)
             self._final[job_id] = None
             while len(self._final) > _RECENT:
                 self._final.popitem(last=False)
@@ -295,7 +302,7 @@ class SettlementService:
         if runs is None:
             if self._attempts_complete or self.journal is None:
                 return Attempts()
-            runs = await self.journal.attempts(job_id)
+            runs = await self.committed.attempts(job_id)
             if runs.attempt:
                 self._remember_attempts(job_id, runs)
         return runs
@@ -323,7 +330,7 @@ class SettlementService:
             )
         failed = tuple(dict.fromkeys([*runs.failed, verdict.result.node_id]))
         nxt = Attempts(attempt=verdict.result.attempt + 1, failed=failed)
-        await self.journal.put_attempts(job_id, nxt)  # decided before anything is published
+        await self.committed.put_attempts(job_id, nxt)  # decided before anything is published
         self._remember_attempts(job_id, nxt)
         self._fault("before_rerun_publish")
         why = (
@@ -375,7 +382,9 @@ class SettlementService:
 
     # -- epochs ------------------------------------------------------------
 
-    async def _settle_epoch(self, key: str, decisions: list[domain.Decision]) -> list[p.Receipt | None | Exception]:
+    async def _settle_epoch(
+        self, key: str, decisions: list[domain.Decision]
+    ) -> Sequence[p.Receipt | None | BaseException]:
         ids = [d.job_id for d in decisions]
         states = await asyncio.to_thread(self.chain.job_states, ids)
         clients = sorted({d.settle.client for d in decisions if d.settle is not None})
@@ -464,9 +473,9 @@ class SettlementService:
                 self.rt.log.warning("fault.injected", point=point)
                 os._exit(137)
 
-    async def _commit_settles(self, jobs: list[SettleJob], seq: int = 0) -> dict[str, p.Receipt]:
+    async def _commit_settles(self, jobs: list[SettleJob], seq: int = 0) -> dict[str, p.Receipt | Exception]:
         seq = seq or await asyncio.to_thread(self.chain.last_seq) + 1
-        await self.journal.put(
+        await self.committed.put(
             PendingCommit(seq=seq, settles=tuple(jobs), clients=self._clients_of([j.job_id.hex() for j in jobs]))
         )
         self._fault("before_send")
@@ -475,30 +484,32 @@ class SettlementService:
             self._fault("after_send")
             batch = await asyncio.to_thread(self.chain.settle_receipt, tx_hash, seq, jobs)
         except ChainError:
-            await self.journal.clear()  # reverted: nothing of this commit is on chain
+            await self.committed.clear()  # reverted: nothing of this commit is on chain
             raise
         self._fault("after_receipt")
         self.rt.log.info("epoch.settled", epoch=batch.seq, jobs=len(jobs), gas=batch.gas_used, tx=batch.tx_hash)
-        out = await self._publish_settled(batch, jobs)
+        out: dict[str, p.Receipt | Exception] = dict(await self._publish_settled(batch, jobs))
         self._fault("after_publish")
-        await self.journal.clear()
+        await self.committed.clear()
         return out
 
-    async def _commit_refunds(self, refunds: list[tuple[str, str]]) -> dict[str, p.Receipt]:
-        await self.journal.put(
+    async def _commit_refunds(self, refunds: list[tuple[str, str]]) -> dict[str, p.Receipt | Exception]:
+        await self.committed.put(
             PendingCommit(refunds=tuple(refunds), clients=self._clients_of([job_id for job_id, _ in refunds]))
         )
         self._fault("before_send")
         try:
             info = await asyncio.to_thread(self.chain.refund, [job_id for job_id, _ in refunds])
         except ChainError:
-            await self.journal.clear()
+            await self.committed.clear()
             raise
         self._fault("after_send")
         self._fault("after_receipt")
-        out = await self._publish_refunded([(job_id, reason, info) for job_id, reason in refunds])
+        out: dict[str, p.Receipt | Exception] = dict(
+            await self._publish_refunded([(job_id, reason, info) for job_id, reason in refunds])
+        )
         self._fault("after_publish")
-        await self.journal.clear()
+        await self.committed.clear()
         return out
 
     # -- receipts ----------------------------------------------------------
@@ -522,7 +533,7 @@ class SettlementService:
             msg = await self.rt.js.get_last_msg("EVENTS", p.job_events_by_id(job_id))
         except NotFoundError:
             raise ValueError(f"job {job_id}: no event names its client, so its receipt has no events subject") from None
-        key = bytes.fromhex(p.parse_job_events(msg.subject)[0])
+        key = bytes.fromhex(p.parse_job_events(msg.subject or "")[0])
         self._remember_client(job_id, key)
         return key
 
@@ -531,7 +542,7 @@ class SettlementService:
             msg = await self.rt.js.get_last_msg("RECEIPTS", p.receipts(job_id))
         except NotFoundError:
             return None
-        return codec.decode(p.Receipt, msg.data)
+        return codec.decode(p.Receipt, msg.data or b"")
 
     async def _publish(self, receipt: p.Receipt, reason: str = "", skip_existing: bool = False) -> p.Receipt:
         if skip_existing:
@@ -610,7 +621,7 @@ class SettlementService:
 
     async def recover(self) -> None:
         """Reconcile the journal's pending commit with the chain (at start, before any verdict)."""
-        pending = await self.journal.get()
+        pending = await self.committed.get()
         if pending is None:
             return
         self.rt.log.warning(
@@ -622,7 +633,7 @@ class SettlementService:
             await self._recover_settles(pending)
         if pending.refunds:
             await self._recover_refunds(pending)
-        await self.journal.clear()
+        await self.committed.clear()
 
     async def _recover_settles(self, pending: PendingCommit) -> None:
         jobs = list(pending.settles)

@@ -73,7 +73,7 @@ class Transport:
             from web3 import EthereumTesterProvider
 
             self.tester = tester if tester is not None else EthereumTester(PyEVMBackend())
-            self.w3 = Web3(EthereumTesterProvider(self.tester))
+            self.w3: Any = Web3(EthereumTesterProvider(self.tester))
         else:
             self.tester = None
             self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout_s}))

@@ -30,6 +30,8 @@ class AuditEngine:
     ) -> None:
         resolved = resolve_model(model_path, cache_dir or None)
         self.model = ReferenceModel.from_path(resolved.path, model_id or resolved.known_id or None, device=device)
+        if self.model.tokenizer is None or self.model.model_id is None:
+            raise ValueError(f"{resolved.path}: the audit engine needs the model's tokenizer and content id")
         self.tokenizer: Tokenizer = self.model.tokenizer
         if attn_implementation:
             self.model.base.config._attn_implementation = attn_implementation

@@ -63,7 +63,7 @@ class LoadedAdapter:
     @property
     def scaling(self) -> float:
         """The LoRA scale PEFT applies: alpha/r, or alpha/sqrt(r) with rsLoRA."""
-        r, alpha = self.config["r"], self.config["lora_alpha"]
+        r, alpha = float(self.config["r"]), float(self.config["lora_alpha"])
         return alpha / math.sqrt(r) if self.config.get("use_rslora") else alpha / r
 
 
@@ -135,7 +135,7 @@ def canonical_adapter_config(config: dict[str, Any], base_model_id: str | None =
     return (json.dumps(clean, sort_keys=True, indent=2) + "\n").encode()
 
 
-def build_demo_adapter(base_model, dest_dir: str | os.PathLike, seed: int, index: int) -> str:
+def build_demo_adapter(base_model: Any, dest_dir: str | os.PathLike[str], seed: int, index: int) -> str:
     """Build demo adapter `index` for the loaded `base_model` into `dest_dir`; return its adapter_id."""
     # get_peft_model injects layers into the model it is given: work on a copy.
     return _build_demo_adapter_in_place(
@@ -143,7 +143,9 @@ def build_demo_adapter(base_model, dest_dir: str | os.PathLike, seed: int, index
     )
 
 
-def _build_demo_adapter_in_place(model, dest_dir: str | os.PathLike, seed: int, index: int, base_id: str | None) -> str:
+def _build_demo_adapter_in_place(
+    model: Any, dest_dir: str | os.PathLike[str], seed: int, index: int, base_id: str | None
+) -> str:
     """As `build_demo_adapter`, injecting the LoRA layers into `model` itself and removing them
     afterwards (PEFT's `unload`), so one loaded model serves many adapters without a copy each."""
     from peft import LoraConfig, get_peft_model
@@ -151,7 +153,7 @@ def _build_demo_adapter_in_place(model, dest_dir: str | os.PathLike, seed: int, 
     spec = demo_adapter_spec(seed, index)
     lora_config = LoraConfig(
         r=spec.rank,
-        lora_alpha=spec.lora_alpha,
+        lora_alpha=spec.lora_alpha,  # type: ignore[arg-type]  # PEFT takes a float alpha
         target_modules=list(spec.targets),
         lora_dropout=0.0,
         bias="none",
@@ -164,7 +166,7 @@ def _build_demo_adapter_in_place(model, dest_dir: str | os.PathLike, seed: int, 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        peft_model.save_pretrained(tmp, safe_serialization=True)
+        peft_model.save_pretrained(str(tmp), safe_serialization=True)
         for extra in tmp.iterdir():  # README.md model card and anything else
             if extra.name not in (CONFIG_NAME, WEIGHTS_NAME):
                 extra.unlink()
@@ -180,10 +182,10 @@ def _build_demo_adapter_in_place(model, dest_dir: str | os.PathLike, seed: int, 
 
 
 def build_demo_adapters(
-    base_path: str | os.PathLike,
+    base_path: str | os.PathLike[str],
     n: int,
     seed: int = 0,
-    out_dir: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
     expected_model_id: str | None = None,
 ) -> list[tuple[str, Path, str]]:
     """Build `n` demo adapters for the checkpoint at `base_path`.
@@ -202,7 +204,7 @@ def build_demo_adapters(
     return out
 
 
-def load_adapter(path: str | os.PathLike, expected_adapter_id: str | None = None) -> LoadedAdapter:
+def load_adapter(path: str | os.PathLike[str], expected_adapter_id: str | None = None) -> LoadedAdapter:
     """Check an adapter directory's content hash, then read its config and tensors.
 
     Raises `ContentHashMismatch` if `expected_adapter_id` is given and differs."""
@@ -216,7 +218,7 @@ def load_adapter(path: str | os.PathLike, expected_adapter_id: str | None = None
     return LoadedAdapter(found, path, config, load_file(path / WEIGHTS_NAME))
 
 
-def adapter_to_blobs(path: str | os.PathLike) -> tuple[bytes, bytes]:
+def adapter_to_blobs(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
     """(adapter_config.json bytes, adapter_model.safetensors bytes) of an adapter directory."""
     path = Path(path)
     return (path / CONFIG_NAME).read_bytes(), (path / WEIGHTS_NAME).read_bytes()
@@ -234,7 +236,7 @@ def adapter_id_of_blobs(config_bytes: bytes, weights_bytes: bytes) -> str:
 
 
 def adapter_from_blobs(
-    config_bytes: bytes, weights_bytes: bytes, dest_dir: str | os.PathLike, expected_adapter_id: str | None = None
+    config_bytes: bytes, weights_bytes: bytes, dest_dir: str | os.PathLike[str], expected_adapter_id: str | None = None
 ) -> str:
     """Rebuild an adapter directory from its two blobs; return its adapter_id.
 

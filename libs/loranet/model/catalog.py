@@ -24,6 +24,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import Invalid
 from . import smollm2
@@ -63,7 +64,7 @@ def default_model_name() -> str:
     return os.environ.get(MODEL_ENV) or DEFAULT_MODEL_NAME
 
 
-def resolve_model(spec: str = "", cache_dir: str | os.PathLike | None = None) -> ResolvedModel:
+def resolve_model(spec: str = "", cache_dir: str | os.PathLike[str] | None = None) -> ResolvedModel:
     """(name, path, model_id) of a model name or checkpoint directory; "" = `default_model_name()`."""
     spec = spec or default_model_name()
     if spec == smollm2.NAME:
@@ -82,7 +83,7 @@ def resolve_model(spec: str = "", cache_dir: str | os.PathLike | None = None) ->
     )
 
 
-def _expected_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
+def _expected_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     h, inter, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
     heads, kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
     head_dim = cfg.get("head_dim") or h // heads
@@ -108,7 +109,7 @@ def _expected_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def check_checkpoint(path: str | os.PathLike) -> tuple[dict, Tokenizer]:
+def check_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Tokenizer]:
     """Refuse (ModelRefused) a directory loranet cannot serve; return (config, tokenizer) of one it can."""
     d = Path(path)
     if not d.is_dir():
@@ -158,7 +159,7 @@ def check_checkpoint(path: str | os.PathLike) -> tuple[dict, Tokenizer]:
 
 
 def register_checkpoint(
-    src: str | os.PathLike, name: str = "", cache_dir: str | os.PathLike | None = None
+    src: str | os.PathLike[str], name: str = "", cache_dir: str | os.PathLike[str] | None = None
 ) -> tuple[ResolvedModel, Tokenizer]:
     """Check `src` and copy it into the cache as `name` (default: the directory's name); nothing is written
     when a check fails. Returns the registered model and its tokenizer."""

@@ -14,8 +14,10 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -41,7 +43,7 @@ class TinyLlamaSpec:
     rope_theta: float = 10000.0
 
 
-def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Root of loranet's local cache: the argument, else $LORANET_CACHE, else ~/.cache/loranet."""
     if cache_dir is not None:
         return Path(cache_dir)
@@ -49,11 +51,11 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(env) if env else Path.home() / ".cache" / "loranet"
 
 
-def llama_config(spec: TinyLlamaSpec = TinyLlamaSpec()):
+def llama_config(spec: TinyLlamaSpec = TinyLlamaSpec()) -> Any:
     """A `transformers.LlamaConfig` for `spec`, float32, untied embeddings."""
     from transformers import LlamaConfig
 
-    return LlamaConfig(
+    return LlamaConfig(  # type: ignore[call-arg]  # rope_theta is read from kwargs
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_hidden_layers,
@@ -102,7 +104,7 @@ def _init_weights(model: torch.nn.Module, seed: int) -> None:
 
 
 def build_base_checkpoint(
-    dest_dir: str | os.PathLike, seed: int = DEFAULT_SEED, spec: TinyLlamaSpec = TinyLlamaSpec()
+    dest_dir: str | os.PathLike[str], seed: int = DEFAULT_SEED, spec: TinyLlamaSpec = TinyLlamaSpec()
 ) -> str:
     """Build the seeded tiny Llama and save it as a HF checkpoint in `dest_dir`; return its model_id.
 
@@ -117,7 +119,8 @@ def build_base_checkpoint(
     dest.parent.mkdir(parents=True, exist_ok=True)
     config = llama_config(spec)
     torch.manual_seed(seed)  # HF's own init runs first; ours overwrites all of it
-    model = LlamaForCausalLM(config).to(torch.float32)
+    model: Any = LlamaForCausalLM(config)
+    model = model.to(torch.float32)
     _init_weights(model, seed)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
@@ -132,7 +135,7 @@ def build_base_checkpoint(
     return model_id
 
 
-def _install_dir(tmp: Path, dest: Path, id_of, new_id: str) -> None:
+def _install_dir(tmp: Path, dest: Path, id_of: Callable[[Path], str], new_id: str) -> None:
     """Move `tmp` to `dest` unless `dest` already holds the same content."""
     if dest.exists():
         try:
@@ -151,13 +154,13 @@ def _install_dir(tmp: Path, dest: Path, id_of, new_id: str) -> None:
             raise
 
 
-def tiny_model_path(cache_dir: str | os.PathLike | None = None, name: str = TINY_MODEL_NAME) -> Path:
+def tiny_model_path(cache_dir: str | os.PathLike[str] | None = None, name: str = TINY_MODEL_NAME) -> Path:
     """Where the embedded default model lives: <cache>/models/<name>."""
     return cache_root(cache_dir) / "models" / name
 
 
 def ensure_tiny_model(
-    cache_dir: str | os.PathLike | None = None, name: str = TINY_MODEL_NAME, seed: int = DEFAULT_SEED
+    cache_dir: str | os.PathLike[str] | None = None, name: str = TINY_MODEL_NAME, seed: int = DEFAULT_SEED
 ) -> tuple[Path, str]:
     """Build the default model in the cache if it is not there yet; return (path, model_id).
 
@@ -171,11 +174,11 @@ def ensure_tiny_model(
 
 
 def load_base_model(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     expected_model_id: str | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
-):
+) -> Any:
     """Load a Llama-family HF checkpoint directory after checking its content hash.
 
     Returns the `LlamaForCausalLM` in eval mode on `device` / `dtype`, with
@@ -189,7 +192,7 @@ def load_base_model(
     found = model_content_id(path)
     if expected_model_id is not None and found != expected_model_id:
         raise ContentHashMismatch("model", str(path), expected_model_id, found)
-    model = LlamaForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    model: Any = LlamaForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
     model.to(device).eval()
     model.loranet_model_id = found
     return model

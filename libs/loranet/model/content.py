@@ -112,7 +112,7 @@ def safetensors_entries(
         yield name, dtype, shape, data[start:end]
 
 
-def safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+def safetensors_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
     """{tensor name: shape} of a safetensors file, from its header, after checking every tensor's offsets
     against the file's size (InvalidSafetensors otherwise)."""
     path = Path(path)
@@ -179,10 +179,12 @@ class _MappedFiles:
     """Memory-maps safetensors files for hashing without reading them into memory."""
 
     def __init__(self, paths: list[Path]):
-        self.paths, self._files, self._maps = paths, [], []
+        self.paths = paths
+        self._files: list[Any] = []
+        self._maps: list[mmap.mmap] = []
 
     def __enter__(self) -> list[tuple[str, mmap.mmap | bytes]]:
-        out = []
+        out: list[tuple[str, mmap.mmap | bytes]] = []
         for p in self.paths:
             f = open(p, "rb")
             self._files.append(f)
@@ -218,11 +220,11 @@ def directory_content_id(domain: bytes, directory: Path, config_name: str, weigh
         return content_id(domain, config, blobs)
 
 
-def model_content_id(path: str | os.PathLike) -> str:
+def model_content_id(path: str | os.PathLike[str]) -> str:
     """`model_id` of a Hugging Face checkpoint directory (config.json + *.safetensors)."""
     return directory_content_id(MODEL_DOMAIN, Path(path), "config.json", "*.safetensors")
 
 
-def adapter_content_id(path: str | os.PathLike) -> str:
+def adapter_content_id(path: str | os.PathLike[str]) -> str:
     """`adapter_id` of a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)."""
     return directory_content_id(ADAPTER_DOMAIN, Path(path), "adapter_config.json", "adapter_model.safetensors")

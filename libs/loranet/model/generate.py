@@ -21,6 +21,7 @@ import os
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -52,17 +53,17 @@ class Generation:
 class ReferenceModel:
     """A base model plus any number of named PEFT LoRA adapters, content-checked on load."""
 
-    def __init__(self, base_model, tokenizer: Tokenizer | None = None):
+    def __init__(self, base_model: Any, tokenizer: Tokenizer | None = None) -> None:
         self.base = base_model
         self.tokenizer = tokenizer
         self.model_id: str | None = getattr(base_model, "loranet_model_id", None)
-        self.peft = None  # PeftModel wrapping self.base once an adapter is loaded
+        self.peft: Any = None  # PeftModel wrapping self.base once an adapter is loaded
         self.adapter_ids: dict[str, str] = {}
 
     @classmethod
     def from_path(
         cls,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         expected_model_id: str | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
@@ -72,9 +73,10 @@ class ReferenceModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.base.parameters()).device
+        device: torch.device = next(self.base.parameters()).device
+        return device
 
-    def add_adapter(self, name: str, path: str | os.PathLike, expected_adapter_id: str | None = None) -> str:
+    def add_adapter(self, name: str, path: str | os.PathLike[str], expected_adapter_id: str | None = None) -> str:
         """Load the PEFT adapter at `path` under `name` after checking its hash; return its adapter_id."""
         from peft import PeftModel
 

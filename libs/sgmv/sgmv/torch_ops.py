@@ -24,8 +24,9 @@ time a sequence finishes (a chat mix's common case).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -58,7 +59,7 @@ def _use_bmm(meta: SGMVMetadata) -> bool:
     return len(meta.segments) > 1 and meta.uniform_segments and meta.max_segment <= BATCHED_MAX_SEGMENT
 
 
-def _common(values) -> int | None:
+def _common(values: Iterable[int]) -> int | None:
     values = set(values)
     return values.pop() if len(values) == 1 else None
 
@@ -91,7 +92,7 @@ def sgmv_shrink(
     if batched:
         r = _common(lora.total_ranks_host[slot] for slot, _, _ in meta.segments)
         a = _batched_weights(lora.lora_a, meta, slice(0, r)) if r else None
-        if a is not None:
+        if a is not None and r is not None and xs is not None:
             n = meta.num_lora_tokens
             v3 = torch.bmm(xs.view(nseg, n // nseg, -1), a.transpose(1, 2))
             v[:n, :r] = v3.reshape(n, r)
@@ -101,7 +102,7 @@ def sgmv_shrink(
         if r == 0:
             continue
         # A contiguous run of the batch is read in place; others were gathered.
-        seg = x[row : row + end - start] if row >= 0 else xs[start:end]
+        seg = x[row : row + end - start] if row >= 0 or xs is None else xs[start:end]
         v[start:end, :r] = torch.mm(seg, lora.lora_a[slot, :r].t())
     return v
 
@@ -134,12 +135,12 @@ def sgmv_expand(
             r = _common(lora.ranks_host[slot][s] for slot, _, _ in meta.segments)
             off = _common(lora.rank_offsets_host[slot][s] for slot, _, _ in meta.segments)
             b = _batched_weights(b_all, meta, slice(0, r)) if r and off is not None else None
-            if b is not None:
+            if b is not None and r is not None and off is not None:
                 vs = v[:n].view(nseg, n // nseg, -1)[:, :, off : off + r]
-                delta = torch.bmm(vs.to(b.dtype), b).reshape(n, -1)
-                ys_out.index_add_(0, idx, delta.to(ys_out.dtype))
+                batched_delta = torch.bmm(vs.to(b.dtype), b).reshape(n, -1)
+                ys_out.index_add_(0, idx, batched_delta.to(ys_out.dtype))
                 continue
-        delta = None
+        delta: torch.Tensor | None = None
         for (slot, start, end), row in zip(meta.segments, meta.segment_rows):
             r = lora.ranks_host[slot][s]
             if r == 0:
@@ -163,7 +164,7 @@ def sgmv_expand(
             ys_out.index_add_(0, idx, delta)
 
 
-def _split_outputs(y, lora: PackedLoraWeights) -> list[torch.Tensor]:
+def _split_outputs(y: torch.Tensor | Sequence[torch.Tensor], lora: PackedLoraWeights) -> list[torch.Tensor]:
     if isinstance(y, torch.Tensor):
         if y.shape[-1] != lora.out_features:
             raise ValueError(f"y has {y.shape[-1]} columns; projection {lora.spec.name!r} has {lora.out_features}")
@@ -187,10 +188,10 @@ class _PaddedPlan:
     valid: torch.Tensor  # [G*S] bool
     all_valid: bool
     long_segments: SGMVMetadata | None  # the metadata narrowed to the other segments (None: there are none)
-    _rows: dict | None = None
-    _layouts: dict | None = None
+    _rows: dict[tuple[int, ...], Any] | None = None
+    _layouts: dict[tuple[int, ...], Any] | None = None
 
-    def layout_of(self, group_slots: tuple[int, ...]):
+    def layout_of(self, group_slots: tuple[int, ...]) -> Any:
         """Where a gathered group's slots sit in this plan: (plan rows as a tuple, the same as a tensor, the
         group positions that are active as a tensor, or None when all are, in group order); None when
         none of the group's slots is in this step."""
@@ -213,7 +214,7 @@ class _PaddedPlan:
             )
         return self._layouts[group_slots]
 
-    def rows_of(self, key: tuple[int, ...], rows: torch.Tensor):
+    def rows_of(self, key: tuple[int, ...], rows: torch.Tensor) -> Any:
         """For a subset of the plan's row blocks: (input token of each padded row, output token of each
         kept row, mask of kept rows or None), computed once per forward for every projection using it."""
         if self._rows is None:
@@ -231,7 +232,7 @@ class _PaddedPlan:
 
 
 def _padded_plan(meta: SGMVMetadata) -> _PaddedPlan:
-    cached = meta.__dict__.get("_padded_plan")
+    cached: _PaddedPlan | None = meta.__dict__.get("_padded_plan")
     if cached is not None:
         return cached
     sorted_tokens = meta.sorted_tokens.cpu()
@@ -272,7 +273,8 @@ def _gathered(lora: PackedLoraWeights, p: _PaddedPlan) -> list[tuple[tuple[int, 
     if entry is not None and entry[0][1] == lora.generation:
         cached = entry[0][0]
         if cached == p.slots or (set(p.slots) <= set(cached) and 2 * len(p.slots) >= len(cached)):
-            return entry[1]
+            factors: list[tuple[tuple[int, ...], torch.Tensor, torch.Tensor]] = entry[1]
+            return factors
     dev = p.tokens.device
     groups: dict[int, list[int]] = {}
     for i, slot in enumerate(p.slots):

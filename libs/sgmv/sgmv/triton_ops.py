@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from types import ModuleType
 
 import torch
 
@@ -28,7 +29,7 @@ def triton_available() -> bool:
     return True
 
 
-def _kernels():
+def _kernels() -> ModuleType:
     from . import _triton_kernels
 
     return _triton_kernels
