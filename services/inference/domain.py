@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Sequence
+
 from loranet import protocol as p
 from loranet.errors import Refused
 from loranet.fingerprint import CHUNK_TOKENS, TOP_K
@@ -23,6 +25,34 @@ def sampler_params(job: p.JobRequest) -> SamplerParams:
 def check_tokenizer(job: p.JobRequest, tokenizer_id: str) -> None:
     if problem := job.tokenizer_problem(tokenizer_id):
         raise JobRefused(problem)
+
+
+def finish_reason(
+    *,
+    token: int,
+    n_output: int,
+    decoded: Callable[[], str],
+    stop_ids: Collection[int],
+    stop: Sequence[str],
+    max_tokens: int,
+    ignore_eos: bool,
+    deadline: float | None,
+    now: float,
+) -> str | None:
+    """Why a sequence stops after emitting `token` as its `n_output`-th output ("eos", "stop", "length",
+    "deadline"), or None to go on. `decoded()` is the output so far as text, asked only when the job has stop
+    strings (the verifier's termination check applies the same rule)."""
+    if token in stop_ids and not ignore_eos:
+        return "eos"
+    if stop:
+        text = decoded()
+        if any(s in text for s in stop):
+            return "stop"
+    if n_output >= max_tokens:
+        return "length"
+    if deadline is not None and now > deadline:
+        return "deadline"
+    return None
 
 
 def check_prompt(prompt_tokens: list[int], max_prompt_tokens: int) -> None:

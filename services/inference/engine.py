@@ -45,7 +45,7 @@ from sgmv import bank_for_model
 
 from . import metrics
 from .adapter_cache import AdapterCache, AdapterRefused
-from .domain import JobRefused
+from .domain import JobRefused, finish_reason
 from .forward import KVPool, PackedBatch, PackedLlama
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -475,17 +475,17 @@ class Engine:
 
     def _finish_reason(self, seq: _Sequence, token: int, now_wall: float) -> str | None:
         req = seq.req
-        if token in self.tokenizer.stop_ids and not req.ignore_eos:
-            return "eos"
-        if req.stop:
-            text = self.tokenizer.decode(seq.output)
-            if any(s in text for s in req.stop):
-                return "stop"
-        if len(seq.output) >= req.max_tokens:
-            return "length"
-        if req.deadline is not None and now_wall > req.deadline:
-            return "deadline"
-        return None
+        return finish_reason(
+            token=token,
+            n_output=len(seq.output),
+            decoded=lambda: self.tokenizer.decode(seq.output),
+            stop_ids=self.tokenizer.stop_ids,
+            stop=req.stop,
+            max_tokens=req.max_tokens,
+            ignore_eos=req.ignore_eos,
+            deadline=req.deadline,
+            now=now_wall,
+        )
 
     def _finish(self, seq: _Sequence, reason: str) -> None:
         """Free the sequence's pages and slot now; commit the fingerprint off the engine thread.
