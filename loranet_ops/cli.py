@@ -8,11 +8,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import devnet as dn
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+# 2: a bad argument; 1: a refused request or an unreachable network (what to do is on the line).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 1
 
 
 def _nats_url(args: argparse.Namespace) -> str:
@@ -60,6 +61,9 @@ async def _client(args: argparse.Namespace):
 
 def _one_line(exc: Exception) -> str:
     """A validation error as one line: the first failing field and why."""
+    field = getattr(exc, "field", "")
+    if field and not callable(getattr(exc, "errors", None)):
+        return f"{field}: {str(exc).splitlines()[0]}"
     errors = getattr(exc, "errors", None)
     if callable(errors):
         try:
@@ -103,14 +107,21 @@ async def _run_job(args: argparse.Namespace, prompt: str, chat: bool) -> int:
     from loranet.errors import RemoteError
 
     console = Console(stderr=True)
+    # Everything the arguments decide is checked before connecting, so nothing is reserved or billed.
+    if not prompt.strip():
+        return _fail(f"{'message' if chat else 'prompt'}: must not be empty", EXIT_USAGE)
+    if not 1 <= args.max_tokens <= p.MAX_TOKENS_LIMIT:
+        return _fail(f"max_tokens: between 1 and {p.MAX_TOKENS_LIMIT}, got {args.max_tokens}", EXIT_USAGE)
+    if args.max_fee < 1:
+        return _fail(f"max_fee: at least 1 wei, got {args.max_fee}", EXIT_USAGE)
+    try:
+        sampling = p.SamplingParams(
+            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop or []
+        )
+    except ValueError as exc:
+        return _fail(f"invalid sampling options: {_one_line(exc)}", EXIT_USAGE)
     client = await _client(args)
     async with client:
-        try:
-            sampling = p.SamplingParams(
-                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop or []
-            )
-        except ValueError as exc:
-            return _fail(f"invalid sampling options: {_one_line(exc)}", EXIT_USAGE)
         if args.deposit:
             await client.faucet(args.deposit, args.deposit)
         try:
@@ -169,9 +180,11 @@ def _show_outcome(result: dict) -> None:
 
 
 async def cmd_job(args: argparse.Namespace) -> int:
+    from loranet import protocol as p
     from loranet.client import outcome_of
     from loranet.errors import RemoteError
 
+    p.JobGet(job_id=args.job_id)  # a bad id is refused before connecting
     client = await _client(args)
     async with client:
         try:
@@ -352,6 +365,11 @@ def cmd_adapter_train(args: argparse.Namespace) -> int:
         lr=args.lr,
         seed=args.seed,
     )
+    # The arguments are checked before the base model is loaded (or built).
+    if min(args.rank, args.alpha, args.epochs) < 1 or args.lr <= 0:
+        return _fail("rank, alpha and epochs must be >= 1 and the learning rate > 0", EXIT_USAGE)
+    if not Path(args.data).is_file():
+        return _fail(f"{args.data}: no such dataset file", EXIT_USAGE)
     try:
         base = resolve_model(args.base)
         with Progress(
@@ -440,7 +458,15 @@ async def cmd_nodes(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_address(address: str) -> None:
+    from loranet import protocol as p
+
+    if address:
+        p.BalanceGet(address=address)  # 0x and 40 hex digits, refused before connecting
+
+
 async def cmd_balance(args: argparse.Namespace) -> int:
+    _check_address(args.address)
     client = await _client(args)
     async with client:
         balance = await client.balance(args.address or None)
@@ -456,6 +482,7 @@ async def cmd_stake(args: argparse.Namespace) -> int:
     from loranet.runtime import request
     from loranet.signing import devnet_address
 
+    _check_address(args.address)
     client = await _client(args)
     async with client:
         address = args.address
@@ -566,9 +593,7 @@ def _show_status(state: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="loranet", description="A verifiable, decentralized multi-LoRA inference network."
-    )
+    parser = _Parser(prog="loranet", description="A verifiable, decentralized multi-LoRA inference network.")
     parser.add_argument("--nats", help="NATS URL (default: the running devnet's, or LORANET_NATS_URL)")
     parser.add_argument("--state-dir", default=dn.DEFAULT_STATE_DIR, help="devnet state directory (default .devnet)")
     parser.add_argument("--key", help="client key file (default <state-dir>/client.key)")
@@ -696,6 +721,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `error: <what>: <rule>` and exit 2, no usage block (--help has it)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see: {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def refusal(exc: BaseException) -> tuple[str, int]:
+    """The one line and exit code for an error a command let through: never a traceback.
+
+    Bad input (a field that fails its rule) exits 2; a refused request, an unreachable devnet or anything
+    else exits 1, with what to do where we know it."""
+    from nats.errors import Error as NatsError
+    from pydantic import ValidationError
+
+    from loranet.errors import Invalid, LoranetError, RemoteError
+
+    if isinstance(exc, ValidationError | Invalid):
+        field = getattr(exc, "field", "")
+        line = _one_line(exc) if isinstance(exc, ValidationError) else f"{field}: {exc}" if field else str(exc)
+        return line, EXIT_USAGE
+    if isinstance(exc, RemoteError):
+        return f"{exc.code}: {exc.message}", EXIT_USAGE if exc.code == "invalid" else EXIT_FAILED
+    if isinstance(exc, NatsError | ConnectionError | TimeoutError | asyncio.TimeoutError):
+        return (
+            f"no answer from the network ({type(exc).__name__}: {str(exc) or 'timed out'}); is the devnet up? "
+            "start one with: loranet devnet up --detach",
+            EXIT_FAILED,
+        )
+    if isinstance(exc, LoranetError | ValueError | OSError):
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__, EXIT_FAILED
+    return (
+        f"internal: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (a bug: please report it)",
+        (EXIT_FAILED),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -705,6 +768,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(result or 0)
     except KeyboardInterrupt:
         return 130
+    except SystemExit:
+        raise
+    except Exception as exc:  # the last resort: one line, never a traceback
+        line, code = refusal(exc)
+        return _fail(line, code)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from nats.nuid import NUID
 
 from . import codec, confidential, natsauth
 from . import protocol as p
-from .errors import LoranetError, RemoteError
+from .errors import Invalid, LoranetError, RemoteError
 from .model.catalog import default_model_name
 from .model.tokenizers import render_chat
 from .runtime import request
@@ -120,6 +120,10 @@ def outcome_of(record: p.JobRecord, identity: Identity | None = None) -> Outcome
     return out
 
 
+async def _quiet(exc: Exception) -> None:
+    """A connection error the caller hears of as the exception nats.connect raises (or a request's)."""
+
+
 def _has_credentials(url: str) -> bool:
     from urllib.parse import urlparse
 
@@ -140,6 +144,7 @@ class Client:
         (loranet.natsauth), with its own inbox prefix.  A URL that carries a user and password (an
         operator's, a test's) connects as that user instead."""
         auth = {} if _has_credentials(url) else natsauth.connect_options(identity)
+        options.setdefault("error_cb", _quiet)  # nats-py's default prints a traceback per failed attempt
         nc = await nats.connect(
             url, name="loranet-client", connect_timeout=5, max_reconnect_attempts=3, **auth, **options
         )
@@ -349,6 +354,8 @@ class Client:
 
         `confidential`: seal the prompt to one live node (`node_id`, or one picked from the registry) and the
         verifier committee; only they, and the client for the output, can read the job (see `seal_for`)."""
+        if not prompt.strip():
+            raise Invalid("must not be empty", "message" if chat else "prompt")
         if adapter:
             manifest = await self.adapter(adapter)
             adapter_id, base = manifest.adapter_id, await self.model(manifest.base_model_id)

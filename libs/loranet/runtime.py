@@ -22,9 +22,10 @@ import asyncio
 import hashlib
 import os
 import signal
+import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -504,6 +505,18 @@ class Runtime:
     async def request(self, subject: Request[M, R], message: M, timeout: float | None = None, to: str = "") -> R:
         """Ask `subject`'s responders (at the concrete subject `to` for a wildcard one); typed reply or RemoteError."""
         return await request(self.nc, subject, message, timeout or self.settings.request_timeout_s, to=to)
+
+
+def run_service(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """`python -m services.<name>`: run `main()`; a setting that fails its rule stops the service with one
+    line (`error: LORANET_X: rule`, exit 2), not a traceback."""
+    from .settings import SettingsError
+
+    try:
+        asyncio.run(main())
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:

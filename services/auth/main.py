@@ -4,10 +4,8 @@ Replicas share the requests through a queue group; each needs the same issuer se
 
 from __future__ import annotations
 
-import asyncio
-
 from loranet import natsauth
-from loranet.runtime import Runtime
+from loranet.runtime import Runtime, run_service
 
 from .handlers import AuthService
 from .settings import AuthSettings
@@ -25,4 +23,4 @@ async def main(settings: AuthSettings | None = None) -> None:
 
 
 def run() -> None:
-    asyncio.run(main())
+    run_service(main)

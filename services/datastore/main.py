@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from loranet.errors import ServiceError
-from loranet.runtime import Runtime
+from loranet.runtime import Runtime, run_service
 
 from .handlers import DatastoreService
 from .settings import DatastoreSettings
@@ -28,4 +26,4 @@ async def main(settings: DatastoreSettings | None = None) -> None:
 
 
 def run() -> None:
-    asyncio.run(main())
+    run_service(main)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from loranet.runtime import Runtime
+from loranet.runtime import Runtime, run_service
 
 from .handlers import GatewayService, build_app
 from .settings import GatewaySettings
@@ -50,4 +50,4 @@ async def main(
 
 
 def run() -> None:
-    asyncio.run(main())
+    run_service(main)

@@ -42,7 +42,10 @@ class GatewaySettings(CommonSettings):
 
     def api_keys(self) -> dict[str, str]:
         """Every configured API key → client name (the keys file and LORANET_GATEWAY_KEYS together)."""
-        keys = parse_keys(self.gateway_keys, "LORANET_GATEWAY_KEYS")
+        try:
+            keys = parse_keys(self.gateway_keys, "LORANET_GATEWAY_KEYS")
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
         if self.gateway_keys_file:
             path = Path(self.gateway_keys_file)
             try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from loranet.runtime import Runtime
+from loranet.runtime import Runtime, run_service
 
 from .engine import Engine
 from .handlers import InferenceService, load_identity
@@ -36,4 +36,4 @@ async def main(settings: InferenceSettings | None = None) -> None:
 
 
 def run() -> None:
-    asyncio.run(main())
+    run_service(main)

@@ -43,6 +43,12 @@ def check_signature(job: p.JobRequest) -> None:
     job.verify()
 
 
+def check_prompt(job: p.JobRequest) -> None:
+    """An empty prompt (and no sealed one) is refused before anything is reserved or billed."""
+    if not job.prompt.strip() and job.sealed_prompt is None:
+        raise AdmissionRefused("prompt: must not be empty")
+
+
 def check_timing(job: p.JobRequest, now: float, max_skew_s: float) -> None:
     if job.expires_at <= now:
         raise AdmissionRefused(f"job expired at {job.expires_at:.0f} (now {now:.0f})")

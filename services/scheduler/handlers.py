@@ -225,6 +225,7 @@ class SchedulerService:
             )
             return
         try:
+            domain.check_prompt(job)
             domain.check_timing(job, time.time(), self.settings.max_clock_skew_s)
             domain.check_adapter(job, await self.adapter(job.adapter_id) if job.adapter_id else None)
             if job.tokenizer_id:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-
-from loranet.runtime import Runtime
+from loranet.runtime import Runtime, run_service
 
 from .handlers import SchedulerService
 from .settings import SchedulerSettings
@@ -20,4 +18,4 @@ async def main(settings: SchedulerSettings | None = None) -> None:
 
 
 def run() -> None:
-    asyncio.run(main())
+    run_service(main)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from loranet.runtime import Runtime
+from loranet.runtime import Runtime, run_service
 
 from .chain import Chain
 from .handlers import SettlementService
@@ -28,4 +28,4 @@ async def main(settings: SettlementSettings | None = None) -> None:
 
 
 def run() -> None:
-    asyncio.run(main())
+    run_service(main)

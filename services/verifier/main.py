@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from loranet.runtime import Runtime
+from loranet.runtime import Runtime, run_service
 
 from .engine import AuditEngine
 from .handlers import VerifierService, load_identity
@@ -27,4 +27,4 @@ async def main(settings: VerifierSettings | None = None) -> None:
 
 
 def run() -> None:
-    asyncio.run(main())
+    run_service(main)
