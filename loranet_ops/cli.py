@@ -517,6 +517,7 @@ def cmd_devnet(args: argparse.Namespace) -> int:
         verifiers=args.verifiers,
         demo_adapters=args.adapters,
         model=args.model,
+        gateway_port=args.gateway_port,
     )
     if args.action == "up":
         existing = dn.running_supervisor(args.state_dir)
@@ -553,7 +554,12 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     url = _nats_url(args)  # --nats, else LORANET_NATS_URL, else the running devnet (as its `gateway` NATS user)
     if not getattr(args, "nats", None) and not os.environ.get("LORANET_NATS_URL"):
         url = dn.role_url(args.state_dir, "gateway", url)
-    asyncio.run(main(GatewaySettings.from_env(nats_url=url)))
+    overrides: dict[str, Any] = {"nats_url": url}
+    keys_file = Path(args.state_dir) / dn.GATEWAY_KEYS_FILE
+    if not os.environ.get("LORANET_GATEWAY_KEYS") and not os.environ.get("LORANET_GATEWAY_KEYS_FILE"):
+        if keys_file.exists():  # the running devnet's API key works here too
+            overrides["gateway_keys_file"] = str(keys_file)
+    asyncio.run(main(GatewaySettings.from_env(**overrides)))
     return EXIT_OK
 
 
@@ -577,7 +583,26 @@ def _devnet_up_detached(config: dn.DevnetConfig) -> int:
         f"devnet up: NATS {state['nats_url']}, Redis {state['redis_url']}, "
         f"{len(state['services'])} services (state in {state['state_dir']})"
     )
+    if state.get("gateway"):
+        from loranet.model.catalog import default_model_name
+
+        model = Path(str(state["config"].get("model") or "")).name or default_model_name()
+        print(gateway_help(state["gateway"]["url"], state["gateway"]["api_key_file"], model))
     return EXIT_OK
+
+
+def gateway_help(url: str, key_file: str, model: str = "smollm2-135m-instruct") -> str:
+    """How to reach the devnet's OpenAI-compatible gateway: its URL, key file, a curl line, a Python snippet."""
+    return (
+        f"OpenAI-compatible gateway: {url} (API key in {key_file})\n"
+        f'  curl -s {url}/chat/completions -H "Authorization: Bearer $(cat {key_file})" \\\n'
+        f'    -H "Content-Type: application/json" -d \'{{"model": "{model}", '
+        '"messages": [{"role": "user", "content": "What is the capital of France?"}]}\'\n'
+        f'  python -c \'import openai; c = openai.OpenAI(base_url="{url}", '
+        f'api_key=open("{key_file}").read().strip()); '
+        f'print(c.chat.completions.create(model="{model}", messages=[{{"role": "user", '
+        '"content": "What is the capital of France?"}]).choices[0].message.content)\'  (pip install openai)'
+    )
 
 
 def _show_status(state: dict) -> None:
@@ -712,6 +737,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="base model the nodes serve: a name or checkpoint directory "
         "(default smollm2-135m-instruct; loranet-tiny-llama = the test model)",
+    )
+    d.add_argument(
+        "--gateway-port",
+        type=int,
+        default=dn.DEFAULT_GATEWAY_PORT,
+        help=f"the gateway's HTTP port (default {dn.DEFAULT_GATEWAY_PORT}; 0 = a free one)",
     )
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_devnet)

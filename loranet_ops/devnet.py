@@ -36,6 +36,10 @@ AUTH_NKEY_SEED_FILE = "auth-nkey.seed"
 # The chain process's journal: the devnet chain survives a crash of the chain process and
 # `loranet devnet down` / `up`; remove the file (or the state dir) for a new chain.
 CHAIN_JOURNAL_FILE = "chain.journal"
+# The gateway's devnet API key (the key alone, for users) and the gateway's key map (JSON), mode 0600.
+GATEWAY_KEY_FILE = "gateway.key"
+GATEWAY_KEYS_FILE = "gateway-keys.json"
+DEFAULT_GATEWAY_PORT = 18080  # what `loranet devnet up` asks for (DevnetConfig's 0 = a free port)
 DEFAULT_STATE_DIR = ".devnet"
 DEFAULT_NATS_PORT = 14222
 DEFAULT_REDIS_PORT = 16379
@@ -56,6 +60,9 @@ class DevnetConfig:
     epoch_max_s: float = 0.5
     metrics_base_port: int = 0  # 0 = no /metrics endpoints
     chain_port: int = 0  # the chain process's JSON-RPC port; 0 = a free one
+    # The OpenAI-compatible gateway, one of the devnet's services (its own NATS user and API key file).
+    gateway: bool = True
+    gateway_port: int = 0  # 0 = a free one
     # Per-role NATS users with least-privilege permissions (deploy/nats/auth.conf).
     auth: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -117,6 +124,22 @@ def _passwords(state_dir: Path) -> dict[str, str]:
     with os.fdopen(fd, "w") as f:
         json.dump(passwords, f)
     return passwords
+
+
+def gateway_key(state_dir: Path) -> str:
+    """The devnet's gateway API key, created on first use: the key alone in `gateway.key` (for users) and
+    the gateway's key map in `gateway-keys.json`, both mode 0600; kept across `devnet down` / `up`."""
+    import secrets
+
+    from loranet.signing import read_secret_file, write_secret_file
+
+    key_file, keys_file = state_dir / GATEWAY_KEY_FILE, state_dir / GATEWAY_KEYS_FILE
+    if key_file.exists() and keys_file.exists():
+        return read_secret_file(key_file).strip()
+    key = f"sk-devnet-{secrets.token_hex(16)}"
+    write_secret_file(keys_file, json.dumps({key: "devnet"}))
+    write_secret_file(key_file, key + "\n")
+    return key
 
 
 def _auth_keys(state_dir: Path) -> dict[str, str]:
@@ -191,6 +214,9 @@ class Supervisor:
         self.redis = RedisServer(config.redis_port, self.dir / "redis", self.dir / "logs" / "redis.log")
         self.services: list[ServiceProc] = []
         self.chain_port = config.chain_port or free_port()
+        self.gateway_port = config.gateway_port or free_port()
+        if config.gateway:
+            gateway_key(self.dir)
         self.ready = False
         self.stopping = False
         self.phase = "starting"
@@ -267,6 +293,17 @@ class Supervisor:
             svc(f"node-{k}", "services.inference", "inference", LORANET_NODE_ID=f"node-{k}")
             for k in range(self.config.inference_nodes)
         ]
+        if self.config.gateway:
+            second.append(
+                svc(
+                    "gateway",
+                    "services.gateway",
+                    "gateway",
+                    LORANET_GATEWAY_HOST="127.0.0.1",
+                    LORANET_GATEWAY_PORT=str(self.gateway_port),
+                    LORANET_GATEWAY_KEYS_FILE=str(self.dir / GATEWAY_KEYS_FILE),
+                )
+            )
         return first, second
 
     @property
@@ -326,6 +363,12 @@ class Supervisor:
             "nats_auth": self.auth,
             "redis_url": self.config.redis_url,
             "rpc_url": self.rpc_url,
+            "gateway": {
+                "url": f"http://127.0.0.1:{self.gateway_port}/v1",
+                "api_key_file": str(self.dir / GATEWAY_KEY_FILE),
+            }
+            if self.config.gateway
+            else None,
             "state_dir": str(self.dir),
             "config": asdict(self.config),
             "servers": {

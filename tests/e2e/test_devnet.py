@@ -274,3 +274,34 @@ def test_cli_nodes_and_adapter_register(devnet, tmp_path):
     )
     assert out["status"] == "settled"
     assert {k.split(":")[0] for k in out["payouts"]} == {"node", "developer", "contributor", "verifier", "treasury"}
+
+
+def test_the_gateway_is_a_devnet_service_with_its_own_key(devnet):
+    """`devnet up` runs the OpenAI-compatible gateway as one of its services; its API key is in a 0600 file;
+    the official `openai` client works with the URL and key from `devnet status --json` and nothing else."""
+    import stat
+
+    import openai
+
+    config, _ = devnet
+    status = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "loranet_ops.cli", "--state-dir", config.state_dir, "devnet", "status", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    )
+    gateway = status["gateway"]
+    assert status["services"]["gateway"]["state"] == "running"
+    key_file = Path(gateway["api_key_file"])
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    api = openai.OpenAI(base_url=gateway["url"], api_key=key_file.read_text().strip(), max_retries=0, timeout=120)
+    models = [m.id for m in api.models.list().data]
+    assert models and all(isinstance(m, str) for m in models)
+    answer = api.chat.completions.create(
+        model=models[0], messages=[{"role": "user", "content": "hello"}], max_tokens=4, temperature=0
+    )
+    assert answer.choices[0].finish_reason in ("stop", "length") and answer.usage.completion_tokens >= 1
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=gateway["url"], api_key="sk-not-the-devnet-key", max_retries=0).models.list()
