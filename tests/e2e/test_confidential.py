@@ -154,14 +154,23 @@ async def redis_bytes(url: str) -> list[tuple[str, bytes]]:
     return out
 
 
+async def _committee(client: Client, within_s: float = 60.0) -> list[p.VerifierAnnouncement]:
+    """The verifiers' announced keys; a devnet is ready once its verifiers run, and each announces its key
+    once its audit engine has loaded (a loaded machine: seconds after)."""
+    deadline = time.monotonic() + within_s
+    while not (committee := await client.verifiers()) and time.monotonic() < deadline:
+        await asyncio.sleep(1.0)
+    return committee
+
+
 async def test_confidential_job_settles_and_leaks_nothing(devnet):
     config, _ = devnet
     prompt = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(24))
     async with bus_recorder(config) as (admin, bus):
         async with await Client.connect(config.url_for("client"), Identity.generate()) as client:
             await client.faucet(10**20, 10**19)
-            committee = await client.verifiers()
-            assert committee, "no verifier announced its key in KV verifiers"
+            committee = await _committee(client)
+            assert committee, "no verifier announced its key in KV verifiers within 60 s"
             started = time.monotonic()
             job_id = await client.submit(ADAPTER, prompt, MAX_TOKENS, confidential=True)
             outcome = await client.wait(job_id, 300)
