@@ -111,16 +111,12 @@ class Chain:
         # its deployment); anywhere else DevChain.open would deploy, so refuse.
         from services.settlement.devchain import DEV_DEPLOYER_KEY, DEV_TREASURY, DevChain
 
-        if settings.rpc_url and served_deployment(Transport(settings.rpc_url)) is None:
-            raise ChainError(
-                f"no contracts known on {settings.rpc_url}: deploy them (deploy/init.py) and set "
-                "LORANET_TOKEN_ADDRESS, LORANET_REGISTRY_ADDRESS and LORANET_SETTLEMENT_ADDRESS"
-            )
         return DevChain.open(
             settings.rpc_url,
             deployer_key=settings.deployer_key or DEV_DEPLOYER_KEY,
             settler_key=settings.settler_key or None,
             treasury=settings.treasury or DEV_TREASURY,
+            deploy=not settings.rpc_url,  # over JSON-RPC only a chain node's served contracts, never new ones
         )
 
     # ------------------------------------------------------------------ setup

@@ -17,7 +17,7 @@ from eth_account import Account
 from eth_utils import keccak, to_checksum_address
 
 from services.settlement.chain import Chain, Deployment, served_deployment
-from services.settlement.contracts import compile_contract, compile_source
+from services.settlement.contracts import Compiled, compile_contract, compile_source
 from services.settlement.transport import ChainError, Transport, TxInfo, address_of, key_hex
 
 DEV_DEPLOYER_KEY = "0x" + keccak(b"loranet devnet deployer").hex()
@@ -55,15 +55,13 @@ class DevChain(Chain):
         supply: int = TOTAL_SUPPLY,
         timeout_s: float = 30.0,
         tester: Any = None,
+        deploy: bool = True,
     ) -> DevChain:
         """Connect, fund the deployer and settler with gas, then attach to the three given contracts, or to
         those a chain node serves, or deploy fresh ones (the deployer gets the whole supply, the settler key
-        the settler role, the deployer the slasher and registrar roles)."""
+        the settler role, the deployer the slasher and registrar roles); `deploy=False` refuses instead."""
         transport = Transport(rpc_url, timeout_s, tester)
         deployer, settler = key_hex(deployer_key), key_hex(settler_key) if settler_key else key_hex(deployer_key)
-        for key in {deployer, settler}:
-            if transport.w3.eth.get_balance(address_of(key)) < DEV_ETH // 10:
-                _fund_eth(transport, address_of(key), DEV_ETH, deployer)
         addresses = (token_address, registry_address, settlement_address)
         if any(addresses) and not all(addresses):
             raise ChainError("give all three contract addresses (token, registry, settlement) or none to deploy")
@@ -72,6 +70,14 @@ class DevChain(Chain):
             if all(addresses)
             else (None if transport.in_process else served_deployment(transport))
         )
+        if deployment is None and not deploy:
+            raise ChainError(
+                f"no contracts known on {rpc_url}: deploy them (deploy/init.py) and set "
+                "LORANET_TOKEN_ADDRESS, LORANET_REGISTRY_ADDRESS and LORANET_SETTLEMENT_ADDRESS"
+            )
+        for key in {deployer, settler}:
+            if transport.w3.eth.get_balance(address_of(key)) < DEV_ETH // 10:
+                _fund_eth(transport, address_of(key), DEV_ETH, deployer)
         if deployment is None:
             deployment = _deploy(
                 transport, deployer, address_of(settler), to_checksum_address(treasury), min_stake, cooldown_s, supply
@@ -85,9 +91,8 @@ class DevChain(Chain):
     def deploy_contract(self, source: Path, *args: Any, key: str | bytes | None = None) -> Any:
         """Deploy the Vyper contract at `source` (a benchmark's or a test's own) and return it."""
         compiled = compile_source(source)
-        factory = self.w3.eth.contract(abi=compiled.abi, bytecode=compiled.bytecode)
-        address = self.transport.send(key or self.deployer_key, factory.constructor(*args), f"deploy {compiled.name}")
-        return self.w3.eth.contract(address=address["contractAddress"], abi=compiled.abi)
+        address = _deploy_contract(self.transport, key_hex(key or self.deployer_key), compiled, *args)
+        return self.w3.eth.contract(address=address, abi=compiled.abi)
 
     def fund_eth(self, address: str, wei: int) -> None:
         """Give `address` gas money: from the tester's funded account in process, else anvil_setBalance, else a
@@ -120,18 +125,20 @@ class DevChain(Chain):
                 self.w3.provider.make_request("evm_mine", [])
 
 
-def _deploy_contract(transport: Transport, key: str, name: str, *args: Any) -> str:
-    compiled = compile_contract(name)
+def _deploy_contract(transport: Transport, key: str, compiled: Compiled, *args: Any) -> str:
+    """Deploy a compiled contract signed by `key`; its address."""
     factory = transport.w3.eth.contract(abi=compiled.abi, bytecode=compiled.bytecode)
-    return str(transport.send(key, factory.constructor(*args), f"deploy {name}")["contractAddress"])
+    return str(transport.send(key, factory.constructor(*args), f"deploy {compiled.name}")["contractAddress"])
 
 
 def _deploy(
     transport: Transport, deployer_key: str, settler: str, treasury: str, min_stake: int, cooldown_s: int, supply: int
 ) -> Deployment:
-    token = _deploy_contract(transport, deployer_key, "OpenToken", supply)
-    registry = _deploy_contract(transport, deployer_key, "Registry", token, treasury, min_stake, cooldown_s)
-    settlement = _deploy_contract(transport, deployer_key, "Settlement", token, treasury, settler)
+    token = _deploy_contract(transport, deployer_key, compile_contract("OpenToken"), supply)
+    registry = _deploy_contract(
+        transport, deployer_key, compile_contract("Registry"), token, treasury, min_stake, cooldown_s
+    )
+    settlement = _deploy_contract(transport, deployer_key, compile_contract("Settlement"), token, treasury, settler)
     roles = transport.w3.eth.contract(address=registry, abi=compile_contract("Registry").abi).functions
     deployer = address_of(deployer_key)
     transport.send(deployer_key, roles.set_slasher(deployer, True), "set_slasher")
@@ -140,7 +147,8 @@ def _deploy(
 
 
 def _fund_eth(transport: Transport, address: str, wei: int, deployer_key: str) -> None:
-
+    """Give `address` gas money: from the tester's funded account in process, else anvil_setBalance, else a
+    transfer from the deployer."""
     address = to_checksum_address(address)
     with transport.lock:
         if transport.in_process:
