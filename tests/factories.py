@@ -120,6 +120,9 @@ def examples() -> dict[str, p.Wire]:
             block=3,
             settled_at=time.time(),
         ),
+        p.JOB_TOKENS_ALL.pattern: p.TokenDelta(
+            job_id=j.job_id, node_id="node-0", attempt=0, seq=3, text=" there", tokens=4, at=1.0
+        ),
         p.JOB_EVENTS_ALL.pattern: p.JobEvent(
             job_id=j.job_id, stage="admitted", service="scheduler", body=codec.encode(j), at=time.time()
         ),
@@ -134,6 +137,7 @@ def examples() -> dict[str, p.Wire]:
         p.DATASTORE_ADAPTER_BLOB.pattern: p.AdapterGet(adapter=ADAPTER),
         p.DATASTORE_JOB_GET.pattern: p.JobGet(job_id=j.job_id),
         p.DATASTORE_JOB_LIST.pattern: p.JobList(client_address=ADDR),
+        p.SETTLEMENT_EPOCHS.pattern: p.EpochList(limit=5),
         p.SETTLEMENT_BALANCE.pattern: p.BalanceGet(address=ADDR),
         p.SETTLEMENT_FAUCET.pattern: p.Faucet(address=ADDR, amount=10**21, escrow=10**20),
         p.SETTLEMENT_STAKE.pattern: p.StakeGet(address=ADDR),

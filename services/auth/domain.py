@@ -75,7 +75,7 @@ def client_permissions(client_id: str) -> dict[str, dict[str, list[str]]]:
             ],
             "deny": [f"$JS.API.CONSUMER.CREATE.EVENTS.{name}.>" for name in SERVICE_EVENT_DURABLES],
         },
-        "sub": {"allow": [inbox_prefix(client_id) + ".>"], "deny": []},
+        "sub": {"allow": [inbox_prefix(client_id) + ".>", p.job_tokens_of(client_id)], "deny": []},
     }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,6 +216,8 @@ class JobSpec:
     stream: bool
     include_usage: bool
     echo_model: str
+    verified_only: bool = False  # stream only the verified text, once settled (no provisional tokens)
+    confidential: bool = False  # seal the prompt to one node and the verifier committee
 
 
 def _number(
@@ -276,13 +278,28 @@ def _common(body: Any, catalogue: Catalogue, prompt_of, default_max_tokens: int)
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise invalid("'stream_options' must be an object", "stream_options")
+    flags = {}
+    for name in ("verified_only", "confidential"):
+        flags[name] = body.get(name, False)
+        if not isinstance(flags[name], bool):
+            raise invalid(f"'{name}' must be true or false", name)
     prompt = prompt_of(body)
     if len(prompt) > p.MAX_PROMPT_CHARS:
         raise invalid(f"the prompt has {len(prompt)} characters; at most {p.MAX_PROMPT_CHARS}", "prompt")
     sampling = p.SamplingParams(
         temperature=float(temperature), top_p=float(top_p), top_k=max(int(top_k), 0), seed=int(seed), stop=_stop(body)
     )
-    return JobSpec(entry, prompt, int(max_tokens), sampling, stream, bool(options.get("include_usage")), entry.name)
+    return JobSpec(
+        entry,
+        prompt,
+        int(max_tokens),
+        sampling,
+        stream,
+        bool(options.get("include_usage")),
+        entry.name,
+        verified_only=flags["verified_only"],
+        confidential=flags["confidential"],
+    )
 
 
 def completion_request(body: Any, catalogue: Catalogue, default_max_tokens: int = 16) -> JobSpec:
@@ -468,35 +485,102 @@ def chat_body(spec: JobSpec, record: p.JobRecord, created: int) -> dict[str, Any
 
 
 def chunks_of(text: str, size: int) -> list[str]:
-    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+    return [text[i : i + size] for i in range(0, len(text), size)]
 
 
-def stream_events(spec: JobSpec, record: p.JobRecord, created: int, chat: bool, chunk_chars: int) -> Iterator[dict]:
-    """The chunks of a streamed response, sent once the job has settled: the text in pieces,
-    then a last chunk with finish_reason and the loranet extension (and usage, if asked)."""
-    base = {
-        "id": f"{'chatcmpl' if chat else 'cmpl'}-{record.job_id}",
-        "object": "chat.completion.chunk" if chat else "text_completion",
-        "created": created,
-        "model": spec.echo_model,
-    }
-    if chat:
-        yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
-    for piece in chunks_of(output_text(record), chunk_chars):
-        choice = (
-            {"index": 0, "delta": {"content": piece}, "finish_reason": None}
-            if chat
-            else {"index": 0, "text": piece, "logprobs": None, "finish_reason": None}
-        )
-        yield {**base, "choices": [choice]}
-    last = (
-        {"index": 0, "delta": {}, "finish_reason": finish_reason(record)}
-        if chat
-        else {"index": 0, "text": "", "logprobs": None, "finish_reason": finish_reason(record)}
-    )
-    yield {**base, "choices": [last], "loranet": loranet_extension(record)}
-    if spec.include_usage:
-        yield {**base, "choices": [], "usage": usage(record)}
+def provisional_visible(raw: str, stops: list[str], done: bool) -> str:
+    """What may be shown of a node's provisional text: cut at a stop sequence, and (until the node is done)
+    without a tail that could still grow into one."""
+    shown = visible_text(raw, stops)
+    if done or len(shown) < len(raw):
+        return shown
+    longest = max((len(s) for s in stops), default=0)
+    for j in range(min(longest - 1, len(shown)), 0, -1):
+        if any(s.startswith(shown[-j:]) for s in stops):
+            return shown[:-j]
+    return shown
+
+
+WITHDRAWN = "\n\n[loranet: the text above failed verification ({reason}) and is withdrawn; the job runs again]\n\n"
+REPLACED = "\n\n[loranet: the verified answer differs from the text streamed above; it follows]\n\n"
+
+
+class StreamWriter:
+    """The chunks of one streamed response (OpenAI's SSE chunk shapes, plus a "loranet" member).
+
+    Provisional text (a node's tokens as it generates them, unverified) goes out as it comes, marked
+    `"loranet": {"provisional": true, ...}`. A result the verifiers reject ends that text with a visible
+    note (a content delta: OpenAI's chunks only append) and a `"event": "withdrawn"` marker; the re-run's
+    text follows. The last chunk carries the finish reason, the verdict and the receipt; whatever of the
+    verified text was not streamed (all of it with `verified_only`, or for a confidential job) goes out
+    just before it, in `chunk_chars` pieces."""
+
+    def __init__(self, spec: JobSpec, job_id: str, created: int, chat: bool, chunk_chars: int) -> None:
+        self.spec = spec
+        self.chat = chat
+        self.chunk_chars = chunk_chars
+        self.base = {
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-{job_id}",
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": created,
+            "model": spec.echo_model,
+        }
+        self.attempt = 0
+        self.raw = ""  # this attempt's provisional text as the node sent it
+        self.sent = ""  # what of it went to the client
+        self.streamed_any = False
+        self.first_chunk_sent = False
+
+    def _chunk(self, text: str | None, finish: str | None = None, **extra: Any) -> dict[str, Any]:
+        if self.chat:
+            delta: dict[str, Any] = {} if text is None else {"content": text}
+            if not self.first_chunk_sent:
+                delta = {"role": "assistant", **({"content": ""} if text is None else delta)}
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+        self.first_chunk_sent = True
+        return {**self.base, "choices": [choice], **extra}
+
+    def provisional(self, delta: p.TokenDelta) -> list[dict[str, Any]]:
+        """Chunks for one provisional delta from a node (none for an earlier attempt's stragglers)."""
+        if delta.attempt < self.attempt:
+            return []
+        if delta.attempt > self.attempt:  # a re-run's tokens before its rerun event reached us
+            self.attempt, self.raw, self.sent = delta.attempt, "", ""
+        self.raw += delta.text
+        shown = provisional_visible(self.raw, self.spec.sampling.stop, delta.done)
+        if not shown.startswith(self.sent) or len(shown) == len(self.sent):
+            return []
+        new, self.sent = shown[len(self.sent) :], shown
+        self.streamed_any = True
+        mark = {"provisional": True, "node_id": delta.node_id, "attempt": delta.attempt}
+        return [self._chunk(new, loranet=mark)]
+
+    def withdrawn(self, attempt: int, reason: str) -> list[dict[str, Any]]:
+        """The result of the attempt before `attempt` was finally rejected; the job runs again as `attempt`."""
+        if attempt <= self.attempt and not self.sent:
+            return []
+        note = WITHDRAWN.format(reason=reason[:200] or "rejected") if self.sent else ""
+        self.attempt, self.raw, self.sent = max(attempt, self.attempt), "", ""
+        return [self._chunk(note, loranet={"event": "withdrawn", "attempt": attempt, "reason": reason[:500]})]
+
+    def final(self, record: p.JobRecord) -> list[dict[str, Any]]:
+        """The verified text not yet sent, the last chunk (finish reason, verdict, receipt) and usage if asked."""
+        text = output_text(record)
+        out = []
+        if text.startswith(self.sent):
+            rest = text[len(self.sent) :]
+        else:
+            rest = REPLACED + text
+            out.append(self._chunk("", loranet={"event": "replaced"}))
+        if not self.first_chunk_sent and self.chat:
+            out.append(self._chunk(None))
+        out.extend(self._chunk(piece) for piece in chunks_of(rest, self.chunk_chars))
+        out.append(self._chunk(None, finish_reason(record), loranet={**loranet_extension(record), "verified": True}))
+        if self.spec.include_usage:
+            out.append({**self.base, "choices": [], "usage": usage(record)})
+        return out
 
 
 def sse(data: dict[str, Any] | str) -> bytes:

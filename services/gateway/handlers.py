@@ -10,8 +10,11 @@ An API key (Authorization: Bearer) names a client; each client has its own
 Ed25519 key (derived from the gateway secret), address and escrow.  A request
 is signed as that client, submitted with loranet.client.Client, and answered
 once the job has been verified and settled.  `stream: true` answers with
-server-sent events: progress as SSE comments while the job runs, then the text
-in chunks once it has settled.
+server-sent events: the node's tokens as it generates them, marked provisional
+(from jobs.tokens.<client_id>.<job_id>), progress as SSE comments, and a last
+chunk with the verdict and receipt; `verified_only: true` streams only the
+verified text, once settled.  `confidential: true` seals the prompt to one
+node and the verifier committee (its tokens are never streamed in clear).
 """
 
 from __future__ import annotations
@@ -28,13 +31,15 @@ from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from loranet import confidential
 from loranet import protocol as p
 from loranet.client import Client, JobFailed
+from loranet.codec import DecodeError
 from loranet.errors import RemoteError
 from loranet.observability import HANDLER_SECONDS, MESSAGES, EventLog
 from loranet.ratelimit import RateLimiter
 from loranet.runtime import request
-from loranet.signing import Identity
+from loranet.signing import Identity, sign
 
 from . import domain
 from .domain import ApiError
@@ -152,9 +157,7 @@ class GatewayService:
 
     # -- jobs -------------------------------------------------------------------------
 
-    async def run_job(
-        self, client: Client, spec: domain.JobSpec, on_stage: Callable[[str], None] | None = None
-    ) -> p.JobRecord:
+    async def build_job(self, client: Client, spec: domain.JobSpec) -> p.JobRequest:
         job = client.build(
             model_id=spec.entry.model_id,
             adapter_id=spec.entry.adapter_id,
@@ -165,18 +168,42 @@ class GatewayService:
             max_fee=self.settings.max_fee,
             ttl_s=self.settings.job_ttl_s,
         )
+        if spec.stream and not spec.verified_only and not spec.confidential:
+            job = sign(job.model_copy(update={"stream": True, "signature": b""}), client.identity)
+        if spec.confidential:
+            try:
+                job = await client.seal_for(job)
+            except JobFailed as exc:
+                raise ApiError(503, str(exc), "server_error", "confidential", "unavailable") from None
+        return job
+
+    async def run_job(
+        self, client: Client, job: p.JobRequest, on_event: Callable[[p.JobEvent], None] | None = None
+    ) -> p.JobRecord:
         try:
             await client.publish(job)
         except JobFailed as exc:
             raise ApiError(409, str(exc), "invalid_request_error", None, "duplicate_job") from None
-        self.log.info("job.submitted", job_id=job.job_id, model=spec.echo_model, client=client.address)
+        self.log.info("job.submitted", job_id=job.job_id, client=client.address, stream=job.stream)
         try:
-            await client.wait(
-                job.job_id, self.settings.job_timeout_s, on_event=(lambda e: on_stage(e.stage)) if on_stage else None
-            )
+            await client.wait(job.job_id, self.settings.job_timeout_s, on_event=on_event)
         except JobFailed as exc:
             raise ApiError(504, str(exc), "server_error", None, "job_timeout", {"job_id": job.job_id}) from None
-        return await self._call(client.job(job.job_id))
+        record: p.JobRecord = await self._call(client.job(job.job_id))
+        if record.result is not None and record.result.sealed_output is not None:  # confidential: open it
+            try:
+                opened = confidential.open_output(record.result, client.identity)
+            except confidential.ConfidentialError as exc:
+                raise ApiError(502, f"the sealed output does not open: {exc}", "server_error") from None
+            result = record.result.model_copy(
+                update={
+                    "output_text": opened.output_text,
+                    "output_tokens": opened.output_tokens,
+                    "prompt_tokens": opened.prompt_tokens,
+                }
+            )
+            record = record.model_copy(update={"result": result})
+        return record
 
     # -- routes -----------------------------------------------------------------------
 
@@ -215,49 +242,76 @@ class GatewayService:
         spec = await self.resolve_spec(body, chat)
         await self.ensure_escrow(name, client)
         created = int(time.time())
+        job = await self.build_job(client, spec)
         if not spec.stream:
-            record = await self.run_job(client, spec)
+            record = await self.run_job(client, job)
             error = domain.outcome_error(record)
             if error is not None:
                 raise error
             return web.json_response(
                 domain.chat_body(spec, record, created) if chat else domain.completion_body(spec, record, created)
             )
-        return await self._stream(req, client, spec, chat, created)
+        return await self._stream(req, client, job, spec, chat, created)
 
     async def _stream(
-        self, req: web.Request, client: Client, spec: domain.JobSpec, chat: bool, created: int
+        self, req: web.Request, client: Client, job: p.JobRequest, spec: domain.JobSpec, chat: bool, created: int
     ) -> web.StreamResponse:
+        """Server-sent events: the node's provisional tokens as they come (unless `verified_only`, or the job
+        is confidential), a note if a result is rejected, then the verified text's remainder and the verdict."""
+        writer = domain.StreamWriter(spec, job.job_id, created, chat, self.settings.stream_chunk_chars)
+        inbox: asyncio.Queue[p.TokenDelta | p.JobEvent] = asyncio.Queue()
+        tokens = None
+        if job.stream:  # listen before the job exists, so no token is missed
+
+            async def on_tokens(msg: Any) -> None:
+                try:
+                    inbox.put_nowait(p.JOB_TOKENS_ALL.decode(msg.data))
+                except DecodeError:
+                    pass
+
+            tokens = await self.nc.subscribe(p.job_tokens(client.identity.public, job.job_id), cb=on_tokens)
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
         await response.prepare(req)
-        stages: asyncio.Queue[str] = asyncio.Queue()
-        job = asyncio.ensure_future(self.run_job(client, spec, on_stage=stages.put_nowait))
+        running = asyncio.ensure_future(self.run_job(client, job, on_event=inbox.put_nowait))
         try:
-            while not job.done():
-                getter = asyncio.ensure_future(stages.get())
-                done, _ = await asyncio.wait({job, getter}, timeout=KEEP_ALIVE_S, return_when=asyncio.FIRST_COMPLETED)
-                if getter in done:
-                    await response.write(f": {getter.result()}\n\n".encode())  # an SSE comment: progress
-                else:
+            while not running.done():
+                getter = asyncio.ensure_future(inbox.get())
+                done, _ = await asyncio.wait(
+                    {running, getter}, timeout=KEEP_ALIVE_S, return_when=asyncio.FIRST_COMPLETED
+                )
+                if getter not in done:
                     getter.cancel()
                     if not done:
                         await response.write(b": waiting\n\n")
+                    continue
+                item = getter.result()
+                if isinstance(item, p.TokenDelta):
+                    chunks = writer.provisional(item)
+                elif item.stage is p.Stage.RERUN:
+                    chunks = writer.withdrawn(item.attempt, item.reason)
+                else:
+                    await response.write(f": {item.stage}\n\n".encode())  # an SSE comment: progress
+                    continue
+                for chunk in chunks:
+                    await response.write(domain.sse(chunk))
             try:
-                record = job.result()
+                record = running.result()
                 error = domain.outcome_error(record)
             except ApiError as exc:
                 error = exc
             if error is not None:
                 await response.write(domain.sse(error.body()))
             else:
-                for chunk in domain.stream_events(spec, record, created, chat, self.settings.stream_chunk_chars):
+                for chunk in writer.final(record):
                     await response.write(domain.sse(chunk))
             await response.write(domain.sse("[DONE]"))
         finally:
-            if not job.done():  # the client went away: stop following (the job itself runs on)
-                job.cancel()
+            if tokens is not None:
+                await tokens.unsubscribe()
+            if not running.done():  # the client went away: stop following (the job itself runs on)
+                running.cancel()
         await response.write_eof()
         return response
 

@@ -55,6 +55,20 @@ def finish_reason(
     return None
 
 
+def stream_delta(decoded: str, sent: str, final: bool = False) -> str:
+    """The text to send next of a streaming job whose output decodes to `decoded` so far, `sent` having gone.
+
+    An unfinished character (a UTF-8 sequence split across tokens decodes to U+FFFD) is held back until
+    the next token completes it, unless this is the last flush. Text that would rewrite what was sent
+    (a tokenizer merging across the boundary) is not sent: the verified answer replaces it at the end."""
+    if not decoded.startswith(sent):
+        return ""
+    delta = decoded[len(sent) :]
+    if not final:
+        delta = delta.rstrip("\ufffd")
+    return delta
+
+
 def check_prompt(prompt_tokens: list[int], max_prompt_tokens: int) -> None:
     if len(prompt_tokens) > max_prompt_tokens:
         raise JobRefused(f"prompt is {len(prompt_tokens)} tokens; this node takes at most {max_prompt_tokens}")

@@ -29,6 +29,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,9 @@ class GenRequest:
     stop: tuple[str, ...] = ()
     deadline: float | None = None  # unix time; past it the job finishes with "deadline"
     ignore_eos: bool = False  # benchmarks: generate exactly max_tokens
+    # Called on the engine thread with each sampled token and whether it ended the sequence (streaming jobs);
+    # it must return at once (hand the token to another thread) and its errors are ignored.
+    on_token: Callable[[int, bool], None] | None = None
 
 
 @dataclass
@@ -459,6 +463,11 @@ class Engine:
             reason = self._finish_reason(seq, token, now_wall)
             if reason is not None:
                 finished.append((seq, reason))
+            if seq.req.on_token is not None:
+                try:
+                    seq.req.on_token(token, reason is not None)
+                except Exception:  # a listener's failure never stops the batch
+                    pass
         self._running = [s for s in seqs if all(s is not f for f, _ in finished)]
         for seq, reason in finished:
             self._finish(seq, reason)

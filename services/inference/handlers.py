@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -41,6 +42,63 @@ def load_identity(settings: InferenceSettings) -> Identity:
     identity = Identity.generate()
     identity.save(path)
     return identity
+
+
+class TokenStream:
+    """A streaming job's text, published to its client as the engine generates it (jobs.tokens.<client>.<job>).
+
+    The engine calls `on_token` on its own thread; tokens cross to the event loop, and one message goes
+    out per engine step (a step's tokens coalesce). Best effort and provisional: nothing is retried, and
+    the signed result, verdict and receipt decide what the client gets."""
+
+    def __init__(self, rt: Runtime, node_id: str, job: p.JobRequest, attempt: int, decode: Any) -> None:
+        self.rt = rt
+        self.node_id = node_id
+        self.job_id = job.job_id
+        self.attempt = attempt
+        self.subject = p.job_tokens(job.client_key, job.job_id)
+        self.decode = decode
+        self.loop = asyncio.get_running_loop()
+        self.tokens: list[int] = []
+        self.sent = ""
+        self.seq = 0
+        self.done = False
+        self._flush_due = False
+
+    def on_token(self, token: int, finished: bool) -> None:  # the engine's thread
+        self.loop.call_soon_threadsafe(self._push, token, finished)
+
+    def _push(self, token: int, finished: bool) -> None:
+        self.tokens.append(token)
+        self.done = self.done or finished
+        if not self._flush_due:
+            self._flush_due = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        delta = domain.stream_delta(self.decode(self.tokens), self.sent, final=self.done)
+        if not delta and not self.done:
+            return
+        self.sent += delta
+        message = p.TokenDelta(
+            job_id=self.job_id,
+            node_id=self.node_id,
+            attempt=self.attempt,
+            seq=self.seq,
+            text=delta[:16_384],
+            tokens=min(len(self.tokens), p.MAX_TOKENS_LIMIT),
+            done=self.done,
+            at=time.time(),
+        )
+        self.seq += 1
+        self.loop.create_task(self._send(p.JOB_TOKENS_ALL.encode(message)))
+
+    async def _send(self, data: bytes) -> None:
+        try:
+            await self.rt.nc.publish(self.subject, data)
+        except Exception as exc:
+            self.rt.log.warning("tokens.publish_failed", job_id=self.job_id, error=repr(exc))
 
 
 class InferenceService:
@@ -183,6 +241,9 @@ class InferenceService:
             stop=tuple(job.sampling.stop),
             deadline=job.expires_at,
         )
+        if job.streams_tokens:
+            stream = TokenStream(self.rt, self.settings.node_id, job, attempt, self.engine.tokenizer.decode)
+            req.on_token = stream.on_token
         fut = self.engine.submit(req)
         try:
             gen = await asyncio.wrap_future(fut)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from eth_account import Account
 from eth_utils import to_checksum_address
 
+from loranet import protocol as p
 from services.settlement.contracts import compile_contract
 from services.settlement.merkle import merkle_root
 from services.settlement.packing import (
@@ -326,6 +327,26 @@ class Chain:
                 receipt = self.w3.eth.get_transaction_receipt(log["transactionHash"])
                 return self._batch_receipt(self._info(receipt), log["args"], jobs)
         return None
+
+    def recent_batches(self, limit: int, window_blocks: int = 50_000) -> list[p.EpochSummary]:
+        """The last `limit` settled batches (epochs) in the last `window_blocks` blocks, newest first."""
+        latest = self.w3.eth.block_number
+        logs = self.settlement.events.BatchSettled().get_logs(from_block=max(0, latest - window_blocks))
+        out = []
+        for log in sorted(logs, key=lambda x: (x["blockNumber"], x["logIndex"]), reverse=True)[:limit]:
+            block = self.w3.eth.get_block(log["blockNumber"])
+            out.append(
+                p.EpochSummary(
+                    seq=log["args"]["seq"],
+                    tx_hash="0x" + bytes(log["transactionHash"]).hex().removeprefix("0x"),
+                    block=log["blockNumber"],
+                    jobs=log["args"]["jobs"],
+                    total_fees=log["args"]["total_fees"],
+                    merkle_root="0x" + bytes(log["args"]["merkle_root"]).hex(),
+                    at=int(block["timestamp"]),
+                )
+            )
+        return out
 
     def find_refund(self, job_id: bytes | str) -> TxInfo | None:
         """The transaction that refunded `job_id`, if any."""

@@ -93,6 +93,7 @@ class SettlementService:
             Pull("verdicts", p.SETTLEMENT_VERDICTS, self.on_verdict, slots=max(self.settings.epoch_max_jobs * 2, 8)),
             Endpoint("balance", p.SETTLEMENT_BALANCE, self.balance),
             Endpoint("stake", p.SETTLEMENT_STAKE, self.stake),
+            Endpoint("epochs", p.SETTLEMENT_EPOCHS, self.epochs_on_chain),
         ]
         if self.settings.reservations:
             routes += [
@@ -120,6 +121,13 @@ class SettlementService:
             return await asyncio.to_thread(read)
         except ChainError as exc:
             raise ServiceError("unavailable", str(exc)) from None
+
+    async def epochs_on_chain(self, req: p.EpochList) -> p.EpochListReply:
+        try:
+            batches = await asyncio.to_thread(self.chain.recent_batches, req.limit)
+        except ChainError as exc:
+            raise ServiceError("unavailable", str(exc)) from None
+        return p.EpochListReply(epochs=batches)
 
     async def stake(self, req: p.StakeGet) -> p.Stake:
         def read() -> p.Stake:

@@ -258,13 +258,90 @@ def test_streamed_chunks_rebuild_the_text_and_end_with_the_extension():
         {"model": "loranet-tiny-llama", "prompt": "x", "stream": True, "stream_options": {"include_usage": True}},
         CATALOGUE,
     )
-    chunks = list(domain.stream_events(spec, record(), 1, chat=False, chunk_chars=4))
+    chunks = domain.StreamWriter(spec, "ef" * 16, 1, chat=False, chunk_chars=4).final(record())
     assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == "Hello there, loranet"
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop" and chunks[-2]["loranet"]["status"] == "settled"
-    assert chunks[-1]["usage"]["total_tokens"] == 5
-    chat = list(domain.stream_events(spec, record(), 1, chat=True, chunk_chars=100))
+    assert chunks[-2]["loranet"]["verified"] is True and chunks[-1]["usage"]["total_tokens"] == 5
+    chat = domain.StreamWriter(spec, "ef" * 16, 1, chat=True, chunk_chars=100).final(record())
     assert chat[0]["choices"][0]["delta"]["role"] == "assistant"
     assert domain.sse({"a": 1}) == b'data: {"a":1}\n\n' and domain.sse("[DONE]") == b"data: [DONE]\n\n"
+
+
+def delta(text: str, seq: int, attempt: int = 0, done: bool = False, node: str = "node-0") -> p.TokenDelta:
+    return p.TokenDelta(
+        job_id="ef" * 16, node_id=node, attempt=attempt, seq=seq, text=text, tokens=seq + 1, done=done, at=1.0
+    )
+
+
+def content(chunks: list[dict]) -> str:
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+
+
+def test_provisional_tokens_stream_as_they_come_and_the_verdict_ends_them():
+    spec = domain.chat_request(
+        {"model": "loranet-tiny-llama", "messages": [{"role": "user", "content": "hi"}], "stream": True}, CATALOGUE
+    )
+    w = domain.StreamWriter(spec, "ef" * 16, 1, chat=True, chunk_chars=100)
+    first = w.provisional(delta("Hello", 0))
+    assert first[0]["choices"][0]["delta"] == {"role": "assistant", "content": "Hello"}
+    assert first[0]["loranet"] == {"provisional": True, "node_id": "node-0", "attempt": 0}
+    rest = w.provisional(delta(" there, loranet", 1, done=True))
+    end = w.final(record())
+    assert content(first + rest + end) == "Hello there, loranet"  # nothing sent twice
+    assert end[-1]["choices"][0]["finish_reason"] == "stop" and end[-1]["loranet"]["verified"] is True
+    assert end[-1]["loranet"]["receipt"]["status"] == "settled"
+
+
+def test_a_stop_sequence_is_never_shown_even_split_across_deltas():
+    spec = domain.completion_request(
+        {"model": "loranet-tiny-llama", "prompt": "x", "stream": True, "stop": ["END"]}, CATALOGUE
+    )
+    w = domain.StreamWriter(spec, "ef" * 16, 1, chat=False, chunk_chars=100)
+    texts = [
+        c["choices"][0]["text"]
+        for d in [delta("abc E", 0), delta("N", 1), delta("D tail", 2)]
+        for c in w.provisional(d)
+    ]
+    assert "".join(texts) == "abc " and all("E" not in t for t in texts)
+    assert domain.provisional_visible("abc EN", ["END"], done=False) == "abc "
+    assert domain.provisional_visible("abc EN", ["END"], done=True) == "abc EN"
+    assert domain.provisional_visible("abc EX", ["END"], done=False) == "abc EX"
+
+
+def test_a_rejected_result_is_withdrawn_in_the_stream_and_the_rerun_follows():
+    spec = domain.chat_request(
+        {"model": "loranet-tiny-llama", "messages": [{"role": "user", "content": "hi"}], "stream": True}, CATALOGUE
+    )
+    w = domain.StreamWriter(spec, "ef" * 16, 1, chat=True, chunk_chars=100)
+    cheat = w.provisional(delta("Goodbye", 0, node="cheater"))
+    gone = w.withdrawn(1, "fingerprint")
+    assert gone[0]["loranet"]["event"] == "withdrawn" and "failed verification" in content(gone)
+    assert w.provisional(delta(" late straggler", 1, attempt=0, node="cheater")) == []  # the old attempt is over
+    rerun = w.provisional(delta("Hello there, loranet", 0, attempt=1, node="node-1", done=True))
+    assert rerun[0]["loranet"]["attempt"] == 1
+    end = w.final(record())
+    assert content(cheat + gone + rerun + end).endswith("Hello there, loranet")
+    assert content(end) == ""  # the verified text is what the re-run streamed
+
+
+def test_verified_text_that_differs_from_the_streamed_text_follows_with_a_note():
+    spec = domain.completion_request({"model": "loranet-tiny-llama", "prompt": "x", "stream": True}, CATALOGUE)
+    w = domain.StreamWriter(spec, "ef" * 16, 1, chat=False, chunk_chars=100)
+    w.provisional(delta("Hellx", 0))
+    end = w.final(record())
+    assert end[0]["loranet"] == {"event": "replaced"}
+    assert "".join(c["choices"][0]["text"] for c in end if c["choices"]).endswith(
+        domain.REPLACED + "Hello there, loranet"
+    )
+
+
+def test_streaming_flags_are_booleans():
+    body = {"model": "loranet-tiny-llama", "prompt": "x", "stream": True, "verified_only": True}
+    assert domain.completion_request(body, CATALOGUE).verified_only is True
+    with pytest.raises(domain.ApiError, match="verified_only"):
+        domain.completion_request({**body, "verified_only": "yes"}, CATALOGUE)
+    with pytest.raises(domain.ApiError, match="confidential"):
+        domain.completion_request({**body, "confidential": 1}, CATALOGUE)
 
 
 def test_outcomes_that_did_not_settle_are_errors():

@@ -159,6 +159,44 @@ def test_streamed_completion_arrives_as_server_sent_events(gateways):
     assert len({c.id for c in chunks}) == 1
 
 
+def timed_chunks(stream) -> list[tuple[float, object]]:
+    return [(time.monotonic(), chunk) for chunk in stream]
+
+
+def test_tokens_stream_as_the_node_generates_them_then_the_verdict(gateways):
+    client = gateways[0].client(ALICE)
+    messages = [{"role": "user", "content": "Tell me a story"}]
+    chunks = timed_chunks(
+        client.chat.completions.create(model=ADAPTER, messages=messages, max_tokens=24, seed=3, stream=True)
+    )
+    marks = [(t, c.model_extra.get("loranet") or {}) for t, c in chunks]
+    provisional = [t for t, m in marks if m.get("provisional")]
+    (end,) = [t for t, m in marks if m.get("verified")]
+    assert len(provisional) >= 2, "tokens arrive in several provisional chunks"
+    assert provisional[0] < end and all(t <= end for t in provisional)
+    last = chunks[-1][1].model_extra["loranet"]
+    assert last["receipt"]["status"] == "settled" and last["verdict"]["accepted"]
+    text = "".join(c.choices[0].delta.content or "" for _, c in chunks if c.choices)
+    # The verified answer is exactly the text streamed: no note, nothing repeated.
+    record_text = client.chat.completions.create(
+        model=ADAPTER, messages=messages, max_tokens=24, seed=3, extra_body={"verified_only": True}
+    )
+    assert text == record_text.choices[0].message.content and "[loranet:" not in text
+
+
+def test_verified_only_and_confidential_streams_send_no_provisional_text(gateways):
+    client = gateways[0].client(ALICE)
+    for extra in ({"verified_only": True}, {"confidential": True}):
+        chunks = list(
+            client.completions.create(
+                model=DEFAULT_MODEL_NAME, prompt="Once upon a time", max_tokens=8, stream=True, extra_body=extra
+            )
+        )
+        assert not any((c.model_extra.get("loranet") or {}).get("provisional") for c in chunks), extra
+        assert "".join(c.choices[0].text for c in chunks if c.choices), extra
+        assert chunks[-1].model_extra["loranet"]["receipt"]["status"] == "settled", extra
+
+
 def test_errors_arrive_as_openai_exceptions(gateways):
     alice = gateways[0].client(ALICE)
     with pytest.raises(openai.NotFoundError) as err:

@@ -305,3 +305,21 @@ def test_adapter_failing_its_background_read_is_refused(make_engine, adapters):
         fut_b.result(0)
     assert len(fut_a.result(0).output_tokens) > 0
     assert engine.adapters.bad_reason(id_b) and engine.adapters.state(id_b) == "absent"
+
+
+def test_streaming_jobs_hear_each_token_as_it_is_sampled(make_engine, adapters):
+    jobs = _jobs(adapters, 3, greedy_only=True, max_tokens=(10, 14))
+    heard: dict[str, list[tuple[int, bool, int]]] = {r.job_id: [] for _, r in jobs}
+    engine = make_engine(adapter_slots=8)
+    for _, req in jobs:
+        req.on_token = lambda token, last, job=req.job_id: heard[job].append((token, last, engine.steps))
+    broken = jobs[0][1]
+    broken.on_token = lambda token, last: 1 / 0  # a failing listener never stops the batch
+    got = _run(engine, [r for _, r in jobs])
+    assert got[0].output_tokens
+    for (_, req), gen in zip(jobs[1:], got[1:]):
+        tokens = [t for t, _, _ in heard[req.job_id]]
+        assert tokens == gen.output_tokens  # every token, in order, the last one flagged
+        assert [last for _, last, _ in heard[req.job_id]] == [False] * (len(tokens) - 1) + [True]
+        steps = [s for _, _, s in heard[req.job_id]]
+        assert steps == sorted(set(steps)), "one token per step: heard while generating, not at the end"

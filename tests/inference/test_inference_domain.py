@@ -49,3 +49,11 @@ def test_decoding_is_asked_only_for_stop_strings():
 def test_refusals_are_refused():
     with pytest.raises(Refused):
         domain.check_prompt([1] * 10, 5)
+
+
+def test_stream_delta_sends_new_text_and_holds_back_a_split_character():
+    assert domain.stream_delta("Hello", "") == "Hello"
+    assert domain.stream_delta("Hello wor", "Hello") == " wor"
+    assert domain.stream_delta("caf\ufffd", "ca") == "f"  # the rest of "é" is still to come
+    assert domain.stream_delta("caf\ufffd", "ca", final=True) == "f\ufffd"
+    assert domain.stream_delta("Hallo", "Hello") == ""  # would rewrite what was sent: left to the verified answer

@@ -62,6 +62,15 @@ def test_merkle_root_event_matches_python(chain: DevChain, client, parties):
         assert receipt.merkle_root == merkle_root([j.job_id for j in jobs]), n
 
 
+def test_recent_batches_list_the_epochs_newest_first(chain: DevChain, client, parties):
+    mined = [chain.settle_batch(_next(chain), [make_job(client.address, parties)]) for _ in range(3)]
+    epochs = chain.recent_batches(2)
+    assert [e.seq for e in epochs] == [mined[2].seq, mined[1].seq]
+    assert epochs[0].tx_hash == mined[2].tx_hash and epochs[0].jobs == 1
+    assert epochs[0].total_fees == mined[2].total_fees and epochs[0].merkle_root == "0x" + mined[2].merkle_root.hex()
+    assert epochs[0].block == mined[2].block_number and epochs[0].at > 0
+
+
 def test_sequence_guard(chain: DevChain, client, parties):
     seq = _next(chain)
     chain.settle_batch(seq, [make_job(client.address, parties)])

@@ -34,8 +34,9 @@ def table() -> str:
     for subject in s.SUBJECTS:
         if isinstance(subject, s.Request):
             kept, message = "request-reply", f"`{subject.schema.__name__}` → `{subject.reply.__name__}`"
+        elif subject.stream is None:
+            kept, message = "core NATS (not stored)", f"`{subject.schema.__name__}`"
         else:
-            assert subject.stream is not None
             kind = "work queue" if subject.stream.work_queue else "limits"
             kept, message = f"{subject.stream.name} ({kind})", f"`{subject.schema.__name__}`"
         rows.append(

@@ -85,8 +85,11 @@ class JobRequest(AdditiveWire, Signed):
     # The tokenizer the prompt is meant for (the model's, from its registry record): a job naming
     # another is refused at admission, by the node and by the verifier. "" = the model's own.
     tokenizer_id: OptContentId = ""
+    # Ask the node to send tokens as it generates them (jobs.tokens.<client_id>.<job_id>: provisional,
+    # unverified, in clear; never for a confidential job). The verified answer comes as always.
+    stream: bool = False
 
-    _additive = ("sealed_prompt", "node_id", "tokenizer_id")
+    _additive = ("sealed_prompt", "node_id", "tokenizer_id", "stream")
     SIGNING_DOMAIN: ClassVar[str] = "loranet/job-request/v1"
     SIGNER_FIELD: ClassVar[str] = "client_key"
 
@@ -99,6 +102,11 @@ class JobRequest(AdditiveWire, Signed):
     @property
     def confidential(self) -> bool:
         return self.sealed_prompt is not None
+
+    @property
+    def streams_tokens(self) -> bool:
+        """The node sends this job's tokens as generated (asked for, and the job is not confidential)."""
+        return self.stream and not self.confidential
 
     def request_hash(self) -> str:
         """The request's content id (what a result names in `request_hash`)."""
@@ -332,6 +340,22 @@ class RerunRequest(Wire):
     request: JobRequest  # the client's request, signature intact (from the rejected result)
     exclude: Annotated[list[NodeId], Field(min_length=1, max_length=MAX_ATTEMPT)]
     reason: ShortText = ""
+    at: Timestamp
+
+
+class TokenDelta(Wire):
+    """Node → client (core NATS jobs.tokens.<client_id>.<job_id>, not stored): text a node has generated
+    so far for a job that asked to stream, sent as it comes. Provisional: nothing here is verified; the
+    job's verdict and receipt, on its events, say whether this text (this node's, this attempt's) stood."""
+
+    v: Literal[1] = 1
+    job_id: JobId
+    node_id: NodeId
+    attempt: Annotated[int, Field(ge=0, le=MAX_ATTEMPT)] = 0
+    seq: Annotated[int, Field(ge=0, le=2**31)]  # 0, 1, 2 ... per (job, attempt)
+    text: Annotated[str, StringConstraints(max_length=16_384)]  # appended to what came before
+    tokens: Annotated[int, Field(ge=0, le=MAX_TOKENS_LIMIT)]  # tokens generated so far
+    done: bool = False  # the node has finished this attempt (its signed result follows)
     at: Timestamp
 
 

@@ -81,3 +81,26 @@ class Faucet(Wire):
     address: Address
     amount: Wei
     escrow: Wei = 0
+
+
+class EpochList(Wire):
+    """The most recent settled epochs (settlement batches) on chain, newest first."""
+
+    v: Literal[1] = 1
+    limit: Annotated[int, Field(ge=1, le=200)] = 20
+
+
+class EpochSummary(Wire):
+    v: Literal[1] = 1
+    seq: Annotated[int, Field(ge=0)]
+    tx_hash: Annotated[str, StringConstraints(pattern=r"^0x[0-9a-f]{64}$")]
+    block: Annotated[int, Field(ge=0)]
+    jobs: Annotated[int, Field(ge=0)]
+    total_fees: Wei
+    merkle_root: Annotated[str, StringConstraints(pattern=r"^0x[0-9a-f]{64}$")]
+    at: Annotated[int, Field(ge=0)] = 0  # the block's timestamp
+
+
+class EpochListReply(Wire):
+    v: Literal[1] = 1
+    epochs: Annotated[list[EpochSummary], Field(max_length=200)]

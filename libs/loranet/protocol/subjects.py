@@ -21,8 +21,19 @@ from typing import Any, Generic, TypeVar
 from .. import codec
 from ..codec import Wire
 from .base import MAX_BLOB_BYTES, DeadLetter, subject_token
-from .jobs import InferenceResult, JobEvent, JobRequest, Receipt, RerunRequest, Verdict, WorkBatch
-from .money import Balance, BalanceGet, Faucet, Release, Reservation, Reserve, Stake, StakeGet
+from .jobs import InferenceResult, JobEvent, JobRequest, Receipt, RerunRequest, TokenDelta, Verdict, WorkBatch
+from .money import (
+    Balance,
+    BalanceGet,
+    EpochList,
+    EpochListReply,
+    Faucet,
+    Release,
+    Reservation,
+    Reserve,
+    Stake,
+    StakeGet,
+)
 from .registry import (
     AdapterBlob,
     AdapterGet,
@@ -68,7 +79,7 @@ class Subject(Generic[M]):
     schema: type[M]
     max_bytes: int
     doc: str
-    stream: Stream | None = None  # None: core NATS (request-reply)
+    stream: Stream | None = None  # None: core NATS (request-reply, or published to whoever listens)
 
     def decode(self, data: bytes) -> M:
         """`data` as this subject's message (loranet.codec.DecodeError when it is not one)."""
@@ -163,6 +174,13 @@ JOB_EVENTS_ALL = Subject(
     "every service → datastore, client: jobs.events.<client_id>.<job_id>",
     EVENTS,
 )
+# Core NATS, not stored: a node's provisional tokens for the client who asked to stream them.
+JOB_TOKENS_ALL = Subject(
+    "jobs.tokens.*.*",
+    TokenDelta,
+    32 * 1024,
+    "node → client: jobs.tokens.<client_id>.<job_id>, provisional text as generated (core NATS)",
+)
 DEAD_LETTER_ALL = Subject(
     "dlq.>",
     DeadLetter,
@@ -227,6 +245,9 @@ SETTLEMENT_FAUCET = Request(
 )
 SETTLEMENT_STAKE = Request(
     "settlement.stake", StakeGet, SMALL_REQUEST_BYTES, "a node's stake in the Registry", reply=Stake
+)
+SETTLEMENT_EPOCHS = Request(
+    "settlement.epochs", EpochList, SMALL_REQUEST_BYTES, "the latest settled epochs on chain", reply=EpochListReply
 )
 SETTLEMENT_RESERVE = Request(
     "settlement.reserve", Reserve, SMALL_REQUEST_BYTES, "scheduler: lock a job's max fee in escrow", reply=Reservation
@@ -329,6 +350,16 @@ def _client_token(client: bytes | str) -> str:
 def job_events(client: bytes | str, job_id: str) -> str:
     """jobs.events.<client_id>.<job_id>; `client` is the client's key or its id."""
     return f"jobs.events.{_client_token(client)}.{subject_token(job_id, 'job id')}"
+
+
+def job_tokens(client: bytes | str, job_id: str) -> str:
+    """jobs.tokens.<client_id>.<job_id>: a streaming job's provisional tokens."""
+    return f"jobs.tokens.{_client_token(client)}.{subject_token(job_id, 'job id')}"
+
+
+def job_tokens_of(client: bytes | str) -> str:
+    """Every streaming job's tokens of one client: jobs.tokens.<client_id>.*"""
+    return f"jobs.tokens.{_client_token(client)}.*"
 
 
 def job_events_of(client: bytes | str) -> str:
