@@ -34,6 +34,7 @@ lint: $(STAMP)
 test: lint
 	@scripts/ensure-redis.sh
 	@scripts/ensure-anvil.sh
+	@scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -587,3 +587,92 @@ def sse(data: dict[str, Any] | str) -> bytes:
     """One server-sent event."""
     text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
     return f"data: {text}\n\n".encode()
+
+
+# -- the web app's views (the explorer's JSON) ---------------------------------------
+
+PARTIES = ("node", "developer", "contributor", "verifier", "treasury")
+
+
+def split_by_party(receipt: p.Receipt | None) -> dict[str, int]:
+    """A receipt's payouts summed per party (contributors and verifiers each as one party)."""
+    out = dict.fromkeys(PARTIES, 0)
+    for payout in receipt.payouts if receipt else []:
+        out[payout.party] = out.get(payout.party, 0) + payout.amount
+    return out
+
+
+def node_view(hb: p.NodeHeartbeat, stake: p.Stake | None, now: float) -> dict[str, Any]:
+    return {
+        "node_id": hb.node_id,
+        "device": hb.device,
+        "region": hb.region,
+        "memory_free": hb.memory_free,
+        "stake": str(stake.stake) if stake else None,
+        "active": bool(stake and stake.active),
+        "payout_address": hb.payout_address,
+        "adapters_hot": len(hb.adapters_hot),
+        "slots_free": hb.slots_free,
+        "slots_total": hb.slots_total,
+        "queue_depth": hb.queue_depth,
+        "tokens_per_s": round(hb.tokens_per_s, 1),
+        "heartbeat_age_s": round(max(now - hb.at, 0.0), 1),
+    }
+
+
+def adapter_view(a: p.AdapterManifest, base_name: str) -> dict[str, Any]:
+    return {
+        "name": a.name,
+        "model": f"{base_name}{ADAPTER_SEPARATOR}{a.name}" if base_name else a.name,
+        "adapter_id": a.adapter_id,
+        "owner": a.owner_address,
+        "license": a.license,
+        "rank": a.rank,
+        "contributors": [
+            {"id": c.contributor_id, "address": c.address, "weight_bps": c.weight_bps} for c in a.contributors
+        ],
+    }
+
+
+def timeline(record: p.JobRecord) -> list[dict[str, Any]]:
+    """A job's stages with the time each happened, from the signed messages that record them."""
+    out: list[dict[str, Any]] = []
+    if record.request is not None:
+        out.append({"stage": "submitted", "at": record.request.created_at})
+    if record.result is not None:
+        out.append({"stage": "generating", "at": record.result.started_at, "node_id": record.result.node_id})
+        out.append({"stage": "result", "at": record.result.finished_at, "node_id": record.result.node_id})
+    for v in record.verdicts:
+        out.append(
+            {
+                "stage": "verdict",
+                "at": v.decided_at,
+                "verifier_id": v.verifier_id,
+                "accepted": v.accepted,
+                "audited": v.audited,
+                "failed_checks": [c.name for c in v.checks if not c.ok],
+            }
+        )
+    if record.receipt is not None:
+        out.append(
+            {
+                "stage": record.receipt.status,
+                "at": record.receipt.settled_at,
+                "epoch": record.receipt.epoch,
+                "tx_hash": record.receipt.tx_hash,
+            }
+        )
+    elif record.status in (p.Stage.REJECTED, p.Stage.REFUNDED):
+        out.append({"stage": str(record.status), "at": record.updated_at, "reason": record.reason})
+    return sorted(out, key=lambda e: e["at"])
+
+
+def job_view(record: p.JobRecord) -> dict[str, Any]:
+    return {
+        **loranet_extension(record),
+        "adapter_id": record.request.adapter_id if record.request else "",
+        "confidential": bool(record.request and record.request.confidential),
+        "output": output_text(record),
+        "split": {k: str(v) for k, v in split_by_party(record.receipt).items()},
+        "timeline": timeline(record),
+    }

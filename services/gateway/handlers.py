@@ -23,7 +23,9 @@ import asyncio
 import hmac
 import json
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -46,6 +48,9 @@ from .domain import ApiError
 from .settings import GatewaySettings
 
 KEEP_ALIVE_S = 10.0
+HISTORY = 360  # points kept per chart
+SAMPLE_S = 5.0  # the network's tokens/s, sampled this often
+WEB_DIR = Path(__file__).resolve().parent / "web"
 
 
 class GatewayService:
@@ -60,6 +65,9 @@ class GatewayService:
         self._catalogue: domain.Catalogue | None = None
         self._catalogue_at = 0.0
         self.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+        # The web app's charts: each client's recent jobs (by address), the network's tokens/s over time.
+        self.history: dict[str, deque[dict[str, Any]]] = {}
+        self.network: deque[dict[str, Any]] = deque(maxlen=HISTORY)
 
     # -- identities ---------------------------------------------------------------
 
@@ -189,8 +197,22 @@ class GatewayService:
             await client.wait(job.job_id, self.settings.job_timeout_s, on_event=on_event)
         except JobFailed as exc:
             raise ApiError(504, str(exc), "server_error", None, "job_timeout", {"job_id": job.job_id}) from None
-        record: p.JobRecord = await self._call(client.job(job.job_id))
-        if record.result is not None and record.result.sealed_output is not None:  # confidential: open it
+        record = await self.record(client, job.job_id)
+        self.history.setdefault(client.address, deque(maxlen=HISTORY)).append(
+            {
+                "at": time.time(),
+                "latency_s": round(time.time() - job.created_at, 3),
+                "status": str(record.status),
+                "fee": str(record.receipt.fee if record.receipt else 0),
+                "split": {k: str(v) for k, v in domain.split_by_party(record.receipt).items()},
+            }
+        )
+        return record
+
+    async def record(self, client: Client, job_id: str) -> p.JobRecord:
+        """A job's record as its client sees it: a confidential job's output opened with the client's key."""
+        record: p.JobRecord = await self._call(client.job(job_id))
+        if record.result is not None and record.result.sealed_output is not None:
             try:
                 opened = confidential.open_output(record.result, client.identity)
             except confidential.ConfidentialError as exc:
@@ -315,6 +337,142 @@ class GatewayService:
         await response.write_eof()
         return response
 
+    # -- the web app ------------------------------------------------------------------
+
+    async def index(self, req: web.Request) -> web.FileResponse:
+        return web.FileResponse(WEB_DIR / "index.html")
+
+    async def me(self, req: web.Request) -> web.Response:
+        name, client = self.authenticate(req)
+        balance = await self._call(client.balance())
+        return web.json_response(
+            {
+                "name": name,
+                "address": client.address,
+                "balance": {"token": str(balance.token), "escrow": str(balance.escrow), "credit": str(balance.credit)},
+            }
+        )
+
+    async def nodes(self, req: web.Request) -> web.Response:
+        _, client = self.authenticate(req)
+        beats = await self._call(client.nodes())
+        stakes = await asyncio.gather(
+            *(
+                self._call(request(self.nc, p.SETTLEMENT_STAKE, p.StakeGet(address=hb.payout_address), 5.0))
+                for hb in beats
+            ),
+            return_exceptions=True,
+        )
+        now = time.time()
+        rows = [
+            domain.node_view(hb, s if isinstance(s, p.Stake) else None, now)
+            for hb, s in sorted(zip(beats, stakes), key=lambda x: x[0].node_id)
+        ]
+        return web.json_response({"nodes": rows})
+
+    async def adapters(self, req: web.Request) -> web.Response:
+        self.authenticate(req)
+        catalogue = await self.catalogue()
+        base_of = {e.model_id: e.name for e in catalogue.entries.values() if not e.adapter_id}
+        reply = await self._call(
+            request(self.nc, p.DATASTORE_ADAPTER_LIST, p.AdapterList(), self.settings.request_timeout_s)
+        )
+        return web.json_response(
+            {"adapters": [domain.adapter_view(a, base_of.get(a.base_model_id, "")) for a in reply.adapters]}
+        )
+
+    async def jobs(self, req: web.Request) -> web.Response:
+        """The signed-in key's own recent jobs: never another key's."""
+        _, client = self.authenticate(req)
+        reply = await self._call(
+            request(
+                self.nc,
+                p.DATASTORE_JOB_LIST,
+                p.JobList(client_address=client.address, limit=50),
+                self.settings.request_timeout_s,
+            )
+        )
+        return web.json_response(
+            {
+                "jobs": [
+                    {
+                        "job_id": j.job_id,
+                        "status": str(j.status),
+                        "adapter_id": j.adapter_id,
+                        "created_at": j.created_at,
+                        "updated_at": j.updated_at,
+                    }
+                    for j in reply.jobs
+                ]
+            }
+        )
+
+    async def job(self, req: web.Request) -> web.Response:
+        _, client = self.authenticate(req)
+        job_id = req.match_info["job_id"]
+        try:
+            p.JobGet(job_id=job_id)
+        except ValueError:
+            raise domain.invalid(f"not a job id: {job_id[:40]!r} (32 hex digits)", "job_id") from None
+        record = await self.record(client, job_id)  # the datastore answers only for this key's own jobs
+        return web.json_response(domain.job_view(record))
+
+    async def epochs(self, req: web.Request) -> web.Response:
+        self.authenticate(req)
+        reply = await self._call(request(self.nc, p.SETTLEMENT_EPOCHS, p.EpochList(limit=20), 10.0))
+        return web.json_response(
+            {"epochs": [{**e.model_dump(exclude={"v"}), "total_fees": str(e.total_fees)} for e in reply.epochs]}
+        )
+
+    async def balance(self, req: web.Request) -> web.Response:
+        self.authenticate(req)
+        address = req.match_info["address"]
+        try:
+            ask = p.BalanceGet(address=address)
+        except ValueError:
+            raise domain.invalid(f"not an address: {address[:60]!r} (0x and 40 hex digits)", "address") from None
+        b = await self._call(request(self.nc, p.SETTLEMENT_BALANCE, ask, self.settings.request_timeout_s))
+        return web.json_response(
+            {
+                "address": b.address,
+                "token": str(b.token),
+                "escrow": str(b.escrow),
+                "credit": str(b.credit),
+                "stake": str(b.stake),
+            }
+        )
+
+    async def stats(self, req: web.Request) -> web.Response:
+        _, client = self.authenticate(req)
+        if not self.network:
+            await self.sample_network()
+        return web.json_response({"network": list(self.network), "mine": list(self.history.get(client.address, []))})
+
+    async def sample_network(self) -> None:
+        try:
+            beats = await Client(self.nc, Identity.from_seed(bytes(32))).nodes()
+        except Exception as exc:  # the next sample tries again
+            self.log.warning("stats.sample_failed", error=repr(exc)[:200])
+            return
+        self.network.append(
+            {
+                "at": time.time(),
+                "tokens_per_s": round(sum(hb.tokens_per_s for hb in beats), 1),
+                "nodes": len(beats),
+                "queue_depth": sum(hb.queue_depth for hb in beats),
+            }
+        )
+
+    async def sampler(self, app: web.Application) -> Any:
+        async def loop() -> None:
+            while True:
+                await self.sample_network()
+                await asyncio.sleep(SAMPLE_S)
+
+        task = asyncio.ensure_future(loop())
+        yield
+        task.cancel()
+
 
 def error_middleware(log: EventLog):
     @web.middleware
@@ -356,6 +514,18 @@ def build_app(gateway: GatewayService) -> web.Application:
             web.get("/v1/models/{model}", gateway.get_model),
             web.post("/v1/completions", gateway.completions),
             web.post("/v1/chat/completions", gateway.chat_completions),
+            # the web app (services/gateway/web) and its JSON
+            web.get("/", gateway.index),
+            web.static("/static", WEB_DIR),
+            web.get("/v1/loranet/me", gateway.me),
+            web.get("/v1/loranet/nodes", gateway.nodes),
+            web.get("/v1/loranet/adapters", gateway.adapters),
+            web.get("/v1/loranet/jobs", gateway.jobs),
+            web.get("/v1/loranet/jobs/{job_id}", gateway.job),
+            web.get("/v1/loranet/epochs", gateway.epochs),
+            web.get("/v1/loranet/balance/{address}", gateway.balance),
+            web.get("/v1/loranet/stats", gateway.stats),
         ]
     )
+    app.cleanup_ctx.append(gateway.sampler)
     return app

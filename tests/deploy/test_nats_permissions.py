@@ -203,6 +203,8 @@ class Services:
                 return p.AdapterListReply(adapters=[])
             if isinstance(message, p.JobList):
                 return p.JobListReply(jobs=[])
+            if isinstance(message, p.EpochList):
+                return p.EpochListReply(epochs=[])
             return factories.manifest()
 
         async def blob(message):
@@ -237,6 +239,7 @@ class Services:
                 Pull("verdicts", p.SETTLEMENT_VERDICTS, record),
                 Endpoint("balance", p.SETTLEMENT_BALANCE, reply),
                 Endpoint("faucet", p.SETTLEMENT_FAUCET, reply),
+                Endpoint("epochs", p.SETTLEMENT_EPOCHS, reply),
                 Endpoint("reserve", p.SETTLEMENT_RESERVE, reply),
                 Endpoint("release", p.SETTLEMENT_RELEASE, reply),
             ],
@@ -372,15 +375,24 @@ async def test_each_role_publishes_and_requests_what_its_code_does(nats_auth, se
                 (p.DATASTORE_ADAPTER_LIST.pattern, p.AdapterList()),
                 (p.SETTLEMENT_BALANCE.pattern, p.BalanceGet(address="0x" + "1" * 40)),
                 (p.SETTLEMENT_FAUCET.pattern, p.Faucet(address="0x" + "1" * 40, amount=1)),
+                (p.SETTLEMENT_EPOCHS.pattern, p.EpochList(limit=3)),
             ],
         ),
     }
     uses["client"] = uses["gateway"]
+    # The web app lists the signed-in key's jobs (clients list nothing: FORBIDDEN); nodes stream tokens.
+    uses["gateway"] = {
+        **uses["gateway"],
+        "req": [*uses["gateway"]["req"], (p.DATASTORE_JOB_LIST.pattern, p.JobList(client_address="0x" + "1" * 40))],
+    }
+    uses["inference"] = {**uses["inference"], "core": [p.job_tokens(CLIENT, JOB)]}
     for role, use in uses.items():
         conn = await connect(nats_auth[role])
         js = conn.nc.jetstream()
         for i, subject in enumerate(use["js"]):
             await js.publish(subject, b"\x00", headers={"Nats-Msg-Id": f"{role}-{i}-{time.time()}"})
+        for subject in use.get("core", []):
+            await conn.nc.publish(subject, b"\x00")
         for subject, message in use["req"]:
             answer = await conn.nc.request(subject, codec.encode(message), timeout=5)
             assert not (answer.headers or {}).get("Nats-Service-Error-Code"), (role, subject, answer.headers)
@@ -509,6 +521,10 @@ FORBIDDEN = [
     ("client", "sub", p.JOB_EVENTS_ALL.pattern),  # ... nor every job's events
     ("client", "sub", "jobs.events.>"),
     ("client", "sub", p.job_events_of(OTHER)),  # ... nor another client's
+    ("client", "sub", p.job_tokens_of(OTHER)),  # ... nor another client's streamed tokens
+    ("client", "sub", p.JOB_TOKENS_ALL.pattern),
+    ("client", "pub", p.job_tokens(OTHER, JOB)),  # only nodes send tokens
+    ("verifier", "pub", p.job_tokens(CLIENT, JOB)),
     ("client", "sub", p.WORK_ALL.pattern),
     ("client", "sub", "_INBOX.>"),  # nor the services' inboxes
     ("client", "sub", natsauth.inbox_prefix(OTHER) + ".>"),  # nor another client's inbox

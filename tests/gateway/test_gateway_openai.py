@@ -7,13 +7,11 @@ A devnet (real nats-server and redis-server, every service as a process: 1 node,
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -25,54 +23,12 @@ openai = pytest.importorskip("openai", reason="the openai package drives these t
 from loranet import protocol as p
 from loranet.model.checkpoint import TINY_MODEL_NAME as DEFAULT_MODEL_NAME
 from loranet_ops.servers import free_port
-from services.gateway.main import main as serve_gateway
 from services.gateway.settings import GatewaySettings
+from tests.gateway.conftest import GatewayThread
 
 ALICE = "sk-test-alice-0123456789"
 CAROL = "sk-test-carol-0123456789"  # served by a gateway without the devnet faucet: no escrow
 ADAPTER = f"{DEFAULT_MODEL_NAME}:demo-1"
-
-
-class GatewayThread:
-    """The gateway's own event loop in a thread, so the synchronous openai client can call it."""
-
-    def __init__(self, settings: GatewaySettings) -> None:
-        self.settings = settings
-        self.port = 0
-        self.error: BaseException | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="gateway", daemon=True)
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self.loop = asyncio.get_running_loop()
-            self.stop = asyncio.Event()
-            await serve_gateway(self.settings, self.stop, ready=self._on_ready)
-
-        try:
-            asyncio.run(main())
-        except BaseException as exc:  # surfaced by start()
-            self.error = exc
-            self._ready.set()
-
-    def _on_ready(self, port: int) -> None:
-        self.port = port
-        self._ready.set()
-
-    def start(self) -> GatewayThread:
-        self._thread.start()
-        assert self._ready.wait(60), "gateway did not start"
-        if self.error:
-            raise self.error
-        return self
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.stop.set)
-        self._thread.join(30)
-        assert not self._thread.is_alive()
-
-    def client(self, api_key: str) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key=api_key, max_retries=0, timeout=120)
 
 
 @pytest.fixture(scope="module")
