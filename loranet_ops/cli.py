@@ -458,6 +458,38 @@ async def cmd_nodes(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text[:40]!r}") from None
+    if not 0.2 <= value <= 60:
+        raise argparse.ArgumentTypeError(f"must be 0.2 to 60 seconds, got {value}")
+    return value
+
+
+async def cmd_top(args: argparse.Namespace) -> int:
+    from . import top
+
+    if args.json and not args.once:
+        return _fail("--json: only with --once (the live view is for a terminal)", EXIT_USAGE)
+    url = args.nats or os.environ.get("LORANET_NATS_URL") or ""
+    if not url:
+        state = dn.read_state(args.state_dir)
+        if not state:
+            return _fail(
+                f"no devnet running in {args.state_dir}: start one with `loranet devnet up --detach`, "
+                "or pass --nats with an operator's URL",
+                EXIT_FAILED,
+            )
+        url = dn.role_url(args.state_dir, "admin", state["nats_url"])
+    try:
+        await top.run(url, url.split("@")[-1], args.interval, args.once, args.json)
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
 def _check_address(address: str) -> None:
     from loranet import protocol as p
 
@@ -746,6 +778,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_devnet)
+
+    tp = sub.add_parser("top", help="a live view: jobs/s, tokens/s, queues, nodes, verifier rejections, epochs")
+    tp.add_argument("--interval", type=_seconds, default=2.0, help="seconds between readings (0.2 to 60)")
+    tp.add_argument("--once", action="store_true", help="print one reading and exit")
+    tp.add_argument("--json", action="store_true", help="with --once: one JSON object")
+    tp.set_defaults(func=cmd_top)
 
     g = sub.add_parser("gateway", help="run the OpenAI-compatible HTTP gateway (settings: LORANET_GATEWAY_*)")
     g.set_defaults(func=cmd_gateway)

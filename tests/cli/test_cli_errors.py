@@ -49,6 +49,10 @@ CASES: list[tuple[list[str], int, str]] = [
     (["adapter", "train", "--data", "{tmp}/bad.jsonl", "--out", "{tmp}/out", "--rank", "0"], 2, "rank"),
     (["model", "register", "/nonexistent/model", "--offline"], 2, ""),
     (["devnet", "bogus"], 2, "invalid choice"),
+    (["top", "--interval", "0"], 2, "interval"),
+    (["top", "--interval", "soon"], 2, "interval"),
+    (["top", "--json"], 2, "--json"),
+    (["top", "--once"], 1, "devnet up"),
     (["devnet", "status", "--json"], 1, ""),
 ]
 
