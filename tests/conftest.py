@@ -17,7 +17,9 @@ from loranet_ops.servers import NatsServer, RedisServer, docker_reachable, free_
 
 # Tests run on the seeded tiny model (byte tokenizer, 4 layers) unless they ask for the real one
 # (the `real_model` fixture, tests/realmodel): every service, devnet and client started here reads this.
-os.environ["LORANET_MODEL"] = "loranet-tiny-llama"
+# LORANET_TEST_MODEL runs the session's devnet on another (the web app's screenshots with real answers:
+# LORANET_TEST_MODEL=smollm2-135m-instruct pytest tests/gateway/test_web_app.py).
+os.environ["LORANET_MODEL"] = os.environ.get("LORANET_TEST_MODEL", "loranet-tiny-llama")
 
 
 class _ContainerServer:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from loranet.model.checkpoint import TINY_MODEL_NAME
 from services.gateway.settings import GatewaySettings
 from tests.gateway.conftest import GatewayThread
 
@@ -28,6 +27,7 @@ pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="no chromium: apt-get install chromium (scripts/ensure-chromium.sh does it as root)"
 )
 
+MODEL = os.environ["LORANET_MODEL"]  # tests/conftest.py: the tiny model unless LORANET_TEST_MODEL names another
 ALICE = "sk-web-alice-0123456789"
 BOB = "sk-web-bob-0123456789"
 ARTIFACTS = Path(os.environ.get("LORANET_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
@@ -93,9 +93,10 @@ def test_chat_answers_with_its_verdict_and_split_and_the_explorer_shows_it(gatew
     sign_in(page, gateway, ALICE)
 
     # Chat: an adapter, a streamed answer, then its verdict, node, verifier, fee split and transaction.
-    page.wait_for_selector(f"#model option[value='{TINY_MODEL_NAME}:demo-1']", state="attached")
-    page.select_option("#model", f"{TINY_MODEL_NAME}:demo-1")
-    page.fill("#prompt", "Say hello to loranet")
+    page.wait_for_selector(f"#model option[value^='{MODEL}:']", state="attached")
+    adapter = page.locator(f"#model option[value^='{MODEL}:']").last.get_attribute("value")
+    page.select_option("#model", adapter)
+    page.fill("#prompt", "What is the capital of France?")
     page.click("#send")
     page.wait_for_selector(".msg.assistant .badge.verified", timeout=120_000)
     bubble = page.locator(".msg.assistant").last
@@ -119,7 +120,7 @@ def test_chat_answers_with_its_verdict_and_split_and_the_explorer_shows_it(gatew
     page.click("nav a[data-page='explorer']")
     page.wait_for_selector("#nodes table")
     assert "node-0" in page.locator("#nodes").inner_text()
-    assert "demo-1" in page.locator("#adapters").inner_text()
+    assert adapter in page.locator("#adapters").inner_text()
     page.wait_for_selector(f"#jobs a[href='#/jobs/{job_id}']")
     assert page.locator("#epochs tbody tr").count() >= 1
     assert page.locator("#chart-tps svg").count() == 1 and page.locator("#chart-split .splitbar div").count() >= 3
