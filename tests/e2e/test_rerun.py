@@ -83,6 +83,18 @@ class CheatingNode:
                     attempt = batch.attempt_of(job.job_id)
                     gen = await asyncio.to_thread(self.node.generate, job, None, None)  # the attack: no adapter
                     result = self.node.result(job, gen, attempt=attempt)
+                    if job.streams_tokens:  # its text goes out as "generated", like any node's
+                        delta = p.TokenDelta(
+                            job_id=job.job_id,
+                            node_id=self.node.node_id,
+                            attempt=attempt,
+                            seq=0,
+                            text=result.output_text or "?",
+                            tokens=len(result.output_tokens),
+                            done=True,
+                            at=time.time(),
+                        )
+                        await self.nc.publish(p.job_tokens(job.client_key, job.job_id), p.JOB_TOKENS_ALL.encode(delta))
                     suffix = f":{attempt}" if attempt else ""
                     await self.js.publish(
                         p.results(self.node.node_id),
@@ -221,3 +233,58 @@ async def test_reruns_are_bounded_when_every_node_cheats(devnet, node_model):
         assert "every attempt rejected" in out.reason and all(c.node_id in out.reason for c in cheaters), out.reason
         assert out.stages.count("rerun") == 2 and out.fee == 0
         assert (await client.balance()).escrow == escrow_before
+
+
+async def test_a_stream_withdraws_a_rejected_answer_and_the_rerun_follows(devnet, node_model):
+    """Through the gateway with `stream: true`: the cheater's provisional text, a visible withdrawal when its
+    result is rejected, the honest node's provisional text (attempt 1), then the verdict and receipt."""
+    from services.gateway.settings import GatewaySettings
+    from tests.gateway.conftest import GatewayThread
+
+    config, _ = devnet
+    model, adapter_names = node_model
+    key = "sk-rerun-stream-0123456789"
+    gateway = GatewayThread(
+        GatewaySettings(
+            nats_url=config.url_for("gateway"),
+            gateway_keys={key: "streamer"},
+            gateway_host="127.0.0.1",
+            gateway_port=0,
+            log_level="WARNING",
+            job_timeout_s=400,
+        )
+    ).start()
+    cheater = HonestNode("a-cheater-stream", model, adapter_names)
+    try:
+        async with CheatingNode(cheater, config.url_for("inference")) as cheat:
+            await asyncio.sleep(2.0)  # the scheduler's registry view refreshes
+
+            def stream() -> list:
+                openai = gateway.client(key)
+                return list(
+                    openai.chat.completions.create(
+                        model=next(m.id for m in openai.models.list() if m.id.endswith(":demo-1")),
+                        messages=[{"role": "user", "content": "Stream me twice"}],
+                        max_tokens=12,
+                        stream=True,
+                    )
+                )
+
+            chunks = await asyncio.to_thread(stream)
+        assert [a for _, a in cheat.jobs] == [0]
+    finally:
+        gateway.close()
+    marks = [c.model_extra.get("loranet") or {} for c in chunks]
+    kinds = [
+        "cheater" if m.get("node_id") == "a-cheater-stream" else "honest" if m.get("provisional") else m.get("event")
+        for m in marks
+        if m.get("provisional") or m.get("event")
+    ]
+    assert kinds[0] == "cheater" and "withdrawn" in kinds and kinds.index("withdrawn") < kinds.index("honest"), kinds
+    withdrawn = next(m for m in marks if m.get("event") == "withdrawn")
+    assert withdrawn["attempt"] == 1 and "rejected" in withdrawn["reason"]
+    final = marks[-1]
+    assert final["verified"] and final["status"] == "settled" and final["node_id"] == "node-0"
+    assert final["verdict"]["accepted"] and final["verdict"]["verdicts"] == 2
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "failed verification" in text  # a plain OpenAI client sees the withdrawal too
