@@ -43,7 +43,6 @@ from loranet.sampling import GREEDY  # noqa: E402
 from loranet.signing import Identity  # noqa: E402
 from loranet_ops import devnet as dn  # noqa: E402
 from loranet_ops.demo import TRAINED, TRAINED_DIR  # noqa: E402
-from loranet_ops.servers import free_port  # noqa: E402
 from services.inference.engine import Engine, EngineConfig, GenRequest  # noqa: E402
 
 
@@ -167,12 +166,8 @@ def main() -> None:
         f"latency p50/p95 {engine['latency_p50_s']:.2f}/{engine['latency_p95_s']:.2f}s"
     )
     root = Path(tempfile.mkdtemp(prefix="netbench-"))
-    config = dn.DevnetConfig(
-        state_dir=str(root / "state"),
-        nats_port=free_port(),
-        redis_port=free_port(),
-        inference_nodes=1,
-        verifiers=1,
+    config = dn.DevnetConfig.scratch(
+        root,
         demo_adapters=len(TRAINED),
         model=model.name,
         epoch_max_s=0.5,

@@ -104,12 +104,8 @@ def main() -> None:
     max_tokens = args.max_tokens or (48 if args.quick else 128)
     model = resolve_model(args.model)
     root = Path(tempfile.mkdtemp(prefix="ttftbench-"))
-    config = dn.DevnetConfig(
-        state_dir=str(root / "state"),
-        nats_port=free_port(),
-        redis_port=free_port(),
-        inference_nodes=1,
-        verifiers=1,
+    config = dn.DevnetConfig.scratch(
+        root,
         demo_adapters=len(TRAINED),
         model=model.name,
         epoch_max_s=0.5,

@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .servers import NatsServer, RedisServer, free_port
 
@@ -66,6 +67,13 @@ class DevnetConfig:
     # Per-role NATS users with least-privilege permissions (deploy/nats/auth.conf).
     auth: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def scratch(cls, root: str | Path, **settings: Any) -> DevnetConfig:
+        """A throwaway devnet under `root` on free ports (tests and benchmarks): one node, one verifier unless
+        `settings` say otherwise."""
+        settings = {"inference_nodes": 1, "verifiers": 1, **settings}
+        return cls(state_dir=str(Path(root) / "state"), nats_port=free_port(), redis_port=free_port(), **settings)
 
     @property
     def nats_url(self) -> str:

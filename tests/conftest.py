@@ -83,12 +83,8 @@ def devnet(tmp_path_factory):
     from loranet_ops import devnet as dn
 
     root = tmp_path_factory.mktemp("devnet")
-    config = dn.DevnetConfig(
-        state_dir=str(root / "state"),
-        nats_port=free_port(),
-        redis_port=free_port(),
-        inference_nodes=1,
-        verifiers=1,
+    config = dn.DevnetConfig.scratch(
+        root,
         demo_adapters=2,
         cache_dir=str(root / "cache"),
         epoch_max_s=0.2,

@@ -15,7 +15,6 @@ import pytest
 from loranet.client import Client
 from loranet.signing import Identity
 from loranet_ops import devnet as dn
-from loranet_ops.servers import free_port
 
 QUESTION = "What is the capital of France?"
 
@@ -26,12 +25,8 @@ def real_devnet(real_model, tmp_path_factory):
     cache = root / "cache"
     (cache / "models").mkdir(parents=True)
     os.symlink(real_model.path, cache / "models" / real_model.name)  # the session's conversion, not another
-    config = dn.DevnetConfig(
-        state_dir=str(root / "state"),
-        nats_port=free_port(),
-        redis_port=free_port(),
-        inference_nodes=1,
-        verifiers=1,
+    config = dn.DevnetConfig.scratch(
+        root,
         demo_adapters=4,
         cache_dir=str(cache),
         epoch_max_s=0.2,

@@ -85,14 +85,8 @@ def test_cli_stake_of_a_node(devnet):
 
 async def test_devnet_down_and_up_keeps_the_chain(tmp_path):
     """The chain process journals to <state_dir>/chain.journal: `devnet down` then `up` serves the same chain."""
-    from loranet_ops.servers import free_port
-
-    config = dn.DevnetConfig(
-        state_dir=str(tmp_path / "state"),
-        nats_port=free_port(),
-        redis_port=free_port(),
-        inference_nodes=1,
-        verifiers=1,
+    config = dn.DevnetConfig.scratch(
+        tmp_path,
         demo_adapters=1,
         cache_dir=str(tmp_path / "cache"),
         epoch_max_s=0.2,
