@@ -17,6 +17,7 @@ from pathlib import Path
 from nats.aio.client import Client as NATS
 
 from loranet import protocol as p
+from loranet.attribution import read_index_file
 from loranet.model.adapters import adapter_to_blobs, build_demo_adapters
 from loranet.model.catalog import ResolvedModel, resolve_model
 from loranet.model.checkpoint import TINY_MODEL_NAME, cache_root
@@ -61,7 +62,12 @@ def seeded_contributors(name: str) -> list[p.Contributor]:
 
 
 def demo_manifest(
-    name: str, adapter_id: str, model_id: str, config: dict, contributors: list[p.Contributor] | None = None
+    name: str,
+    adapter_id: str,
+    model_id: str,
+    config: dict,
+    contributors: list[p.Contributor] | None = None,
+    attribution_index: str = "",
 ) -> p.AdapterManifest:
     return p.AdapterManifest(
         adapter_id=adapter_id,
@@ -72,6 +78,7 @@ def demo_manifest(
         rank=int(config.get("r", 8)),
         target_modules=sorted(config.get("target_modules", [])),
         registered_at=time.time(),
+        attribution_index=attribution_index,
     )
 
 
@@ -101,11 +108,12 @@ async def register_catalogue(
     names = []
     for name, path, adapter_id, contributors in adapters:
         config_bytes, weights = adapter_to_blobs(path)
-        adapter = demo_manifest(name, adapter_id, resolved.model_id, json.loads(config_bytes), contributors)
+        index_id, index = read_index_file(path)  # the trained demo adapters: an index over their datanet
+        adapter = demo_manifest(name, adapter_id, resolved.model_id, json.loads(config_bytes), contributors, index_id)
         await request(
             nc,
             p.DATASTORE_ADAPTER_PUT,
-            p.AdapterPut(manifest=adapter, config=config_bytes, weights=weights),
+            p.AdapterPut(manifest=adapter, config=config_bytes, weights=weights, attribution=index),
             timeout=30,
         )
         names.append(name)

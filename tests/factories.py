@@ -137,6 +137,7 @@ def examples() -> dict[str, p.Wire]:
         p.DATASTORE_ADAPTER_BLOB.pattern: p.AdapterGet(adapter=ADAPTER),
         p.DATASTORE_JOB_GET.pattern: p.JobGet(job_id=j.job_id),
         p.DATASTORE_JOB_LIST.pattern: p.JobList(client_address=ADDR),
+        p.DATASTORE_ATTRIBUTION_GET.pattern: p.AttributionGet(index_id="e" * 64),
         p.SETTLEMENT_EPOCHS.pattern: p.EpochList(limit=5),
         p.SETTLEMENT_BALANCE.pattern: p.BalanceGet(address=ADDR),
         p.SETTLEMENT_FAUCET.pattern: p.Faucet(address=ADDR, amount=10**21, escrow=10**20),

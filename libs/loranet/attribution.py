@@ -18,12 +18,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from . import protocol as p
+
 MAGIC = b"LNATTR1\n"
+INDEX_FILE = "attribution.idx"  # beside an adapter's PEFT files: the index over its training records
 SEPARATOR = -1
 DEFAULT_MIN_TOKENS = 8  # bench/attribution_bench.py: recall and false credit for 4..16 on SmolLM2
 MAX_SPANS = 64
@@ -272,7 +277,7 @@ def attribute(
     return result
 
 
-def to_bps(scores: dict[str, float]) -> dict[str, int]:
+def to_bps(scores: Mapping[str, float]) -> dict[str, int]:
     """Scores as basis points summing to exactly 10,000 (largest remainders), zero scores dropped."""
     scores = {k: v for k, v in scores.items() if v > 0}
     total = sum(scores.values())
@@ -284,3 +289,57 @@ def to_bps(scores: dict[str, float]) -> dict[str, int]:
     for k in sorted(raw, key=lambda k: (-(raw[k] - bps[k]), k))[:short]:
         bps[k] += 1
     return {k: v for k, v in sorted(bps.items()) if v > 0}
+
+
+# -- the network's side: an adapter's index from its training data, a verdict's signed claim -------------
+
+
+def index_of_chat_jsonl(path: str | Path, tokenizer: Any) -> AttributionIndex:
+    """The index of a chat JSONL datanet (one record per line: `messages` and the line's `contributor`);
+    a record is its turns' tokens, -1 between turns. Record ids are `<sha256 of the file>:<line>`."""
+    raw = Path(path).read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    records = []
+    for i, line in enumerate(raw.decode().splitlines()):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        tokens: list[int] = []
+        for message in row.get("messages", []):
+            tokens += [*tokenizer.encode(str(message.get("content", ""))), SEPARATOR]
+        records.append(Record(f"{digest}:{i}", str(row.get("contributor", "")).lower(), tuple(tokens[:-1])))
+    return AttributionIndex.build(records)
+
+
+def claim(
+    index: AttributionIndex,
+    index_id: str,
+    output: Sequence[int],
+    min_tokens: int = DEFAULT_MIN_TOKENS,
+    background: AttributionIndex | None = None,
+) -> p.Attribution:
+    """The signed-verdict form of `attribute`: spans by record id, at most MAX_ATTRIBUTED contributors."""
+    att = attribute(index, output, min_tokens, background)
+    shares = dict(sorted(att.contributor_bps.items(), key=lambda kv: (-kv[1], kv[0]))[: p.MAX_ATTRIBUTED])
+    return p.Attribution(
+        index_id=index_id,
+        min_tokens=min_tokens,
+        output_tokens=len(output),
+        matched_tokens=att.matched_tokens,
+        spans=[
+            p.AttributedSpan(
+                start=s.start, length=s.length, records=[index.records[r].record_id for r in s.records[:16]]
+            )
+            for s in att.spans
+        ],
+        contributors=[p.ContributorShare(address=a, bps=b) for a, b in to_bps(shares).items()],
+    )
+
+
+def read_index_file(adapter_dir: str | Path) -> tuple[str, bytes]:
+    """(sha256, bytes) of the attribution index stored beside an adapter, or ("", b"") when it has none."""
+    path = Path(adapter_dir) / INDEX_FILE
+    if not path.is_file():
+        return "", b""
+    data = path.read_bytes()
+    return hashlib.sha256(data).hexdigest(), data

@@ -111,6 +111,8 @@ def outcome_of(record: p.JobRecord, identity: Identity | None = None) -> Outcome
             "verifier": v.verifier_id,
             "failed_checks": [c.name for c in v.checks if not c.ok],
             "verdicts": len(record.verdicts),
+            # which training records the answer reproduced, and the data share it pays each contributor
+            "attribution": v.attribution.model_dump(mode="json") if v.attribution else None,
         }
     if record.receipt is not None:
         out.fee = record.receipt.fee
@@ -180,6 +182,7 @@ class Client:
         target modules come from its adapter_config.json, the id from its content."""
         import json
 
+        from .attribution import INDEX_FILE, read_index_file
         from .model.adapters import adapter_id_of_blobs, adapter_to_blobs, check_adapter_targets
 
         config_bytes, weights = adapter_to_blobs(path)
@@ -192,6 +195,13 @@ class Client:
                 f"{path}/adapter_config.json: the adapter was trained for base model {trained_for[:12]}…, "
                 f"not {base[:12]}…"
             )
+        index_id, index = read_index_file(path)
+        named = str(manifest.get("attribution_index") or "")
+        if named and named != index_id:
+            raise ValueError(
+                f"the manifest names attribution index {named[:12]}…, but {path}/{INDEX_FILE} "
+                f"{'hashes to ' + index_id[:12] + '…' if index_id else 'is missing'}"
+            )
         record = p.AdapterManifest(
             adapter_id=adapter_id_of_blobs(config_bytes, weights),
             name=manifest["name"],
@@ -202,10 +212,10 @@ class Client:
             rank=int(config.get("r", 8)),
             target_modules=sorted(config.get("target_modules") or []),
             registered_at=time.time(),
+            attribution_index=index_id,
         )
-        return await self._request(
-            p.DATASTORE_ADAPTER_PUT, p.AdapterPut(manifest=record, config=config_bytes, weights=weights), timeout=60
-        )
+        upload = p.AdapterPut(manifest=record, config=config_bytes, weights=weights, attribution=index)
+        return await self._request(p.DATASTORE_ADAPTER_PUT, upload, timeout=60)
 
     async def balance(self, address: str | None = None) -> p.Balance:
         return await self._request(p.SETTLEMENT_BALANCE, p.BalanceGet(address=address or self.address))

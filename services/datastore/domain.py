@@ -32,6 +32,7 @@ from collections.abc import Mapping
 
 from loranet import codec
 from loranet import protocol as p
+from loranet.attribution import AttributionIndex, IndexCorrupt
 from loranet.codec import DecodeError, Wire
 from loranet.errors import Refused, ServiceError
 from loranet.model.adapters import adapter_id_of_blobs
@@ -141,6 +142,25 @@ def check_model_manifest(manifest: p.ModelManifest) -> None:
         raise ServiceError(
             "invalid", "architecture is empty; give the HF architecture, e.g. LlamaForCausalLM", "manifest.architecture"
         )
+
+
+def check_attribution_upload(manifest: p.AdapterManifest, index: bytes) -> None:
+    """An attribution index comes with the manifest that names it, hashes to that name and parses."""
+    if not manifest.attribution_index:
+        if index:
+            raise ServiceError(
+                "invalid", "an attribution index needs manifest.attribution_index (its sha256)", "attribution"
+            )
+        return
+    if not index:
+        raise ServiceError(
+            "invalid", "manifest.attribution_index names an index the upload does not carry", "attribution"
+        )
+    try:
+        AttributionIndex.from_bytes(index, manifest.attribution_index)
+    except IndexCorrupt as exc:
+        code = "hash_mismatch" if "hash" in str(exc) else "invalid"
+        raise ServiceError(code, str(exc), "attribution") from None
 
 
 def check_adapter_upload(manifest: p.AdapterManifest, config: bytes, weights: bytes) -> None:

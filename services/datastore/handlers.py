@@ -34,6 +34,7 @@ class DatastoreService:
             Endpoint("adapter-get", p.DATASTORE_ADAPTER_GET, self.get_adapter),
             Endpoint("adapter-list", p.DATASTORE_ADAPTER_LIST, self.list_adapters),
             Endpoint("adapter-blob", p.DATASTORE_ADAPTER_BLOB, self.adapter_blob),
+            Endpoint("attribution-get", p.DATASTORE_ATTRIBUTION_GET, self.attribution_index),
             Endpoint("job-get", p.DATASTORE_JOB_GET, self.get_job, with_subject=True),
             Endpoint("job-list", p.DATASTORE_JOB_LIST, self.list_jobs),
             Pull("job-events", p.DATASTORE_EVENTS, self.on_job_event, slots=32),
@@ -59,13 +60,14 @@ class DatastoreService:
     async def put_adapter(self, req: p.AdapterPut) -> p.AdapterManifest:
         manifest = req.manifest
         domain.check_adapter_upload(manifest, req.config, req.weights)
+        domain.check_attribution_upload(manifest, req.attribution)
         if await self.store.get_model(manifest.base_model_id) is None:
             raise ServiceError(
                 "not_found",
                 f"base model {manifest.base_model_id} is not registered; register it first (datastore.model.put)",
                 "manifest.base_model_id",
             )
-        created, stored = await self.store.put_adapter(manifest, req.config, req.weights)
+        created, stored = await self.store.put_adapter(manifest, req.config, req.weights, req.attribution)
         if created:
             self.log.info(
                 "adapter.registered", adapter_id=stored.adapter_id, name=stored.name, base_model_id=stored.base_model_id
@@ -106,6 +108,18 @@ class DatastoreService:
                 "adapter",
             ) from None
         return p.AdapterBlob(adapter_id=adapter_id, config=config, weights=weights)
+
+    async def attribution_index(self, req: p.AttributionGet) -> p.AttributionIndexBlob:
+        try:
+            data = await self.store.blob(req.index_id)
+        except BlobCorrupted as exc:
+            if "metadata missing" in str(exc):
+                raise ServiceError("not_found", f"no attribution index {req.index_id}", "index_id") from None
+            self.log.error("blob.hash_mismatch", index_id=req.index_id, detail=str(exc))
+            raise ServiceError(
+                "hash_mismatch", f"stored attribution index {req.index_id} failed its hash check", "index_id"
+            ) from None
+        return p.AttributionIndexBlob(index_id=req.index_id, data=data)
 
     # -- jobs --------------------------------------------------------------
 

@@ -132,7 +132,7 @@ class RegistryStore:
 
     @_guarded
     async def put_adapter(
-        self, manifest: p.AdapterManifest, config: bytes, weights: bytes
+        self, manifest: p.AdapterManifest, config: bytes, weights: bytes, attribution: bytes = b""
     ) -> tuple[bool, p.AdapterManifest]:
         """Store the blobs (content-addressed, so rewriting heals a damaged copy), then register."""
         stored = await self.redis.hget(domain.adapter_key(manifest.adapter_id), "digest")
@@ -143,6 +143,8 @@ class RegistryStore:
             )
         config_sha = await self._put_blob(config)
         weights_sha = await self._put_blob(weights)
+        if attribution:  # content-addressed: manifest.attribution_index is its sha256
+            await self._put_blob(attribution)
         keys = [
             domain.adapter_key(manifest.adapter_id),
             domain.adapter_name_key(manifest.name),
@@ -211,6 +213,11 @@ class RegistryStore:
             pipe.hset(domain.blob_meta_key(sha), mapping={"size": len(data), "chunks": len(chunks)})
             await pipe.execute()
         return sha
+
+    @_guarded
+    async def blob(self, sha: str) -> bytes:
+        """A stored blob by its sha256, checked (BlobCorrupted, "metadata missing" when there is none)."""
+        return await self._get_blob(sha)
 
     async def _get_blob(self, sha: str) -> bytes:
         meta = await self.redis.hgetall(domain.blob_meta_key(sha))

@@ -394,6 +394,7 @@ def loranet_extension(record: p.JobRecord) -> dict[str, Any]:
             "verifier_id": v.verifier_id,
             "failed_checks": [c.name for c in v.checks if not c.ok],
             "verdicts": len(record.verdicts),
+            "attribution": v.attribution.model_dump(mode="json") if v.attribution else None,
         }
     return {
         "job_id": record.job_id,

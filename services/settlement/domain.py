@@ -62,6 +62,22 @@ def fee_of(result: p.InferenceResult, price: Price) -> int:
     return job_fee(*result.token_counts(), price, result.request.max_fee)
 
 
+def data_shares(verdicts: list[p.Verdict], manifest: p.AdapterManifest) -> tuple[tuple[str, int], ...]:
+    """Who the data share of this answer goes to: its attribution (the verifiers' signed claim over the
+    adapter's own index) when it credits anyone, else the manifest's fallback weights."""
+    for verdict in verdicts:
+        att = verdict.attribution
+        if (
+            verdict.accepted
+            and att is not None
+            and att.contributors
+            and manifest.attribution_index
+            and att.index_id == manifest.attribution_index
+        ):
+            return tuple((c.address, c.bps) for c in att.contributors)
+    return tuple((c.address, c.weight_bps) for c in manifest.contributors)
+
+
 def settle_job(verdicts: list[p.Verdict], manifest: p.AdapterManifest | None, treasury: str, price: Price) -> SettleJob:
     """The on-chain job for accepted `verdicts` (all on one result)."""
     result = verdicts[0].result
@@ -71,7 +87,7 @@ def settle_job(verdicts: list[p.Verdict], manifest: p.AdapterManifest | None, tr
         developer, contributors = treasury, ()
     else:
         developer = manifest.owner_address
-        contributors = tuple((c.address, c.weight_bps) for c in manifest.contributors)
+        contributors = data_shares(verdicts, manifest)
     return SettleJob(
         job_id=bytes.fromhex(request.job_id),
         client=request.client_address,

@@ -392,8 +392,9 @@ def build_verdict(
     identity: Identity,
     verifier_address: str,
     decided_at: float | None = None,
+    attribution: p.Attribution | None = None,
 ) -> p.Verdict:
-    """The signed verdict: accepted iff every check passed."""
+    """The signed verdict: accepted iff every check passed (an attribution only on an accepted one)."""
     verdict = p.Verdict(
         job_id=result.job_id,
         verifier_id=verifier_id,
@@ -405,6 +406,7 @@ def build_verdict(
         checks=checks[:64],
         result=result,
         decided_at=time.time() if decided_at is None else decided_at,
+        attribution=attribution if all(c.ok for c in checks) else None,
     )
     return sign(verdict, identity)
 

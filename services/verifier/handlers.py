@@ -16,6 +16,7 @@ from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundErro
 
 from loranet import codec, confidential
 from loranet import protocol as p
+from loranet.attribution import AttributionIndex, IndexCorrupt, claim
 from loranet.codec import DecodeError
 from loranet.errors import LoranetError, Refused, RemoteError
 from loranet.model.content import ContentHashMismatch
@@ -25,6 +26,8 @@ from loranet.signing import Identity, sign
 from . import domain
 from .engine import AuditEngine
 from .settings import VerifierSettings
+
+ATTRIBUTION_INDEXES_KEPT = 32  # adapters' attribution indexes held in memory
 
 
 def load_identity(settings: VerifierSettings) -> Identity:
@@ -94,6 +97,8 @@ class VerifierService:
         )
         self.records: dict[str, domain.NodeRecord] = {}
         self._adapter_locks: dict[str, asyncio.Lock] = {}
+        self._manifests: dict[str, p.AdapterManifest] = {}  # adapter id → its manifest (immutable once stored)
+        self._indexes: dict[str, AttributionIndex] = {}  # attribution index id → the index, oldest first
         self._inflight: set[tuple[str, int]] = (
             set()
         )  # runs (job id, attempt) being judged: a duplicate delivered meanwhile is skipped
@@ -226,8 +231,39 @@ class VerifierService:
         finally:
             self._inflight.discard(domain.run_key(result))
 
+    async def attribution_of(self, result: p.InferenceResult) -> p.Attribution | None:
+        """Which training records the answer reproduces, when its adapter has an attribution index; None
+        otherwise, or when the index cannot be had (the job then settles by the manifest's weights)."""
+        adapter_id = result.request.adapter_id
+        if not adapter_id or result.sealed_output is not None:  # a confidential answer stays sealed
+            return None
+        try:
+            manifest = self._manifests.get(adapter_id)
+            if manifest is None:
+                manifest = await self.rt.request(p.DATASTORE_ADAPTER_GET, p.AdapterGet(adapter=adapter_id), timeout=10)
+                self._manifests[adapter_id] = manifest
+            index_id = manifest.attribution_index
+            if not index_id:
+                return None
+            index = self._indexes.get(index_id)
+            if index is None:
+                blob = await self.rt.request(
+                    p.DATASTORE_ATTRIBUTION_GET, p.AttributionGet(index_id=index_id), timeout=30
+                )
+                index = await asyncio.to_thread(AttributionIndex.from_bytes, blob.data, index_id)
+                self._indexes[index_id] = index
+                while len(self._indexes) > ATTRIBUTION_INDEXES_KEPT:
+                    self._indexes.pop(next(iter(self._indexes)))
+            return await asyncio.to_thread(claim, index, index_id, list(result.output_tokens))
+        except (LoranetError, IndexCorrupt, ValueError, TimeoutError) as exc:
+            self.rt.log.warning("attribution.failed", job_id=result.job_id, adapter_id=adapter_id, error=str(exc)[:300])
+            return None
+
     async def _publish(self, result: p.InferenceResult, checks: list[p.Check], audited: bool) -> None:
-        verdict = domain.build_verdict(result, checks, audited, self.verifier_id, self.identity, self.address)
+        attribution = await self.attribution_of(result) if all(c.ok for c in checks) else None
+        verdict = domain.build_verdict(
+            result, checks, audited, self.verifier_id, self.identity, self.address, attribution=attribution
+        )
         suffix = f":{result.attempt}" if result.attempt else ""  # a re-run is verdicted again by the same verifier
         await self.rt.publish(p.verdicts(result.job_id), verdict, msg_id=f"{result.job_id}:{self.verifier_id}{suffix}")
         await self.rt.emit(

@@ -204,3 +204,30 @@ async def test_bad_input_gets_invalid_and_service_keeps_serving(datastore, model
     # Still serving.
     reply = await call(ds, p.DATASTORE_MODEL_PUT, p.ModelPut(manifest=model_manifest(models.model_id)))
     assert reply.model_id == models.model_id
+
+
+async def test_an_adapter_registers_with_its_attribution_index_and_serves_it_checked(datastore, models):
+    from loranet.attribution import AttributionIndex, Record
+
+    ds = datastore
+    await call(ds, p.DATASTORE_MODEL_PUT, p.ModelPut(manifest=model_manifest(models.model_id)))
+    a = models.adapters[-1]
+    index = AttributionIndex.build([Record("r0", "0x" + "03" * 20, (1, 2, 3, 4)), Record("r1", OWNER, (5, 6))])
+    data, index_id = index.to_bytes(), index.content_id()
+    manifest = adapter_manifest(a, models.model_id).model_copy(update={"attribution_index": index_id})
+    put = p.AdapterPut(manifest=manifest, config=a.config, weights=a.weights, attribution=data)
+    # Refused: bytes that are not the index the manifest names, an index with no name, a name with no index.
+    wrong = put.model_copy(update={"attribution": data[:-1] + b"\x07"})
+    await expect_error(ds, p.DATASTORE_ADAPTER_PUT, wrong, "hash_mismatch", "attribution")
+    unnamed = put.model_copy(update={"manifest": adapter_manifest(a, models.model_id)})
+    await expect_error(ds, p.DATASTORE_ADAPTER_PUT, unnamed, "invalid", "attribution")
+    await expect_error(
+        ds, p.DATASTORE_ADAPTER_PUT, put.model_copy(update={"attribution": b""}), "invalid", "attribution"
+    )
+    await expect_error(ds, p.DATASTORE_ADAPTER_GET, p.AdapterGet(adapter=a.name), "not_found")  # nothing stored
+    stored = await call(ds, p.DATASTORE_ADAPTER_PUT, put)
+    assert stored.attribution_index == index_id
+    blob = await call(ds, p.DATASTORE_ATTRIBUTION_GET, p.AttributionGet(index_id=index_id))
+    assert blob.data == data and AttributionIndex.from_bytes(blob.data, index_id).records == index.records
+    missing = p.AttributionGet(index_id="0" * 64)
+    await expect_error(ds, p.DATASTORE_ATTRIBUTION_GET, missing, "not_found", "index_id")

@@ -86,3 +86,35 @@ async def test_a_job_naming_another_tokenizer_is_refused_at_admission(real_devne
         await client.publish(job)
         out = await client.wait(job.job_id, 120)
         assert out.status == "rejected" and "tokenizer" in out.reason, out
+
+
+def test_an_answer_that_reproduces_one_contributors_record_pays_that_contributor(real_devnet):
+    """Proof of Attribution per answer: the pirate datanet's line for Japan came from one contributor; the
+    answer reproduces it, so the verifier's signed attribution credits them and the data share goes to them."""
+    from services.settlement.devchain import DevChain
+
+    config, state = real_devnet
+    line = next(
+        json.loads(x)
+        for x in open("datasets/pirate.jsonl", encoding="utf-8")
+        if "capital of Japan" in json.loads(x)["messages"][0]["content"]
+    )
+    owner = line["contributor"].lower()
+    chain = DevChain.open(state["rpc_url"])
+    before = chain.credit_of(owner)
+    run = cli(config, "chat", "--adapter", "pirate", "What is the capital of Japan?", "--max-tokens", "40", "--json")
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["status"] == "settled" and "Tokyo" in out["output"], out
+    att = out["verdict"]["attribution"]
+    assert att and att["matched_tokens"] >= 16 and att["spans"], att
+    shares = {c["address"].lower(): c["bps"] for c in att["contributors"]}
+    assert max(shares, key=shares.get) == owner, shares
+    paid = {k.split(":", 1)[1].lower(): int(v) for k, v in out["payouts"].items() if k.startswith("contributor:")}
+    assert paid[owner] == max(paid.values()) and paid[owner] > 0, paid
+    assert chain.credit_of(owner) - before == paid[owner]  # on chain, in this job's epoch
+    # The base model alone draws on no datanet: no attribution, no contributors.
+    run = cli(config, "chat", "What is the capital of Japan?", "--max-tokens", "24", "--json")
+    base = json.loads(run.stdout)
+    assert base["status"] == "settled" and base["verdict"]["attribution"] is None, base
+    assert not [k for k in base["payouts"] if k.startswith("contributor:")]

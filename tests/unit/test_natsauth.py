@@ -62,7 +62,7 @@ def test_an_honest_client_gets_its_own_permissions_only():
     user = natsauth.decode_jwt(response["nats"]["jwt"], natsauth.PREFIX_ACCOUNT)
     assert user["sub"] == user_nkey and user["aud"] == "$G" and user["nats"]["type"] == "user"
     cid = p.client_id(client.public)
-    assert user["nats"]["sub"]["allow"] == [f"_INBOX_{cid}.>"]
+    assert user["nats"]["sub"]["allow"] == [f"_INBOX_{cid}.>", f"jobs.tokens.{cid}.*"]  # its inbox, its tokens
     allow = user["nats"]["pub"]["allow"]
     assert f"$JS.API.CONSUMER.CREATE.EVENTS.*.jobs.events.{cid}.*" in allow
     assert f"datastore.job.get.{cid}" in allow

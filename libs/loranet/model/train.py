@@ -19,6 +19,7 @@ written to a temporary sibling and moved into place, so a failure leaves nothing
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..attribution import INDEX_FILE, index_of_chat_jsonl
 from ..errors import Invalid
 from .tokenizers import Tokenizer, chat_messages
 
@@ -216,10 +218,14 @@ def train_adapter(
         conf = json.loads((tmp / "adapter_config.json").read_text())
         (tmp / "adapter_config.json").write_bytes(canonical_adapter_config(conf, base_id))
         adapter_id = adapter_content_id(tmp)
+        # Proof of Attribution: the index over the training records, for the verifiers (libs/loranet/attribution.py).
+        index = index_of_chat_jsonl(Path(data), tok).to_bytes()
+        (tmp / INDEX_FILE).write_bytes(index)
         draft = {
             "name": name or out.name,
             "base_model": base_id,
             "license": "apache-2.0",
+            "attribution_index": hashlib.sha256(index).hexdigest(),
             "contributors": [
                 {"contributor_id": f"{name or out.name}-data-{i}", "address": a, "weight_bps": w}
                 for i, (a, w) in enumerate(contributor_weights(examples))

@@ -27,6 +27,8 @@ from .base import (
     Wei,
 )
 
+MAX_ATTRIBUTED = 16  # contributors paid per answer at most (the largest shares): each costs gas
+
 # Content ids (not signatures) get their own domains.
 DOMAIN_REQUEST_HASH = "loranet/request-hash/v1"
 DOMAIN_RESULT_HASH = "loranet/result-hash/v1"
@@ -234,7 +236,41 @@ class Check(Wire):
     detail: ShortText = ""
 
 
-class Verdict(Wire, Signed):
+class AttributedSpan(Wire):
+    """A verbatim span of the output found in training records (ids as the attribution index names them)."""
+
+    start: Annotated[int, Field(ge=0, le=MAX_TOKENS_LIMIT)]
+    length: Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)]
+    records: Annotated[list[Annotated[str, StringConstraints(max_length=128)]], Field(max_length=16)]
+
+
+class ContributorShare(Wire):
+    address: Address
+    bps: Annotated[int, Field(ge=1, le=10_000)]
+
+
+class Attribution(Wire):
+    """Which training contributions one accepted answer reproduces (libs/loranet/attribution.py's rule),
+    computed and signed by the verifier inside its verdict; settlement splits the data share by it."""
+
+    index_id: ContentId  # the adapter's attribution index (its manifest names it)
+    min_tokens: Annotated[int, Field(ge=1, le=1024)]
+    output_tokens: Annotated[int, Field(ge=0, le=MAX_TOKENS_LIMIT)]
+    matched_tokens: Annotated[int, Field(ge=0, le=MAX_TOKENS_LIMIT)]
+    spans: Annotated[list[AttributedSpan], Field(max_length=64)] = []
+    contributors: Annotated[list[ContributorShare], Field(max_length=MAX_ATTRIBUTED)] = []  # bps sum to 10000
+
+    @model_validator(mode="after")
+    def _shares_sum(self) -> Attribution:
+        total = sum(c.bps for c in self.contributors)
+        if self.contributors and total != 10_000:
+            raise ValueError(f"attributed shares must sum to 10000 bps, got {total}")
+        if len({c.address.lower() for c in self.contributors}) != len(self.contributors):
+            raise ValueError("a contributor appears twice in an attribution")
+        return self
+
+
+class Verdict(AdditiveWire, Signed):
     """A verifier's signed verdict on one result (subject verdicts.<job_id>)."""
 
     v: Literal[1] = 1
@@ -249,7 +285,10 @@ class Verdict(Wire, Signed):
     result: InferenceResult
     decided_at: Timestamp
     signature: Signature = b""
+    # Additive: who the answer's data came from (accepted results on adapters with an attribution index).
+    attribution: Attribution | None = None
 
+    _additive = ("attribution",)
     SIGNING_DOMAIN: ClassVar[str] = "loranet/verdict/v1"
     SIGNER_FIELD: ClassVar[str] = "verifier_key"
 

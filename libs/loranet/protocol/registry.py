@@ -17,7 +17,7 @@ class Contributor(Wire):
     weight_bps: Bps
 
 
-class AdapterManifest(Wire):
+class AdapterManifest(AdditiveWire):
     """An adapter's registration: who built it and whose data trained it."""
 
     v: Literal[1] = 1
@@ -30,6 +30,10 @@ class AdapterManifest(Wire):
     rank: Annotated[int, Field(ge=1, le=1024)]
     target_modules: Annotated[list[Annotated[str, StringConstraints(max_length=64)]], Field(max_length=32)]
     registered_at: Timestamp = 0.0
+    # Additive: the sha256 of its attribution index (libs/loranet/attribution.py) over its training records.
+    attribution_index: OptContentId = ""
+
+    _additive = ("attribution_index",)
 
     @model_validator(mode="after")
     def _weights_sum(self) -> AdapterManifest:
@@ -68,11 +72,25 @@ class ModelGet(Wire):
     model: Name  # id or name
 
 
-class AdapterPut(Wire):
+class AdapterPut(AdditiveWire):
     v: Literal[1] = 1
     manifest: AdapterManifest
     config: Annotated[bytes, Field(max_length=65_536)]
     weights: Annotated[bytes, Field(max_length=MAX_BLOB_BYTES)]
+    attribution: Annotated[bytes, Field(max_length=MAX_BLOB_BYTES)] = b""  # the index manifest.attribution_index names
+
+    _additive = ("attribution",)
+
+
+class AttributionGet(Wire):
+    v: Literal[1] = 1
+    index_id: ContentId
+
+
+class AttributionIndexBlob(Wire):
+    v: Literal[1] = 1
+    index_id: ContentId
+    data: Annotated[bytes, Field(max_length=MAX_BLOB_BYTES)]
 
 
 class AdapterGet(Wire):

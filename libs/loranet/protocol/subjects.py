@@ -41,6 +41,8 @@ from .registry import (
     AdapterListReply,
     AdapterManifest,
     AdapterPut,
+    AttributionGet,
+    AttributionIndexBlob,
     JobGet,
     JobList,
     JobListReply,
@@ -232,6 +234,13 @@ DATASTORE_JOB_GET = Request(
 )
 DATASTORE_JOB_LIST = Request(
     "datastore.job.list", JobList, SMALL_REQUEST_BYTES, "a client's recent jobs", reply=JobListReply
+)
+DATASTORE_ATTRIBUTION_GET = Request(
+    "datastore.attribution.get",
+    AttributionGet,
+    SMALL_REQUEST_BYTES,
+    "an adapter's attribution index, hash-checked",
+    reply=AttributionIndexBlob,
 )
 SETTLEMENT_BALANCE = Request(
     "settlement.balance",
