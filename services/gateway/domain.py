@@ -675,5 +675,11 @@ def job_view(record: p.JobRecord) -> dict[str, Any]:
         "confidential": bool(record.request and record.request.confidential),
         "output": output_text(record),
         "split": {k: str(v) for k, v in split_by_party(record.receipt).items()},
+        # each data contributor's payout for this answer (split by its attribution when it has one)
+        "contributors": [
+            {"address": x.address, "amount": str(x.amount)}
+            for x in (record.receipt.payouts if record.receipt else [])
+            if x.party == "contributor"
+        ],
         "timeline": timeline(record),
     }

@@ -106,6 +106,8 @@ def test_chat_answers_with_its_verdict_and_split_and_the_explorer_shows_it(gatew
     assert bubble.locator(".tx").inner_text().startswith("0x")
     parties = {s.get_attribute("data-party") for s in bubble.locator(".legend span").all()}
     assert parties >= {"node", "developer", "contributor", "verifier", "treasury"}
+    paid = bubble.locator(".contributors").inner_text()  # each data contributor, and why they were paid
+    assert "data contributors" in paid and paid.count("OPEN") >= 1
     page.screenshot(path=str(SHOTS / "chat.png"), full_page=True)
 
     # A job's timeline, from the link under the answer.

@@ -112,6 +112,14 @@ function receiptView(ext, job) {
     el("dt", { text: "transaction" }), el("dd", { class: "tx", text: r.tx_hash || "-" }),
     el("dt", { text: "job" }), el("dd", {}, el("a", { href: `#/jobs/${ext.job_id}`, text: ext.job_id }))));
   if (job) box.append(splitBar(job.split));
+  if (job && job.contributors.length) {
+    const att = v.attribution;
+    box.append(el("div", { class: "contributors" },
+      el("strong", { text: att && att.contributors.length
+        ? `data contributors, by this answer's attribution (${att.matched_tokens} of ${att.output_tokens} tokens reproduce their records)`
+        : "data contributors, by the adapter's fixed weights (the answer reproduces none of their records)" }),
+      table(["contributor", "paid"], job.contributors.map((c) => [el("span", { class: "mono", text: c.address }), open(c.amount)]))));
+  }
   if (job && job.confidential) box.append(el("div", { text: "confidential: the prompt was sealed to the node and the verifier committee" }));
   return box;
 }
