@@ -205,6 +205,8 @@ class Services:
                 return p.JobListReply(jobs=[])
             if isinstance(message, p.EpochList):
                 return p.EpochListReply(epochs=[])
+            if isinstance(message, p.AttributionGet):
+                return p.AttributionIndexBlob(index_id=message.index_id, data=b"")
             return factories.manifest()
 
         async def blob(message):
@@ -360,7 +362,11 @@ async def test_each_role_publishes_and_requests_what_its_code_does(nats_auth, se
         ),
         "verifier": dict(
             js=[p.verdicts(JOB), p.job_events(CLIENT, JOB), p.dead_letter(p.results(NODE))],
-            req=[(p.DATASTORE_ADAPTER_BLOB.pattern, p.AdapterGet(adapter="demo-0"))],
+            req=[
+                (p.DATASTORE_ADAPTER_BLOB.pattern, p.AdapterGet(adapter="demo-0")),
+                (p.DATASTORE_ADAPTER_GET.pattern, p.AdapterGet(adapter="demo-0")),  # attribution: the index id
+                (p.DATASTORE_ATTRIBUTION_GET.pattern, p.AttributionGet(index_id="e" * 64)),
+            ],
         ),
         "settlement": dict(
             js=[p.receipts(JOB), p.job_events(CLIENT, JOB), p.dead_letter(p.verdicts(JOB))],
