@@ -458,6 +458,69 @@ async def cmd_nodes(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _datanet_ref(ref: str) -> tuple[str, int]:
+    """NAME or NAME@VERSION, checked before connecting."""
+    from loranet import protocol as p
+    from loranet.errors import Invalid
+
+    name, _, version = ref.partition("@")
+    if version and not version.isdigit():
+        raise Invalid(f"{ref[:60]!r}: the version after @ is a whole number", "name")
+    p.DatanetGet(name=name, version=int(version) if version else -1)  # the name's rule
+    return name, int(version) if version else -1
+
+
+async def cmd_datanet(args: argparse.Namespace) -> int:
+    from loranet import protocol as p
+
+    name, version = _datanet_ref(args.name)
+    records = b""
+    if args.datanet_command == "contribute":
+        if version >= 0:
+            return _fail("name: contribute to NAME (a new version is made), not NAME@VERSION", EXIT_USAGE)
+        path = Path(args.file)
+        if not path.is_file():
+            return _fail(f"file: {args.file}: no such file", EXIT_USAGE)
+        records = path.read_bytes()
+        if not records.strip() or len(records) > p.MAX_CONTRIBUTION_BYTES:
+            return _fail(f"file: {args.file}: empty, or over {p.MAX_CONTRIBUTION_BYTES} bytes", EXIT_USAGE)
+        if args.payout:
+            _check_address(args.payout)
+    client = await _client(args)
+    async with client:
+        if args.datanet_command == "create":
+            got = await client.create_datanet(name, args.description)
+        elif args.datanet_command == "contribute":
+            got = await client.contribute(name, records, args.payout, args.license)
+        else:
+            got = await client.datanet(name, version)
+    row = {
+        "name": got.name,
+        "version": got.version,
+        "description": got.description,
+        "merkle_root": got.merkle_root,
+        "contributions": [
+            {
+                "contribution_id": c.contribution_id,
+                "contributor_key": c.contributor_key.hex(),
+                "payout_address": c.payout_address,
+                "license": c.license,
+                "records": c.records,
+                "bytes": c.bytes,
+            }
+            for c in got.contributions
+        ],
+    }
+
+    def table() -> None:
+        print(f"{got.name}@{got.version}  {len(got.contributions)} contributions  root {got.merkle_root or '-'}")
+        for c in got.contributions:
+            print(f"  {c.contribution_id[:16]}…  {c.records:5} records  {c.payout_address}  {c.license}")
+
+    _print(row, args.json, table)
+    return EXIT_OK
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -741,6 +804,25 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--json", action="store_true")
     tr.set_defaults(func=cmd_adapter_train)
+
+    dn_ = sub.add_parser("datanet", help="datanets: named, versioned collections of signed contributions")
+    dnc = dn_.add_subparsers(dest="datanet_command", required=True)
+    dcreate = dnc.add_parser("create", help="create an empty datanet (version 0)")
+    dcreate.add_argument("name")
+    dcreate.add_argument("--description", default="")
+    dcreate.add_argument("--json", action="store_true")
+    dcreate.set_defaults(func=cmd_datanet)
+    dcontrib = dnc.add_parser("contribute", help="sign and add a JSONL file of records: a new version")
+    dcontrib.add_argument("name")
+    dcontrib.add_argument("file", help="chat JSONL ({messages: [...]}) or text JSONL ({text: ...}), one record a line")
+    dcontrib.add_argument("--license", default="cc-by-4.0")
+    dcontrib.add_argument("--payout", default="", help="payout address (default: this client's)")
+    dcontrib.add_argument("--json", action="store_true")
+    dcontrib.set_defaults(func=cmd_datanet)
+    dshow = dnc.add_parser("show", help="a datanet version: NAME or NAME@VERSION")
+    dshow.add_argument("name")
+    dshow.add_argument("--json", action="store_true")
+    dshow.set_defaults(func=cmd_datanet)
 
     n = sub.add_parser("nodes", help="live inference nodes from the node registry")
     n.add_argument("--json", action="store_true")

@@ -217,6 +217,28 @@ class Client:
         upload = p.AdapterPut(manifest=record, config=config_bytes, weights=weights, attribution=index)
         return await self._request(p.DATASTORE_ADAPTER_PUT, upload, timeout=60)
 
+    # -- datanets --------------------------------------------------------------
+
+    async def create_datanet(self, name: str, description: str = "") -> p.DatanetVersion:
+        return await self._request(p.DATASTORE_DATANET_CREATE, p.DatanetCreate(name=name, description=description))
+
+    async def contribute(
+        self, datanet: str, records: bytes, payout_address: str = "", license: str = "cc-by-4.0"
+    ) -> p.DatanetVersion:
+        """Sign `records` (chat or text JSONL) as this client's contribution to `datanet`; the new version."""
+        contribution = p.Contribution(
+            datanet=datanet,
+            contributor_key=self.identity.public,
+            payout_address=payout_address or self.address,
+            license=license,
+            records=records,
+            created_at=time.time(),
+        )
+        return await self._request(p.DATASTORE_DATANET_CONTRIBUTE, sign(contribution, self.identity), timeout=60)
+
+    async def datanet(self, name: str, version: int = -1) -> p.DatanetVersion:
+        return await self._request(p.DATASTORE_DATANET_GET, p.DatanetGet(name=name, version=version))
+
     async def balance(self, address: str | None = None) -> p.Balance:
         return await self._request(p.SETTLEMENT_BALANCE, p.BalanceGet(address=address or self.address))
 

@@ -56,6 +56,10 @@ def client_permissions(client_id: str) -> dict[str, dict[str, list[str]]]:
                 p.DATASTORE_ADAPTER_GET.pattern,
                 p.DATASTORE_ADAPTER_LIST.pattern,
                 p.DATASTORE_ADAPTER_PUT.pattern,  # adapter developers register their adapters
+                p.DATASTORE_DATANET_CREATE.pattern,  # datanets: anyone creates one, contributes, reads
+                p.DATASTORE_DATANET_CONTRIBUTE.pattern,
+                p.DATASTORE_DATANET_GET.pattern,
+                p.DATASTORE_CONTRIBUTION_GET.pattern,
                 p.SETTLEMENT_BALANCE.pattern,
                 p.SETTLEMENT_FAUCET.pattern,
                 p.SETTLEMENT_STAKE.pattern,

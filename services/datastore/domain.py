@@ -128,7 +128,7 @@ def manifest_digest(manifest: p.ModelManifest | p.AdapterManifest) -> str:
     return hashlib.sha256(codec.encode(manifest.model_copy(update={"registered_at": 0.0}))).hexdigest()
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
     # Lookups take "id or name": a name that looks like an id would be ambiguous.
     if is_content_id(name):
         raise ServiceError(
@@ -137,7 +137,7 @@ def _check_name(name: str) -> None:
 
 
 def check_model_manifest(manifest: p.ModelManifest) -> None:
-    _check_name(manifest.name)
+    check_name(manifest.name)
     if not manifest.architecture:
         raise ServiceError(
             "invalid", "architecture is empty; give the HF architecture, e.g. LlamaForCausalLM", "manifest.architecture"
@@ -165,7 +165,7 @@ def check_attribution_upload(manifest: p.AdapterManifest, index: bytes) -> None:
 
 def check_adapter_upload(manifest: p.AdapterManifest, config: bytes, weights: bytes) -> None:
     """The manifest must describe the blobs it comes with, and the blobs must hash to its id."""
-    _check_name(manifest.name)
+    check_name(manifest.name)
     seen: set[str] = set()
     for i, c in enumerate(manifest.contributors):
         if c.contributor_id in seen:
@@ -342,4 +342,104 @@ def summary_of(record: p.JobRecord) -> p.JobSummary:
         adapter_id=req.adapter_id if req else "",
         created_at=req.created_at if req else 0.0,
         updated_at=record.updated_at,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Datanets
+# ---------------------------------------------------------------------------
+
+MAX_RECORDS = 20_000  # lines in one contribution
+
+
+def datanet_key(name: str) -> str:
+    return f"datanet:{name}"
+
+
+def datanet_version_key(name: str, version: int) -> str:
+    return f"datanet:{name}:v{version}"
+
+
+def contribution_key(contribution_id: str) -> str:
+    return f"contribution:{contribution_id}"
+
+
+def payout_binding_key(address: str) -> str:
+    return f"payout-key:{address.lower()}"
+
+
+def check_contribution(c: p.Contribution) -> int:
+    """The number of records of a well-formed, correctly signed contribution; ServiceError otherwise.
+
+    Records are JSONL: each line an object with `messages` (a list of {role, content} strings) or `text`."""
+    check_name(c.datanet)
+    try:
+        c.verify()
+    except Exception as exc:
+        raise ServiceError("forbidden", f"contribution signature: {exc}", "signature") from None
+    try:
+        lines = c.records.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ServiceError("invalid", "records are not UTF-8 JSONL", "records") from None
+    count = 0
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ServiceError("invalid", f"records line {n}: not JSON ({exc.msg})", "records") from None
+        messages, text = (row.get("messages"), row.get("text")) if isinstance(row, dict) else (None, None)
+        ok_chat = (
+            isinstance(messages, list)
+            and bool(messages)
+            and all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages
+            )
+        )
+        if not ok_chat and not (isinstance(text, str) and text.strip()):
+            raise ServiceError(
+                "invalid", f"records line {n}: needs `messages` [{{role, content}}] or a non-empty `text`", "records"
+            )
+        count += 1
+        if count > MAX_RECORDS:
+            raise ServiceError("invalid", f"more than {MAX_RECORDS} records in one contribution", "records")
+    if not count:
+        raise ServiceError("invalid", "no records", "records")
+    return count
+
+
+def version_root(contribution_ids: list[str]) -> str:
+    """The Merkle root of a datanet version: keccak256 of each contribution id's bytes as leaves."""
+    from eth_utils import keccak
+
+    from loranet import merkle
+
+    if not contribution_ids:
+        return ""
+    return "0x" + merkle.root([keccak(bytes.fromhex(c)) for c in contribution_ids]).hex()
+
+
+def next_version(current: p.DatanetVersion, c: p.Contribution, records: int, now: float) -> p.DatanetVersion:
+    """The version a contribution makes: the previous one's contributions and this one (immutable)."""
+    if len(current.contributions) >= p.MAX_CONTRIBUTIONS:
+        raise ServiceError("conflict", f"datanet {c.datanet} holds {p.MAX_CONTRIBUTIONS} contributions", "datanet")
+    entry = p.ContributionEntry(
+        contribution_id=c.contribution_id(),
+        contributor_key=c.contributor_key,
+        payout_address=c.payout_address,
+        license=c.license,
+        records=records,
+        bytes=len(c.records),
+        created_at=c.created_at,
+    )
+    contributions = [*current.contributions, entry]
+    return current.model_copy(
+        update={
+            "version": current.version + 1,
+            "contributions": contributions,
+            "merkle_root": version_root([e.contribution_id for e in contributions]),
+            "created_at": now,
+        }
     )

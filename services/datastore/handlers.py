@@ -35,6 +35,10 @@ class DatastoreService:
             Endpoint("adapter-list", p.DATASTORE_ADAPTER_LIST, self.list_adapters),
             Endpoint("adapter-blob", p.DATASTORE_ADAPTER_BLOB, self.adapter_blob),
             Endpoint("attribution-get", p.DATASTORE_ATTRIBUTION_GET, self.attribution_index),
+            Endpoint("datanet-create", p.DATASTORE_DATANET_CREATE, self.create_datanet),
+            Endpoint("datanet-contribute", p.DATASTORE_DATANET_CONTRIBUTE, self.contribute),
+            Endpoint("datanet-get", p.DATASTORE_DATANET_GET, self.get_datanet),
+            Endpoint("contribution-get", p.DATASTORE_CONTRIBUTION_GET, self.contribution_records),
             Endpoint("job-get", p.DATASTORE_JOB_GET, self.get_job, with_subject=True),
             Endpoint("job-list", p.DATASTORE_JOB_LIST, self.list_jobs),
             Pull("job-events", p.DATASTORE_EVENTS, self.on_job_event, slots=32),
@@ -120,6 +124,46 @@ class DatastoreService:
                 "hash_mismatch", f"stored attribution index {req.index_id} failed its hash check", "index_id"
             ) from None
         return p.AttributionIndexBlob(index_id=req.index_id, data=data)
+
+    # -- datanets ------------------------------------------------------------
+
+    async def create_datanet(self, req: p.DatanetCreate) -> p.DatanetVersion:
+        domain.check_name(req.name)
+        created, version = await self.store.create_datanet(req)
+        if created:
+            self.log.info("datanet.created", datanet=req.name)
+        return version
+
+    async def contribute(self, req: p.Contribution) -> p.DatanetVersion:
+        records = domain.check_contribution(req)
+        added, version = await self.store.contribute(req, records)
+        if added:
+            self.log.info(
+                "datanet.contributed",
+                datanet=req.datanet,
+                version=version.version,
+                contribution_id=req.contribution_id(),
+                records=records,
+            )
+        return version
+
+    async def get_datanet(self, req: p.DatanetGet) -> p.DatanetVersion:
+        version = await self.store.datanet_version(req.name, req.version)
+        if version is None:
+            at = "" if req.version < 0 else f"@{req.version}"
+            raise ServiceError("not_found", f"no datanet {req.name}{at}", "name")
+        return version
+
+    async def contribution_records(self, req: p.ContributionGet) -> p.ContributionRecords:
+        try:
+            data = await self.store.contribution_records(req.contribution_id)
+        except BlobCorrupted as exc:
+            raise ServiceError(
+                "hash_mismatch", f"contribution {req.contribution_id}: {exc}", "contribution_id"
+            ) from None
+        if data is None:
+            raise ServiceError("not_found", f"no contribution {req.contribution_id}", "contribution_id")
+        return p.ContributionRecords(contribution_id=req.contribution_id, records=data)
 
     # -- jobs --------------------------------------------------------------
 

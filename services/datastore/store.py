@@ -18,6 +18,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import WatchError
 
 from loranet import codec
 from loranet import protocol as p
@@ -213,6 +214,85 @@ class RegistryStore:
             pipe.hset(domain.blob_meta_key(sha), mapping={"size": len(data), "chunks": len(chunks)})
             await pipe.execute()
         return sha
+
+    # -- datanets ------------------------------------------------------------
+
+    @_guarded
+    async def create_datanet(self, req: p.DatanetCreate) -> tuple[bool, p.DatanetVersion]:
+        """Create `req.name` at version 0 (empty); (created?, its latest version). Version 0 is written first,
+        then the pointer to it, so a crash in between is healed by creating again."""
+        v0 = p.DatanetVersion(name=req.name, version=0, description=req.description, created_at=time.time())
+        await self.redis.set(domain.datanet_version_key(req.name, 0), codec.encode(v0), nx=True)
+        created = await self.redis.hsetnx(domain.datanet_key(req.name), "latest", 0)
+        latest = await self.datanet_version(req.name, -1)
+        assert latest is not None
+        return bool(created), latest
+
+    @_guarded
+    async def datanet_version(self, name: str, version: int = -1) -> p.DatanetVersion | None:
+        latest = await self.redis.hget(domain.datanet_key(name), "latest")
+        if latest is None or version > int(latest):
+            return None
+        raw = await self.redis.get(domain.datanet_version_key(name, int(latest) if version < 0 else version))
+        return codec.decode(p.DatanetVersion, raw) if raw else None
+
+    @_guarded
+    async def contribute(self, c: p.Contribution, records: int) -> tuple[bool, p.DatanetVersion]:
+        """Add a checked contribution as the datanet's next version; (added?, the version that holds it).
+
+        A payout address stays with the first key that claimed it; content stays with its first contributor;
+        the same contribution again returns the version that already holds it."""
+        key = c.contributor_key.hex()
+        cid = c.contribution_id()
+        binding = domain.payout_binding_key(c.payout_address)
+        await self.redis.set(binding, key, nx=True)
+        bound = (await self.redis.get(binding) or b"").decode()
+        if bound != key:
+            raise ServiceError(
+                "forbidden",
+                f"payout address {c.payout_address} belongs to contributor key {bound[:16]}…, not this one",
+                "payout_address",
+            )
+        await self.redis.hsetnx(domain.contribution_key(cid), "contributor_key", key)
+        owner = (await self.redis.hget(domain.contribution_key(cid), "contributor_key") or b"").decode()
+        if owner != key:
+            raise ServiceError(
+                "conflict",
+                f"these records ({cid[:12]}…) were contributed first by key {owner[:16]}…: the first keeps them",
+                "records",
+            )
+        await self._put_blob(c.records)  # content-addressed: its sha256 is the contribution id
+        for _ in range(50):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                await pipe.watch(domain.datanet_key(c.datanet))
+                latest = await pipe.hget(domain.datanet_key(c.datanet), "latest")
+                if latest is None:
+                    raise ServiceError(
+                        "not_found", f"no datanet {c.datanet!r}: create it first (loranet datanet create)", "datanet"
+                    )
+                raw = await pipe.get(domain.datanet_version_key(c.datanet, int(latest)))
+                current = codec.decode(p.DatanetVersion, raw)
+                held = [v for v in current.contributions if v.contribution_id == cid]
+                if held:
+                    return False, current
+                new = domain.next_version(current, c, records, time.time())
+                pipe.multi()
+                pipe.set(domain.datanet_version_key(c.datanet, new.version), codec.encode(new))
+                pipe.hset(domain.datanet_key(c.datanet), "latest", new.version)
+                try:
+                    await pipe.execute()
+                except WatchError:
+                    continue  # another contribution made a version meanwhile: build on it
+                return True, new
+        raise ServiceError("unavailable", f"datanet {c.datanet} is busy; try again", "datanet")
+
+    @_guarded
+    async def contribution_records(self, contribution_id: str) -> bytes | None:
+        """A contribution's records (hash-checked), None when no contribution has that id (other blobs,
+        such as adapter weights, are not served under a contribution's name)."""
+        if not await self.redis.hexists(domain.contribution_key(contribution_id), "contributor_key"):
+            return None
+        return await self._get_blob(contribution_id)
 
     @_guarded
     async def blob(self, sha: str) -> bytes:

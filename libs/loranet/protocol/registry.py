@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import hashlib
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, StringConstraints, model_validator
 
 from ..codec import AdditiveWire, Wire
-from .base import MAX_BLOB_BYTES, Address, Bps, ContentId, JobId, Name, OptContentId, ShortText, Timestamp
+from .base import (
+    MAX_BLOB_BYTES,
+    Address,
+    Bps,
+    ContentId,
+    JobId,
+    Name,
+    OptContentId,
+    PublicKey,
+    ShortText,
+    Signature,
+    Signed,
+    Timestamp,
+)
 from .jobs import MAX_ATTEMPT, InferenceResult, JobRequest, Receipt, Stage, Verdict
 
 
@@ -163,3 +177,79 @@ class JobSummary(Wire):
 class JobListReply(Wire):
     v: Literal[1] = 1
     jobs: list[JobSummary]
+
+
+# -- datanets: named collections of signed contributions, immutable versions -----------------------
+
+MAX_CONTRIBUTION_BYTES = 4 * 1024 * 1024
+MAX_CONTRIBUTIONS = 1024  # per datanet version
+
+
+class DatanetCreate(Wire):
+    v: Literal[1] = 1
+    name: Name
+    description: Annotated[str, StringConstraints(max_length=256)] = ""
+
+
+class Contribution(AdditiveWire, Signed):
+    """A contributor's records for a datanet (chat or text JSONL), signed by the contributor's key.
+
+    Content-addressed by its records (`contribution_id` = their sha256): the same content is accepted once,
+    for its first contributor. `payout_address` is bound to the first key that claims it."""
+
+    v: Literal[1] = 1
+    datanet: Name
+    contributor_key: PublicKey
+    payout_address: Address
+    license: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "cc-by-4.0"
+    records: Annotated[bytes, Field(min_length=1, max_length=MAX_CONTRIBUTION_BYTES)]
+    created_at: Timestamp
+    signature: Signature = b""
+
+    SIGNING_DOMAIN: ClassVar[str] = "loranet/contribution/v1"
+    SIGNER_FIELD: ClassVar[str] = "contributor_key"
+
+    def contribution_id(self) -> str:
+        return hashlib.sha256(self.records).hexdigest()
+
+
+class ContributionEntry(Wire):
+    """One contribution as a datanet version lists it (its records are fetched by id)."""
+
+    contribution_id: ContentId
+    contributor_key: PublicKey
+    payout_address: Address
+    license: Annotated[str, StringConstraints(max_length=64)]
+    records: Annotated[int, Field(ge=1)]
+    bytes: Annotated[int, Field(ge=1, le=MAX_CONTRIBUTION_BYTES)]
+    created_at: Timestamp
+
+
+class DatanetVersion(Wire):
+    """A datanet as it stood at `version` (0 = created, empty); immutable once stored. `merkle_root` is
+    the Merkle root (libs/loranet/merkle.py) of keccak256 of each contribution id, in order."""
+
+    v: Literal[1] = 1
+    name: Name
+    version: Annotated[int, Field(ge=0)]
+    description: Annotated[str, StringConstraints(max_length=256)] = ""
+    contributions: Annotated[list[ContributionEntry], Field(max_length=MAX_CONTRIBUTIONS)] = []
+    merkle_root: Annotated[str, StringConstraints(pattern=r"^(0x[0-9a-f]{64})?$")] = ""
+    created_at: Timestamp = 0.0
+
+
+class DatanetGet(Wire):
+    v: Literal[1] = 1
+    name: Name
+    version: Annotated[int, Field(ge=-1)] = -1  # -1 = the latest
+
+
+class ContributionGet(Wire):
+    v: Literal[1] = 1
+    contribution_id: ContentId
+
+
+class ContributionRecords(Wire):
+    v: Literal[1] = 1
+    contribution_id: ContentId
+    records: Annotated[bytes, Field(max_length=MAX_CONTRIBUTION_BYTES)]

@@ -35,6 +35,7 @@ from .money import (
     StakeGet,
 )
 from .registry import (
+    MAX_CONTRIBUTION_BYTES,
     AdapterBlob,
     AdapterGet,
     AdapterList,
@@ -43,6 +44,12 @@ from .registry import (
     AdapterPut,
     AttributionGet,
     AttributionIndexBlob,
+    Contribution,
+    ContributionGet,
+    ContributionRecords,
+    DatanetCreate,
+    DatanetGet,
+    DatanetVersion,
     JobGet,
     JobList,
     JobListReply,
@@ -241,6 +248,26 @@ DATASTORE_ATTRIBUTION_GET = Request(
     SMALL_REQUEST_BYTES,
     "an adapter's attribution index, hash-checked",
     reply=AttributionIndexBlob,
+)
+DATASTORE_DATANET_CREATE = Request(
+    "datastore.datanet.create", DatanetCreate, SMALL_REQUEST_BYTES, "create a datanet", reply=DatanetVersion
+)
+DATASTORE_DATANET_CONTRIBUTE = Request(
+    "datastore.datanet.contribute",
+    Contribution,
+    MAX_CONTRIBUTION_BYTES + 64 * 1024,
+    "add a signed contribution: a new immutable version",
+    reply=DatanetVersion,
+)
+DATASTORE_DATANET_GET = Request(
+    "datastore.datanet.get", DatanetGet, SMALL_REQUEST_BYTES, "a datanet version", reply=DatanetVersion
+)
+DATASTORE_CONTRIBUTION_GET = Request(
+    "datastore.contribution.get",
+    ContributionGet,
+    SMALL_REQUEST_BYTES,
+    "a contribution's records, hash-checked",
+    reply=ContributionRecords,
 )
 SETTLEMENT_BALANCE = Request(
     "settlement.balance",
