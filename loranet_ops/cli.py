@@ -351,6 +351,32 @@ async def cmd_model_register(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _datanet_to_jsonl(args: argparse.Namespace, name: str, version: int) -> tuple[str, dict[str, Any]]:
+    """A datanet version's chat records as one training file: each line names its contribution and is paid to
+    that contribution's payout address. Text records are left out (training takes chat turns)."""
+    import tempfile
+
+    from loranet import protocol as p
+
+    client = await _client(args)
+    lines: list[str] = []
+    async with client:
+        got = await client.datanet(name, version)
+        for entry in got.contributions:
+            blob = await client._request(
+                p.DATASTORE_CONTRIBUTION_GET, p.ContributionGet(contribution_id=entry.contribution_id), timeout=60
+            )
+            for line in blob.records.decode().splitlines():
+                row = json.loads(line) if line.strip() else None
+                if isinstance(row, dict) and "messages" in row:
+                    row.update(contributor=entry.payout_address.lower(), contribution=entry.contribution_id)
+                    lines.append(json.dumps(row))
+    fd, path = tempfile.mkstemp(prefix=f"datanet-{name}-{version}-", suffix=".jsonl")
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path, {"name": name, "version": version, "merkle_root": got.merkle_root}
+
+
 def cmd_adapter_train(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -368,6 +394,14 @@ def cmd_adapter_train(args: argparse.Namespace) -> int:
     # The arguments are checked before the base model is loaded (or built).
     if min(args.rank, args.alpha, args.epochs) < 1 or args.lr <= 0:
         return _fail("rank, alpha and epochs must be >= 1 and the learning rate > 0", EXIT_USAGE)
+    if bool(args.data) == bool(args.datanet):
+        return _fail("data: give one of --data FILE or --datanet NAME@VERSION", EXIT_USAGE)
+    datanet = None
+    if args.datanet:
+        name, version = _datanet_ref(args.datanet)
+        if version < 0:
+            return _fail("datanet: name the version to train on: NAME@VERSION (versions never change)", EXIT_USAGE)
+        args.data, datanet = asyncio.run(_datanet_to_jsonl(args, name, version))
     if not Path(args.data).is_file():
         return _fail(f"{args.data}: no such dataset file", EXIT_USAGE)
     try:
@@ -388,6 +422,7 @@ def cmd_adapter_train(args: argparse.Namespace) -> int:
                 options,
                 name=args.name,
                 progress=lambda i, n, loss: bar.update(task, completed=i, total=n, loss=f"{loss:.3f}"),
+                datanet=datanet,
             )
     except (ModelRefused, TrainingRefused, ValueError) as exc:
         return _fail(str(exc).splitlines()[0], EXIT_USAGE)
@@ -793,7 +828,8 @@ def build_parser() -> argparse.ArgumentParser:
     reg.set_defaults(func=cmd_adapter_register)
     tr = ar.add_parser("train", help="fine-tune a LoRA adapter on the CPU from a chat JSONL dataset")
     tr.add_argument("--base", default="", help="base model name or checkpoint directory (default: the default model)")
-    tr.add_argument("--data", required=True, help='JSONL: {"messages": [...], "contributor": "0x..."} per line')
+    tr.add_argument("--data", default="", help='JSONL: {"messages": [...], "contributor": "0x..."} per line')
+    tr.add_argument("--datanet", default="", help="NAME@VERSION: train on a datanet version's chat records instead")
     tr.add_argument("--out", required=True, help="new directory for the PEFT adapter and manifest.draft.json")
     tr.add_argument("--name", default="", help="adapter name in the manifest draft (default: the --out name)")
     tr.add_argument("--rank", type=int, default=8)

@@ -307,7 +307,8 @@ def index_of_chat_jsonl(path: str | Path, tokenizer: Any) -> AttributionIndex:
         tokens: list[int] = []
         for message in row.get("messages", []):
             tokens += [*tokenizer.encode(str(message.get("content", ""))), SEPARATOR]
-        records.append(Record(f"{digest}:{i}", str(row.get("contributor", "")).lower(), tuple(tokens[:-1])))
+        source = str(row.get("contribution") or digest)[:16]  # a datanet line names its contribution
+        records.append(Record(f"{source}:{i}", str(row.get("contributor", "")).lower(), tuple(tokens[:-1])))
     return AttributionIndex.build(records)
 
 

@@ -10,8 +10,9 @@ rendered through the base model's own chat template; the loss covers the last as
 only (the turn's end-of-turn token included, so the adapter learns to stop). Training is seeded
 (torch's generator and the shuffle), so the same base, data, options and library versions give the
 same adapter. The output directory is an ordinary PEFT adapter (adapter_config.json +
-adapter_model.safetensors) plus `manifest.draft.json`: the contributors weighted by their lines
-(basis points summing to 10000), for `loranet adapter register --manifest`.
+adapter_model.safetensors) plus `manifest.draft.json`: the contributors weighted by the tokens they gave
+(basis points summing to 10000), for `loranet adapter register --manifest`; trained from a datanet, the
+draft also names its version and each contribution's tokens. `attribution.idx` indexes the records.
 
 Every problem is found before training starts and reported with the file and line; the output is
 written to a temporary sibling and moved into place, so a failure leaves nothing half-written.
@@ -62,6 +63,7 @@ class Example:
     ids: list[int]
     labels: list[int]
     contributor: str
+    contribution: str = ""  # the datanet contribution the line came from ("" for a plain file)
 
 
 @dataclass
@@ -119,15 +121,18 @@ def read_dataset(path: str | os.PathLike[str], tok: Tokenizer) -> list[Example]:
         # Loss on the reply and its end-of-turn token; the template's trailing newline after it is not learned.
         end = next((i + 1 for i in range(len(prefix), len(full)) if full[i] in tok.stop_ids), len(full))
         labels = [-100] * len(prefix) + full[len(prefix) : end] + [-100] * (len(full) - end)
-        out.append(Example(full, labels, contributor.lower()))
+        contribution = row.get("contribution", "")
+        out.append(Example(full, labels, contributor.lower(), contribution if isinstance(contribution, str) else ""))
     if len(out) < MIN_EXAMPLES:
         raise TrainingRefused(f"{path}: {len(out)} examples; at least {MIN_EXAMPLES} are needed to train on")
     return out
 
 
 def contributor_weights(examples: list[Example]) -> list[tuple[str, int]]:
-    """(address, basis points) by line count; the rounding remainder goes to the largest contributor."""
-    counts = Counter(e.contributor for e in examples)
+    """(address, basis points) by the tokens each gave; the rounding remainder goes to the largest."""
+    counts: Counter[str] = Counter()
+    for e in examples:
+        counts[e.contributor] += len(e.ids)
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:64]
     total = sum(c for _, c in ranked)
     bps = [(a, c * 10_000 // total) for a, c in ranked]
@@ -142,6 +147,7 @@ def train_adapter(
     options: TrainOptions = TrainOptions(),
     name: str = "",
     progress: Callable[[int, int, float], None] | None = None,
+    datanet: dict[str, Any] | None = None,
 ) -> TrainReport:
     """Train a LoRA on `data` over the checkpoint at `base_dir`; write it (and a manifest draft) to `out_dir`."""
     import torch
@@ -221,7 +227,7 @@ def train_adapter(
         # Proof of Attribution: the index over the training records, for the verifiers (libs/loranet/attribution.py).
         index = index_of_chat_jsonl(Path(data), tok).to_bytes()
         (tmp / INDEX_FILE).write_bytes(index)
-        draft = {
+        draft: dict[str, Any] = {
             "name": name or out.name,
             "base_model": base_id,
             "license": "apache-2.0",
@@ -244,6 +250,14 @@ def train_adapter(
                 "last_loss": round(losses[-1], 4),
             },
         }
+        if datanet is not None:  # exactly which contributions trained it, and the tokens each gave
+            tokens: Counter[str] = Counter()
+            for e in examples:
+                tokens[e.contribution] += len(e.ids)
+            draft["training"]["datanet"] = {
+                **datanet,
+                "contributions": [{"contribution_id": c, "tokens": n} for c, n in sorted(tokens.items()) if c],
+            }
         (tmp / "manifest.draft.json").write_text(json.dumps(draft, indent=2) + "\n")
         if out.exists():
             out.rmdir()
