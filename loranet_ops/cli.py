@@ -527,6 +527,7 @@ async def cmd_datanet(args: argparse.Namespace) -> int:
             got = await client.create_datanet(name, args.description)
         elif args.datanet_command == "contribute":
             got = await client.contribute(name, records, args.payout, args.license)
+            recorded = await client.record_datanet(name, got.version)  # the new version's root, on chain
         else:
             got = await client.datanet(name, version)
     row = {
@@ -546,6 +547,8 @@ async def cmd_datanet(args: argparse.Namespace) -> int:
             for c in got.contributions
         ],
     }
+    if args.datanet_command == "contribute":
+        row["recorded"] = {"tx_hash": recorded.tx_hash, "block": recorded.block}
 
     def table() -> None:
         print(f"{got.name}@{got.version}  {len(got.contributions)} contributions  root {got.merkle_root or '-'}")

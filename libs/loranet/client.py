@@ -236,6 +236,10 @@ class Client:
         )
         return await self._request(p.DATASTORE_DATANET_CONTRIBUTE, sign(contribution, self.identity), timeout=60)
 
+    async def record_datanet(self, name: str, version: int) -> p.DatanetAnchor:
+        """Have a datanet version's Merkle root recorded on chain (once; again returns the first record)."""
+        return await self._request(p.SETTLEMENT_DATANET_RECORD, p.DatanetRecord(name=name, version=version), timeout=60)
+
     async def datanet(self, name: str, version: int = -1) -> p.DatanetVersion:
         return await self._request(p.DATASTORE_DATANET_GET, p.DatanetGet(name=name, version=version))
 

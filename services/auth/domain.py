@@ -60,6 +60,7 @@ def client_permissions(client_id: str) -> dict[str, dict[str, list[str]]]:
                 p.DATASTORE_DATANET_CONTRIBUTE.pattern,
                 p.DATASTORE_DATANET_GET.pattern,
                 p.DATASTORE_CONTRIBUTION_GET.pattern,
+                p.SETTLEMENT_DATANET_RECORD.pattern,  # a datanet version's root, on chain
                 p.SETTLEMENT_BALANCE.pattern,
                 p.SETTLEMENT_FAUCET.pattern,
                 p.SETTLEMENT_STAKE.pattern,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from eth_account import Account
-from eth_utils import to_checksum_address
+from eth_utils import keccak, to_checksum_address
 
 from loranet import protocol as p
 from services.settlement.contracts import compile_contract
@@ -409,6 +409,22 @@ class Chain:
 
     def is_active(self, address: str) -> bool:
         return self._call(self.registry.functions.is_active(to_checksum_address(address)))
+
+    def datanet_root(self, name: str, version: int) -> bytes:
+        """The Merkle root recorded for datanet `name` at `version` (32 zero bytes: none recorded)."""
+        return bytes(self._call(self.registry.functions.datanet_root(keccak(text=name), version)))
+
+    def record_datanet_version(self, name: str, version: int, root: bytes, key: str | bytes | None = None) -> TxInfo:
+        """Record a datanet version's root (write-once; needs the registrar role)."""
+        call = self.registry.functions.record_datanet_version(keccak(text=name), version, root)
+        return self._info(self._send(key or self.deployer_key, call, "record_datanet_version"))
+
+    def datanet_record_tx(self, name: str, version: int) -> TxInfo | None:
+        """The transaction that recorded datanet `name` at `version`, if any."""
+        logs = self.registry.events.DatanetVersioned().get_logs(
+            argument_filters={"datanet": keccak(text=name), "version": version}, from_block=0
+        )
+        return self._info(self.w3.eth.get_transaction_receipt(logs[0]["transactionHash"])) if logs else None
 
     def register_adapter(self, adapter_id: bytes | str, developer: str, key: str | bytes | None = None) -> TxInfo:
         """Map a 32-byte adapter id (bytes or 64 hex characters) to its developer (registrar: deployer by default)."""

@@ -94,6 +94,7 @@ class SettlementService:
             Endpoint("balance", p.SETTLEMENT_BALANCE, self.balance),
             Endpoint("stake", p.SETTLEMENT_STAKE, self.stake),
             Endpoint("epochs", p.SETTLEMENT_EPOCHS, self.epochs_on_chain),
+            Endpoint("datanet-record", p.SETTLEMENT_DATANET_RECORD, self.record_datanet),
         ]
         if self.settings.reservations:
             routes += [
@@ -128,6 +129,41 @@ class SettlementService:
         except ChainError as exc:
             raise ServiceError("unavailable", str(exc)) from None
         return p.EpochListReply(epochs=batches)
+
+    async def record_datanet(self, req: p.DatanetRecord) -> p.DatanetAnchor:
+        """Record a datanet version's Merkle root on chain, once; the same root again returns the first record."""
+        version = await self.rt.request(p.DATASTORE_DATANET_GET, p.DatanetGet(name=req.name, version=req.version))
+        root = bytes.fromhex(version.merkle_root.removeprefix("0x"))
+
+        def record() -> TxInfo:
+            for _ in range(2):
+                onchain = self.chain.datanet_root(req.name, req.version)
+                if onchain == bytes(32):
+                    try:
+                        return self.chain.record_datanet_version(req.name, req.version, root)
+                    except ChainError:
+                        continue  # recorded meanwhile by another replica? read again
+                if onchain != root:
+                    raise ServiceError(
+                        "conflict", f"{req.name}@{req.version} is recorded with root 0x{onchain.hex()}", "version"
+                    )
+                found = self.chain.datanet_record_tx(req.name, req.version)
+                if found is not None:
+                    return found
+            raise ServiceError("unavailable", f"could not record {req.name}@{req.version}; try again", "version")
+
+        try:
+            info = await asyncio.to_thread(record)
+        except ChainError as exc:
+            raise ServiceError("unavailable", str(exc)) from None
+        self.rt.log.info("datanet.recorded", datanet=req.name, version=req.version, tx=info.tx_hash)
+        return p.DatanetAnchor(
+            name=req.name,
+            version=req.version,
+            merkle_root=version.merkle_root,
+            tx_hash=info.tx_hash,
+            block=info.block_number,
+        )
 
     async def stake(self, req: p.StakeGet) -> p.Stake:
         def read() -> p.Stake:

@@ -9,7 +9,9 @@ from loranet_ops import cli
 
 def test_a_user_creates_contributes_to_and_reads_a_datanet(devnet, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("LORANET_NATS_URL", raising=False)
-    config, _ = devnet
+    from services.settlement.devchain import DevChain
+
+    config, state = devnet
     common = ["--state-dir", config.state_dir, "--key", str(tmp_path / "client.key")]
     data = tmp_path / "shanties.jsonl"
     data.write_text(
@@ -26,6 +28,10 @@ def test_a_user_creates_contributes_to_and_reads_a_datanet(devnet, tmp_path, cap
     assert run("datanet", "create", "shanties", "--description", "songs")["version"] == 0
     v1 = run("datanet", "contribute", "shanties", str(data), "--license", "cc0-1.0")
     assert v1["version"] == 1 and v1["merkle_root"].startswith("0x")
+    recorded = v1.pop("recorded")  # the version's root, on chain (write-once)
+    chain = DevChain.open(state["rpc_url"])
+    assert chain.datanet_root("shanties", 1) == bytes.fromhex(v1["merkle_root"][2:])
+    assert chain.datanet_record_tx("shanties", 1).tx_hash == recorded["tx_hash"]
     (entry,) = v1["contributions"]
     assert entry["records"] == 2 and entry["license"] == "cc0-1.0" and len(entry["contributor_key"]) == 64
     assert run("datanet", "show", "shanties@1") == v1 == run("datanet", "show", "shanties")

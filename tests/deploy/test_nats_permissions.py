@@ -205,6 +205,16 @@ class Services:
                 return p.JobListReply(jobs=[])
             if isinstance(message, p.EpochList):
                 return p.EpochListReply(epochs=[])
+            if isinstance(message, (p.DatanetCreate, p.DatanetGet, p.Contribution)):
+                return p.DatanetVersion(name="sea", version=0)
+            if isinstance(message, p.DatanetRecord):
+                return p.DatanetAnchor(
+                    name=message.name,
+                    version=message.version,
+                    merkle_root="0x" + "1" * 64,
+                    tx_hash="0x" + "2" * 64,
+                    block=1,
+                )
             if isinstance(message, p.AttributionGet):
                 return p.AttributionIndexBlob(index_id=message.index_id, data=b"")
             return factories.manifest()
@@ -242,6 +252,7 @@ class Services:
                 Endpoint("balance", p.SETTLEMENT_BALANCE, reply),
                 Endpoint("faucet", p.SETTLEMENT_FAUCET, reply),
                 Endpoint("epochs", p.SETTLEMENT_EPOCHS, reply),
+                Endpoint("datanet-record", p.SETTLEMENT_DATANET_RECORD, reply),
                 Endpoint("reserve", p.SETTLEMENT_RESERVE, reply),
                 Endpoint("release", p.SETTLEMENT_RELEASE, reply),
             ],
@@ -370,7 +381,10 @@ async def test_each_role_publishes_and_requests_what_its_code_does(nats_auth, se
         ),
         "settlement": dict(
             js=[p.receipts(JOB), p.job_events(CLIENT, JOB), p.dead_letter(p.verdicts(JOB))],
-            req=[(p.DATASTORE_ADAPTER_GET.pattern, p.AdapterGet(adapter="demo-0"))],
+            req=[
+                (p.DATASTORE_ADAPTER_GET.pattern, p.AdapterGet(adapter="demo-0")),
+                (p.DATASTORE_DATANET_GET.pattern, p.DatanetGet(name="sea", version=1)),  # to record its root
+            ],
         ),
         "datastore": dict(js=[p.dead_letter(p.job_events(CLIENT, JOB))], req=[]),
         "gateway": dict(
@@ -385,7 +399,15 @@ async def test_each_role_publishes_and_requests_what_its_code_does(nats_auth, se
             ],
         ),
     }
-    uses["client"] = uses["gateway"]
+    uses["client"] = {
+        **uses["gateway"],
+        "req": [
+            *uses["gateway"]["req"],
+            (p.DATASTORE_DATANET_CREATE.pattern, p.DatanetCreate(name="sea")),
+            (p.DATASTORE_DATANET_GET.pattern, p.DatanetGet(name="sea")),
+            (p.SETTLEMENT_DATANET_RECORD.pattern, p.DatanetRecord(name="sea", version=1)),
+        ],
+    }
     # The web app lists the signed-in key's jobs (clients list nothing: FORBIDDEN); nodes stream tokens.
     uses["gateway"] = {
         **uses["gateway"],

@@ -126,3 +126,19 @@ def test_contributor_ids_are_compact_and_idempotent(chain: DevChain):
     assert ib == ia + 1 and ia >= 1
     assert chain.register_contributor(a) == ia
     assert chain.contributor_of(ia) == a and chain.contributor_of(ib) == b
+
+
+def test_a_datanet_versions_root_is_recorded_once_by_a_registrar(chain: DevChain):
+    root, other = os.urandom(32), os.urandom(32)
+    name = f"net-{os.urandom(4).hex()}"
+    assert chain.datanet_root(name, 1) == bytes(32) and chain.datanet_record_tx(name, 1) is None
+    stranger = chain.new_account()
+    with pytest.raises(ChainError, match="not a registrar"):
+        chain.record_datanet_version(name, 1, root, key=stranger.key)
+    info = chain.record_datanet_version(name, 1, root)  # the deployer is a registrar
+    assert chain.datanet_root(name, 1) == root and chain.datanet_record_tx(name, 1).tx_hash == info.tx_hash
+    with pytest.raises(ChainError, match="already recorded"):  # versions never change
+        chain.record_datanet_version(name, 1, other)
+    with pytest.raises(ChainError, match="zero root"):
+        chain.record_datanet_version(name, 2, bytes(32))
+    assert chain.datanet_root(name, 1) == root

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints
 
 from ..codec import AdditiveWire, Wire
-from .base import Address, JobId, ShortText, Wei
+from .base import Address, JobId, Name, ShortText, Wei
 
 
 class BalanceGet(Wire):
@@ -104,3 +104,20 @@ class EpochSummary(Wire):
 class EpochListReply(Wire):
     v: Literal[1] = 1
     epochs: Annotated[list[EpochSummary], Field(max_length=200)]
+
+
+class DatanetRecord(Wire):
+    """Record a datanet version's Merkle root on chain (settlement reads the version from the datastore)."""
+
+    v: Literal[1] = 1
+    name: Name
+    version: Annotated[int, Field(ge=1)]
+
+
+class DatanetAnchor(Wire):
+    v: Literal[1] = 1
+    name: Name
+    version: Annotated[int, Field(ge=1)]
+    merkle_root: Annotated[str, StringConstraints(pattern=r"^0x[0-9a-f]{64}$")]
+    tx_hash: Annotated[str, StringConstraints(pattern=r"^0x[0-9a-f]{64}$")]
+    block: Annotated[int, Field(ge=0)]

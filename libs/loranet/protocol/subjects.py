@@ -25,6 +25,8 @@ from .jobs import InferenceResult, JobEvent, JobRequest, Receipt, RerunRequest, 
 from .money import (
     Balance,
     BalanceGet,
+    DatanetAnchor,
+    DatanetRecord,
     EpochList,
     EpochListReply,
     Faucet,
@@ -284,6 +286,13 @@ SETTLEMENT_STAKE = Request(
 )
 SETTLEMENT_EPOCHS = Request(
     "settlement.epochs", EpochList, SMALL_REQUEST_BYTES, "the latest settled epochs on chain", reply=EpochListReply
+)
+SETTLEMENT_DATANET_RECORD = Request(
+    "settlement.datanet.record",
+    DatanetRecord,
+    SMALL_REQUEST_BYTES,
+    "record a datanet version's Merkle root on chain (write-once)",
+    reply=DatanetAnchor,
 )
 SETTLEMENT_RESERVE = Request(
     "settlement.reserve", Reserve, SMALL_REQUEST_BYTES, "scheduler: lock a job's max fee in escrow", reply=Reservation

@@ -53,6 +53,11 @@ event ContributorRegistered:
     contributor_id: indexed(uint32)
     contributor: indexed(address)
 
+event DatanetVersioned:
+    datanet: indexed(bytes32)
+    version: indexed(uint64)
+    merkle_root: bytes32
+
 event RoleChanged:
     role: indexed(String[16])
     account: indexed(address)
@@ -86,6 +91,8 @@ adapter_developer: public(HashMap[bytes32, address])
 contributor_address: public(HashMap[uint32, address])
 contributor_id: public(HashMap[address, uint32])
 contributor_count: public(uint32)
+# keccak256(datanet name) -> version -> Merkle root of its contribution ids (write-once)
+datanet_root: public(HashMap[bytes32, HashMap[uint64, bytes32]])
 
 
 @deploy
@@ -287,3 +294,16 @@ def register_contributor(contributor: address) -> uint32:
     self.contributor_address[cid] = contributor
     log ContributorRegistered(contributor_id=cid, contributor=contributor)
     return cid
+
+
+@external
+def record_datanet_version(datanet: bytes32, version: uint64, merkle_root: bytes32):
+    """
+    @notice Record the Merkle root of a datanet version's contributions (a registrar). Write-once: a
+            version, once recorded, never changes, so a payout can be checked against what was contributed.
+    """
+    assert self.is_registrar[msg.sender], "registry: not a registrar"
+    assert merkle_root != empty(bytes32), "registry: zero root"
+    assert self.datanet_root[datanet][version] == empty(bytes32), "registry: datanet version already recorded"
+    self.datanet_root[datanet][version] = merkle_root
+    log DatanetVersioned(datanet=datanet, version=version, merkle_root=merkle_root)
