@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
+from loranet.attribution import AttributionIndex
 from loranet.model.content import adapter_content_id
 from loranet.model.tokenizers import load_tokenizer
 from loranet.model.train import TrainingRefused, TrainOptions, read_dataset, train_adapter
@@ -52,10 +54,14 @@ def test_training_is_seeded_and_writes_a_peft_adapter_with_a_manifest_draft(smal
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
         "adapter_config.json",
         "adapter_model.safetensors",
+        "attribution.idx",  # the index over the training records (libs/loranet/attribution.py)
         "manifest.draft.json",
     ]
     draft = json.loads((tmp_path / "a" / "manifest.draft.json").read_text())
     assert draft["contributors"] == [{"contributor_id": "a-data-0", "address": ADDR, "weight_bps": 10_000}]
+    index = (tmp_path / "a" / "attribution.idx").read_bytes()
+    assert draft["attribution_index"] == hashlib.sha256(index).hexdigest()
+    assert len(AttributionIndex.from_bytes(index, draft["attribution_index"]).records) == 8
     assert (
         train_adapter(
             small,
