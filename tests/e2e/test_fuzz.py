@@ -76,6 +76,7 @@ async def test_hostile_traffic_everywhere_while_honest_jobs_complete(devnet):
                             "conflict",
                             "hash_mismatch",
                             "unavailable",
+                            "forbidden",  # a forged signature (a datanet contribution)
                         )
             assert answered and errors >= answered * 0.8
             # Every hostile message on a pull subject ends in the dead-letter stream with a reason.
