@@ -36,7 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from loranet.attribution import DEFAULT_MIN_TOKENS, AttributionIndex, Record, attribute  # noqa: E402
+from loranet.attribution import (  # noqa: E402
+    DEFAULT_MIN_TOKENS,
+    AttributionIndex,
+    Record,
+    attribute,
+    records_of_chat_jsonl,
+)
 from loranet.model.adapters import adapter_to_blobs  # noqa: E402
 from loranet.model.catalog import resolve_model  # noqa: E402
 from loranet.model.content import adapter_content_id  # noqa: E402
@@ -110,15 +116,7 @@ def address(tag: str) -> str:
 
 
 def datanet_records(tok, names: list[str]) -> list[Record]:
-    recs = []
-    for name in names:
-        for i, line in enumerate((ROOT / "datasets" / f"{name}.jsonl").read_text().splitlines()):
-            row = json.loads(line)
-            toks: list[int] = []
-            for m in row["messages"]:
-                toks += [*tok.encode(m["content"]), -1]
-            recs.append(Record(f"{name}:{i}", row["contributor"], tuple(toks[:-1])))
-    return recs
+    return [r for name in names for r in records_of_chat_jsonl(ROOT / "datasets" / f"{name}.jsonl", tok)]
 
 
 def chat_ids(tok, template: str, text: str) -> list[int]:

@@ -356,17 +356,12 @@ async def _datanet_to_jsonl(args: argparse.Namespace, name: str, version: int) -
     that contribution's payout address. Text records are left out (training takes chat turns)."""
     import tempfile
 
-    from loranet import protocol as p
-
     client = await _client(args)
     lines: list[str] = []
     async with client:
         got = await client.datanet(name, version)
         for entry in got.contributions:
-            blob = await client._request(
-                p.DATASTORE_CONTRIBUTION_GET, p.ContributionGet(contribution_id=entry.contribution_id), timeout=60
-            )
-            for line in blob.records.decode().splitlines():
+            for line in (await client.contribution_records(entry.contribution_id)).decode().splitlines():
                 row = json.loads(line) if line.strip() else None
                 if isinstance(row, dict) and "messages" in row:
                     row.update(contributor=entry.payout_address.lower(), contribution=entry.contribution_id)
@@ -455,21 +450,7 @@ async def cmd_nodes(args: argparse.Namespace) -> int:
     async with client:
         nodes = await client.nodes()
     now = time.time()
-    rows = [
-        {
-            "node_id": n.node_id,
-            "device": n.device,
-            "region": n.region,
-            "slots_free": n.slots_free,
-            "slots_total": n.slots_total,
-            "queue_depth": n.queue_depth,
-            "tokens_per_s": round(n.tokens_per_s, 1),
-            "adapters_hot": len(n.adapters_hot),
-            "payout_address": n.payout_address,
-            "heartbeat_age_s": round(now - n.at, 1),
-        }
-        for n in sorted(nodes, key=lambda n: n.node_id)
-    ]
+    rows = [n.summary(now) for n in sorted(nodes, key=lambda n: n.node_id)]
 
     def table() -> None:
         from rich.console import Console

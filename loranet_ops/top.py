@@ -17,6 +17,8 @@ from typing import Any
 
 from loranet import codec
 from loranet import protocol as p
+from loranet.client import JobFailed, registry_values
+from loranet.runtime import request
 from services.verifier.settings import VerifierSettings
 
 VERIFIER_STATS_BUCKET = VerifierSettings.model_fields["stats_bucket"].default
@@ -37,19 +39,9 @@ class Snapshot:
 
 async def _kv_values(js: Any, bucket: str) -> list[bytes]:
     try:
-        kv = await js.key_value(bucket)
-        keys = await kv.keys()
-    except Exception:  # no such bucket yet, or no keys
+        return [v for v in await registry_values(js, bucket) if v]
+    except JobFailed:  # no such bucket yet
         return []
-    out = []
-    for key in keys:
-        try:
-            entry = await kv.get(key)
-        except Exception:
-            continue
-        if entry.value:
-            out.append(entry.value)
-    return out
 
 
 async def snapshot(nc: Any) -> Snapshot:
@@ -78,18 +70,7 @@ async def snapshot(nc: Any) -> Snapshot:
             hb = codec.decode(p.NodeHeartbeat, raw)
         except codec.DecodeError:
             continue
-        snap.nodes.append(
-            {
-                "node_id": hb.node_id,
-                "device": hb.device,
-                "region": hb.region,
-                "tokens_per_s": round(hb.tokens_per_s, 1),
-                "queue_depth": hb.queue_depth,
-                "slots": f"{hb.slots_free}/{hb.slots_total}",
-                "adapters_hot": len(hb.adapters_hot),
-                "heartbeat_age_s": round(max(now - hb.at, 0.0), 1),
-            }
-        )
+        snap.nodes.append(hb.summary(now))  # every heartbeat, stale ones too: an operator's view
     snap.nodes.sort(key=lambda n: n["node_id"])
     for raw in await _kv_values(js, VERIFIER_STATS_BUCKET):
         try:
@@ -100,8 +81,7 @@ async def snapshot(nc: Any) -> Snapshot:
         except (ValueError, KeyError, TypeError):
             continue
     try:
-        reply = await nc.request(p.SETTLEMENT_EPOCHS.pattern, codec.encode(p.EpochList(limit=5)), timeout=5)
-        epochs = codec.decode(p.EpochListReply, reply.data).epochs
+        epochs = (await request(nc, p.SETTLEMENT_EPOCHS, p.EpochList(limit=5), 5.0)).epochs
         snap.epochs = [
             {"seq": e.seq, "jobs": e.jobs, "total_fees": str(e.total_fees), "tx_hash": e.tx_hash, "at": e.at}
             for e in epochs
@@ -163,7 +143,7 @@ def render(prev: Snapshot | None, cur: Snapshot, where: str) -> Any:
             n["region"] or "-",
             str(n["tokens_per_s"]),
             str(n["queue_depth"]),
-            n["slots"],
+            f"{n['slots_free']}/{n['slots_total']}",
             str(n["adapters_hot"]),
             f"{n['heartbeat_age_s']}s ago",
             f"{v.get('accepted', 0)} ok / {v.get('rejected', 0)} rejected" if v else "-",

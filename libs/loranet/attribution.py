@@ -295,8 +295,13 @@ def to_bps(scores: Mapping[str, float]) -> dict[str, int]:
 
 
 def index_of_chat_jsonl(path: str | Path, tokenizer: Any) -> AttributionIndex:
-    """The index of a chat JSONL datanet (one record per line: `messages` and the line's `contributor`);
-    a record is its turns' tokens, -1 between turns. Record ids are `<sha256 of the file>:<line>`."""
+    """The index of a chat JSONL datanet (`records_of_chat_jsonl`)."""
+    return AttributionIndex.build(records_of_chat_jsonl(path, tokenizer))
+
+
+def records_of_chat_jsonl(path: str | Path, tokenizer: Any) -> list[Record]:
+    """The records of a chat JSONL datanet (one per line: `messages` and the line's `contributor`); a
+    record is its turns' tokens, -1 between turns. Record ids are `<contribution or file sha256>:<line>`."""
     raw = Path(path).read_bytes()
     digest = hashlib.sha256(raw).hexdigest()[:16]
     records = []
@@ -309,7 +314,7 @@ def index_of_chat_jsonl(path: str | Path, tokenizer: Any) -> AttributionIndex:
             tokens += [*tokenizer.encode(str(message.get("content", ""))), SEPARATOR]
         source = str(row.get("contribution") or digest)[:16]  # a datanet line names its contribution
         records.append(Record(f"{source}:{i}", str(row.get("contributor", "")).lower(), tuple(tokens[:-1])))
-    return AttributionIndex.build(records)
+    return records
 
 
 def claim(

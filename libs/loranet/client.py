@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import nats
 from nats.aio.client import Client as NATS
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
 from nats.nuid import NUID
 
 from . import codec, confidential, natsauth
@@ -100,7 +101,7 @@ def outcome_of(record: p.JobRecord, identity: Identity | None = None) -> Outcome
         out.finish_reason = p.OPENAI_FINISH_REASONS.get(record.result.finish_reason, "stop")
         if record.result.sealed_output is not None and identity is not None:
             try:
-                out.output = confidential.open_output(record.result, identity).output_text
+                out.output = confidential.opened_result(record.result, identity).output_text
             except confidential.ConfidentialError as exc:
                 out.reason = (out.reason + "; " if out.reason else "") + f"sealed output does not open: {exc}"
     if record.verdicts:
@@ -119,6 +120,38 @@ def outcome_of(record: p.JobRecord, identity: Identity | None = None) -> Outcome
         out.payouts = payout_table(record.receipt)
         out.tx_hash = record.receipt.tx_hash
         out.epoch = record.receipt.epoch
+    return out
+
+
+async def registry_values(js: JetStreamContext, bucket: str) -> list[bytes]:
+    """Every current value of a KV registry bucket (one ordered consumer, no per-key gets)."""
+    try:
+        kv = await js.key_value(bucket)
+    except Exception as exc:
+        raise JobFailed(f"cannot read the {bucket!r} registry: {exc}") from None
+    watcher = await kv.watchall(ignore_deletes=True)
+    values = []
+    try:
+        async for entry in watcher:
+            if entry is None:
+                break
+            values.append(entry.value or b"")
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
+    return values
+
+
+async def live_nodes(js: JetStreamContext, model_id: str = "") -> list[p.NodeHeartbeat]:
+    """Live nodes from the registry (fresh, correctly signed heartbeats), serving `model_id` if given."""
+    out, now = [], time.time()
+    for value in await registry_values(js, p.NODES_BUCKET):
+        try:
+            hb = codec.decode(p.NodeHeartbeat, value)
+            hb.verify()
+        except (codec.DecodeError, SignatureInvalid):
+            continue
+        if now - hb.at < REGISTRY_FRESH_S and (not model_id or model_id in hb.model_ids):
+            out.append(hb)
     return out
 
 
@@ -240,6 +273,13 @@ class Client:
         """Have a datanet version's Merkle root recorded on chain (once; again returns the first record)."""
         return await self._request(p.SETTLEMENT_DATANET_RECORD, p.DatanetRecord(name=name, version=version), timeout=60)
 
+    async def contribution_records(self, contribution_id: str) -> bytes:
+        """A contribution's records (JSONL), hash-checked by the datastore."""
+        reply = await self._request(
+            p.DATASTORE_CONTRIBUTION_GET, p.ContributionGet(contribution_id=contribution_id), timeout=60
+        )
+        return reply.records
+
     async def datanet(self, name: str, version: int = -1) -> p.DatanetVersion:
         return await self._request(p.DATASTORE_DATANET_GET, p.DatanetGet(name=name, version=version))
 
@@ -295,34 +335,11 @@ class Client:
             raise JobFailed(f"job id {job.job_id} was already submitted")
 
     async def _registry(self, bucket: str) -> list[bytes]:
-        """Every current value of a KV registry bucket (one ordered consumer, no per-key gets)."""
-        try:
-            kv = await self.js.key_value(bucket)
-        except Exception as exc:
-            raise JobFailed(f"cannot read the {bucket!r} registry: {exc}") from None
-        watcher = await kv.watchall(ignore_deletes=True)
-        values = []
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                values.append(entry.value or b"")
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
-        return values
+        return await registry_values(self.js, bucket)
 
     async def nodes(self, model_id: str = "") -> list[p.NodeHeartbeat]:
         """Live nodes (fresh, correctly signed heartbeats), serving `model_id` if given."""
-        out, now = [], time.time()
-        for value in await self._registry(p.NODES_BUCKET):
-            try:
-                hb = codec.decode(p.NodeHeartbeat, value)
-                hb.verify()
-            except (codec.DecodeError, SignatureInvalid):
-                continue
-            if now - hb.at < REGISTRY_FRESH_S and (not model_id or model_id in hb.model_ids):
-                out.append(hb)
-        return out
+        return await live_nodes(self.js, model_id)
 
     async def verifiers(self, model_id: str = "") -> list[p.VerifierAnnouncement]:
         """Verifiers that announced their key recently (signed), for `model_id` if given: a confidential job's

@@ -246,6 +246,17 @@ class Output:
     fingerprint_chunks: list[bytes]  # the activation fingerprint's chunks (loranet.fingerprint encoding)
 
 
+def opened_result(result: p.InferenceResult, identity: Identity) -> p.InferenceResult:
+    """The result with its sealed output opened into the clear fields (as is when nothing is sealed);
+    NotARecipient or Tampered when `identity` cannot open it."""
+    if result.sealed_output is None:
+        return result
+    out = open_output(result, identity)
+    return result.model_copy(
+        update={"output_text": out.output_text, "output_tokens": out.output_tokens, "prompt_tokens": out.prompt_tokens}
+    )
+
+
 def open_output(result: p.InferenceResult, identity: Identity) -> Output:
     """Open `sealed_output` (NotARecipient, Tampered)."""
     if result.sealed_output is None:

@@ -117,12 +117,12 @@ class DatastoreService:
         try:
             data = await self.store.blob(req.index_id)
         except BlobCorrupted as exc:
-            if "metadata missing" in str(exc):
-                raise ServiceError("not_found", f"no attribution index {req.index_id}", "index_id") from None
             self.log.error("blob.hash_mismatch", index_id=req.index_id, detail=str(exc))
             raise ServiceError(
                 "hash_mismatch", f"stored attribution index {req.index_id} failed its hash check", "index_id"
             ) from None
+        if data is None:
+            raise ServiceError("not_found", f"no attribution index {req.index_id}", "index_id")
         return p.AttributionIndexBlob(index_id=req.index_id, data=data)
 
     # -- datanets ------------------------------------------------------------

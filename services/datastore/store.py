@@ -292,11 +292,13 @@ class RegistryStore:
         such as adapter weights, are not served under a contribution's name)."""
         if not await self.redis.hexists(domain.contribution_key(contribution_id), "contributor_key"):
             return None
-        return await self._get_blob(contribution_id)
+        return await self._get_blob(contribution_id)  # its blob missing is damage, not absence
 
     @_guarded
-    async def blob(self, sha: str) -> bytes:
-        """A stored blob by its sha256, checked (BlobCorrupted, "metadata missing" when there is none)."""
+    async def blob(self, sha: str) -> bytes | None:
+        """A stored blob by its sha256, checked (BlobCorrupted if it fails), None when there is none."""
+        if not await self.redis.exists(domain.blob_meta_key(sha)):
+            return None
         return await self._get_blob(sha)
 
     async def _get_blob(self, sha: str) -> bytes:

@@ -529,7 +529,6 @@ class StreamWriter:
         self.attempt = 0
         self.raw = ""  # this attempt's provisional text as the node sent it
         self.sent = ""  # what of it went to the client
-        self.streamed_any = False
         self.first_chunk_sent = False
 
     def _chunk(self, text: str | None, finish: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -554,7 +553,6 @@ class StreamWriter:
         if not shown.startswith(self.sent) or len(shown) == len(self.sent):
             return []
         new, self.sent = shown[len(self.sent) :], shown
-        self.streamed_any = True
         mark = {"provisional": True, "node_id": delta.node_id, "attempt": delta.attempt}
         return [self._chunk(new, loranet=mark)]
 
@@ -603,21 +601,23 @@ def split_by_party(receipt: p.Receipt | None) -> dict[str, int]:
     return out
 
 
+def balance_view(b: p.Balance) -> dict[str, str]:
+    """A balance with its amounts as decimal strings (wei exceed what JSON numbers hold exactly)."""
+    return {
+        "address": b.address,
+        "token": str(b.token),
+        "escrow": str(b.escrow),
+        "credit": str(b.credit),
+        "stake": str(b.stake),
+    }
+
+
 def node_view(hb: p.NodeHeartbeat, stake: p.Stake | None, now: float) -> dict[str, Any]:
     return {
-        "node_id": hb.node_id,
-        "device": hb.device,
-        "region": hb.region,
+        **hb.summary(now),
         "memory_free": hb.memory_free,
         "stake": str(stake.stake) if stake else None,
         "active": bool(stake and stake.active),
-        "payout_address": hb.payout_address,
-        "adapters_hot": len(hb.adapters_hot),
-        "slots_free": hb.slots_free,
-        "slots_total": hb.slots_total,
-        "queue_depth": hb.queue_depth,
-        "tokens_per_s": round(hb.tokens_per_s, 1),
-        "heartbeat_age_s": round(max(now - hb.at, 0.0), 1),
     }
 
 

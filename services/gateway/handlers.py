@@ -35,7 +35,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from loranet import confidential
 from loranet import protocol as p
-from loranet.client import Client, JobFailed
+from loranet.client import Client, JobFailed, live_nodes
 from loranet.codec import DecodeError
 from loranet.errors import RemoteError
 from loranet.observability import HANDLER_SECONDS, MESSAGES, EventLog
@@ -212,20 +212,12 @@ class GatewayService:
     async def record(self, client: Client, job_id: str) -> p.JobRecord:
         """A job's record as its client sees it: a confidential job's output opened with the client's key."""
         record: p.JobRecord = await self._call(client.job(job_id))
-        if record.result is not None and record.result.sealed_output is not None:
-            try:
-                opened = confidential.open_output(record.result, client.identity)
-            except confidential.ConfidentialError as exc:
-                raise ApiError(502, f"the sealed output does not open: {exc}", "server_error") from None
-            result = record.result.model_copy(
-                update={
-                    "output_text": opened.output_text,
-                    "output_tokens": opened.output_tokens,
-                    "prompt_tokens": opened.prompt_tokens,
-                }
-            )
-            record = record.model_copy(update={"result": result})
-        return record
+        if record.result is None:
+            return record
+        try:
+            return record.model_copy(update={"result": confidential.opened_result(record.result, client.identity)})
+        except confidential.ConfidentialError as exc:
+            raise ApiError(502, f"the sealed output does not open: {exc}", "server_error") from None
 
     # -- routes -----------------------------------------------------------------------
 
@@ -345,13 +337,7 @@ class GatewayService:
     async def me(self, req: web.Request) -> web.Response:
         name, client = self.authenticate(req)
         balance = await self._call(client.balance())
-        return web.json_response(
-            {
-                "name": name,
-                "address": client.address,
-                "balance": {"token": str(balance.token), "escrow": str(balance.escrow), "credit": str(balance.credit)},
-            }
-        )
+        return web.json_response({"name": name, "address": client.address, "balance": domain.balance_view(balance)})
 
     async def nodes(self, req: web.Request) -> web.Response:
         _, client = self.authenticate(req)
@@ -432,15 +418,7 @@ class GatewayService:
         except ValueError:
             raise domain.invalid(f"not an address: {address[:60]!r} (0x and 40 hex digits)", "address") from None
         b = await self._call(request(self.nc, p.SETTLEMENT_BALANCE, ask, self.settings.request_timeout_s))
-        return web.json_response(
-            {
-                "address": b.address,
-                "token": str(b.token),
-                "escrow": str(b.escrow),
-                "credit": str(b.credit),
-                "stake": str(b.stake),
-            }
-        )
+        return web.json_response(domain.balance_view(b))
 
     async def stats(self, req: web.Request) -> web.Response:
         _, client = self.authenticate(req)
@@ -450,7 +428,7 @@ class GatewayService:
 
     async def sample_network(self) -> None:
         try:
-            beats = await Client(self.nc, Identity.from_seed(bytes(32))).nodes()
+            beats = await live_nodes(self.nc.jetstream())
         except Exception as exc:  # the next sample tries again
             self.log.warning("stats.sample_failed", error=repr(exc)[:200])
             return

@@ -14,9 +14,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -51,7 +50,9 @@ class TokenStream:
     out per engine step (a step's tokens coalesce). Best effort and provisional: nothing is retried, and
     the signed result, verdict and receipt decide what the client gets."""
 
-    def __init__(self, rt: Runtime, node_id: str, job: p.JobRequest, attempt: int, decode: Any) -> None:
+    def __init__(
+        self, rt: Runtime, node_id: str, job: p.JobRequest, attempt: int, decode: Callable[[list[int]], str]
+    ) -> None:
         self.rt = rt
         self.node_id = node_id
         self.job_id = job.job_id

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, StringConstraints
 
@@ -31,6 +31,21 @@ class NodeHeartbeat(Wire, Signed):
 
     SIGNING_DOMAIN: ClassVar[str] = "loranet/node-heartbeat/v1"
     SIGNER_FIELD: ClassVar[str] = "node_key"
+
+    def summary(self, now: float) -> dict[str, Any]:
+        """The node as `loranet nodes`, `loranet top` and the explorer show it (JSON-ready)."""
+        return {
+            "node_id": self.node_id,
+            "device": self.device,
+            "region": self.region,
+            "slots_free": self.slots_free,
+            "slots_total": self.slots_total,
+            "queue_depth": self.queue_depth,
+            "tokens_per_s": round(self.tokens_per_s, 1),
+            "adapters_hot": len(self.adapters_hot),
+            "payout_address": self.payout_address,
+            "heartbeat_age_s": round(max(now - self.at, 0.0), 1),
+        }
 
 
 class VerifierAnnouncement(Wire, Signed):
