@@ -255,7 +255,7 @@ class VerifierService:
                 while len(self._indexes) > ATTRIBUTION_INDEXES_KEPT:
                     self._indexes.pop(next(iter(self._indexes)))
             return await asyncio.to_thread(claim, index, index_id, list(result.output_tokens))
-        except Exception as exc:  # no datastore, a bad index, a timeout: the verdict never waits on attribution
+        except Exception as exc:  # no datastore, a bad index, a timeout: attribution never fails a verdict
             self.rt.log.warning("attribution.failed", job_id=result.job_id, adapter_id=adapter_id, error=str(exc)[:300])
             return None
 
