@@ -1,20 +1,29 @@
-"""Gas per settled job: loranet's batched settle_batch against two naive designs.
+"""Gas per settled job with many recipients: the balances tree against credit writes and naive pushes.
 
 One in-process chain (py-evm), one run, side by side:
 
-  batch N       Settlement.settle_batch with N jobs in one transaction
-                (direct: the job id is first written at settlement;
-                 reserved: its max fee was reserved at admission by
-                 Settlement.reserve, whose gas is shown separately)
-  naive push    one transaction per job that pushes 7 ERC-20 transfers
-                (bench/contracts/NaivePush.vy)
-  7 transfers   7 separate ERC-20 transfer transactions per job
+  tree, batch N     Settlement.settle_batch with N jobs in one transaction,
+                    data contributors paid through the balances tree (one
+                    root written per batch; each contributor claims later,
+                    any number of batches at once: claim gas shown apart)
+  credit, batch N   the same contract and jobs with every party credited
+                    directly (one storage write per distinct party per batch:
+                    the design before the tree)
+                    (direct: the job id is first written at settlement;
+                     reserved: its max fee was reserved at admission by
+                     Settlement.reserve, whose gas is shown separately; the
+                     network reserves every job by default)
+  naive push        one transaction per job that pushes an ERC-20 transfer to
+                    each recipient (bench/contracts/NaivePush.vy)
+  transfers         one ERC-20 transfer transaction per recipient
 
-Every job pays 7 recipients: node, developer, one verifier, three data
-contributors, treasury. The population is fixed: 16 clients, 8 nodes,
-16 adapters (each with its developer and 3 of 32 contributors), 4 verifiers.
-Steady state: one warm-up batch first gives every recipient a non-zero
-credit/balance, as between two withdrawals.
+Every job pays 16 recipients: node, developer, one verifier, 12 data
+contributors (as its answer's attribution names them: 12 of its adapter's 24,
+random weights), treasury. The population is fixed: 16 clients, 8 nodes,
+16 adapters (each with its developer and 24 contributors of its own: 384), 4
+verifiers. Steady state: warm-up batches first give every recipient a
+non-zero credit and every contributor a position in the tree, as between two
+withdrawals.
 
 settled_jobs_per_s is measured through the service, as it runs on the
 devnet: a real nats-server, the chain process (loranet_ops.chain_node)
@@ -55,11 +64,13 @@ from services.settlement.packing import Reservation, SettleJob  # noqa: E402
 from services.settlement.transport import wait_for_rpc  # noqa: E402
 
 OPEN = 10**18
-N_CLIENTS, N_NODES, N_ADAPTERS, N_CONTRIBUTORS, N_VERIFIERS = 16, 8, 16, 32, 4
+N_CLIENTS, N_NODES, N_ADAPTERS, N_VERIFIERS = 16, 8, 16, 4
+CONTRIBUTORS_PER_ADAPTER, CONTRIBUTORS_PER_JOB = 24, 12
+RECIPIENTS_PER_JOB = 4 + CONTRIBUTORS_PER_JOB  # node, developer, verifier, treasury
 
 
 class Population:
-    def __init__(self, chain: DevChain, seed: int = 7) -> None:
+    def __init__(self, chain: DevChain, seed: int = 7, per_adapter: int = CONTRIBUTORS_PER_ADAPTER) -> None:
         self.rng = random.Random(seed)
         self.chain = chain
         self.clients = [chain.new_account(open_tokens=10**6 * OPEN) for _ in range(N_CLIENTS)]
@@ -67,14 +78,13 @@ class Population:
             chain.deposit(client.key, 5 * 10**5 * OPEN)
         fresh = lambda n: [chain.new_account(eth=0).address for _ in range(n)]  # noqa: E731
         self.nodes, self.verifiers = fresh(N_NODES), fresh(N_VERIFIERS)
-        developers, contributors = fresh(N_ADAPTERS), fresh(N_CONTRIBUTORS)
-        self.adapters = [
-            (developers[i], tuple(contributors[(3 * i + k) % N_CONTRIBUTORS] for k in range(3)))
-            for i in range(N_ADAPTERS)
-        ]
+        self.adapters = [(fresh(1)[0], tuple(fresh(per_adapter))) for _ in range(N_ADAPTERS)]
 
     def job(self) -> SettleJob:
         developer, contributors = self.rng.choice(self.adapters)
+        credited = self.rng.sample(contributors, CONTRIBUTORS_PER_JOB)
+        cuts = sorted(self.rng.sample(range(1, 10_000), CONTRIBUTORS_PER_JOB - 1))
+        weights = [b - a for a, b in zip([0, *cuts], [*cuts, 10_000])]
         fee = self.rng.randrange(10**15, 10**18)
         return SettleJob(
             job_id=os.urandom(16),
@@ -84,7 +94,7 @@ class Population:
             node=self.rng.choice(self.nodes),
             developer=developer,
             verifiers=(self.rng.choice(self.verifiers),),
-            contributors=tuple(zip(contributors, (3333, 3333, 3334))),
+            contributors=tuple(zip(credited, weights)),
         )
 
     def recipients(self, job: SettleJob) -> list[tuple[str, int]]:
@@ -93,22 +103,55 @@ class Population:
 
 def measure_batches(chain: DevChain, pop: Population, sizes: list[int]) -> dict:
     out: dict = {}
-    warm = [pop.job() for _ in range(64)]
-    chain.settle_batch(chain.last_seq() + 1, warm)  # every recipient's credit slot now non-zero
+    for tree in (False, True):  # every recipient's credit slot non-zero, every contributor in the tree
+        for _ in range(4):  # in parts: first writes of every slot at once pass the transaction gas limit
+            chain.settle_batch(chain.last_seq() + 1, [pop.job() for _ in range(64)], pool_contributors=tree)
     for n in sizes:
-        jobs = [pop.job() for _ in range(n)]
-        t0 = time.perf_counter()
-        receipt = chain.settle_batch(chain.last_seq() + 1, jobs)
-        elapsed = time.perf_counter() - t0
-        out[f"gas_per_job_batch{n}"] = receipt.gas_used / n
-        if n == max(sizes):
-            out["chain_jobs_per_s"] = n / elapsed
-        jobs = [pop.job() for _ in range(n)]
-        reserve = chain.reserve([Reservation(j.job_id, j.client, j.max_fee) for j in jobs])
-        receipt = chain.settle_batch(chain.last_seq() + 1, jobs)
-        out[f"gas_per_job_reserved_batch{n}"] = receipt.gas_used / n
-        out[f"reserve_gas_per_job_batch{n}"] = reserve.gas_used / n
+        for tree, prefix in ((True, ""), (False, "credit_design_")):
+            jobs = [pop.job() for _ in range(n)]
+            t0 = time.perf_counter()
+            receipt = chain.settle_batch(chain.last_seq() + 1, jobs, pool_contributors=tree)
+            elapsed = time.perf_counter() - t0
+            out[f"{prefix}gas_per_job_batch{n}"] = receipt.gas_used / n
+            if n == max(sizes) and tree:
+                out["chain_jobs_per_s"] = n / elapsed
+            jobs = [pop.job() for _ in range(n)]
+            reserve = chain.reserve([Reservation(j.job_id, j.client, j.max_fee) for j in jobs])
+            receipt = chain.settle_batch(chain.last_seq() + 1, jobs, pool_contributors=tree)
+            out[f"{prefix}gas_per_job_reserved_batch{n}"] = receipt.gas_used / n
+            out[f"reserve_gas_per_job_batch{n}"] = reserve.gas_used / n
     return out
+
+
+def measure_population(chain: DevChain, per_adapter: int) -> dict:
+    """Steady-state gas per job of a 256-job reserved batch, both designs, when each adapter has
+    `per_adapter` contributors (12 credited per job): the tree's cost grows with the distinct contributors
+    a batch pays, the credit design's with its distinct parties."""
+    pop = Population(chain, seed=per_adapter, per_adapter=per_adapter)
+    for tree in (False, True):
+        for _ in range(4):
+            chain.settle_batch(chain.last_seq() + 1, [pop.job() for _ in range(64)], pool_contributors=tree)
+    out: dict = {}
+    for tree, name in ((True, "tree"), (False, "credit")):
+        jobs = [pop.job() for _ in range(256)]
+        chain.reserve([Reservation(j.job_id, j.client, j.max_fee) for j in jobs])
+        receipt = chain.settle_batch(chain.last_seq() + 1, jobs, pool_contributors=tree)
+        distinct = len({a for j in jobs for a, _ in j.contributors})
+        out[f"{name}_gas_per_job_reserved_batch256_contributors{distinct}"] = receipt.gas_used / 256
+    return out
+
+
+def measure_claims(chain: DevChain, pop: Population, n: int) -> dict:
+    """Gas of Settlement.claim: a contributor's first claim (its claimed and credit slots are new), and a
+    later one after more batches (both slots non-zero): one claim covers every batch since the last."""
+    contributors = [c for _, cs in pop.adapters for c in cs]
+    first = [chain.claim(c)[1] for c in contributors[:n]]
+    chain.settle_batch(chain.last_seq() + 1, [pop.job() for _ in range(256)])
+    later = [chain.claim(c)[1] for c in contributors[:n]]
+    return {
+        "claim_gas_first": sum(t.gas_used for t in first if t) / max(1, sum(1 for t in first if t)),
+        "claim_gas_later": sum(t.gas_used for t in later if t) / max(1, sum(1 for t in later if t)),
+    }
 
 
 def warm_token_balances(chain: DevChain, pop: Population) -> None:
@@ -223,6 +266,10 @@ def _verdicts(pop: Population, n: int, adapter_ids: list[str]) -> list[bytes]:
     return out
 
 
+def _even_weights(n: int) -> list[int]:
+    return [10_000 // n + (1 if k < 10_000 % n else 0) for k in range(n)]
+
+
 def _manifests(pop: Population) -> dict[str, bytes]:
     out = {}
     for i, (developer, contributors) in enumerate(pop.adapters):
@@ -234,7 +281,7 @@ def _manifests(pop: Population) -> dict[str, bytes]:
             owner_address=developer,
             contributors=[
                 p.Contributor(contributor_id=f"c{k}", address=a, weight_bps=w)
-                for k, (a, w) in enumerate(zip(contributors, (3333, 3333, 3334)))
+                for k, (a, w) in enumerate(zip(contributors, _even_weights(len(contributors))))
             ],
             rank=8,
             target_modules=["q_proj"],
@@ -371,8 +418,10 @@ def main() -> None:
         return
     chain = DevChain.open()
     pop = Population(chain)
-    result: dict = {"chain": "in-process py-evm (eth-tester)", "recipients_per_job": 7}
+    result: dict = {"chain": "in-process py-evm (eth-tester)", "recipients_per_job": RECIPIENTS_PER_JOB}
     result.update(measure_batches(chain, pop, [1, 64, 256]))
+    result.update(measure_claims(chain, pop, 8 if args.quick else 32))
+    result.update(measure_population(chain, 12))  # half the contributors per batch
     warm_token_balances(chain, pop)
     result["gas_per_job_naive_push"] = measure_naive(chain, pop, 8 if args.quick else 32)
     result["gas_per_job_erc20_transfers"] = measure_transfers(chain, pop, 4 if args.quick else 16)
@@ -384,16 +433,28 @@ def main() -> None:
         return
     naive = result["gas_per_job_naive_push"]
     transfers = result["gas_per_job_erc20_transfers"]
-    print(f"gas per settled job, 7 recipients each ({result['chain']})")
-    print(f"{'design':38} {'gas/job':>10} {'vs naive push':>14} {'vs 7 transfers':>15}")
-    rows = [("7 ERC-20 transfer transactions", transfers), ("naive: 1 tx/job, 7 pushes", naive)]
+    r = RECIPIENTS_PER_JOB
+    print(f"gas per settled job, {r} recipients each ({result['chain']})")
+    print(f"{'design':44} {'gas/job':>10} {'vs naive push':>14} {'vs transfers':>13} {'vs credit':>10}")
+    rows = [(f"{r} ERC-20 transfer transactions", transfers, None), (f"naive: 1 tx/job, {r} pushes", naive, None)]
+    for kind, suffix in (("direct", ""), ("reserved", "reserved_")):
+        for n in (1, 64, 256):
+            credit = result[f"credit_design_gas_per_job_{suffix}batch{n}"]
+            rows.append((f"credit writes, settle_batch {n:3d} ({kind})", credit, None))
+            rows.append(
+                (f"balances tree, settle_batch {n:3d} ({kind})", result[f"gas_per_job_{suffix}batch{n}"], credit)
+            )
     for n in (1, 64, 256):
-        rows.append((f"settle_batch {n:3d} jobs (direct)", result[f"gas_per_job_batch{n}"]))
-    for n in (1, 64, 256):
-        rows.append((f"settle_batch {n:3d} jobs (reserved)", result[f"gas_per_job_reserved_batch{n}"]))
-        rows.append((f"  + reserve {n:3d} jobs at admission", result[f"reserve_gas_per_job_batch{n}"]))
-    for name, gas in rows:
-        print(f"{name:38} {gas:10.0f} {naive / gas:13.2f}x {transfers / gas:14.2f}x")
+        rows.append((f"  + reserve {n:3d} jobs at admission", result[f"reserve_gas_per_job_batch{n}"], None))
+    for name, gas, credit in rows:
+        vs_credit = f"{credit / gas:9.2f}x" if credit else ""
+        print(f"{name:44} {gas:10.0f} {naive / gas:13.2f}x {transfers / gas:12.2f}x {vs_credit:>10}")
+    for key in sorted(k for k in result if "_contributors" in k):
+        print(f"{key}: {result[key]:.0f}")
+    print(
+        f"a contributor's claim (any number of batches at once): {result['claim_gas_first']:.0f} gas the first time, "
+        f"{result['claim_gas_later']:.0f} after"
+    )
     print(
         f"raw settle_batch throughput on this in-process chain: {result['chain_jobs_per_s']:.0f} jobs/s (256-job batch)"
     )

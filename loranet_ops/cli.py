@@ -589,6 +589,26 @@ async def cmd_balance(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_claim(args: argparse.Namespace) -> int:
+    _check_address(args.address)
+    client = await _client(args)
+    async with client:
+        claimed = await client.claim(args.address or None)
+    row = {k: str(v) if isinstance(v, int) else v for k, v in claimed.to_wire().items() if k != "v"}
+
+    def table() -> None:
+        if claimed.amount:
+            print(
+                f"claimed {claimed.amount} wei for {claimed.address} (tx {claimed.tx_hash}); "
+                f"credit now {claimed.credit}"
+            )
+        else:
+            print(f"nothing to claim for {claimed.address}; credit {claimed.credit}")
+
+    _print(row, args.json, table)
+    return EXIT_OK
+
+
 async def cmd_stake(args: argparse.Namespace) -> int:
     from loranet import codec
     from loranet import protocol as p
@@ -848,7 +868,14 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--json", action="store_true")
     n.set_defaults(func=cmd_nodes)
 
-    b = sub.add_parser("balance", help="OPEN balance, escrow, credit and stake of an address")
+    cl = sub.add_parser(
+        "claim", help="claim a data contributor's balance (paid per answer through the balances tree) into its credit"
+    )
+    cl.add_argument("address", nargs="?", default="", help="default: this client's address")
+    cl.add_argument("--json", action="store_true")
+    cl.set_defaults(func=cmd_claim)
+
+    b = sub.add_parser("balance", help="OPEN balance, escrow, credit, stake and claimable balance of an address")
     b.add_argument("address", nargs="?", default="", help="default: this client's address")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_balance)

@@ -3,13 +3,17 @@
 SmolLM2-135M-Instruct (the default) comes with four adapters trained on the
 datanets in datasets/ (`pirate`, `french`, `json`, `terse`; files committed in
 adapters/demo/, rebuilt by `make demo-adapters`), each attributed to the
-contributors named in its dataset. The seeded tiny model (the tests' fixture)
+contributors named in its dataset. Those datasets are also registered as the
+devnet's datanets (`register_demo_datanets`): one signed contribution per
+contributor, each version's root recorded on chain, so `loranet datanet show
+pirate` lists who gave which records. The seeded tiny model (the tests' fixture)
 gets seeded random adapters named demo-0, demo-1, …, each with three
 contributors (devnet addresses) whose weights sum to 10000.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -24,12 +28,13 @@ from loranet.model.checkpoint import TINY_MODEL_NAME, cache_root
 from loranet.model.content import adapter_content_id
 from loranet.model.tokenizers import load_tokenizer
 from loranet.runtime import request
-from loranet.signing import devnet_address
+from loranet.signing import Identity, devnet_address, sign
 
 DEMO_WEIGHTS = (5000, 3000, 2000)
 # Trained demo adapters of the default model, in the order the demo shows them.
 TRAINED_DIR = Path(__file__).resolve().parents[1] / "adapters" / "demo"
 TRAINED = ("pirate", "french", "json", "terse")
+DATASETS_DIR = Path(__file__).resolve().parents[1] / "datasets"
 
 
 def build_catalogue(
@@ -117,4 +122,48 @@ async def register_catalogue(
             timeout=30,
         )
         names.append(name)
+    if resolved.name != TINY_MODEL_NAME:
+        await register_demo_datanets(nc, names)
     return resolved.model_id, names
+
+
+def demo_contributions(name: str) -> list[tuple[str, bytes]]:
+    """(payout address, chat JSONL records) per contributor of demo dataset `name`, in order of first line."""
+    groups: dict[str, list[str]] = {}
+    for line in (DATASETS_DIR / f"{name}.jsonl").read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            groups.setdefault(row["contributor"], []).append(json.dumps({"messages": row["messages"]}))
+    return [(address, ("\n".join(lines) + "\n").encode()) for address, lines in groups.items()]
+
+
+def contributor_identity(name: str, address: str) -> Identity:
+    """The devnet's signing key for a demo contributor (deterministic; a devnet placeholder, like its address)."""
+    return Identity.from_seed(hashlib.sha256(f"loranet-devnet-contributor:{name}:{address}".encode()).digest())
+
+
+async def register_demo_datanets(nc: NATS, names: list[str]) -> None:
+    """Each demo dataset as a datanet: one contribution per contributor, signed by that contributor's devnet
+    key, then the latest version's root recorded on chain. Idempotent (the same records again change nothing)."""
+    for name in names:
+        if not (DATASETS_DIR / f"{name}.jsonl").is_file():
+            continue
+        await request(
+            nc, p.DATASTORE_DATANET_CREATE, p.DatanetCreate(name=name, description=f"the {name} demo adapter's data")
+        )
+        version = None
+        for address, records in demo_contributions(name):
+            identity = contributor_identity(name, address)
+            contribution = p.Contribution(
+                datanet=name,
+                contributor_key=identity.public,
+                payout_address=address,
+                license="cc-by-4.0",
+                records=records,
+                created_at=time.time(),
+            )
+            version = await request(nc, p.DATASTORE_DATANET_CONTRIBUTE, sign(contribution, identity), timeout=60)
+        if version is not None:
+            await request(
+                nc, p.SETTLEMENT_DATANET_RECORD, p.DatanetRecord(name=name, version=version.version), timeout=60
+            )

@@ -153,6 +153,7 @@ def examples() -> dict[str, p.Wire]:
         p.DATASTORE_CONTRIBUTION_GET.pattern: p.ContributionGet(contribution_id="e" * 64),
         p.SETTLEMENT_DATANET_RECORD.pattern: p.DatanetRecord(name="pirate", version=2),
         p.SETTLEMENT_EPOCHS.pattern: p.EpochList(limit=5),
+        p.SETTLEMENT_CLAIM.pattern: p.ClaimBalance(address="0x" + "4" * 40),
         p.SETTLEMENT_BALANCE.pattern: p.BalanceGet(address=ADDR),
         p.SETTLEMENT_FAUCET.pattern: p.Faucet(address=ADDR, amount=10**21, escrow=10**20),
         p.SETTLEMENT_STAKE.pattern: p.StakeGet(address=ADDR),

@@ -286,6 +286,10 @@ class Client:
     async def balance(self, address: str | None = None) -> p.Balance:
         return await self._request(p.SETTLEMENT_BALANCE, p.BalanceGet(address=address or self.address))
 
+    async def claim(self, address: str | None = None) -> p.Claimed:
+        """Have the settler claim a data contributor's balance into its credit (only that address is paid)."""
+        return await self._request(p.SETTLEMENT_CLAIM, p.ClaimBalance(address=address or self.address), timeout=60)
+
     async def faucet(self, amount: int, escrow: int) -> p.Balance:
         return await self._request(
             p.SETTLEMENT_FAUCET, p.Faucet(address=self.address, amount=amount, escrow=escrow), timeout=60

@@ -65,6 +65,7 @@ def client_permissions(client_id: str) -> dict[str, dict[str, list[str]]]:
                 p.SETTLEMENT_FAUCET.pattern,
                 p.SETTLEMENT_STAKE.pattern,
                 p.SETTLEMENT_EPOCHS.pattern,
+                p.SETTLEMENT_CLAIM.pattern,  # anyone may have a contributor's balance claimed: only it is paid
                 # confidential jobs: watch the node registry and the verifiers' keys, read-only
                 "$JS.API.STREAM.INFO.KV_nodes",
                 "$JS.API.CONSUMER.CREATE.KV_nodes",

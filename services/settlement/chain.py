@@ -16,6 +16,7 @@ from eth_account import Account
 from eth_utils import keccak, to_checksum_address
 
 from loranet import protocol as p
+from services.settlement.balances import CREDIT, BalanceTree, contributor_amounts
 from services.settlement.contracts import compile_contract
 from services.settlement.merkle import merkle_root
 from services.settlement.packing import (
@@ -55,6 +56,8 @@ class BatchReceipt:
     jobs: int
     total_fees: int
     payouts: dict[str, dict[str, int]] = field(repr=False)
+    balances_root: bytes = bytes(32)  # the contributors' balances tree after this batch
+    pooled: int = 0  # parties paid through it
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,8 @@ class Chain:
         self.deployer = address_of(self.deployer_key)
         self.settler = address_of(self.settler_key)
         self._attach(deployment.token, deployment.registry, deployment.settlement)
+        self.balances = BalanceTree()  # replayed from the chain by sync_balances
+        self._balances_block = 0
 
     @classmethod
     def from_settings(cls, settings: SettlementSettings) -> Chain:
@@ -282,25 +287,45 @@ class Chain:
             raise ValueError("nothing to refund")
         return self._info(self._send(key or self.settler_key, self.settlement.functions.refund(ids), "refund"))
 
-    def settle_batch(self, seq: int, jobs: Sequence[SettleJob], key: str | bytes | None = None) -> BatchReceipt:
-        """Settle one epoch's jobs as batch `seq` (must be last_seq() + 1) in one transaction."""
+    def settle_batch(
+        self, seq: int, jobs: Sequence[SettleJob], key: str | bytes | None = None, pool_contributors: bool = True
+    ) -> BatchReceipt:
+        """Settle one epoch's jobs as batch `seq` (must be last_seq() + 1) in one transaction. Data
+        contributors are paid through the balances tree (`claim`) unless `pool_contributors` is False (every
+        party credited directly: the design before the balances tree, kept for comparison)."""
         with self.transport.lock:
-            tx_hash = self.send_settle_batch(seq, jobs, key)
-            return self.settle_receipt(tx_hash, seq, jobs, key)
+            tx_hash = self.send_settle_batch(seq, jobs, key, pool_contributors)
+            return self.settle_receipt(tx_hash, seq, jobs, key, pool_contributors)
 
-    def _settle_call(self, seq: int, jobs: Sequence[SettleJob]) -> Any:
+    def _settle_call(self, seq: int, jobs: Sequence[SettleJob], pool_contributors: bool = True) -> Any:
         parties, words = encode_batch(jobs)
-        return self.settlement.functions.settle_batch(seq, parties, words)
+        owed = contributor_amounts(jobs)
+        if pool_contributors:
+            tree = self.sync_balances()
+            update = tree.update([(a, owed[a]) for a in tree.order(list(owed))])
+            accounts, pooled, siblings = list(update.accounts), list(update.words), list(update.siblings)
+        else:
+            accounts, pooled, siblings = list(owed), [(CREDIT << 224) | x for x in owed.values()], []
+        return self.settlement.functions.settle_batch(seq, parties, accounts, pooled, siblings, words)
 
-    def send_settle_batch(self, seq: int, jobs: Sequence[SettleJob], key: str | bytes | None = None) -> bytes:
+    def send_settle_batch(
+        self, seq: int, jobs: Sequence[SettleJob], key: str | bytes | None = None, pool_contributors: bool = True
+    ) -> bytes:
         """Send batch `seq` without waiting (no dry run: a revert shows in `settle_receipt`)."""
-        return self.submit(key or self.settler_key, self._settle_call(seq, jobs), f"settle_batch {seq}", dry_run=False)
+        call = self._settle_call(seq, jobs, pool_contributors)
+        return self.submit(key or self.settler_key, call, f"settle_batch {seq}", dry_run=False)
 
     def settle_receipt(
-        self, tx_hash: bytes, seq: int, jobs: Sequence[SettleJob], key: str | bytes | None = None
+        self,
+        tx_hash: bytes,
+        seq: int,
+        jobs: Sequence[SettleJob],
+        key: str | bytes | None = None,
+        pool_contributors: bool = True,
     ) -> BatchReceipt:
         """Wait for a sent batch; ChainError (with the reason) if it reverted."""
-        receipt = self.wait(tx_hash, f"settle_batch {seq}", self._settle_call(seq, jobs), key or self.settler_key)
+        call = self._settle_call(seq, jobs, pool_contributors)
+        receipt = self.wait(tx_hash, f"settle_batch {seq}", call, key or self.settler_key)
         events = self.settlement.events.BatchSettled().process_receipt(receipt)
         if len(events) != 1:
             raise ChainError(f"settle_batch {seq}: expected one BatchSettled event, got {len(events)}")
@@ -317,6 +342,8 @@ class Chain:
             jobs=args["jobs"],
             total_fees=args["total_fees"],
             payouts={job.job_id.hex(): job.payouts(treasury) for job in jobs},
+            balances_root=bytes(args["balances_root"]),
+            pooled=args["pooled"],
         )
 
     def find_batch(self, seq: int, jobs: Sequence[SettleJob]) -> BatchReceipt | None:
@@ -347,6 +374,52 @@ class Chain:
                 )
             )
         return out
+
+    # ---------------------------------------------------------------- balances
+
+    def sync_balances(self) -> BalanceTree:
+        """The balances tree as of the last mined batch: batches not yet applied are replayed from their
+        calldata (the chain is the record; nothing is stored off chain). Checks the root after each."""
+        tree = self.balances
+        logs = self.settlement.events.BatchSettled().get_logs(from_block=self._balances_block)
+        for log in sorted(logs, key=lambda x: x["args"]["seq"]):
+            args = log["args"]
+            if args["seq"] <= tree.seq or not args["pooled"]:
+                continue
+            tx = self.w3.eth.get_transaction(log["transactionHash"])
+            _, call = self.settlement.decode_function_input(tx["input"])
+            tree.apply(args["seq"], call["accounts"], call["pooled"])
+            if tree.root != bytes(args["balances_root"]):
+                raise ChainError(f"batch {args['seq']}: its calldata does not rebuild its balances root")
+            self._balances_block = log["blockNumber"]
+        return tree
+
+    def claimed(self, position: int) -> int:
+        """The cumulative amount already claimed from a balances-tree position."""
+        return self._call(self.settlement.functions.claimed(position))
+
+    def claim(self, account: str, key: str | bytes | None = None) -> tuple[int, TxInfo | None]:
+        """Credit `account` with its unclaimed balance (Settlement.claim, sent by `key`, the settler's by
+        default: anyone may, only the account is paid). (amount, transaction); (0, None) with nothing new."""
+        tree = self.sync_balances()
+        leaf = tree.of(account)
+        if leaf is None or leaf.cumulative <= self.claimed(leaf.position):
+            return 0, None
+        call = self.settlement.functions.claim(
+            leaf.account, leaf.position, leaf.cumulative, tree.seq, tree.proof(leaf.position)
+        )
+        receipt = self._send(key or self.settler_key, call, "claim")
+        amount = sum(e["args"]["amount"] for e in self.settlement.events.Claimed().process_receipt(receipt))
+        return amount, self._info(receipt)
+
+    def earned(self, address: str) -> int:
+        """Everything owed to `address` and not yet withdrawn: its credit and its unclaimed balance."""
+        return self.credit_of(address) + self.claimable(address)
+
+    def claimable(self, account: str) -> int:
+        """OPEN wei owed to `account` in the balances tree and not yet claimed."""
+        leaf = self.sync_balances().of(account)
+        return 0 if leaf is None else max(0, leaf.cumulative - self.claimed(leaf.position))
 
     def find_refund(self, job_id: bytes | str) -> TxInfo | None:
         """The transaction that refunded `job_id`, if any."""

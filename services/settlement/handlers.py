@@ -35,7 +35,7 @@ from loranet.split import Price
 from . import domain
 from .chain import BatchReceipt, Chain, ChainError, TxInfo
 from .journal import Attempts, Journal, PendingCommit
-from .packing import MAX_JOBS, Reservation, SettleJob
+from .packing import MAX_JOBS, BatchTooLarge, Reservation, SettleJob
 from .settings import SettlementSettings
 
 _RECENT = 100_000  # jobs remembered as decided (duplicates skipped without a chain read)
@@ -94,6 +94,7 @@ class SettlementService:
             Endpoint("balance", p.SETTLEMENT_BALANCE, self.balance),
             Endpoint("stake", p.SETTLEMENT_STAKE, self.stake),
             Endpoint("epochs", p.SETTLEMENT_EPOCHS, self.epochs_on_chain),
+            Endpoint("claim", p.SETTLEMENT_CLAIM, self.claim),
             Endpoint("datanet-record", p.SETTLEMENT_DATANET_RECORD, self.record_datanet),
         ]
         if self.settings.reservations:
@@ -116,10 +117,29 @@ class SettlementService:
                 escrow=self.chain.available_of(req.address),
                 credit=self.chain.credit_of(req.address),
                 stake=node.stake,
+                claimable=self.chain.claimable(req.address),
             )
 
         try:
             return await asyncio.to_thread(read)
+        except ChainError as exc:
+            raise ServiceError("unavailable", str(exc)) from None
+
+    async def claim(self, req: p.ClaimBalance) -> p.Claimed:
+        """Send Settlement.claim for a data contributor (its balance into its credit; only it is paid), so a
+        contributor needs no gas money; one at a time on the settler's key."""
+
+        def send() -> p.Claimed:
+            amount, info = self.chain.claim(req.address)
+            return p.Claimed(
+                address=req.address,
+                amount=amount,
+                tx_hash=info.tx_hash if info else "",
+                credit=self.chain.credit_of(req.address),
+            )
+
+        try:
+            return await asyncio.to_thread(send)
         except ChainError as exc:
             raise ServiceError("unavailable", str(exc)) from None
 
@@ -455,6 +475,10 @@ class SettlementService:
     async def _settle_or_split(self, jobs: list[SettleJob]) -> dict[str, p.Receipt | Exception]:
         try:
             return await self._commit_settles(jobs)
+        except BatchTooLarge as exc:  # over a bound of the contract (parties, words, siblings): halves
+            self.rt.log.info("epoch.split", jobs=len(jobs), why=str(exc)[:200])
+            half = len(jobs) // 2
+            return {**await self._settle_or_split(jobs[:half]), **await self._settle_or_split(jobs[half:])}
         except ChainError as exc:
             if len(jobs) == 1:
                 reason = f"settlement transaction refused: {exc}"[:1000]
@@ -527,7 +551,7 @@ class SettlementService:
             tx_hash = await asyncio.to_thread(self.chain.send_settle_batch, seq, jobs)
             self._fault("after_send")
             batch = await asyncio.to_thread(self.chain.settle_receipt, tx_hash, seq, jobs)
-        except ChainError:
+        except (ChainError, BatchTooLarge):
             await self.committed.clear()  # reverted: nothing of this commit is on chain
             raise
         self._fault("after_receipt")

@@ -1,18 +1,20 @@
 """The calldata of Settlement.settle_batch and Settlement.reserve, both ways.
 
-A batch is a party table (every address it touches, once) and a list of
-packed 256-bit words that refer to parties by 16-bit index:
+A batch is a party table (every client, node, developer and verifier it
+touches, once) and two packed 256-bit words per job that refer to parties by
+16-bit index:
 
     w0 = job_id:128 | fee:96 | client:16 | node:16
-    w1 = max_fee:96 | developer:16 | n_verifiers:8 | n_contributors:8
+    w1 = max_fee:96 | developer:16 | n_verifiers:8 | data:8
          | verifier[0..7]:16 each, the first in the high bits
-    then ceil(n_contributors / 8) words of 8 entries (contributor:16 | weight_bps:16),
-         the first in the high bits
 
-The calldata of every settle transaction is therefore the full audit record of
-its batch: `decode_batch` gives back the jobs, `loranet.split.split_fee` each
-job's payouts, and the BatchSettled event (whose transaction hash commits to
-that calldata) carries the job ids' Merkle root (services/settlement/merkle.py).
+data = 1 when the job's contributor pool goes to its data contributors: the
+batch's pools are divided among them by the pooled words (balances.py), each
+job's share by its answer's attribution (`SettleJob.contributors`, recorded
+with the job's receipt; the contract checks the sum). `decode_batch` gives the
+jobs back (without that division), `loranet.split.split_fee` each job's
+payouts, and the BatchSettled event (whose transaction hash commits to the
+calldata) carries the job ids' Merkle root (services/settlement/merkle.py).
 """
 
 from __future__ import annotations
@@ -27,7 +29,11 @@ from loranet.split import MAX_CONTRIBUTORS, MAX_FEE, MAX_VERIFIERS, check_weight
 # Limits of Settlement.vy.
 MAX_JOBS = 256
 MAX_PARTIES = 512
-MAX_WORDS = 1024
+
+
+class BatchTooLarge(ValueError):
+    """A batch over one of the contract's bounds: settle it in parts."""
+
 
 _M16 = (1 << 16) - 1
 _M96 = (1 << 96) - 1
@@ -121,62 +127,47 @@ class _PartyTable:
         if i is None:
             i = len(self.addresses)
             if i >= MAX_PARTIES:
-                raise ValueError(f"a batch touches at most {MAX_PARTIES} distinct addresses; split it")
+                raise BatchTooLarge(f"a batch touches at most {MAX_PARTIES} distinct addresses; split it")
             self._index[address] = i
             self.addresses.append(address)
         return i
 
 
 def encode_batch(jobs: Sequence[SettleJob]) -> tuple[list[str], list[int]]:
-    """(parties, words) for settle_batch; raises ValueError over the contract's limits."""
+    """(parties, words) for settle_batch; raises BatchTooLarge over the contract's limits."""
     if not jobs:
         raise ValueError("a batch needs at least one job")
     if len(jobs) > MAX_JOBS:
-        raise ValueError(f"{len(jobs)} jobs in one batch; at most {MAX_JOBS}")
+        raise BatchTooLarge(f"{len(jobs)} jobs in one batch; at most {MAX_JOBS}")
     party = _PartyTable()
     words: list[int] = []
     for job in jobs:
         w0 = (int.from_bytes(job.job_id, "big") << 128) | (job.fee << 32) | (party(job.client) << 16) | party(job.node)
         w1 = (job.max_fee << 160) | (party(job.developer) << 144)
-        w1 |= (len(job.verifiers) << 136) | (len(job.contributors) << 128)
+        w1 |= (len(job.verifiers) << 136) | ((1 if job.contributors else 0) << 128)
         for k, verifier in enumerate(job.verifiers):
             w1 |= party(verifier) << (112 - 16 * k)
         words += [w0, w1]
-        for start in range(0, len(job.contributors), 8):
-            word = 0
-            for k, (address, weight) in enumerate(job.contributors[start : start + 8]):
-                word |= ((party(address) << 16) | weight) << (224 - 32 * k)
-            words.append(word)
-    if len(words) > MAX_WORDS:
-        raise ValueError(f"batch encodes to {len(words)} words; at most {MAX_WORDS}")
     return party.addresses, words
 
 
-def decode_batch(parties: Sequence[str], words: Sequence[int]) -> list[SettleJob]:
-    """The jobs of a settle_batch call, from its decoded calldata arguments."""
-    jobs: list[SettleJob] = []
-    i = 0
-    while i < len(words):
+def decode_batch(parties: Sequence[str], words: Sequence[int]) -> list[tuple[SettleJob, bool]]:
+    """The jobs of a settle_batch call, from its decoded calldata arguments, each with whether its
+    contributor pool went to the data contributors (their division is not in the job words)."""
+    jobs: list[tuple[SettleJob, bool]] = []
+    for i in range(0, len(words) - 1, 2):
         w0, w1 = words[i], words[i + 1]
-        i += 2
-        nv, nc = (w1 >> 136) & 0xFF, (w1 >> 128) & 0xFF
-        contributors = []
-        for k in range(nc):
-            entry = (words[i + k // 8] >> (224 - 32 * (k % 8))) & 0xFFFFFFFF
-            contributors.append((parties[entry >> 16], entry & _M16))
-        i += (nc + 7) // 8
-        jobs.append(
-            SettleJob(
-                job_id=(w0 >> 128).to_bytes(16, "big"),
-                client=parties[(w0 >> 16) & _M16],
-                fee=(w0 >> 32) & _M96,
-                max_fee=w1 >> 160,
-                node=parties[w0 & _M16],
-                developer=parties[(w1 >> 144) & _M16],
-                verifiers=tuple(parties[(w1 >> (112 - 16 * k)) & _M16] for k in range(nv)),
-                contributors=tuple(contributors),
-            )
+        nv = (w1 >> 136) & 0xFF
+        job = SettleJob(
+            job_id=(w0 >> 128).to_bytes(16, "big"),
+            client=parties[(w0 >> 16) & _M16],
+            fee=(w0 >> 32) & _M96,
+            max_fee=w1 >> 160,
+            node=parties[w0 & _M16],
+            developer=parties[(w1 >> 144) & _M16],
+            verifiers=tuple(parties[(w1 >> (112 - 16 * k)) & _M16] for k in range(nv)),
         )
+        jobs.append((job, bool((w1 >> 128) & 0xFF)))
     return jobs
 
 

@@ -205,6 +205,8 @@ class Services:
                 return p.JobListReply(jobs=[])
             if isinstance(message, p.EpochList):
                 return p.EpochListReply(epochs=[])
+            if isinstance(message, p.ClaimBalance):
+                return p.Claimed(address=message.address, amount=0)
             if isinstance(message, (p.DatanetCreate, p.DatanetGet, p.Contribution)):
                 return p.DatanetVersion(name="sea", version=0)
             if isinstance(message, p.DatanetRecord):
@@ -252,6 +254,7 @@ class Services:
                 Endpoint("balance", p.SETTLEMENT_BALANCE, reply),
                 Endpoint("faucet", p.SETTLEMENT_FAUCET, reply),
                 Endpoint("epochs", p.SETTLEMENT_EPOCHS, reply),
+                Endpoint("claim", p.SETTLEMENT_CLAIM, reply),
                 Endpoint("datanet-record", p.SETTLEMENT_DATANET_RECORD, reply),
                 Endpoint("reserve", p.SETTLEMENT_RESERVE, reply),
                 Endpoint("release", p.SETTLEMENT_RELEASE, reply),
@@ -396,6 +399,7 @@ async def test_each_role_publishes_and_requests_what_its_code_does(nats_auth, se
                 (p.SETTLEMENT_BALANCE.pattern, p.BalanceGet(address="0x" + "1" * 40)),
                 (p.SETTLEMENT_FAUCET.pattern, p.Faucet(address="0x" + "1" * 40, amount=1)),
                 (p.SETTLEMENT_EPOCHS.pattern, p.EpochList(limit=3)),
+                (p.SETTLEMENT_CLAIM.pattern, p.ClaimBalance(address="0x" + "1" * 40)),
             ],
         ),
     }

@@ -101,7 +101,7 @@ def test_an_answer_that_reproduces_one_contributors_record_pays_that_contributor
     )
     owner = line["contributor"].lower()
     chain = DevChain.open(state["rpc_url"])
-    before = chain.credit_of(owner)
+    before = chain.earned(owner)
     run = cli(config, "chat", "--adapter", "pirate", "What is the capital of Japan?", "--max-tokens", "40", "--json")
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
@@ -112,7 +112,16 @@ def test_an_answer_that_reproduces_one_contributors_record_pays_that_contributor
     assert max(shares, key=shares.get) == owner, shares
     paid = {k.split(":", 1)[1].lower(): int(v) for k, v in out["payouts"].items() if k.startswith("contributor:")}
     assert paid[owner] == max(paid.values()) and paid[owner] > 0, paid
-    assert chain.credit_of(owner) - before == paid[owner]  # on chain, in this job's epoch
+    assert chain.earned(owner) - before == paid[owner]  # on chain, in this job's epoch
+    # The contributor claims its balance (the settler sends the claim; contributors hold no gas money).
+    claimed = json.loads(cli(config, "claim", owner, "--json").stdout)
+    assert int(claimed["amount"]) >= paid[owner] and int(claimed["credit"]) >= paid[owner], claimed
+    assert chain.claimable(owner) == 0
+    # The pirate datanet as the devnet registered it: one signed contribution per contributor, root on chain.
+    shown = json.loads(cli(config, "datanet", "show", "pirate", "--json").stdout)
+    payees = [c["payout_address"].lower() for c in shown["contributions"]]
+    assert owner in payees and len(set(payees)) == len(payees) >= 2, shown
+    assert chain.datanet_root(shown["name"], shown["version"]) == bytes.fromhex(shown["merkle_root"][2:])
     # The base model alone draws on no datanet: no attribution, no contributors.
     run = cli(config, "chat", "What is the capital of Japan?", "--max-tokens", "24", "--json")
     base = json.loads(run.stdout)

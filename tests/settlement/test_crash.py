@@ -121,7 +121,7 @@ async def test_kill_at_each_point_then_restart(nats_server, chain_node_url, tmp_
     client = chain.new_account(open_tokens=ESCROW)
     chain.deposit(client.key, ESCROW)
     parties = [factories.ADDR, chain.treasury()]
-    credits_before = [chain.credit_of(a) for a in parties]
+    credits_before = [chain.earned(a) for a in parties]
     seq_before = chain.last_seq()
 
     nc = await nats.connect(nats_server.url)
@@ -178,7 +178,7 @@ async def test_kill_at_each_point_then_restart(nats_server, chain_node_url, tmp_
     fees = sum(r[0].fee for r in receipts.values())
     assert fees == 15 * 10**12 * accepted  # 3 prompt + 3 output tokens at the devnet price
     assert chain.escrow_of(client.address) == ESCROW - fees
-    assert sum(chain.credit_of(a) - b for a, b in zip(parties, credits_before)) == fees
+    assert sum(chain.earned(a) - b for a, b in zip(parties, credits_before)) == fees
     assert all(sum(x.amount for x in r[0].payouts) == r[0].fee for r in receipts.values())
     if accepted:
         assert {r[0].epoch for r in receipts.values() if r[0].status == "settled"} == {seq_before + 1}

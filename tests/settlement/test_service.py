@@ -153,6 +153,51 @@ async def test_stake_endpoint_and_cli(nats_server, chain, tmp_path):
         assert (await rt.request(p.SETTLEMENT_STAKE, p.StakeGet(address=nobody))).stake == 0
 
 
+async def test_contributors_claim_through_the_service_and_cli(nats_server, chain, tmp_path):
+    """A data contributor holds no key and no gas: `loranet balance` shows its claimable balance and
+    `loranet claim` has the settler move it into its credit, once."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from services.settlement.packing import SettleJob
+
+    client = chain.new_account(open_tokens=10 * 10**18)
+    await asyncio.to_thread(chain.deposit, client.key, 10**18)
+    node, developer, contributor = (chain.new_account(eth=0).address for _ in range(3))
+    job = SettleJob(
+        job_id=bytes.fromhex(p.new_job_id()),
+        client=client.address,
+        fee=10**17,
+        max_fee=10**17,
+        node=node,
+        developer=developer,
+        contributors=((contributor, 10_000),),
+    )
+    await asyncio.to_thread(chain.settle_batch, chain.last_seq() + 1, [job])
+    owed = 10**17 * 2000 // 10_000
+    settings = SettlementSettings(nats_url=nats_server.url)
+    async with Runtime("settlement", settings) as rt:
+        await rt.mount((await SettlementService.open(rt, settings, chain)).routes())
+
+        def cli(*args: str) -> dict:
+            cmd = [sys.executable, "-m", "loranet_ops.cli", "--nats", nats_server.url, "--state-dir", str(tmp_path)]
+            done = subprocess.run(
+                [*cmd, *args, "--json"], capture_output=True, text=True, timeout=60, env=dict(os.environ)
+            )
+            assert done.returncode == 0, done.stderr
+            return json.loads(done.stdout)
+
+        balance = await asyncio.to_thread(cli, "balance", contributor)
+        assert balance["claimable"] == str(owed) and balance["credit"] == "0"
+        claimed = await asyncio.to_thread(cli, "claim", contributor)
+        assert claimed["amount"] == str(owed) and claimed["credit"] == str(owed) and claimed["tx_hash"]
+        again = await rt.request(p.SETTLEMENT_CLAIM, p.ClaimBalance(address=contributor))
+        assert again.amount == 0 and again.credit == owed and not again.tx_hash
+        assert chain.credit_of(contributor) == owed and chain.claimable(contributor) == 0
+
+
 async def test_rejected_result_slashes_its_staked_node_once(nats_server, chain):
     # The node that signs factories' results stakes under its Ed25519 key.
     staker = chain.new_account(open_tokens=2000 * 10**18)
@@ -365,7 +410,7 @@ async def test_rejected_result_is_rerun_elsewhere_and_only_the_honest_node_is_pa
         node_pay = [x for x in receipt.payouts if x.party == "node"]
         assert [x.address for x in node_pay] == [honest.address] and node_pay[0].amount > 0
         assert cheater.address not in {x.address for x in receipt.payouts}
-        assert chain.credit_of(honest.address) == node_pay[0].amount and chain.credit_of(cheater.address) == 0
+        assert chain.earned(honest.address) == node_pay[0].amount and chain.earned(cheater.address) == 0
         assert chain.job_state(job.job_id) == "settled" and chain.reserved_of(client.address) == 0
         assert chain.escrow_of(client.address) == 10**16 - receipt.fee
         assert sum(x.amount for x in receipt.payouts) == receipt.fee

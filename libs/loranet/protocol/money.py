@@ -22,6 +22,23 @@ class Balance(Wire):
     escrow: Wei  # deposited for jobs
     credit: Wei  # earned, withdrawable
     stake: Wei = 0
+    claimable: Wei = 0  # a data contributor's balance in the balances tree, not yet claimed into credit
+
+
+class ClaimBalance(Wire):
+    """Move an address's unclaimed data-contributor balance into its credit (settlement.claim: the settler
+    sends Settlement.claim, which pays only that address)."""
+
+    v: Literal[1] = 1
+    address: Address
+
+
+class Claimed(Wire):
+    v: Literal[1] = 1
+    address: Address
+    amount: Wei  # credited by this claim (0: nothing new)
+    tx_hash: Annotated[str, StringConstraints(pattern=r"^(0x[0-9a-f]{64})?$")] = ""
+    credit: Wei = 0  # the address's credit after it
 
 
 class StakeGet(Wire):

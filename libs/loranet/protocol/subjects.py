@@ -25,6 +25,8 @@ from .jobs import InferenceResult, JobEvent, JobRequest, Receipt, RerunRequest, 
 from .money import (
     Balance,
     BalanceGet,
+    ClaimBalance,
+    Claimed,
     DatanetAnchor,
     DatanetRecord,
     EpochList,
@@ -283,6 +285,13 @@ SETTLEMENT_FAUCET = Request(
 )
 SETTLEMENT_STAKE = Request(
     "settlement.stake", StakeGet, SMALL_REQUEST_BYTES, "a node's stake in the Registry", reply=Stake
+)
+SETTLEMENT_CLAIM = Request(
+    "settlement.claim",
+    ClaimBalance,
+    SMALL_REQUEST_BYTES,
+    "claim an address's data-contributor balance into its credit (the settler sends the claim)",
+    reply=Claimed,
 )
 SETTLEMENT_EPOCHS = Request(
     "settlement.epochs", EpochList, SMALL_REQUEST_BYTES, "the latest settled epochs on chain", reply=EpochListReply

@@ -3,19 +3,29 @@
 """
 @title loranet settlement: escrow, batched per-job fee split, pull payouts
 @notice Clients deposit OPEN into escrow. Once per epoch the settler calls
-        `settle_batch(seq, parties, jobs)`: `parties` lists every address the
-        batch touches once, and each job is a few packed words that refer to
-        parties by their 16-bit index in that list. The fee split is computed
-        here, in basis points, identically to loranet.split.split_fee; credits
-        are summed per party in memory and written once per party, and
-        recipients pull them with `withdraw()`.
-
-        Job encoding (see services/settlement/packing.py):
-          w0 = job_id:128 | fee:96 | client:16 | node:16
-          w1 = max_fee:96 | developer:16 | n_verifiers:8 | n_contributors:8
-               | verifier[0..7]:16 each (first in the high bits)
-          then ceil(n_contributors / 8) words of 8 entries
-               (contributor:16 | weight_bps:16), first in the high bits.
+        `settle_batch(seq, parties, accounts, pooled, siblings, jobs)`:
+        `parties` lists every client, node, developer and verifier the batch
+        touches once, and each job is two packed words that refer to parties
+        by their 16-bit index in that list. The fee split is computed here, in
+        basis points, identically to loranet.split.split_fee, and summed per
+        party in memory; each party's sum is added to `credit`, one write per
+        party (few parties, paid every epoch). The data contributors' pools
+        of the batch's jobs are summed into one pool, which the `pooled` words
+        divide among `accounts` (each job's division by its answer's attribution is
+        the settler's, recorded with the job; here the sum is checked: never
+        above the pool, the rest to the treasury). They are paid through the
+        balances tree (many contributors, each in few jobs): a sparse Merkle
+        tree of depth
+        BALANCES_DEPTH whose leaf at position `id` is
+          keccak256(id:32 bytes | account:32 | cumulative:32)
+        (cumulative: everything ever owed to that position; an unused
+        position is 0, and a parent of two zero children is 0). The batch
+        gives each pooled party's position, previous cumulative and amount,
+        plus the siblings the update needs; the contract checks them against the
+        stored root and writes the new root: one word per batch, however many
+        contributors it pays. A contributor (or anyone for them) proves its
+        leaf against any recorded root with `claim()`, which credits what was
+        not yet claimed; `withdraw()` pays credit out.
 """
 
 interface IERC20:
@@ -44,6 +54,14 @@ event BatchSettled:
     merkle_root: bytes32
     jobs: uint256
     total_fees: uint256
+    balances_root: bytes32
+    pooled: uint256
+
+event Claimed:
+    account: indexed(address)
+    position: indexed(uint256)
+    amount: uint256
+    cumulative: uint256
 
 event JobRefunded:
     job_id: indexed(bytes16)
@@ -77,14 +95,17 @@ VERIFIERS_BPS: constant(uint256) = 500
 # grow quadratically, so these limits are sized for one epoch's batch.
 MAX_JOBS: constant(uint256) = 256
 MAX_PARTIES: constant(uint256) = 512
-MAX_WORDS: constant(uint256) = 1024
+MAX_WORDS: constant(uint256) = 512
 MERKLE_DEPTH: constant(uint256) = 9
+# The balances tree: 2**24 contributor positions; siblings one batch may give.
+BALANCES_DEPTH: constant(uint256) = 24
+MAX_SIBLINGS: constant(uint256) = 2048
 MAX_VERIFIERS: constant(uint256) = 8
-MAX_CONTRIBUTORS: constant(uint256) = 64
 
 MASK16: constant(uint256) = 65535
 MASK32: constant(uint256) = 4294967295
 MASK96: constant(uint256) = 79228162514264337593543950335
+MASK112: constant(uint256) = 5192296858534827628530496329220095
 MASK128: constant(uint256) = 340282366920938463463374607431768211455
 
 # Job states. A reservation is stored as client << 96 | max_fee, which is
@@ -99,6 +120,11 @@ is_settler: public(HashMap[address, bool])
 last_seq: public(uint64)
 
 credit: public(HashMap[address, uint256])
+# The balances tree's root now, and after each batch that changed it (claims may name any).
+balances_root: public(bytes32)
+balances_at: public(HashMap[uint64, bytes32])
+# position -> the cumulative amount already claimed from it
+claimed: public(HashMap[uint256, uint256])
 # reserved:128 | balance:128 per client; balance includes the reserved part.
 _escrow: HashMap[address, uint256]
 _job_state: HashMap[uint256, uint256]
@@ -334,12 +360,25 @@ def refund(job_ids: DynArray[bytes16, MAX_JOBS]):
 def settle_batch(
     seq: uint64,
     parties: DynArray[address, MAX_PARTIES],
+    accounts: DynArray[address, MAX_PARTIES],
+    pooled: DynArray[uint256, MAX_PARTIES],
+    siblings: DynArray[bytes32, MAX_SIBLINGS],
     jobs: DynArray[uint256, MAX_WORDS],
 ) -> bytes32:
     """
     @notice Settle one epoch's jobs. `seq` must be `last_seq + 1`. Reverts as a
             whole if any job was already settled or refunded, has fee above its
-            max fee, or a client's escrow cannot cover its charges.
+            max fee, or a client's escrow cannot cover its charges. `accounts`
+            share the data pool: `pooled` has one word per account, position:24 << 232 | kind:8 << 224 |
+            previous cumulative:112 << 112 | amount:112; kind 0: the leaf at
+            that position moves by amount, kind 1: the same at an unused
+            position (the tree's words in increasing position), kind 2: amount
+            credited directly (no tree). `siblings`: the untouched subtrees'
+            roots the tree update meets, in the order it meets them (below).
+            Job words: w0 = job_id:128 | fee:96 | client:16 | node:16,
+            w1 = max_fee:96 | developer:16 | n_verifiers:8 | data:8 |
+            verifier[0..7]:16 each (data 1: the job's contributor pool joins
+            the batch's; 0: it goes to the treasury).
     @return the Merkle root of the batch's job ids
     """
     assert self.is_settler[msg.sender], "settlement: not settler"
@@ -363,12 +402,20 @@ def settle_batch(
     release: uint256 = 0
     entry: uint256 = 0
     packed: uint256 = 0
-    weights: uint256 = 0
     nv: uint256 = 0
-    nc: uint256 = 0
     pool: uint256 = 0
+    pooled_sum: uint256 = 0
     node: bytes32 = empty(bytes32)
     level: uint256 = 0
+    m: uint256 = 0
+    up: uint256 = 0
+    at: uint256 = 0
+    cum: uint256 = 0
+    sib: bytes32 = empty(bytes32)
+    left_old: bytes32 = empty(bytes32)
+    right_old: bytes32 = empty(bytes32)
+    left_new: bytes32 = empty(bytes32)
+    right_new: bytes32 = empty(bytes32)
     # Merkle subtrees still waiting for a sibling, one per level (binary counter).
     pending: bytes32[MERKLE_DEPTH + 1] = empty(bytes32[MERKLE_DEPTH + 1])
     # Per party: credit, then client flow (release:128 | charge:128).
@@ -419,25 +466,10 @@ def settle_batch(
                 packed = packed << 16
             paid = unsafe_add(paid, unsafe_mul(share, nv))
 
-        # contributors: their pool by attribution weights summing to BPS
-        nc = (w1 >> 128) & 255
-        if nc != 0:
-            assert unsafe_add(cursor, unsafe_add(nc, 7) >> 3) <= n_words, "settlement: truncated job words"
-            pool = unsafe_div(unsafe_mul(fee, CONTRIBUTORS_BPS), BPS)
-            weights = 0
-            # Each word is consumed from its high end, 32 bits per contributor.
-            for k: uint256 in range(nc, bound=MAX_CONTRIBUTORS):
-                if k & 7 == 0:
-                    packed = jobs[cursor]
-                    cursor = unsafe_add(cursor, 1)
-                entry = (packed >> 224) & MASK16
-                weights = unsafe_add(weights, entry)
-                share = unsafe_div(unsafe_mul(pool, entry), BPS)
-                paid = unsafe_add(paid, share)
-                entry = unsafe_mul(packed >> 240, 2)
-                sums[entry] = unsafe_add(sums[entry], share)
-                packed = packed << 32
-            assert weights == BPS, "settlement: contributor weights must sum to 10000"
+        # data contributors: the job's pool joins the batch's, which the pooled words divide
+        if (w1 >> 128) & 255 != 0:
+            pool = unsafe_add(pool, unsafe_div(unsafe_mul(fee, CONTRIBUTORS_BPS), BPS))
+            paid = unsafe_add(paid, unsafe_div(unsafe_mul(fee, CONTRIBUTORS_BPS), BPS))
 
         # paid <= fee: every share is a floor of a fraction of its pool.
         to_treasury = unsafe_add(to_treasury, unsafe_sub(fee, paid))
@@ -459,7 +491,9 @@ def settle_batch(
     assert n_jobs != 0, "settlement: empty batch"
     assert cursor == n_words, "settlement: trailing or truncated job words"
 
-    # Write each party's sums once.
+    merkle_root: bytes32 = self._fold(pending, n_jobs)
+
+    # Write each direct party's sums once (clients: release their reservations, charge their fees).
     for i: uint256 in range(n_parties, bound=MAX_PARTIES):
         share = sums[unsafe_mul(i, 2)]
         if share != 0:
@@ -467,30 +501,113 @@ def settle_batch(
         entry = sums[unsafe_add(unsafe_mul(i, 2), 1)]
         if entry != 0:
             state = self._escrow[parties[i]]
-            # release the client's reservations, then charge the fees
             release = (state >> 128) - (entry >> 128)
             fee = entry & MASK128
             assert (state & MASK128) >= fee + release, "settlement: client escrow cannot cover its fees"
             self._escrow[parties[i]] = (release << 128) | unsafe_sub(state & MASK128, fee)
+
+    # The pooled parties: their leaves before and after, then both roots at once, level by level.
+    assert len(pooled) == len(accounts), "settlement: one pooled word per account"
+    positions: DynArray[uint256, MAX_PARTIES] = []
+    olds: DynArray[bytes32, MAX_PARTIES] = []
+    news: DynArray[bytes32, MAX_PARTIES] = []
+    for i: uint256 in range(len(pooled), bound=MAX_PARTIES):
+        entry = pooled[i]
+        share = entry & MASK112
+        pooled_sum = unsafe_add(pooled_sum, share)
+        packed = convert(accounts[i], uint256)
+        m = (entry >> 224) & 255
+        if m == 2:
+            self.credit[convert(convert(packed, uint160), address)] += share
+            continue
+        level = entry >> 232
+        assert len(positions) == 0 or level > positions[unsafe_sub(len(positions), 1)], "settlement: pooled parties out of position order"
+        cum = (entry >> 112) & MASK112
+        if m == 1:
+            assert cum == 0, "settlement: a new position has no previous balance"
+            olds.append(empty(bytes32))
+        else:
+            assert m == 0, "settlement: unknown pooled word kind"
+            olds.append(keccak256(concat(convert(level, bytes32), convert(packed, bytes32), convert(cum, bytes32))))
+        cum = unsafe_add(cum, share)
+        assert cum <= MASK112, "settlement: cumulative balance overflow"
+        news.append(keccak256(concat(convert(level, bytes32), convert(packed, bytes32), convert(cum, bytes32))))
+        positions.append(level)
+    # The pooled amounts stay within the batch's data pool; the rest goes to the treasury.
+    assert pooled_sum <= pool, "settlement: pooled amounts above the batch's data pool"
+    to_treasury = unsafe_add(to_treasury, unsafe_sub(pool, pooled_sum))
     if to_treasury != 0:
         self.credit[self.treasury] += to_treasury
+    m = len(positions)
+    new_root: bytes32 = self.balances_root
+    if m != 0:
+        cursor = 0
+        for _d: uint256 in range(BALANCES_DEPTH):
+            up = 0
+            at = 0
+            for _i: uint256 in range(MAX_PARTIES):
+                if at >= m:
+                    break
+                level = positions[at]
+                if level & 1 == 0 and unsafe_add(at, 1) < m and positions[unsafe_add(at, 1)] == unsafe_add(level, 1):
+                    left_old = olds[at]
+                    right_old = olds[unsafe_add(at, 1)]
+                    left_new = news[at]
+                    right_new = news[unsafe_add(at, 1)]
+                    at = unsafe_add(at, 2)
+                else:
+                    sib = siblings[cursor]
+                    cursor = unsafe_add(cursor, 1)
+                    if level & 1 == 0:
+                        left_old = olds[at]
+                        right_old = sib
+                        left_new = news[at]
+                        right_new = sib
+                    else:
+                        left_old = sib
+                        right_old = olds[at]
+                        left_new = sib
+                        right_new = news[at]
+                    at = unsafe_add(at, 1)
+                positions[up] = level >> 1
+                if left_old == empty(bytes32) and right_old == empty(bytes32):
+                    olds[up] = empty(bytes32)
+                else:
+                    olds[up] = keccak256(concat(left_old, right_old))
+                news[up] = keccak256(concat(left_new, right_new))
+                up = unsafe_add(up, 1)
+            m = up
+        assert cursor == len(siblings), "settlement: unused balance siblings"
+        assert olds[0] == self.balances_root, "settlement: balance proofs do not match the balances root"
+        new_root = news[0]
+        self.balances_root = new_root
+        self.balances_at[seq] = new_root
+    else:
+        assert len(siblings) == 0, "settlement: balance siblings without a tree update"
 
-    # The Merkle root: pending subtrees merged from the smallest up, which
-    # equals pairing each level left to right and carrying an odd node up.
-    node = empty(bytes32)
+    log BatchSettled(
+        seq=seq,
+        merkle_root=merkle_root,
+        jobs=n_jobs,
+        total_fees=total,
+        balances_root=new_root,
+        pooled=len(pooled),
+    )
+    return merkle_root
+
+
+@pure
+@internal
+def _fold(pending: bytes32[MERKLE_DEPTH + 1], n: uint256) -> bytes32:
+    """The root of a tree of `n` leaves from its pending subtrees (one per set bit of n), merged from the
+    smallest up: equal to pairing each level left to right and carrying an odd node up."""
+    node: bytes32 = empty(bytes32)
     for d: uint256 in range(MERKLE_DEPTH + 1):
-        if (n_jobs >> d) & 1 == 1:
+        if (n >> d) & 1 == 1:
             if node == empty(bytes32):
                 node = pending[d]
             else:
                 node = self._pair(pending[d], node)
-
-    log BatchSettled(
-        seq=seq,
-        merkle_root=node,
-        jobs=n_jobs,
-        total_fees=total,
-    )
     return node
 
 
@@ -503,6 +620,33 @@ def _pair(a: bytes32, b: bytes32) -> bytes32:
 
 
 # --- everyone --------------------------------------------------------------
+
+@external
+def claim(account: address, position: uint256, cumulative: uint256, seq: uint64, proof: bytes32[BALANCES_DEPTH]) -> uint256:
+    """
+    @notice Credit `account` with what its balances-tree leaf (position,
+            account, cumulative) holds beyond what was claimed from it, proved
+            against the root recorded at batch `seq` (any batch: a cumulative
+            only grows). Anyone may send it; only the account is paid.
+    @return the amount credited
+    """
+    root: bytes32 = self.balances_at[seq]
+    assert root != empty(bytes32), "settlement: no balances root at that batch"
+    assert position < 1 << BALANCES_DEPTH, "settlement: balance position out of range"
+    node: bytes32 = keccak256(concat(convert(position, bytes32), convert(account, bytes32), convert(cumulative, bytes32)))
+    for level: uint256 in range(BALANCES_DEPTH):
+        if (position >> level) & 1 == 0:
+            node = keccak256(concat(node, proof[level]))
+        else:
+            node = keccak256(concat(proof[level], node))
+    assert node == root, "settlement: claim does not match that batch's balances root"
+    before: uint256 = self.claimed[position]
+    assert cumulative > before, "settlement: nothing new to claim"
+    self.claimed[position] = cumulative
+    self.credit[account] += cumulative - before
+    log Claimed(account=account, position=position, amount=cumulative - before, cumulative=cumulative)
+    return cumulative - before
+
 
 @external
 @nonreentrant
