@@ -21,7 +21,7 @@ from loranet.split import split_shares
 from .packing import BatchTooLarge, SettleJob
 
 DEPTH = 24
-MAX_SIBLINGS = 2048  # Settlement.vy's bound on one batch's siblings
+MAX_SIBLINGS = 1024  # Settlement.vy's bound on one batch's siblings
 ZERO = bytes(32)
 _M112 = (1 << 112) - 1
 CREDIT = 2  # a pooled word's kind: credited directly, not in the tree
@@ -76,6 +76,7 @@ class BalanceTree:
         # level -> index -> node, only non-zero nodes (level 0: the leaves)
         self._nodes: list[dict[int, bytes]] = [{} for _ in range(DEPTH + 1)]
         self.seq = 0  # the last batch applied
+        self.root_seq = 0  # the last batch that moved the tree: Settlement.balances_at holds its root
 
     def __len__(self) -> int:
         return len(self._leaves)
@@ -175,6 +176,7 @@ class BalanceTree:
             previous, amount = (word >> 112) & _M112, word & _M112
             if kind == CREDIT:
                 continue
+            self.root_seq = seq
             known = self._leaves.get(position)
             if (known is None) != (kind == 1) or (known is not None and known != (account, previous)):
                 raise ValueError(f"batch {seq}: position {position} is not what the tree holds")

@@ -406,7 +406,7 @@ class Chain:
         if leaf is None or leaf.cumulative <= self.claimed(leaf.position):
             return 0, None
         call = self.settlement.functions.claim(
-            leaf.account, leaf.position, leaf.cumulative, tree.seq, tree.proof(leaf.position)
+            leaf.account, leaf.position, leaf.cumulative, tree.root_seq, tree.proof(leaf.position)
         )
         receipt = self._send(key or self.settler_key, call, "claim")
         amount = sum(e["args"]["amount"] for e in self.settlement.events.Claimed().process_receipt(receipt))

@@ -43,11 +43,13 @@ def test_python_tree_matches_the_contract_and_claims_pay_what_is_owed_once(chain
         chain.transact(
             helper.key,
             chain.settlement.functions.claim(
-                c1, leaf.position, leaf.cumulative + 1, chain.balances.seq, chain.balances.proof(leaf.position)
+                c1, leaf.position, leaf.cumulative + 1, chain.balances.root_seq, chain.balances.proof(leaf.position)
             ),
         )
-    chain.claim(c1)
-    assert chain.credit_of(c1) == owed[c1] + contributor_amounts(later)[c1]
+    direct = make_job(client.address, parties)  # a batch that credits contributors directly moves no root
+    chain.settle_batch(_next(chain), [direct], pool_contributors=False)
+    assert chain.claim(c1)[0] == contributor_amounts(later)[c1]  # proved against the last recorded root
+    assert chain.credit_of(c1) == owed[c1] + contributor_amounts(later)[c1] + contributor_amounts([direct])[c1]
     # a fresh Chain object rebuilds the same tree from the calldata alone
     replayed = Chain(chain.transport, chain.deployment, deployer_key=chain.deployer_key).sync_balances()
     assert replayed.root == chain.balances.root and len(replayed) == len(chain.balances)

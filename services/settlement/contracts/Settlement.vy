@@ -99,7 +99,7 @@ MAX_WORDS: constant(uint256) = 512
 MERKLE_DEPTH: constant(uint256) = 9
 # The balances tree: 2**24 contributor positions; siblings one batch may give.
 BALANCES_DEPTH: constant(uint256) = 24
-MAX_SIBLINGS: constant(uint256) = 2048
+MAX_SIBLINGS: constant(uint256) = 1024
 MAX_VERIFIERS: constant(uint256) = 8
 
 MASK16: constant(uint256) = 65535
