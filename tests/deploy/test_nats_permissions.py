@@ -326,6 +326,10 @@ async def test_init_creates_the_streams_consumers_and_bucket(nats_auth, services
     # init registers the catalogue through the datastore
     reply = await conn.nc.request(p.DATASTORE_MODEL_PUT.pattern, b"", timeout=5)  # answered (with a schema error)
     assert reply.headers and "Nats-Service-Error-Code" in reply.headers
+    # and the demo datanets: created, contributed, their roots recorded on chain
+    for subject in (p.DATASTORE_DATANET_CREATE, p.DATASTORE_DATANET_CONTRIBUTE, p.SETTLEMENT_DATANET_RECORD):
+        reply = await conn.nc.request(subject.pattern, b"", timeout=5)
+        assert reply.headers and "Nats-Service-Error-Code" in reply.headers, subject.pattern
     await settle(conn)
     assert not conn.errors, conn.errors
     await conn.nc.close()
