@@ -6,7 +6,8 @@ admitted job to end.  Afterwards, from the job records and the chain:
 
 - lost:        admitted jobs that never reached `settled` / `refunded` / `rejected`
 - duplicated:  jobs with more than one receipt, or charged more than their fee
-- credit_minus_fee: the credits paid to every party minus the fees charged
+- credit_minus_fee: what every party was paid (credit, and the data contributors' claimable balances) minus
+  the fees charged
 
 Run the full suite with `make faults` (python -m tests.faults.harness); a short
 version runs in the default suite (tests/faults/test_faults.py).
@@ -176,7 +177,8 @@ async def run_scenario(
     credits = 0
     parties = {pay.address for r in finals.values() if r.receipt for pay in r.receipt.payouts}
     for address in parties:
-        credits += (await client.balance(address)).credit
+        balance = await client.balance(address)
+        credits += balance.credit + balance.claimable  # data contributors: in the balances tree until claimed
     report.credit_minus_fee = credits - charged
     try:
         probe = await client.submit(adapters[0], "serving again?", 4)
