@@ -301,7 +301,7 @@ async def dispatch_overhead(n_jobs: int, window_ms: float) -> dict:
                 drain_timeout_s=1,
             )
             async with Runtime("scheduler", settings) as rt:
-                sched = SchedulerService(rt, settings)
+                sched = SchedulerService(rt, settings, Identity.generate())
                 fetched: dict[str, float] = {}
                 acked: dict[str, float] = {}
                 on_job = sched.on_job

@@ -11,6 +11,7 @@ from loranet.signing import Identity, sign
 CLIENT = Identity.from_seed(b"c" * 32)
 NODE = Identity.from_seed(b"n" * 32)
 VERIFIER = Identity.from_seed(b"v" * 32)
+SCHEDULER = Identity.from_seed(b"s" * 32)
 ADDR = "0x" + "1f" * 20
 MODEL = "a" * 64
 ADAPTER = "b" * 64
@@ -34,6 +35,29 @@ def job(**overrides) -> p.JobRequest:
     return sign(p.JobRequest(**fields), CLIENT)
 
 
+def assignment(job_id: str, node_id: str = "node-0", attempt: int = 0) -> p.Assignment:
+    """The test scheduler's signed assignment of a job's run to a node."""
+    a = p.Assignment(
+        job_id=job_id,
+        node_id=node_id,
+        attempt=attempt,
+        batch_id=p.new_job_id(),
+        scheduler_id="scheduler-test",
+        scheduler_key=SCHEDULER.public,
+        at=time.time(),
+    )
+    return sign(a, SCHEDULER)
+
+
+async def announce_scheduler(js) -> None:
+    """Put the test scheduler's key in KV `schedulers`, as a scheduler does at start."""
+    from loranet import topology
+
+    kv = await topology.ensure_bucket(js, p.SCHEDULERS_BUCKET)
+    announced = p.SchedulerAnnouncement(scheduler_id="scheduler-test", scheduler_key=SCHEDULER.public, at=time.time())
+    await kv.put(SCHEDULER.public.hex(), codec.encode(sign(announced, SCHEDULER)))
+
+
 def result(request: p.JobRequest | None = None) -> p.InferenceResult:
     request = request or job()
     r = p.InferenceResult(
@@ -54,6 +78,7 @@ def result(request: p.JobRequest | None = None) -> p.InferenceResult:
         fingerprint=p.Fingerprint(chunks=[b"\x01" * 40, b"\x02" * 40]),
         started_at=time.time(),
         finished_at=time.time(),
+        assignment=assignment(request.job_id),
     )
     return sign(r, NODE)
 
@@ -98,7 +123,13 @@ def examples() -> dict[str, p.Wire]:
     return {
         p.JOBS_SUBMIT.pattern: j,
         p.JOBS_RERUN.pattern: p.RerunRequest(
-            job_id=j.job_id, attempt=1, request=j, exclude=["node-0"], reason="rejected", at=time.time()
+            job_id=j.job_id,
+            attempt=1,
+            request=j,
+            exclude=["node-0"],
+            reason="rejected",
+            at=time.time(),
+            exclude_operators=[ADDR],
         ),
         p.WORK_ALL.pattern: p.WorkBatch(
             batch_id=p.new_job_id(),
@@ -107,6 +138,7 @@ def examples() -> dict[str, p.Wire]:
             segments=[p.WorkSegment(adapter_id=ADAPTER, jobs=[j])],
             dispatched_at=time.time(),
             scheduler_id="scheduler",
+            assignments=[assignment(j.job_id)],
         ),
         p.RESULTS_ALL.pattern: r,
         p.VERDICTS_ALL.pattern: verdict(r),

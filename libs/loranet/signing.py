@@ -43,6 +43,15 @@ class Identity:
         return cls(SigningKey(seed))
 
     @classmethod
+    def load_or_create(cls, path: str | os.PathLike[str]) -> Identity:
+        """The identity whose seed is at `path`, created there (mode 0600) on first use."""
+        if Path(path).exists():
+            return cls.from_file(path)
+        identity = cls.generate()
+        identity.save(path)
+        return identity
+
+    @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Identity:
         """Load a hex seed from `path`; refuse files readable by group/others."""
         return cls.from_seed(bytes.fromhex(read_secret_file(path).strip()))

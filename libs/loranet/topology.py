@@ -71,14 +71,17 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1, node_ttl_s: f
             pass
 
 
-async def ensure_bucket(js: JetStreamContext, bucket: str, replicas: int = 1, history: int = 1) -> KeyValue:
-    """The KV bucket `bucket` (file storage, no TTL), created if missing; idempotent."""
+async def ensure_bucket(
+    js: JetStreamContext, bucket: str, replicas: int = 1, history: int = 1, ttl: float | None = None
+) -> KeyValue:
+    """The KV bucket `bucket` (file storage; entries expire after `ttl` seconds if given), created if missing;
+    idempotent."""
     try:
         return await js.key_value(bucket)
     except BucketNotFoundError:
         try:
             await js.create_key_value(
-                KeyValueConfig(bucket=bucket, history=history, storage=StorageType.FILE, replicas=replicas)
+                KeyValueConfig(bucket=bucket, history=history, ttl=ttl, storage=StorageType.FILE, replicas=replicas)
             )
         except BadRequestError:
             pass  # another replica created it first

@@ -91,8 +91,10 @@ def build_result(
     started_at: float,
     finished_at: float,
     attempt: int = 0,
+    assignment: p.Assignment | None = None,
 ) -> p.InferenceResult:
-    """The unsigned result binding job, model, adapter, tokens and fingerprint."""
+    """The unsigned result binding job, model, adapter, tokens and fingerprint (and the scheduler's
+    assignment of this run to this node, carried as given)."""
     return p.InferenceResult(
         job_id=job.job_id,
         node_id=node_id,
@@ -112,4 +114,5 @@ def build_result(
         started_at=started_at,
         finished_at=finished_at,
         attempt=attempt,
+        assignment=assignment,
     )

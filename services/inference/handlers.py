@@ -27,20 +27,14 @@ from loranet.runtime import Delivery, Pull, Runtime
 from loranet.signing import Identity, devnet_address, sign
 
 from . import domain, metrics
-from .engine import Engine, GenRequest, JobRefused, ensure_dir
+from .engine import Engine, GenRequest, JobRefused
 from .settings import InferenceSettings
 
 HAND_BACK_DELAY_S = 2.0
 
 
 def load_identity(settings: InferenceSettings) -> Identity:
-    path = Path(settings.key_file or Path(settings.state_dir) / f"{settings.node_id}.key")
-    if path.exists():
-        return Identity.from_file(path)
-    ensure_dir(str(path.parent))
-    identity = Identity.generate()
-    identity.save(path)
-    return identity
+    return Identity.load_or_create(settings.key_file or Path(settings.state_dir) / f"{settings.node_id}.key")
 
 
 class TokenStream:
@@ -193,7 +187,7 @@ class InferenceService:
 
     async def run_segment(self, segment: p.WorkSegment, model_id: str, batch: p.WorkBatch | None = None) -> None:
         await asyncio.gather(
-            *(self.run_job(job, model_id, batch.attempt_of(job.job_id) if batch else 0) for job in segment.jobs)
+            *(self.run_job(job, model_id, batch.attempt_of(job.job_id) if batch else 0, batch) for job in segment.jobs)
         )
 
     async def adapter_problem(self, adapter_id: str) -> str | None:
@@ -209,7 +203,9 @@ class InferenceService:
             return str(exc)
         return None
 
-    async def run_job(self, job: p.JobRequest, model_id: str, attempt: int = 0) -> None:
+    async def run_job(
+        self, job: p.JobRequest, model_id: str, attempt: int = 0, batch: p.WorkBatch | None = None
+    ) -> None:
         recent = self._recent.get((job.job_id, attempt))
         if recent is not None:  # a redelivery of a job already done: same result, de-duplicated by msg_id
             await self.publish_result(recent)
@@ -275,6 +271,7 @@ class InferenceService:
             started_at=started,
             finished_at=time.time(),
             attempt=attempt,
+            assignment=batch.assignment_of(job.job_id) if batch else None,
         )
         if job.confidential:  # token ids, text and fingerprint only inside sealed_output, to client + committee
             result = confidential.seal_result(result)

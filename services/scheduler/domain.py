@@ -583,6 +583,15 @@ def assemble_batch(
     )
 
 
+def rerun_avoid(rerun: p.RerunRequest, live: Iterable[p.NodeHeartbeat]) -> frozenset[str]:
+    """The nodes a re-run must not go to: those that failed the job, and every node of their operators (the
+    payout addresses named in the re-run, and those the failed nodes' live heartbeats show)."""
+    live = list(live)
+    operators = {a.lower() for a in rerun.exclude_operators}
+    operators |= {hb.payout_address.lower() for hb in live if hb.node_id in rerun.exclude}
+    return frozenset(rerun.exclude) | {hb.node_id for hb in live if hb.payout_address.lower() in operators}
+
+
 # A job whose latest event is one of these still needs a node.
 UNFINISHED_STAGES: frozenset[str] = frozenset({"admitted", "dispatched"})
 

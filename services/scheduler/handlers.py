@@ -16,18 +16,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import msgpack
 from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 
-from loranet import codec
+from loranet import codec, topology
 from loranet import protocol as p
 from loranet.codec import DecodeError
 from loranet.errors import Refused, RemoteError
 from loranet.ratelimit import RateLimiter
 from loranet.runtime import Delivery, Pull, Runtime
-from loranet.signing import SignatureInvalid
+from loranet.signing import Identity, SignatureInvalid, sign
 
 from . import domain
 from .failover import Failover
@@ -70,9 +71,13 @@ class NodeRegistryView:
 
 
 class SchedulerService:
-    def __init__(self, rt: Runtime, settings: SchedulerSettings) -> None:
+    def __init__(self, rt: Runtime, settings: SchedulerSettings, identity: Identity | None = None) -> None:
         self.rt = rt
         self.settings = settings
+        # signs each job's assignment to its node (verifiers check it against KV `schedulers`)
+        self.identity = identity or Identity.load_or_create(
+            settings.key_file or Path(settings.state_dir) / f"{settings.scheduler_id}.key"
+        )
         self.registry = NodeRegistryView(rt, settings.registry_refresh_s, settings.node_ttl_s)
         self.limiter = RateLimiter(settings.client_rate_per_s, settings.client_burst)
         self.queue = domain.RoutingQueue(
@@ -102,8 +107,38 @@ class SchedulerService:
     async def start(self) -> None:
         """Background work beside the routes: event tracking, dispatching, failover."""
         await self.rt.subscribe(p.JOB_EVENTS_ALL.pattern, self._on_event)
+        await self.announce()
         self.rt.spawn(self.dispatch_loop(), name="dispatch")
         self.rt.spawn(self.failover.loop(), name="failover")
+
+    async def announce(self) -> None:
+        """This scheduler's signed key in KV `schedulers` (key: the key in hex; no expiry, so the assignments
+        of a scheduler that stopped stay checkable)."""
+        kv = await topology.ensure_bucket(self.rt.js, p.SCHEDULERS_BUCKET, self.settings.js_replicas)
+        announcement = p.SchedulerAnnouncement(
+            scheduler_id=self.settings.scheduler_id, scheduler_key=self.identity.public, at=time.time()
+        )
+        await kv.put(self.identity.public.hex(), codec.encode(sign(announcement, self.identity)))
+
+    def assign(self, batch: p.WorkBatch) -> p.WorkBatch:
+        """The batch with the scheduler's signed assignment of each of its jobs (this attempt) to its node."""
+        assignments = [
+            sign(
+                p.Assignment(
+                    job_id=job.job_id,
+                    node_id=batch.node_id,
+                    attempt=batch.attempt_of(job.job_id),
+                    batch_id=batch.batch_id,
+                    scheduler_id=self.settings.scheduler_id,
+                    scheduler_key=self.identity.public,
+                    at=batch.dispatched_at,
+                ),
+                self.identity,
+            )
+            for segment in batch.segments
+            for job in segment.jobs
+        ]
+        return batch.model_copy(update={"assignments": assignments})
 
     # -- look-ups -----------------------------------------------------------
 
@@ -277,15 +312,19 @@ class SchedulerService:
         ):
             self.rt.log.info("job.rerun_done_already", job_id=job.job_id, attempt=rerun.attempt)
             return  # a redelivery, or a re-published re-run already under way or final
-        avoid = frozenset(rerun.exclude)
+        live = await self.registry.nodes()
+        avoid = domain.rerun_avoid(rerun, live)
         reason = ""
         if job.node_id:
             reason = f"the job is sealed to node {job.node_id}, which failed it: it cannot run elsewhere"
         elif not any(
             job.model_id in hb.model_ids and hb.node_id not in avoid and (not job.region or hb.region == job.region)
-            for hb in await self.registry.nodes()
+            for hb in live
         ):
-            reason = f"no live node serves it besides {', '.join(sorted(avoid))}, which failed it"
+            reason = (
+                f"no live node serves it besides {', '.join(sorted(avoid))} "
+                "(the nodes that failed it and their operators' other nodes)"
+            )
         elif job.expires_at <= time.time():
             reason = "the job expired"
         if not reason:
@@ -344,8 +383,10 @@ class SchedulerService:
         jobs = [t.payload for t in assignment.tickets]
         batch_id = p.new_job_id()
         attempts = {t.job_id: (t.attempt, t.avoid) for t in assignment.tickets if t.attempt}
-        batch = domain.assemble_batch(
-            node_id, assignment.model_id, jobs, batch_id, self.settings.scheduler_id, time.time(), attempts
+        batch = self.assign(
+            domain.assemble_batch(
+                node_id, assignment.model_id, jobs, batch_id, self.settings.scheduler_id, time.time(), attempts
+            )
         )
         try:
             await self.rt.publish(p.work(node_id), batch, msg_id=batch_id)

@@ -5,6 +5,10 @@ from loranet.settings import CommonSettings
 
 class SchedulerSettings(CommonSettings):
     scheduler_id: str = "scheduler"
+    # Ed25519 seed (hex, mode 0600) that signs work assignments; "" = <state_dir>/<scheduler_id>.key.
+    # Its public key is announced in KV `schedulers` (verifiers refuse results no announced key assigned).
+    state_dir: str = ".devnet/state"
+    key_file: str = ""
     # Admitted jobs are collected this long before a routing plan sends them (0 = at once).
     batch_window_ms: float = 20.0
     max_batch_jobs: int = 64

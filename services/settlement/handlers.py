@@ -393,7 +393,8 @@ class SettlementService:
                 )
             )
         failed = tuple(dict.fromkeys([*runs.failed, verdict.result.node_id]))
-        nxt = Attempts(attempt=verdict.result.attempt + 1, failed=failed)
+        operators = tuple(dict.fromkeys([*runs.operators, verdict.result.node_address.lower()]))
+        nxt = Attempts(attempt=verdict.result.attempt + 1, failed=failed, operators=operators)
         await self.committed.put_attempts(job_id, nxt)  # decided before anything is published
         self._remember_attempts(job_id, nxt)
         self._fault("before_rerun_publish")
@@ -419,6 +420,7 @@ class SettlementService:
             exclude=list(runs.failed),
             reason=why[:1024],
             at=time.time(),
+            exclude_operators=list(runs.operators),
         )
         # The event first: a scheduler that dispatches the re-run then finds `rerun` before its `dispatched`.
         await self.rt.emit(

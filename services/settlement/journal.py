@@ -29,14 +29,17 @@ ATTEMPTS_PREFIX = "attempts."
 
 @dataclass(frozen=True)
 class Attempts:
-    """A job re-run after rejected results: its current attempt and every node that failed it."""
+    """A job re-run after rejected results: its current attempt, every node that failed it and their
+    operators (payout addresses)."""
 
     attempt: int = 0
     failed: tuple[str, ...] = ()
+    operators: tuple[str, ...] = ()
 
     def encode(self) -> bytes:
         return json.dumps(
-            {"v": 1, "attempt": self.attempt, "failed": list(self.failed)}, separators=(",", ":")
+            {"v": 1, "attempt": self.attempt, "failed": list(self.failed), "operators": list(self.operators)},
+            separators=(",", ":"),
         ).encode()
 
     @classmethod
@@ -44,7 +47,11 @@ class Attempts:
         raw = json.loads(data)
         if raw.get("v") != 1:
             raise ValueError(f"unknown attempts record version {raw.get('v')!r}")
-        return cls(attempt=int(raw["attempt"]), failed=tuple(str(n) for n in raw["failed"]))
+        return cls(
+            attempt=int(raw["attempt"]),
+            failed=tuple(str(n) for n in raw["failed"]),
+            operators=tuple(str(a) for a in raw.get("operators", ())),
+        )
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,30 @@ def authenticate(result: p.InferenceResult, subject: str, registered_key: bytes 
         raise ResultForged(f"node signature: {exc}") from None
 
 
+class NotAssigned(Refused):
+    """A result from a node the scheduler did not assign that run to: refused, no verdict (the assigned
+    node's own result is judged as if this one never came)."""
+
+
+def check_assignment(result: p.InferenceResult, scheduler_known: bool) -> None:
+    """Raise NotAssigned unless the result carries the scheduler's signed assignment of this run (job,
+    attempt) to this node; `scheduler_known`: whether its key is an announced scheduler's (KV `schedulers`)."""
+    a = result.assignment
+    if a is None:
+        raise NotAssigned(f"node {result.node_id}'s result for job {result.job_id} carries no work assignment")
+    try:
+        a.verify()
+    except SignatureInvalid as exc:
+        raise NotAssigned(f"work assignment: {exc}") from None
+    if not scheduler_known:
+        raise NotAssigned(f"work assignment signed by {a.scheduler_key.hex()[:16]}, not an announced scheduler's key")
+    if (a.job_id, a.node_id, a.attempt) != (result.job_id, result.node_id, result.attempt):
+        raise NotAssigned(
+            f"job {result.job_id} attempt {result.attempt} was assigned to node {a.node_id} "
+            f"(assignment for job {a.job_id} attempt {a.attempt}), not to {result.node_id}"
+        )
+
+
 def served_model(result: p.InferenceResult, model_id: str) -> None:
     """Raise NotOurs if the request names a model this verifier does not serve."""
     if result.request.model_id != model_id:

@@ -11,17 +11,16 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 
-from loranet import codec, confidential
+from loranet import codec, confidential, topology
 from loranet import protocol as p
 from loranet.attribution import AttributionIndex, claim
 from loranet.codec import DecodeError
 from loranet.errors import LoranetError, Refused, RemoteError
 from loranet.model.content import ContentHashMismatch
 from loranet.runtime import Delivery, Pull, Runtime
-from loranet.signing import Identity, sign
+from loranet.signing import Identity, SignatureInvalid, sign
 
 from . import domain
 from .engine import AuditEngine
@@ -32,13 +31,7 @@ ATTRIBUTION_INDEXES_KEPT = 32  # adapters' attribution indexes held in memory
 
 def load_identity(settings: VerifierSettings) -> Identity:
     """The verifier's Ed25519 identity from its key file, created (mode 0600) on first start."""
-    path = Path(settings.key_file or Path(settings.state_dir) / f"{settings.verifier_id}.key")
-    if path.exists():
-        return Identity.from_file(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    identity = Identity.generate()
-    identity.save(path)
-    return identity
+    return Identity.load_or_create(settings.key_file or Path(settings.state_dir) / f"{settings.verifier_id}.key")
 
 
 class NotInCommittee(LoranetError):
@@ -82,6 +75,40 @@ class NodeKeys:
         return (cached[0], cached[1]) if cached is not None else (None, None)
 
 
+class SchedulerKeys:
+    """Announced scheduler keys (KV `schedulers`, key = the public key in hex), remembered once seen."""
+
+    def __init__(self, rt: Runtime, retry_s: float = 1.0) -> None:
+        self.rt = rt
+        self.retry_s = retry_s
+        self._known: set[bytes] = set()
+        self._missed: dict[bytes, float] = {}
+
+    def remember(self, key: bytes) -> None:
+        """Trust a scheduler key seen announced elsewhere (an in-process verifier)."""
+        self._known.add(key)
+
+    async def known(self, key: bytes) -> bool:
+        if key in self._known:
+            return True
+        if time.monotonic() - self._missed.get(key, -self.retry_s) < self.retry_s:
+            return False
+        try:
+            kv = await self.rt.js.key_value(p.SCHEDULERS_BUCKET)
+            entry = await kv.get(key.hex())
+            announced = codec.decode(p.SchedulerAnnouncement, entry.value or b"")
+            announced.verify()
+            if announced.scheduler_key == key:
+                self._known.add(key)
+                return True
+        except (BucketNotFoundError, KeyNotFoundError, DecodeError, SignatureInvalid) as exc:
+            self.rt.log.info("scheduler_key.unknown", key=key.hex()[:16], why=type(exc).__name__)
+        if len(self._missed) > 1024:
+            self._missed.clear()
+        self._missed[key] = time.monotonic()
+        return False
+
+
 class VerifierService:
     def __init__(self, rt: Runtime, settings: VerifierSettings, engine: AuditEngine, identity: Identity) -> None:
         self.rt = rt
@@ -91,6 +118,7 @@ class VerifierService:
         self.verifier_id = settings.verifier_id
         self.address = settings.verifier_address or domain.devnet_address(settings.verifier_id)
         self.keys = NodeKeys(rt, settings.node_key_cache)
+        self.schedulers = SchedulerKeys(rt)
         self.replay = domain.ReplayGuard(settings.replay_window)
         self.policy = domain.AuditPolicy(
             settings.audit_new_node_jobs, settings.audit_after_failure_jobs, settings.audit_clean_rate
@@ -126,6 +154,9 @@ class VerifierService:
             domain.authenticate(result, subject, key)
         except domain.ResultForged as exc:
             raise Refused(f"forged result: {exc}") from None
+        if self.settings.require_assignment:
+            known = result.assignment is not None and await self.schedulers.known(result.assignment.scheduler_key)
+            domain.check_assignment(result, known)  # NotAssigned (a Refused): dead-lettered, no verdict
         run = domain.run_key(result)
         if self.replay.seen_job(*run) or run in self._inflight:
             self.rt.log.info(
@@ -279,20 +310,7 @@ class VerifierService:
 
     async def stats_loop(self) -> None:
         """Publish each node's record (JSON) to the stats KV bucket, key <verifier_id>.<node_id>."""
-        try:
-            kv = await self.rt.js.key_value(self.settings.stats_bucket)
-        except BucketNotFoundError:
-            try:
-                kv = await self.rt.js.create_key_value(
-                    KeyValueConfig(
-                        bucket=self.settings.stats_bucket,
-                        history=1,
-                        storage=StorageType.FILE,
-                        replicas=self.settings.js_replicas,
-                    )
-                )
-            except BadRequestError:
-                kv = await self.rt.js.key_value(self.settings.stats_bucket)
+        kv = await topology.ensure_bucket(self.rt.js, self.settings.stats_bucket, self.settings.js_replicas)
         written: dict[str, int] = {}
         while True:
             for node_id, record in list(self.records.items()):
@@ -321,21 +339,9 @@ class VerifierService:
 
     async def announce_loop(self) -> None:
         """Keep this verifier's signed key in KV `verifiers` (key: its id), where clients find the committee."""
-        try:
-            kv = await self.rt.js.key_value(p.VERIFIERS_BUCKET)
-        except BucketNotFoundError:
-            try:
-                kv = await self.rt.js.create_key_value(
-                    KeyValueConfig(
-                        bucket=p.VERIFIERS_BUCKET,
-                        history=1,
-                        ttl=self.settings.announce_ttl_s,
-                        storage=StorageType.FILE,
-                        replicas=self.settings.js_replicas,
-                    )
-                )
-            except BadRequestError:
-                kv = await self.rt.js.key_value(p.VERIFIERS_BUCKET)
+        kv = await topology.ensure_bucket(
+            self.rt.js, p.VERIFIERS_BUCKET, self.settings.js_replicas, ttl=self.settings.announce_ttl_s
+        )
         key = re.sub(r"[^A-Za-z0-9_-]", "_", self.verifier_id)
         while True:
             try:

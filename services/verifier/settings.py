@@ -29,6 +29,9 @@ class VerifierSettings(CommonSettings):
     replay_window: Annotated[int, Field(ge=16)] = 100_000
     # Node keys seen in heartbeats are remembered this long after the heartbeat expires.
     node_key_cache: Annotated[int, Field(ge=1)] = 10_000
+    # Refuse (dead-letter, no verdict) a result without the scheduler's signed assignment of its run to its
+    # node, from a scheduler announced in KV `schedulers`.
+    require_assignment: bool = True
     # Audit policy (see loranet.thresholds for the defaults' rationale).
     audit_new_node_jobs: Annotated[int, Field(ge=0)] = thresholds.AUDIT_NEW_NODE_JOBS
     audit_after_failure_jobs: Annotated[int, Field(ge=0)] = thresholds.AUDIT_AFTER_FAILURE_JOBS

@@ -230,7 +230,7 @@ class Services:
             nats_url=self.urls["scheduler"], instance="scheduler-test", log_level="WARNING", node_ttl_s=1.0
         )
         rt = await self._runtime("scheduler", sched_settings)
-        self.scheduler = SchedulerService(rt, sched_settings)
+        self.scheduler = SchedulerService(rt, sched_settings, Identity.generate())
         await self.scheduler.start()
         await rt.mount(self.scheduler.routes())
 
@@ -600,6 +600,9 @@ FORBIDDEN = [
     ("inference", "pub", f"$KV.{p.VERIFIERS_BUCKET}.verifier-0"),  # only verifiers announce committee keys
     ("scheduler", "pub", f"$KV.{p.VERIFIERS_BUCKET}.verifier-0"),
     ("client", "pub", f"$KV.{p.VERIFIERS_BUCKET}.verifier-0"),
+    ("inference", "pub", f"$KV.{p.SCHEDULERS_BUCKET}.{'ab' * 32}"),  # only schedulers announce assignment keys
+    ("verifier", "pub", f"$KV.{p.SCHEDULERS_BUCKET}.{'ab' * 32}"),
+    ("client", "pub", f"$KV.{p.SCHEDULERS_BUCKET}.{'ab' * 32}"),
     ("client", "pub", f"$JS.API.STREAM.MSG.GET.KV_{p.NODES_BUCKET}"),  # the registries are watched, not fetched
 ]
 

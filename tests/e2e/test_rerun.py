@@ -82,7 +82,8 @@ class CheatingNode:
                 for job in (j for segment in batch.segments for j in segment.jobs):
                     attempt = batch.attempt_of(job.job_id)
                     gen = await asyncio.to_thread(self.node.generate, job, None, None)  # the attack: no adapter
-                    result = self.node.result(job, gen, attempt=attempt)
+                    # the scheduler's signed assignment, carried as any node carries it
+                    result = self.node.result(job, gen, attempt=attempt, assignment=batch.assignment_of(job.job_id))
                     if job.streams_tokens:  # its text goes out as "generated", like any node's
                         delta = p.TokenDelta(
                             job_id=job.job_id,

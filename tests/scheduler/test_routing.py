@@ -239,3 +239,34 @@ def test_unfinished_stages():
     assert d.needs_node([]) and d.needs_node(["admitted", "dispatched"])
     # the node's result stored before the scheduler's own dispatched event: done, whatever came last
     assert not d.needs_node(["admitted", "result", "dispatched"])
+
+
+def test_a_rerun_avoids_every_node_of_the_operators_that_failed_it():
+    """Issue 18: a re-run never goes to a node with the same operator (payout address) as a node that failed
+    the job, whether the re-run names the operator or only the failed node's live heartbeat shows it."""
+    from loranet import protocol as p
+    from tests import factories
+
+    def hb(node_id: str, payout: str) -> p.NodeHeartbeat:
+        return p.NodeHeartbeat(
+            node_id=node_id,
+            node_key=factories.NODE.public,
+            payout_address=payout,
+            model_ids=[factories.MODEL],
+            device="cpu",
+            memory_free=0,
+            adapters_hot=[],
+            slots_total=4,
+            slots_free=4,
+            queue_depth=0,
+            tokens_per_s=0.0,
+            at=0.0,
+        )
+
+    a, b, c = ("0x" + x * 40 for x in "abc")
+    live = [hb("n1", a), hb("n2", a), hb("n3", b), hb("n4", c), hb("n5", c)]
+    job = factories.job()
+    rerun = p.RerunRequest(job_id=job.job_id, attempt=1, request=job, exclude=["n1"], at=0.0)
+    assert d.rerun_avoid(rerun, live) == {"n1", "n2"}  # n1's operator runs n2 too
+    named = rerun.model_copy(update={"exclude": ["gone"], "exclude_operators": ["0x" + "C" * 40]})
+    assert d.rerun_avoid(named, live) == {"gone", "n4", "n5"}  # the failed node is offline: its operator named

@@ -36,7 +36,7 @@ async def scheduler(url: str, **overrides) -> AsyncIterator[SchedulerService]:
     fields.update(overrides)
     settings = SchedulerSettings(**fields)
     async with Runtime("scheduler", settings) as rt:
-        sched = SchedulerService(rt, settings)
+        sched = SchedulerService(rt, settings, Identity.generate())
         await sched.start()
         await rt.mount(sched.routes())
         yield sched

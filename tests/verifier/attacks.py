@@ -26,6 +26,7 @@ from loranet.signing import sign
 from services.verifier.engine import AuditEngine
 from services.verifier.handlers import VerifierService
 from services.verifier.settings import VerifierSettings
+from tests import factories
 
 # ---------------------------------------------------------------------------
 # In-process harness
@@ -45,6 +46,7 @@ def local_verifier(engine: AuditEngine, nodes: list[HonestNode], audit_rate: flo
 
     v = VerifierService(_LocalRuntime(), settings, engine, Identity.generate())
     v.keys.fresh_s = float("inf")
+    v.schedulers.remember(factories.SCHEDULER.public)
     for n in nodes:
         v.keys.remember(n.heartbeat())
     return v

@@ -16,6 +16,7 @@ from loranet.signing import Identity, sign
 from services.verifier.engine import AuditEngine
 from services.verifier.handlers import VerifierService, load_identity
 from services.verifier.settings import VerifierSettings
+from tests import factories
 
 
 async def _collect(js, subject: str, stream: str, want: int, timeout: float = 60.0) -> list[bytes]:
@@ -75,6 +76,28 @@ async def test_verifier_service_end_to_end(nats_server, tmp_path, base, adapters
     forged = results["honest_base"].model_copy(update={"job_id": p.new_job_id()})  # moved without re-signing
     unknown = Identity.generate()
     stranger = sign(results["honest_base"].model_copy(update={"node_key": unknown.public}), unknown)
+    # Issue 18: a registered node answering a job the scheduler assigned to another node, or with no
+    # assignment, or with one signed by a key no scheduler announced: refused, no verdict.
+    other_job = client.job(base[1], "", "The quick brown fox", 8)
+    gen = honest.run(other_job)
+    unassigned = sign(
+        gen.model_copy(update={"assignment": factories.assignment(other_job.job_id, "node-9")}), honest.identity
+    )
+    bare = sign(gen.model_copy(update={"assignment": None}), honest.identity)
+    rogue = Identity.generate()
+    self_assigned = sign(
+        gen.model_copy(
+            update={
+                "assignment": sign(
+                    factories.assignment(other_job.job_id, honest.node_id).model_copy(
+                        update={"scheduler_key": rogue.public}
+                    ),
+                    rogue,
+                )
+            }
+        ),
+        honest.identity,
+    )
 
     async with (
         Runtime("datastore-stub", CommonSettings(nats_url=nats_server.url)) as ds,
@@ -83,15 +106,16 @@ async def test_verifier_service_end_to_end(nats_server, tmp_path, base, adapters
         await ds.mount([_blob_endpoint(adapters)])
         kv = await rt.js.key_value(p.NODES_BUCKET)
         await kv.put(honest.node_id, codec.encode(honest.heartbeat()))
+        await factories.announce_scheduler(rt.js)
         verifier = VerifierService(rt, settings, engine, load_identity(settings))
         rt.spawn(verifier.stats_loop(), name="stats")
         await rt.mount(verifier.routes())
-        for r in [*results.values(), forged, stranger]:
+        for r in [*results.values(), forged, stranger, unassigned, bare, self_assigned]:
             await rt.js.publish(p.results(r.node_id), codec.encode(r))
         await rt.js.publish(p.results(honest.node_id), codec.encode(results["honest_base"]))  # replay
         raw = await _collect(rt.js, p.VERDICTS_ALL.pattern, "VERDICTS", len(results))
         verdicts = {v.job_id: v for v in (codec.decode(p.Verdict, d) for d in raw)}
-        letters = [codec.decode(p.DeadLetter, d) for d in await _collect(rt.js, "dlq.>", "DEADLETTER", 2, 20)]
+        letters = [codec.decode(p.DeadLetter, d) for d in await _collect(rt.js, "dlq.>", "DEADLETTER", 5, 20)]
         events = [codec.decode(p.JobEvent, d) for d in await _collect(rt.js, p.JOB_EVENTS_ALL.pattern, "EVENTS", 3, 20)]
         await asyncio.sleep(1.0)  # the replay is skipped, not verdicted twice
         extra = await _collect(rt.js, p.VERDICTS_ALL.pattern, "VERDICTS", len(results) + 1, 2)
@@ -112,7 +136,12 @@ async def test_verifier_service_end_to_end(nats_server, tmp_path, base, adapters
         assert v.accepted == name.startswith("honest"), (name, [c for c in v.checks if not c.ok])
     bad = {c.name for c in verdicts[jobs["tampered"].job_id].checks if not c.ok}
     assert {"fingerprint", "sampling_replay"} <= bad
-    assert len(letters) == 2 and all(d.reason.startswith("forged result") for d in letters), [d.reason for d in letters]
-    assert any("unknown" in d.reason or "registered key" in d.reason for d in letters)
+    reasons = sorted(d.reason for d in letters)
+    assert len(letters) == 5, reasons
+    forged_letters = [r for r in reasons if r.startswith("forged result")]
+    assert len(forged_letters) == 2 and any("unknown" in r or "registered key" in r for r in forged_letters), reasons
+    assert any("was assigned to node node-9" in r for r in reasons), reasons
+    assert any("carries no work assignment" in r for r in reasons), reasons
+    assert any("not an announced scheduler's key" in r for r in reasons), reasons
     assert {e.stage for e in events} == {"verdict"} and len(events) == 3
     assert verifier.records[honest.node_id].results == 3

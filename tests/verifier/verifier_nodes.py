@@ -14,6 +14,7 @@ from loranet.model.generate import ReferenceModel
 from loranet.sampling import SamplerParams
 from loranet.signing import Identity, devnet_address, sign
 from services.inference import domain as node_domain
+from tests import factories
 
 PROMPTS = [
     "The quick brown fox",
@@ -140,6 +141,10 @@ class HonestNode:
         )
         if overrides:
             result = result.model_copy(update=overrides)
+        if "assignment" not in overrides:  # the scheduler's word for this run, as the node was handed it
+            result = result.model_copy(
+                update={"assignment": factories.assignment(result.job_id, result.node_id, result.attempt)}
+            )
         return sign(result, self.identity) if sign_it else result
 
     def run(self, job: p.JobRequest) -> p.InferenceResult:

@@ -2,7 +2,7 @@
 
     base       field types, limits, the `Signed` mixin, ErrorReply and DeadLetter
     jobs       JobRequest → WorkBatch → InferenceResult → Verdict → Receipt, JobEvent and its `Stage`
-    nodes      NodeHeartbeat, VerifierAnnouncement
+    nodes      NodeHeartbeat, SchedulerAnnouncement, VerifierAnnouncement
     registry   the datastore's records (models, adapters, job records) and the requests for them
     money      settlement's requests (balances, stakes, escrow, faucet)
     subjects   every subject, stream, consumer and bucket, declared once (start here)
@@ -49,6 +49,7 @@ from .jobs import (
     MAX_SEALED_BYTES,
     OPENAI_FINISH_REASONS,
     TERMINAL_STAGES,
+    Assignment,
     AttributedSpan,
     Attribution,
     Check,
@@ -91,6 +92,7 @@ from .money import (
 )
 from .nodes import (
     NodeHeartbeat,
+    SchedulerAnnouncement,
     VerifierAnnouncement,
 )
 from .registry import (
@@ -154,6 +156,7 @@ from .subjects import (
     RESULTS_ALL,
     SCHEDULER_JOBS,
     SCHEDULER_RERUNS,
+    SCHEDULERS_BUCKET,
     SETTLEMENT_BALANCE,
     SETTLEMENT_BUCKET,
     SETTLEMENT_CLAIM,
@@ -350,12 +353,15 @@ __all__ = [
     "TERMINAL_STAGES",
     "Timestamp",
     "TokenId",
+    "Assignment",
     "Verdict",
     "VERDICTS",
     "verdicts",
     "VERDICTS_ALL",
     "VERIFIER_RESULTS",
+    "SchedulerAnnouncement",
     "VerifierAnnouncement",
+    "SCHEDULERS_BUCKET",
     "VERIFIERS_BUCKET",
     "Wei",
     "WORK",

@@ -142,6 +142,25 @@ class JobAttempt(Wire):
     exclude: Annotated[list[NodeId], Field(max_length=MAX_ATTEMPT)] = []  # the nodes that failed it
 
 
+class Assignment(Wire, Signed):
+    """The scheduler's signed word that a job's run (`attempt`) goes to node `node_id`. It travels in the
+    work batch and the node copies it into its result: a verifier refuses a result without one from an
+    announced scheduler (KV `schedulers`) naming that node, so no node answers another node's job."""
+
+    v: Literal[1] = 1
+    job_id: JobId
+    node_id: NodeId
+    attempt: Annotated[int, Field(ge=0, le=MAX_ATTEMPT)] = 0
+    batch_id: JobId
+    scheduler_id: Name
+    scheduler_key: PublicKey
+    at: Timestamp
+    signature: Signature = b""
+
+    SIGNING_DOMAIN: ClassVar[str] = "loranet/assignment/v1"
+    SIGNER_FIELD: ClassVar[str] = "scheduler_key"
+
+
 class WorkBatch(AdditiveWire):
     """What the scheduler hands one node (subject work.<node_id>)."""
 
@@ -154,11 +173,16 @@ class WorkBatch(AdditiveWire):
     scheduler_id: Name
     # Additive: the jobs of this batch that are re-runs (absent = every job's first attempt).
     attempts: Annotated[list[JobAttempt], Field(max_length=256)] = []
+    # Additive: the scheduler's signed assignment of each job to this node.
+    assignments: Annotated[list[Assignment], Field(max_length=256)] = []
 
-    _additive = ("attempts",)
+    _additive = ("attempts", "assignments")
 
     def attempt_of(self, job_id: str) -> int:
         return next((a.attempt for a in self.attempts if a.job_id == job_id), 0)
+
+    def assignment_of(self, job_id: str) -> Assignment | None:
+        return next((a for a in self.assignments if a.job_id == job_id), None)
 
 
 class Fingerprint(Wire):
@@ -212,8 +236,10 @@ class InferenceResult(AdditiveWire, Signed):
     # Additive: which run of the job this is (0 = the first; n = the n-th re-run after rejections),
     # copied from the work batch and signed with the rest.
     attempt: Annotated[int, Field(ge=0, le=MAX_ATTEMPT)] = 0
+    # Additive: the scheduler's signed assignment of this run to this node, copied from the work batch.
+    assignment: Assignment | None = None
 
-    _additive = ("sealed_output", "prompt_token_count", "output_token_count", "attempt")
+    _additive = ("sealed_output", "prompt_token_count", "output_token_count", "attempt", "assignment")
     SIGNING_DOMAIN: ClassVar[str] = "loranet/inference-result/v1"
     SIGNER_FIELD: ClassVar[str] = "node_key"
 
@@ -380,6 +406,8 @@ class RerunRequest(Wire):
     exclude: Annotated[list[NodeId], Field(min_length=1, max_length=MAX_ATTEMPT)]
     reason: ShortText = ""
     at: Timestamp
+    # the payout addresses (operators) of the nodes that failed it: no node of theirs runs it again
+    exclude_operators: Annotated[list[Address], Field(max_length=MAX_ATTEMPT)] = []
 
 
 class TokenDelta(Wire):

@@ -48,6 +48,20 @@ class NodeHeartbeat(Wire, Signed):
         }
 
 
+class SchedulerAnnouncement(Wire, Signed):
+    """A scheduler's signed key (KV bucket `schedulers`, key = scheduler id; TTL; only schedulers write it):
+    the key verifiers check work assignments against."""
+
+    v: Literal[1] = 1
+    scheduler_id: Name
+    scheduler_key: PublicKey
+    at: Timestamp
+    signature: Signature = b""
+
+    SIGNING_DOMAIN: ClassVar[str] = "loranet/scheduler-announcement/v1"
+    SIGNER_FIELD: ClassVar[str] = "scheduler_key"
+
+
 class VerifierAnnouncement(Wire, Signed):
     """A verifier's signed key announcement (KV bucket `verifiers`, key = verifier id; TTL).
 
