@@ -446,22 +446,57 @@ def cmd_adapter_train(args: argparse.Namespace) -> int:
 async def cmd_nodes(args: argparse.Namespace) -> int:
     import time
 
+    from loranet import protocol as p
+    from loranet.errors import RemoteError
+
     client = await _client(args)
     async with client:
-        nodes = await client.nodes()
+        nodes = sorted(await client.nodes(), key=lambda n: n.node_id)
+        declared: list[p.Stake | None] = []
+        for n in nodes:  # the on-chain map: what each node staked and declared in the Registry
+            try:
+                declared.append(await client.stake_of_key(n.node_key))
+            except (RemoteError, TimeoutError):
+                declared.append(None)
     now = time.time()
-    rows = [n.summary(now) for n in sorted(nodes, key=lambda n: n.node_id)]
+    rows = []
+    for n, d in zip(nodes, declared):
+        row = n.summary(now)
+        row["declared"] = (
+            {
+                "device": d.device,
+                "memory_mb": d.memory_mb,
+                "region": d.region,
+                "price": str(d.price),
+                "stake": str(d.stake),
+            }
+            if d is not None and d.device
+            else None
+        )
+        rows.append(row)
 
     def table() -> None:
         from rich.console import Console
         from rich.table import Table
 
-        t = Table("node", "device", "region", "slots free", "queue", "tokens/s", "adapters hot", "heartbeat")
+        t = Table(
+            "node",
+            "device",
+            "region",
+            "declared (chain)",
+            "slots free",
+            "queue",
+            "tokens/s",
+            "adapters hot",
+            "heartbeat",
+        )
         for r in rows:
+            d = r["declared"]
             t.add_row(
                 r["node_id"],
                 r["device"],
                 r["region"] or "-",
+                f"{d['device']}, {d['memory_mb'] >> 10} GiB, {d['region']}" if d else "-",
                 f"{r['slots_free']}/{r['slots_total']}",
                 str(r["queue_depth"]),
                 str(r["tokens_per_s"]),

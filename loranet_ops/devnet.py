@@ -66,6 +66,8 @@ class DevnetConfig:
     gateway_port: int = 0  # 0 = a free one
     # Per-role NATS users with least-privilege permissions (deploy/nats/auth.conf).
     auth: bool = True
+    # Node k declares (and heartbeats) regions[k % len(regions)] in the Registry's node map.
+    regions: tuple[str, ...] = ("eu-west", "us-east")
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -298,7 +300,13 @@ class Supervisor:
             for k in range(self.config.verifiers)
         ]
         second += [
-            svc(f"node-{k}", "services.inference", "inference", LORANET_NODE_ID=f"node-{k}")
+            svc(
+                f"node-{k}",
+                "services.inference",
+                "inference",
+                LORANET_NODE_ID=f"node-{k}",
+                LORANET_REGION=self.region(k),
+            )
             for k in range(self.config.inference_nodes)
         ]
         if self.config.gateway:
@@ -344,6 +352,30 @@ class Supervisor:
                     raise TimeoutError(f"{svc.name} did not start within {timeout:.0f}s; see {svc.log}")
                 time.sleep(0.2)
         self.write_state()
+
+    def region(self, k: int) -> str:
+        return self.config.regions[k % len(self.config.regions)] if self.config.regions else ""
+
+    def stake_nodes(self) -> None:
+        """Stake each node's Ed25519 key in the Registry and declare its device, memory and region: the map
+        the scheduler checks heartbeats against (devnet: a fresh funded account per node stakes for it; a
+        node already staked, after `devnet down`/`up`, is left as it is)."""
+        from loranet.signing import Identity, devnet_address
+        from loranet.split import DEFAULT_PRICE
+        from services.settlement.devchain import DevChain
+
+        chain = DevChain.open(self.rpc_url)
+        memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") >> 20
+        for k in range(self.config.inference_nodes):
+            node_id = f"node-{k}"
+            identity = Identity.load_or_create(self.dir / "state" / f"{node_id}.key")  # the node's own key file
+            if chain.node_of_key(identity.public):
+                continue
+            account = chain.new_account(open_tokens=chain.min_stake())
+            chain.stake(account.key, chain.min_stake(), identity.public, payout=devnet_address(node_id))
+            device = self.config.extra_env.get("LORANET_DEVICE", "cpu").split(":")[0]
+            price = DEFAULT_PRICE.per_output_token * 10**6  # per million generated tokens
+            chain.declare(account.key, device, memory_mb, self.region(k) or "local", price)
 
     def register_catalogue(self) -> None:
         import nats
@@ -420,6 +452,7 @@ class Supervisor:
             self.phase = "catalogue"
             self.write_state()
             self.register_catalogue()
+            self.stake_nodes()
             self.phase = "nodes"
             for svc in second:
                 self.start_service(svc)

@@ -286,6 +286,10 @@ class Client:
     async def balance(self, address: str | None = None) -> p.Balance:
         return await self._request(p.SETTLEMENT_BALANCE, p.BalanceGet(address=address or self.address))
 
+    async def stake_of_key(self, ed25519_key: bytes) -> p.Stake:
+        """The stake and Registry declaration of the node that bound this Ed25519 key."""
+        return await self._request(p.SETTLEMENT_STAKE, p.StakeGet(ed25519_key=ed25519_key.hex()))
+
     async def claim(self, address: str | None = None) -> p.Claimed:
         """Have the settler claim a data contributor's balance into its credit (only that address is paid)."""
         return await self._request(p.SETTLEMENT_CLAIM, p.ClaimBalance(address=address or self.address), timeout=60)

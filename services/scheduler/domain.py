@@ -583,6 +583,21 @@ def assemble_batch(
     )
 
 
+def declaration_problem(hb: p.NodeHeartbeat, declared: p.Stake | None, required: bool) -> str | None:
+    """Why a heartbeat contradicts what its node declared in the Registry (None: it does not). The device
+    must begin with the declared one, the region equal it, the free memory not exceed it. Undeclared nodes
+    pass unless `required`."""
+    if declared is None or not declared.device:
+        return "nothing declared in the Registry" if required else None
+    if not hb.device.lower().startswith(declared.device.lower()):
+        return f"device {hb.device!r}, declared {declared.device!r}"
+    if hb.region != declared.region:
+        return f"region {hb.region!r}, declared {declared.region!r}"
+    if hb.memory_free > declared.memory_mb * 2**20:
+        return f"{hb.memory_free >> 20} MiB free, declared {declared.memory_mb} MiB"
+    return None
+
+
 def rerun_avoid(rerun: p.RerunRequest, live: Iterable[p.NodeHeartbeat]) -> frozenset[str]:
     """The nodes a re-run must not go to: those that failed the job, and every node of their operators (the
     payout addresses named in the re-run, and those the failed nodes' live heartbeats show)."""

@@ -38,13 +38,19 @@ from .settings import SchedulerSettings
 class NodeRegistryView:
     """The live nodes as last read from the `nodes` KV bucket (heartbeats with TTL)."""
 
-    def __init__(self, rt: Runtime, refresh_s: float, ttl_s: float) -> None:
+    def __init__(self, rt: Runtime, refresh_s: float, ttl_s: float, settings: SchedulerSettings | None = None) -> None:
         self.rt = rt
         self.refresh_s = refresh_s
         self.ttl_s = ttl_s
+        self.settings = settings or SchedulerSettings()
         self._nodes: list[p.NodeHeartbeat] = []
         self._read_at = 0.0
         self._lock = asyncio.Lock()
+        # node key -> (read at, what it declared in the Registry); fetched in the background
+        self._declared: dict[bytes, tuple[float, p.Stake | None]] = {}
+        self._fetching: set[bytes] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._refused: dict[str, str] = {}  # node id -> why its heartbeat was last refused (logged once)
 
     async def nodes(self) -> list[p.NodeHeartbeat]:
         async with self._lock:
@@ -52,7 +58,43 @@ class NodeRegistryView:
             if now - self._read_at >= self.refresh_s:
                 self._nodes = await self._read()
                 self._read_at = now
-            return domain.live_nodes(self._nodes, now, self.ttl_s)
+            live = domain.live_nodes(self._nodes, now, self.ttl_s)
+        if not self.settings.check_declarations:
+            return live
+        return [hb for hb in live if self._declared_ok(hb)]
+
+    def _declared_ok(self, hb: p.NodeHeartbeat) -> bool:
+        entry = self._declared.get(hb.node_key)
+        if (entry is None or time.monotonic() - entry[0] > self.settings.declaration_refresh_s) and (
+            hb.node_key not in self._fetching
+        ):
+            self._fetching.add(hb.node_key)
+            task = asyncio.ensure_future(self._fetch_declaration(hb.node_key))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        problem = domain.declaration_problem(hb, entry[1] if entry else None, self.settings.require_declared)
+        if problem is None:
+            self._refused.pop(hb.node_id, None)
+            return True
+        if self._refused.get(hb.node_id) != problem:
+            self._refused[hb.node_id] = problem
+            self.rt.log.warning("heartbeat.refused", node_id=hb.node_id, why=problem)
+        return False
+
+    async def _fetch_declaration(self, key: bytes) -> None:
+        try:
+            stake = await self.rt.request(p.SETTLEMENT_STAKE, p.StakeGet(ed25519_key=key.hex()), timeout=10)
+            self._declared[key] = (time.monotonic(), stake)
+        except Exception as exc:  # settlement away: keep what was known, ask again at the next refresh
+            previous = self._declared.get(key)
+            self._declared[key] = (time.monotonic(), previous[1] if previous else None)
+            self.rt.log.info("declaration.unavailable", key=key.hex()[:16], error=repr(exc)[:200])
+        finally:
+            self._fetching.discard(key)
+
+    def declared(self, key: bytes) -> p.Stake | None:
+        entry = self._declared.get(key)
+        return entry[1] if entry else None
 
     async def _read(self) -> list[p.NodeHeartbeat]:
         kv = await self.rt.js.key_value(p.NODES_BUCKET)
@@ -78,7 +120,7 @@ class SchedulerService:
         self.identity = identity or Identity.load_or_create(
             settings.key_file or Path(settings.state_dir) / f"{settings.scheduler_id}.key"
         )
-        self.registry = NodeRegistryView(rt, settings.registry_refresh_s, settings.node_ttl_s)
+        self.registry = NodeRegistryView(rt, settings.registry_refresh_s, settings.node_ttl_s, settings)
         self.limiter = RateLimiter(settings.client_rate_per_s, settings.client_burst)
         self.queue = domain.RoutingQueue(
             settings.max_batch_jobs,

@@ -46,3 +46,9 @@ class SchedulerSettings(CommonSettings):
     client_rate_per_s: float = 50.0
     client_burst: int = 500
     require_escrow: bool = True
+    # Heartbeats are checked against what their node declared in the Registry (settlement.stake by its
+    # key; refreshed every declaration_refresh_s): a contradicting node gets no work. Undeclared nodes
+    # get work unless require_declared.
+    check_declarations: bool = True
+    require_declared: bool = False
+    declaration_refresh_s: float = 30.0

@@ -61,6 +61,14 @@ class BatchReceipt:
 
 
 @dataclass(frozen=True)
+class NodeSpec:
+    device: str
+    memory_mb: int
+    region: str
+    price: int
+
+
+@dataclass(frozen=True)
 class NodeRecord:
     ed25519_key: bytes
     payout: str
@@ -468,6 +476,16 @@ class Chain:
     def node(self, address: str) -> NodeRecord:
         key, payout, stake, unbonding, until = self._call(self.registry.functions.nodes(to_checksum_address(address)))
         return NodeRecord(bytes(key), payout, stake, unbonding, until)
+
+    def declare(self, key: str | bytes, device: str, memory_mb: int, region: str, price: int) -> TxInfo:
+        """Declare the staked node's hardware, memory (MiB), region and price (OPEN wei per million tokens)."""
+        call = self.registry.functions.declare(device, memory_mb, region, price)
+        return self._info(self._send(key, call, "declare"))
+
+    def spec(self, address: str) -> NodeSpec | None:
+        """What a node declared (None: nothing yet)."""
+        device, memory_mb, region, price = self._call(self.registry.functions.specs(to_checksum_address(address)))
+        return NodeSpec(device, memory_mb, region, price) if device else None
 
     def node_of_key(self, ed25519_key: bytes) -> str | None:
         """The staker that bound this Ed25519 public key, or None."""

@@ -187,16 +187,24 @@ class SettlementService:
 
     async def stake(self, req: p.StakeGet) -> p.Stake:
         def read() -> p.Stake:
-            node = self.chain.node(req.address)
+            address = req.address
+            if req.ed25519_key:
+                address = self.chain.node_of_key(bytes.fromhex(req.ed25519_key)) or p.ZERO_ADDRESS
+            node = self.chain.node(address)
+            spec = self.chain.spec(address)
             return p.Stake(
-                address=req.address,
+                address=address,
                 stake=node.stake,
                 unbonding=node.unbonding,
                 unbonding_until=node.unbonding_until,
-                active=self.chain.is_active(req.address),
+                active=self.chain.is_active(address),
                 payout=node.payout,
                 ed25519_key=node.ed25519_key.hex() if any(node.ed25519_key) else "",
                 min_stake=self.chain.min_stake(),
+                device=spec.device if spec else "",
+                memory_mb=spec.memory_mb if spec else 0,
+                region=spec.region if spec else "",
+                price=spec.price if spec else 0,
             )
 
         try:

@@ -246,6 +246,10 @@ def test_cli_nodes_and_adapter_register(devnet, tmp_path):
 
     nodes = json.loads(cli("nodes", "--json").stdout)
     assert [n["node_id"] for n in nodes] == ["node-0"] and nodes[0]["heartbeat_age_s"] < 30
+    # the node map (issue 18): what node-0 staked and declared in the Registry, and its heartbeat agrees
+    declared = nodes[0]["declared"]
+    assert declared and declared["region"] == nodes[0]["region"] == "eu-west" and declared["device"] == "cpu"
+    assert declared["memory_mb"] > 0 and int(declared["stake"]) > 0
     base = load_base_model(Path(config.cache_dir) / "models" / "loranet-tiny-llama")
     build_demo_adapter(base, tmp_path / "mine", seed=42, index=9)
     manifest = {

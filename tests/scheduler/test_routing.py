@@ -270,3 +270,34 @@ def test_a_rerun_avoids_every_node_of_the_operators_that_failed_it():
     assert d.rerun_avoid(rerun, live) == {"n1", "n2"}  # n1's operator runs n2 too
     named = rerun.model_copy(update={"exclude": ["gone"], "exclude_operators": ["0x" + "C" * 40]})
     assert d.rerun_avoid(named, live) == {"gone", "n4", "n5"}  # the failed node is offline: its operator named
+
+
+def test_a_heartbeat_that_contradicts_its_declaration_is_refused():
+    """Issue 18: the scheduler routes no work to a node whose heartbeat claims hardware, region or memory it
+    never declared in the Registry."""
+    from loranet import protocol as p
+    from tests import factories
+
+    hb = p.NodeHeartbeat(
+        node_id="n1",
+        node_key=factories.NODE.public,
+        payout_address=factories.ADDR,
+        model_ids=[factories.MODEL],
+        device="cuda:0",
+        memory_free=40 * 2**30,
+        adapters_hot=[],
+        slots_total=4,
+        slots_free=4,
+        queue_depth=0,
+        tokens_per_s=0.0,
+        region="eu-west",
+        at=0.0,
+    )
+    declared = p.Stake(address=factories.ADDR, stake=1, device="cuda", memory_mb=81_920, region="eu-west")
+    assert d.declaration_problem(hb, declared, required=True) is None
+    assert d.declaration_problem(hb, None, required=False) is None  # undeclared: allowed unless required
+    assert "nothing declared" in (d.declaration_problem(hb, None, required=True) or "")
+    assert "region" in (d.declaration_problem(hb.model_copy(update={"region": "us-east"}), declared, False) or "")
+    assert "device" in (d.declaration_problem(hb.model_copy(update={"device": "cpu"}), declared, False) or "")
+    more = hb.model_copy(update={"memory_free": 100 * 2**30})
+    assert "MiB" in (d.declaration_problem(more, declared, False) or "")

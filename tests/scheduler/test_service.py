@@ -274,3 +274,36 @@ async def test_one_client_is_rate_limited_at_admission_others_are_not(nats_serve
         assert len(rejected) == 2 and all("rate limit" in e.reason for e in rejected)
         admitted = await events(nc, "admitted")
         assert len(admitted) == 4  # the flooder's burst of 3, and the other client
+
+
+async def test_a_node_whose_heartbeat_contradicts_its_declaration_gets_no_work(nats_server, nc):
+    """Issue 18: the scheduler asks settlement what each node declared in the Registry (here a stand-in
+    endpoint answering as the chain would) and sends nothing to a node claiming another region."""
+    from loranet.runtime import Endpoint
+    from loranet.settings import CommonSettings
+
+    honest = FakeNode(nc, "node-a")
+    liar = FakeNode(nc, "node-b")
+    declared = {honest.identity.public.hex(): "", liar.identity.public.hex(): "us-east"}  # node-b: us-east
+
+    async def stake(req: p.StakeGet) -> p.Stake:
+        return p.Stake(
+            address="0x" + "1" * 40,
+            stake=1,
+            ed25519_key=req.ed25519_key,
+            device="cpu",
+            memory_mb=1024,
+            region=declared[req.ed25519_key],
+        )
+
+    async with Runtime("settlement-stub", CommonSettings(nats_url=nats_server.url, log_level="WARNING")) as stub:
+        await stub.mount([Endpoint("stake", p.SETTLEMENT_STAKE, stake)])
+        async with scheduler(nats_server.url) as sched:
+            await honest.start()
+            await liar.start()  # heartbeats region "" while it declared "us-east"
+            await until(lambda: len(sched.registry._declared) == 2, 10, "both declarations to be read")
+            jobs = [job(Identity.generate()) for _ in range(6)]
+            await submit(nc, jobs)
+            await until(lambda: len(honest.done) == len(jobs), 20, "every job to run on the honest node")
+            assert not liar.done
+            assert sched.registry._refused["node-b"].startswith("region")

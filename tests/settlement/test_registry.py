@@ -35,6 +35,29 @@ def test_stake_binds_key_and_payout(chain: DevChain):
         chain.stake(other.key, 200 * OPEN, key)
 
 
+def test_a_staked_node_declares_its_hardware_region_and_price(chain: DevChain):
+    stranger = chain.new_account(open_tokens=10 * OPEN)
+    with pytest.raises(ChainError, match="stake first"):
+        chain.declare(stranger.key, "cpu", 1024, "eu-west", 1)
+    node, _ = _node(chain)
+    assert chain.spec(node.address) is None
+    chain.declare(node.key, "cuda", 81_920, "us-east", 4 * 10**18)
+    spec = chain.spec(node.address)
+    assert spec is not None and (spec.device, spec.memory_mb, spec.region, spec.price) == (
+        "cuda",
+        81_920,
+        "us-east",
+        4 * 10**18,
+    )
+    for bad, why in (
+        (("", 1, "eu"), "empty device"),
+        (("cpu", 0, "eu"), "zero memory"),
+        (("cpu", 1, ""), "empty region"),
+    ):
+        with pytest.raises(ChainError, match=why):
+            chain.declare(node.key, *bad, 0)
+
+
 def test_stake_below_minimum_refused(chain: DevChain):
     node = chain.new_account(open_tokens=1000 * OPEN)
     with pytest.raises(ChainError, match="below minimum"):

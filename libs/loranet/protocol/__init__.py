@@ -74,6 +74,7 @@ from .jobs import (
     request_of,
 )
 from .money import (
+    ZERO_ADDRESS,
     Balance,
     BalanceGet,
     ClaimBalance,
@@ -227,6 +228,7 @@ __all__ = [
     "DATASTORE_ATTRIBUTION_GET",
     "MAX_ATTRIBUTED",
     "Address",
+    "ZERO_ADDRESS",
     "Balance",
     "BalanceGet",
     "Bps",

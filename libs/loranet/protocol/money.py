@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, model_validator
 
 from ..codec import AdditiveWire, Wire
 from .base import Address, JobId, Name, ShortText, Wei
@@ -41,9 +41,22 @@ class Claimed(Wire):
     credit: Wei = 0  # the address's credit after it
 
 
+ZERO_ADDRESS = "0x" + "0" * 40
+Ed25519Hex = Annotated[str, StringConstraints(pattern=r"^([0-9a-f]{64})?$")]
+
+
 class StakeGet(Wire):
+    """A node's stake and declaration, by its staking address or by the Ed25519 key it bound."""
+
     v: Literal[1] = 1
-    address: Address
+    address: Address = ZERO_ADDRESS
+    ed25519_key: Ed25519Hex = ""  # given: the node that bound this key (address is then ignored)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> StakeGet:
+        if not self.ed25519_key and int(self.address, 16) == 0:
+            raise ValueError("give an address or an ed25519_key")
+        return self
 
 
 class Stake(Wire):
@@ -55,9 +68,14 @@ class Stake(Wire):
     unbonding: Wei = 0
     unbonding_until: Annotated[int, Field(ge=0)] = 0  # chain timestamp when the unbonding part can be withdrawn
     active: bool = False  # staked at least min_stake
-    payout: Address = "0x" + "0" * 40
-    ed25519_key: Annotated[str, StringConstraints(pattern=r"^([0-9a-f]{64})?$")] = ""
+    payout: Address = ZERO_ADDRESS
+    ed25519_key: Ed25519Hex = ""
     min_stake: Wei = 0
+    # What the node declared in the Registry (the network's map; empty device: nothing declared).
+    device: Annotated[str, StringConstraints(max_length=64)] = ""
+    memory_mb: Annotated[int, Field(ge=0)] = 0
+    region: Annotated[str, StringConstraints(max_length=32)] = ""
+    price: Wei = 0  # OPEN wei per million tokens
 
 
 class Reserve(Wire):

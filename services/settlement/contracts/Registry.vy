@@ -4,13 +4,21 @@
 @title loranet registry: node stakes, adapters, contributors
 @notice Nodes stake OPEN (at least `min_stake` to be active) and bind their
         Ed25519 key and payout address. Unstaking goes through a cooldown
-        during which the stake can still be slashed. Adapters map to their
+        during which the stake can still be slashed. A staked node declares
+        its hardware, memory, region and price (`declare`): the network's map,
+        which schedulers check heartbeats against. Adapters map to their
         developer; contributors get compact uint32 ids.
 """
 
 interface IERC20:
     def transfer(receiver: address, amount: uint256) -> bool: nonpayable
     def transferFrom(sender: address, receiver: address, amount: uint256) -> bool: nonpayable
+
+struct NodeSpec:
+    device: String[64]
+    memory_mb: uint64
+    region: String[32]
+    price: uint256  # OPEN wei per million tokens the node asks
 
 struct Node:
     ed25519_key: bytes32
@@ -25,6 +33,13 @@ event Staked:
     payout: address
     amount: uint256
     stake: uint256
+
+event NodeDeclared:
+    node: indexed(address)
+    device: String[64]
+    memory_mb: uint64
+    region: String[32]
+    price: uint256
 
 event UnstakeRequested:
     node: indexed(address)
@@ -84,6 +99,7 @@ is_slasher: public(HashMap[address, bool])
 is_registrar: public(HashMap[address, bool])
 
 nodes: public(HashMap[address, Node])
+specs: public(HashMap[address, NodeSpec])
 node_of_key: public(HashMap[bytes32, address])
 evidence_used: public(HashMap[bytes32, bool])
 
@@ -184,6 +200,20 @@ def stake(amount: uint256, ed25519_key: bytes32, payout: address):
     self.nodes[msg.sender] = node
     assert extcall token.transferFrom(msg.sender, self, amount), "registry: transferFrom failed"
     log Staked(node=msg.sender, ed25519_key=ed25519_key, payout=payout, amount=amount, stake=node.stake)
+
+
+@external
+def declare(device: String[64], memory_mb: uint64, region: String[32], price: uint256):
+    """
+    @notice Declare (or update) the caller's hardware, memory, region and
+            price; the caller must have bound its key by staking.
+    """
+    assert self.nodes[msg.sender].ed25519_key != empty(bytes32), "registry: not a node (stake first)"
+    assert len(device) > 0, "registry: empty device"
+    assert len(region) > 0, "registry: empty region"
+    assert memory_mb > 0, "registry: zero memory"
+    self.specs[msg.sender] = NodeSpec(device=device, memory_mb=memory_mb, region=region, price=price)
+    log NodeDeclared(node=msg.sender, device=device, memory_mb=memory_mb, region=region, price=price)
 
 
 @external
