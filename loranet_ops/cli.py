@@ -721,9 +721,11 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     from services.gateway.settings import GatewaySettings
 
     url = _nats_url(args)  # --nats, else LORANET_NATS_URL, else the running devnet (as its `gateway` NATS user)
-    if not getattr(args, "nats", None) and not os.environ.get("LORANET_NATS_URL"):
-        url = dn.role_url(args.state_dir, "gateway", url)
     overrides: dict[str, Any] = {"nats_url": url}
+    if not getattr(args, "nats", None) and not os.environ.get("LORANET_NATS_URL"):
+        overrides["nats_url"] = dn.role_url(args.state_dir, "gateway", url)
+        if overrides["nats_url"] != url and not os.environ.get("LORANET_GATEWAY_CLIENT_NATS_URL"):
+            overrides["gateway_client_nats_url"] = url  # each key's client as itself, through the callout
     keys_file = Path(args.state_dir) / dn.GATEWAY_KEYS_FILE
     if not os.environ.get("LORANET_GATEWAY_KEYS") and not os.environ.get("LORANET_GATEWAY_KEYS_FILE"):
         if keys_file.exists():  # the running devnet's API key works here too

@@ -318,6 +318,8 @@ class Supervisor:
                     LORANET_GATEWAY_HOST="127.0.0.1",
                     LORANET_GATEWAY_PORT=str(self.gateway_port),
                     LORANET_GATEWAY_KEYS_FILE=str(self.dir / GATEWAY_KEYS_FILE),
+                    # each API key's client connects as itself through the auth callout
+                    LORANET_GATEWAY_CLIENT_NATS_URL=self.config.nats_url if self.config.auth else "",
                 )
             )
         return first, second

@@ -168,7 +168,7 @@ def examples() -> dict[str, p.Wire]:
         p.DATASTORE_ADAPTER_LIST.pattern: p.AdapterList(base_model_id=MODEL),
         p.DATASTORE_ADAPTER_BLOB.pattern: p.AdapterGet(adapter=ADAPTER),
         p.DATASTORE_JOB_GET.pattern: p.JobGet(job_id=j.job_id),
-        p.DATASTORE_JOB_LIST.pattern: p.JobList(client_address=ADDR),
+        p.DATASTORE_JOB_LIST.pattern: p.JobList(client_address=ADDR),  # datastore.job.list.<client_id>
         p.DATASTORE_ATTRIBUTION_GET.pattern: p.AttributionGet(index_id="e" * 64),
         p.DATASTORE_DATANET_CREATE.pattern: p.DatanetCreate(name="pirate", description="pirate speech"),
         p.DATASTORE_DATANET_CONTRIBUTE.pattern: sign(

@@ -180,9 +180,9 @@ class Client:
         operator's, a test's) connects as that user instead."""
         auth = {} if _has_credentials(url) else natsauth.connect_options(identity)
         options.setdefault("error_cb", _quiet)  # nats-py's default prints a traceback per failed attempt
-        nc = await nats.connect(
-            url, name="loranet-client", connect_timeout=5, max_reconnect_attempts=3, **auth, **options
-        )
+        options.setdefault("max_reconnect_attempts", 3)
+        options.setdefault("name", "loranet-client")
+        nc = await nats.connect(url, connect_timeout=5, **auth, **options)
         return cls(nc, identity, address)
 
     @property

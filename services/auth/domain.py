@@ -52,6 +52,7 @@ def client_permissions(client_id: str) -> dict[str, dict[str, list[str]]]:
                 f"$JS.API.CONSUMER.CREATE.EVENTS.*.{own_events}",
                 "$JS.FC.EVENTS.>",
                 p.datastore_job_get(client_id),
+                p.datastore_job_list(client_id),  # its own jobs only
                 p.DATASTORE_MODEL_GET.pattern,
                 p.DATASTORE_ADAPTER_GET.pattern,
                 p.DATASTORE_ADAPTER_LIST.pattern,

@@ -40,7 +40,7 @@ class DatastoreService:
             Endpoint("datanet-get", p.DATASTORE_DATANET_GET, self.get_datanet),
             Endpoint("contribution-get", p.DATASTORE_CONTRIBUTION_GET, self.contribution_records),
             Endpoint("job-get", p.DATASTORE_JOB_GET, self.get_job, with_subject=True),
-            Endpoint("job-list", p.DATASTORE_JOB_LIST, self.list_jobs),
+            Endpoint("job-list", p.DATASTORE_JOB_LIST, self.list_jobs, with_subject=True),
             Pull("job-events", p.DATASTORE_EVENTS, self.on_job_event, slots=32),
         ]
 
@@ -180,9 +180,18 @@ class DatastoreService:
             )
         return domain.assemble_record(req.job_id, fields)
 
-    async def list_jobs(self, req: p.JobList) -> p.JobListReply:
+    async def list_jobs(self, req: p.JobList, subject: str) -> p.JobListReply:
+        """The address's recent jobs that the subject's client signed (datastore.job.list.<client_id>, the
+        only one a client's NATS identity may ask on): never another client's."""
+        client = subject.rsplit(".", 1)[-1]
         jobs = await self.store.client_jobs(req.client_address, req.before, req.limit)
-        return p.JobListReply(jobs=[domain.summary_of(domain.assemble_record(j, fields)) for j, fields in jobs])
+        return p.JobListReply(
+            jobs=[
+                domain.summary_of(domain.assemble_record(j, fields))
+                for j, fields in jobs
+                if domain.client_of(j, fields) == client
+            ]
+        )
 
     async def on_job_event(self, event: p.JobEvent, delivery: Delivery) -> None:
         body = domain.check_event(event, delivery.subject)

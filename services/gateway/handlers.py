@@ -60,6 +60,7 @@ class GatewayService:
         self.log = log
         self.keys = settings.api_keys()
         self.clients: dict[str, Client] = {}
+        self._connect_locks: dict[str, asyncio.Lock] = {}
         self.funded: set[str] = set()
         self._fund_locks: dict[str, asyncio.Lock] = {}
         self._catalogue: domain.Catalogue | None = None
@@ -71,8 +72,8 @@ class GatewayService:
 
     # -- identities ---------------------------------------------------------------
 
-    def authenticate(self, req: web.Request) -> tuple[str, Client]:
-        """The client named by the request's API key; 401 otherwise."""
+    async def authenticate(self, req: web.Request) -> tuple[str, Client]:
+        """The client named by the request's API key (401 otherwise), on its own NATS connection."""
         presented = domain.bearer_key(req.headers.get("Authorization"))
         name = None
         for key, client_name in self.keys.items():  # constant-time comparison against every key
@@ -82,9 +83,32 @@ class GatewayService:
             raise domain.bad_key()
         client = self.clients.get(name)
         if client is None:
-            identity = Identity.from_seed(domain.client_seed(self.settings.gateway_secret, name))
-            client = self.clients[name] = Client(self.nc, identity, timeout_s=self.settings.request_timeout_s)
+            async with self._connect_locks.setdefault(name, asyncio.Lock()):
+                client = self.clients.get(name) or await self._client_of(name)
+                self.clients[name] = client
         return name, client
+
+    async def _client_of(self, name: str) -> Client:
+        """Key `name`'s client: its own NATS identity through the auth callout (gateway_client_nats_url), so
+        its jobs, events and tokens are only ever read on its own connection; else the gateway's."""
+        identity = Identity.from_seed(domain.client_seed(self.settings.gateway_secret, name))
+        url = self.settings.gateway_client_nats_url
+        if not url:
+            return Client(self.nc, identity, timeout_s=self.settings.request_timeout_s)
+        try:
+            client = await Client.connect(
+                url, identity, max_reconnect_attempts=-1, name=f"loranet-gateway-client-{name}"[:64]
+            )
+        except Exception as exc:
+            raise ApiError(503, f"cannot connect as client {name!r}: {exc}", "server_error") from None
+        client.timeout_s = self.settings.request_timeout_s
+        return client
+
+    async def close_clients(self) -> None:
+        for client in list(self.clients.values()):
+            if client.nc is not self.nc:
+                await client.nc.drain()
+        self.clients.clear()
 
     async def ensure_escrow(self, name: str, client: Client) -> None:
         """Refuse with 402 unless the client's escrow covers a job's max fee (devnet: faucet once first)."""
@@ -226,11 +250,11 @@ class GatewayService:
         return web.json_response({"status": "ok" if ok else "nats disconnected"}, status=200 if ok else 503)
 
     async def list_models(self, req: web.Request) -> web.Response:
-        self.authenticate(req)
+        await self.authenticate(req)
         return web.json_response((await self.catalogue()).listing())
 
     async def get_model(self, req: web.Request) -> web.Response:
-        self.authenticate(req)
+        await self.authenticate(req)
         name = req.match_info["model"]
         try:
             return web.json_response((await self.catalogue()).model_object(name))
@@ -246,7 +270,7 @@ class GatewayService:
         return await self._complete(req, chat=True)
 
     async def _complete(self, req: web.Request, chat: bool) -> web.StreamResponse:
-        name, client = self.authenticate(req)
+        name, client = await self.authenticate(req)
         if not self.limiter.allow(name):
             raise domain.rate_limited(self.limiter.retry_after(name))
         try:
@@ -283,7 +307,7 @@ class GatewayService:
                 except DecodeError:
                     pass
 
-            tokens = await self.nc.subscribe(p.job_tokens(client.identity.public, job.job_id), cb=on_tokens)
+            tokens = await client.nc.subscribe(p.job_tokens(client.identity.public, job.job_id), cb=on_tokens)
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
@@ -335,12 +359,12 @@ class GatewayService:
         return web.FileResponse(WEB_DIR / "index.html")
 
     async def me(self, req: web.Request) -> web.Response:
-        name, client = self.authenticate(req)
+        name, client = await self.authenticate(req)
         balance = await self._call(client.balance())
         return web.json_response({"name": name, "address": client.address, "balance": domain.balance_view(balance)})
 
     async def nodes(self, req: web.Request) -> web.Response:
-        _, client = self.authenticate(req)
+        _, client = await self.authenticate(req)
         beats = await self._call(client.nodes())
         stakes = await asyncio.gather(
             *(
@@ -357,7 +381,7 @@ class GatewayService:
         return web.json_response({"nodes": rows})
 
     async def adapters(self, req: web.Request) -> web.Response:
-        self.authenticate(req)
+        await self.authenticate(req)
         catalogue = await self.catalogue()
         base_of = {e.model_id: e.name for e in catalogue.entries.values() if not e.adapter_id}
         reply = await self._call(
@@ -369,13 +393,14 @@ class GatewayService:
 
     async def jobs(self, req: web.Request) -> web.Response:
         """The signed-in key's own recent jobs: never another key's."""
-        _, client = self.authenticate(req)
+        _, client = await self.authenticate(req)
         reply = await self._call(
             request(
-                self.nc,
+                client.nc,
                 p.DATASTORE_JOB_LIST,
                 p.JobList(client_address=client.address, limit=50),
                 self.settings.request_timeout_s,
+                to=p.datastore_job_list(client.identity.public),
             )
         )
         return web.json_response(
@@ -394,7 +419,7 @@ class GatewayService:
         )
 
     async def job(self, req: web.Request) -> web.Response:
-        _, client = self.authenticate(req)
+        _, client = await self.authenticate(req)
         job_id = req.match_info["job_id"]
         try:
             p.JobGet(job_id=job_id)
@@ -404,14 +429,14 @@ class GatewayService:
         return web.json_response(domain.job_view(record))
 
     async def epochs(self, req: web.Request) -> web.Response:
-        self.authenticate(req)
+        await self.authenticate(req)
         reply = await self._call(request(self.nc, p.SETTLEMENT_EPOCHS, p.EpochList(limit=20), 10.0))
         return web.json_response(
             {"epochs": [{**e.model_dump(exclude={"v"}), "total_fees": str(e.total_fees)} for e in reply.epochs]}
         )
 
     async def balance(self, req: web.Request) -> web.Response:
-        self.authenticate(req)
+        await self.authenticate(req)
         address = req.match_info["address"]
         try:
             ask = p.BalanceGet(address=address)
@@ -421,7 +446,7 @@ class GatewayService:
         return web.json_response(domain.balance_view(b))
 
     async def stats(self, req: web.Request) -> web.Response:
-        _, client = self.authenticate(req)
+        _, client = await self.authenticate(req)
         if not self.network:
             await self.sample_network()
         return web.json_response({"network": list(self.network), "mine": list(self.history.get(client.address, []))})

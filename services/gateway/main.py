@@ -33,14 +33,13 @@ async def main(
     async with Runtime(
         "gateway", settings, topology=False, connect_options={"inbox_prefix": GATEWAY_INBOX_PREFIX}
     ) as rt:
-        runner = web.AppRunner(
-            build_app(GatewayService(rt.nc, settings, rt.log)),
-            access_log=None,
-            shutdown_timeout=settings.drain_timeout_s,
-        )
+        service = GatewayService(rt.nc, settings, rt.log)
+        runner = web.AppRunner(build_app(service), access_log=None, shutdown_timeout=settings.drain_timeout_s)
         await runner.setup()
-        # Stop accepting and let in-flight requests finish (up to the shutdown timeout) before NATS drains.
+        # Stop accepting and let in-flight requests finish (up to the shutdown timeout) before NATS drains;
+        # then each key's own connection.
         rt.on_close(runner.cleanup)
+        rt.on_close(service.close_clients)
         await web.TCPSite(runner, settings.gateway_host, settings.gateway_port).start()
         port = int(runner.addresses[0][1])  # the real port when gateway_port is 0
         rt.log.info("gateway.listening", port=port)

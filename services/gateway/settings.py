@@ -23,6 +23,11 @@ class GatewaySettings(CommonSettings):
     # Each client name's Ed25519 key is derived from this secret (HMAC), so every replica
     # signs for a client with the same key and the client keeps one escrow.
     gateway_secret: str = "loranet-devnet-gateway"
+    # Where each API key's client connects with its own NATS identity (its Ed25519 key, through the auth
+    # callout, as SDK clients do), so this process can read no other key's jobs, events or tokens: the
+    # NATS URL without user or password. "" = every key on the gateway's own connection (a NATS server
+    # without the callout; the gateway's NATS user must then be allowed the clients' subjects).
+    gateway_client_nats_url: str = ""
     # Base models offered (registered names); each adapter over them is offered as "<base>:<adapter>".
     gateway_models: list[str] = Field(default_factory=lambda: [default_model_name()])  # $LORANET_MODEL or SmolLM2
     catalogue_refresh_s: Annotated[float, Field(ge=0)] = 10.0

@@ -64,8 +64,15 @@ async def test_record_from_shuffled_duplicated_events(datastore):
     await asyncio.sleep(0.5)
     assert await get_job(ds, job_id) == record
     # The per-client index.
-    listed = await request(ds.nc, p.DATASTORE_JOB_LIST, p.JobList(client_address=CLIENT.lower()))
+    listed = await request(
+        ds.nc, p.DATASTORE_JOB_LIST, p.JobList(client_address=CLIENT.lower()), to=p.datastore_job_list(KEY)
+    )
     assert [(j.job_id, j.status, j.adapter_id) for j in listed.jobs] == [(job_id, "settled", req.adapter_id)]
+    # another client's id lists nothing of this address's jobs (datastore.job.list.<client_id>)
+    other = await request(
+        ds.nc, p.DATASTORE_JOB_LIST, p.JobList(client_address=CLIENT.lower()), to=p.datastore_job_list("ef" * 32)
+    )
+    assert other.jobs == []
 
 
 async def test_a_record_is_answered_to_its_own_client_only(datastore):
@@ -135,7 +142,9 @@ async def test_request_recovered_from_result_and_client_index_paging(datastore):
     assert rec.request is not None and rec.request.job_id == ids[4]
 
     async def page(**kw):
-        reply = await request(ds.nc, p.DATASTORE_JOB_LIST, p.JobList(client_address=CLIENT, **kw))
+        reply = await request(
+            ds.nc, p.DATASTORE_JOB_LIST, p.JobList(client_address=CLIENT, **kw), to=p.datastore_job_list(KEY)
+        )
         return reply.jobs
 
     deadline = time.monotonic() + 10

@@ -248,6 +248,7 @@ async def test_a_stream_withdraws_a_rejected_answer_and_the_rerun_follows(devnet
     gateway = GatewayThread(
         GatewaySettings(
             nats_url=config.url_for("gateway"),
+            gateway_client_nats_url=config.nats_url,
             gateway_keys={key: "streamer"},
             gateway_host="127.0.0.1",
             gateway_port=0,

@@ -41,6 +41,7 @@ def gateway_devnet(devnet):
 def gateways(gateway_devnet):
     common = dict(
         nats_url=gateway_devnet.url_for("gateway"),
+        gateway_client_nats_url=gateway_devnet.nats_url,
         gateway_host="127.0.0.1",
         gateway_port=0,
         log_level="WARNING",
@@ -184,6 +185,7 @@ def test_python_m_services_gateway_serves_and_drains_on_sigterm(gateway_devnet, 
     env = dict(
         os.environ,
         LORANET_NATS_URL=gateway_devnet.url_for("gateway"),
+        LORANET_GATEWAY_CLIENT_NATS_URL=gateway_devnet.nats_url,
         LORANET_GATEWAY_PORT=str(port),
         LORANET_GATEWAY_HOST="127.0.0.1",
         LORANET_GATEWAY_KEYS_FILE=str(keys),
@@ -214,6 +216,7 @@ def test_rate_limit_and_oversized_bodies(gateway_devnet):
     gateway = GatewayThread(
         GatewaySettings(
             nats_url=gateway_devnet.url_for("gateway"),
+            gateway_client_nats_url=gateway_devnet.nats_url,
             gateway_host="127.0.0.1",
             gateway_port=0,
             log_level="WARNING",

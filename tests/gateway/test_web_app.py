@@ -50,6 +50,7 @@ def gateway(devnet):
     gw = GatewayThread(
         GatewaySettings(
             nats_url=devnet[0].url_for("gateway"),
+            gateway_client_nats_url=devnet[0].nats_url,
             gateway_keys={ALICE: "alice", BOB: "bob"},
             gateway_host="127.0.0.1",
             gateway_port=0,

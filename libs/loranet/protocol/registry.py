@@ -156,7 +156,8 @@ class JobRecord(AdditiveWire):
 
 
 class JobList(Wire):
-    """A client's recent jobs, newest first (datastore.job.list)."""
+    """A client's recent jobs, newest first (datastore.job.list.<client_id>: only that client's, among the
+    address's)."""
 
     v: Literal[1] = 1
     client_address: Address

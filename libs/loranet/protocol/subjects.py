@@ -244,7 +244,11 @@ DATASTORE_JOB_GET = Request(
     reply=JobRecord,
 )
 DATASTORE_JOB_LIST = Request(
-    "datastore.job.list", JobList, SMALL_REQUEST_BYTES, "a client's recent jobs", reply=JobListReply
+    "datastore.job.list.*",
+    JobList,
+    SMALL_REQUEST_BYTES,
+    "datastore.job.list.<client_id>: a client lists its own recent jobs",
+    reply=JobListReply,
 )
 DATASTORE_ATTRIBUTION_GET = Request(
     "datastore.attribution.get",
@@ -439,6 +443,11 @@ def parse_job_events(subject: str) -> tuple[str, str]:
 def datastore_job_get(client: bytes | str) -> str:
     """datastore.job.get.<client_id>: where a client asks for the records of its own jobs."""
     return f"datastore.job.get.{_client_token(client)}"
+
+
+def datastore_job_list(client: bytes | str) -> str:
+    """datastore.job.list.<client_id>: where a client lists its own jobs."""
+    return f"datastore.job.list.{_client_token(client)}"
 
 
 def dead_letter(subject: str) -> str:
