@@ -292,6 +292,8 @@ class Supervisor:
                 "settlement",
                 LORANET_EPOCH_MAX_S=str(self.config.epoch_max_s),
                 LORANET_RPC_URL=self.rpc_url,
+                # only the verifiers the devnet staked and registered (stake_nodes) decide jobs
+                LORANET_REGISTERED_VERIFIERS_ONLY="1",
             ),
         ]
         second = [svc("scheduler", "services.scheduler", "scheduler")]
@@ -360,8 +362,9 @@ class Supervisor:
 
     def stake_nodes(self) -> None:
         """Stake each node's Ed25519 key in the Registry and declare its device, memory and region: the map
-        the scheduler checks heartbeats against (devnet: a fresh funded account per node stakes for it; a
-        node already staked, after `devnet down`/`up`, is left as it is)."""
+        the scheduler checks heartbeats against; stake and register each verifier's key, whose verdicts alone
+        settlement counts (devnet: a fresh funded account stakes for each; one already staked, after
+        `devnet down`/`up`, is left as it is)."""
         from loranet.signing import Identity, devnet_address
         from loranet.split import DEFAULT_PRICE
         from services.settlement.devchain import DevChain
@@ -378,6 +381,14 @@ class Supervisor:
             device = self.config.extra_env.get("LORANET_DEVICE", "cpu").split(":")[0]
             price = DEFAULT_PRICE.per_output_token * 10**6  # per million generated tokens
             chain.declare(account.key, device, memory_mb, self.region(k) or "local", price)
+        for k in range(self.config.verifiers):
+            verifier_id = f"verifier-{k}"
+            identity = Identity.load_or_create(self.dir / "state" / f"{verifier_id}.key")
+            if chain.node_of_key(identity.public):
+                continue
+            account = chain.new_account(open_tokens=chain.min_stake())
+            chain.stake(account.key, chain.min_stake(), identity.public, payout=devnet_address(verifier_id))
+            chain.register_verifier(account.key)
 
     def register_catalogue(self) -> None:
         import nats

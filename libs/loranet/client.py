@@ -363,6 +363,19 @@ class Client:
                 out.append(ann)
         return out
 
+    async def committee(self, model_id: str) -> list[bytes]:
+        """The keys a confidential prompt is sealed to: the announced verifiers registered in the Registry
+        (settlement.stake by key); on a network that registers none, every announced one."""
+        announced = [v.verifier_key for v in await self.verifiers(model_id)]
+        registered = []
+        for key in announced:
+            try:
+                if (await self.stake_of_key(key)).verifier:
+                    registered.append(key)
+            except (RemoteError, TimeoutError, nats.errors.Error):
+                pass  # no settlement to ask: the announced committee
+        return registered or announced
+
     async def seal_for(self, job: p.JobRequest, node_id: str = "") -> p.JobRequest:
         """The confidential form of an unsigned job: its prompt sealed to one node and the committee, signed.
 
@@ -385,7 +398,7 @@ class Client:
                 hb.node_id,
             ),
         )
-        committee = [v.verifier_key for v in await self.verifiers(job.model_id)]
+        committee = await self.committee(job.model_id)
         if not committee:
             raise JobFailed(
                 f"no verifier has announced a key for model {job.model_id[:12]}… (KV {p.VERIFIERS_BUCKET!r})"

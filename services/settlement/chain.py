@@ -487,6 +487,15 @@ class Chain:
         device, memory_mb, region, price = self._call(self.registry.functions.specs(to_checksum_address(address)))
         return NodeSpec(device, memory_mb, region, price) if device else None
 
+    def register_verifier(self, key: str | bytes, enabled: bool = True) -> TxInfo:
+        """Register (or retire) the staker of `key` as a verifier."""
+        return self._info(self._send(key, self.registry.functions.register_verifier(enabled), "register_verifier"))
+
+    def verifier_of_key(self, ed25519_key: bytes) -> str | None:
+        """The active registered verifier that bound this Ed25519 key (None: no such verifier)."""
+        address = self._call(self.registry.functions.verifier_of_key(_bytes32(ed25519_key)))
+        return None if int(address, 16) == 0 else address
+
     def node_of_key(self, ed25519_key: bytes) -> str | None:
         """The staker that bound this Ed25519 public key, or None."""
         address = self._call(self.registry.functions.node_of_key(_bytes32(ed25519_key)))

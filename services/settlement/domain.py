@@ -29,6 +29,17 @@ def check_verdict(verdict: p.Verdict) -> None:
         raise VerdictRefused("result_hash does not match the result carried in the verdict")
 
 
+def check_registered(verdict: p.Verdict, payout: str | None) -> None:
+    """The verdict's key is an active registered verifier's (`payout`: its payout address, None: not
+    registered) and the verdict pays that address."""
+    if payout is None:
+        raise VerdictRefused(
+            f"verifier key {verdict.verifier_key.hex()[:16]} is not an active verifier registered in the Registry"
+        )
+    if verdict.verifier_address.lower() != payout.lower():
+        raise VerdictRefused(f"verdict pays {verdict.verifier_address}, the registered verifier's payout is {payout}")
+
+
 @dataclass
 class Quorum:
     """Verdicts gathered for one job until `needed` distinct verifiers agree.

@@ -60,6 +60,8 @@ class SettlementService:
         # job id → its client's key, which names the subject of the job's events (jobs.events.<client_id>.*)
         self._clients: OrderedDict[str, bytes] = OrderedDict()
         self._fault_passes = 0
+        # verifier key -> (checked at, the registered verifier's payout address or None)
+        self._verifiers: dict[bytes, tuple[float, str | None]] = {}
         self._attempts: OrderedDict[str, Attempts] = OrderedDict()  # jobs being re-run: attempt, failed nodes
         # Whether _attempts holds every record of the journal bucket (else a miss is read from it).
         self._attempts_complete = False
@@ -205,6 +207,7 @@ class SettlementService:
                 memory_mb=spec.memory_mb if spec else 0,
                 region=spec.region if spec else "",
                 price=spec.price if spec else 0,
+                verifier=bool(any(node.ed25519_key) and self.chain.verifier_of_key(node.ed25519_key)),
             )
 
         try:
@@ -295,6 +298,8 @@ class SettlementService:
     async def on_verdict(self, verdict: p.Verdict, delivery: Delivery) -> None:
         try:
             domain.check_verdict(verdict)
+            if self.settings.registered_verifiers_only:
+                domain.check_registered(verdict, await self._verifier_payout(verdict.verifier_key))
         except domain.VerdictRefused as exc:
             raise Refused(f"verdict refused: {exc}") from None
         job_id = verdict.job_id
@@ -368,6 +373,27 @@ class SettlementService:
             self._deciding.discard(job_id)
 
     # -- re-runs -------------------------------------------------------------
+
+    async def _verifier_payout(self, key: bytes) -> str | None:
+        """The payout address of the active registered verifier that bound `key` (None: none), cached."""
+        cached = self._verifiers.get(key)
+        if cached is not None and time.monotonic() - cached[0] < self.settings.verifier_cache_s:
+            return cached[1]
+
+        def read() -> str | None:
+            staker = self.chain.verifier_of_key(key)
+            return self.chain.node(staker).payout if staker else None
+
+        try:
+            payout = await asyncio.to_thread(read)
+        except ChainError:
+            if cached is not None:
+                return cached[1]  # the chain is away: what was known
+            raise  # redelivered later
+        if len(self._verifiers) > 4096:
+            self._verifiers.clear()
+        self._verifiers[key] = (time.monotonic(), payout)
+        return payout
 
     async def _attempts_of(self, job_id: str) -> Attempts:
         runs = self._attempts.get(job_id)

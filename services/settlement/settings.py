@@ -26,6 +26,11 @@ class SettlementSettings(CommonSettings):
     reserve_window_s: float = 0.05
     # Independent accepting verdicts needed before a job is paid.
     verdict_quorum: int = 1
+    # Count a verdict only when its Ed25519 key is bound to an active verifier registered in the Registry
+    # (Registry.register_verifier) and it pays that verifier's payout address; any other verdict is
+    # dead-lettered and changes nothing. The devnet stakes and registers its verifiers and turns this on.
+    registered_verifiers_only: bool = False
+    verifier_cache_s: float = 30.0
     # A job whose result the verifiers finally reject is run again on another node (every node that
     # failed it excluded) up to this many times; its escrow reservation stays held, the cheating node
     # is slashed and unpaid, and only when the re-runs are spent (or no other node can take it) is the

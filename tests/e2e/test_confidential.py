@@ -345,6 +345,7 @@ async def test_a_node_sealing_a_wrong_adapter_fingerprint_is_rejected(devnet):
                     chunks=chunks,
                     started_at=now - 1,
                     finished_at=now,
+                    assignment=batch.assignment_of(job.job_id),  # the scheduler's word, as any node carries it
                 )
                 result = sign(confidential.seal_result(result), node)
                 await js.publish(

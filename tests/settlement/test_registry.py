@@ -165,3 +165,15 @@ def test_a_datanet_versions_root_is_recorded_once_by_a_registrar(chain: DevChain
     with pytest.raises(ChainError, match="zero root"):
         chain.record_datanet_version(name, 2, bytes(32))
     assert chain.datanet_root(name, 1) == root
+
+
+def test_only_a_staked_key_registers_as_a_verifier_and_counts_while_active(chain: DevChain):
+    stranger = chain.new_account(open_tokens=10 * OPEN)
+    with pytest.raises(ChainError, match="stake first"):
+        chain.register_verifier(stranger.key)
+    verifier, key = _node(chain)
+    assert chain.verifier_of_key(key) is None  # staked, not registered
+    chain.register_verifier(verifier.key)
+    assert chain.verifier_of_key(key) == verifier.address
+    chain.request_unstake(verifier.key, 200 * OPEN)  # below min_stake: its verdicts stop counting
+    assert chain.verifier_of_key(key) is None

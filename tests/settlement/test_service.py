@@ -116,6 +116,38 @@ async def test_one_unpayable_job_does_not_block_its_epoch(nats_server, chain):
         assert chain.escrow_of(poor.address) == 6 * 10**14 - 5 * 10**14
 
 
+async def test_only_registered_verifiers_decide_jobs(nats_server, chain):
+    """Issue 18: with registered_verifiers_only, a verdict signed by a key that no active verifier bound in
+    the Registry is dead-lettered and changes nothing; once the key is staked and registered (paying the
+    address its verdicts name), the same verdict settles the job."""
+    client = chain.new_account()
+    await asyncio.to_thread(chain.fund, client.address, 10**18)
+    await asyncio.to_thread(chain.deposit, client.key, 10**16)
+    settings = SettlementSettings(
+        nats_url=nats_server.url, epoch_max_s=0.3, registered_verifiers_only=True, verifier_cache_s=0.1
+    )
+    async with Runtime("settlement", settings) as rt:
+        await rt.mount((await SettlementService.open(rt, settings, chain)).routes())
+        job = factories.job(adapter_id="", client_address=client.address, max_fee=10**15)
+        verdict = factories.verdict(factories.result(job))
+        await rt.js.publish(p.verdicts(job.job_id), codec.encode(verdict))
+        deadline = time.monotonic() + 20
+        while rt.stats["verdicts"].dead_lettered < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert rt.stats["verdicts"].dead_lettered == 1
+        assert chain.job_state(job.job_id) == "unknown" and chain.escrow_of(client.address) == 10**16
+        staker = chain.new_account(open_tokens=2 * chain.min_stake())
+        await asyncio.to_thread(chain.stake, staker.key, chain.min_stake(), factories.VERIFIER.public, factories.ADDR)
+        await asyncio.to_thread(chain.register_verifier, staker.key)
+        stake = await rt.request(p.SETTLEMENT_STAKE, p.StakeGet(ed25519_key=factories.VERIFIER.public.hex()))
+        assert stake.verifier and stake.address == staker.address
+        await asyncio.sleep(0.2)  # past the cache of the first answer
+        again = factories.verdict(factories.result(job))
+        await rt.js.publish(p.verdicts(job.job_id), codec.encode(again), headers={"Nats-Msg-Id": "again"})
+        receipt = codec.decode(p.Receipt, (await _wait_stage(rt.js, job.job_id, "settled")).body)
+        assert receipt.status == "settled" and chain.job_state(job.job_id) == "settled"
+
+
 async def test_stake_endpoint_and_cli(nats_server, chain, tmp_path):
     import json
     import os

@@ -76,6 +76,7 @@ class Stake(Wire):
     memory_mb: Annotated[int, Field(ge=0)] = 0
     region: Annotated[str, StringConstraints(max_length=32)] = ""
     price: Wei = 0  # OPEN wei per million tokens
+    verifier: bool = False  # a registered verifier (Registry.register_verifier), active
 
 
 class Reserve(Wire):

@@ -41,6 +41,10 @@ event NodeDeclared:
     region: String[32]
     price: uint256
 
+event VerifierRegistered:
+    verifier: indexed(address)
+    enabled: bool
+
 event UnstakeRequested:
     node: indexed(address)
     amount: uint256
@@ -100,6 +104,8 @@ is_registrar: public(HashMap[address, bool])
 
 nodes: public(HashMap[address, Node])
 specs: public(HashMap[address, NodeSpec])
+# Stakers that verify (their bound Ed25519 key signs verdicts); a verifier's stake is slashable as a node's.
+is_verifier: public(HashMap[address, bool])
 node_of_key: public(HashMap[bytes32, address])
 evidence_used: public(HashMap[bytes32, bool])
 
@@ -214,6 +220,30 @@ def declare(device: String[64], memory_mb: uint64, region: String[32], price: ui
     assert memory_mb > 0, "registry: zero memory"
     self.specs[msg.sender] = NodeSpec(device=device, memory_mb=memory_mb, region=region, price=price)
     log NodeDeclared(node=msg.sender, device=device, memory_mb=memory_mb, region=region, price=price)
+
+
+@external
+def register_verifier(enabled: bool):
+    """
+    @notice Register (or retire) the caller as a verifier: its bound Ed25519
+            key's verdicts count while it is active (staked at least min_stake).
+    """
+    assert self.nodes[msg.sender].ed25519_key != empty(bytes32), "registry: not staked (stake first)"
+    self.is_verifier[msg.sender] = enabled
+    log VerifierRegistered(verifier=msg.sender, enabled=enabled)
+
+
+@view
+@external
+def verifier_of_key(ed25519_key: bytes32) -> address:
+    """@notice The active, registered verifier that bound this key, or the zero address."""
+    staker: address = self.node_of_key[ed25519_key]
+    if staker == empty(address) or not self.is_verifier[staker]:
+        return empty(address)
+    record: Node = self.nodes[staker]
+    if record.stake == 0 or record.stake < self.min_stake:
+        return empty(address)
+    return staker
 
 
 @external
