@@ -460,12 +460,13 @@ class Supervisor:
                 self.start_service(svc)
                 if svc.name == "chain":  # settlement attaches to its contracts at start
                     self.wait_started([svc])
+                    # before settlement starts: both send from the deployer's account (nonces)
+                    self.stake_nodes()
             self.write_state()
             self.wait_started(first)
             self.phase = "catalogue"
             self.write_state()
             self.register_catalogue()
-            self.stake_nodes()
             self.phase = "nodes"
             for svc in second:
                 self.start_service(svc)
