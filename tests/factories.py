@@ -58,6 +58,26 @@ async def announce_scheduler(js) -> None:
     await kv.put(SCHEDULER.public.hex(), codec.encode(sign(announced, SCHEDULER)))
 
 
+def heartbeat(node_id: str = "node-0", **overrides) -> p.NodeHeartbeat:
+    """A node's heartbeat (unsigned), idle, serving MODEL on the CPU."""
+    fields = dict(
+        node_id=node_id,
+        node_key=NODE.public,
+        payout_address=ADDR,
+        model_ids=[MODEL],
+        device="cpu",
+        memory_free=0,
+        adapters_hot=[],
+        slots_total=4,
+        slots_free=4,
+        queue_depth=0,
+        tokens_per_s=0.0,
+        at=0.0,
+    )
+    fields.update(overrides)
+    return p.NodeHeartbeat(**fields)
+
+
 def result(request: p.JobRequest | None = None) -> p.InferenceResult:
     request = request or job()
     r = p.InferenceResult(

@@ -632,18 +632,13 @@ async def test_confidential_jobs_registries_verifiers_announce_clients_read(nats
     services.runtimes["verifier"].spawn(services.verifier.announce_loop(), name="announce")
     node_id = Identity.generate()
     hb = sign(
-        p.NodeHeartbeat(
-            node_id="node-sealed",
+        factories.heartbeat(
+            "node-sealed",
             node_key=node_id.public,
             payout_address="0x" + "3" * 40,
             model_ids=["cd" * 32],
-            device="cpu",
-            memory_free=0,
-            adapters_hot=[],
             slots_total=1,
             slots_free=1,
-            queue_depth=0,
-            tokens_per_s=0.0,
             at=time.time(),
         ),
         node_id,

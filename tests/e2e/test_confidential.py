@@ -41,6 +41,7 @@ from loranet.model.generate import ReferenceModel
 from loranet.signing import Identity, devnet_address, sign
 from loranet_ops.demo import build_catalogue
 from services.inference.domain import build_result
+from tests import factories
 
 ADAPTER = "demo-0"
 MAX_TOKENS = 24
@@ -291,18 +292,13 @@ async def test_a_node_sealing_a_wrong_adapter_fingerprint_is_rejected(devnet):
 
     async def heartbeat() -> None:
         while True:
-            hb = p.NodeHeartbeat(
-                node_id=node_id,
+            hb = factories.heartbeat(
+                node_id,
                 node_key=node.public,
                 payout_address=address,
                 model_ids=[model_id],
-                device="cpu",
-                memory_free=0,
-                adapters_hot=[],
                 slots_total=1,
                 slots_free=1,
-                queue_depth=0,
-                tokens_per_s=0.0,
                 at=time.time(),
             )
             await kv.put(node_id, codec.encode(sign(hb, node)))

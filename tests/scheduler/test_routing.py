@@ -248,20 +248,7 @@ def test_a_rerun_avoids_every_node_of_the_operators_that_failed_it():
     from tests import factories
 
     def hb(node_id: str, payout: str) -> p.NodeHeartbeat:
-        return p.NodeHeartbeat(
-            node_id=node_id,
-            node_key=factories.NODE.public,
-            payout_address=payout,
-            model_ids=[factories.MODEL],
-            device="cpu",
-            memory_free=0,
-            adapters_hot=[],
-            slots_total=4,
-            slots_free=4,
-            queue_depth=0,
-            tokens_per_s=0.0,
-            at=0.0,
-        )
+        return factories.heartbeat(node_id, payout_address=payout)
 
     a, b, c = ("0x" + x * 40 for x in "abc")
     live = [hb("n1", a), hb("n2", a), hb("n3", b), hb("n4", c), hb("n5", c)]
@@ -278,21 +265,7 @@ def test_a_heartbeat_that_contradicts_its_declaration_is_refused():
     from loranet import protocol as p
     from tests import factories
 
-    hb = p.NodeHeartbeat(
-        node_id="n1",
-        node_key=factories.NODE.public,
-        payout_address=factories.ADDR,
-        model_ids=[factories.MODEL],
-        device="cuda:0",
-        memory_free=40 * 2**30,
-        adapters_hot=[],
-        slots_total=4,
-        slots_free=4,
-        queue_depth=0,
-        tokens_per_s=0.0,
-        region="eu-west",
-        at=0.0,
-    )
+    hb = factories.heartbeat("n1", device="cuda:0", memory_free=40 * 2**30, region="eu-west")
     declared = p.Stake(address=factories.ADDR, stake=1, device="cuda", memory_mb=81_920, region="eu-west")
     assert d.declaration_problem(hb, declared, required=True) is None
     assert d.declaration_problem(hb, None, required=False) is None  # undeclared: allowed unless required
