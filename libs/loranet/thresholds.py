@@ -108,6 +108,18 @@ REPLAY_MARGIN = 1e-3
 # A cheater steering many tokens through near-ties is bounded by it.
 MAX_NEAR_TIE_TOKENS = 2
 
+# --- Per-node statistics (issue 18) ----------------------------------------
+# Over every audited job of a node: the mean of its chunks' fingerprint mean excess (above), and the count of
+# its tokens that are not the replayed choice (margin < 0, near ties included). `python
+# bench/node_audit_bench.py --quick --json` on the tiny model: 20 honest configurations (threads, attention),
+# 5,514 tokens: every chunk's mean excess 0.0, no token off the choice; float16 weights: 8.2e-5 per chunk
+# (under the per-job limit) from the first chunk; int8 / int4 tokens "proved" by an honest prefill: 22 / 33
+# tokens off the choice in 700 / 118. A node past either is flagged and audited at 100%.
+NODE_FP_FLAG = 1e-6  # mean excess over at least NODE_FP_MIN_CHUNKS chunks
+NODE_FP_MIN_CHUNKS = 4
+# What an honest node reaches in 10,000 tokens with probability < 1e-6 at the measured honest rate's 95% bound
+NODE_OFF_CHOICE_FLAG = 21
+
 # --- Termination -----------------------------------------------------------
 
 # finish_reason "eos": EOS must win the replayed race at its step. An EOS

@@ -492,6 +492,12 @@ class NodeRecord:
     last_failure: str = ""
     last_failure_at: float = 0.0
     extra: dict[str, int] = field(default_factory=dict)
+    # Running statistics over its audited jobs (observe_audit); `flagged` says why once they depart.
+    fp_chunks: int = 0
+    fp_excess_sum: float = 0.0
+    audited_tokens: int = 0
+    off_choice_tokens: int = 0
+    flagged: str = ""
 
 
 def job_fraction(job_id: str) -> float:
@@ -500,11 +506,41 @@ def job_fraction(job_id: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def observe_audit(record: NodeRecord, result: p.InferenceResult, hidden: torch.Tensor, logits: torch.Tensor) -> str:
+    """Add an audited job to the node's running statistics; the reason it is flagged ("" while it is
+    not). Flagged once: the reason stays."""
+    need = len(result.prompt_tokens) + len(result.output_tokens)
+    if hidden.shape[0] == need and logits.shape[0] == need:
+        for _, _, mean_x, _ in fingerprint_figures(result, hidden):
+            record.fp_chunks += 1
+            record.fp_excess_sum += min(mean_x, 1.0)
+        if result.output_tokens:
+            margins = replay_margins(result, logits)
+            record.audited_tokens += len(margins)
+            record.off_choice_tokens += int((margins < 0).sum())
+    if not record.flagged:
+        record.flagged = statistics_flag(record)
+    return record.flagged
+
+
+def statistics_flag(record: NodeRecord) -> str:
+    """Why a node's statistics depart from honest nodes' ("": they do not); thresholds.NODE_*."""
+    if record.fp_chunks >= thresholds.NODE_FP_MIN_CHUNKS:
+        mean = record.fp_excess_sum / record.fp_chunks
+        if mean > thresholds.NODE_FP_FLAG:
+            return f"fingerprint mean excess {mean:.2e} over {record.fp_chunks} chunks (honest: 0)"
+    if record.off_choice_tokens >= thresholds.NODE_OFF_CHOICE_FLAG:
+        return f"{record.off_choice_tokens} of {record.audited_tokens} tokens not the replayed choice (honest: 0)"
+    return ""
+
+
 def should_audit(record: NodeRecord, job_id: str, policy: AuditPolicy, attempt: int = 0) -> tuple[bool, str]:
-    """(audit?, why): every re-run, every job of a new node, every job for a while after a failure, else a
-    hashed fraction."""
+    """(audit?, why): every re-run, every job of a flagged node, every job of a new node, every job for a
+    while after a failure, else a hashed fraction."""
     if attempt > 0:
         return True, f"re-run (attempt {attempt}) after a rejected result"
+    if record.flagged:
+        return True, f"flagged by its statistics: {record.flagged}"
     if record.clean_audits < policy.new_node_jobs:
         return True, f"new node ({record.clean_audits}/{policy.new_node_jobs} clean audits)"
     if record.forced_audits_left > 0:

@@ -205,6 +205,9 @@ class VerifierService:
                 hidden, logits = await asyncio.to_thread(self.engine.prefill, ids, result.adapter_id)
                 checks.extend(domain.audit_checks(result, hidden, logits))
                 audited = True
+                was = record.flagged
+                if domain.observe_audit(record, result, hidden, logits) and not was:
+                    self.rt.log.warning("node.flagged", node_id=result.node_id, why=record.flagged)
         checks.append(
             domain.check(
                 "audit_policy",

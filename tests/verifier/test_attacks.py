@@ -50,6 +50,8 @@ def _attack_runs(verifier, kit, name, n):
 
 def test_honest_jobs_are_accepted(verifier, kit):
     assert _honest_runs(verifier, kit, HONEST) == []
+    record = verifier.records[kit.node.node_id]
+    assert not record.flagged and record.fp_excess_sum == 0 and record.off_choice_tokens == 0, record
 
 
 @pytest.mark.parametrize("attack", list(ATTACKS))
@@ -66,3 +68,34 @@ def test_full_size_honest(verifier, kit):
 @pytest.mark.parametrize("attack", list(ATTACKS))
 def test_full_size_attack(verifier, kit, attack):
     assert _attack_runs(verifier, kit, attack, 300) == []
+
+
+def test_a_node_serving_float16_weights_is_flagged_by_its_statistics_alone(engine, kit, honest, node_model, adapters):
+    """Issue 18: float16 weights move the fingerprint by less than one job's limit (its jobs are accepted),
+    but the node's running mean of fingerprint excess departs from honest nodes' (0): it is flagged and then
+    audited at 100%. The honest node beside it, audited as often, is never flagged."""
+    import copy
+
+    import torch
+    from attacks import HonestNode
+
+    from loranet import protocol as p
+    from services.verifier import domain
+
+    cheap = copy.deepcopy(node_model)
+    with torch.no_grad():
+        for module in cheap.base.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.data = module.weight.data.half().float()
+    node = HonestNode("node-fp16", cheap, {aid: name for name, _, aid in adapters})
+    verifier = local_verifier(engine, [honest, node])
+    outcomes = []
+    for _ in range(4):
+        outcomes.append(judge_once(verifier, node.run(random_job(kit))))
+        judge_once(verifier, kit.node.run(random_job(kit)))
+    record = verifier.records["node-fp16"]
+    assert sum(not o.detected for o in outcomes) >= 1, [o.how for o in outcomes]  # per-job checks let it through
+    assert record.flagged.startswith("fingerprint mean excess"), record
+    audit, why = domain.should_audit(record, p.new_job_id(), verifier.policy)
+    assert audit and why.startswith("flagged by its statistics")
+    assert not verifier.records[kit.node.node_id].flagged
