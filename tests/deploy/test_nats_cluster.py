@@ -122,11 +122,9 @@ async def test_three_nodes_form_a_cluster_and_hold_every_stream_three_times(clus
     kv = await js.stream_info(f"KV_{p.NODES_BUCKET}")
     assert kv.config.num_replicas == 3
     await nc.drain()
-    # A job acknowledged through one node (as the gateway: init may not submit jobs; clients need the
-    # auth service) is there through another.
-    client = await nats.connect(
-        f"nats://gateway:x@127.0.0.1:{cluster['nats-1']['client']}", inbox_prefix="_INBOX_gateway"
-    )
+    # A job acknowledged through one node (as an operator: init and the gateway may not submit jobs; clients
+    # need the auth service) is there through another.
+    client = await nats.connect(f"nats://admin:x@127.0.0.1:{cluster['nats-1']['client']}")
     ack = await client.jetstream().publish(p.JOBS_SUBMIT.pattern, b"x")
     await client.drain()
     other = await nats.connect(f"nats://init:pw-init@127.0.0.1:{cluster['nats-3']['client']}")

@@ -178,13 +178,15 @@ async def test_confidential_job_settles_and_leaks_nothing(devnet):
             assert outcome.status == "settled", outcome
             assert outcome.verdict["accepted"] and outcome.verdict["audited"], outcome
             assert outcome.fee > 0 and sum(outcome.payouts.values()) == outcome.fee
-            assert outcome.output, "the client could not open a non-empty output"
+            assert "does not open" not in outcome.reason, outcome.reason  # the client opened its output
             record_ = await client.job(job_id)
             assert record_.request.confidential and record_.request.prompt == ""
             assert record_.result.sealed_output is not None and record_.result.output_text == ""
             assert record_.result.output_tokens == [] and record_.result.prompt_tokens == []
             assert record_.result.fingerprint.chunks == []  # the proof is sealed too
             opened = confidential.open_output(record_.result, client.identity)
+            # (the tiny model's text may decode empty, e.g. a first token that ends the turn: the tokens do not)
+            assert opened.output_tokens, "the client could not open a non-empty output"
             # The client reads the proof the verifier audited: one chunk for the prompt, one per 32 outputs.
             assert len(opened.fingerprint_chunks) == 1 + -(-len(opened.output_tokens) // 32)
             assert opened.output_text == outcome.output
