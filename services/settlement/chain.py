@@ -8,7 +8,7 @@ settings. Deploying, faucets and time travel are devchain.py's, for the devnet a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -170,8 +170,15 @@ class Chain:
     def submit(self, key: str | bytes, call: Any, what: str, dry_run: bool = True) -> bytes:
         return self.transport.submit(key, call, what, dry_run)
 
-    def wait(self, tx_hash: bytes, what: str, call: Any = None, key: str | bytes | None = None) -> dict:
-        return self.transport.wait(tx_hash, what, call, key or self.settler_key)
+    def wait(
+        self,
+        tx_hash: bytes,
+        what: str,
+        call: Any = None,
+        key: str | bytes | None = None,
+        replay: Callable[[], Any] | None = None,
+    ) -> dict:
+        return self.transport.wait(tx_hash, what, call, key or self.settler_key, replay)
 
     def _info(self, receipt: dict) -> TxInfo:
         return self.transport.info(receipt)
@@ -331,9 +338,14 @@ class Chain:
         key: str | bytes | None = None,
         pool_contributors: bool = True,
     ) -> BatchReceipt:
-        """Wait for a sent batch; ChainError (with the reason) if it reverted."""
-        call = self._settle_call(seq, jobs, pool_contributors)
-        receipt = self.wait(tx_hash, f"settle_batch {seq}", call, key or self.settler_key)
+        """Wait for a sent batch; ChainError (with the reason) if it reverted. The call is rebuilt (the
+        balances tree replayed, its update computed) only to replay a revert for its reason."""
+        receipt = self.wait(
+            tx_hash,
+            f"settle_batch {seq}",
+            key=key or self.settler_key,
+            replay=lambda: self._settle_call(seq, jobs, pool_contributors),
+        )
         events = self.settlement.events.BatchSettled().process_receipt(receipt)
         if len(events) != 1:
             raise ChainError(f"settle_batch {seq}: expected one BatchSettled event, got {len(events)}")

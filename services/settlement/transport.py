@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,11 +130,24 @@ class Transport:
             self._nonces[sender] = nonce + 1
             return bytes(tx_hash)
 
-    def wait(self, tx_hash: bytes, what: str, call: Any = None, key: str | bytes | None = None) -> dict:
-        """The receipt of a sent transaction; ChainError if it failed (with the reason when `call` is given)."""
+    def wait(
+        self,
+        tx_hash: bytes,
+        what: str,
+        call: Any = None,
+        key: str | bytes | None = None,
+        replay: Callable[[], Any] | None = None,
+    ) -> dict:
+        """The receipt of a sent transaction; ChainError if it failed (with the reason when `call` is given, or
+        `replay` builds it: only then, for a call that is costly to build)."""
         receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.timeout_s)
         if receipt["status"] != 1:
             reason = ""
+            if call is None and replay is not None:
+                try:
+                    call = replay()
+                except Exception:
+                    call = None
             if call is not None:
                 try:  # replay at the latest state for the revert reason
                     call.call({"from": address_of(key)} if key else {})
