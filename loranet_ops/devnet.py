@@ -358,7 +358,8 @@ class Supervisor:
         self.write_state()
 
     def region(self, k: int) -> str:
-        return self.config.regions[k % len(self.config.regions)] if self.config.regions else ""
+        """Node k's region: what it heartbeats and what it declares (the Registry wants one)."""
+        return self.config.regions[k % len(self.config.regions)] if self.config.regions else "local"
 
     def stake_nodes(self) -> None:
         """Stake each node's Ed25519 key in the Registry and declare its device, memory and region: the map
@@ -370,25 +371,26 @@ class Supervisor:
         from services.settlement.devchain import DevChain
 
         chain = DevChain.open(self.rpc_url)
+
+        def stake(name: str) -> str | None:
+            """Stake the key in <state>/<name>.key (the service's own key file) for a fresh funded account:
+            the account's key, or None when the key is staked already."""
+            identity = Identity.load_or_create(self.dir / "state" / f"{name}.key")
+            if chain.node_of_key(identity.public):
+                return None
+            account = chain.new_account(open_tokens=chain.min_stake())
+            chain.stake(account.key, chain.min_stake(), identity.public, payout=devnet_address(name))
+            return account.key
+
         memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") >> 20
+        device = self.config.extra_env.get("LORANET_DEVICE", "cpu").split(":")[0]
+        price = DEFAULT_PRICE.per_output_token * 10**6  # per million generated tokens
         for k in range(self.config.inference_nodes):
-            node_id = f"node-{k}"
-            identity = Identity.load_or_create(self.dir / "state" / f"{node_id}.key")  # the node's own key file
-            if chain.node_of_key(identity.public):
-                continue
-            account = chain.new_account(open_tokens=chain.min_stake())
-            chain.stake(account.key, chain.min_stake(), identity.public, payout=devnet_address(node_id))
-            device = self.config.extra_env.get("LORANET_DEVICE", "cpu").split(":")[0]
-            price = DEFAULT_PRICE.per_output_token * 10**6  # per million generated tokens
-            chain.declare(account.key, device, memory_mb, self.region(k) or "local", price)
+            if key := stake(f"node-{k}"):
+                chain.declare(key, device, memory_mb, self.region(k), price)
         for k in range(self.config.verifiers):
-            verifier_id = f"verifier-{k}"
-            identity = Identity.load_or_create(self.dir / "state" / f"{verifier_id}.key")
-            if chain.node_of_key(identity.public):
-                continue
-            account = chain.new_account(open_tokens=chain.min_stake())
-            chain.stake(account.key, chain.min_stake(), identity.public, payout=devnet_address(verifier_id))
-            chain.register_verifier(account.key)
+            if key := stake(f"verifier-{k}"):
+                chain.register_verifier(key)
 
     def register_catalogue(self) -> None:
         import nats

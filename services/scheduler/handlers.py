@@ -38,11 +38,9 @@ from .settings import SchedulerSettings
 class NodeRegistryView:
     """The live nodes as last read from the `nodes` KV bucket (heartbeats with TTL)."""
 
-    def __init__(self, rt: Runtime, refresh_s: float, ttl_s: float, settings: SchedulerSettings | None = None) -> None:
+    def __init__(self, rt: Runtime, settings: SchedulerSettings) -> None:
         self.rt = rt
-        self.refresh_s = refresh_s
-        self.ttl_s = ttl_s
-        self.settings = settings or SchedulerSettings()
+        self.settings = settings
         self._nodes: list[p.NodeHeartbeat] = []
         self._read_at = 0.0
         self._lock = asyncio.Lock()
@@ -55,10 +53,10 @@ class NodeRegistryView:
     async def nodes(self) -> list[p.NodeHeartbeat]:
         async with self._lock:
             now = time.time()
-            if now - self._read_at >= self.refresh_s:
+            if now - self._read_at >= self.settings.registry_refresh_s:
                 self._nodes = await self._read()
                 self._read_at = now
-            live = domain.live_nodes(self._nodes, now, self.ttl_s)
+            live = domain.live_nodes(self._nodes, now, self.settings.node_ttl_s)
         if not self.settings.check_declarations:
             return live
         return [hb for hb in live if self._declared_ok(hb)]
@@ -92,10 +90,6 @@ class NodeRegistryView:
         finally:
             self._fetching.discard(key)
 
-    def declared(self, key: bytes) -> p.Stake | None:
-        entry = self._declared.get(key)
-        return entry[1] if entry else None
-
     async def _read(self) -> list[p.NodeHeartbeat]:
         kv = await self.rt.js.key_value(p.NODES_BUCKET)
         try:
@@ -120,7 +114,7 @@ class SchedulerService:
         self.identity = identity or Identity.load_or_create(
             settings.key_file or Path(settings.state_dir) / f"{settings.scheduler_id}.key"
         )
-        self.registry = NodeRegistryView(rt, settings.registry_refresh_s, settings.node_ttl_s, settings)
+        self.registry = NodeRegistryView(rt, settings)
         self.limiter = RateLimiter(settings.client_rate_per_s, settings.client_burst)
         self.queue = domain.RoutingQueue(
             settings.max_batch_jobs,
