@@ -141,18 +141,29 @@ async def registry_values(js: JetStreamContext, bucket: str) -> list[bytes]:
     return values
 
 
-async def live_nodes(js: JetStreamContext, model_id: str = "") -> list[p.NodeHeartbeat]:
-    """Live nodes from the registry (fresh, correctly signed heartbeats), serving `model_id` if given."""
+Announced = TypeVar("Announced", p.NodeHeartbeat, p.VerifierAnnouncement)
+
+
+async def fresh_announcements(
+    js: JetStreamContext, bucket: str, schema: type[Announced], model_id: str = ""
+) -> list[Announced]:
+    """A registry bucket's fresh, correctly signed entries (heartbeats, verifier announcements), for
+    `model_id` if given."""
     out, now = [], time.time()
-    for value in await registry_values(js, p.NODES_BUCKET):
+    for value in await registry_values(js, bucket):
         try:
-            hb = codec.decode(p.NodeHeartbeat, value)
-            hb.verify()
+            entry = codec.decode(schema, value)
+            entry.verify()
         except (codec.DecodeError, SignatureInvalid):
             continue
-        if now - hb.at < REGISTRY_FRESH_S and (not model_id or model_id in hb.model_ids):
-            out.append(hb)
+        if now - entry.at < REGISTRY_FRESH_S and (not model_id or model_id in entry.model_ids):
+            out.append(entry)
     return out
+
+
+async def live_nodes(js: JetStreamContext, model_id: str = "") -> list[p.NodeHeartbeat]:
+    """Live nodes from the registry (fresh, correctly signed heartbeats), serving `model_id` if given."""
+    return await fresh_announcements(js, p.NODES_BUCKET, p.NodeHeartbeat, model_id)
 
 
 async def _quiet(exc: Exception) -> None:
@@ -342,9 +353,6 @@ class Client:
         if ack.duplicate:
             raise JobFailed(f"job id {job.job_id} was already submitted")
 
-    async def _registry(self, bucket: str) -> list[bytes]:
-        return await registry_values(self.js, bucket)
-
     async def nodes(self, model_id: str = "") -> list[p.NodeHeartbeat]:
         """Live nodes (fresh, correctly signed heartbeats), serving `model_id` if given."""
         return await live_nodes(self.js, model_id)
@@ -352,16 +360,7 @@ class Client:
     async def verifiers(self, model_id: str = "") -> list[p.VerifierAnnouncement]:
         """Verifiers that announced their key recently (signed), for `model_id` if given: a confidential job's
         committee."""
-        out, now = [], time.time()
-        for value in await self._registry(p.VERIFIERS_BUCKET):
-            try:
-                ann = codec.decode(p.VerifierAnnouncement, value)
-                ann.verify()
-            except (codec.DecodeError, SignatureInvalid):
-                continue
-            if now - ann.at < REGISTRY_FRESH_S and (not model_id or model_id in ann.model_ids):
-                out.append(ann)
-        return out
+        return await fresh_announcements(self.js, p.VERIFIERS_BUCKET, p.VerifierAnnouncement, model_id)
 
     async def committee(self, model_id: str) -> list[bytes]:
         """The keys a confidential prompt is sealed to: the announced verifiers registered in the Registry
