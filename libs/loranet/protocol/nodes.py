@@ -49,8 +49,9 @@ class NodeHeartbeat(Wire, Signed):
 
 
 class SchedulerAnnouncement(Wire, Signed):
-    """A scheduler's signed key (KV bucket `schedulers`, key = scheduler id; TTL; only schedulers write it):
-    the key verifiers check work assignments against."""
+    """A scheduler's signed key (KV bucket `schedulers`, key = the key in hex; no expiry, so a stopped
+    scheduler's assignments stay checkable; only schedulers write it): what verifiers check work assignments
+    against."""
 
     v: Literal[1] = 1
     scheduler_id: Name

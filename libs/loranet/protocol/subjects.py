@@ -357,14 +357,14 @@ def node_work(node_id: str) -> Consumer:
 
 NODES_BUCKET = "nodes"  # NodeHeartbeat per node, written by nodes (TTL)
 VERIFIERS_BUCKET = "verifiers"  # VerifierAnnouncement per verifier, written by verifiers (TTL)
-SCHEDULERS_BUCKET = "schedulers"  # SchedulerAnnouncement per scheduler, written by schedulers (TTL)
+SCHEDULERS_BUCKET = "schedulers"  # SchedulerAnnouncement per scheduler key, written by schedulers (no TTL)
 # The settlement service's own bucket: the epoch it is committing (its crash-recovery journal). Created
 # by settlement alone (not by ensure_topology), so no other role needs rights on it.
 SETTLEMENT_BUCKET = "settlement"
 BUCKETS: dict[str, str] = {
     NODES_BUCKET: "NodeHeartbeat per node (TTL): the scheduler's routing table",
     VERIFIERS_BUCKET: "VerifierAnnouncement per verifier (TTL): the confidential committee",
-    SCHEDULERS_BUCKET: "SchedulerAnnouncement per scheduler (TTL): the keys work assignments are checked against",
+    SCHEDULERS_BUCKET: "SchedulerAnnouncement per scheduler key: the keys work assignments are checked against",
     SETTLEMENT_BUCKET: "settlement's crash-recovery journal of the epoch it is committing",
 }
 
