@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import random
 from dataclasses import dataclass, field
 
 from loranet import protocol as p
@@ -40,32 +42,109 @@ def check_registered(verdict: p.Verdict, payout: str | None) -> None:
         raise VerdictRefused(f"verdict pays {verdict.verifier_address}, the registered verifier's payout is {payout}")
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A verifier that may be drawn into a committee: announced, registered on chain, with its stake."""
+
+    verifier_id: str
+    key: bytes
+    stake: int
+
+
+class CommitteeUnavailable(Exception):
+    """Too few eligible verifiers to draw a committee (the run waits, and is refunded at its deadline)."""
+
+
+def draw_committee(candidates: list[Candidate], size: int, rng: random.Random) -> list[Candidate]:
+    """`size` distinct verifiers drawn at random, each with probability in proportion to its stake
+    (weighted sampling without replacement: the `size` largest u**(1/stake), u uniform in (0, 1))."""
+    eligible = [c for c in candidates if c.stake > 0]
+    if len(eligible) < size:
+        raise CommitteeUnavailable(f"{len(eligible)} eligible verifiers (registered, staked, announced), {size} needed")
+    biggest = max(c.stake for c in eligible)
+    keyed = sorted(eligible, key=lambda c: (1.0 - rng.random()) ** (biggest / c.stake), reverse=True)
+    return keyed[:size]
+
+
+def counts(verdict: p.Verdict) -> bool:
+    """Whether a verdict is evidence a committee counts: an audit, or a rejection (its failed checks)."""
+    return verdict.audited or not verdict.accepted
+
+
 @dataclass
 class Quorum:
-    """Verdicts gathered for one job until `needed` distinct verifiers agree.
+    """Verdicts gathered for one run of a job until `needed` verifiers agree.
 
-    Acceptance counts per result (result_hash): verifiers accepting two different
-    results for one job id do not add up to a quorum for either."""
+    Without `members`, any `needed` distinct verifiers decide (the network's `verdict_quorum`). With
+    them (a committee drawn for the run), only members' audits and rejections count, and the run is
+    also decided, as a split, when every member has voted and neither side has `needed`.
+    Acceptance counts per result (result_hash): verifiers accepting two different results for one job
+    id do not add up to a quorum for either."""
 
     needed: int
+    members: dict[str, bytes] | None = None  # verifier id → its key (None: no committee drawn)
     accepting: dict[str, p.Verdict] = field(default_factory=dict)
     rejecting: dict[str, p.Verdict] = field(default_factory=dict)
     agreed: list[p.Verdict] = field(default_factory=list)  # the accepting verdicts that made the quorum
+    outside: dict[str, p.Verdict] = field(default_factory=dict)  # votes a committee does not count
+
+    def member(self, verdict: p.Verdict) -> bool:
+        return self.members is not None and self.members.get(verdict.verifier_id) == verdict.verifier_key
 
     def add(self, verdict: p.Verdict) -> str | None:
-        """'settle', 'refund' or None (undecided) after counting `verdict`."""
+        """'settle', 'refund', 'split' or None (undecided) after counting `verdict`."""
+        if self.members is not None and not (self.member(verdict) and counts(verdict)):
+            self.outside[verdict.verifier_id] = verdict
+            return self.decide()
+        self.accepting.pop(verdict.verifier_id, None)
+        self.rejecting.pop(verdict.verifier_id, None)
         (self.accepting if verdict.accepted else self.rejecting)[verdict.verifier_id] = verdict
-        if verdict.accepted:
-            same = [v for v in self.accepting.values() if v.result_hash == verdict.result_hash]
+        return self.decide()
+
+    def decide(self) -> str | None:
+        by_result: dict[str, list[p.Verdict]] = {}
+        for v in self.accepting.values():
+            by_result.setdefault(v.result_hash, []).append(v)
+        for same in by_result.values():
             if len(same) >= self.needed:
                 self.agreed = same
                 return "settle"
         if len(self.rejecting) >= self.needed:
             return "refund"
+        if self.members is not None and len(self.accepting) + len(self.rejecting) >= len(self.members):
+            return "split"
         return None
 
     def votes(self) -> list[p.Verdict]:
-        return [*self.accepting.values(), *self.rejecting.values()]
+        return [*self.accepting.values(), *self.rejecting.values(), *self.outside.values()]
+
+    def seat(self, members: dict[str, bytes]) -> str | None:
+        """Draw done: count the votes so far by the committee `members`; the decision, if they make one."""
+        votes = self.votes()
+        self.members, self.accepting, self.rejecting, self.outside = dict(members), {}, {}, {}
+        for vote in votes:
+            self.add(vote)
+        return self.decide()
+
+    def waiting_for(self) -> list[str]:
+        """Members whose counted vote is still missing."""
+        voted = {*self.accepting, *self.rejecting}
+        return [m for m in (self.members or {}) if m not in voted]
+
+
+def contradicting(votes: list[p.Verdict], outcome: str, result_hash: str) -> list[p.Verdict]:
+    """The evidence-bearing verdicts (audits, rejections) that contradict a committee's outcome: an
+    acceptance of a result the committee refused, or a rejection of the result it accepted."""
+    if outcome == "settle":
+        return [v for v in votes if not v.accepted and v.result_hash == result_hash]
+    if outcome == "refund":
+        return [v for v in votes if v.accepted and v.audited]
+    return []
+
+
+def verdict_evidence(verdict: p.Verdict) -> bytes:
+    """The 32-byte evidence id of slashing a verifier for `verdict` (the Registry refuses it twice)."""
+    return hashlib.sha256(b"loranet/verdict-evidence/v1" + verdict.signature).digest()
 
 
 def fee_of(result: p.InferenceResult, price: Price) -> int:

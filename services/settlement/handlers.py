@@ -19,22 +19,24 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from nats.js.errors import NotFoundError
 
-from loranet import codec, topology
+from loranet import codec, confidential, topology
 from loranet import protocol as p
 from loranet.batching import WindowBatcher
+from loranet.client import fresh_announcements
 from loranet.errors import Refused, RemoteError, ServiceError
 from loranet.runtime import Delivery, Endpoint, Pull, Runtime
 from loranet.split import Price
 
 from . import domain
 from .chain import BatchReceipt, Chain, ChainError, TxInfo
-from .journal import Attempts, Journal, PendingCommit
+from .journal import Attempts, Journal, PendingCommit, Votes
 from .packing import MAX_JOBS, BatchTooLarge, Reservation, SettleJob
 from .settings import SettlementSettings
 
@@ -54,14 +56,21 @@ class SettlementService:
             self._settle_epoch, settings.epoch_max_s, settings.epoch_max_jobs
         )
         self._quorums: OrderedDict[str, domain.Quorum] = OrderedDict()
+        # Committees (committee_size > 1): runs undecided (run key → the result), outcomes of decided runs
+        # (run key → (outcome, result hash): a member voting against it later is slashed too), the draw's
+        # randomness, and one lock for the quorums' bookkeeping (verdicts and the committee loop).
+        self._open: dict[str, p.InferenceResult] = {}
+        self._decided: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._rng = random.SystemRandom()
+        self._votes_lock = asyncio.Lock()
         self._deciding: set[str] = set()  # jobs whose settle/refund is under way in this process
         self._final: OrderedDict[str, None] = OrderedDict()  # jobs this process saw to the end
         self._manifests: dict[str, tuple[float, p.AdapterManifest]] = {}
         # job id → its client's key, which names the subject of the job's events (jobs.events.<client_id>.*)
         self._clients: OrderedDict[str, bytes] = OrderedDict()
         self._fault_passes = 0
-        # verifier key -> (checked at, the registered verifier's payout address or None)
-        self._verifiers: dict[bytes, tuple[float, str | None]] = {}
+        # verifier key -> (checked at, the registered verifier's (payout address, bonded stake) or None)
+        self._verifiers: dict[bytes, tuple[float, tuple[str, int] | None]] = {}
         self._attempts: OrderedDict[str, Attempts] = OrderedDict()  # jobs being re-run: attempt, failed nodes
         # Whether _attempts holds every record of the journal bucket (else a miss is read from it).
         self._attempts_complete = False
@@ -88,7 +97,15 @@ class SettlementService:
             service._attempts_complete = len(service._attempts) <= _RECENT
         except Exception as exc:  # e.g. no right to list the bucket: read each job's record when needed
             rt.log.warning("attempts.list_failed", error=repr(exc)[:300])
+        if service.committees:  # runs left short of their committee's decision: the loop watches them
+            for key, votes in (await service.committed.all_votes()).items():
+                if votes.verdicts:
+                    service._open[key] = codec.decode(p.Verdict, votes.verdicts[0]).result
         return service
+
+    @property
+    def committees(self) -> bool:
+        return self.settings.committee_size > 1
 
     def routes(self) -> Sequence[Pull | Endpoint]:
         routes: list[Pull | Endpoint] = [
@@ -299,14 +316,18 @@ class SettlementService:
         try:
             domain.check_verdict(verdict)
             if self.settings.registered_verifiers_only:
-                domain.check_registered(verdict, await self._verifier_payout(verdict.verifier_key))
+                registered = await self._verifier(verdict.verifier_key)
+                domain.check_registered(verdict, registered[0] if registered else None)
         except domain.VerdictRefused as exc:
             raise Refused(f"verdict refused: {exc}") from None
         job_id = verdict.job_id
         attempt = verdict.result.attempt
         self._remember_client(job_id, verdict.result.request.client_key)
+        key = job_id if attempt == 0 else f"{job_id}.{attempt}"  # quorum per run of the job
         if job_id in self._final or job_id in self._deciding:
-            return  # decided here already; if its commit fails, its own message is retried
+            # decided here already; if its commit fails, its own message is retried
+            await self._late_vote(key, verdict)
+            return
         runs = await self._attempts_of(job_id)
         if attempt != runs.attempt or verdict.result.node_id in runs.failed:
             if (
@@ -330,70 +351,233 @@ class SettlementService:
                     verifier=verdict.verifier_id,
                 )
             return
-        key = job_id if attempt == 0 else f"{job_id}.{attempt}"  # quorum per run of the job
-        needed = self.settings.verdict_quorum
-        restored = await self.committed.votes(key) if needed > 1 and key not in self._quorums else []
-        quorum = self._quorums.setdefault(key, domain.Quorum(needed))
-        while len(self._quorums) > _RECENT:
-            self._quorums.popitem(last=False)
-        for data in restored:  # counted before a restart
-            quorum.add(codec.decode(p.Verdict, data))
-        decision = quorum.add(verdict)
-        if decision is None:
-            if needed > 1:  # this verdict is acknowledged now: keep its vote
-                await self.committed.put_votes(key, [codec.encode(v) for v in quorum.votes()])
-            return
-        self._deciding.add(job_id)
-        try:
-            if decision == "refund":
-                reason = "; ".join(c.name for c in verdict.checks if not c.ok)[:1000] or "rejected by the verifiers"
-                if attempt < self.settings.max_reruns and await self._rerun(verdict, runs, reason):
-                    self._quorums.pop(key, None)
-                    if needed > 1:
-                        await self.committed.clear_votes(key)
-                    return
-                if attempt:
-                    reason = (
-                        f"{reason} (attempt {attempt}; every attempt rejected, nodes "
-                        f"{', '.join([*runs.failed, verdict.result.node_id])})"
-                    )[:1000]
-                item = domain.Decision(
-                    job_id, None, reason, node_key=verdict.result.node_key, evidence=bytes.fromhex(verdict.result_hash)
-                )
+        async with self._votes_lock:
+            if job_id in self._final or job_id in self._deciding:
+                await self._late_vote(key, verdict)
+                return
+            quorum = await self._quorum(key)
+            if self.committees and quorum.members is None:
+                if (
+                    not quorum.votes()
+                    and not domain.counts(verdict)
+                    and self._rng.random() >= self.settings.committee_sample_rate
+                ):
+                    quorum.needed = 1  # a cheap-checks acceptance outside the sample settles alone
+                    decision = quorum.add(verdict)
+                else:  # kept until the committee is drawn, which counts it if its verifier is a member
+                    quorum.outside[verdict.verifier_id] = verdict
+                    self._open[key] = verdict.result
+                    decision = await self._seat_committee(key, quorum, verdict.result)
             else:
-                item = domain.Decision(job_id, await self._settle_job(quorum.agreed))
-            await self.epochs.add("epoch", item)
-            self._quorums.pop(key, None)
-            if needed > 1:
-                await self.committed.clear_votes(key)
-            self._final[job_id] = None
-            while len(self._final) > _RECENT:
-                self._final.popitem(last=False)
+                decision = quorum.add(verdict)
+            if decision is None:
+                await self._keep_votes(key, quorum, verdict.result)
+                return
+            self._deciding.add(job_id)
+        try:
+            await self._decide(key, quorum, decision, verdict, runs)
         finally:
             self._deciding.discard(job_id)
 
+    async def _quorum(self, key: str) -> domain.Quorum:
+        """The run's quorum: in memory, else what the journal kept of it (votes and committee)."""
+        quorum = self._quorums.get(key)
+        if quorum is not None:
+            return quorum
+        quorum = domain.Quorum(self.settings.verdict_quorum)
+        if self.settings.verdict_quorum > 1 or self.committees:
+            kept = await self.committed.votes(key)
+            for data in kept.verdicts:  # counted before a restart
+                vote = codec.decode(p.Verdict, data)
+                if self.committees and kept.members is None:
+                    quorum.outside[vote.verifier_id] = vote
+                else:
+                    quorum.add(vote)
+            if kept.members is not None:
+                quorum.seat(kept.members)
+        self._quorums[key] = quorum
+        while len(self._quorums) > _RECENT:
+            self._quorums.popitem(last=False)
+        return quorum
+
+    async def _keep_votes(self, key: str, quorum: domain.Quorum, result: p.InferenceResult) -> None:
+        """An undecided run: its votes (acknowledged now) into the journal; members not heard yet asked."""
+        if self.settings.verdict_quorum > 1 or self.committees:
+            await self.committed.put_votes(key, Votes(tuple(codec.encode(v) for v in quorum.votes()), quorum.members))
+        if quorum.members is not None:
+            await self._ask(quorum, result)
+
+    async def _seat_committee(self, key: str, quorum: domain.Quorum, result: p.InferenceResult) -> str | None:
+        """Draw the run's committee (stake-weighted, at random) and count the votes so far by it; None
+        while too few verifiers are eligible (the committee loop draws again, refunds at the deadline)."""
+        try:
+            members = await self._draw(result)
+        except domain.CommitteeUnavailable as exc:
+            self.rt.log.warning("committee.unavailable", run=key, why=str(exc))
+            return None
+        self.rt.log.info("committee.drawn", run=key, members=[c.verifier_id for c in members])
+        return quorum.seat({c.verifier_id: c.key for c in members})
+
+    async def _draw(self, result: p.InferenceResult) -> list[domain.Candidate]:
+        job = result.request
+        announced = await fresh_announcements(self.rt.js, p.VERIFIERS_BUCKET, p.VerifierAnnouncement, job.model_id)
+        sealed_to = set(confidential.committee(job, result.node_key)) if job.confidential else None
+        candidates: dict[bytes, domain.Candidate] = {}
+        for a in announced:
+            if sealed_to is not None and a.verifier_key not in sealed_to:
+                continue  # cannot open the confidential result
+            registered = await self._verifier(a.verifier_key)
+            if registered is None or registered[0].lower() != a.verifier_address.lower():
+                continue
+            candidates.setdefault(a.verifier_key, domain.Candidate(a.verifier_id, a.verifier_key, registered[1]))
+        return domain.draw_committee(list(candidates.values()), self.settings.committee_size, self._rng)
+
+    async def _ask(self, quorum: domain.Quorum, result: p.InferenceResult) -> None:
+        """Ask each member not heard from to audit the result (de-duplicated per member and run)."""
+        committee = sorted(quorum.members or {})
+        for member in quorum.waiting_for():
+            request = p.AuditRequest(
+                job_id=result.job_id,
+                attempt=result.attempt,
+                verifier_id=member,
+                committee=committee,
+                needed=quorum.needed,
+                result=result,
+                at=time.time(),
+            )
+            await self.rt.publish(
+                p.audit_request(member), request, msg_id=f"{result.job_id}:{result.attempt}:audit:{member}"
+            )
+
+    async def committee_loop(self) -> None:
+        """Runs waiting on a committee: draw it once enough verifiers are eligible; refund a run whose
+        committee is not drawn, or has not decided, when its job expires (never settled on fewer)."""
+        while True:
+            await asyncio.sleep(self.settings.committee_retry_s)
+            for key, result in list(self._open.items()):
+                try:
+                    await self._watch(key, result)
+                except Exception as exc:  # the chain or NATS away: next round
+                    self.rt.log.warning("committee.watch_failed", run=key, error=repr(exc)[:300])
+
+    async def _watch(self, key: str, result: p.InferenceResult) -> None:
+        job_id = result.job_id
+        async with self._votes_lock:
+            if job_id in self._final or job_id in self._deciding or key not in self._open:
+                self._open.pop(key, None)
+                return
+            quorum = await self._quorum(key)
+            decision = None
+            if quorum.members is None:
+                decision = await self._seat_committee(key, quorum, result)
+                if decision is None and quorum.members is not None:
+                    await self._keep_votes(key, quorum, result)
+            if decision is None:
+                if time.time() < result.request.expires_at:
+                    return
+                decision = "expired"
+            self._deciding.add(job_id)
+        try:
+            verdict = quorum.votes()[0] if quorum.votes() else None
+            if verdict is None:
+                return
+            await self._decide(key, quorum, decision, verdict, await self._attempts_of(job_id))
+        finally:
+            self._deciding.discard(job_id)
+
+    async def _late_vote(self, key: str, verdict: p.Verdict) -> None:
+        """A vote on a run already decided: a member's audit or rejection against the decision is slashed."""
+        decided = self._decided.get(key)
+        if decided is None or not domain.counts(verdict):
+            return
+        outcome, result_hash = decided
+        for vote in domain.contradicting([verdict], outcome, result_hash):
+            await self._slash_verifier(vote, key, outcome)
+
+    async def _decide(self, key: str, quorum: domain.Quorum, decision: str, verdict: p.Verdict, runs: Attempts) -> None:
+        """Carry out a run's decision: settle it, re-run it, or refund it; slash the node of a rejected
+        result and every verifier whose evidence contradicts its committee's decision."""
+        job_id = verdict.job_id
+        attempt = verdict.result.attempt
+        if quorum.members is not None and decision in ("settle", "refund"):
+            result_hash = quorum.agreed[0].result_hash if decision == "settle" else verdict.result_hash
+            self._decided[key] = (decision, result_hash)
+            while len(self._decided) > _RECENT:
+                self._decided.popitem(last=False)
+            for vote in domain.contradicting(quorum.votes(), decision, result_hash):
+                await self._slash_verifier(vote, key, decision)
+        if decision == "refund":
+            rejecting = next(iter(quorum.rejecting.values()), verdict)
+            reason = "; ".join(c.name for c in rejecting.checks if not c.ok)[:1000] or "rejected by the verifiers"
+            if attempt < self.settings.max_reruns and await self._rerun(rejecting, runs, reason):
+                await self._forget(key)
+                return
+            if attempt:
+                reason = (
+                    f"{reason} (attempt {attempt}; every attempt rejected, nodes "
+                    f"{', '.join([*runs.failed, rejecting.result.node_id])})"
+                )[:1000]
+            item = domain.Decision(
+                job_id, None, reason, node_key=rejecting.result.node_key, evidence=bytes.fromhex(rejecting.result_hash)
+            )
+        elif decision == "settle":
+            item = domain.Decision(job_id, await self._settle_job(quorum.agreed))
+        elif decision == "split":
+            item = domain.Decision(
+                job_id,
+                None,
+                f"the verifier committee split ({len(quorum.accepting)} accepted, {len(quorum.rejecting)} rejected, "
+                f"{quorum.needed} needed)",
+            )
+        else:  # expired
+            item = domain.Decision(
+                job_id,
+                None,
+                "the job expired before a verifier committee decided it"
+                + (
+                    ""
+                    if quorum.members is not None
+                    else f" (fewer than {self.settings.committee_size} eligible verifiers)"
+                ),
+            )
+        await self.epochs.add("epoch", item)
+        await self._forget(key)
+        self._final[job_id] = None
+        while len(self._final) > _RECENT:
+            self._final.popitem(last=False)
+
+    async def _forget(self, key: str) -> None:
+        self._quorums.pop(key, None)
+        self._open.pop(key, None)
+        if self.settings.verdict_quorum > 1 or self.committees:
+            await self.committed.clear_votes(key)
+
     # -- re-runs -------------------------------------------------------------
 
-    async def _verifier_payout(self, key: bytes) -> str | None:
-        """The payout address of the active registered verifier that bound `key` (None: none), cached."""
+    async def _verifier(self, key: bytes) -> tuple[str, int] | None:
+        """(payout address, bonded stake) of the active registered verifier that bound `key` (None: none),
+        cached for verifier_cache_s."""
         cached = self._verifiers.get(key)
         if cached is not None and time.monotonic() - cached[0] < self.settings.verifier_cache_s:
             return cached[1]
 
-        def read() -> str | None:
+        def read() -> tuple[str, int] | None:
             staker = self.chain.verifier_of_key(key)
-            return self.chain.node(staker).payout if staker else None
+            if not staker:
+                return None
+            record = self.chain.node(staker)
+            return record.payout, record.stake
 
         try:
-            payout = await asyncio.to_thread(read)
+            found = await asyncio.to_thread(read)
         except ChainError:
             if cached is not None:
                 return cached[1]  # the chain is away: what was known
             raise  # redelivered later
         if len(self._verifiers) > 4096:
             self._verifiers.clear()
-        self._verifiers[key] = (time.monotonic(), payout)
-        return payout
+        self._verifiers[key] = (time.monotonic(), found)
+        return found
 
     async def _attempts_of(self, job_id: str) -> Attempts:
         runs = self._attempts.get(job_id)
@@ -541,32 +725,60 @@ class SettlementService:
     async def _slash(self, decision: domain.Decision) -> str:
         """Slash the staked node that signed a rejected result, once per result (before its refund:
         a crash in between redoes it, and the Registry refuses the same evidence twice)."""
+        return await self._take(
+            "node",
+            lambda: self.chain.node_of_key(decision.node_key),
+            decision.evidence,
+            self.settings.slash_bps,
+            decision.job_id,
+        )
+
+    async def _slash_verifier(self, verdict: p.Verdict, run: str, outcome: str) -> str:
+        """Slash the registered verifier whose audit or rejection contradicts its run's committee decision
+        (evidence: its signed verdict, once)."""
+        if not self.settings.verifier_slash_bps:
+            return ""
+        self.rt.log.warning(
+            "verifier.contradicted", run=run, verifier=verdict.verifier_id, accepted=verdict.accepted, decided=outcome
+        )
+        return await self._take(
+            "verifier",
+            lambda: self.chain.verifier_of_key(verdict.verifier_key),
+            domain.verdict_evidence(verdict),
+            self.settings.verifier_slash_bps,
+            verdict.job_id,
+        )
+
+    async def _take(
+        self, role: str, staker_of: Callable[[], str | None], evidence: bytes, bps: int, job_id: str
+    ) -> str:
+        """Slash `bps` of the bonded stake of the staker `staker_of` names, for `evidence` (once)."""
 
         def slash() -> str:
-            node = self.chain.node_of_key(decision.node_key)
-            if node is None:
-                return ""  # not a staked node: nothing to take
-            if self.chain.evidence_used(decision.evidence):
-                return f"node {node} slashed (evidence 0x{decision.evidence.hex()})"
-            record = self.chain.node(node)
-            amount = domain.slash_amount(record.stake, record.unbonding, self.settings.slash_bps)
+            staker = staker_of()
+            if not staker:
+                return ""  # not staked: nothing to take
+            if self.chain.evidence_used(evidence):
+                return f"{role} {staker} slashed (evidence 0x{evidence.hex()})"
+            record = self.chain.node(staker)
+            amount = domain.slash_amount(record.stake, record.unbonding, bps)
             if amount == 0:
                 return ""
-            info = self.chain.slash(node, amount, decision.evidence)
+            info = self.chain.slash(staker, amount, evidence)
             self.rt.log.warning(
-                "node.slashed",
-                job_id=decision.job_id,
-                node=node,
+                f"{role}.slashed",
+                job_id=job_id,
+                staker=staker,
                 amount=str(amount),
-                evidence=decision.evidence.hex(),
+                evidence=evidence.hex(),
                 tx=info.tx_hash,
             )
-            return f"node {node} slashed {amount} wei (evidence 0x{decision.evidence.hex()}, tx {info.tx_hash})"
+            return f"{role} {staker} slashed {amount} wei (evidence 0x{evidence.hex()}, tx {info.tx_hash})"
 
         try:
             return await asyncio.to_thread(slash)
         except ChainError as exc:  # e.g. this settler lacks the slasher role: the refund still goes ahead
-            self.rt.log.warning("node.slash_failed", job_id=decision.job_id, error=str(exc)[:300])
+            self.rt.log.warning(f"{role}.slash_failed", job_id=job_id, error=str(exc)[:300])
             return ""
 
     def _fault(self, point: str) -> None:

@@ -6,8 +6,8 @@ sending, and clears it once every receipt is published. After a crash the
 record says what may be on chain without its receipts; handlers.SettlementService
 reconciles it with the contract (`last_seq`, the BatchSettled log of that seq,
 `job_states`) before it takes any new verdict. Only one commit is in flight at
-a time, so one key suffices. The bucket also keeps the verdicts of jobs still
-short of a verifier quorum above 1 (key `votes.<job_id>`).
+a time, so one key suffices. The bucket also keeps the verdicts of runs still
+short of their quorum, with the committee drawn for them (key `votes.<job_id>[.<attempt>]`).
 """
 
 from __future__ import annotations
@@ -52,6 +52,28 @@ class Attempts:
             failed=tuple(str(n) for n in raw["failed"]),
             operators=tuple(str(a) for a in raw.get("operators", ())),
         )
+
+
+@dataclass(frozen=True)
+class Votes:
+    """A run's verdicts so far (encoded) and the committee drawn for it (verifier id → key; None: none
+    drawn yet, or none needed)."""
+
+    verdicts: tuple[bytes, ...] = ()
+    members: dict[str, bytes] | None = None
+
+    def encode(self) -> bytes:
+        return msgpack.packb({"v": 2, "verdicts": list(self.verdicts), "members": self.members}, use_bin_type=True)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Votes:
+        raw = msgpack.unpackb(data)
+        if isinstance(raw, list):  # the first format: the verdicts alone
+            return cls(tuple(raw))
+        if raw.get("v") != 2:
+            raise ValueError(f"unknown votes record version {raw.get('v')!r}")
+        members = raw.get("members")
+        return cls(tuple(raw["verdicts"]), None if members is None else {str(k): bytes(v) for k, v in members.items()})
 
 
 @dataclass(frozen=True)
@@ -168,16 +190,26 @@ class Journal:
     async def put_attempts(self, job_id: str, attempts: Attempts) -> None:
         await self.kv.put(ATTEMPTS_PREFIX + job_id, attempts.encode())
 
-    async def votes(self, job_id: str) -> list[bytes]:
-        """The encoded verdicts counted so far for `job_id` (empty if none)."""
+    async def votes(self, key: str) -> Votes:
+        """The encoded verdicts counted so far for run `key` and its committee (empty if none)."""
         try:
-            entry = await self.kv.get(VOTES_PREFIX + job_id)
+            entry = await self.kv.get(VOTES_PREFIX + key)
         except KeyNotFoundError:
-            return []
-        return list(msgpack.unpackb(entry.value)) if entry.value else []
+            return Votes()
+        return Votes.decode(entry.value) if entry.value else Votes()
 
-    async def put_votes(self, job_id: str, verdicts: list[bytes]) -> None:
-        await self.kv.put(VOTES_PREFIX + job_id, msgpack.packb(verdicts, use_bin_type=True))
+    async def all_votes(self) -> dict[str, Votes]:
+        """Every run still short of its quorum (read once at start)."""
+        try:
+            keys = await self.kv.keys()
+        except NoKeysError:
+            return {}
+        return {
+            k[len(VOTES_PREFIX) :]: await self.votes(k[len(VOTES_PREFIX) :]) for k in keys if k.startswith(VOTES_PREFIX)
+        }
+
+    async def put_votes(self, key: str, votes: Votes) -> None:
+        await self.kv.put(VOTES_PREFIX + key, votes.encode())
 
     async def clear_votes(self, job_id: str) -> None:
         await self.kv.delete(VOTES_PREFIX + job_id)

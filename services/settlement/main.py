@@ -23,6 +23,8 @@ async def main(settings: SettlementSettings | None = None) -> None:
         )
         # The journal is reconciled with the chain before any verdict is taken.
         service = await SettlementService.open(rt, settings, chain)
+        if service.committees:
+            rt.spawn(service.committee_loop(), name="committees")
         await rt.mount(service.routes())
         await rt.serve_forever()
 

@@ -1,6 +1,8 @@
 """Settlement settings (LORANET_* environment variables)."""
 
-from pydantic import Field, field_validator
+from typing import Self
+
+from pydantic import Field, field_validator, model_validator
 
 from loranet.settings import CommonSettings
 
@@ -24,8 +26,20 @@ class SettlementSettings(CommonSettings):
     reservations: bool = True
     # settlement.reserve batches the reservations asked for within this window into one transaction.
     reserve_window_s: float = 0.05
-    # Independent accepting verdicts needed before a job is paid.
-    verdict_quorum: int = 1
+    # Independent agreeing verdicts needed to decide a run of a job (k). With committee_size (n) above 1,
+    # every run whose first verdict is an audit or a rejection (and committee_sample_rate of the others)
+    # is decided by a committee of n registered verifiers drawn at random in proportion to their stake
+    # once that verdict is in: each member is asked to audit it (results.audit.<verifier_id>), only
+    # members' audits and rejections count, k of them must agree (k > n/2), and a run whose committee
+    # cannot be drawn, or does not decide, before the job expires is refunded. Runs whose first verdict
+    # is a cheap-checks acceptance outside the sample settle on it alone.
+    verdict_quorum: int = Field(default=1, ge=1, le=16)
+    committee_size: int = Field(default=1, ge=1, le=16)
+    committee_sample_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    committee_retry_s: float = Field(default=2.0, gt=0)
+    # Share of a registered verifier's stake slashed to the treasury for each audit or rejection of
+    # its that contradicts its committee's decision (evidence: the verdict; once per verdict); 0 = never.
+    verifier_slash_bps: int = Field(default=1000, ge=0, le=10_000)
     # Count a verdict only when its Ed25519 key is bound to an active verifier registered in the Registry
     # (Registry.register_verifier) and it pays that verifier's payout address; any other verdict is
     # dead-lettered and changes nothing. The devnet stakes and registers its verifiers and turns this on.
@@ -51,6 +65,14 @@ class SettlementSettings(CommonSettings):
     fault_after: int = 0  # pass the fault point this many times before crashing at it
     # The KV bucket holding the epoch being committed (the crash-recovery journal).
     journal_bucket: str = "settlement"  # loranet.p.SETTLEMENT_BUCKET
+
+    @model_validator(mode="after")
+    def _committee_decides(self) -> Self:
+        if self.committee_size > 1 and not (self.committee_size / 2 < self.verdict_quorum <= self.committee_size):
+            raise ValueError(
+                f"verdict_quorum {self.verdict_quorum} must be a majority of committee_size {self.committee_size}"
+            )
+        return self
 
     @field_validator("fault_point")
     @classmethod

@@ -130,9 +130,13 @@ class VerifierService:
         self._inflight: set[tuple[str, int]] = (
             set()
         )  # runs (job id, attempt) being judged: a duplicate delivered meanwhile is skipped
+        self._audited_for_committee: OrderedDict[tuple[str, int], None] = OrderedDict()
 
     def routes(self) -> Sequence[Pull]:
-        return [Pull("results", p.VERIFIER_RESULTS, self.on_result, slots=self.settings.slots)]
+        return [
+            Pull("results", p.VERIFIER_RESULTS, self.on_result, slots=self.settings.slots),
+            Pull("audits", p.verifier_audits(self.verifier_id), self.on_audit, slots=self.settings.slots),
+        ]
 
     async def ensure_adapter(self, adapter_id: str) -> None:
         if not adapter_id or self.engine.has_adapter(adapter_id):
@@ -145,32 +149,37 @@ class VerifierService:
             await asyncio.to_thread(self.engine.install_adapter, adapter_id, blob.config, blob.weights)
             self.rt.log.info("adapter.loaded", adapter_id=adapter_id)
 
-    async def judge(self, result: p.InferenceResult, subject: str) -> tuple[list[p.Check], bool] | None:
+    async def judge(
+        self, result: p.InferenceResult, subject: str, committee: str = ""
+    ) -> tuple[list[p.Check], bool] | None:
         """Checks for one result and whether it was audited; None for a replay (already verdicted).
+        `committee`: the result comes from settlement as a drawn member's audit (always audited, judged
+        again even if this verifier verdicted the run before: its first verdict may have been a cheap one).
 
         Raises Refused for a result that cannot be judged (forged, unknown node, another model)."""
         key, _ = await self.keys.lookup(result.node_id)
         try:
-            domain.authenticate(result, subject, key)
+            domain.authenticate(result, subject if not committee else p.results(result.node_id), key)
         except domain.ResultForged as exc:
             raise Refused(f"forged result: {exc}") from None
         if self.settings.require_assignment:
             known = result.assignment is not None and await self.schedulers.known(result.assignment.scheduler_key)
             domain.check_assignment(result, known)  # NotAssigned (a Refused): dead-lettered, no verdict
         run = domain.run_key(result)
-        if self.replay.seen_job(*run) or run in self._inflight:
+        seen = run in self._audited_for_committee if committee else self.replay.seen_job(*run)
+        if seen or run in self._inflight:
             self.rt.log.info(
                 "result.replayed", job_id=result.job_id, node_id=result.node_id, subject=subject, attempt=result.attempt
             )
             return None
         self._inflight.add(run)  # released by on_result (or by the caller of judge) when done
         try:
-            return await self._checks(result)
+            return await self._checks(result, committee)
         except BaseException:
             self._inflight.discard(run)
             raise
 
-    async def _checks(self, result: p.InferenceResult) -> tuple[list[p.Check], bool]:
+    async def _checks(self, result: p.InferenceResult, committee: str = "") -> tuple[list[p.Check], bool]:
         try:
             domain.served_model(result, self.engine.model_id)
         except domain.NotOurs as exc:
@@ -189,6 +198,8 @@ class VerifierService:
         )
         record = self.records.setdefault(result.node_id, domain.NodeRecord(result.node_id))
         audit, why = domain.should_audit(record, result.job_id, self.policy, result.attempt)
+        if committee:
+            audit, why = True, committee
         cheap_ok = all(c.ok for c in checks)
         audited = False
         if audit and cheap_ok:
@@ -265,6 +276,27 @@ class VerifierService:
         finally:
             self._inflight.discard(domain.run_key(result))
 
+    async def on_audit(self, request: p.AuditRequest, delivery: Delivery) -> None:
+        """Audit a result as a member of the committee settlement drew for its run."""
+        if request.verifier_id != self.verifier_id or self.verifier_id not in request.committee:
+            raise Refused(f"audit request for {request.verifier_id}, delivered to {self.verifier_id}")
+        result = request.result
+        if (request.job_id, request.attempt) != (result.job_id, result.attempt):
+            raise Refused("audit request and its result name different runs")
+        why = f"committee member ({request.needed} of {len(request.committee)}: {', '.join(request.committee)})"
+        judged = await self.judge(result, delivery.subject, committee=why)
+        if judged is None:
+            return
+        checks, audited = judged
+        run = domain.run_key(result)
+        try:
+            await self._publish(result, checks, audited, committee=True)
+            self._audited_for_committee[run] = None
+            while len(self._audited_for_committee) > self.settings.replay_window:
+                self._audited_for_committee.popitem(last=False)
+        finally:
+            self._inflight.discard(run)
+
     async def attribution_of(self, result: p.InferenceResult) -> p.Attribution | None:
         """Which training records the answer reproduces, when its adapter has an attribution index; None
         otherwise, or when the index cannot be had (the job then settles by the manifest's weights)."""
@@ -293,23 +325,29 @@ class VerifierService:
             self.rt.log.warning("attribution.failed", job_id=result.job_id, adapter_id=adapter_id, error=str(exc)[:300])
             return None
 
-    async def _publish(self, result: p.InferenceResult, checks: list[p.Check], audited: bool) -> None:
+    async def _publish(
+        self, result: p.InferenceResult, checks: list[p.Check], audited: bool, committee: bool = False
+    ) -> None:
         attribution = await self.attribution_of(result) if all(c.ok for c in checks) else None
         verdict = domain.build_verdict(
             result, checks, audited, self.verifier_id, self.identity, self.address, attribution=attribution
         )
         suffix = f":{result.attempt}" if result.attempt else ""  # a re-run is verdicted again by the same verifier
+        suffix += ":committee" if committee else ""  # a member's audit after its own first (cheap) verdict
         await self.rt.publish(p.verdicts(result.job_id), verdict, msg_id=f"{result.job_id}:{self.verifier_id}{suffix}")
         await self.rt.emit(
             result.job_id,
             p.Stage.VERDICT,
             body=verdict,
             node_id=result.node_id,
-            dedup=self.verifier_id,
+            dedup=self.verifier_id + (":committee" if committee else ""),
             reason="" if verdict.accepted else "failed: " + ",".join(c.name for c in checks if not c.ok),
             attempt=result.attempt,
         )
-        self.settle(result, checks, audited, verdict.accepted)
+        if committee and self.replay.seen_job(*domain.run_key(result)):
+            self._inflight.discard(domain.run_key(result))  # its own first verdict counted the result already
+        else:
+            self.settle(result, checks, audited, verdict.accepted)
 
     async def stats_loop(self) -> None:
         """Publish each node's record (JSON) to the stats KV bucket, key <verifier_id>.<node_id>."""

@@ -342,6 +342,7 @@ async def test_every_role_consumes_its_subject_and_dead_letters_what_it_cannot_r
         ("scheduler", p.work(NODE), "inference", "work"),
         ("inference", p.results(NODE), "verifier", "results"),
         ("verifier", p.verdicts(JOB), "settlement", "verdicts"),
+        ("settlement", p.audit_request("verifier-test"), "verifier", "audits"),  # a drawn committee member's audit
         ("scheduler", p.job_events(CLIENT, JOB), "datastore", "job-events"),
         ("settlement", p.job_events(CLIENT, JOB), "datastore", "job-events"),
     ]
@@ -379,7 +380,12 @@ async def test_each_role_publishes_and_requests_what_its_code_does(nats_auth, se
             req=[(p.DATASTORE_ADAPTER_BLOB.pattern, p.AdapterGet(adapter="demo-0"))],
         ),
         "verifier": dict(
-            js=[p.verdicts(JOB), p.job_events(CLIENT, JOB), p.dead_letter(p.results(NODE))],
+            js=[
+                p.verdicts(JOB),
+                p.job_events(CLIENT, JOB),
+                p.dead_letter(p.results(NODE)),
+                p.dead_letter(p.audit_request("verifier-test")),
+            ],
             req=[
                 (p.DATASTORE_ADAPTER_BLOB.pattern, p.AdapterGet(adapter="demo-0")),
                 (p.DATASTORE_ADAPTER_GET.pattern, p.AdapterGet(adapter="demo-0")),  # attribution: the index id
@@ -387,7 +393,12 @@ async def test_each_role_publishes_and_requests_what_its_code_does(nats_auth, se
             ],
         ),
         "settlement": dict(
-            js=[p.receipts(JOB), p.job_events(CLIENT, JOB), p.dead_letter(p.verdicts(JOB))],
+            js=[
+                p.receipts(JOB),
+                p.job_events(CLIENT, JOB),
+                p.dead_letter(p.verdicts(JOB)),
+                p.audit_request("verifier-test"),
+            ],
             req=[
                 (p.DATASTORE_ADAPTER_GET.pattern, p.AdapterGet(adapter="demo-0")),
                 (p.DATASTORE_DATANET_GET.pattern, p.DatanetGet(name="sea", version=1)),  # to record its root
@@ -542,6 +553,11 @@ FORBIDDEN = [
     ("inference", "pub", p.work(OTHER_NODE)),
     ("inference", "pub", p.SETTLEMENT_FAUCET.pattern),
     ("verifier", "pub", p.results(NODE)),  # a verifier cannot forge results
+    ("verifier", "pub", p.audit_request("verifier-test")),  # nor draw itself into a committee
+    ("inference", "pub", p.audit_request("verifier-test")),
+    ("scheduler", "pub", p.audit_request("verifier-test")),
+    ("client", "pub", p.audit_request("verifier-test")),
+    ("settlement", "pub", p.results(NODE)),  # settlement forwards results to committees, never forges one
     ("verifier", "pub", p.receipts(JOB)),
     ("scheduler", "pub", p.results(NODE)),
     ("scheduler", "pub", p.verdicts(JOB)),

@@ -349,7 +349,7 @@ async def test_quorum_votes_survive_a_restart(nats_server, chain):
         )
         journal = Journal(await rt.js.key_value(p.SETTLEMENT_BUCKET))
         deadline = time.monotonic() + 10
-        while await journal.votes(job.job_id):  # cleared once the job is final
+        while (await journal.votes(job.job_id)).verdicts:  # cleared once the job is final
             assert time.monotonic() < deadline
             await asyncio.sleep(0.1)
 

@@ -122,10 +122,30 @@ async def test_verifier_service_end_to_end(nats_server, tmp_path, base, adapters
         stats = json.loads(
             (await (await rt.js.key_value(settings.stats_bucket)).get(f"verifier-0.{honest.node_id}")).value
         )
+        # Issue 18: a drawn committee member audits on settlement's request, a run it verdicted before
+        # included (a verdict of its own, not de-duplicated into the first), and dead-letters a request
+        # addressed to another verifier.
+        base_result = results["honest_base"]
+        for member in ("verifier-0", "verifier-9"):
+            ask = p.AuditRequest(
+                job_id=base_result.job_id,
+                verifier_id=member,
+                committee=["verifier-0", "verifier-1", "verifier-9"],
+                needed=2,
+                result=base_result,
+                at=time.time(),
+            )
+            await rt.js.publish(p.audit_request("verifier-0"), codec.encode(ask))
+        after = await _collect(rt.js, p.VERDICTS_ALL.pattern, "VERDICTS", len(results) + 1, 30)
+        misaddressed = await _collect(rt.js, "dlq.results.audit.>", "DEADLETTER", 1, 20)
     assert (
         stats["results"] == 3 and stats["audited"] == 3 and stats["rejected"] == 1 and stats["forced_audits_left"] > 0
     )
     assert len(extra) == len(results)
+    member = codec.decode(p.Verdict, after[-1])
+    assert member.job_id == base_result.job_id and member.audited and member.accepted
+    assert any("committee member (2 of 3" in c.detail for c in member.checks if c.name == "audit_policy")
+    assert "for verifier-9, delivered to verifier-0" in codec.decode(p.DeadLetter, misaddressed[0]).reason
     assert set(verdicts) == {j.job_id for j in jobs.values()}
     for name, job in jobs.items():
         v = verdicts[job.job_id]

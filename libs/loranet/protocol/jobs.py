@@ -410,6 +410,25 @@ class RerunRequest(Wire):
     exclude_operators: Annotated[list[Address], Field(max_length=MAX_ATTEMPT)] = []
 
 
+MAX_COMMITTEE = 16  # verifiers drawn to audit one run at most
+
+
+class AuditRequest(Wire):
+    """Settlement → one verifier (results.audit.<verifier_id>): audit this result as a member of the
+    committee settlement drew for its run (stake-weighted, at random, after the result and its first
+    verdict exist). The member's verdict goes to verdicts.<job_id> like any other; the run is decided
+    when `needed` members agree."""
+
+    v: Literal[1] = 1
+    job_id: JobId
+    attempt: Annotated[int, Field(ge=0, le=MAX_ATTEMPT)] = 0
+    verifier_id: Name  # the member this request is for
+    committee: Annotated[list[Name], Field(min_length=1, max_length=MAX_COMMITTEE)]
+    needed: Annotated[int, Field(ge=1, le=MAX_COMMITTEE)]
+    result: InferenceResult  # the node's signed result, as published
+    at: Timestamp
+
+
 class TokenDelta(Wire):
     """Node → client (core NATS jobs.tokens.<client_id>.<job_id>, not stored): text a node has generated
     so far for a job that asked to stream, sent as it comes. Provisional: nothing here is verified; the

@@ -21,7 +21,17 @@ from typing import Any, Generic, TypeVar
 from .. import codec
 from ..codec import Wire
 from .base import MAX_BLOB_BYTES, DeadLetter, subject_token
-from .jobs import InferenceResult, JobEvent, JobRequest, Receipt, RerunRequest, TokenDelta, Verdict, WorkBatch
+from .jobs import (
+    AuditRequest,
+    InferenceResult,
+    JobEvent,
+    JobRequest,
+    Receipt,
+    RerunRequest,
+    TokenDelta,
+    Verdict,
+    WorkBatch,
+)
 from .money import (
     Balance,
     BalanceGet,
@@ -171,6 +181,13 @@ RESULTS_ALL = Subject(
     InferenceResult,
     1024 * 1024,
     "node → verifiers: results.<node_id>, a signed result with its proof",
+    RESULTS,
+)
+RESULTS_AUDIT = Subject(
+    "results.audit.*",
+    AuditRequest,
+    1024 * 1024 + 4096,
+    "settlement → one verifier: results.audit.<verifier_id>, a result to audit as a drawn committee member",
     RESULTS,
 )
 VERDICTS_ALL = Subject(
@@ -346,6 +363,12 @@ CONSUMERS: tuple[Consumer, ...] = (
 )
 
 
+def verifier_audits(verifier_id: str) -> Consumer:
+    """The durable through which one verifier pulls the audits its committee draws ask of it."""
+    token = subject_token(verifier_id, "verifier id")
+    return Consumer(RESULTS_AUDIT, f"audit-{token}", ack_wait_s=10, max_deliver=5, filter=audit_request(token))
+
+
 def node_work(node_id: str) -> Consumer:
     """The durable through which one inference node pulls its work."""
     return Consumer(WORK_ALL, f"node-{node_id}", ack_wait_s=10, max_deliver=3, filter=work(node_id))
@@ -379,6 +402,10 @@ def work(node_id: str) -> str:
 
 def results(node_id: str) -> str:
     return f"results.{subject_token(node_id, 'node id')}"
+
+
+def audit_request(verifier_id: str) -> str:
+    return f"results.audit.{subject_token(verifier_id, 'verifier id')}"
 
 
 def verdicts(job_id: str) -> str:
