@@ -52,7 +52,10 @@ class DevnetConfig:
     nats_port: int = DEFAULT_NATS_PORT
     redis_port: int = DEFAULT_REDIS_PORT
     inference_nodes: int = 2
-    verifiers: int = 1
+    verifiers: int = 3
+    # Verifiers drawn into each audited run's committee (settlement's committee_size; a majority of them
+    # must agree): 0 = as many as the devnet runs, up to 3 (1: the first verdict decides).
+    committee: int = 0
     demo_adapters: int = 4
     # The base model every node and verifier serves: a name or a checkpoint directory
     # ("" = $LORANET_MODEL, else smollm2-135m-instruct; loranet-tiny-llama is the tests' seeded model).
@@ -292,8 +295,11 @@ class Supervisor:
                 "settlement",
                 LORANET_EPOCH_MAX_S=str(self.config.epoch_max_s),
                 LORANET_RPC_URL=self.rpc_url,
-                # only the verifiers the devnet staked and registered (stake_nodes) decide jobs
+                # only the verifiers the devnet staked and registered (stake_nodes) decide jobs, a majority
+                # of a committee drawn among them for every audited or rejected run
                 LORANET_REGISTERED_VERIFIERS_ONLY="1",
+                LORANET_COMMITTEE_SIZE=str(self.committee_size),
+                LORANET_VERDICT_QUORUM=str(self.committee_size // 2 + 1),
             ),
         ]
         second = [svc("scheduler", "services.scheduler", "scheduler")]
@@ -356,6 +362,11 @@ class Supervisor:
                     raise TimeoutError(f"{svc.name} did not start within {timeout:.0f}s; see {svc.log}")
                 time.sleep(0.2)
         self.write_state()
+
+    @property
+    def committee_size(self) -> int:
+        """Verifiers per audited run's committee: the configured number, else all of them up to 3."""
+        return self.config.committee or max(1, min(self.config.verifiers, 3))
 
     def region(self, k: int) -> str:
         """Node k's region: what it heartbeats and what it declares (the Registry wants one)."""

@@ -163,7 +163,14 @@ def render(prev: Snapshot | None, cur: Snapshot, where: str) -> Any:
 async def run(url: str, where: str, interval: float, once: bool, json_out: bool) -> None:
     import nats
 
-    nc = await nats.connect(url, allow_reconnect=False, connect_timeout=5)
+    async def quiet(exc: Exception) -> None:  # nats-py's default prints a traceback per failed attempt
+        pass
+
+    # nats-py tries the first connection max_reconnect_attempts times (default 60, 2 s apart) even with
+    # allow_reconnect off: a devnet that is down is said within about a second.
+    nc = await nats.connect(
+        url, allow_reconnect=False, connect_timeout=5, max_reconnect_attempts=2, reconnect_time_wait=0.5, error_cb=quiet
+    )
     try:
         prev = await snapshot(nc)
         if once:

@@ -88,6 +88,7 @@ def devnet(tmp_path_factory):
         demo_adapters=2,
         cache_dir=str(root / "cache"),
         epoch_max_s=0.2,
+        verifiers=2,  # a committee of both decides every audited run (issue 18)
     )
     state = dn.start_detached(config, timeout=400)
     yield config, state

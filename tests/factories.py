@@ -161,6 +161,14 @@ def examples() -> dict[str, p.Wire]:
             assignments=[assignment(j.job_id)],
         ),
         p.RESULTS_ALL.pattern: r,
+        p.RESULTS_AUDIT.pattern: p.AuditRequest(
+            job_id=j.job_id,
+            verifier_id="verifier-1",
+            committee=["verifier-0", "verifier-1", "verifier-2"],
+            needed=2,
+            result=r,
+            at=time.time(),
+        ),
         p.VERDICTS_ALL.pattern: verdict(r),
         p.RECEIPTS_ALL.pattern: p.Receipt(
             job_id=j.job_id,

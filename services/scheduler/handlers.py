@@ -210,9 +210,18 @@ class SchedulerService:
     async def reserve(self, job: p.JobRequest) -> str:
         """Lock the job's max fee in its client's escrow on chain: 'reserved', or the final state
         ('settled'/'refunded') of a job seen before; raises AdmissionRefused when the escrow cannot cover it."""
+        reserve = p.Reserve(job_id=job.job_id, client_address=job.client_address, max_fee=job.max_fee)
         try:
-            reserve = p.Reserve(job_id=job.job_id, client_address=job.client_address, max_fee=job.max_fee)
-            reply = await self.rt.request(p.SETTLEMENT_RESERVE, reserve, timeout=30)
+            # Asked again (idempotent at settlement) when no answer comes within 8 s: a request taken by a
+            # settlement process that was killed is never answered, and the job would wait out one long
+            # timeout; four tries keep the old 30 s for a settlement that is only slow.
+            for attempt in range(4):
+                try:
+                    reply = await self.rt.request(p.SETTLEMENT_RESERVE, reserve, timeout=8)
+                    break
+                except TimeoutError:
+                    if attempt == 3:
+                        raise
         except RemoteError as exc:
             if exc.code == "conflict":
                 raise domain.AdmissionRefused(

@@ -373,6 +373,7 @@ async def test_each_role_publishes_and_requests_what_its_code_does(nats_auth, se
             req=[
                 (p.DATASTORE_ADAPTER_GET.pattern, p.AdapterGet(adapter="demo-0")),
                 (p.SETTLEMENT_BALANCE.pattern, p.BalanceGet(address="0x" + "1" * 40)),
+                (p.SETTLEMENT_STAKE.pattern, p.StakeGet(ed25519_key="ab" * 32)),  # a node's declaration
             ],
         ),
         "inference": dict(
@@ -725,7 +726,7 @@ async def test_a_client_cannot_follow_another_clients_job_events(nats_auth, serv
     ]
     for attempt in attempts:
         with pytest.raises(Exception):  # the request goes nowhere: a timeout (no responders) after the -ERR
-            await asyncio.wait_for(attempt(), 4)
+            await asyncio.wait_for(attempt(), 1.5)
     await settle(alice)
     assert len(alice.violations()) >= len(attempts), alice.errors
     # A crafted request: alice's own filter in the API subject, another in the body.  The server

@@ -195,7 +195,9 @@ def _dump_tasks() -> None:
         task.print_stack(file=sys.stderr)
 
 
-async def run(scenarios: list[str], n_jobs: int, rate: float, root: Path, settle_timeout: float) -> list[Report]:
+async def run(
+    scenarios: list[str], n_jobs: int, rate: float, root: Path, settle_timeout: float, adapters: int = 16
+) -> list[Report]:
     try:
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _dump_tasks)
     except (RuntimeError, ValueError):
@@ -208,7 +210,7 @@ async def run(scenarios: list[str], n_jobs: int, rate: float, root: Path, settle
             redis_port=free_port(),
             inference_nodes=2,
             verifiers=2,
-            demo_adapters=16,
+            demo_adapters=adapters,
             cache_dir=str(root / "cache"),
             epoch_max_s=0.3,
         )

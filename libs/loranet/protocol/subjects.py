@@ -352,7 +352,7 @@ def declared(pattern: str) -> Subject[Any]:
 SCHEDULER_JOBS = Consumer(JOBS_SUBMIT, "scheduler", ack_wait_s=10, max_deliver=5)
 SCHEDULER_RERUNS = Consumer(JOBS_RERUN, "scheduler-rerun", ack_wait_s=10, max_deliver=5)
 VERIFIER_RESULTS = Consumer(RESULTS_ALL, "verifier", ack_wait_s=10, max_deliver=5)
-SETTLEMENT_VERDICTS = Consumer(VERDICTS_ALL, "settlement", ack_wait_s=15, max_deliver=10)
+SETTLEMENT_VERDICTS = Consumer(VERDICTS_ALL, "settlement", ack_wait_s=6, max_deliver=10)
 DATASTORE_EVENTS = Consumer(JOB_EVENTS_ALL, "datastore", ack_wait_s=10, max_deliver=10)
 CONSUMERS: tuple[Consumer, ...] = (
     SCHEDULER_JOBS,
