@@ -252,6 +252,7 @@ class Services:
             "settlement": [
                 Pull("verdicts", p.SETTLEMENT_VERDICTS, record),
                 Endpoint("balance", p.SETTLEMENT_BALANCE, reply),
+                Endpoint("stake", p.SETTLEMENT_STAKE, reply),
                 Endpoint("faucet", p.SETTLEMENT_FAUCET, reply),
                 Endpoint("epochs", p.SETTLEMENT_EPOCHS, reply),
                 Endpoint("claim", p.SETTLEMENT_CLAIM, reply),

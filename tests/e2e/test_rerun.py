@@ -175,7 +175,8 @@ async def test_a_cheaters_result_is_rerun_on_an_honest_node_and_paid_once(devnet
         assert [e.node_id for e in redispatched] == ["node-0"] and "not on a-cheater" in redispatched[0].reason
         # A verified, settled answer from the honest node.
         assert out.status == "settled", out
-        assert out.verdict["accepted"] and out.verdict["audited"] and out.verdict["verdicts"] == 2
+        # both runs decided by a committee of the devnet's two verifiers: two verdicts each
+        assert out.verdict["accepted"] and out.verdict["audited"] and out.verdict["verdicts"] == 4
         assert out.output and out.node_id == "node-0"
         assert out.stages == [
             "admitted",
@@ -190,7 +191,8 @@ async def test_a_cheaters_result_is_rerun_on_an_honest_node_and_paid_once(devnet
         ], out.stages
         record = await _wait_recorded(client, job_id, "settled")
         assert record.attempt == 1 and record.result.attempt == 1 and record.result.node_id == "node-0"
-        assert [(v.result.attempt, v.accepted) for v in record.verdicts] == [(0, False), (1, True)]
+        # each run decided by a committee of both verifiers
+        assert sorted((v.result.attempt, v.accepted) for v in record.verdicts) == [(0, False)] * 2 + [(1, True)] * 2
         assert record.request.signature == record.verdicts[0].result.request.signature  # the client's, intact
         # The honest node paid through the normal split, the cheater slashed and paid nothing.
         receipt = record.receipt
@@ -287,6 +289,6 @@ async def test_a_stream_withdraws_a_rejected_answer_and_the_rerun_follows(devnet
     assert withdrawn["attempt"] == 1 and "rejected" in withdrawn["reason"]
     final = marks[-1]
     assert final["verified"] and final["status"] == "settled" and final["node_id"] == "node-0"
-    assert final["verdict"]["accepted"] and final["verdict"]["verdicts"] == 2
+    assert final["verdict"]["accepted"] and final["verdict"]["verdicts"] == 4  # a committee of two, twice
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert "failed verification" in text  # a plain OpenAI client sees the withdrawal too
