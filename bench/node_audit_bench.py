@@ -1,7 +1,8 @@
 """Per-node statistical audits: can a node's running statistics separate honest nodes from cheaper ones that
 per-job checks let through?  (Issue 18, item 2: measured here; not yet wired into the verifier.)
 
-On the seeded tiny model (the test suite's), one run, side by side:
+On the seeded tiny model (the test suite's) or, with `--model smollm2`, the real model
+(SmolLM2-135M-Instruct), one run, side by side:
 
   honest nodes     `--honest` differently configured honest nodes (torch threads 1/2, eager or SDPA
                    attention, each its own prompts), greedy, each committing its own fingerprint
@@ -26,6 +27,7 @@ Reported: honest_false_flags, and for each cheat the tokens it generated before 
 came from. Honest false-flag rates below what `--honest` nodes x their tokens can show are not claimed.
 
     python bench/node_audit_bench.py --quick --json
+    python bench/node_audit_bench.py --quick --json --model smollm2    # calibrated on the real model
 """
 
 from __future__ import annotations
@@ -210,9 +212,16 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     parser.add_argument("--honest", type=int, default=20, help="honest nodes (>= 20 for the issue's figure)")
     parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
     args = parser.parse_args()
     t0 = time.perf_counter()
-    path, model_id = ensure_tiny_model()
+    if args.model == "smollm2":
+        from loranet.model.catalog import resolve_model
+
+        m = resolve_model("smollm2-135m-instruct")
+        path, model_id = m.path, m.model_id
+    else:
+        path, model_id = ensure_tiny_model()
     verifier = ReferenceModel.from_path(path, model_id)
     tokenizer = verifier.tokenizer
     honest_jobs = 6 if args.quick else 12
@@ -239,7 +248,9 @@ def main() -> None:
     false_flags = sum(1 for s in honest if s.check(fp_flag, tie_flag))
 
     out: dict = {
-        "model": "loranet-tiny-llama (the test suite's seeded model)",
+        "model": "SmolLM2-135M-Instruct"
+        if args.model == "smollm2"
+        else "loranet-tiny-llama (the test suite's seeded model)",
         "honest_nodes": args.honest,
         "honest_tokens": honest_tokens,
         "honest_false_flags": false_flags,

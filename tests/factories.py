@@ -136,6 +136,29 @@ def model_manifest() -> p.ModelManifest:
     return p.ModelManifest(model_id=MODEL, name="m", architecture="Llama", tokenizer_id="c" * 64)
 
 
+def node_flag(
+    node_key: bytes = NODE.public, verifier: Identity = VERIFIER, verifier_id: str = "verifier-0", address: str = ADDR
+) -> p.NodeFlag:
+    """A verifier's signed flag on a node whose fingerprints sit above honest nodes'."""
+    return sign(
+        p.NodeFlag(
+            node_id="node-0",
+            node_key=node_key,
+            verifier_id=verifier_id,
+            verifier_key=verifier.public,
+            verifier_address=address,
+            reason="fingerprint mean excess 8.20e-05 over 6 chunks (honest: 0)",
+            fp_chunks=6,
+            fp_excess_mean=8.2e-5,
+            audited_tokens=96,
+            off_choice_tokens=0,
+            jobs=[p.new_job_id(), p.new_job_id()],
+            at=time.time(),
+        ),
+        verifier,
+    )
+
+
 def examples() -> dict[str, p.Wire]:
     """One valid message per declared subject pattern (protocol.SUBJECTS)."""
     j = job()
@@ -170,6 +193,7 @@ def examples() -> dict[str, p.Wire]:
             at=time.time(),
         ),
         p.VERDICTS_ALL.pattern: verdict(r),
+        p.FLAGS_ALL.pattern: node_flag(),
         p.RECEIPTS_ALL.pattern: p.Receipt(
             job_id=j.job_id,
             status="settled",

@@ -31,15 +31,32 @@ def check_verdict(verdict: p.Verdict) -> None:
         raise VerdictRefused("result_hash does not match the result carried in the verdict")
 
 
-def check_registered(verdict: p.Verdict, payout: str | None) -> None:
-    """The verdict's key is an active registered verifier's (`payout`: its payout address, None: not
-    registered) and the verdict pays that address."""
+def check_registered(signed: p.Verdict | p.NodeFlag, payout: str | None) -> None:
+    """The verdict's (or flag's) key is an active registered verifier's (`payout`: its payout address,
+    None: not registered) and it names that address."""
+    what = "verdict" if isinstance(signed, p.Verdict) else "flag"
     if payout is None:
         raise VerdictRefused(
-            f"verifier key {verdict.verifier_key.hex()[:16]} is not an active verifier registered in the Registry"
+            f"verifier key {signed.verifier_key.hex()[:16]} is not an active verifier registered in the Registry"
         )
-    if verdict.verifier_address.lower() != payout.lower():
-        raise VerdictRefused(f"verdict pays {verdict.verifier_address}, the registered verifier's payout is {payout}")
+    if signed.verifier_address.lower() != payout.lower():
+        raise VerdictRefused(f"{what} pays {signed.verifier_address}, the registered verifier's payout is {payout}")
+
+
+def check_flag(flag: p.NodeFlag) -> None:
+    """A node flag settlement may count: signed by its verifier, and a finding (figures past a threshold)."""
+    try:
+        flag.verify()
+    except SignatureInvalid as exc:
+        raise VerdictRefused(str(exc)) from None
+    if not flag.reason or not flag.jobs:
+        raise VerdictRefused("a flag names its reason and the audited jobs it rests on")
+
+
+def flags_evidence(node_key: bytes, flags: list[p.NodeFlag]) -> bytes:
+    """The 32-byte evidence id of slashing a node on its statistics: its key and the agreeing flags."""
+    signatures = b"".join(sorted(f.signature for f in flags))
+    return hashlib.sha256(b"loranet/node-flags/v1" + node_key + signatures).digest()
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,7 @@ class SettlementService:
     def routes(self) -> Sequence[Pull | Endpoint]:
         routes: list[Pull | Endpoint] = [
             Pull("verdicts", p.SETTLEMENT_VERDICTS, self.on_verdict, slots=max(self.settings.epoch_max_jobs * 2, 8)),
+            Pull("flags", p.SETTLEMENT_FLAGS, self.on_flag, slots=1),
             Endpoint("balance", p.SETTLEMENT_BALANCE, self.balance),
             Endpoint("stake", p.SETTLEMENT_STAKE, self.stake),
             Endpoint("epochs", p.SETTLEMENT_EPOCHS, self.epochs_on_chain),
@@ -551,6 +552,41 @@ class SettlementService:
         self._open.pop(key, None)
         if self.settings.verdict_quorum > 1 or self.committees:
             await self.committed.clear_votes(key)
+
+    async def on_flag(self, flag: p.NodeFlag, delivery: Delivery) -> None:
+        """A verifier flagged a node's statistics: kept; once `verdict_quorum` distinct registered verifiers
+        flagged the same node key, the node is slashed statistics_slash_bps of its bond, once."""
+        try:
+            domain.check_flag(flag)
+            registered = await self._verifier(flag.verifier_key)
+            domain.check_registered(flag, registered[0] if registered else None)
+        except domain.VerdictRefused as exc:
+            raise Refused(f"flag refused: {exc}") from None
+        kept, slashed = await self.committed.node_flags(flag.node_key)
+        flags = {f.verifier_key: f for f in (codec.decode(p.NodeFlag, d) for d in kept)}
+        flags[flag.verifier_key] = flag
+        self.rt.log.warning(
+            "node.flag", node_id=flag.node_id, verifier=flag.verifier_id, flags=len(flags), why=flag.reason[:200]
+        )
+        if slashed or len(flags) < self.settings.verdict_quorum or not self.settings.statistics_slash_bps:
+            await self.committed.put_node_flags(flag.node_key, [codec.encode(f) for f in flags.values()], slashed)
+            return
+        agreeing = sorted(flags.values(), key=lambda f: f.signature)[: self.settings.verdict_quorum]
+        evidence = domain.flags_evidence(flag.node_key, agreeing)
+        done = await self._take(
+            "node", lambda: self.chain.node_of_key(flag.node_key), evidence, self.settings.statistics_slash_bps, ""
+        )
+        self.rt.log.warning(
+            "node.slashed_on_statistics",
+            node_id=flag.node_id,
+            verifiers=[f.verifier_id for f in agreeing],
+            evidence=evidence.hex(),
+            outcome=done or "not staked",
+        )
+        # not marked slashed when nothing was taken (not staked, or the chain refused): the next flag tries again
+        await self.committed.put_node_flags(
+            flag.node_key, [codec.encode(f) for f in flags.values()], evidence if done else b""
+        )
 
     # -- re-runs -------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from .packing import SettleJob
 
 PENDING_KEY = "pending"
 VOTES_PREFIX = "votes."
+FLAGS_PREFIX = "flags."
 ATTEMPTS_PREFIX = "attempts."
 
 
@@ -210,6 +211,23 @@ class Journal:
 
     async def put_votes(self, key: str, votes: Votes) -> None:
         await self.kv.put(VOTES_PREFIX + key, votes.encode())
+
+    # Verifiers' flags on one node's statistics (key flags.<node key hex>): kept until enough agree, then
+    # the evidence the node was slashed with (so a later flag does not slash it again).
+
+    async def node_flags(self, node_key: bytes) -> tuple[list[bytes], bytes]:
+        """(encoded flags so far, the evidence it was slashed with or b"")."""
+        try:
+            entry = await self.kv.get(FLAGS_PREFIX + node_key.hex())
+        except KeyNotFoundError:
+            return [], b""
+        raw = msgpack.unpackb(entry.value) if entry.value else {}
+        return list(raw.get("flags", [])), bytes(raw.get("slashed", b""))
+
+    async def put_node_flags(self, node_key: bytes, flags: list[bytes], slashed: bytes = b"") -> None:
+        await self.kv.put(
+            FLAGS_PREFIX + node_key.hex(), msgpack.packb({"flags": flags, "slashed": slashed}, use_bin_type=True)
+        )
 
     async def clear_votes(self, job_id: str) -> None:
         await self.kv.delete(VOTES_PREFIX + job_id)

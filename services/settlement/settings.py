@@ -40,6 +40,10 @@ class SettlementSettings(CommonSettings):
     # Share of a registered verifier's stake slashed to the treasury for each audit or rejection of
     # its that contradicts its committee's decision (evidence: the verdict; once per verdict); 0 = never.
     verifier_slash_bps: int = Field(default=1000, ge=0, le=10_000)
+    # Share of a staked node's bond slashed once `verdict_quorum` distinct registered verifiers flagged
+    # its statistics (flags.<node_id>: its jobs may each pass, its figures depart from honest nodes'),
+    # once per node key; 0 = never.
+    statistics_slash_bps: int = Field(default=1000, ge=0, le=10_000)
     # Count a verdict only when its Ed25519 key is bound to an active verifier registered in the Registry
     # (Registry.register_verifier) and it pays that verifier's payout address; any other verdict is
     # dead-lettered and changes nothing. The devnet stakes and registers its verifiers and turns this on.

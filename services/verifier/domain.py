@@ -498,6 +498,7 @@ class NodeRecord:
     audited_tokens: int = 0
     off_choice_tokens: int = 0
     flagged: str = ""
+    observed_jobs: list[str] = field(default_factory=list)  # the latest audited jobs the statistics cover
 
 
 def job_fraction(job_id: str) -> float:
@@ -511,6 +512,7 @@ def observe_audit(record: NodeRecord, result: p.InferenceResult, hidden: torch.T
     not). Flagged once: the reason stays."""
     need = len(result.prompt_tokens) + len(result.output_tokens)
     if hidden.shape[0] == need and logits.shape[0] == need:
+        record.observed_jobs = [*record.observed_jobs[-(FLAG_JOBS - 1) :], result.job_id]
         for _, _, mean_x, _ in fingerprint_figures(result, hidden):
             record.fp_chunks += 1
             record.fp_excess_sum += min(mean_x, 1.0)
@@ -521,6 +523,30 @@ def observe_audit(record: NodeRecord, result: p.InferenceResult, hidden: torch.T
     if not record.flagged:
         record.flagged = statistics_flag(record)
     return record.flagged
+
+
+FLAG_JOBS = 64  # audited jobs a node flag names (the latest)
+
+
+def node_flag(record: NodeRecord, node_key: bytes, verifier_id: str, identity: Identity, address: str) -> p.NodeFlag:
+    """This verifier's signed finding that `record`'s node departs from honest nodes (it is flagged)."""
+    return sign(
+        p.NodeFlag(
+            node_id=record.node_id,
+            node_key=node_key,
+            verifier_id=verifier_id,
+            verifier_key=identity.public,
+            verifier_address=address,
+            reason=record.flagged[:1024],
+            fp_chunks=record.fp_chunks,
+            fp_excess_mean=record.fp_excess_sum / record.fp_chunks if record.fp_chunks else 0.0,
+            audited_tokens=record.audited_tokens,
+            off_choice_tokens=record.off_choice_tokens,
+            jobs=record.observed_jobs[-FLAG_JOBS:],
+            at=time.time(),
+        ),
+        identity,
+    )
 
 
 def statistics_flag(record: NodeRecord) -> str:

@@ -219,6 +219,11 @@ class VerifierService:
                 was = record.flagged
                 if domain.observe_audit(record, result, hidden, logits) and not was:
                     self.rt.log.warning("node.flagged", node_id=result.node_id, why=record.flagged)
+                    flag = domain.node_flag(record, result.node_key, self.verifier_id, self.identity, self.address)
+                    # once per node and verifier: settlement slashes the node when enough verifiers agree
+                    await self.rt.publish(
+                        p.flags(result.node_id), flag, msg_id=f"flag:{result.node_key.hex()}:{self.verifier_id}"
+                    )
         checks.append(
             domain.check(
                 "audit_policy",

@@ -251,6 +251,7 @@ class Services:
             "inference": [Pull("work", p.node_work(NODE), record)],
             "settlement": [
                 Pull("verdicts", p.SETTLEMENT_VERDICTS, record),
+                Pull("flags", p.SETTLEMENT_FLAGS, record),
                 Endpoint("balance", p.SETTLEMENT_BALANCE, reply),
                 Endpoint("stake", p.SETTLEMENT_STAKE, reply),
                 Endpoint("faucet", p.SETTLEMENT_FAUCET, reply),
@@ -344,6 +345,7 @@ async def test_every_role_consumes_its_subject_and_dead_letters_what_it_cannot_r
         ("inference", p.results(NODE), "verifier", "results"),
         ("verifier", p.verdicts(JOB), "settlement", "verdicts"),
         ("settlement", p.audit_request("verifier-test"), "verifier", "audits"),  # a drawn committee member's audit
+        ("verifier", p.flags(NODE), "settlement", "flags"),  # a node's statistics flagged
         ("scheduler", p.job_events(CLIENT, JOB), "datastore", "job-events"),
         ("settlement", p.job_events(CLIENT, JOB), "datastore", "job-events"),
     ]
@@ -387,6 +389,7 @@ async def test_each_role_publishes_and_requests_what_its_code_does(nats_auth, se
                 p.job_events(CLIENT, JOB),
                 p.dead_letter(p.results(NODE)),
                 p.dead_letter(p.audit_request("verifier-test")),
+                p.flags(NODE),
             ],
             req=[
                 (p.DATASTORE_ADAPTER_BLOB.pattern, p.AdapterGet(adapter="demo-0")),
@@ -557,6 +560,9 @@ FORBIDDEN = [
     ("verifier", "pub", p.results(NODE)),  # a verifier cannot forge results
     ("verifier", "pub", p.audit_request("verifier-test")),  # nor draw itself into a committee
     ("inference", "pub", p.audit_request("verifier-test")),
+    ("inference", "pub", p.flags(OTHER_NODE)),  # nor flag a rival
+    ("client", "pub", p.flags(NODE)),
+    ("scheduler", "pub", p.flags(NODE)),
     ("scheduler", "pub", p.audit_request("verifier-test")),
     ("client", "pub", p.audit_request("verifier-test")),
     ("settlement", "pub", p.results(NODE)),  # settlement forwards results to committees, never forges one

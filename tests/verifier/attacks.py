@@ -38,6 +38,10 @@ class _LocalRuntime:
 
     def __init__(self) -> None:
         self.log = EventLog("verifier-test", "local", "WARNING")
+        self.published: list[tuple[str, object]] = []  # what the verifier published besides verdicts
+
+    async def publish(self, subject: str, message: object, msg_id: str = "") -> None:
+        self.published.append((subject, message))
 
 
 def local_verifier(engine: AuditEngine, nodes: list[HonestNode], audit_rate: float = 1.0) -> VerifierService:

@@ -99,3 +99,10 @@ def test_a_node_serving_float16_weights_is_flagged_by_its_statistics_alone(engin
     audit, why = domain.should_audit(record, p.new_job_id(), verifier.policy)
     assert audit and why.startswith("flagged by its statistics")
     assert not verifier.records[kit.node.node_id].flagged
+    # ... and says so once, signed, naming the node's key and the audited jobs the figures rest on: the
+    # flag settlement slashes on when enough registered verifiers sent one (tests/settlement/test_committee.py)
+    [(subject, flag)] = verifier.rt.published
+    assert subject == p.flags("node-fp16") and isinstance(flag, p.NodeFlag)
+    flag.verify()
+    assert flag.node_key == node.identity.public and flag.reason == record.flagged and flag.fp_excess_mean > 0
+    assert flag.jobs and set(flag.jobs) <= set(record.observed_jobs)

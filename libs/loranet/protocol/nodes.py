@@ -7,7 +7,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, StringConstraints
 
 from ..codec import Wire
-from .base import Address, ContentId, Name, NodeId, PublicKey, Signature, Signed, Timestamp
+from .base import Address, ContentId, JobId, Name, NodeId, PublicKey, Signature, Signed, Timestamp
 
 
 class NodeHeartbeat(Wire, Signed):
@@ -77,4 +77,29 @@ class VerifierAnnouncement(Wire, Signed):
     signature: Signature = b""
 
     SIGNING_DOMAIN: ClassVar[str] = "loranet/verifier-announcement/v1"
+    SIGNER_FIELD: ClassVar[str] = "verifier_key"
+
+
+class NodeFlag(Wire, Signed):
+    """A verifier's signed finding (subject flags.<node_id>): one node's running statistics over the jobs
+    this verifier audited depart from honest nodes' (loranet.thresholds NODE_*), although its jobs may
+    each pass. Settlement slashes the node once enough registered verifiers flagged it (issue 18)."""
+
+    v: Literal[1] = 1
+    node_id: NodeId
+    node_key: PublicKey
+    verifier_id: Name
+    verifier_key: PublicKey
+    verifier_address: Address
+    reason: Annotated[str, StringConstraints(max_length=1024)]
+    fp_chunks: Annotated[int, Field(ge=0)]
+    fp_excess_mean: Annotated[float, Field(ge=0.0)]
+    audited_tokens: Annotated[int, Field(ge=0)]
+    off_choice_tokens: Annotated[int, Field(ge=0)]
+    # The audited jobs the statistics cover (the latest): anyone holding them can recompute the figures.
+    jobs: Annotated[list[JobId], Field(max_length=64)]
+    at: Timestamp
+    signature: Signature = b""
+
+    SIGNING_DOMAIN: ClassVar[str] = "loranet/node-flag/v1"
     SIGNER_FIELD: ClassVar[str] = "verifier_key"

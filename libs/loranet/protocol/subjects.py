@@ -48,6 +48,7 @@ from .money import (
     Stake,
     StakeGet,
 )
+from .nodes import NodeFlag
 from .registry import (
     MAX_CONTRIBUTION_BYTES,
     AdapterBlob,
@@ -192,6 +193,13 @@ RESULTS_AUDIT = Subject(
 )
 VERDICTS_ALL = Subject(
     "verdicts.*", Verdict, 1024 * 1024, "verifier → settlement: verdicts.<job_id>, a signed verdict", VERDICTS
+)
+FLAGS_ALL = Subject(
+    "flags.*",
+    NodeFlag,
+    64 * 1024,
+    "verifier → settlement: flags.<node_id>, a node's statistics depart from honest nodes' (slashed at a quorum)",
+    VERDICTS,
 )
 RECEIPTS_ALL = Subject(
     "settlement.receipts.*", Receipt, 64 * 1024, "settlement → client: settlement.receipts.<job_id>", RECEIPTS
@@ -353,12 +361,14 @@ SCHEDULER_JOBS = Consumer(JOBS_SUBMIT, "scheduler", ack_wait_s=10, max_deliver=5
 SCHEDULER_RERUNS = Consumer(JOBS_RERUN, "scheduler-rerun", ack_wait_s=10, max_deliver=5)
 VERIFIER_RESULTS = Consumer(RESULTS_ALL, "verifier", ack_wait_s=10, max_deliver=5)
 SETTLEMENT_VERDICTS = Consumer(VERDICTS_ALL, "settlement", ack_wait_s=6, max_deliver=10)
+SETTLEMENT_FLAGS = Consumer(FLAGS_ALL, "settlement-flags", ack_wait_s=6, max_deliver=10)
 DATASTORE_EVENTS = Consumer(JOB_EVENTS_ALL, "datastore", ack_wait_s=10, max_deliver=10)
 CONSUMERS: tuple[Consumer, ...] = (
     SCHEDULER_JOBS,
     SCHEDULER_RERUNS,
     VERIFIER_RESULTS,
     SETTLEMENT_VERDICTS,
+    SETTLEMENT_FLAGS,
     DATASTORE_EVENTS,
 )
 
@@ -406,6 +416,10 @@ def results(node_id: str) -> str:
 
 def audit_request(verifier_id: str) -> str:
     return f"results.audit.{subject_token(verifier_id, 'verifier id')}"
+
+
+def flags(node_id: str) -> str:
+    return f"flags.{subject_token(node_id, 'node id')}"
 
 
 def verdicts(job_id: str) -> str:
