@@ -33,11 +33,13 @@ pytestmark = pytest.mark.timeout(900)
 
 
 class CheatingNode:
-    """A registered node that answers every job it gets with the base model only ("no adapter")."""
+    """A registered node that answers every job it gets with the base model only ("no adapter"), or, with
+    `adapter`, with the job's adapter on whatever model its HonestNode holds (a cheaper copy)."""
 
-    def __init__(self, node: HonestNode, url: str) -> None:
+    def __init__(self, node: HonestNode, url: str, adapter: bool = False) -> None:
         self.node = node
         self.url = url
+        self.adapter = adapter
         self.jobs: list[tuple[str, int]] = []  # (job id, attempt) it answered
         self._tasks: list[asyncio.Task] = []
 
@@ -81,7 +83,8 @@ class CheatingNode:
                 batch = p.WORK_ALL.decode(msg.data)
                 for job in (j for segment in batch.segments for j in segment.jobs):
                     attempt = batch.attempt_of(job.job_id)
-                    gen = await asyncio.to_thread(self.node.generate, job, None, None)  # the attack: no adapter
+                    # the attack: no adapter, or the adapter on cheaper weights
+                    gen = await asyncio.to_thread(self.node.generate, job, None, False if self.adapter else None)
                     # the scheduler's signed assignment, carried as any node carries it
                     result = self.node.result(job, gen, attempt=attempt, assignment=batch.assignment_of(job.job_id))
                     if job.streams_tokens:  # its text goes out as "generated", like any node's
@@ -292,3 +295,62 @@ async def test_a_stream_withdraws_a_rejected_answer_and_the_rerun_follows(devnet
     assert final["verdict"]["accepted"] and final["verdict"]["verdicts"] == 4  # a committee of two, twice
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert "failed verification" in text  # a plain OpenAI client sees the withdrawal too
+
+
+async def test_a_node_serving_float16_weights_is_slashed_on_its_statistics_alone(devnet, node_model):
+    """Issue 18: a staked node serving the model with its weights rounded to float16 passes per-job checks
+    (its tokens are the honest ones), but both verifiers' running statistics of its fingerprints depart from
+    honest nodes': each flags it (flags.<node_id>) and settlement slashes it, from the statistics alone; the
+    devnet's honest node is never flagged."""
+    import copy
+    import json
+
+    import torch
+
+    from services.settlement.devchain import DevChain
+
+    config, state = devnet
+    model, adapter_names = node_model
+    cheap = copy.deepcopy(model)
+    with torch.no_grad():
+        for module in cheap.base.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.data = module.weight.data.half().float()
+    cheater = HonestNode("a-cheater-fp16", cheap, adapter_names)
+    chain = DevChain.open(state["rpc_url"])
+    async with await Client.connect(config.url_for("client"), Identity.generate()) as client:
+        staker = await asyncio.to_thread(chain.new_account)
+        await client._request(p.SETTLEMENT_FAUCET, p.Faucet(address=staker.address, amount=2000 * 10**18))
+        await asyncio.to_thread(chain.stake, staker.key, 2000 * 10**18, cheater.identity.public, cheater.address)
+        await client.faucet(10**20, 10**19)
+        async with CheatingNode(cheater, config.url_for("inference"), adapter=True) as cheat:
+            await asyncio.sleep(2.0)  # the scheduler's registry view refreshes
+            slashed_log = Path(config.state_dir) / "logs" / "settlement.log"
+            for i in range(12):
+                job_id = await client.submit("demo-1", f"Half precision, job {i}", 24)
+                await client.wait(job_id, 300)
+                if "node.slashed_on_statistics" in slashed_log.read_text():
+                    break
+        served = [j for j, _ in cheat.jobs]
+    events = [json.loads(line) for line in slashed_log.read_text().splitlines() if "slashed_on_statistics" in line]
+    assert events and events[0]["node_id"] == "a-cheater-fp16", served
+    who = str(events[0]["verifiers"])  # the log writes the list as text
+    assert "verifier-0" in who and "verifier-1" in who and "slashed" in events[0]["outcome"]
+    assert chain.node(staker.address).stake < 2000 * 10**18
+    admin = await nats.connect(config.url_for("admin"))
+    stats = await admin.jetstream().key_value("verifier-stats")
+    deadline = time.monotonic() + 20  # each verifier writes its records every few seconds
+    for verifier in ("verifier-0", "verifier-1"):
+        while True:
+            try:
+                if json.loads((await stats.get(f"{verifier}.a-cheater-fp16")).value)["flagged"]:
+                    break
+            except nats.js.errors.KeyNotFoundError:
+                pass
+            assert time.monotonic() < deadline, f"{verifier} never recorded the flag"
+            await asyncio.sleep(0.5)
+        try:  # the honest node, where it served jobs of this session's earlier tests
+            assert not json.loads((await stats.get(f"{verifier}.node-0")).value)["flagged"]
+        except nats.js.errors.KeyNotFoundError:
+            pass
+    await admin.close()
