@@ -468,6 +468,7 @@ async def cmd_nodes(args: argparse.Namespace) -> int:
                 "device": d.device,
                 "memory_mb": d.memory_mb,
                 "region": d.region,
+                "dtype": d.dtype,
                 "price": str(d.price),
                 "stake": str(d.stake),
             }
@@ -497,7 +498,7 @@ async def cmd_nodes(args: argparse.Namespace) -> int:
                 r["node_id"],
                 r["device"],
                 r["region"] or "-",
-                f"{d['device']}, {d['memory_mb'] >> 10} GiB, {d['region']}" if d else "-",
+                f"{d['device']}, {d['memory_mb'] >> 10} GiB, {d['region']}, {d['dtype'] or '?'}" if d else "-",
                 f"{r['slots_free']}/{r['slots_total']}",
                 str(r["queue_depth"]),
                 str(r["tokens_per_s"]),

@@ -396,9 +396,10 @@ class Supervisor:
         memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") >> 20
         device = self.config.extra_env.get("LORANET_DEVICE", "cpu").split(":")[0]
         price = DEFAULT_PRICE.per_output_token * 10**6  # per million generated tokens
+        dtype = self.config.extra_env.get("LORANET_DTYPE", "float32")  # what services.inference serves
         for k in range(self.config.inference_nodes):
             if key := stake(f"node-{k}"):
-                chain.declare(key, device, memory_mb, self.region(k), price)
+                chain.declare(key, device, memory_mb, self.region(k), price, dtype)
         for k in range(self.config.verifiers):
             if key := stake(f"verifier-{k}"):
                 chain.register_verifier(key)

@@ -116,6 +116,11 @@ MAX_NEAR_TIE_TOKENS = 2
 # (under the per-job limit) from the first chunk; int8 / int4 tokens "proved" by an honest prefill: 22 / 33
 # tokens off the choice in 700 / 118. A node past either is flagged and audited at 100%.
 NODE_FP_FLAG = 1e-6  # mean excess over at least NODE_FP_MIN_CHUNKS chunks
+# The fingerprint statistic is calibrated for nodes that declare float32 (what the verifier recomputes in;
+# an undeclared node counts as float32): serving lower precision than that is the departure it finds. For a
+# node that declares a lower precision its honest figures sit above 0 and no calibration exists yet, so
+# only the off-choice statistic applies to it.
+NODE_FP_CALIBRATED_DTYPES = ("", "float32")
 NODE_FP_MIN_CHUNKS = 4
 # What an honest node reaches in 10,000 tokens with probability < 1e-6 at the measured honest rate's 95% bound
 NODE_OFF_CHOICE_FLAG = 21

@@ -131,6 +131,7 @@ class InferenceService:
             tokens_per_s=tps,
             region=self.settings.region,
             at=time.time(),
+            dtype=self.settings.dtype,
         )
         return sign(hb, self.identity)
 

@@ -585,8 +585,8 @@ def assemble_batch(
 
 def declaration_problem(hb: p.NodeHeartbeat, declared: p.Stake | None, required: bool) -> str | None:
     """Why a heartbeat contradicts what its node declared in the Registry (None: it does not). The device
-    must begin with the declared one, the region equal it, the free memory not exceed it. Undeclared nodes
-    pass unless `required`."""
+    must begin with the declared one, the region and the dtype equal theirs, the free memory not exceed the
+    declared memory. Undeclared nodes pass unless `required`."""
     if declared is None or not declared.device:
         return "nothing declared in the Registry" if required else None
     if not hb.device.lower().startswith(declared.device.lower()):
@@ -595,6 +595,8 @@ def declaration_problem(hb: p.NodeHeartbeat, declared: p.Stake | None, required:
         return f"region {hb.region!r}, declared {declared.region!r}"
     if hb.memory_free > declared.memory_mb * 2**20:
         return f"{hb.memory_free >> 20} MiB free, declared {declared.memory_mb} MiB"
+    if declared.dtype and hb.dtype != declared.dtype:
+        return f"dtype {hb.dtype or '(none)'!r}, declared {declared.dtype!r}"
     return None
 
 

@@ -66,6 +66,7 @@ class NodeSpec:
     memory_mb: int
     region: str
     price: int
+    dtype: str = ""
 
 
 @dataclass(frozen=True)
@@ -489,15 +490,20 @@ class Chain:
         key, payout, stake, unbonding, until = self._call(self.registry.functions.nodes(to_checksum_address(address)))
         return NodeRecord(bytes(key), payout, stake, unbonding, until)
 
-    def declare(self, key: str | bytes, device: str, memory_mb: int, region: str, price: int) -> TxInfo:
-        """Declare the staked node's hardware, memory (MiB), region and price (OPEN wei per million tokens)."""
-        call = self.registry.functions.declare(device, memory_mb, region, price)
+    def declare(
+        self, key: str | bytes, device: str, memory_mb: int, region: str, price: int, dtype: str = "float32"
+    ) -> TxInfo:
+        """Declare the staked node's hardware, memory (MiB), region, price (OPEN wei per million tokens) and
+        the precision it serves weights in."""
+        call = self.registry.functions.declare(device, memory_mb, region, price, dtype)
         return self._info(self._send(key, call, "declare"))
 
     def spec(self, address: str) -> NodeSpec | None:
         """What a node declared (None: nothing yet)."""
-        device, memory_mb, region, price = self._call(self.registry.functions.specs(to_checksum_address(address)))
-        return NodeSpec(device, memory_mb, region, price) if device else None
+        device, memory_mb, region, price, dtype = self._call(
+            self.registry.functions.specs(to_checksum_address(address))
+        )
+        return NodeSpec(device, memory_mb, region, price, dtype) if device else None
 
     def register_verifier(self, key: str | bytes, enabled: bool = True) -> TxInfo:
         """Register (or retire) the staker of `key` as a verifier."""

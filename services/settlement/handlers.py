@@ -225,6 +225,7 @@ class SettlementService:
                 memory_mb=spec.memory_mb if spec else 0,
                 region=spec.region if spec else "",
                 price=spec.price if spec else 0,
+                dtype=spec.dtype if spec else "",
                 verifier=bool(any(node.ed25519_key) and self.chain.verifier_of_key(node.ed25519_key)),
             )
 

@@ -499,6 +499,7 @@ class NodeRecord:
     off_choice_tokens: int = 0
     flagged: str = ""
     observed_jobs: list[str] = field(default_factory=list)  # the latest audited jobs the statistics cover
+    dtype: str = ""  # the precision the node heartbeats it serves (declared on chain where it staked)
 
 
 def job_fraction(job_id: str) -> float:
@@ -551,10 +552,13 @@ def node_flag(record: NodeRecord, node_key: bytes, verifier_id: str, identity: I
 
 def statistics_flag(record: NodeRecord) -> str:
     """Why a node's statistics depart from honest nodes' ("": they do not); thresholds.NODE_*."""
-    if record.fp_chunks >= thresholds.NODE_FP_MIN_CHUNKS:
+    if record.fp_chunks >= thresholds.NODE_FP_MIN_CHUNKS and record.dtype in thresholds.NODE_FP_CALIBRATED_DTYPES:
         mean = record.fp_excess_sum / record.fp_chunks
         if mean > thresholds.NODE_FP_FLAG:
-            return f"fingerprint mean excess {mean:.2e} over {record.fp_chunks} chunks (honest: 0)"
+            return (
+                f"fingerprint mean excess {mean:.2e} over {record.fp_chunks} chunks (honest: 0): lower precision "
+                f"than the {record.dtype or 'float32'} it declares"
+            )
     if record.off_choice_tokens >= thresholds.NODE_OFF_CHOICE_FLAG:
         return f"{record.off_choice_tokens} of {record.audited_tokens} tokens not the replayed choice (honest: 0)"
     return ""

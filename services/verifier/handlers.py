@@ -46,11 +46,12 @@ class NodeKeys:
         self.rt = rt
         self.capacity = capacity
         self.fresh_s = fresh_s
-        self._seen: OrderedDict[str, tuple[bytes, str, float]] = OrderedDict()  # node_id -> (key, address, read at)
+        # node_id -> (key, address, read at, dtype)
+        self._seen: OrderedDict[str, tuple[bytes, str, float, str]] = OrderedDict()
 
     def remember(self, hb: p.NodeHeartbeat) -> None:
         key = domain.heartbeat_key(hb, hb.node_id)
-        self._seen[hb.node_id] = (key, hb.payout_address, time.monotonic())
+        self._seen[hb.node_id] = (key, hb.payout_address, time.monotonic(), hb.dtype)
         self._seen.move_to_end(hb.node_id)
         while len(self._seen) > self.capacity:
             self._seen.popitem(last=False)
@@ -58,6 +59,10 @@ class NodeKeys:
     def address(self, node_id: str) -> str | None:
         cached = self._seen.get(node_id)
         return cached[1] if cached is not None else None
+
+    def dtype(self, node_id: str) -> str:
+        cached = self._seen.get(node_id)
+        return cached[3] if cached is not None else ""
 
     async def lookup(self, node_id: str) -> tuple[bytes | None, str | None]:
         cached = self._seen.get(node_id)
@@ -197,6 +202,7 @@ class VerifierService:
             )
         )
         record = self.records.setdefault(result.node_id, domain.NodeRecord(result.node_id))
+        record.dtype = self.keys.dtype(result.node_id)
         audit, why = domain.should_audit(record, result.job_id, self.policy, result.attempt)
         if committee:
             audit, why = True, committee

@@ -250,6 +250,7 @@ def test_cli_nodes_and_adapter_register(devnet, tmp_path):
     declared = nodes[0]["declared"]
     assert declared and declared["region"] == nodes[0]["region"] == "eu-west" and declared["device"] == "cpu"
     assert declared["memory_mb"] > 0 and int(declared["stake"]) > 0
+    assert declared["dtype"] == nodes[0]["dtype"] == "float32"  # the precision it serves, declared and heartbeat
     base = load_base_model(Path(config.cache_dir) / "models" / "loranet-tiny-llama")
     build_demo_adapter(base, tmp_path / "mine", seed=42, index=9)
     manifest = {

@@ -274,3 +274,9 @@ def test_a_heartbeat_that_contradicts_its_declaration_is_refused():
     assert "device" in (d.declaration_problem(hb.model_copy(update={"device": "cpu"}), declared, False) or "")
     more = hb.model_copy(update={"memory_free": 100 * 2**30})
     assert "MiB" in (d.declaration_problem(more, declared, False) or "")
+    # a node that declared the precision it serves must heartbeat that precision
+    bf16 = declared.model_copy(update={"dtype": "bfloat16"})
+    assert d.declaration_problem(hb.model_copy(update={"dtype": "bfloat16"}), bf16, True) is None
+    assert "dtype 'float16', declared 'bfloat16'" in (
+        d.declaration_problem(hb.model_copy(update={"dtype": "float16"}), bf16, False) or ""
+    )

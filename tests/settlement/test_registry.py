@@ -41,13 +41,14 @@ def test_a_staked_node_declares_its_hardware_region_and_price(chain: DevChain):
         chain.declare(stranger.key, "cpu", 1024, "eu-west", 1)
     node, _ = _node(chain)
     assert chain.spec(node.address) is None
-    chain.declare(node.key, "cuda", 81_920, "us-east", 4 * 10**18)
+    chain.declare(node.key, "cuda", 81_920, "us-east", 4 * 10**18, "bfloat16")
     spec = chain.spec(node.address)
-    assert spec is not None and (spec.device, spec.memory_mb, spec.region, spec.price) == (
+    assert spec is not None and (spec.device, spec.memory_mb, spec.region, spec.price, spec.dtype) == (
         "cuda",
         81_920,
         "us-east",
         4 * 10**18,
+        "bfloat16",
     )
     for bad, why in (
         (("", 1, "eu"), "empty device"),
@@ -56,6 +57,8 @@ def test_a_staked_node_declares_its_hardware_region_and_price(chain: DevChain):
     ):
         with pytest.raises(ChainError, match=why):
             chain.declare(node.key, *bad, 0)
+    with pytest.raises(ChainError, match="empty dtype"):
+        chain.declare(node.key, "cpu", 1, "eu", 0, "")
 
 
 def test_stake_below_minimum_refused(chain: DevChain):

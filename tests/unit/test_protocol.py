@@ -16,6 +16,7 @@ SIGNERS = {
     p.JOBS_SUBMIT.pattern: factories.CLIENT,
     p.RESULTS_ALL.pattern: factories.NODE,
     p.VERDICTS_ALL.pattern: factories.VERIFIER,
+    p.FLAGS_ALL.pattern: factories.VERIFIER,
     p.DATASTORE_DATANET_CONTRIBUTE.pattern: factories.CLIENT,
 }
 PATTERNS = sorted(s.pattern for s in p.SUBJECTS)

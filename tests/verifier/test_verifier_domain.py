@@ -176,3 +176,24 @@ def test_proof_structure_parses_every_fingerprint_chunk(honest, client, base):
     wider = [encode_chunk(torch.randn(rows, 256)), *chunks[1:]]  # chunk 0 at width 256, the others at 128
     c = domain.proof_structure(r.model_copy(update={"fingerprint": r.fingerprint.model_copy(update={"chunks": wider})}))
     assert not c.ok and "hidden widths [128, 256]" in c.detail
+
+
+def test_the_fingerprint_statistic_judges_a_node_by_the_precision_it_declares():
+    """Issue 18: a fingerprint excess above honest float32 nodes' is a departure for a node that declares
+    float32 (or nothing): it serves a lower precision than declared. A node that declares bfloat16 is not
+    judged by the float32 calibration (none exists for it yet); its off-choice tokens still count."""
+    from loranet import thresholds
+    from services.verifier import domain
+
+    def record(dtype: str, **figures) -> domain.NodeRecord:
+        r = domain.NodeRecord("n", dtype=dtype)
+        r.fp_chunks, r.fp_excess_sum = 6, 6 * 8.2e-5
+        for name, value in figures.items():
+            setattr(r, name, value)
+        return r
+
+    assert "lower precision than the float32 it declares" in domain.statistics_flag(record("float32"))
+    assert "lower precision than the float32" in domain.statistics_flag(record(""))
+    assert domain.statistics_flag(record("bfloat16")) == ""
+    many = thresholds.NODE_OFF_CHOICE_FLAG
+    assert "not the replayed choice" in domain.statistics_flag(record("bfloat16", off_choice_tokens=many))

@@ -59,7 +59,7 @@ class StakeGet(Wire):
         return self
 
 
-class Stake(Wire):
+class Stake(AdditiveWire):
     """A node's stake in the Registry (settlement.stake)."""
 
     v: Literal[1] = 1
@@ -77,6 +77,9 @@ class Stake(Wire):
     region: Annotated[str, StringConstraints(max_length=32)] = ""
     price: Wei = 0  # OPEN wei per million tokens
     verifier: bool = False  # a registered verifier (Registry.register_verifier), active
+    dtype: Annotated[str, StringConstraints(max_length=16)] = ""  # declared precision of its weights
+
+    _additive = ("dtype",)
 
 
 class Reserve(Wire):

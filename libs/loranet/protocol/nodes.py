@@ -6,11 +6,11 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, StringConstraints
 
-from ..codec import Wire
+from ..codec import AdditiveWire, Wire
 from .base import Address, ContentId, JobId, Name, NodeId, PublicKey, Signature, Signed, Timestamp
 
 
-class NodeHeartbeat(Wire, Signed):
+class NodeHeartbeat(AdditiveWire, Signed):
     """A node's signed liveness and capacity report (KV bucket `nodes`, key = node_id)."""
 
     v: Literal[1] = 1
@@ -28,6 +28,9 @@ class NodeHeartbeat(Wire, Signed):
     region: Annotated[str, StringConstraints(max_length=32)] = ""
     at: Timestamp
     signature: Signature = b""
+    dtype: Annotated[str, StringConstraints(max_length=16)] = ""  # the precision its weights are served in
+
+    _additive = ("dtype",)
 
     SIGNING_DOMAIN: ClassVar[str] = "loranet/node-heartbeat/v1"
     SIGNER_FIELD: ClassVar[str] = "node_key"
@@ -38,6 +41,7 @@ class NodeHeartbeat(Wire, Signed):
             "node_id": self.node_id,
             "device": self.device,
             "region": self.region,
+            "dtype": self.dtype,
             "slots_free": self.slots_free,
             "slots_total": self.slots_total,
             "queue_depth": self.queue_depth,

@@ -19,6 +19,7 @@ struct NodeSpec:
     memory_mb: uint64
     region: String[32]
     price: uint256  # OPEN wei per million tokens the node asks
+    dtype: String[16]  # the precision its weights are served in (float32, bfloat16, float16, ...)
 
 struct Node:
     ed25519_key: bytes32
@@ -40,6 +41,7 @@ event NodeDeclared:
     memory_mb: uint64
     region: String[32]
     price: uint256
+    dtype: String[16]
 
 event VerifierRegistered:
     verifier: indexed(address)
@@ -209,17 +211,19 @@ def stake(amount: uint256, ed25519_key: bytes32, payout: address):
 
 
 @external
-def declare(device: String[64], memory_mb: uint64, region: String[32], price: uint256):
+def declare(device: String[64], memory_mb: uint64, region: String[32], price: uint256, dtype: String[16]):
     """
-    @notice Declare (or update) the caller's hardware, memory, region and
-            price; the caller must have bound its key by staking.
+    @notice Declare (or update) the caller's hardware, memory, region, price
+            and the precision it serves weights in; the caller must have
+            bound its key by staking.
     """
     assert self.nodes[msg.sender].ed25519_key != empty(bytes32), "registry: not a node (stake first)"
     assert len(device) > 0, "registry: empty device"
     assert len(region) > 0, "registry: empty region"
     assert memory_mb > 0, "registry: zero memory"
-    self.specs[msg.sender] = NodeSpec(device=device, memory_mb=memory_mb, region=region, price=price)
-    log NodeDeclared(node=msg.sender, device=device, memory_mb=memory_mb, region=region, price=price)
+    assert len(dtype) > 0, "registry: empty dtype"
+    self.specs[msg.sender] = NodeSpec(device=device, memory_mb=memory_mb, region=region, price=price, dtype=dtype)
+    log NodeDeclared(node=msg.sender, device=device, memory_mb=memory_mb, region=region, price=price, dtype=dtype)
 
 
 @external
