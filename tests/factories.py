@@ -244,3 +244,14 @@ def examples() -> dict[str, p.Wire]:
         p.SETTLEMENT_RESERVE.pattern: p.Reserve(job_id=j.job_id, client_address=ADDR, max_fee=10**20),
         p.SETTLEMENT_RELEASE.pattern: p.Release(job_id=j.job_id, reason="expired"),
     }
+
+
+async def job_events(js, job_id: str) -> list[p.JobEvent]:
+    """The job's events on the EVENTS stream so far (empty if none yet)."""
+    sub = await js.pull_subscribe(p.job_events_by_id(job_id), stream="EVENTS")
+    try:
+        return [codec.decode(p.JobEvent, m.data) for m in await sub.fetch(20, timeout=1)]
+    except Exception:
+        return []
+    finally:
+        await sub.unsubscribe()

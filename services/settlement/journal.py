@@ -178,15 +178,15 @@ class Journal:
 
     async def all_attempts(self) -> dict[str, Attempts]:
         """Every job's attempts record (read once at start)."""
+        return {name: await self.attempts(name) for name in await self._names(ATTEMPTS_PREFIX)}
+
+    async def _names(self, prefix: str) -> list[str]:
+        """The names of the bucket's records under `prefix` (the prefix taken off)."""
         try:
             keys = await self.kv.keys()
         except NoKeysError:
-            return {}
-        out = {}
-        for key in keys:
-            if key.startswith(ATTEMPTS_PREFIX):
-                out[key[len(ATTEMPTS_PREFIX) :]] = await self.attempts(key[len(ATTEMPTS_PREFIX) :])
-        return out
+            return []
+        return [k[len(prefix) :] for k in keys if k.startswith(prefix)]
 
     async def put_attempts(self, job_id: str, attempts: Attempts) -> None:
         await self.kv.put(ATTEMPTS_PREFIX + job_id, attempts.encode())
@@ -201,13 +201,7 @@ class Journal:
 
     async def all_votes(self) -> dict[str, Votes]:
         """Every run still short of its quorum (read once at start)."""
-        try:
-            keys = await self.kv.keys()
-        except NoKeysError:
-            return {}
-        return {
-            k[len(VOTES_PREFIX) :]: await self.votes(k[len(VOTES_PREFIX) :]) for k in keys if k.startswith(VOTES_PREFIX)
-        }
+        return {name: await self.votes(name) for name in await self._names(VOTES_PREFIX)}
 
     async def put_votes(self, key: str, votes: Votes) -> None:
         await self.kv.put(VOTES_PREFIX + key, votes.encode())

@@ -19,20 +19,10 @@ from services.settlement.settings import SettlementSettings
 from tests import factories
 
 
-async def _events(js, job_id: str) -> list[p.JobEvent]:
-    sub = await js.pull_subscribe(p.job_events_by_id(job_id), stream="EVENTS")
-    try:
-        return [codec.decode(p.JobEvent, m.data) for m in await sub.fetch(20, timeout=1)]
-    except Exception:
-        return []
-    finally:
-        await sub.unsubscribe()
-
-
 async def _wait_stage(js, job_id: str, stage: str, timeout: float = 30) -> p.JobEvent:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for event in await _events(js, job_id):
+        for event in await factories.job_events(js, job_id):
             if event.stage == stage:
                 return event
         await asyncio.sleep(0.2)
@@ -456,7 +446,7 @@ async def test_reruns_are_bounded_then_refunded(nats_server, chain):
         await rt.js.publish(p.verdicts(job.job_id), codec.encode(_verdict_on(second, False)))
         event = await _wait_stage(rt.js, job.job_id, "refunded")
         assert "every attempt rejected" in event.reason and "node-0, node-1" in event.reason
-        assert [e.stage for e in await _events(rt.js, job.job_id)].count("rerun") == 1
+        assert [e.stage for e in await factories.job_events(rt.js, job.job_id)].count("rerun") == 1
         assert chain.job_state(job.job_id) == "refunded" and chain.reserved_of(client.address) == 0
         assert chain.escrow_of(client.address) == 10**16
         await _reruns(rt.js, 1, timeout=2)  # drain the re-run this test's missing scheduler never took
