@@ -360,18 +360,43 @@ class VerifierService:
         else:
             self.settle(result, checks, audited, verdict.accepted)
 
+    async def restore_records(self) -> int:
+        """Read back this verifier's node records from the stats bucket (key <verifier_id>.<node_id>), so a
+        restart keeps each node's running statistics and flag (a cheater gains nothing by waiting for one).
+        Returns how many were restored."""
+        kv = await topology.ensure_bucket(self.rt.js, self.settings.stats_bucket, self.settings.js_replicas)
+        names = {f.name for f in dataclasses.fields(domain.NodeRecord)}
+        restored = 0
+        watcher = await kv.watch(f"{self.verifier_id}.>", ignore_deletes=True)
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    break
+                try:
+                    raw = json.loads(entry.value or b"{}")
+                    record = domain.NodeRecord(**{k: v for k, v in raw.items() if k in names})
+                except (ValueError, TypeError) as exc:
+                    self.rt.log.warning("stats.unreadable", key=entry.key, error=str(exc)[:200])
+                    continue
+                self.records[record.node_id] = record
+                restored += 1
+        finally:
+            await watcher.stop()
+        return restored
+
     async def stats_loop(self) -> None:
         """Publish each node's record (JSON) to the stats KV bucket, key <verifier_id>.<node_id>."""
         kv = await topology.ensure_bucket(self.rt.js, self.settings.stats_bucket, self.settings.js_replicas)
-        written: dict[str, int] = {}
+        written: dict[str, dict] = {}
         while True:
             for node_id, record in list(self.records.items()):
-                if written.get(node_id) == record.results:
+                fields = dataclasses.asdict(record)
+                if written.get(node_id) == fields:
                     continue
-                body = dataclasses.asdict(record) | {"verifier_id": self.verifier_id, "at": time.time()}
+                body = fields | {"verifier_id": self.verifier_id, "at": time.time()}
                 try:
                     await kv.put(f"{self.verifier_id}.{node_id}", json.dumps(body, sort_keys=True).encode())
-                    written[node_id] = record.results
+                    written[node_id] = fields
                 except Exception as exc:
                     self.rt.log.warning("stats.failed", node_id=node_id, error=repr(exc))
             await asyncio.sleep(self.settings.stats_interval_s)

@@ -20,6 +20,7 @@ async def main(settings: VerifierSettings | None = None) -> None:
         "verifier", settings.model_copy(update={"instance": settings.instance or settings.verifier_id})
     ) as rt:
         verifier = VerifierService(rt, settings, engine, load_identity(settings))
+        rt.log.info("stats.restored", nodes=await verifier.restore_records())
         rt.spawn(verifier.stats_loop(), name="stats")
         rt.spawn(verifier.announce_loop(), name="announce")
         await rt.mount(verifier.routes())

@@ -137,6 +137,11 @@ async def test_verifier_service_end_to_end(nats_server, tmp_path, base, adapters
             )
             await rt.js.publish(p.audit_request("verifier-0"), codec.encode(ask))
         after = await _collect(rt.js, p.VERDICTS_ALL.pattern, "VERDICTS", len(results) + 1, 30)
+        # A restarted verifier reads its node records back: the running statistics and any flag survive.
+        await asyncio.sleep(0.5)  # the stats loop's next write
+        again = VerifierService(rt, settings, engine, load_identity(settings))
+        assert await again.restore_records() >= 1
+        assert again.records[honest.node_id] == verifier.records[honest.node_id]
         misaddressed = await _collect(rt.js, "dlq.results.audit.>", "DEADLETTER", 1, 20)
     assert (
         stats["results"] == 3 and stats["audited"] == 3 and stats["rejected"] == 1 and stats["forced_audits_left"] > 0
