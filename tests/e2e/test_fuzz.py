@@ -49,7 +49,9 @@ async def test_hostile_traffic_everywhere_while_honest_jobs_complete(devnet):
     try:
         async with await Client.connect(config.url_for("client"), Identity.generate()) as client:
             await client.faucet(10**20, 10**19)
-            honest = [await client.submit("demo-0", "honest under fire", 8)]
+            # the devnet's first two adapters (demo-0/1 on the tiny model, the trained ones on SmolLM2)
+            first, second = [a.name for a in await client.adapters()][:2]
+            honest = [await client.submit(first, "honest under fire", 8)]
             expected: dict[str, int] = {}
             before = {subject: await _count(js, p.dead_letter(subject)) for subject in PULL_SUBJECTS.values()}
             for pattern, subject in PULL_SUBJECTS.items():
@@ -58,7 +60,7 @@ async def test_hostile_traffic_everywhere_while_honest_jobs_complete(devnet):
                     # Some mutations leave a valid message (a dropped field that has a default, a
                     # replay): only those that cannot decode or verify must be dead-lettered.
                     expected[subject] = expected.get(subject, 0) + (not fuzzing.acceptable(pattern, data))
-            honest.append(await client.submit("demo-1", "still honest", 8))
+            honest.append(await client.submit(second, "still honest", 8))
             # Every request-reply endpoint answers every hostile request: a typed error, never silence.
             answered = errors = 0
             for pattern in ENDPOINTS:
