@@ -90,6 +90,9 @@ class Endpoint:
     handler: Callable[..., Awaitable[Wire]]
     # The handler also gets the request's subject (a wildcard endpoint whose last token names the caller).
     with_subject: bool = False
+    # Requests handled at once (nats-py hands an endpoint's requests over one at a time: each is run as a
+    # task of its own, up to this many; past it the next waits, queued by NATS).
+    concurrency: int = 64
 
 
 @dataclass
@@ -289,6 +292,19 @@ class Runtime:
                 self._loops.append(asyncio.ensure_future(self._pull_loop(route, sub, stats)))
 
     def _endpoint_handler(self, ep: Endpoint) -> Callable[[MicroRequest], Awaitable[None]]:
+        slots = asyncio.Semaphore(ep.concurrency)
+        serve = self._serve_request(ep)
+
+        async def dispatch(req: MicroRequest) -> None:
+            await slots.acquire()  # backpressure: NATS keeps the rest until a slot frees
+            task = asyncio.ensure_future(serve(req))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+            task.add_done_callback(lambda _: slots.release())
+
+        return dispatch
+
+    def _serve_request(self, ep: Endpoint) -> Callable[[MicroRequest], Awaitable[None]]:
         async def handle(req: MicroRequest) -> None:
             started = time.perf_counter()
             outcome = "ok"

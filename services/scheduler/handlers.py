@@ -212,15 +212,16 @@ class SchedulerService:
         ('settled'/'refunded') of a job seen before; raises AdmissionRefused when the escrow cannot cover it."""
         reserve = p.Reserve(job_id=job.job_id, client_address=job.client_address, max_fee=job.max_fee)
         try:
-            # Asked again (idempotent at settlement) when no answer comes within 8 s: a request taken by a
+            # Asked again (idempotent at settlement) when no answer comes in time: a request taken by a
             # settlement process that was killed is never answered, and the job would wait out one long
-            # timeout; four tries keep the old 30 s for a settlement that is only slow.
-            for attempt in range(4):
+            # timeout. The waits grow (8, 16, 32 s): a settlement that is only slow sees at most three asks,
+            # and settlement answers an ask that repeats one under way from the first.
+            for attempt, wait in enumerate((8, 16, 32)):
                 try:
-                    reply = await self.rt.request(p.SETTLEMENT_RESERVE, reserve, timeout=8)
+                    reply = await self.rt.request(p.SETTLEMENT_RESERVE, reserve, timeout=wait)
                     break
                 except TimeoutError:
-                    if attempt == 3:
+                    if attempt == 2:
                         raise
         except RemoteError as exc:
             if exc.code == "conflict":

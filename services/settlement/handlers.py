@@ -74,6 +74,7 @@ class SettlementService:
         self._attempts: OrderedDict[str, Attempts] = OrderedDict()  # jobs being re-run: attempt, failed nodes
         # Whether _attempts holds every record of the journal bucket (else a miss is read from it).
         self._attempts_complete = False
+        self._reserving: dict[tuple[str, str, int], asyncio.Future[p.Reservation]] = {}  # asks under way
         self.reservations: WindowBatcher[str, Reservation, str | None] = WindowBatcher(
             self._reserve_batch, settings.reserve_window_s, MAX_JOBS
         )
@@ -114,8 +115,9 @@ class SettlementService:
             Endpoint("balance", p.SETTLEMENT_BALANCE, self.balance),
             Endpoint("stake", p.SETTLEMENT_STAKE, self.stake),
             Endpoint("epochs", p.SETTLEMENT_EPOCHS, self.epochs_on_chain),
-            Endpoint("claim", p.SETTLEMENT_CLAIM, self.claim),
-            Endpoint("datanet-record", p.SETTLEMENT_DATANET_RECORD, self.record_datanet),
+            # read-then-write on the settler's key: one at a time (the others run concurrently)
+            Endpoint("claim", p.SETTLEMENT_CLAIM, self.claim, concurrency=1),
+            Endpoint("datanet-record", p.SETTLEMENT_DATANET_RECORD, self.record_datanet, concurrency=1),
         ]
         if self.settings.reservations:
             routes += [
@@ -123,7 +125,7 @@ class SettlementService:
                 Endpoint("release", p.SETTLEMENT_RELEASE, self.release),
             ]
         if self.settings.faucet:
-            routes.append(Endpoint("faucet", p.SETTLEMENT_FAUCET, self.faucet))
+            routes.append(Endpoint("faucet", p.SETTLEMENT_FAUCET, self.faucet, concurrency=1))
         return routes
 
     # -- request-reply -----------------------------------------------------
@@ -236,7 +238,23 @@ class SettlementService:
 
     async def reserve(self, req: p.Reserve) -> p.Reservation:
         """Lock the job's max fee at admission (batched into one `reserve` transaction per window).
-        Idempotent: asking again for a job already reserved answers as the first time did."""
+        Idempotent: asking again for a job already reserved answers as the first time did, and asking
+        again while the first ask is under way (a scheduler that timed out) waits for that one."""
+        key = (req.job_id, req.client_address.lower(), req.max_fee)
+        running = self._reserving.get(key)
+        if running is not None:
+            return await asyncio.shield(running)
+        task = asyncio.ensure_future(self._reserve(req))
+        self._reserving[key] = task
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._reserving.pop(key, None)
+            else:
+                task.add_done_callback(lambda _: self._reserving.pop(key, None))
+
+    async def _reserve(self, req: p.Reserve) -> p.Reservation:
         try:
             refused = await self.reservations.add(
                 "reserve", Reservation(bytes.fromhex(req.job_id), req.client_address, req.max_fee)

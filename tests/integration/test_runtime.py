@@ -103,6 +103,34 @@ async def test_endpoint_typed_errors(nats_server):
         await nc.close()
 
 
+@pytest.mark.parametrize("concurrency", [64, 1])
+async def test_an_endpoint_serves_requests_at_once_up_to_its_concurrency(nats_server, concurrency):
+    """nats-py hands an endpoint's requests over one at a time; the runtime runs each as its own task, so a
+    slow request (settlement.reserve waiting for its batch) does not hold up the next, unless the endpoint
+    asks for one at a time."""
+    settings = CommonSettings(nats_url=nats_server.url)
+    release = asyncio.Event()
+    started: list[str] = []
+
+    async def slow(req: p.BalanceGet) -> p.Balance:
+        started.append(req.address)
+        if len(started) == 1:
+            await asyncio.wait_for(release.wait(), 10)
+        return p.Balance(address=req.address, token=0, escrow=0, credit=0)
+
+    async with Runtime("probe", settings) as rt:
+        await rt.mount([Endpoint("balance", p.SETTLEMENT_BALANCE, slow, concurrency=concurrency)])
+        nc = await nats.connect(nats_server.url)
+        first = asyncio.ensure_future(request(nc, p.SETTLEMENT_BALANCE, p.BalanceGet(address="0x" + "1" * 40)))
+        await asyncio.sleep(0.3)
+        second = asyncio.ensure_future(request(nc, p.SETTLEMENT_BALANCE, p.BalanceGet(address="0x" + "2" * 40)))
+        await asyncio.sleep(0.5)
+        assert len(started) == (2 if concurrency > 1 else 1)  # the second runs while the first waits, or not
+        release.set()
+        assert {(await first).address, (await second).address} == {"0x" + "1" * 40, "0x" + "2" * 40}
+        await nc.close()
+
+
 async def test_drain_hands_back_inflight_work(nats_server):
     settings = CommonSettings(nats_url=nats_server.url, drain_timeout_s=0.5)
     spec = Consumer(p.JOB_EVENTS_ALL, "slow", ack_wait_s=30, max_deliver=5)

@@ -258,8 +258,17 @@ async def test_reserve_at_admission_then_settle_or_release(nats_server, chain):
     await asyncio.to_thread(chain.deposit, client.key, 3 * 10**15)
     settings = SettlementSettings(nats_url=nats_server.url, epoch_max_s=0.2, reservations=True)
     async with Runtime("settlement", settings) as rt:
-        await rt.mount((await SettlementService.open(rt, settings, chain)).routes())
+        service = await SettlementService.open(rt, settings, chain)
+        await rt.mount(service.routes())
         jobs = [factories.job(adapter_id="", client_address=client.address, max_fee=10**15) for _ in range(3)]
+        asks: list[str] = []
+        inner = service._reserve
+
+        async def counted(req):
+            asks.append(req.job_id)
+            return await inner(req)
+
+        service._reserve = counted  # type: ignore[method-assign]
 
         async def reserve(job, max_fee=10**15):
             return await rt.request(
@@ -267,8 +276,9 @@ async def test_reserve_at_admission_then_settle_or_release(nats_server, chain):
             )
 
         # Reservations asked together go on chain together; asking again is harmless.
-        first = await asyncio.gather(reserve(jobs[0]), reserve(jobs[1]))
-        assert {r.state for r in first} == {"reserved"}
+        # A scheduler asking again while its first ask is under way (it timed out) waits for that one.
+        first = await asyncio.gather(reserve(jobs[0]), reserve(jobs[1]), reserve(jobs[0]))
+        assert {r.state for r in first} == {"reserved"} and sorted(asks) == sorted([jobs[0].job_id, jobs[1].job_id])
         assert (await reserve(jobs[0])).available == 10**15
         with pytest.raises(RemoteError) as refused:
             await reserve(jobs[2], max_fee=2 * 10**15)
