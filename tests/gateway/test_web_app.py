@@ -103,7 +103,8 @@ def test_chat_answers_with_its_verdict_and_split_and_the_explorer_shows_it(gatew
     bubble = page.locator(".msg.assistant").last
     assert bubble.locator(".text").inner_text().strip(), "the answer is shown"
     receipt = bubble.locator(".receipt").inner_text()
-    assert "node-0" in receipt and "verifier-0" in receipt and "OPEN" in receipt
+    # the verdict shown is one of the committee's (the session devnet runs verifier-0 and verifier-1)
+    assert "node-0" in receipt and ("verifier-0" in receipt or "verifier-1" in receipt) and "OPEN" in receipt
     assert bubble.locator(".tx").inner_text().startswith("0x")
     parties = {s.get_attribute("data-party") for s in bubble.locator(".legend span").all()}
     assert parties >= {"node", "developer", "contributor", "verifier", "treasury"}
