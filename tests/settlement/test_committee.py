@@ -175,3 +175,43 @@ async def test_a_run_whose_committee_cannot_be_drawn_is_refunded_at_its_deadline
         event = [e for e in await factories.job_events(rt.js, job.job_id) if e.stage == "refunded"]
     assert receipt is not None and receipt.status == "refunded" and chain.job_state(job.job_id) == "refunded"
     assert "expired before a verifier committee decided it (fewer than 3 eligible verifiers)" in event[0].reason
+
+
+async def test_a_node_flagged_by_a_quorum_of_registered_verifiers_is_slashed_once(nats_server, chain):
+    """Issue 18: a node whose jobs pass but whose statistics two registered verifiers flagged (signed
+    flags.<node_id>) is slashed statistics_slash_bps of its bond, once; one flag is not enough, a flag from
+    an unregistered key or with a broken signature changes nothing."""
+    node_id = Identity.generate()
+    operator = await asyncio.to_thread(chain.new_account, open_tokens=200 * OPEN)
+    await asyncio.to_thread(chain.stake, operator.key, 200 * OPEN, node_id.public, operator.address)
+    a, b, c = [await asyncio.to_thread(_stake_verifier, chain, f"fv-{i}", 150) for i in range(3)]
+    stranger = Identity.generate()
+    settings = SettlementSettings(nats_url=nats_server.url, verdict_quorum=2, verifier_cache_s=0.1)
+
+    def flag(m: Member | None, **changes) -> bytes:
+        if m is None:
+            return codec.encode(factories.node_flag(node_id.public, stranger, "stranger", "0x" + "5a" * 20))
+        signed = factories.node_flag(node_id.public, m.identity, m.verifier_id, m.address)
+        return codec.encode(signed.model_copy(update=changes) if changes else signed)
+
+    async def stake() -> int:
+        return (await asyncio.to_thread(chain.node, operator.address)).stake
+
+    async with Runtime("settlement", settings) as rt:
+        await rt.mount((await SettlementService.open(rt, settings, chain)).routes())
+        for data in (flag(None), flag(a, reason="tampered after signing")):
+            await rt.js.publish(p.flags("node-0"), data)
+        deadline = time.monotonic() + 20
+        while rt.stats["flags"].dead_lettered < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert rt.stats["flags"].dead_lettered == 2
+        await rt.js.publish(p.flags("node-0"), flag(a))
+        await asyncio.sleep(1.0)
+        assert await stake() == 200 * OPEN  # one verifier's flag: nothing taken
+        await rt.js.publish(p.flags("node-0"), flag(b))
+        while await stake() == 200 * OPEN and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert await stake() == 180 * OPEN  # statistics_slash_bps 1000
+        await rt.js.publish(p.flags("node-0"), flag(c))  # a third agreeing verifier: slashed once only
+        await asyncio.sleep(1.0)
+    assert await stake() == 180 * OPEN
