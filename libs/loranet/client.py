@@ -123,13 +123,14 @@ def outcome_of(record: p.JobRecord, identity: Identity | None = None) -> Outcome
     return out
 
 
-async def registry_values(js: JetStreamContext, bucket: str) -> list[bytes]:
-    """Every current value of a KV registry bucket (one ordered consumer, no per-key gets)."""
+async def registry_values(js: JetStreamContext, bucket: str, keys: str = ">") -> list[bytes]:
+    """Every current value of a KV registry bucket, or of its keys matching `keys` (one ordered consumer,
+    no per-key gets)."""
     try:
         kv = await js.key_value(bucket)
     except Exception as exc:
         raise JobFailed(f"cannot read the {bucket!r} registry: {exc}") from None
-    watcher = await kv.watchall(ignore_deletes=True)
+    watcher = await kv.watch(keys, ignore_deletes=True)
     values = []
     try:
         async for entry in watcher:

@@ -108,6 +108,11 @@ class SettlementService:
     def committees(self) -> bool:
         return self.settings.committee_size > 1
 
+    @property
+    def journals_votes(self) -> bool:
+        """Whether a run can wait for more than one verdict (its votes are then kept in the journal)."""
+        return self.settings.verdict_quorum > 1 or self.committees
+
     def routes(self) -> Sequence[Pull | Endpoint]:
         routes: list[Pull | Endpoint] = [
             Pull("verdicts", p.SETTLEMENT_VERDICTS, self.on_verdict, slots=max(self.settings.epoch_max_jobs * 2, 8)),
@@ -246,13 +251,8 @@ class SettlementService:
             return await asyncio.shield(running)
         task = asyncio.ensure_future(self._reserve(req))
         self._reserving[key] = task
-        try:
-            return await asyncio.shield(task)
-        finally:
-            if task.done():
-                self._reserving.pop(key, None)
-            else:
-                task.add_done_callback(lambda _: self._reserving.pop(key, None))
+        task.add_done_callback(lambda _: self._reserving.pop(key, None))
+        return await asyncio.shield(task)
 
     async def _reserve(self, req: p.Reserve) -> p.Reservation:
         try:
@@ -336,8 +336,7 @@ class SettlementService:
         try:
             domain.check_verdict(verdict)
             if self.settings.registered_verifiers_only:
-                registered = await self._verifier(verdict.verifier_key)
-                domain.check_registered(verdict, registered[0] if registered else None)
+                domain.check_registered(verdict, await self._payout_of(verdict.verifier_key))
         except domain.VerdictRefused as exc:
             raise Refused(f"verdict refused: {exc}") from None
         job_id = verdict.job_id
@@ -405,7 +404,7 @@ class SettlementService:
         if quorum is not None:
             return quorum
         quorum = domain.Quorum(self.settings.verdict_quorum)
-        if self.settings.verdict_quorum > 1 or self.committees:
+        if self.journals_votes:
             kept = await self.committed.votes(key)
             for data in kept.verdicts:  # counted before a restart
                 vote = codec.decode(p.Verdict, data)
@@ -422,7 +421,7 @@ class SettlementService:
 
     async def _keep_votes(self, key: str, quorum: domain.Quorum, result: p.InferenceResult) -> None:
         """An undecided run: its votes (acknowledged now) into the journal; members not heard yet asked."""
-        if self.settings.verdict_quorum > 1 or self.committees:
+        if self.journals_votes:
             await self.committed.put_votes(key, Votes(tuple(codec.encode(v) for v in quorum.votes()), quorum.members))
         if quorum.members is not None:
             await self._ask(quorum, result)
@@ -498,10 +497,9 @@ class SettlementService:
                 decision = "expired"
             self._deciding.add(job_id)
         try:
-            verdict = quorum.votes()[0] if quorum.votes() else None
-            if verdict is None:
-                return
-            await self._decide(key, quorum, decision, verdict, await self._attempts_of(job_id))
+            votes = quorum.votes()
+            if votes:
+                await self._decide(key, quorum, decision, votes[0], await self._attempts_of(job_id))
         finally:
             self._deciding.discard(job_id)
 
@@ -569,7 +567,7 @@ class SettlementService:
     async def _forget(self, key: str) -> None:
         self._quorums.pop(key, None)
         self._open.pop(key, None)
-        if self.settings.verdict_quorum > 1 or self.committees:
+        if self.journals_votes:
             await self.committed.clear_votes(key)
 
     async def on_flag(self, flag: p.NodeFlag, delivery: Delivery) -> None:
@@ -577,8 +575,7 @@ class SettlementService:
         flagged the same node key, the node is slashed statistics_slash_bps of its bond, once."""
         try:
             domain.check_flag(flag)
-            registered = await self._verifier(flag.verifier_key)
-            domain.check_registered(flag, registered[0] if registered else None)
+            domain.check_registered(flag, await self._payout_of(flag.verifier_key))
         except domain.VerdictRefused as exc:
             raise Refused(f"flag refused: {exc}") from None
         kept, slashed = await self.committed.node_flags(flag.node_key)
@@ -587,8 +584,9 @@ class SettlementService:
         self.rt.log.warning(
             "node.flag", node_id=flag.node_id, verifier=flag.verifier_id, flags=len(flags), why=flag.reason[:200]
         )
+        encoded = [codec.encode(f) for f in flags.values()]
         if slashed or len(flags) < self.settings.verdict_quorum or not self.settings.statistics_slash_bps:
-            await self.committed.put_node_flags(flag.node_key, [codec.encode(f) for f in flags.values()], slashed)
+            await self.committed.put_node_flags(flag.node_key, encoded, slashed)
             return
         agreeing = sorted(flags.values(), key=lambda f: f.signature)[: self.settings.verdict_quorum]
         evidence = domain.flags_evidence(flag.node_key, agreeing)
@@ -603,11 +601,14 @@ class SettlementService:
             outcome=done or "not staked",
         )
         # not marked slashed when nothing was taken (not staked, or the chain refused): the next flag tries again
-        await self.committed.put_node_flags(
-            flag.node_key, [codec.encode(f) for f in flags.values()], evidence if done else b""
-        )
+        await self.committed.put_node_flags(flag.node_key, encoded, evidence if done else b"")
 
     # -- re-runs -------------------------------------------------------------
+
+    async def _payout_of(self, key: bytes) -> str | None:
+        """The payout address of the active registered verifier that bound `key` (None: none)."""
+        registered = await self._verifier(key)
+        return registered[0] if registered else None
 
     async def _verifier(self, key: bytes) -> tuple[str, int] | None:
         """(payout address, bonded stake) of the active registered verifier that bound `key` (None: none),

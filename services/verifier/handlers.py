@@ -16,6 +16,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from loranet import codec, confidential, topology
 from loranet import protocol as p
 from loranet.attribution import AttributionIndex, claim
+from loranet.client import registry_values
 from loranet.codec import DecodeError
 from loranet.errors import LoranetError, Refused, RemoteError
 from loranet.model.content import ContentHashMismatch
@@ -355,33 +356,25 @@ class VerifierService:
             reason="" if verdict.accepted else "failed: " + ",".join(c.name for c in checks if not c.ok),
             attempt=result.attempt,
         )
-        if committee and self.replay.seen_job(*domain.run_key(result)):
-            self._inflight.discard(domain.run_key(result))  # its own first verdict counted the result already
-        else:
+        if not (committee and self.replay.seen_job(*domain.run_key(result))):  # else its first verdict counted it
             self.settle(result, checks, audited, verdict.accepted)
 
     async def restore_records(self) -> int:
         """Read back this verifier's node records from the stats bucket (key <verifier_id>.<node_id>), so a
         restart keeps each node's running statistics and flag (a cheater gains nothing by waiting for one).
         Returns how many were restored."""
-        kv = await topology.ensure_bucket(self.rt.js, self.settings.stats_bucket, self.settings.js_replicas)
+        await topology.ensure_bucket(self.rt.js, self.settings.stats_bucket, self.settings.js_replicas)
         names = {f.name for f in dataclasses.fields(domain.NodeRecord)}
         restored = 0
-        watcher = await kv.watch(f"{self.verifier_id}.>", ignore_deletes=True)
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                try:
-                    raw = json.loads(entry.value or b"{}")
-                    record = domain.NodeRecord(**{k: v for k, v in raw.items() if k in names})
-                except (ValueError, TypeError) as exc:
-                    self.rt.log.warning("stats.unreadable", key=entry.key, error=str(exc)[:200])
-                    continue
-                self.records[record.node_id] = record
-                restored += 1
-        finally:
-            await watcher.stop()
+        for value in await registry_values(self.rt.js, self.settings.stats_bucket, f"{self.verifier_id}.>"):
+            try:
+                raw = json.loads(value or b"{}")
+                record = domain.NodeRecord(**{k: v for k, v in raw.items() if k in names})
+            except (ValueError, TypeError) as exc:
+                self.rt.log.warning("stats.unreadable", error=str(exc)[:200])
+                continue
+            self.records[record.node_id] = record
+            restored += 1
         return restored
 
     async def stats_loop(self) -> None:
